@@ -1,0 +1,142 @@
+/* The block-device interface every storage engine implements.
+ *
+ * A struct bdev is an open image or device of fixed size.  The raw file
+ * backend (bdev_file.c) and the format engines (qcow2, later vmdk, vhdx)
+ * implement struct bdev_ops; engines open their backing/parent files with
+ * bdev_open(), so any format can sit on any other.  nbdkit plugins and
+ * filters are thin adapters over this interface.
+ *
+ * Conventions:
+ * - Functions return 0 on success or -1 with errno set and a message already
+ *   reported through kvm_error() (common/util/log.h).
+ * - All operations may be called concurrently from many threads; an engine
+ *   does its own locking.
+ * - Requests are bounds-checked by the bdev_* wrappers below, so engines
+ *   may assume offset + count <= size.
+ */
+#ifndef KVM_BDEV_H
+#define KVM_BDEV_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Request flags. */
+#define BDEV_FUA        (1u << 0)  /* durable before return */
+#define BDEV_MAY_TRIM   (1u << 1)  /* zero: may deallocate */
+#define BDEV_FAST_ZERO  (1u << 2)  /* zero: fail with ENOTSUP unless fast */
+#define BDEV_REQ_ONE    (1u << 3)  /* extents: one extent is enough */
+
+/* Extent types, numerically equal to NBDKIT_EXTENT_HOLE/ZERO. */
+#define BDEV_EXTENT_DATA 0
+#define BDEV_EXTENT_HOLE (1u << 0)
+#define BDEV_EXTENT_ZERO (1u << 1)
+
+/* Capabilities (struct bdev.caps). */
+#define BDEV_CAN_TRIM       (1u << 0)  /* trim frees space */
+#define BDEV_CAN_ZERO       (1u << 1)  /* zero is faster than writing zeroes */
+#define BDEV_CAN_FAST_ZERO  (1u << 2)  /* honours BDEV_FAST_ZERO */
+#define BDEV_CAN_EXTENTS    (1u << 3)  /* extents are meaningful */
+#define BDEV_CAN_FUA        (1u << 4)  /* native FUA (else flush after) */
+#define BDEV_CAN_MULTI_CONN (1u << 5)  /* flush on one handle covers all */
+
+struct bdev;
+
+/* Called once per extent, in ascending order, contiguous from the request
+ * offset.  Return -1 to stop with an error.
+ */
+typedef int (*bdev_extent_fn) (void *opaque, uint64_t offset,
+                               uint64_t length, uint32_t type);
+
+struct bdev_ops {
+  const char *format;           /* "raw", "qcow2", ... */
+  void (*close) (struct bdev *bd);
+  int (*pread) (struct bdev *bd, void *buf, size_t count, uint64_t offset);
+  int (*pwrite) (struct bdev *bd, const void *buf, size_t count,
+                 uint64_t offset, uint32_t flags);
+  int (*flush) (struct bdev *bd);
+  /* Optional; NULL means "not supported" (trim) or "write zeroes" (zero). */
+  int (*trim) (struct bdev *bd, uint64_t count, uint64_t offset,
+               uint32_t flags);
+  int (*zero) (struct bdev *bd, uint64_t count, uint64_t offset,
+               uint32_t flags);
+  /* Optional; NULL means everything is data. */
+  int (*extents) (struct bdev *bd, uint64_t count, uint64_t offset,
+                  uint32_t flags, bdev_extent_fn fn, void *opaque);
+};
+
+struct bdev {
+  const struct bdev_ops *ops;
+  char *name;                   /* path or description, for messages */
+  uint64_t size;                /* virtual size in bytes */
+  bool readonly;
+  uint32_t caps;                /* BDEV_CAN_* */
+  uint32_t block_size;          /* preferred I/O granularity (>= 1) */
+  bool growable;                /* writes past the end extend the device */
+};
+
+/* How to open an image and whatever it refers to. */
+struct bdev_open_opts {
+  bool readonly;
+  bool direct;                  /* O_DIRECT on the files underneath */
+  bool growable;                /* raw file: writes past EOF extend it (a
+                                 * container file that an engine grows) */
+  /* Format engines open backing/parent/data files only through
+   * confine_resolve() (common/util/confine.h): paths stored inside an image
+   * must stay inside the image's directory or one of these directories.
+   */
+  const char *const *allowed_dirs;  /* NULL-terminated, may be NULL */
+  bool allow_any_path;          /* user explicitly allowed any path */
+  unsigned max_chain_depth;     /* 0 means the default (BDEV_MAX_CHAIN) */
+  /* Format-specific options, "key=value" strings; engines ignore unknown
+   * keys.  NULL-terminated, may be NULL.
+   */
+  const char *const *format_opts;
+};
+
+#define BDEV_MAX_CHAIN 64
+
+/* Open PATH.  FORMAT is a format name or NULL to probe the content.  DEPTH
+ * is the position in a backing chain (0 for the top image); engines pass
+ * depth + 1 when opening a backing file.
+ */
+struct bdev *bdev_open (const char *path, const char *format,
+                        const struct bdev_open_opts *opts, unsigned depth);
+
+/* Guess the format of the first bytes of a file ("raw" if nothing else). */
+const char *bdev_probe (const void *buf, size_t len);
+
+/* The raw file/block-device backend. */
+struct bdev *bdev_file_open (const char *path, const struct bdev_open_opts *opts);
+
+/* The descriptor behind a raw file backend (-1 for any other bdev): for
+ * engines that need to grow, truncate or fallocate their container file.
+ */
+int bdev_file_fd (struct bdev *bd);
+
+void bdev_close (struct bdev *bd);
+
+/* Checked entry points: validate the range and flags, then dispatch. */
+int bdev_pread (struct bdev *bd, void *buf, size_t count, uint64_t offset);
+int bdev_pwrite (struct bdev *bd, const void *buf, size_t count,
+                 uint64_t offset, uint32_t flags);
+int bdev_flush (struct bdev *bd);
+int bdev_trim (struct bdev *bd, uint64_t count, uint64_t offset,
+               uint32_t flags);
+int bdev_zero (struct bdev *bd, uint64_t count, uint64_t offset,
+               uint32_t flags);
+int bdev_extents (struct bdev *bd, uint64_t count, uint64_t offset,
+                  uint32_t flags, bdev_extent_fn fn, void *opaque);
+
+/* Read that tolerates ranges past the end of BD, returning zeroes there:
+ * what an overlay needs from a shorter backing file.
+ */
+int bdev_pread_padded (struct bdev *bd, void *buf, size_t count,
+                       uint64_t offset);
+
+/* Helpers for engines: allocate and fill the common part. */
+void *bdev_alloc (size_t struct_size, const struct bdev_ops *ops,
+                  const char *name);
+void bdev_free_common (struct bdev *bd);
+
+#endif

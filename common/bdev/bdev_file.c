@@ -1,0 +1,368 @@
+/* Raw file or block device backend of the block-device interface. */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <linux/falloc.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+
+#include "bdev.h"
+#include "../util/log.h"
+
+struct file_bdev {
+  struct bdev bd;
+  int fd;
+  bool is_block;
+  bool direct;
+  uint32_t align;               /* O_DIRECT alignment */
+  bool can_punch, can_zero_range; /* cleared after EOPNOTSUPP */
+};
+
+#define DIRECT_ALIGN 4096
+
+static void
+file_close (struct bdev *bd)
+{
+  struct file_bdev *f = (struct file_bdev *) bd;
+  close (f->fd);
+  bdev_free_common (bd);
+}
+
+static int
+full_pread (int fd, void *buf, size_t count, uint64_t offset)
+{
+  char *p = buf;
+  while (count > 0) {
+    ssize_t r = pread (fd, p, count, offset);
+    if (r == -1) {
+      if (errno == EINTR)
+        continue;
+      return -1;
+    }
+    if (r == 0) {               /* past EOF of a file that shrank */
+      memset (p, 0, count);
+      return 0;
+    }
+    p += r; count -= r; offset += r;
+  }
+  return 0;
+}
+
+static int
+full_pwrite (int fd, const void *buf, size_t count, uint64_t offset)
+{
+  const char *p = buf;
+  while (count > 0) {
+    ssize_t r = pwrite (fd, p, count, offset);
+    if (r == -1) {
+      if (errno == EINTR)
+        continue;
+      return -1;
+    }
+    p += r; count -= r; offset += r;
+  }
+  return 0;
+}
+
+static bool
+aligned (const struct file_bdev *f, const void *buf, size_t count,
+         uint64_t offset)
+{
+  uint32_t a = f->align;
+  return ((uintptr_t) buf % a) == 0 && count % a == 0 && offset % a == 0;
+}
+
+/* O_DIRECT needs aligned buffers and ranges: go through an aligned bounce
+ * buffer covering the request (read-modify-write for unaligned writes).
+ */
+static int
+bounce (struct file_bdev *f, void *rbuf, const void *wbuf, size_t count,
+        uint64_t offset)
+{
+  uint64_t start = offset - offset % f->align;
+  uint64_t end = offset + count;
+  end = (end + f->align - 1) / f->align * f->align;
+  size_t len = end - start;
+  void *b;
+  int r = -1;
+
+  if (posix_memalign (&b, f->align, len) != 0) {
+    errno = ENOMEM;
+    return -1;
+  }
+  if (full_pread (f->fd, b, len, start) == -1)
+    goto out;
+  if (rbuf)
+    memcpy (rbuf, (char *) b + (offset - start), count);
+  else {
+    memcpy ((char *) b + (offset - start), wbuf, count);
+    if (full_pwrite (f->fd, b, len, start) == -1)
+      goto out;
+  }
+  r = 0;
+ out:
+  free (b);
+  return r;
+}
+
+static int
+file_pread (struct bdev *bd, void *buf, size_t count, uint64_t offset)
+{
+  struct file_bdev *f = (struct file_bdev *) bd;
+  int r;
+  if (f->direct && !aligned (f, buf, count, offset))
+    r = bounce (f, buf, NULL, count, offset);
+  else
+    r = full_pread (f->fd, buf, count, offset);
+  if (r == -1)
+    kvm_error ("%s: read at %" PRIu64 ": %m", bd->name, offset);
+  return r;
+}
+
+static int file_flush (struct bdev *bd);
+
+static int
+file_pwrite (struct bdev *bd, const void *buf, size_t count, uint64_t offset,
+             uint32_t flags)
+{
+  struct file_bdev *f = (struct file_bdev *) bd;
+  int r;
+  if (f->direct && !aligned (f, buf, count, offset))
+    r = bounce (f, NULL, buf, count, offset);
+  else
+    r = full_pwrite (f->fd, buf, count, offset);
+  if (r == -1) {
+    kvm_error ("%s: write at %" PRIu64 ": %m", bd->name, offset);
+    return -1;
+  }
+  if (bd->growable) {           /* size only ever grows: lock-free max */
+    uint64_t end = offset + count;
+    uint64_t cur = __atomic_load_n (&bd->size, __ATOMIC_RELAXED);
+    while (end > cur &&
+           !__atomic_compare_exchange_n (&bd->size, &cur, end, true,
+                                         __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+      ;
+  }
+  if (flags & BDEV_FUA)
+    return file_flush (bd);
+  return 0;
+}
+
+static int
+file_flush (struct bdev *bd)
+{
+  struct file_bdev *f = (struct file_bdev *) bd;
+  if (fdatasync (f->fd) == -1) {
+    kvm_error ("%s: fdatasync: %m", bd->name);
+    return -1;
+  }
+  return 0;
+}
+
+static bool
+unsupported (int err)
+{
+  return err == EOPNOTSUPP || err == ENOTSUP || err == ENOSYS ||
+         err == ENOTTY || err == EINVAL;
+}
+
+static int
+file_trim (struct bdev *bd, uint64_t count, uint64_t offset, uint32_t flags)
+{
+  struct file_bdev *f = (struct file_bdev *) bd;
+  int r;
+  (void) flags;
+
+  if (f->is_block) {
+    uint64_t range[2] = { offset, count };
+    r = ioctl (f->fd, BLKDISCARD, range);
+  }
+  else if (f->can_punch)
+    r = fallocate (f->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                   offset, count);
+  else
+    return 0;
+  if (r == -1) {
+    if (unsupported (errno)) {  /* trim is advisory */
+      f->can_punch = false;
+      return 0;
+    }
+    kvm_error ("%s: trim at %" PRIu64 ": %m", bd->name, offset);
+    return -1;
+  }
+  return 0;
+}
+
+static int
+file_zero (struct bdev *bd, uint64_t count, uint64_t offset, uint32_t flags)
+{
+  struct file_bdev *f = (struct file_bdev *) bd;
+  int r;
+
+  if (f->is_block) {
+    uint64_t range[2] = { offset, count };
+    if (ioctl (f->fd, BLKZEROOUT, range) == 0)
+      return 0;
+  }
+  else {
+    /* Punching a hole reads back as zeroes and frees space. */
+    if ((flags & BDEV_MAY_TRIM) && f->can_punch) {
+      r = fallocate (f->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                     offset, count);
+      if (r == 0)
+        return 0;
+      if (!unsupported (errno))
+        goto err;
+      f->can_punch = false;
+    }
+    if (f->can_zero_range) {
+      r = fallocate (f->fd, FALLOC_FL_ZERO_RANGE, offset, count);
+      if (r == 0)
+        return 0;
+      if (!unsupported (errno))
+        goto err;
+      f->can_zero_range = false;
+    }
+  }
+  if (flags & BDEV_FAST_ZERO) {
+    errno = ENOTSUP;
+    return -1;
+  }
+  /* Slow path: write zeroes. */
+  static const char zeroes[65536];
+  while (count > 0) {
+    size_t n = count < sizeof zeroes ? count : sizeof zeroes;
+    if (file_pwrite (bd, zeroes, n, offset, 0) == -1)
+      return -1;
+    count -= n; offset += n;
+  }
+  return 0;
+ err:
+  kvm_error ("%s: zero at %" PRIu64 ": %m", bd->name, offset);
+  return -1;
+}
+
+static int
+file_extents (struct bdev *bd, uint64_t count, uint64_t offset,
+              uint32_t flags, bdev_extent_fn fn, void *opaque)
+{
+  struct file_bdev *f = (struct file_bdev *) bd;
+  uint64_t end = offset + count;
+
+  while (offset < end) {
+    off_t pos = lseek (f->fd, offset, SEEK_DATA);
+    uint64_t next;
+    if (pos == -1) {
+      if (errno == ENXIO)       /* only a hole up to EOF */
+        return fn (opaque, offset, end - offset,
+                   BDEV_EXTENT_HOLE | BDEV_EXTENT_ZERO);
+      /* SEEK_DATA unsupported: report data. */
+      return fn (opaque, offset, end - offset, BDEV_EXTENT_DATA);
+    }
+    if ((uint64_t) pos > offset) {
+      next = (uint64_t) pos < end ? (uint64_t) pos : end;
+      if (fn (opaque, offset, next - offset,
+              BDEV_EXTENT_HOLE | BDEV_EXTENT_ZERO) == -1)
+        return -1;
+      offset = next;
+      if (flags & BDEV_REQ_ONE)
+        return 0;
+      continue;
+    }
+    pos = lseek (f->fd, offset, SEEK_HOLE);
+    if (pos == -1) {
+      kvm_error ("%s: lseek SEEK_HOLE: %m", bd->name);
+      return -1;
+    }
+    next = (uint64_t) pos < end ? (uint64_t) pos : end;
+    if (fn (opaque, offset, next - offset, BDEV_EXTENT_DATA) == -1)
+      return -1;
+    offset = next;
+    if (flags & BDEV_REQ_ONE)
+      return 0;
+  }
+  return 0;
+}
+
+static const struct bdev_ops file_ops = {
+  .format = "raw",
+  .close = file_close,
+  .pread = file_pread,
+  .pwrite = file_pwrite,
+  .flush = file_flush,
+  .trim = file_trim,
+  .zero = file_zero,
+  .extents = file_extents,
+};
+
+struct bdev *
+bdev_file_open (const char *path, const struct bdev_open_opts *opts)
+{
+  int flags = (opts->readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC;
+  struct stat st;
+  struct file_bdev *f;
+  int fd;
+
+  if (opts->direct)
+    flags |= O_DIRECT;
+  fd = open (path, flags);
+  if (fd == -1) {
+    kvm_error ("%s: open: %m", path);
+    return NULL;
+  }
+  if (fstat (fd, &st) == -1) {
+    kvm_error ("%s: fstat: %m", path);
+    close (fd);
+    return NULL;
+  }
+  if (!S_ISREG (st.st_mode) && !S_ISBLK (st.st_mode)) {
+    kvm_error ("%s: not a regular file or block device", path);
+    close (fd);
+    errno = EINVAL;
+    return NULL;
+  }
+
+  f = bdev_alloc (sizeof *f, &file_ops, path);
+  if (!f) {
+    close (fd);
+    return NULL;
+  }
+  f->fd = fd;
+  f->is_block = S_ISBLK (st.st_mode);
+  f->direct = opts->direct;
+  f->align = DIRECT_ALIGN;
+  f->can_punch = f->can_zero_range = true;
+  f->bd.readonly = opts->readonly;
+  f->bd.caps = BDEV_CAN_TRIM | BDEV_CAN_ZERO | BDEV_CAN_MULTI_CONN;
+  if (f->is_block) {
+    uint64_t size;
+    if (ioctl (fd, BLKGETSIZE64, &size) == -1) {
+      kvm_error ("%s: BLKGETSIZE64: %m", path);
+      file_close (&f->bd);
+      return NULL;
+    }
+    f->bd.size = size;
+  }
+  else {
+    f->bd.size = st.st_size;
+    f->bd.caps |= BDEV_CAN_EXTENTS;
+  }
+  f->bd.block_size = opts->direct ? DIRECT_ALIGN : 1;
+  f->bd.growable = opts->growable && !f->is_block;
+  return &f->bd;
+}
+
+/* The file descriptor of a raw backend, for engines that need to grow or
+ * inspect their container file.  -1 if BD is not a file backend.
+ */
+int
+bdev_file_fd (struct bdev *bd)
+{
+  if (bd->ops != &file_ops)
+    return -1;
+  return ((struct file_bdev *) bd)->fd;
+}

@@ -1,0 +1,22 @@
+/* The table of image formats bdev_open() knows.  A new engine adds one
+ * line to formats.c.
+ */
+#ifndef KVM_BDEV_FORMATS_H
+#define KVM_BDEV_FORMATS_H
+
+#include "bdev.h"
+
+struct bdev_format {
+  const char *name;
+  /* Does this header belong to the format?  NULL: never probed. */
+  bool (*probe) (const void *buf, size_t len);
+  struct bdev *(*open) (const char *path, const struct bdev_open_opts *opts,
+                        unsigned depth);
+};
+
+/* Terminated by an entry with name == NULL. */
+extern const struct bdev_format bdev_formats[];
+
+const struct bdev_format *bdev_format_find (const char *name);
+
+#endif

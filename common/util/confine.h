@@ -1,0 +1,31 @@
+/* Confinement of paths found inside images (backing files, external data
+ * files, extent files).  A hostile image must not be able to expose an
+ * arbitrary host file (the CVE-2024-32498 class): the path is resolved
+ * relative to the directory of the image that names it, every symlink is
+ * followed, and the result must lie inside that directory or inside one of
+ * the directories the user explicitly allowed.
+ */
+#ifndef KVM_CONFINE_H
+#define KVM_CONFINE_H
+
+#include <stdbool.h>
+
+/* Resolve REF, a path stored inside the image IMAGE_PATH.
+ *
+ * - A relative REF is taken relative to IMAGE_PATH's directory; an absolute
+ *   one as it is.
+ * - The result is canonical (realpath): no "..", no symlinks.
+ * - It must be inside the canonical image directory or one of ALLOWED_DIRS
+ *   (NULL-terminated, may be NULL), unless ALLOW_ANY is true.
+ *
+ * Returns a malloc'd canonical path, or NULL with errno set (EACCES for an
+ * escape, ENOENT etc. from realpath) after reporting a message that names
+ * the image and the reference.
+ */
+char *confine_resolve (const char *image_path, const char *ref,
+                       const char *const *allowed_dirs, bool allow_any);
+
+/* Is canonical PATH equal to or below canonical directory DIR? */
+bool confine_is_within (const char *path, const char *dir);
+
+#endif

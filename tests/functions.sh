@@ -1,0 +1,151 @@
+# Shared helpers for the shell tests.  Source it first:
+#   source "$TOP_SRCDIR/tests/functions.sh"
+# ctest sets TOP_SRCDIR, TOP_BUILDDIR and KVM_SANITIZE (see
+# cmake/NbdkitModules.cmake); running a test by hand works too from the
+# source tree with the default build directory "build".
+
+set -euo pipefail
+
+: "${TOP_SRCDIR:=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}"
+: "${TOP_BUILDDIR:=$TOP_SRCDIR/build}"
+: "${KVM_SANITIZE:=0}"
+export TOP_SRCDIR TOP_BUILDDIR
+
+# --- cleanup ----------------------------------------------------------------
+_cleanup_cmds=()
+# cleanup_add CMD...: run at exit, last added first.
+cleanup_add () { _cleanup_cmds+=("$*"); }
+_run_cleanup () {
+  local rc=$? i
+  for (( i=${#_cleanup_cmds[@]}-1; i>=0; i-- )); do
+    eval "${_cleanup_cmds[$i]}" >/dev/null 2>&1 || :
+  done
+  exit $rc
+}
+trap _run_cleanup EXIT
+
+# A fresh temporary directory, removed at exit.  Short path: unix socket
+# paths are limited to 108 bytes.
+tmpdir=$(mktemp -d /tmp/kvmt.XXXXXX)
+chmod 0755 "$tmpdir"
+cleanup_add "rm -rf '$tmpdir'"
+
+# --- skipping ---------------------------------------------------------------
+# skip REASON: exit 77 (ctest counts it as skipped).  In CI (CI=true) a
+# missing dependency is a failure, never a skip.
+skip () {
+  if [ "${CI:-}" = true ]; then
+    echo "FAIL (would skip, but CI=true): $*" >&2
+    exit 1
+  fi
+  echo "SKIP: $*" >&2
+  exit 77
+}
+
+# requires CMD...: every command must be on PATH.
+requires () {
+  local c
+  for c in "$@"; do
+    command -v "$c" >/dev/null 2>&1 || skip "$c not installed"
+  done
+}
+
+requires_root () { [ "$(id -u)" = 0 ] || skip "needs root"; }
+
+fail () { echo "FAIL: $*" >&2; exit 1; }
+
+# --- our modules -----------------------------------------------------------
+plugin_so () { echo "$TOP_BUILDDIR/plugins/$1/nbdkit-$1-plugin.so"; }
+filter_so () { echo "$TOP_BUILDDIR/filters/$1/nbdkit-$1-filter.so"; }
+
+requires_plugin () {
+  [ -f "$(plugin_so "$1")" ] || skip "plugin $1 was not built"
+}
+requires_filter () {
+  [ -f "$(filter_so "$1")" ] || skip "filter $1 was not built"
+}
+
+# Under the sanitizer build, nbdkit (not instrumented) must preload the
+# runtimes so that our instrumented plugins can load.
+if [ "$KVM_SANITIZE" = 1 ]; then
+  _cc=${KVM_CC:-cc}
+  _rt=""
+  for _lib in libasan.so libubsan.so; do
+    _p=$("$_cc" -print-file-name=$_lib)
+    [ -f "$_p" ] && _rt="$_rt${_rt:+:}$_p"
+  done
+  export KVM_SANITIZER_PRELOAD="$_rt"
+  # nbdkit itself is not built for leak checking; our unit tests are.
+  export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:${ASAN_OPTIONS:-}"
+  export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:${UBSAN_OPTIONS:-}"
+fi
+
+# nbdkit ARGS...: nbdkit with the sanitizer runtimes when needed.
+nbdkit () {
+  if [ -n "${KVM_SANITIZER_PRELOAD:-}" ]; then
+    LD_PRELOAD="$KVM_SANITIZER_PRELOAD${LD_PRELOAD:+:$LD_PRELOAD}" \
+      command nbdkit "$@"
+  else
+    command nbdkit "$@"
+  fi
+}
+
+# start_nbdkit SOCKET ARGS...: run nbdkit in the background on a unix
+# socket, wait until it serves, stop it (by PID) at exit.  Sets $nbdkit_pid.
+start_nbdkit () {
+  local sock=$1; shift
+  local pidfile="$sock.pid" i
+  rm -f "$pidfile"
+  nbdkit -f -U "$sock" -P "$pidfile" "$@" &
+  local bgpid=$!
+  cleanup_add "kill -9 $bgpid"
+  for (( i=0; i<600; i++ )); do
+    if [ -s "$pidfile" ] && [ -S "$sock" ]; then
+      nbdkit_pid=$(cat "$pidfile")
+      return 0
+    fi
+    kill -0 $bgpid 2>/dev/null || fail "nbdkit exited during start-up: $*"
+    sleep 0.05
+  done
+  fail "nbdkit did not start: $*"
+}
+
+# stop_nbdkit: SIGTERM and wait, failing if it crashed.
+stop_nbdkit () {
+  local pid=${1:-$nbdkit_pid} i
+  kill "$pid" 2>/dev/null || return 0
+  for (( i=0; i<200; i++ )); do
+    kill -0 "$pid" 2>/dev/null || return 0
+    sleep 0.05
+  done
+  kill -9 "$pid" 2>/dev/null || :
+}
+
+uri_of () { echo "nbd+unix:///${2:-}?socket=$1"; }
+
+# --- images -----------------------------------------------------------------
+# random_file FILE SIZE: SIZE bytes of random data (SIZE accepts dd suffixes
+# via head -c: K, M).
+random_file () { head -c "$2" /dev/urandom > "$1"; }
+
+# assert_same FILE1 FILE2 [WHAT]
+assert_same () {
+  cmp "$1" "$2" >/dev/null || fail "${3:-content} differs: $1 vs $2 ($(cmp "$1" "$2" 2>&1 | head -1))"
+}
+
+# qemu_img_check IMAGE: qemu-img check must find no errors and no leaks.
+qemu_img_check () {
+  local out
+  out=$(qemu-img check -U "$@" 2>&1) || fail "qemu-img check $*: $out"
+  if grep -qiE 'leak|error|corrupt' <<<"$out" && ! grep -q 'No errors were found' <<<"$out"; then
+    fail "qemu-img check $*: $out"
+  fi
+}
+
+# export_to_file URI FILE: copy a whole export to a local raw file.
+export_to_file () { nbdcopy -- "$1" "$2"; }
+
+# free_port: an unused TCP port on 127.0.0.1.
+free_port () {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}

@@ -1,0 +1,22 @@
+#!/bin/bash
+# Build the libFuzzer targets with clang and run each for N seconds
+# (default 60), growing its corpus under tests/fuzz/corpus/NAME.
+#   tests/fuzz/run-fuzzers.sh [SECONDS] [NAME...]
+set -euo pipefail
+top=$(cd "$(dirname "$0")/../.." && pwd)
+secs=${1:-60}; shift || :
+build=$top/build-fuzz
+CC=clang cmake -S "$top" -B "$build" -DFUZZ=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake --build "$build" -j"$(nproc)" >/dev/null
+names=("$@")
+if [ ${#names[@]} = 0 ]; then
+  for f in "$top"/tests/fuzz/fuzz_*.c; do
+    n=$(basename "$f" .c); names+=("${n#fuzz_}")
+  done
+fi
+for n in "${names[@]}"; do
+  mkdir -p "$build/new-corpus/$n"
+  echo "== fuzz_$n for ${secs}s"
+  "$build/tests/fuzz-replay/fuzz_$n" -max_total_time="$secs" -max_len=1048576 \
+    "$build/new-corpus/$n" "$top/tests/fuzz/corpus/$n"
+done

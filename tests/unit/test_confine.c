@@ -1,0 +1,107 @@
+/* Path confinement: relative, absolute, "..", symlink escapes, allowed
+ * directories.
+ */
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "util/confine.h"
+#include "check.h"
+
+static char root[PATH_MAX / 2];
+
+static void
+touch (const char *rel)
+{
+  char p[PATH_MAX];
+  snprintf (p, sizeof p, "%s/%s", root, rel);
+  int fd = open (p, O_CREAT | O_WRONLY, 0644);
+  CHECK (fd >= 0);
+  close (fd);
+}
+
+static char *
+path (const char *rel)
+{
+  static char p[4][PATH_MAX];
+  static int i;
+  i = (i + 1) % 4;
+  snprintf (p[i], sizeof p[i], "%s/%s", root, rel);
+  return p[i];
+}
+
+int
+main (void)
+{
+  char tmpl[] = "/tmp/confineXXXXXX";
+  CHECK (mkdtemp (tmpl));
+  { char full[PATH_MAX]; CHECK (realpath (tmpl, full) && strlen (full) < sizeof root); strcpy (root, full); }
+  CHECK (mkdir (path ("img"), 0755) == 0);
+  CHECK (mkdir (path ("img/sub"), 0755) == 0);
+  CHECK (mkdir (path ("other"), 0755) == 0);
+  touch ("img/top.qcow2");
+  touch ("img/base.raw");
+  touch ("img/sub/deep.raw");
+  touch ("other/secret");
+  touch ("outside.raw");
+  CHECK (symlink ("../other/secret", path ("img/link-out")) == 0);
+  CHECK (symlink ("base.raw", path ("img/link-in")) == 0);
+
+  const char *img = path ("img/top.qcow2");
+  char *r;
+
+  /* Relative inside: allowed, canonical. */
+  r = confine_resolve (img, "base.raw", NULL, false);
+  CHECK (r && strcmp (r, path ("img/base.raw")) == 0);
+  free (r);
+  r = confine_resolve (img, "sub/../sub/deep.raw", NULL, false);
+  CHECK (r && strcmp (r, path ("img/sub/deep.raw")) == 0);
+  free (r);
+  /* Absolute path that is inside the image directory: allowed. */
+  r = confine_resolve (img, path ("img/base.raw"), NULL, false);
+  CHECK (r != NULL);
+  free (r);
+  /* Symlink staying inside: allowed, resolved. */
+  r = confine_resolve (img, "link-in", NULL, false);
+  CHECK (r && strcmp (r, path ("img/base.raw")) == 0);
+  free (r);
+
+  /* Escapes: "..", absolute, symlink. */
+  errno = 0;
+  CHECK (confine_resolve (img, "../outside.raw", NULL, false) == NULL);
+  CHECK (errno == EACCES);
+  CHECK (confine_resolve (img, "/etc/passwd", NULL, false) == NULL);
+  CHECK (errno == EACCES);
+  CHECK (confine_resolve (img, "link-out", NULL, false) == NULL);
+  CHECK (errno == EACCES);
+  CHECK (confine_resolve (img, "sub/../../other/secret", NULL, false) == NULL);
+  /* Missing file: ENOENT, not EACCES. */
+  CHECK (confine_resolve (img, "missing.raw", NULL, false) == NULL);
+  CHECK (errno == ENOENT);
+  CHECK (confine_resolve (img, "", NULL, false) == NULL);
+
+  /* Explicitly allowed directory, and allow-any. */
+  const char *allowed[] = { path ("other"), NULL };
+  r = confine_resolve (img, "link-out", allowed, false);
+  CHECK (r && strcmp (r, path ("other/secret")) == 0);
+  free (r);
+  CHECK (confine_resolve (img, "../outside.raw", allowed, false) == NULL);
+  r = confine_resolve (img, "../outside.raw", NULL, true);
+  CHECK (r != NULL);
+  free (r);
+
+  /* Prefix confusion: /x/img must not admit /x/img2. */
+  CHECK (confine_is_within ("/x/img/a", "/x/img"));
+  CHECK (confine_is_within ("/x/img", "/x/img/"));
+  CHECK (!confine_is_within ("/x/img2/a", "/x/img"));
+  CHECK (confine_is_within ("/anything", "/"));
+
+  char cmd[PATH_MAX + 16];
+  snprintf (cmd, sizeof cmd, "rm -rf '%s'", root);
+  CHECK (system (cmd) == 0);
+  printf ("confine: ok\n");
+  return 0;
+}
