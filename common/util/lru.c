@@ -11,8 +11,8 @@ struct entry {
   struct entry *prev, *next;        /* LRU list, most recent first */
   unsigned pins;
   bool loading, valid;
-  /* entry_size bytes of data follow, aligned for any use */
-  _Alignas (64) unsigned char data[];
+  /* entry_size bytes of data follow */
+  _Alignas (16) unsigned char data[];   /* malloc gives 16-byte alignment */
 };
 
 struct lru {

@@ -1,0 +1,36 @@
+#!/bin/bash
+# `cmake --install` puts plugins and filters in nbdkit's own directories and
+# man pages in section 1 (checked in a DESTDIR, so this needs no root).
+source "$TOP_SRCDIR/tests/functions.sh"
+requires cmake pkg-config
+
+plugindir=$(pkg-config --variable=plugindir nbdkit)
+filterdir=$(pkg-config --variable=filterdir nbdkit)
+dest=$tmpdir/dest
+DESTDIR=$dest cmake --install "$TOP_BUILDDIR" >/dev/null
+
+n=0
+for so in "$TOP_BUILDDIR"/plugins/*/nbdkit-*-plugin.so; do
+  [ -f "$so" ] || continue
+  b=$(basename "$so")
+  [ -f "$dest$plugindir/$b" ] || fail "$b not installed in $plugindir"
+  nbdkit "$dest$plugindir/$b" --dump-plugin >/dev/null || fail "installed $b does not load"
+  n=$((n+1))
+done
+for so in "$TOP_BUILDDIR"/filters/*/nbdkit-*-filter.so; do
+  [ -f "$so" ] || continue
+  b=$(basename "$so")
+  [ -f "$dest$filterdir/$b" ] || fail "$b not installed in $filterdir"
+  n=$((n+1))
+done
+[ $n -gt 0 ] || fail "nothing was built"
+
+# One man page per plugin/filter source in docs/.
+for pod in "$TOP_SRCDIR"/docs/nbdkit-*.pod; do
+  [ -f "$pod" ] || continue
+  m=$(basename "$pod" .pod).1
+  found=$(find "$dest" -path "*/man1/$m" | head -1)
+  [ -n "$found" ] || fail "man page $m not installed"
+  man -l "$found" >/dev/null 2>&1 || fail "man page $m does not render"
+done
+echo "install layout ok ($n modules)"
