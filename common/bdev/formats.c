@@ -1,6 +1,7 @@
 #include <string.h>
 
 #include "formats.h"
+#include "qcow2/qcow2.h"
 
 static struct bdev *
 raw_open (const char *path, const struct bdev_open_opts *opts, unsigned depth)
@@ -11,6 +12,7 @@ raw_open (const char *path, const struct bdev_open_opts *opts, unsigned depth)
 
 /* Probed in order; raw comes last and is never probed (it is the fallback). */
 const struct bdev_format bdev_formats[] = {
+  { "qcow2", qcow2_probe, qcow2_open },
   { "raw", NULL, raw_open },
   { NULL, NULL, NULL },
 };

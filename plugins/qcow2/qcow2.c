@@ -1,0 +1,643 @@
+/* nbdkit qcow2 plugin: a thin adapter over the qcow2 engine in
+ * common/qcow2.  One engine instance per export (the active image and each
+ * internal snapshot) is shared by every connection, so metadata caches are
+ * coherent and a flush on any connection covers all of them (multi-conn).
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define NBDKIT_API_VERSION 2
+#include <nbdkit-plugin.h>
+
+#include "bdev/bdev.h"
+#include "qcow2/qcow2.h"
+#include "util/log.h"
+
+#define THREAD_MODEL NBDKIT_THREAD_MODEL_PARALLEL
+
+NBDKIT_DLL_PUBLIC int qcow2_debug_verbose = 0;
+
+static char *filename;
+static bool backing_none;
+static char **allowed;          /* NULL-terminated */
+static size_t nallowed;
+static bool allow_any;
+static char *snapshot;
+static int64_t cache_size = -1;
+static bool direct;
+static int64_t create_size = -1;
+static struct qcow2_create_opts copts = { .version = 3 };
+static char *create_backing, *create_backing_format;
+
+struct image {
+  struct image *next;
+  char *export;                 /* "" for the active image */
+  struct bdev *bd;
+  unsigned refs;
+};
+static struct image *images;
+static pthread_mutex_t images_lock = PTHREAD_MUTEX_INITIALIZER;
+
+struct handle {
+  struct image *img;
+  bool readonly;
+};
+
+static void
+qcow2_load (void)
+{
+  kvm_log_set (nbdkit_verror, nbdkit_vdebug);
+}
+
+static void
+qcow2_unload (void)
+{
+  for (struct image *i = images, *n; i; i = n) {
+    n = i->next;
+    bdev_close (i->bd);
+    free (i->export);
+    free (i);
+  }
+  for (size_t i = 0; i < nallowed; i++)
+    free (allowed[i]);
+  free (allowed);
+  free (filename);
+  free (snapshot);
+  free (create_backing);
+  free (create_backing_format);
+}
+
+static int
+parse_bool_param (const char *key, const char *value, bool *out)
+{
+  int r = nbdkit_parse_bool (value);
+  if (r == -1)
+    return -1;
+  (void) key;
+  *out = r;
+  return 0;
+}
+
+static int
+qcow2_config (const char *key, const char *value)
+{
+  if (strcmp (key, "file") == 0) {
+    free (filename);
+    filename = nbdkit_realpath (value);
+    if (!filename)
+      return -1;
+  }
+  else if (strcmp (key, "backing") == 0) {
+    if (strcmp (value, "none") != 0) {
+      nbdkit_error ("backing: only backing=none is supported");
+      return -1;
+    }
+    backing_none = true;
+  }
+  else if (strcmp (key, "allow-backing-path") == 0) {
+    if (strcmp (value, "any") == 0 || strcmp (value, "*") == 0) {
+      allow_any = true;
+      return 0;
+    }
+    char *d = nbdkit_realpath (value);
+    if (!d)
+      return -1;
+    char **na = realloc (allowed, (nallowed + 2) * sizeof *na);
+    if (!na) {
+      free (d);
+      nbdkit_error ("realloc: %m");
+      return -1;
+    }
+    allowed = na;
+    allowed[nallowed++] = d;
+    allowed[nallowed] = NULL;
+  }
+  else if (strcmp (key, "snapshot") == 0) {
+    free (snapshot);
+    snapshot = strdup (value);
+    if (!snapshot) {
+      nbdkit_error ("strdup: %m");
+      return -1;
+    }
+  }
+  else if (strcmp (key, "cache") == 0) {
+    cache_size = nbdkit_parse_size (value);
+    if (cache_size == -1)
+      return -1;
+  }
+  else if (strcmp (key, "direct") == 0)
+    return parse_bool_param (key, value, &direct);
+  else if (strcmp (key, "create") == 0) {
+    create_size = nbdkit_parse_size (value);
+    if (create_size == -1)
+      return -1;
+  }
+  else if (strcmp (key, "create-cluster-size") == 0) {
+    int64_t v = nbdkit_parse_size (value);
+    if (v == -1)
+      return -1;
+    if (v < 512 || v > 2 * 1024 * 1024 || (v & (v - 1))) {
+      nbdkit_error ("create-cluster-size must be a power of 2 between 512 "
+                    "and 2M");
+      return -1;
+    }
+    copts.cluster_size = v;
+  }
+  else if (strcmp (key, "create-compat") == 0) {
+    if (strcmp (value, "0.10") == 0 || strcmp (value, "v2") == 0)
+      copts.version = 2;
+    else if (strcmp (value, "1.1") == 0 || strcmp (value, "v3") == 0)
+      copts.version = 3;
+    else {
+      nbdkit_error ("create-compat must be 0.10 or 1.1");
+      return -1;
+    }
+  }
+  else if (strcmp (key, "create-backing") == 0) {
+    free (create_backing);
+    create_backing = strdup (value);
+    if (!create_backing) {
+      nbdkit_error ("strdup: %m");
+      return -1;
+    }
+  }
+  else if (strcmp (key, "create-backing-format") == 0) {
+    free (create_backing_format);
+    create_backing_format = strdup (value);
+    if (!create_backing_format) {
+      nbdkit_error ("strdup: %m");
+      return -1;
+    }
+  }
+  else if (strcmp (key, "create-extended-l2") == 0)
+    return parse_bool_param (key, value, &copts.extended_l2);
+  else if (strcmp (key, "create-refcount-bits") == 0) {
+    unsigned v;
+    if (nbdkit_parse_unsigned (key, value, &v) == -1)
+      return -1;
+    if (v == 0 || v > 64 || (v & (v - 1))) {
+      nbdkit_error ("create-refcount-bits must be 1, 2, 4, 8, 16, 32 or 64");
+      return -1;
+    }
+    copts.refcount_bits = v;
+  }
+  else if (strcmp (key, "create-compression-type") == 0) {
+    if (strcmp (value, "zlib") == 0)
+      copts.compression_type = 0;
+    else if (strcmp (value, "zstd") == 0)
+      copts.compression_type = 1;
+    else {
+      nbdkit_error ("create-compression-type must be zlib or zstd");
+      return -1;
+    }
+  }
+  else {
+    nbdkit_error ("unknown parameter '%s'", key);
+    return -1;
+  }
+  return 0;
+}
+
+static int
+qcow2_config_complete (void)
+{
+  if (!filename) {
+    /* nbdkit_realpath fails for a file that does not exist yet. */
+    nbdkit_error ("you must supply the file=PATH parameter (an existing "
+                  "file, or a new one with create=SIZE)");
+    return -1;
+  }
+  return 0;
+}
+
+/* file= for a file that does not exist: nbdkit_realpath fails, so keep the
+ * absolute path ourselves when create= is used.
+ */
+static int
+qcow2_config_file (const char *key, const char *value)
+{
+  if (strcmp (key, "file") == 0 && access (value, F_OK) == -1 &&
+      errno == ENOENT) {
+    char *dir = strdup (value), *slash = strrchr (dir ? dir : "", '/');
+    const char *base = value;
+    char *rdir;
+    if (!dir) {
+      nbdkit_error ("strdup: %m");
+      return -1;
+    }
+    if (slash) {
+      *slash = 0;
+      base = slash + 1;
+      rdir = nbdkit_realpath (*dir ? dir : "/");
+    }
+    else
+      rdir = nbdkit_realpath (".");
+    free (dir);
+    if (!rdir)
+      return -1;
+    free (filename);
+    if (asprintf (&filename, "%s/%s", rdir, base) == -1) {
+      filename = NULL;
+      free (rdir);
+      nbdkit_error ("asprintf: %m");
+      return -1;
+    }
+    free (rdir);
+    return 0;
+  }
+  return qcow2_config (key, value);
+}
+
+static int
+qcow2_get_ready (void)
+{
+  if (access (filename, F_OK) == -1) {
+    if (create_size < 0) {
+      nbdkit_error ("%s: %m (use create=SIZE to create a new image)",
+                    filename);
+      return -1;
+    }
+    copts.size = create_size;
+    copts.backing = create_backing;
+    copts.backing_format = create_backing_format;
+    if (qcow2_create (filename, &copts) == -1)
+      return -1;
+    nbdkit_debug ("%s: created new qcow2 image of %" PRIi64 " bytes",
+                  filename, create_size);
+  }
+  return 0;
+}
+
+#define qcow2_config_help \
+  "[file=]PATH                 qcow2 image (required).\n" \
+  "backing=none                Ignore the backing file.\n" \
+  "allow-backing-path=DIR|any  Backing/data files may also be in DIR.\n" \
+  "snapshot=NAME|ID            Serve an internal snapshot (read-only).\n" \
+  "cache=SIZE                  L2 metadata cache size.\n" \
+  "direct=true                 Use O_DIRECT.\n" \
+  "create=SIZE                 Create the image if it does not exist\n" \
+  "                            (create-cluster-size, create-compat,\n" \
+  "                            create-backing, create-backing-format,\n" \
+  "                            create-extended-l2, create-refcount-bits,\n" \
+  "                            create-compression-type)."
+
+static void
+qcow2_dump_plugin (void)
+{
+#ifdef HAVE_ZLIB
+  printf ("qcow2_zlib=yes\n");
+#endif
+#ifdef HAVE_ZSTD
+  printf ("qcow2_zstd=yes\n");
+#endif
+  printf ("qcow2_versions=2,3\n");
+}
+
+/* Open the engine for EXPORT ("" = active image, else snapshot). */
+static struct bdev *
+open_engine (const char *snap, bool readonly)
+{
+  char cachebuf[64];
+  const char *fopts[6];
+  size_t n = 0;
+  struct bdev_open_opts o = {
+    .readonly = readonly || snap,
+    .direct = direct,
+    .allowed_dirs = (const char *const *) allowed,
+    .allow_any_path = allow_any,
+  };
+  if (backing_none)
+    fopts[n++] = "qcow2.backing=none";
+  char *snapopt = NULL;
+  if (snap) {
+    if (asprintf (&snapopt, "qcow2.snapshot=%s", snap) == -1) {
+      nbdkit_error ("asprintf: %m");
+      return NULL;
+    }
+    fopts[n++] = snapopt;
+  }
+  if (cache_size >= 0) {
+    snprintf (cachebuf, sizeof cachebuf, "qcow2.cache=%" PRIi64, cache_size);
+    fopts[n++] = cachebuf;
+  }
+  if (qcow2_debug_verbose)
+    fopts[n++] = "qcow2.verbose=1";
+  fopts[n] = NULL;
+  o.format_opts = fopts;
+  struct bdev *bd = bdev_open (filename, "qcow2", &o, 0);
+  if (!bd && !o.readonly && (errno == EACCES || errno == EROFS ||
+                             errno == EPERM)) {
+    nbdkit_debug ("%s: cannot open read-write, trying read-only", filename);
+    o.readonly = true;
+    bd = bdev_open (filename, "qcow2", &o, 0);
+  }
+  free (snapopt);
+  return bd;
+}
+
+static void *
+plugin_open (int readonly)
+{
+  const char *export = nbdkit_export_name ();
+  const char *snap = NULL;
+  struct handle *h;
+
+  if (!export)
+    export = "";
+  if (*export)
+    snap = export;
+  else if (snapshot)
+    snap = snapshot;
+
+  h = calloc (1, sizeof *h);
+  if (!h) {
+    nbdkit_error ("calloc: %m");
+    return NULL;
+  }
+  pthread_mutex_lock (&images_lock);
+  struct image *img;
+  for (img = images; img; img = img->next)
+    if (strcmp (img->export, export) == 0)
+      break;
+  if (!img) {
+    img = calloc (1, sizeof *img);
+    if (!img || !(img->export = strdup (export))) {
+      free (img);
+      pthread_mutex_unlock (&images_lock);
+      nbdkit_error ("calloc: %m");
+      free (h);
+      return NULL;
+    }
+    img->bd = open_engine (snap, readonly);
+    if (!img->bd) {
+      free (img->export);
+      free (img);
+      pthread_mutex_unlock (&images_lock);
+      free (h);
+      return NULL;
+    }
+    img->next = images;
+    images = img;
+  }
+  img->refs++;
+  pthread_mutex_unlock (&images_lock);
+  h->img = img;
+  h->readonly = readonly || img->bd->readonly;
+  return h;
+}
+
+static void
+plugin_close (void *handle)
+{
+  struct handle *h = handle;
+  pthread_mutex_lock (&images_lock);
+  if (--h->img->refs == 0) {
+    for (struct image **pp = &images; *pp; pp = &(*pp)->next)
+      if (*pp == h->img) {
+        *pp = h->img->next;
+        break;
+      }
+    bdev_close (h->img->bd);
+    free (h->img->export);
+    free (h->img);
+  }
+  pthread_mutex_unlock (&images_lock);
+  free (h);
+}
+
+static int
+qcow2_list_exports (int readonly, int is_tls, struct nbdkit_exports *exports)
+{
+  (void) readonly; (void) is_tls;
+  static const char *const fopts[] = { "qcow2.backing=none", NULL };
+  struct bdev_open_opts o = { .readonly = true, .format_opts = fopts };
+  struct bdev *bd;
+  const struct qcow2_snapshot_info *s;
+  char desc[256];
+
+  if (nbdkit_add_export (exports, "", "active image") == -1)
+    return -1;
+  bd = bdev_open (filename, "qcow2", &o, 0);
+  if (!bd)
+    return -1;
+  size_t n = qcow2_snapshots (bd, &s);
+  for (size_t i = 0; i < n; i++) {
+    time_t t = s[i].date_sec;
+    struct tm tm;
+    char date[64] = "";
+    if (gmtime_r (&t, &tm))
+      strftime (date, sizeof date, "%Y-%m-%d %H:%M:%S", &tm);
+    snprintf (desc, sizeof desc, "snapshot id=%s size=%" PRIu64 " date=%s",
+              s[i].id, s[i].size, date);
+    if (nbdkit_add_export (exports, *s[i].name ? s[i].name : s[i].id,
+                           desc) == -1) {
+      bdev_close (bd);
+      return -1;
+    }
+  }
+  bdev_close (bd);
+  return 0;
+}
+
+static const char *
+qcow2_default_export (int readonly, int is_tls)
+{
+  (void) readonly; (void) is_tls;
+  return "";
+}
+
+static const char *
+qcow2_export_description (void *handle)
+{
+  struct handle *h = handle;
+  if (!*h->img->export)
+    return NULL;
+  return nbdkit_printf_intern ("internal snapshot %s of %s", h->img->export,
+                               filename);
+}
+
+static int64_t
+qcow2_get_size (void *handle)
+{
+  struct handle *h = handle;
+  return h->img->bd->size;
+}
+
+static int
+qcow2_can_write (void *handle)
+{
+  struct handle *h = handle;
+  return !h->readonly;
+}
+
+static int
+qcow2_can_flush (void *handle)
+{
+  (void) handle;
+  return 1;
+}
+
+static int
+qcow2_can_trim (void *handle)
+{
+  struct handle *h = handle;
+  return !h->readonly && (h->img->bd->caps & BDEV_CAN_TRIM);
+}
+
+static int
+qcow2_can_zero (void *handle)
+{
+  (void) handle;
+  return 1;
+}
+
+static int
+qcow2_can_fast_zero (void *handle)
+{
+  struct handle *h = handle;
+  return (h->img->bd->caps & BDEV_CAN_FAST_ZERO) != 0;
+}
+
+static int
+qcow2_can_fua (void *handle)
+{
+  (void) handle;
+  return NBDKIT_FUA_NATIVE;
+}
+
+static int
+qcow2_can_multi_conn (void *handle)
+{
+  (void) handle;
+  return 1;
+}
+
+static int
+qcow2_can_extents (void *handle)
+{
+  (void) handle;
+  return 1;
+}
+
+static int
+set_err (int r)
+{
+  if (r == -1)
+    nbdkit_set_error (errno ? errno : EIO);
+  return r;
+}
+
+static uint32_t
+map_flags (uint32_t f)
+{
+  uint32_t b = 0;
+  if (f & NBDKIT_FLAG_FUA) b |= BDEV_FUA;
+  if (f & NBDKIT_FLAG_MAY_TRIM) b |= BDEV_MAY_TRIM;
+  if (f & NBDKIT_FLAG_FAST_ZERO) b |= BDEV_FAST_ZERO;
+  if (f & NBDKIT_FLAG_REQ_ONE) b |= BDEV_REQ_ONE;
+  return b;
+}
+
+static int
+qcow2_pread (void *handle, void *buf, uint32_t count, uint64_t offset,
+             uint32_t flags)
+{
+  struct handle *h = handle;
+  (void) flags;
+  return set_err (bdev_pread (h->img->bd, buf, count, offset));
+}
+
+static int
+qcow2_pwrite (void *handle, const void *buf, uint32_t count, uint64_t offset,
+              uint32_t flags)
+{
+  struct handle *h = handle;
+  return set_err (bdev_pwrite (h->img->bd, buf, count, offset,
+                               map_flags (flags)));
+}
+
+static int
+qcow2_flush (void *handle, uint32_t flags)
+{
+  struct handle *h = handle;
+  (void) flags;
+  return set_err (bdev_flush (h->img->bd));
+}
+
+static int
+qcow2_trim (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
+{
+  struct handle *h = handle;
+  return set_err (bdev_trim (h->img->bd, count, offset, map_flags (flags)));
+}
+
+static int
+qcow2_zero (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
+{
+  struct handle *h = handle;
+  int r = bdev_zero (h->img->bd, count, offset, map_flags (flags));
+  if (r == -1 && errno == ENOTSUP && (flags & NBDKIT_FLAG_FAST_ZERO)) {
+    nbdkit_set_error (ENOTSUP);
+    return -1;
+  }
+  return set_err (r);
+}
+
+static int
+add_extent (void *opaque, uint64_t offset, uint64_t length, uint32_t type)
+{
+  return nbdkit_add_extent (opaque, offset, length, type);
+}
+
+static int
+qcow2_extents (void *handle, uint32_t count, uint64_t offset, uint32_t flags,
+               struct nbdkit_extents *extents)
+{
+  struct handle *h = handle;
+  return set_err (bdev_extents (h->img->bd, count, offset,
+                                map_flags (flags), add_extent, extents));
+}
+
+static struct nbdkit_plugin plugin = {
+  .name = "qcow2",
+  .longname = "nbdkit qcow2 plugin",
+  .version = "0.1.0",
+  .load = qcow2_load,
+  .unload = qcow2_unload,
+  .config = qcow2_config_file,
+  .config_complete = qcow2_config_complete,
+  .config_help = qcow2_config_help,
+  .magic_config_key = "file",
+  .dump_plugin = qcow2_dump_plugin,
+  .get_ready = qcow2_get_ready,
+  .list_exports = qcow2_list_exports,
+  .default_export = qcow2_default_export,
+  .export_description = qcow2_export_description,
+  .open = plugin_open,
+  .close = plugin_close,
+  .get_size = qcow2_get_size,
+  .can_write = qcow2_can_write,
+  .can_flush = qcow2_can_flush,
+  .can_trim = qcow2_can_trim,
+  .can_zero = qcow2_can_zero,
+  .can_fast_zero = qcow2_can_fast_zero,
+  .can_fua = qcow2_can_fua,
+  .can_multi_conn = qcow2_can_multi_conn,
+  .can_extents = qcow2_can_extents,
+  .pread = qcow2_pread,
+  .pwrite = qcow2_pwrite,
+  .flush = qcow2_flush,
+  .trim = qcow2_trim,
+  .zero = qcow2_zero,
+  .extents = qcow2_extents,
+  .errno_is_preserved = 0,
+};
+
+NBDKIT_REGISTER_PLUGIN (plugin)
