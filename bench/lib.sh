@@ -41,6 +41,32 @@ make_random_raw () {
   head -c "$size" /dev/urandom > "$f"
   [ "$(stat -c %s "$f")" = "$size" ] || bench_die "could not create $f"
 }
+# make_compressible_raw FILE [SIZE]: fully allocated, every 4 KiB block
+# = 1 KiB random + 3 KiB zeros, so deflate/zstd shrink it about 4x while
+# no block is all zeros (random data would not compress: qemu-img -c then
+# stores the clusters uncompressed and a "compressed read" measures
+# nothing; zero blocks would be skipped as holes).
+make_compressible_raw () {
+  local f=$1 size=${2:-$SIZE}
+  rm -f "$f"
+  python3 - "$f" "$size" <<'PYEOF'
+import os, sys
+path, size = sys.argv[1], int(sys.argv[2])
+blk = 4096
+with open(path, "wb") as f:
+    left = size
+    while left > 0:
+        n = min(left, 1 << 20)
+        out = bytearray(n)
+        rnd = os.urandom(n // 4 + 1024)
+        for off in range(0, n, blk):
+            k = min(1024, n - off)
+            out[off:off + k] = rnd[off // 4:off // 4 + k]
+        f.write(out)
+        left -= n
+PYEOF
+  [ "$(stat -c %s "$f")" = "$size" ] || bench_die "could not create $f"
+}
 # make_empty_raw FILE [SIZE]: sparse file of SIZE bytes.
 make_empty_raw () {
   local f=$1 size=${2:-$SIZE}

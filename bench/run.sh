@@ -126,7 +126,7 @@ finish () {
 trap finish EXIT
 trap 'exit 130' INT TERM
 RESULTS=$RUNROOT/results.tsv
-printf 'scenario\tround\tserver\tworkload\tvalue\tunit\n' > "$RESULTS"
+printf 'scenario\tround\tserver\tworkload\tvalue\tunit\tserver_cpu_s\twork\n' > "$RESULTS"
 export RUNROOT SOCKROOT RESULTS
 
 # --- one run: start the server, run the workload, stop the server --------
@@ -235,7 +235,13 @@ for job in j["jobs"]:
         tot_iops += s.get("iops", 0.0)
 if tot_bytes <= 0:
     sys.exit("fio moved no data")
-print("%.1f" % (tot_bw / 1048576.0 if unit == "MiB/s" else tot_iops))
+tot_ios = sum(job.get(d, {}).get("total_ios", 0)
+              for job in j["jobs"] for d in ("read", "write", "trim"))
+# value, then the amount of work: I/Os for IOPS, MiB for MiB/s.
+if unit == "MiB/s":
+    print("%.1f %.1f" % (tot_bw / 1048576.0, tot_bytes / 1048576.0))
+else:
+    print("%.1f %d" % (tot_iops, tot_ios))
 EOF
       ;;
     nbdcopy)
@@ -252,26 +258,38 @@ EOF
         awk -v a="$t0" -v b="$t1" -v r="$RUNTIME" 'BEGIN { exit !(b - a >= r) }' && break
       done
       awk -v a="$t0" -v b="$t1" -v n="$n" -v s="$esize" \
-        'BEGIN { printf "%.1f\n", n * s / 1048576 / (b - a) }'
+        'BEGIN { printf "%.1f %.1f\n", n * s / 1048576 / (b - a), n * s / 1048576 }'
       ;;
   esac
 }
 
+# _server_cpu PID: user+system CPU seconds of the process (all threads).
+_clk_tck=$(getconf CLK_TCK)
+_server_cpu () {
+  local st f
+  st=$(cat "/proc/$1/stat" 2>/dev/null) || { echo 0; return; }
+  st=${st##*) }            # drop "pid (comm) ": comm may contain spaces
+  read -r -a f <<<"$st"    # f[0] is field 3 (state); utime = 14, stime = 15
+  awk -v u="${f[11]}" -v s="${f[12]}" -v t="$_clk_tck" 'BEGIN { printf "%.2f\n", (u + s) / t }'
+}
+
 # _run_one LABEL WORKLOAD ROUND: one measurement, appended to $RESULTS.
 _run_one () {
-  local label=$1 wl=$2 round=$3 base value
+  local label=$1 wl=$2 round=$3 base out value work cpu
   base=$LOGDIR/r$round-$wl-$label
   if declare -F before_run >/dev/null; then before_run "$label" "$wl" "$round"; fi
   _start_server "$label" "$base.server.log" || return 1
-  if ! value=$(_run_workload "$wl" "nbd+unix:///?socket=$SOCK" "$base"); then
+  if ! out=$(_run_workload "$wl" "nbd+unix:///?socket=$SOCK" "$base"); then
     _stop_server "$label" "$base.server.log" || :
     return 1
   fi
+  read -r value work <<<"$out"
+  cpu=$(_server_cpu "$_srv_pid")
   _stop_server "$label" "$base.server.log" || return 1
   if declare -F after_run >/dev/null; then after_run "$label" "$wl" "$round"; fi
-  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$SCENARIO" "$round" "$label" "$wl" \
-    "$value" "${_wl_unit[$wl]}" >> "$RESULTS"
-  bench_log "$SCENARIO round $round: $wl $label = $value ${_wl_unit[$wl]}"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$SCENARIO" "$round" "$label" "$wl" \
+    "$value" "${_wl_unit[$wl]}" "$cpu" "$work" >> "$RESULTS"
+  bench_log "$SCENARIO round $round: $wl $label = $value ${_wl_unit[$wl]} (server CPU ${cpu} s)"
 }
 
 _failed_run=""
@@ -368,9 +386,10 @@ md=$RUNROOT/out.md
   echo
   echo "- Machine: ${cpu:-unknown CPU}, $(nproc) CPUs, $mem RAM, Linux $(uname -r)"
   echo "- Tools: $(nbdkit --version 2>/dev/null | head -1), $(qemu-nbd --version 2>/dev/null | head -1 | sed 's/ (.*//'), $(fio --version), $(nbdcopy --version | head -1)"
-  echo "- Parameters: $ROUNDS round(s), image $size_arg ($SIZE bytes) in $imgdir ($fs_type), ${RUNTIME} s per job, fio nbd engine iodepth 16; load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "- Parameters: $ROUNDS round(s), image $size_arg ($SIZE bytes) in $imgdir ($fs_type), ${RUNTIME} s per job, fio nbd engine iodepth 16"
   echo "- Values are medians over rounds; ratio columns are medians of per-round ratios (> 1: faster than the reference)."
 } > "$md"
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 
 status=0
 for s in "${scenarios[@]}"; do
@@ -408,6 +427,10 @@ for s in "${scenarios[@]}"; do
   esac
 done
 
+{
+  echo
+  echo "Load average at start: $load_start; at end: $(cut -d' ' -f1-3 /proc/loadavg) (other work on the machine lowers and scatters the numbers)."
+} >> "$md"
 cat "$md"
 [ -z "$output" ] || cp -- "$md" "$output"
 [ -z "$results_out" ] || cp -- "$RESULTS" "$results_out"

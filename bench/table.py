@@ -19,6 +19,8 @@ import sys
 def fmt_value(v, unit):
     if unit == "IOPS":
         return "%.0f" % v
+    if unit in ("µs/IO", "ms/GiB"):
+        return "%.1f" % v if v < 100 else "%.0f" % v
     return "%.0f" % v if v >= 100 else "%.3g" % v
 
 
@@ -39,8 +41,10 @@ def main():
             elif p[0] == "workload":
                 workloads.append((p[1], p[2], p[3]))
 
-    # data[workload][server][round] = value
+    # data[workload][server][round] = value; cost[...] = server CPU per
+    # unit of work (µs per I/O for IOPS workloads, ms per GiB for MiB/s).
     data = {}
+    cost = {}
     rounds = set()
     with open(results) as f:
         next(f, None)
@@ -50,6 +54,10 @@ def main():
                 continue
             rnd, srv, wl, val = int(p[1]), p[2], p[3], float(p[4])
             data.setdefault(wl, {}).setdefault(srv, {})[rnd] = val
+            if len(p) >= 8 and p[6] and p[7] and float(p[7]) > 0:
+                cpu, work = float(p[6]), float(p[7])
+                c = cpu * 1e6 / work if p[5] == "IOPS" else cpu * 1e3 / (work / 1024)
+                cost.setdefault(wl, {}).setdefault(srv, {})[rnd] = c
             rounds.add(rnd)
 
     print(desc)
@@ -72,11 +80,29 @@ def main():
             tags.append("ceiling")
         return "%s (%s)" % (s, ", ".join(tags)) if tags else s
 
+    print_table(servers, ratios, workloads, data, rounds, label, None)
+    n = len(rounds)
+    print()
+    print("%d round%s; ± is the largest deviation of a round from the median."
+          % (n, "" if n == 1 else "s"))
+    if cost:
+        print()
+        print("Server CPU time per unit of work (user+system of the server "
+              "process, all threads; lower is cheaper; ratio < 1: cheaper "
+              "than the reference):")
+        print()
+        print_table(servers, ratios, workloads, cost, rounds, label,
+                    {"IOPS": "µs/IO", "MiB/s": "ms/GiB"})
+
+
+def print_table(servers, ratios, workloads, data, rounds, label, units):
     head = ["workload", "unit"] + [label(s) for s in servers] + \
            ["%s ÷ %s" % r for r in ratios]
     print("| " + " | ".join(head) + " |")
     print("|---|---|" + "---:|" * (len(servers) + len(ratios)))
     for wl, unit, wdesc in workloads:
+        if units:
+            unit = units[unit]
         row = ["%s (%s)" % (wl, wdesc), unit]
         per = data.get(wl, {})
         for s in servers:
@@ -95,10 +121,6 @@ def main():
             rs = [a[r] / b[r] for r in sorted(rounds) if r in a and r in b and b[r] > 0]
             row.append("%.2f" % statistics.median(rs) if rs else "–")
         print("| " + " | ".join(row) + " |")
-    n = len(rounds)
-    print()
-    print("%d round%s; ± is the largest deviation of a round from the median."
-          % (n, "" if n == 1 else "s"))
 
 
 if __name__ == "__main__":
