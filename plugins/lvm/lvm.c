@@ -1,0 +1,368 @@
+/* nbdkit lvm plugin: serve the LVs of an LVM2 volume group, read from the
+ * PVs' on-disk metadata without device-mapper.  Thin adapter over
+ * common/lvm (lvm.h).
+ */
+#define NBDKIT_API_VERSION 2
+#define THREAD_MODEL NBDKIT_THREAD_MODEL_PARALLEL
+#include <nbdkit-plugin.h>
+
+#include <errno.h>
+#include <glob.h>
+#include <inttypes.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bdev/bdev.h"
+#include "lvm/lvm.h"
+#include "lvm/lvm_disk.h"
+#include "util/log.h"
+
+static char **pvs;              /* pv= paths after glob expansion */
+static bool *pv_optional;       /* came from a glob pattern */
+static size_t npvs;
+static char *vg_name;
+static char *default_lv;
+static bool readonly_opt;
+static unsigned recheck_ms = 1000;
+static struct lvm_vgset *vgset;
+
+static void
+lvm_load (void)
+{
+  kvm_log_set (nbdkit_verror, nbdkit_vdebug);
+}
+
+static void
+lvm_unload (void)
+{
+  lvm_vgset_close (vgset);
+  for (size_t i = 0; i < npvs; i++)
+    free (pvs[i]);
+  free (pvs);
+  free (pv_optional);
+  free (vg_name);
+  free (default_lv);
+}
+
+static int
+add_pv (const char *path, bool optional)
+{
+  char **p = realloc (pvs, (npvs + 1) * sizeof *pvs);
+  bool *o;
+  if (!p) {
+    nbdkit_error ("realloc: %m");
+    return -1;
+  }
+  pvs = p;
+  o = realloc (pv_optional, (npvs + 1) * sizeof *o);
+  if (!o) {
+    nbdkit_error ("realloc: %m");
+    return -1;
+  }
+  pv_optional = o;
+  if (!(pvs[npvs] = nbdkit_realpath (path)))
+    return -1;
+  pv_optional[npvs] = optional;
+  npvs++;
+  return 0;
+}
+
+static int
+lvm_config (const char *key, const char *value)
+{
+  if (strcmp (key, "pv") == 0) {
+    if (strpbrk (value, "*?[")) {
+      glob_t g;
+      int r = glob (value, 0, NULL, &g);
+      if (r == GLOB_NOMATCH) {
+        nbdkit_error ("pv=%s: no file matches", value);
+        return -1;
+      }
+      if (r != 0) {
+        nbdkit_error ("pv=%s: glob failed", value);
+        return -1;
+      }
+      for (size_t i = 0; i < g.gl_pathc; i++)
+        if (add_pv (g.gl_pathv[i], true) == -1) {
+          globfree (&g);
+          return -1;
+        }
+      globfree (&g);
+      return 0;
+    }
+    return add_pv (value, false);
+  }
+  else if (strcmp (key, "vg") == 0) {
+    free (vg_name);
+    if (!(vg_name = strdup (value))) {
+      nbdkit_error ("strdup: %m");
+      return -1;
+    }
+  }
+  else if (strcmp (key, "lv") == 0) {
+    free (default_lv);
+    if (!(default_lv = strdup (value))) {
+      nbdkit_error ("strdup: %m");
+      return -1;
+    }
+  }
+  else if (strcmp (key, "readonly") == 0) {
+    int r = nbdkit_parse_bool (value);
+    if (r == -1)
+      return -1;
+    readonly_opt = r;
+  }
+  else if (strcmp (key, "recheck") == 0) {
+    if (nbdkit_parse_unsigned ("recheck", value, &recheck_ms) == -1)
+      return -1;
+  }
+  else {
+    nbdkit_error ("unknown parameter '%s'", key);
+    return -1;
+  }
+  return 0;
+}
+
+static int
+lvm_config_complete (void)
+{
+  if (npvs == 0) {
+    nbdkit_error ("at least one pv=DEVICE|FILE parameter is required");
+    return -1;
+  }
+  return 0;
+}
+
+#define lvm_config_help \
+  "pv=<PATH>         (required, repeatable) A PV: block device or file;\n" \
+  "                  glob patterns are allowed (non-PVs are skipped).\n" \
+  "vg=<NAME>         The volume group (needed if the PVs hold several).\n" \
+  "lv=<NAME>         The LV served as the default export.\n" \
+  "readonly=true     Open the PVs read-only.\n" \
+  "recheck=<MS>      Re-check the metadata every MS ms while serving\n" \
+  "                  (default 1000, 0 = only on new connections)."
+
+static void
+lvm_dump_plugin (void)
+{
+  printf ("lvm_max_metadata_size=%u\n", LVM_MAX_METADATA);
+  printf ("lvm_segment_types=linear,striped,mirror(ro),raid1(ro),zero,error\n");
+}
+
+static int
+lvm_get_ready (void)
+{
+  struct lvm_vgset_opts o = {
+    .readonly = readonly_opt,
+    .vg_name = vg_name,
+    .recheck_ms = recheck_ms,
+  };
+  vgset = lvm_vgset_open ((const char *const *) pvs, pv_optional, npvs, &o);
+  if (!vgset)
+    return -1;
+  char name[256];
+  uint64_t seqno;
+  lvm_vgset_info (vgset, name, sizeof name, &seqno);
+  nbdkit_debug ("serving volume group %s (metadata seqno %" PRIu64 ")%s",
+                name, seqno, lvm_vgset_writable (vgset) ? "" : " read-only");
+  return 0;
+}
+
+struct list_ctx {
+  struct nbdkit_exports *exports;
+  const char *vg;
+};
+
+static int
+add_export (void *opaque, const char *name, uint64_t size,
+            const char *layout)
+{
+  struct list_ctx *c = opaque;
+  char desc[512];
+  snprintf (desc, sizeof desc, "LV %s/%s, %" PRIu64 " bytes, %s", c->vg,
+            name, size, layout);
+  return nbdkit_add_export (c->exports, name, desc);
+}
+
+static int
+lvm_list_exports (int readonly, int is_tls, struct nbdkit_exports *exports)
+{
+  char name[256];
+  uint64_t seqno;
+  (void) readonly; (void) is_tls;
+  lvm_vgset_info (vgset, name, sizeof name, &seqno);
+  struct list_ctx c = { exports, name };
+  return lvm_vgset_list (vgset, add_export, &c);
+}
+
+static const char *
+lvm_default_export (int readonly, int is_tls)
+{
+  (void) readonly; (void) is_tls;
+  return default_lv ? default_lv : "";
+}
+
+static void *
+lvm_open (int readonly)
+{
+  const char *name = nbdkit_export_name ();
+  struct bdev *bd;
+
+  if (!name || !*name)
+    name = default_lv;
+  if (!name) {
+    nbdkit_error ("no export name given and no lv= default: name an LV "
+                  "(list them with nbdinfo --list)");
+    return NULL;
+  }
+  bd = lvm_lv_open (vgset, name, readonly);
+  if (!bd)
+    return NULL;
+  return bd;
+}
+
+static void
+lvm_close (void *handle)
+{
+  bdev_close (handle);
+}
+
+static int64_t
+lvm_get_size (void *handle)
+{
+  struct bdev *bd = handle;
+  return bd->size;
+}
+
+static int
+lvm_can_write (void *handle)
+{
+  struct bdev *bd = handle;
+  return !bd->readonly;
+}
+
+static int
+lvm_can_one (void *handle)
+{
+  (void) handle;
+  return 1;
+}
+
+static int
+lvm_can_fua (void *handle)
+{
+  (void) handle;
+  return NBDKIT_FUA_NATIVE;
+}
+
+static int
+lvm_pread (void *handle, void *buf, uint32_t count, uint64_t offset,
+           uint32_t flags)
+{
+  (void) flags;
+  if (bdev_pread (handle, buf, count, offset) == -1) {
+    nbdkit_set_error (errno);
+    return -1;
+  }
+  return 0;
+}
+
+static uint32_t
+bflags (uint32_t flags)
+{
+  uint32_t f = 0;
+  if (flags & NBDKIT_FLAG_FUA) f |= BDEV_FUA;
+  if (flags & NBDKIT_FLAG_MAY_TRIM) f |= BDEV_MAY_TRIM;
+  if (flags & NBDKIT_FLAG_FAST_ZERO) f |= BDEV_FAST_ZERO;
+  return f;
+}
+
+static int
+lvm_pwrite (void *handle, const void *buf, uint32_t count, uint64_t offset,
+            uint32_t flags)
+{
+  if (bdev_pwrite (handle, buf, count, offset, bflags (flags)) == -1) {
+    nbdkit_set_error (errno);
+    return -1;
+  }
+  return 0;
+}
+
+static int
+lvm_flush (void *handle, uint32_t flags)
+{
+  (void) flags;
+  if (bdev_flush (handle) == -1) {
+    nbdkit_set_error (errno);
+    return -1;
+  }
+  return 0;
+}
+
+static int
+lvm_trim (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
+{
+  if (bdev_trim (handle, count, offset, bflags (flags)) == -1) {
+    nbdkit_set_error (errno);
+    return -1;
+  }
+  return 0;
+}
+
+static int
+lvm_zero (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
+{
+  if (bdev_zero (handle, count, offset, bflags (flags)) == -1) {
+    nbdkit_set_error (errno);
+    return -1;
+  }
+  return 0;
+}
+
+/* LVs are fully allocated: everything is data. */
+static int
+lvm_extents (void *handle, uint32_t count, uint64_t offset, uint32_t flags,
+             struct nbdkit_extents *extents)
+{
+  (void) handle; (void) flags;
+  return nbdkit_add_extent (extents, offset, count, 0);
+}
+
+static struct nbdkit_plugin plugin = {
+  .name              = "lvm",
+  .version           = "0.1.0",
+  .longname          = "nbdkit LVM2 volume group plugin",
+  .description       = "Serve the LVs of an LVM2 VG read from its PVs",
+  .load              = lvm_load,
+  .unload            = lvm_unload,
+  .config            = lvm_config,
+  .config_complete   = lvm_config_complete,
+  .config_help       = lvm_config_help,
+  .magic_config_key  = "pv",
+  .dump_plugin       = lvm_dump_plugin,
+  .get_ready         = lvm_get_ready,
+  .list_exports      = lvm_list_exports,
+  .default_export    = lvm_default_export,
+  .open              = lvm_open,
+  .close             = lvm_close,
+  .get_size          = lvm_get_size,
+  .can_write         = lvm_can_write,
+  .can_flush         = lvm_can_one,
+  .can_trim          = lvm_can_write,
+  .can_zero          = lvm_can_one,
+  .can_fast_zero     = lvm_can_one,
+  .can_fua           = lvm_can_fua,
+  .can_multi_conn    = lvm_can_one,
+  .can_extents       = lvm_can_one,
+  .pread             = lvm_pread,
+  .pwrite            = lvm_pwrite,
+  .flush             = lvm_flush,
+  .trim              = lvm_trim,
+  .zero              = lvm_zero,
+  .extents           = lvm_extents,
+  .errno_is_preserved = 0,
+};
+
+NBDKIT_REGISTER_PLUGIN (plugin)
