@@ -248,6 +248,7 @@ XML
   local start=$SECONDS i
   virsh_ create "$tmpdir/domain.xml" >/dev/null ||
     { cat "/var/log/libvirt/qemu/$name.log" >&2 2>/dev/null || :; fail "virsh create failed"; }
+  log "domain started after $((SECONDS - start)) s"
   # The domain disappears when the guest powers off (on_poweroff destroy).
   while virsh_ domstate "$name" >/dev/null 2>&1; do
     if (( SECONDS - start > timeout_s )); then
@@ -277,6 +278,7 @@ guest_value () { sed -n "s/^E2E $1 //p" "$console" | tr -d '\r' | head -n1; }
 grep -q '^E2E DONE' "$console" || { show_console; fail "the guest did not complete (no E2E DONE)"; }
 if grep -q '^E2E FAIL' "$console"; then show_console; fail "the guest reported a failure"; fi
 
+log "guest: /init started at $(guest_value START) s of guest uptime, done at $(guest_value DONE) s"
 g_size=$(guest_value SIZE)
 g_before=$(guest_value SUM-BEFORE)
 g_readback=$(guest_value READBACK)

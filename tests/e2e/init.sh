@@ -32,7 +32,7 @@ for arg in $(cat /proc/cmdline); do
     e2e.wait=*)   wait=${arg#e2e.wait=} ;;
   esac
 done
-say START
+say START "$(cut -d" " -f1 /proc/uptime)"
 
 while read -r mod; do
   insmod "/modules/$mod.ko" || die "insmod $mod"
@@ -68,7 +68,7 @@ say READBACK "${sum%% *}"
 sum=$(sha256sum /dev/vda) || die "reading /dev/vda after the write"
 say SUM-AFTER "${sum%% *}"
 
-say DONE
+say DONE "$(cut -d" " -f1 /proc/uptime)"
 sync
 poweroff -f
 sleep 10

@@ -162,7 +162,10 @@ if [ ! -f "$cache/kernel/version" ] || [ "${KVM_E2E_REFRESH:-0}" = 1 ]; then
     [ -n "$pkg" ] || unavailable "apt-cache does not know linux-image-amd64 (run apt-get update?)"
     dl=$(mktemp -d "$cache/download.XXXXXX")
     msg "downloading $pkg"
-    if ! (cd "$dl" && apt-get download -q=2 -o APT::Sandbox::User=root "$pkg") >&2; then
+    aptopts=(-q=2)
+    # As root, apt would drop to user _apt, who cannot write here.
+    [ "$(id -u)" != 0 ] || aptopts+=(-o APT::Sandbox::User=root)
+    if ! (cd "$dl" && apt-get download "${aptopts[@]}" "$pkg") >&2; then
       rm -rf "$dl"
       unavailable "apt-get download $pkg failed"
     fi
