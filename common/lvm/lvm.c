@@ -575,9 +575,11 @@ snap_pv_ok (void *opaque, size_t pv)
  * label sectors and the metadata areas.  set->lock not needed: labels are
  * only replaced by scans, which keep the same areas.
  */
+#define BERR(...) do { if (!quiet) kvm_error (__VA_ARGS__); } while (0)
+
 static int
 check_map_bounds (struct lvm_vgset *set, struct snap *s, const char *lv,
-                  const struct lvm_map *m)
+                  const struct lvm_map *m, bool quiet)
 {
   for (size_t i = 0; i < m->count; i++) {
     const struct lvm_piece *p = &m->pieces[i];
@@ -599,14 +601,14 @@ check_map_bounds (struct lvm_vgset *set, struct snap *s, const char *lv,
         hi = p->pv_off[k] + r1 * p->stripe_size;
       }
       if (hi > dv->bd->size) {
-        kvm_error ("LV %s: extents at PV bytes %" PRIu64 "-%" PRIu64
+        BERR ("LV %s: extents at PV bytes %" PRIu64 "-%" PRIu64
                    " lie past the end of %s (%" PRIu64 " bytes): metadata "
                    "and device disagree (truncated image or wrong "
                    "device?)", lv, lo, hi, dv->path, dv->bd->size);
         return -1;
       }
       if (lo < LVM_LABEL_SCAN_SECTORS * LVM_SECTOR) {
-        kvm_error ("LV %s: extents overlap the LVM label of %s", lv,
+        BERR ("LV %s: extents overlap the LVM label of %s", lv,
                    dv->path);
         return -1;
       }
@@ -616,7 +618,7 @@ check_map_bounds (struct lvm_vgset *set, struct snap *s, const char *lv,
         if (me < mo)
           me = UINT64_MAX;
         if (lo < me && mo < hi) {
-          kvm_error ("LV %s: extents overlap the metadata area at offset %"
+          BERR ("LV %s: extents overlap the metadata area at offset %"
                      PRIu64 " of %s", lv, mo, dv->path);
           return -1;
         }
@@ -642,17 +644,30 @@ lvm_vgset_list (struct lvm_vgset *set, lvm_list_fn fn, void *opaque)
     if (!lv->visible)
       continue;
     lvm_meta_lv_describe (s->vg, i, layout, sizeof layout);
-    if (!strstr (layout, "unsupported")) {
-      struct lvm_map *m = lvm_map_build (s->vg, i, snap_pv_ok, s, err,
-                                         sizeof err);
-      if (!m)
-        snprintf (layout + strlen (layout), sizeof layout - strlen (layout),
-                  ", unavailable (missing PV)");
-      else if (m->readonly)
-        snprintf (layout + strlen (layout), sizeof layout - strlen (layout),
-                  ", read-only");
-      lvm_map_free (m);
+    /* Only LVs that can be opened: NBD clients (nbdinfo --list) fail on
+     * an export that is listed but refuses to open.
+     */
+    if (strstr (layout, "unsupported")) {
+      kvm_debug ("LV %s not listed: %s", lv->name, layout);
+      continue;
     }
+    struct lvm_map *m = lvm_map_build (s->vg, i, snap_pv_ok, s, err,
+                                       sizeof err);
+    int bad = 0;
+    if (m) {
+      pthread_mutex_lock (&set->lock);
+      bad = check_map_bounds (set, s, lv->name, m, true);
+      pthread_mutex_unlock (&set->lock);
+    }
+    if (!m || bad == -1) {
+      kvm_debug ("LV %s not listed: %s", lv->name, m ? "bad extents" : err);
+      lvm_map_free (m);
+      continue;
+    }
+    if (m->readonly)
+      snprintf (layout + strlen (layout), sizeof layout - strlen (layout),
+                ", read-only");
+    lvm_map_free (m);
     r = fn (opaque, lv->name, lv->extent_count * s->vg->extent_size, layout);
   }
   snap_put (s);
@@ -873,7 +888,10 @@ lvm_lv_open (struct lvm_vgset *set, const char *name, bool readonly)
     errno = ENOTSUP;
     goto fail;
   }
-  if (check_map_bounds (set, s, name, m) == -1) {
+  pthread_mutex_lock (&set->lock);
+  int bad = check_map_bounds (set, s, name, m, false);
+  pthread_mutex_unlock (&set->lock);
+  if (bad == -1) {
     errno = EINVAL;
     goto fail;
   }
