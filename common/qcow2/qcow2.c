@@ -117,6 +117,13 @@ struct qcow2 {
 
   struct lru *l2c, *rbc;
   size_t l2c_capacity, rbc_capacity;
+  /* Lock-free fast path for reads: l2ptr[i] is the cached L2 table of L1
+   * entry i, holding a permanent pin in l2c (at most l2ptr_max of them).
+   * Published with a CAS under the shared lock, cleared under the
+   * exclusive lock when the L1 entry changes.
+   */
+  void **l2ptr;
+  size_t l2ptr_count, l2ptr_max;
   struct dirty_list dl2, drb;
   uint64_t *pending_free;
   size_t npending, cappending;
@@ -751,22 +758,68 @@ free_compressed (struct qcow2 *q, uint64_t e)
 enum utype { U_DATA, U_ZERO, U_UNALLOC, U_COMPRESSED };
 
 /* Load the L2 table for L1 index I of table L1 (size N).  *T is NULL when
- * the L1 entry is empty.
+ * the L1 entry is empty.  *PINNED tells whether the caller must lru_put.
  */
 static int
-l2_lookup_table (struct qcow2 *q, const uint64_t *l1, uint64_t n,
-                 uint64_t i, uint8_t **t)
+l2_acquire (struct qcow2 *q, const uint64_t *l1, uint64_t n, uint64_t i,
+            uint8_t **t, bool *pinned)
 {
   *t = NULL;
+  *pinned = false;
   if (i >= n)
     return 0;
   uint64_t off = l1[i] & L1E_OFFSET_MASK;
   if (off == 0)
     return 0;
+  void *p = __atomic_load_n (&q->l2ptr[i], __ATOMIC_ACQUIRE);
+  if (p) {
+    *t = p;
+    return 0;
+  }
   if (check_table_offset (q, off, "L2 table") == -1)
     return -1;
   *t = table_get (q, q->l2c, off, "L2 table", false);
-  return *t ? 0 : -1;
+  if (!*t)
+    return -1;
+  *pinned = true;
+  if (__atomic_add_fetch (&q->l2ptr_count, 1, __ATOMIC_RELAXED)
+      <= q->l2ptr_max) {
+    void *expected = NULL;
+    if (__atomic_compare_exchange_n (&q->l2ptr[i], &expected, *t, false,
+                                     __ATOMIC_RELEASE, __ATOMIC_RELAXED)) {
+      *pinned = false;          /* the pin now belongs to l2ptr */
+      return 0;
+    }
+  }
+  __atomic_sub_fetch (&q->l2ptr_count, 1, __ATOMIC_RELAXED);
+  return 0;
+}
+
+static int
+l2_lookup_table (struct qcow2 *q, const uint64_t *l1, uint64_t n,
+                 uint64_t i, uint8_t **t)
+{
+  bool pinned;
+  if (l2_acquire (q, l1, n, i, t, &pinned) == -1)
+    return -1;
+  if (*t && !pinned) {          /* give the caller its own pin */
+    struct load_ctx ctx = { q, "L2 table", false };
+    *t = lru_get (q->l2c, tmeta_of (q, *t)->key, table_load, &ctx);
+    if (!*t)
+      return -1;
+  }
+  return 0;
+}
+
+/* L1 entry I changes: drop the fast-path pointer.  Exclusive lock held. */
+static void
+l2ptr_drop (struct qcow2 *q, uint64_t i)
+{
+  if (q->l2ptr && i < q->l1_size && q->l2ptr[i]) {
+    lru_put (q->l2c, q->l2ptr[i]);
+    q->l2ptr[i] = NULL;
+    q->l2ptr_count--;
+  }
 }
 
 static inline uint64_t
@@ -845,6 +898,7 @@ walk (struct qcow2 *q, const uint64_t *l1, uint64_t l1n, uint64_t offset,
   uint64_t end = offset + count;
   uint64_t unit_bits = q->ext_l2 ? q->sc_bits : q->cluster_bits;
   uint8_t *table = NULL;
+  bool pinned = false;
   uint64_t table_idx = UINT64_MAX;
   bool have_run = false;
   enum utype rtype = U_DATA;
@@ -856,11 +910,11 @@ walk (struct qcow2 *q, const uint64_t *l1, uint64_t l1n, uint64_t offset,
     uint64_t i1 = cl >> q->l2_bits;
     uint64_t i2 = cl & ((1ull << q->l2_bits) - 1);
     if (i1 != table_idx) {
-      if (table)
+      if (table && pinned)
         lru_put (q->l2c, table);
       table = NULL;
       table_idx = i1;
-      if (l2_lookup_table (q, l1, l1n, i1, &table) == -1) {
+      if (l2_acquire (q, l1, l1n, i1, &table, &pinned) == -1) {
         r = -1;
         goto out;
       }
@@ -905,7 +959,7 @@ walk (struct qcow2 *q, const uint64_t *l1, uint64_t l1n, uint64_t offset,
   if (have_run)
     r = fn (q, opaque, rtype, rguest, rhost, rlen, rentry);
  out:
-  if (table)
+  if (table && pinned)
     lru_put (q->l2c, table);
   return r;
 }
@@ -1118,6 +1172,7 @@ l2_get_write (struct qcow2 *q, uint64_t i)
     lru_put (q->l2c, t);
     return NULL;
   }
+  l2ptr_drop (q, i);
   q->l1[i] = noff | OFLAG_COPIED;
   q->l1_dirty = true;
   return t;
@@ -1586,6 +1641,9 @@ qcow2_close (struct bdev *bd)
     kvm_debug ("%s: L2 cache: %" PRIu64 " hits, %" PRIu64 " misses",
                q->path, h, m);
   }
+  for (uint64_t i = 0; q->l2ptr && i < q->l1_size; i++)
+    l2ptr_drop (q, i);
+  free (q->l2ptr);
   /* Unpin whatever is still dirty (only after a failed flush). */
   for (size_t i = 0; q->l2c && i < q->dl2.n; i++)
     lru_put (q->l2c, q->dl2.v[i]);
@@ -2061,8 +2119,10 @@ qcow2_open (const char *path, const struct bdev_open_opts *opts,
     q->rbc_capacity = 16;
   size_t esz = q->cluster_size + sizeof (struct tmeta);
   q->l2c = lru_new (esz, q->l2c_capacity);
+  q->l2ptr = calloc (q->l1_size ? q->l1_size : 1, sizeof *q->l2ptr);
+  q->l2ptr_max = q->l2c_capacity - q->l2c_capacity / 4;
   q->rbc = lru_new (esz, q->rbc_capacity);
-  if (!q->l2c || !q->rbc) {
+  if (!q->l2c || !q->rbc || !q->l2ptr) {
     ERR (q, ENOMEM, "%s: out of memory", path);
     goto fail;
   }
