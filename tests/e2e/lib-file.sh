@@ -41,3 +41,21 @@ check_backing_file () {
   [ "$(stat -c %s "$file")" = "$(stat -c %s "$orig")" ] ||
     fail "backing file $file changed size"
 }
+
+# file_test RUNNER tcp|unix [EXPORT]: a fresh 16 MiB random raw file served
+# by nbdkit's "file" plugin, one guest run, then the backing-file checks.
+file_test () {
+  local runner=$1 form=$2 name=${3:-} disk=$tmpdir/$2.raw
+  random_file "$disk" 16M
+  cp "$disk" "$tmpdir/$form.orig"
+  case $form in
+    tcp)
+      serve_file_tcp "$disk"
+      guest_run "$runner" "nbd://127.0.0.1:$tcp_port/$name" ;;
+    unix)
+      start_nbdkit "$tmpdir/$form.sock" file "$disk"
+      guest_run "$runner" "nbd+unix:///$name?socket=$tmpdir/$form.sock" ;;
+  esac
+  stop_nbdkit
+  check_backing_file "$disk" "$tmpdir/$form.orig"
+}

@@ -6,18 +6,6 @@ source "$TOP_SRCDIR/tests/e2e/pattern.sh"
 source "$TOP_SRCDIR/tests/e2e/lib-file.sh"
 requires nbdkit qemu-system-x86_64 nbdcopy nbdinfo
 
-for d in unix tcp; do
-  random_file "$tmpdir/$d.raw" 16M
-  cp "$tmpdir/$d.raw" "$tmpdir/$d.orig"
-done
-
-start_nbdkit "$tmpdir/sock" file "$tmpdir/unix.raw"
-guest_run qemu "$(uri_of "$tmpdir/sock")"
-stop_nbdkit
-check_backing_file "$tmpdir/unix.raw" "$tmpdir/unix.orig"
-
-serve_file_tcp "$tmpdir/tcp.raw"
-guest_run qemu "nbd://127.0.0.1:$tcp_port/"
-stop_nbdkit
-check_backing_file "$tmpdir/tcp.raw" "$tmpdir/tcp.orig"
+file_test qemu unix
+file_test qemu tcp
 echo PASS
