@@ -12,6 +12,7 @@ build_pkgs=(
 )
 test_pkgs=(
   qemu-block-extra qemu-system-x86 libiscsi-bin tgt lvm2 util-linux fio
+  python3-libnbd
   ceph-mon ceph-osd ceph-common
   busybox-static cpio xz-utils zstd kmod
   libvirt-daemon-system libvirt-daemon-system-sysv libvirt-clients
