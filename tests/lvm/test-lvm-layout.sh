@@ -3,7 +3,7 @@
 # segments over several PVs, striped over 2 and 3 PVs with non-default
 # stripe sizes, PVs with different metadata area sizes, two VGs, missing
 # PVs.  The oracle for where every LV byte lives is lvs/pvs' JSON report.
-source "$TOP_SRCDIR/tests/functions.sh"
+source "${TOP_SRCDIR:-$(dirname "$0")/../..}/tests/functions.sh"
 source "$TOP_SRCDIR/tests/lvm/lvm-lib.sh"
 
 cd "$tmpdir"

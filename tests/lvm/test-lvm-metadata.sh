@@ -1,0 +1,223 @@
+#!/usr/bin/env bash
+# Hostile, unusual and unsupported metadata.  The metadata text made by the
+# real tools is edited and stored back with valid checksums
+# (tests/lvm/lvm-mda.py); where the edit is a legal layout (wrapped ring,
+# raid1, snapshot), the real lvs must accept it too.
+source "${TOP_SRCDIR:-$(dirname "$0")/../..}/tests/functions.sh"
+source "$TOP_SRCDIR/tests/lvm/lvm-lib.sh"
+
+cd "$tmpdir"
+truncate -s 32M a.img b.img
+lvm_attach a.img LA; lvm_attach b.img LB
+lvm_q pvcreate -q "$LA" "$LB"
+lvm_q vgcreate -q -s 1m vgb "$LA" "$LB"
+lvm_q lvcreate -q -an -Zn -L 8M -n good vgb "$LA"
+lvm_q lvcreate -q -an -Zn -L 4M -n other vgb "$LA"
+lvm_mda dump a.img > orig.vg
+lvm_mda dump b.img | cmp - orig.vg || fail "PVs hold different metadata"
+grep -q '^vgb {' orig.vg || fail "unexpected metadata text"
+lvm_layout collect layout.json
+random_file good.data 8M
+lvm_layout scatter layout.json vgb good good.data "$LA=a.img" "$LB=b.img"
+cp a.img a0.img; cp b.img b0.img
+
+# vg_edit OUT PYTHON-EXPR: OUT = orig.vg transformed by the expression
+# (over the text t; re is imported).
+vg_edit () {
+  python3 -c 'import re,sys; t=open("orig.vg").read(); t='"$2"'; open(sys.argv[1],"w").write(t)' "$1"
+}
+# store TEXTFILE [ARGS]: fresh copies of both PVs carrying TEXTFILE.
+store () {
+  local f=$1; shift
+  cp a0.img a.img; cp b0.img b.img
+  lvm_mda write a.img "$f" "$@"; lvm_mda write b.img "$f" "$@"
+}
+serve () { nbdkit "$(plugin_so lvm)" pv=a.img pv=b.img "$@"; }
+# expect_fail WHAT REGEX ARGS...: the plugin must fail (at start-up or when
+# opening the export) with a message matching REGEX, and not crash.
+expect_fail () {
+  local what=$1 re=$2 rc=0; shift 2
+  serve "$@" --run 'nbdinfo "$uri" >/dev/null' > out.txt 2> err.txt || rc=$?
+  [ $rc != 0 ] || fail "$what: accepted"
+  [ $rc -lt 128 ] || { cat err.txt; fail "$what: crashed (status $rc)"; }
+  grep -Eq "$re" err.txt || { cat err.txt; fail "$what: no message matching '$re'"; }
+  echo "ok: $what: $(grep -E "$re" err.txt | head -1)"
+}
+
+# Sanity: the untouched copy serves the data.
+serve lv=good --run 'nbdcopy "$uri" good.out'
+assert_same good.out good.data "good LV"
+
+# --- damaged metadata areas ------------------------------------------------
+cp a0.img a.img; cp b0.img b.img
+lvm_mda break-header a.img; lvm_mda break-header b.img
+expect_fail "bad mda header checksum" "header at offset [0-9]+ has a bad checksum" lv=good
+
+store orig.vg --bad-text-checksum
+expect_fail "bad text checksum" "metadata text .*bad checksum" lv=good
+
+head -c $(( $(stat -c %s orig.vg) / 2 )) orig.vg > trunc.vg
+store trunc.vg
+expect_fail "truncated text" "cannot parse the metadata text: line [0-9]+" lv=good
+
+printf 'vgb {\n id = "x" seqno = [ ' > garbage.vg
+head -c 3000 /dev/urandom | base64 >> garbage.vg
+store garbage.vg
+expect_fail "garbage text" "cannot parse the metadata text" lv=good
+
+vg_edit deep.vg '"a {" * 100 + "}" * 100'
+store deep.vg
+expect_fail "deep nesting" "nesting too deep" lv=good
+
+# --- absurd values ----------------------------------------------------------
+vg_edit ext.vg 're.sub(r"extent_count = 8\b", "extent_count = 999999999999", t, 1)'
+store ext.vg
+expect_fail "absurd extent_count" "which has only [0-9]+" lv=good
+
+vg_edit pec.vg 're.sub(r"pe_count = \d+", "pe_count = 9223372036854775807", t, 1)'
+store pec.vg
+expect_fail "absurd pe_count" "overflows" lv=good
+
+vg_edit es.vg 're.sub(r"extent_size = \d+", "extent_size = 0", t, 1)'
+store es.vg
+expect_fail "zero extent_size" "extent_size 0 sectors out of range" lv=good
+
+vg_edit big.vg 're.sub(r"extent_count = 8\b", "extent_count = 99999999999999999999999", t, 1)'
+store big.vg
+expect_fail "number overflow" "number out of range" lv=good
+
+# A segment beyond the end of the device (metadata says the PV is larger).
+vg_edit past.vg 're.sub(r"\"pv0\", 0\n", "\"pv0\", 500000\n", re.sub(r"pe_count = \d+", "pe_count = 1000000", t, 1), 1)'
+grep -q '"pv0", 500000' past.vg || fail "edit failed"
+store past.vg
+expect_fail "segment past PV end" "lie past the end of .*a.img" lv=good
+# ... the other LV is still served.
+serve lv=other --run 'nbdinfo --size "$uri"' > size.txt
+[ "$(cat size.txt)" = 4194304 ] || fail "other LV not served next to a bad one"
+
+# --- inconsistent copies ----------------------------------------------------
+vg_edit other.vg 're.sub(r"creation_host = \"[^\"]*\"", "creation_host = \"elsewhere\"", t, 1)'
+cp a0.img a.img; cp b0.img b.img
+lvm_mda write b.img other.vg
+expect_fail "same seqno, different text" \
+  "inconsistent: the metadata on .*a.img \\(PV UUID .*\\) and on .*b.img \\(PV UUID .*\\) both have seqno" lv=good
+# A higher seqno on one PV wins (older copies are stale, not inconsistent).
+vg_edit newer.vg 're.sub(r"seqno = (\d+)", lambda m: "seqno = %d" % (int(m.group(1)) + 1), t, 1)'
+cp a0.img a.img; cp b0.img b.img
+lvm_mda write b.img newer.vg
+serve lv=good --run 'nbdcopy "$uri" good.out'
+assert_same good.out good.data "good LV with one stale copy"
+
+# --- unsupported segment types ------------------------------------------------
+for type in thin thin-pool cache cache-pool raid5 raid6 raid10 vdo integrity writecache snapshot; do
+  vg_edit unsup.vg 're.sub(r"type = \"striped\"", "type = \"'$type'\"", t, 1)'
+  store unsup.vg
+  expect_fail "segment type $type" "LV good: segment type '$type' is not supported" lv=good
+  serve --run 'nbdinfo --list "$uri"' > list.txt
+  grep -q '^export="other":' list.txt || fail "other LV not listed next to a $type LV"
+  ! grep -q '^export="good":' list.txt || fail "$type LV listed"
+done
+
+# --- legal layouts the tools cannot create here ------------------------------
+# 1. Text wrapping around the end of the metadata ring buffer.
+read -r mstart msize toff tsize < <(lvm_mda info a0.img | head -1)
+wrap_off=$(( msize - 1024 ))
+[ "$(stat -c %s orig.vg)" -gt 1024 ] || fail "metadata too short to wrap"
+store orig.vg --offset $wrap_off
+serve lv=good --run 'nbdcopy "$uri" good.out'
+assert_same good.out good.data "good LV with wrapped metadata"
+# lvm2 agrees that this is valid metadata (the loop devices see the files).
+lvs --noheadings -o lv_name vgb > lvs.txt 2>lvs.err || { cat lvs.err; fail "lvs rejects the wrapped metadata"; }
+grep -qw good lvs.txt && grep -qw other lvs.txt || fail "lvs does not see the LVs in wrapped metadata"
+
+# 2. raid1 (read-only, one healthy leg) and a snapshot (origin read-only,
+# exception store refused).
+uuid () { printf '%s-%s-%s-%s-%s-%s-%s' "$1$1$1$1$1$1" "$1$1$1$1" "$1$1$1$1" "$1$1$1$1" "$1$1$1$1" "$1$1$1$1" "$1$1$1$1$1$1"; }
+sub_lv () {  # NAME UUIDCHAR PV START COUNT
+  cat <<EOF
+$1 {
+id = "$(uuid $2)"
+status = ["READ", "WRITE"]
+flags = []
+segment_count = 1
+segment1 {
+start_extent = 0
+extent_count = $5
+type = "striped"
+stripe_count = 1
+stripes = [
+"$3", $4
+]
+}
+}
+EOF
+}
+{
+  cat <<EOF
+r1 {
+id = "$(uuid R)"
+status = ["READ", "WRITE", "VISIBLE"]
+flags = []
+segment_count = 1
+segment1 {
+start_extent = 0
+extent_count = 4
+type = "raid1"
+device_count = 2
+region_size = 1024
+raids = [
+"r1_rmeta_0", "r1_rimage_0",
+"r1_rmeta_1", "r1_rimage_1"
+]
+}
+}
+snapshot0 {
+id = "$(uuid S)"
+status = ["READ"]
+flags = []
+segment_count = 1
+segment1 {
+start_extent = 0
+extent_count = 8
+type = "snapshot"
+chunk_size = 8
+origin = "good"
+cow_store = "other"
+}
+}
+EOF
+  sub_lv r1_rmeta_0 a pv1 0 1
+  sub_lv r1_rimage_0 b pv1 1 4
+  sub_lv r1_rmeta_1 c pv0 20 1
+  sub_lv r1_rimage_1 d pv0 21 4
+} > newlvs.txt
+python3 -c '
+import re,sys
+t=open("orig.vg").read()
+new=open("newlvs.txt").read()
+t=re.sub(r"(logical_volumes \{\n)", lambda m: m.group(1) + new, t, count=1)
+open("legal.vg","w").write(t)'
+store legal.vg
+# lvm2 accepts it and sees a raid1 LV and a snapshot.
+lvs -a --noheadings -o lv_name,segtype,origin vgb > lvs.txt 2>lvs.err || { cat lvs.err; fail "lvs rejects raid1/snapshot metadata"; }
+grep -Eq 'r1 +raid1' lvs.txt || { cat lvs.txt; fail "lvs does not see r1 as raid1"; }
+grep -Eq 'other +[a-z]+ +good' lvs.txt || { cat lvs.txt; fail "lvs does not see other as a snapshot of good"; }
+
+pe_a=$(pvs --noheadings --units b --nosuffix -o pe_start "$LA" | tr -d ' ')
+pe_b=$(pvs --noheadings --units b --nosuffix -o pe_start "$LB" | tr -d ' ')
+random_file leg0.data 4M; random_file leg1.data 4M
+dd if=leg0.data of=b.img bs=1M seek=$(( pe_b / 1048576 + 1 )) conv=notrunc status=none
+dd if=leg1.data of=a.img bs=1M seek=$(( pe_a / 1048576 + 21 )) conv=notrunc status=none
+serve lv=r1 --run 'nbdcopy "$uri" r1.out; nbdinfo "$uri"' > info.txt
+assert_same r1.out leg0.data "raid1 read from the first leg"
+grep -q 'is_read_only: true' info.txt || fail "raid1 LV not read-only"
+# Leg 0's PV missing: the other leg is read.
+nbdkit "$(plugin_so lvm)" pv=a.img lv=r1 --run 'nbdcopy "$uri" r1.out'
+assert_same r1.out leg1.data "raid1 read from the healthy leg"
+# Snapshot: the origin is served read-only, the exception store refused.
+serve lv=good --run 'nbdcopy "$uri" good.out; nbdinfo "$uri"' > info.txt
+assert_same good.out good.data "snapshot origin"
+grep -q 'is_read_only: true' info.txt || fail "snapshot origin not read-only"
+expect_fail "snapshot exception store" "exception store of a snapshot" lv=other
+
+echo PASS
