@@ -11,6 +11,7 @@
 # CI=true); anything else: failure.
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+PATH=$PATH:/usr/sbin:/sbin        # modinfo, libvirtd, virtlogd
 : "${TOP_SRCDIR:=$(cd "$here/../.." && pwd)}"
 source "$TOP_SRCDIR/tests/functions.sh"
 source "$here/pattern.sh"

@@ -19,6 +19,7 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+PATH=$PATH:/usr/sbin:/sbin        # modinfo, libvirtd, virtlogd
 # Modules the guest loads (their dependencies are added automatically).
 modules_wanted="virtio_pci virtio_blk"
 
