@@ -20,7 +20,9 @@
 #include "throttle/throttle.h"
 #include "util/log.h"
 
-/* -D throttle.stats=1: per-group statistics when connections close. */
+/* -D throttle.stats=N: per-group statistics when connections close and
+ * every N seconds while requests flow.
+ */
 NBDKIT_DLL_PUBLIC int throttle_debug_stats = 0;
 
 /* How often the throttle file is checked for a change, at most. */
@@ -254,8 +256,9 @@ debug_limits (const char *why, const struct thr_limits *lim)
  * Returns 1 if read, 0 if it does not exist, -1 on error (reported).
  */
 static int
-read_throttle_file (struct thr_limits *out, struct stat *st)
+read_throttle_file (struct thr_limits *out, struct stat *st, bool startup)
 {
+  const char *keep = startup ? "" : "; keeping the previous limits";
   char *text = NULL, err[512];
   int fd, r = -1;
   ssize_t n;
@@ -265,8 +268,7 @@ read_throttle_file (struct thr_limits *out, struct stat *st)
   if (fd == -1) {
     if (errno == ENOENT)
       return 0;
-    nbdkit_error ("throttle: %s: %m; keeping the previous limits",
-                  throttle_file);
+    nbdkit_error ("throttle: %s: %m%s", throttle_file, keep);
     return -1;
   }
   if (fstat (fd, st) == -1) {
@@ -283,27 +285,25 @@ read_throttle_file (struct thr_limits *out, struct stat *st)
     if (n == -1) {
       if (errno == EINTR)
         continue;
-      nbdkit_error ("throttle: read: %s: %m; keeping the previous limits",
-                    throttle_file);
+      nbdkit_error ("throttle: read: %s: %m%s", throttle_file, keep);
       goto out;
     }
     len += n;
   }
   if (len > FILE_MAX) {
-    nbdkit_error ("throttle: %s: larger than %d bytes; keeping the "
-                  "previous limits", throttle_file, FILE_MAX);
+    nbdkit_error ("throttle: %s: larger than %d bytes%s",
+                  throttle_file, FILE_MAX, keep);
     goto out;
   }
   if (memchr (text, '\0', len)) {
-    nbdkit_error ("throttle: %s: contains a NUL byte; keeping the "
-                  "previous limits", throttle_file);
+    nbdkit_error ("throttle: %s: contains a NUL byte%s",
+                  throttle_file, keep);
     goto out;
   }
   text[len] = '\0';
   if (thr_limits_parse_text (&cmdline_limits, text, nbdkit_parse_size,
                              out, err, sizeof err) == -1) {
-    nbdkit_error ("throttle: %s: %s; keeping the previous limits",
-                  throttle_file, err);
+    nbdkit_error ("throttle: %s: %s%s", throttle_file, err, keep);
     goto out;
   }
   r = 1;
@@ -379,7 +379,7 @@ maybe_reload (void *opaque)
   if (file_seen && same_version (&st, &file_st))
     goto out;
 
-  r = read_throttle_file (&lim, &st);
+  r = read_throttle_file (&lim, &st, false);
   /* Remember this version, good or bad: a bad file is reported once and
    * the previous limits stay until the file changes again.
    */
@@ -410,7 +410,7 @@ throttle_config_complete (nbdkit_next_config_complete *next,
   current_limits = cmdline_limits;
   if (throttle_file) {
     struct stat st;
-    int r = read_throttle_file (&lim, &st);
+    int r = read_throttle_file (&lim, &st, true);
     if (r == -1)
       return -1;
     if (r == 1) {
@@ -457,7 +457,7 @@ print_stats (struct group_ref *r, const char *when)
   char name[64];
   const char *n = thr_group_name (r->g);
 
-  if (!throttle_debug_stats)
+  if (throttle_debug_stats <= 0)
     return;
   thr_group_get_stats (r->g, &st);
   if (!r->shared) {
@@ -579,11 +579,41 @@ throttle_close (void *handle)
   free (h);
 }
 
+static uint64_t next_stats_ns;          /* atomic */
+
+static void
+periodic_stats (void)
+{
+  uint64_t now = mono_ns ();
+  uint64_t next = __atomic_load_n (&next_stats_ns, __ATOMIC_RELAXED);
+  struct group_ref *r;
+
+  if (now < next)
+    return;
+  if (next == 0) {              /* first request: start the period */
+    __atomic_compare_exchange_n (&next_stats_ns, &next,
+                                 now + throttle_debug_stats * 1000000000ULL,
+                                 false, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
+    return;
+  }
+  if (!__atomic_compare_exchange_n (&next_stats_ns, &next,
+                                    now + throttle_debug_stats * 1000000000ULL,
+                                    false, __ATOMIC_RELAXED,
+                                    __ATOMIC_RELAXED))
+    return;                     /* another thread prints */
+  pthread_mutex_lock (&groups_lock);
+  for (r = groups; r; r = r->next)
+    print_stats (r, "periodic");
+  pthread_mutex_unlock (&groups_lock);
+}
+
 static inline int
 admit (struct handle *h, enum thr_op op, uint32_t count, bool count_bytes,
        int *err)
 {
   maybe_reload (NULL);
+  if (throttle_debug_stats > 0)
+    periodic_stats ();
   if (thr_admit (h->m, op, count, count_bytes) == -1) {
     *err = errno ? errno : ESHUTDOWN;
     return -1;

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Throttle filter: throttle-file=PATH is re-read when it changes, while a
+# connection stays open and busy: new limits take effect within a second,
+# malformed content keeps the previous limits and logs an error, removing
+# the file returns to the command-line limits.  A malformed file at start
+# is a start-up error.
+source "$TOP_SRCDIR/tests/functions.sh"
+source "$TOP_SRCDIR/tests/throttle/throttle-functions.sh"
+
+limits=$tmpdir/limits
+printf 'bps-total=4M\n' > "$limits"
+serve pattern 1G bps-total=8M throttle-file="$limits" 2> "$tmpdir/log"
+# Phases (each measured over 2 s, one second after the change).
+client file "$uri" "$limits" 2 \
+  '@keep' \
+  '# faster\nbps-total = 16M\n' \
+  'bps-total=16M\nbps-read=lots\n' \
+  '@remove' \
+  'iops-total=40 # 40 x 64K\n' > "$tmpdir/rates"
+stop_nbdkit
+{ read -r p1; read -r p2; read -r p3; read -r p4; read -r p5; } < "$tmpdir/rates"
+within "initial file, bps-total=4M" "$p1" $(( 4 * MiB )) 15
+within "file changed to 16M" "$p2" $(( 16 * MiB )) 15
+within "malformed file keeps 16M" "$p3" $(( 16 * MiB )) 15
+within "file removed: command line 8M" "$p4" $(( 8 * MiB )) 15
+within "file with iops-total=40 (and command line bps 8M)" "$p5" $(( 40 * 65536 )) 15
+grep -q "throttle: $limits: line 2: bps-read: .*keeping the previous limits" "$tmpdir/log" ||
+  fail "no clear error for the malformed file: $(cat "$tmpdir/log")"
+[ "$(grep -c 'keeping the previous limits' "$tmpdir/log")" = 1 ] ||
+  fail "the error should be logged once per bad version"
+echo "ok: error logged: $(grep 'keeping the previous' "$tmpdir/log")"
+
+# A malformed file at start-up stops nbdkit with a clear error.
+printf 'bps-total=1M\nbps-total-max=512K\n' > "$limits"
+if nbdkit -U "$tmpdir/bad.sock" --filter="$THROTTLE" pattern 1G \
+     throttle-file="$limits" --run true 2> "$tmpdir/err"; then
+  fail "nbdkit started with a malformed throttle file"
+fi
+grep -q "bps-total-max .* cannot be lower than bps-total" "$tmpdir/err" ||
+  fail "unclear start-up error: $(cat "$tmpdir/err")"
+echo "ok: start-up error: $(grep throttle "$tmpdir/err")"
+echo PASS
