@@ -1,0 +1,1045 @@
+/* nbdkit rbd plugin: serve Ceph RBD images over NBD through librbd.
+ *
+ * Design:
+ * - One cluster connection (rados_t + one ioctx on pool[/namespace]) per
+ *   nbdkit process.  librados starts threads, so it is created in
+ *   .after_fork (after nbdkit has daemonised), never earlier.  .get_ready
+ *   only checks parameters.
+ * - Image handles are shared: every NBD connection to the same (image,
+ *   snapshot, read-only) uses one refcounted librbd handle.  librbd image
+ *   handles are thread-safe, and sharing gives all connections a single
+ *   librbd cache and a single exclusive-lock owner, which is what makes
+ *   .can_multi_conn true: a flush on any connection flushes the one cache
+ *   that every connection's writes went through, and several writing
+ *   connections do not pass the exclusive lock back and forth.
+ * - Thread model PARALLEL: every request is one rbd_aio_* call plus a wait
+ *   on its completion, so many requests per connection are in flight in
+ *   librbd at once.
+ */
+
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <rados/librados.h>
+#include <rbd/librbd.h>
+
+#define NBDKIT_API_VERSION 2
+#include <nbdkit-plugin.h>
+
+#include "util/checked.h"
+
+#define THREAD_MODEL NBDKIT_THREAD_MODEL_PARALLEL
+#define UNUSED __attribute__ ((unused))
+
+/* -D rbd.extents=1: log every extent reported from rbd_diff_iterate2.
+ * -D rbd.zero_fallback=1: never use rbd_aio_write_zeroes (tests the
+ *    discard + explicit zeroes fallback used with older librbd). */
+NBDKIT_DLL_PUBLIC int rbd_debug_extents = 0;
+NBDKIT_DLL_PUBLIC int rbd_debug_zero_fallback = 0;
+
+/* Parameters. */
+static char *pool;
+static char *nspace;
+static char *image_name;
+static char *snapshot;
+static char *conf_file;
+static char *client_id;
+static char *keyring;
+static char *key;               /* from nbdkit_read_password */
+static char *mon_host;
+static unsigned connect_timeout = 30;  /* seconds, client_mount_timeout */
+static unsigned op_timeout = 0;        /* seconds, 0 = librados default */
+
+struct ceph_opt {
+  char *name;
+  char *value;
+};
+static struct ceph_opt *ceph_opts;
+static size_t nr_ceph_opts;
+
+/* The cluster connection (after .after_fork). */
+static rados_t cluster;
+static bool cluster_created;
+static rados_ioctx_t ioctx;
+static bool ioctx_created;
+
+/* Shared image handles. */
+struct image {
+  struct image *next;
+  char *name;
+  bool readonly;
+  unsigned refs;
+  rbd_image_t img;
+  const char *description;      /* nbdkit_*_intern'd: no free */
+};
+static struct image *images;
+static pthread_mutex_t images_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* Per NBD connection. */
+struct handle {
+  struct image *im;
+};
+
+static void
+rbdp_unload (void)
+{
+  size_t i;
+
+  free (pool);
+  free (nspace);
+  free (image_name);
+  free (snapshot);
+  free (conf_file);
+  free (client_id);
+  free (keyring);
+  free (key);
+  free (mon_host);
+  for (i = 0; i < nr_ceph_opts; i++) {
+    free (ceph_opts[i].name);
+    free (ceph_opts[i].value);
+  }
+  free (ceph_opts);
+}
+
+static void
+rbdp_cleanup (void)
+{
+  /* Every connection has been closed by now. */
+  if (ioctx_created)
+    rados_ioctx_destroy (ioctx);
+  ioctx_created = false;
+  if (cluster_created)
+    rados_shutdown (cluster);
+  cluster_created = false;
+}
+
+static int
+set_string (char **dst, const char *key_name, const char *value)
+{
+  if (*dst) {
+    nbdkit_error ("%s= given more than once", key_name);
+    return -1;
+  }
+  if (*value == '\0') {
+    nbdkit_error ("%s= must not be empty", key_name);
+    return -1;
+  }
+  *dst = strdup (value);
+  if (*dst == NULL) {
+    nbdkit_error ("strdup: %m");
+    return -1;
+  }
+  return 0;
+}
+
+static int
+parse_seconds (const char *key_name, const char *value, unsigned *r)
+{
+  char *end;
+  unsigned long v;
+
+  errno = 0;
+  v = strtoul (value, &end, 10);
+  if (errno || end == value || *end != '\0' || value[0] == '-' ||
+      v > 86400) {
+    nbdkit_error ("%s=%s: expecting a number of seconds (0..86400)",
+                  key_name, value);
+    return -1;
+  }
+  *r = v;
+  return 0;
+}
+
+static int
+rbdp_config (const char *k, const char *value)
+{
+  if (strcmp (k, "pool") == 0)
+    return set_string (&pool, k, value);
+  else if (strcmp (k, "namespace") == 0)
+    return set_string (&nspace, k, value);
+  else if (strcmp (k, "image") == 0)
+    return set_string (&image_name, k, value);
+  else if (strcmp (k, "snapshot") == 0 || strcmp (k, "snap") == 0)
+    return set_string (&snapshot, "snapshot", value);
+  else if (strcmp (k, "conf") == 0)
+    return set_string (&conf_file, k, value);
+  else if (strcmp (k, "id") == 0 || strcmp (k, "user") == 0) {
+    /* Accept "admin" as well as "client.admin". */
+    if (strncmp (value, "client.", 7) == 0)
+      value += 7;
+    return set_string (&client_id, "id", value);
+  }
+  else if (strcmp (k, "keyring") == 0)
+    return set_string (&keyring, k, value);
+  else if (strcmp (k, "key") == 0) {
+    if (key) {
+      nbdkit_error ("key= given more than once");
+      return -1;
+    }
+    return nbdkit_read_password (value, &key);
+  }
+  else if (strcmp (k, "mon-host") == 0 || strcmp (k, "mon_host") == 0)
+    return set_string (&mon_host, "mon-host", value);
+  else if (strcmp (k, "connect-timeout") == 0)
+    return parse_seconds (k, value, &connect_timeout);
+  else if (strcmp (k, "op-timeout") == 0)
+    return parse_seconds (k, value, &op_timeout);
+  else if (strncmp (k, "ceph.", 5) == 0 && k[5] != '\0') {
+    struct ceph_opt *n;
+
+    n = realloc (ceph_opts, (nr_ceph_opts + 1) * sizeof *n);
+    if (n == NULL) {
+      nbdkit_error ("realloc: %m");
+      return -1;
+    }
+    ceph_opts = n;
+    n[nr_ceph_opts].name = strdup (&k[5]);
+    n[nr_ceph_opts].value = strdup (value);
+    if (n[nr_ceph_opts].name == NULL || n[nr_ceph_opts].value == NULL) {
+      free (n[nr_ceph_opts].name);
+      free (n[nr_ceph_opts].value);
+      nbdkit_error ("strdup: %m");
+      return -1;
+    }
+    nr_ceph_opts++;
+    return 0;
+  }
+  else {
+    nbdkit_error ("unknown parameter '%s'", k);
+    return -1;
+  }
+}
+
+static int
+rbdp_config_complete (void)
+{
+  if (pool == NULL) {
+    nbdkit_error ("you must give the pool= parameter");
+    return -1;
+  }
+  if (snapshot && image_name == NULL) {
+    nbdkit_error ("snapshot= needs image=");
+    return -1;
+  }
+  return 0;
+}
+
+#define rbdp_config_help \
+  "pool=POOL             (required) Ceph pool.\n" \
+  "namespace=NS          RADOS namespace inside the pool.\n" \
+  "image=IMAGE           Image to serve (default: the export name selects\n" \
+  "                      one of the pool's images).\n" \
+  "snapshot=SNAP         Serve this snapshot of image= (read-only).\n" \
+  "conf=CEPH.CONF        Ceph configuration file.\n" \
+  "id=ID | user=ID       cephx client id (default: admin).\n" \
+  "keyring=FILE          cephx keyring.\n" \
+  "key=SECRET            cephx key (password syntax: -, +FILE, -FD).\n" \
+  "mon-host=ADDRS        Monitor addresses (overrides conf=).\n" \
+  "connect-timeout=SECS  Give up connecting after SECS (default 30).\n" \
+  "op-timeout=SECS       Fail OSD/monitor operations after SECS (default:\n" \
+  "                      never).\n" \
+  "ceph.OPTION=VALUE     Any Ceph configuration option."
+
+static void
+rbdp_dump_plugin (void)
+{
+  int maj, min, ext;
+
+  rbd_version (&maj, &min, &ext);
+  printf ("rbd_librbd_version=%d.%d.%d\n", maj, min, ext);
+  rados_version (&maj, &min, &ext);
+  printf ("rbd_librados_version=%d.%d.%d\n", maj, min, ext);
+#ifdef LIBRBD_SUPPORTS_WRITE_ZEROES
+  printf ("rbd_write_zeroes=yes\n");
+#else
+  printf ("rbd_write_zeroes=no\n");
+#endif
+}
+
+static int
+rbdp_get_ready (void)
+{
+  /* Nothing that starts threads may happen here: nbdkit may still fork. */
+  if (nspace && strchr (nspace, '/')) {
+    nbdkit_error ("namespace=%s: must not contain '/'", nspace);
+    return -1;
+  }
+  return 0;
+}
+
+static const char *
+describe_connect_error (int r)
+{
+  switch (-r) {
+  case EACCES: case EPERM:
+    return "authentication failed (wrong key, keyring or client id?)";
+  case ETIMEDOUT:
+    return "timed out: no monitor answered (check mon-host/conf and "
+      "connect-timeout)";
+  case ENOENT:
+    return "no monitor address or key found (give conf=, mon-host=, "
+      "keyring= or key=)";
+  case EINVAL:
+    return "invalid configuration (check conf=, mon-host=, key=)";
+  default:
+    return "connection failed";
+  }
+}
+
+static int
+conf_set (const char *name, const char *value)
+{
+  int r = rados_conf_set (cluster, name, value);
+  if (r < 0) {
+    nbdkit_error ("cannot set Ceph option %s=%s: %s", name, value,
+                  r == -ENOENT ? "no such option" : strerror (-r));
+    return -1;
+  }
+  return 0;
+}
+
+/* Open an image once (read-only) to check that it and the snapshot
+ * exist, giving a clear message if not. */
+static int
+check_image (const char *name, const char *snap)
+{
+  rbd_image_t img;
+  int r;
+
+  r = rbd_open_read_only (ioctx, name, &img, NULL);
+  if (r < 0) {
+    if (r == -ENOENT)
+      nbdkit_error ("image '%s' not found in pool '%s'%s%s",
+                    name, pool, nspace ? " namespace " : "",
+                    nspace ? nspace : "");
+    else
+      nbdkit_error ("cannot open image '%s' in pool '%s': %s",
+                    name, pool, strerror (-r));
+    return -1;
+  }
+  if (snap) {
+    bool exists = false;
+    r = rbd_snap_exists (img, snap, &exists);
+    if (r < 0 || !exists) {
+      if (r < 0)
+        nbdkit_error ("cannot look up snapshot '%s' of image '%s': %s",
+                      snap, name, strerror (-r));
+      else
+        nbdkit_error ("snapshot '%s' of image '%s' not found", snap, name);
+      rbd_close (img);
+      return -1;
+    }
+  }
+  rbd_close (img);
+  return 0;
+}
+
+static int
+rbdp_after_fork (void)
+{
+  char name[256];
+  char buf[32];
+  size_t i;
+  int r;
+
+  snprintf (name, sizeof name, "client.%s", client_id ? client_id : "admin");
+  r = rados_create2 (&cluster, "ceph", name, 0);
+  if (r < 0) {
+    nbdkit_error ("rados_create2: %s", strerror (-r));
+    return -1;
+  }
+  cluster_created = true;
+
+  if (conf_file) {
+    r = rados_conf_read_file (cluster, conf_file);
+    if (r < 0) {
+      nbdkit_error ("cannot read Ceph configuration %s: %s",
+                    conf_file, strerror (-r));
+      return -1;
+    }
+  }
+  else
+    /* The default search path ($CEPH_CONF, /etc/ceph/ceph.conf, ...);
+     * a missing file is fine when mon-host= is given. */
+    (void) rados_conf_read_file (cluster, NULL);
+
+  if (mon_host && conf_set ("mon_host", mon_host) == -1)
+    return -1;
+  if (keyring && conf_set ("keyring", keyring) == -1)
+    return -1;
+  if (key && conf_set ("key", key) == -1)
+    return -1;
+  snprintf (buf, sizeof buf, "%u", connect_timeout);
+  if (conf_set ("client_mount_timeout", buf) == -1)
+    return -1;
+  if (op_timeout) {
+    snprintf (buf, sizeof buf, "%u", op_timeout);
+    if (conf_set ("rados_osd_op_timeout", buf) == -1 ||
+        conf_set ("rados_mon_op_timeout", buf) == -1)
+      return -1;
+  }
+  else {
+    /* Still bound monitor commands (pool lookups) by the connect
+     * timeout, so that a monitor that goes away cannot hang us. */
+    snprintf (buf, sizeof buf, "%u", connect_timeout);
+    if (conf_set ("rados_mon_op_timeout", buf) == -1)
+      return -1;
+  }
+  for (i = 0; i < nr_ceph_opts; i++)
+    if (conf_set (ceph_opts[i].name, ceph_opts[i].value) == -1)
+      return -1;
+
+  nbdkit_debug ("rbd: connecting to the Ceph cluster as %s", name);
+  r = rados_connect (cluster);
+  if (r < 0) {
+    nbdkit_error ("cannot connect to the Ceph cluster as %s: %s: %s",
+                  name, describe_connect_error (r), strerror (-r));
+    return -1;
+  }
+
+  r = rados_ioctx_create (cluster, pool, &ioctx);
+  if (r < 0) {
+    if (r == -ENOENT)
+      nbdkit_error ("pool '%s' does not exist", pool);
+    else
+      nbdkit_error ("cannot open pool '%s': %s", pool, strerror (-r));
+    return -1;
+  }
+  ioctx_created = true;
+  if (nspace)
+    rados_ioctx_set_namespace (ioctx, nspace);
+
+  if (image_name)
+    return check_image (image_name, snapshot);
+  else {
+    /* Check that the pool (and namespace) is usable for RBD. */
+    size_t n = 0;
+    r = rbd_list2 (ioctx, NULL, &n);
+    if (r < 0 && r != -ERANGE) {
+      nbdkit_error ("cannot list the images of pool '%s'%s%s: %s", pool,
+                    nspace ? " namespace " : "", nspace ? nspace : "",
+                    strerror (-r));
+      return -1;
+    }
+  }
+  return 0;
+}
+
+static int
+rbdp_list_exports (int readonly __attribute__ ((unused)),
+                   int is_tls __attribute__ ((unused)),
+                   struct nbdkit_exports *exports)
+{
+  rbd_image_spec_t *specs = NULL;
+  size_t n = 64, i;
+  int r;
+
+  if (image_name)
+    return nbdkit_add_export (exports, image_name, NULL);
+
+  for (;;) {
+    free (specs);
+    specs = calloc (n, sizeof *specs);
+    if (specs == NULL) {
+      nbdkit_error ("calloc: %m");
+      return -1;
+    }
+    r = rbd_list2 (ioctx, specs, &n);
+    if (r != -ERANGE)
+      break;
+  }
+  if (r < 0) {
+    free (specs);
+    nbdkit_error ("cannot list the images of pool '%s': %s", pool,
+                  strerror (-r));
+    return -1;
+  }
+  for (i = 0; i < n; i++) {
+    if (r == 0 && nbdkit_add_export (exports, specs[i].name, NULL) == -1)
+      r = -1;
+  }
+  rbd_image_spec_list_cleanup (specs, n);
+  free (specs);
+  return r < 0 ? -1 : 0;
+}
+
+static const char *
+rbdp_default_export (int readonly __attribute__ ((unused)),
+                     int is_tls __attribute__ ((unused)))
+{
+  return image_name ? image_name : "";
+}
+
+/* A human-readable description: size, features, parent. */
+static const char *
+make_description (rbd_image_t img, const char *name)
+{
+  uint64_t size = 0, features = 0;
+  char feat[256] = "";
+  size_t featlen = sizeof feat;
+  rbd_linked_image_spec_t parent;
+  rbd_snap_spec_t psnap;
+  const char *parent_str = NULL;
+  const char *ret;
+
+  if (rbd_get_size (img, &size) < 0)
+    size = 0;
+  if (rbd_get_features (img, &features) < 0 ||
+      rbd_features_to_string (features, feat, &featlen) < 0)
+    snprintf (feat, sizeof feat, "0x%" PRIx64, features);
+
+  memset (&parent, 0, sizeof parent);
+  memset (&psnap, 0, sizeof psnap);
+  if (rbd_get_parent (img, &parent, &psnap) == 0) {
+    parent_str = nbdkit_printf_intern (", parent %s%s%s/%s@%s",
+                                       parent.pool_name ? parent.pool_name : "?",
+                                       parent.pool_namespace && *parent.pool_namespace ? "/" : "",
+                                       parent.pool_namespace ? parent.pool_namespace : "",
+                                       parent.image_name ? parent.image_name : "?",
+                                       psnap.name ? psnap.name : "?");
+    rbd_linked_image_spec_cleanup (&parent);
+    rbd_snap_spec_cleanup (&psnap);
+  }
+
+  ret = nbdkit_printf_intern ("rbd image %s/%s%s%s%s%s: %" PRIu64
+                              " bytes, features %s%s",
+                              pool, nspace ? nspace : "", nspace ? "/" : "",
+                              name, snapshot ? "@" : "",
+                              snapshot ? snapshot : "",
+                              size, *feat ? feat : "none",
+                              parent_str ? parent_str : "");
+  return ret;
+}
+
+static void *
+rbdp_open (int readonly)
+{
+  const char *name = image_name;
+  struct handle *h;
+  struct image *im;
+  int r;
+
+  if (name == NULL) {
+    name = nbdkit_export_name ();
+    if (name == NULL || *name == '\0') {
+      nbdkit_error ("no image selected: give image= or connect with the "
+                    "image name as the export name (nbdinfo --list shows "
+                    "the images of pool '%s')", pool);
+      return NULL;
+    }
+  }
+  if (snapshot)
+    readonly = 1;
+
+  h = calloc (1, sizeof *h);
+  if (h == NULL) {
+    nbdkit_error ("calloc: %m");
+    return NULL;
+  }
+
+  pthread_mutex_lock (&images_lock);
+  for (im = images; im; im = im->next)
+    if (im->readonly == !!readonly && strcmp (im->name, name) == 0)
+      break;
+  if (im) {
+    im->refs++;
+    pthread_mutex_unlock (&images_lock);
+    h->im = im;
+    return h;
+  }
+
+  im = calloc (1, sizeof *im);
+  if (im == NULL || (im->name = strdup (name)) == NULL) {
+    nbdkit_error ("calloc: %m");
+    goto err;
+  }
+  im->readonly = !!readonly;
+  if (readonly)
+    r = rbd_open_read_only (ioctx, name, &im->img, snapshot);
+  else
+    r = rbd_open (ioctx, name, &im->img, NULL);
+  if (r < 0) {
+    if (r == -ENOENT && snapshot)
+      nbdkit_error ("image '%s' or its snapshot '%s' not found in pool '%s'",
+                    name, snapshot, pool);
+    else if (r == -ENOENT)
+      nbdkit_error ("image '%s' not found in pool '%s'", name, pool);
+    else
+      nbdkit_error ("cannot open image '%s' in pool '%s': %s",
+                    name, pool, strerror (-r));
+    goto err;
+  }
+  nbdkit_debug ("rbd: opened image %s%s%s (%s)", name,
+                snapshot ? "@" : "", snapshot ? snapshot : "",
+                readonly ? "read-only" : "read-write");
+  im->description = make_description (im->img, name);
+  im->refs = 1;
+  im->next = images;
+  images = im;
+  pthread_mutex_unlock (&images_lock);
+  h->im = im;
+  return h;
+
+ err:
+  pthread_mutex_unlock (&images_lock);
+  if (im)
+    free (im->name);
+  free (im);
+  free (h);
+  return NULL;
+}
+
+static void
+rbdp_close (void *handle)
+{
+  struct handle *h = handle;
+  struct image *im = h->im, **pp;
+  int r;
+
+  pthread_mutex_lock (&images_lock);
+  if (--im->refs == 0) {
+    for (pp = &images; *pp; pp = &(*pp)->next)
+      if (*pp == im) {
+        *pp = im->next;
+        break;
+      }
+  }
+  else
+    im = NULL;
+  pthread_mutex_unlock (&images_lock);
+
+  if (im) {
+    r = rbd_close (im->img);
+    if (r < 0)
+      nbdkit_debug ("rbd: closing image %s: %s", im->name, strerror (-r));
+    free (im->name);
+    free (im);
+  }
+  free (h);
+}
+
+static const char *
+rbdp_export_description (void *handle)
+{
+  struct handle *h = handle;
+  return h->im->description;
+}
+
+static int64_t
+rbdp_get_size (void *handle)
+{
+  struct handle *h = handle;
+  uint64_t size;
+  int r;
+
+  r = rbd_get_size (h->im->img, &size);
+  if (r < 0) {
+    nbdkit_error ("rbd_get_size: %s", strerror (-r));
+    return -1;
+  }
+  if (size > INT64_MAX) {
+    nbdkit_error ("image size %" PRIu64 " is too large", size);
+    return -1;
+  }
+  return size;
+}
+
+static int
+rbdp_can_write (void *handle)
+{
+  struct handle *h = handle;
+  return !h->im->readonly;
+}
+
+static int
+rbdp_can_multi_conn (void *handle UNUSED)
+{
+  /* All connections to one image in this process share one librbd
+   * handle (one cache, one exclusive-lock owner): see the top comment. */
+  return 1;
+}
+
+static int
+rbdp_can_flush (void *handle UNUSED)
+{
+  return 1;
+}
+
+static int
+rbdp_can_fua (void *handle UNUSED)
+{
+  return NBDKIT_FUA_NATIVE;
+}
+
+static int
+rbdp_can_trim (void *handle UNUSED)
+{
+  return 1;
+}
+
+static int
+rbdp_can_zero (void *handle UNUSED)
+{
+  return 1;
+}
+
+/* Whether rbd_diff_iterate2 gives a fast and correct map: the image must
+ * have fast-diff (which implies object-map) and neither map may be
+ * flagged invalid. */
+static bool
+fast_diff_usable (rbd_image_t img, const char **why)
+{
+  uint64_t features, flags;
+
+  if (rbd_get_features (img, &features) < 0) {
+    *why = "cannot read the image features";
+    return false;
+  }
+  if (!(features & RBD_FEATURE_FAST_DIFF)) {
+    *why = "the image has no fast-diff feature";
+    return false;
+  }
+  if (rbd_get_flags (img, &flags) < 0) {
+    *why = "cannot read the image flags";
+    return false;
+  }
+  if (flags & (RBD_FLAG_FAST_DIFF_INVALID | RBD_FLAG_OBJECT_MAP_INVALID)) {
+    *why = "the image's object map / fast-diff is flagged invalid";
+    return false;
+  }
+  return true;
+}
+
+static int
+rbdp_can_extents (void *handle)
+{
+  struct handle *h = handle;
+  const char *why;
+
+  if (!fast_diff_usable (h->im->img, &why)) {
+    nbdkit_debug ("rbd: %s: %s, so every block is reported as data",
+                  h->im->name, why);
+    return 0;
+  }
+  return 1;
+}
+
+/* Run one asynchronous operation and wait for it.  START is called with
+ * a fresh completion and must return librbd's submission status. */
+#define AIO(what, call)                                                 \
+  do {                                                                  \
+    rbd_completion_t c;                                                 \
+    int r_ = rbd_aio_create_completion (NULL, NULL, &c);                \
+    if (r_ < 0) {                                                       \
+      nbdkit_error ("rbd_aio_create_completion: %s", strerror (-r_));   \
+      errno = -r_;                                                      \
+      return -1;                                                        \
+    }                                                                   \
+    r_ = (call);                                                        \
+    if (r_ < 0) {                                                       \
+      rbd_aio_release (c);                                              \
+      nbdkit_error ("%s: %s", what, strerror (-r_));                    \
+      errno = -r_;                                                      \
+      return -1;                                                        \
+    }                                                                   \
+    rbd_aio_wait_for_complete (c);                                      \
+    aio_ret = rbd_aio_get_return_value (c);                             \
+    rbd_aio_release (c);                                                \
+    if (aio_ret < 0) {                                                  \
+      nbdkit_error ("%s: %s", what, strerror ((int) -aio_ret));         \
+      errno = (int) -aio_ret;                                           \
+      return -1;                                                        \
+    }                                                                   \
+  } while (0)
+
+static int
+do_flush (struct handle *h)
+{
+  ssize_t aio_ret;
+
+  AIO ("rbd_aio_flush", rbd_aio_flush (h->im->img, c));
+  return 0;
+}
+
+static int
+rbdp_pread (void *handle, void *buf, uint32_t count, uint64_t offset,
+            uint32_t flags UNUSED)
+{
+  struct handle *h = handle;
+  ssize_t aio_ret;
+
+  AIO ("rbd_aio_read", rbd_aio_read (h->im->img, offset, count, buf, c));
+  if ((uint64_t) aio_ret < count) {
+    /* Only past the end of an image that shrank under us. */
+    nbdkit_error ("rbd_aio_read: short read at %" PRIu64 " (%zd of %"
+                  PRIu32 " bytes): image resized?", offset, aio_ret, count);
+    errno = EIO;
+    return -1;
+  }
+  return 0;
+}
+
+static int
+rbdp_pwrite (void *handle, const void *buf, uint32_t count, uint64_t offset,
+            uint32_t flags)
+{
+  struct handle *h = handle;
+  ssize_t aio_ret;
+
+  AIO ("rbd_aio_write",
+       rbd_aio_write (h->im->img, offset, count, (const char *) buf, c));
+  if ((flags & NBDKIT_FLAG_FUA) && do_flush (h) == -1)
+    return -1;
+  return 0;
+}
+
+static int
+rbdp_flush (void *handle, uint32_t flags UNUSED)
+{
+  return do_flush (handle);
+}
+
+static int
+rbdp_trim (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
+{
+  struct handle *h = handle;
+  ssize_t aio_ret;
+
+  AIO ("rbd_aio_discard", rbd_aio_discard (h->im->img, offset, count, c));
+  if ((flags & NBDKIT_FLAG_FUA) && do_flush (h) == -1)
+    return -1;
+  return 0;
+}
+
+/* Zeroing without rbd_aio_write_zeroes: a discard reads back as zeroes
+ * only for whole objects (librbd may skip partial discards), so discard
+ * the whole objects inside the range (when trimming is allowed) and write
+ * explicit zeroes for the rest. */
+static int
+zero_fallback (struct handle *h, uint32_t count, uint64_t offset,
+               bool may_trim)
+{
+  static const char zeroes[1024 * 1024];
+  rbd_image_info_t info;
+  uint64_t obj, start, end, first, last, len;
+  ssize_t aio_ret;
+  int r;
+
+  if (!ck_add64 (offset, count, &end)) {
+    errno = EINVAL;
+    nbdkit_error ("zero: range overflows");
+    return -1;
+  }
+  first = last = end;
+  if (may_trim) {
+    r = rbd_stat (h->im->img, &info, sizeof info);
+    if (r < 0) {
+      nbdkit_error ("rbd_stat: %s", strerror (-r));
+      errno = -r;
+      return -1;
+    }
+    obj = info.obj_size;
+    if (obj > 0 && ck_round_up64 (offset, obj, &first) &&
+        (obj & (obj - 1)) == 0) {
+      last = end & ~(obj - 1);
+      if (first < last)
+        AIO ("rbd_aio_discard",
+             rbd_aio_discard (h->im->img, first, last - first, c));
+      else
+        first = last = end;
+    }
+    else
+      first = last = end;
+  }
+
+  /* Explicit zeroes for [offset, first) and [last, end). */
+  for (start = offset; start < end; start += len) {
+    if (start == first) {
+      start = last;
+      if (start >= end)
+        break;
+    }
+    len = (start < first ? first : end) - start;
+    if (len > sizeof zeroes)
+      len = sizeof zeroes;
+    AIO ("rbd_aio_write", rbd_aio_write (h->im->img, start, len, zeroes, c));
+  }
+  return 0;
+}
+
+static int
+rbdp_zero (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
+{
+  struct handle *h = handle;
+  bool may_trim = flags & NBDKIT_FLAG_MAY_TRIM;
+  ssize_t aio_ret;
+
+  if (flags & NBDKIT_FLAG_FAST_ZERO) {
+    errno = ENOTSUP;
+    return -1;
+  }
+
+#ifdef LIBRBD_SUPPORTS_WRITE_ZEROES
+  if (!rbd_debug_zero_fallback) {
+    rbd_completion_t c;
+    int r = rbd_aio_create_completion (NULL, NULL, &c);
+    if (r < 0) {
+      nbdkit_error ("rbd_aio_create_completion: %s", strerror (-r));
+      errno = -r;
+      return -1;
+    }
+    /* Without may_trim the client asked for allocated zeroes. */
+    r = rbd_aio_write_zeroes (h->im->img, offset, count, c,
+                              may_trim ? 0 : RBD_WRITE_ZEROES_FLAG_THICK_PROVISION,
+                              0);
+    if (r == 0) {
+      rbd_aio_wait_for_complete (c);
+      aio_ret = rbd_aio_get_return_value (c);
+    }
+    else
+      aio_ret = r;
+    rbd_aio_release (c);
+    if (aio_ret >= 0)
+      goto done;
+    if (aio_ret != -EOPNOTSUPP && aio_ret != -ENOSYS) {
+      nbdkit_error ("rbd_aio_write_zeroes: %s", strerror ((int) -aio_ret));
+      errno = (int) -aio_ret;
+      return -1;
+    }
+    nbdkit_debug ("rbd: write_zeroes not supported by the cluster, "
+                  "falling back to discard + writes");
+  }
+#endif
+  if (zero_fallback (h, count, offset, may_trim) == -1)
+    return -1;
+
+#ifdef LIBRBD_SUPPORTS_WRITE_ZEROES
+ done:
+#endif
+  if ((flags & NBDKIT_FLAG_FUA) && do_flush (h) == -1)
+    return -1;
+  return 0;
+}
+
+/* Extents from rbd_diff_iterate2 (against the beginning of time, so
+ * every reported range is allocated; the gaps are holes that read as
+ * zeroes). */
+struct extents_state {
+  struct nbdkit_extents *exts;
+  uint64_t next;                /* everything before has been added */
+  uint64_t end;
+};
+
+static int
+add_extent (struct extents_state *st, uint64_t off, uint64_t len,
+            uint32_t type)
+{
+  if (rbd_debug_extents)
+    nbdkit_debug ("rbd: extent %" PRIu64 "+%" PRIu64 " %s", off, len,
+                  type ? "hole" : "data");
+  if (nbdkit_add_extent (st->exts, off, len, type) == -1)
+    return -1;
+  st->next = off + len;
+  return 0;
+}
+
+static int
+diff_cb (uint64_t off, size_t len, int exists, void *arg)
+{
+  struct extents_state *st = arg;
+  uint64_t end;
+
+  if (!ck_add64 (off, len, &end) || end <= st->next)
+    return 0;                   /* already covered */
+  if (off < st->next)
+    off = st->next;
+  if (off > st->next &&
+      add_extent (st, st->next, off - st->next,
+                  NBDKIT_EXTENT_HOLE | NBDKIT_EXTENT_ZERO) == -1)
+    return -1;
+  return add_extent (st, off, end - off,
+                     exists ? 0 : NBDKIT_EXTENT_HOLE | NBDKIT_EXTENT_ZERO);
+}
+
+static int
+rbdp_extents (void *handle, uint32_t count, uint64_t offset,
+              uint32_t flags UNUSED,
+             struct nbdkit_extents *exts)
+{
+  struct handle *h = handle;
+  struct extents_state st = { .exts = exts, .next = offset };
+  const char *why;
+  int r;
+
+  if (!ck_add64 (offset, count, &st.end)) {
+    errno = EINVAL;
+    nbdkit_error ("extents: range overflows");
+    return -1;
+  }
+
+  /* The map may have been invalidated since .can_extents. */
+  if (!fast_diff_usable (h->im->img, &why)) {
+    nbdkit_debug ("rbd: %s: %s, reporting data", h->im->name, why);
+    return nbdkit_add_extent (exts, offset, count, 0);
+  }
+
+  r = rbd_diff_iterate2 (h->im->img, NULL, offset, count,
+                         1 /* include parent */, 1 /* whole object */,
+                         diff_cb, &st);
+  if (r < 0) {
+    if (st.next > offset)
+      return 0;                 /* what we have is correct */
+    nbdkit_error ("rbd_diff_iterate2: %s", strerror (-r));
+    errno = -r;
+    return -1;
+  }
+  if (st.next < st.end &&
+      add_extent (&st, st.next, st.end - st.next,
+                  NBDKIT_EXTENT_HOLE | NBDKIT_EXTENT_ZERO) == -1)
+    return -1;
+  return 0;
+}
+
+static struct nbdkit_plugin plugin = {
+  .name               = "rbd",
+  .longname           = "nbdkit Ceph RBD plugin",
+  .version            = "0.1.0",
+  .description        = "Serve Ceph RBD images through librbd",
+  .unload             = rbdp_unload,
+  .config             = rbdp_config,
+  .config_complete    = rbdp_config_complete,
+  .config_help        = rbdp_config_help,
+  .magic_config_key   = "image",
+  .dump_plugin        = rbdp_dump_plugin,
+  .get_ready          = rbdp_get_ready,
+  .after_fork         = rbdp_after_fork,
+  .cleanup            = rbdp_cleanup,
+  .list_exports       = rbdp_list_exports,
+  .default_export     = rbdp_default_export,
+  .open               = rbdp_open,
+  .close              = rbdp_close,
+  .export_description = rbdp_export_description,
+  .get_size           = rbdp_get_size,
+  .can_write          = rbdp_can_write,
+  .can_multi_conn     = rbdp_can_multi_conn,
+  .can_flush          = rbdp_can_flush,
+  .can_fua            = rbdp_can_fua,
+  .can_trim           = rbdp_can_trim,
+  .can_zero           = rbdp_can_zero,
+  .can_extents        = rbdp_can_extents,
+  .pread              = rbdp_pread,
+  .pwrite             = rbdp_pwrite,
+  .flush              = rbdp_flush,
+  .trim               = rbdp_trim,
+  .zero               = rbdp_zero,
+  .extents            = rbdp_extents,
+  .errno_is_preserved = 1,
+};
+
+NBDKIT_REGISTER_PLUGIN (plugin)

@@ -1,0 +1,296 @@
+#!/usr/bin/env bash
+# Acceptance test of the rbd plugin against a real throwaway Ceph cluster
+# (one monitor, one memstore OSD, cephx; started here, stopped by PID).
+# Ground truth comes from the rbd CLI (rbd import/export/diff/info/ls).
+source "$TOP_SRCDIR/tests/functions.sh"
+
+requires ceph-mon ceph-osd ceph rbd ceph-authtool monmaptool \
+  nbdinfo nbdcopy nbdsh qemu-io python3 timeout
+requires_plugin rbd
+
+# nbdsh runs "python3 -m nbd": run it with an interpreter that has libnbd's
+# python module (a python3 earlier on PATH, e.g. pyenv's, may lack it).
+for py in python3 /usr/bin/python3; do
+  if "$py" -c 'import nbd' 2>/dev/null; then nbdsh_py=$py; break; fi
+done
+[ -n "${nbdsh_py:-}" ] || skip "python3 module nbd (python3-libnbd) not installed"
+nbdsh () { "$nbdsh_py" -m nbd "$@"; }   # what /usr/bin/nbdsh runs
+plugin=$(plugin_so rbd)
+
+# --- the cluster -------------------------------------------------------------
+cluster=$tmpdir/ceph
+cleanup_add "bash '$TOP_SRCDIR/tests/rbd/ceph-cluster.sh' stop '$cluster'"
+bash "$TOP_SRCDIR/tests/rbd/ceph-cluster.sh" start "$cluster" \
+  || fail "could not start the test Ceph cluster"
+# shellcheck disable=SC1091
+source "$cluster/env"
+export CEPH_CONF            # for the rbd CLI
+conf=$CEPH_CONF
+MiB=1048576
+
+# nbdkit 1.32 leaves its socket behind: a fresh name for every server.
+nsock=0
+new_sock () { nsock=$((nsock + 1)); sock=$tmpdir/s$nsock.sock; }
+
+# rbd_export IMAGE FILE: "rbd export" refuses to overwrite a file.
+rbd_export () { rm -f "$2"; rbd export --no-progress "$1" "$2"; }
+
+# Images: a random one imported with "rbd import", an empty one to write
+# through the plugin, one more for the listing, one in a namespace.
+random_file "$tmpdir/data" 12M
+rbd import --no-progress "$tmpdir/data" img1
+rbd create --size 16M img2
+rbd create --size 4M img3
+rbd namespace create rbd/ns1
+rbd create --size 4M rbd/ns1/nsimg
+
+# --- serving the pool --------------------------------------------------------
+new_sock
+start_nbdkit "$sock" "$plugin" pool=rbd conf="$conf"
+
+echo "== nbdinfo --list shows the pool's images"
+nbdinfo --list --json "$(uri_of "$sock")" > "$tmpdir/list.json"
+python3 - "$tmpdir/list.json" <<'EOF' > "$tmpdir/list.txt"
+import json, sys
+d = json.load(open(sys.argv[1]))
+for e in d["exports"]:
+    print(e["export-name"])
+EOF
+rbd ls rbd | sort > "$tmpdir/rbdls.txt"
+sort "$tmpdir/list.txt" | diff -u "$tmpdir/rbdls.txt" - \
+  || fail "nbdinfo --list differs from rbd ls"
+
+echo "== data from rbd import reads back identically"
+nbdcopy -- "$(uri_of "$sock" img1)" "$tmpdir/img1.read"
+assert_same "$tmpdir/data" "$tmpdir/img1.read" "img1 through the plugin"
+
+echo "== export description: size and features as rbd info says"
+desc=$(nbdinfo --json "$(uri_of "$sock" img1)" |
+         python3 -c 'import json,sys; print(json.load(sys.stdin)["exports"][0]["description"])')
+echo "   $desc"
+info_features=$(rbd info --format json img1 |
+                  python3 -c 'import json,sys; print(",".join(sorted(json.load(sys.stdin)["features"])))')
+[[ $desc == *"$((12*MiB)) bytes"* ]] || fail "description lacks the size: $desc"
+[[ $desc == *"features $info_features"* ]] \
+  || fail "description features differ from rbd info ($info_features): $desc"
+
+echo "== no export name and no image=: clear error"
+if nbdinfo "$(uri_of "$sock")" > "$tmpdir/noname.out" 2>&1; then
+  fail "an empty export name was accepted without image="
+fi
+echo "== unknown export name fails"
+if nbdinfo "$(uri_of "$sock" nosuchimage)" >/dev/null 2>&1; then
+  fail "a missing image was served"
+fi
+
+echo "== data written through the plugin (multi-conn nbdcopy) is in rbd export"
+random_file "$tmpdir/w" 16M
+nbdcopy --connections=4 -- "$tmpdir/w" "$(uri_of "$sock" img2)"
+rbd_export img2 "$tmpdir/img2.export"
+assert_same "$tmpdir/w" "$tmpdir/img2.export" "rbd export after nbdcopy"
+
+echo "== seeded random writes with FUA/flush, mirrored on a local file"
+cp "$tmpdir/w" "$tmpdir/mirror"
+python3 - > "$tmpdir/cmds" <<'EOF'
+import random
+r = random.Random(4242)
+for i in range(60):
+    off = r.randrange(0, 16 * 1048576 - 70000)
+    ln = r.randrange(1, 70000)
+    pat = r.randrange(1, 255)
+    fua = "-f " if i % 3 == 0 else ""
+    print(f"write {fua}-P {pat} {off} {ln}")
+    if i % 10 == 9:
+        print("flush")
+EOF
+qemu-io -f raw "$(uri_of "$sock" img2)" < "$tmpdir/cmds" > "$tmpdir/qemu-io.out" \
+  || fail "qemu-io writes failed"
+grep -qi 'error\|fail' "$tmpdir/qemu-io.out" && fail "qemu-io: $(grep -i 'error\|fail' "$tmpdir/qemu-io.out" | head -3)"
+python3 - "$tmpdir/cmds" "$tmpdir/mirror" <<'EOF'
+import sys
+with open(sys.argv[2], "r+b") as f:
+    for line in open(sys.argv[1]):
+        w = line.split()
+        if w[0] != "write":
+            continue
+        off, ln, pat = int(w[-2]), int(w[-1]), int(w[-3])
+        f.seek(off); f.write(bytes([pat]) * ln)
+EOF
+rbd_export img2 "$tmpdir/img2.export"
+assert_same "$tmpdir/mirror" "$tmpdir/img2.export" "rbd export after qemu-io writes"
+
+# zero/trim with nbdsh; apply the same to the mirror.
+zero_mirror () {   # OFF LEN
+  python3 -c "
+import sys
+with open('$tmpdir/mirror','r+b') as f:
+    f.seek($1); f.write(bytes($2))"
+}
+check_zero_trim () {   # LABEL URI
+  nbdsh -u "$2" -c "
+h.zero(1000, 12345)                          # unaligned, inside an object
+h.zero(5 * 1048576 + 7, 3 * 1048576 - 3)     # spans objects, unaligned ends
+h.zero(65536, 9 * 1048576, nbd.CMD_FLAG_NO_HOLE)   # allocated zeroes
+h.zero(4096, 10 * 1048576, nbd.CMD_FLAG_FUA)
+h.trim(4 * 1048576, 12 * 1048576)            # one whole 4 MiB object
+h.flush()
+"
+  zero_mirror 12345 1000
+  zero_mirror $((3*MiB-3)) $((5*MiB+7))
+  zero_mirror $((9*MiB)) 65536
+  zero_mirror $((10*MiB)) 4096
+  zero_mirror $((12*MiB)) $((4*MiB))
+  rbd_export img2 "$tmpdir/img2.export"
+  assert_same "$tmpdir/mirror" "$tmpdir/img2.export" "rbd export after zero/trim ($1)"
+  # The zeroed and trimmed ranges read back as zeroes through the plugin.
+  nbdcopy -- "$2" "$tmpdir/img2.read"
+  assert_same "$tmpdir/mirror" "$tmpdir/img2.read" "plugin read after zero/trim ($1)"
+}
+echo "== write-zeroes and trim read back as zeroes (rbd_aio_write_zeroes)"
+check_zero_trim native "$(uri_of "$sock" img2)"
+
+echo "== extents match rbd diff --whole-object"
+# After the trim, object 3 ([12M,16M)) no longer exists.
+check_extents () {   # IMAGE URI
+  nbdinfo --map --json "$2" > "$tmpdir/map.json"
+  rbd diff --whole-object --format json "$1" > "$tmpdir/diff.json"
+  python3 - "$tmpdir/map.json" "$tmpdir/diff.json" "$(rbd info --format json "$1")" <<'EOF'
+import json, sys
+m = json.load(open(sys.argv[1]))
+d = json.load(open(sys.argv[2]))
+info = json.loads(sys.argv[3])
+obj, size = info["object_size"], info["size"]
+def objs(ranges):
+    s = set()
+    for off, ln in ranges:
+        for o in range(off // obj, (off + ln + obj - 1) // obj):
+            s.add(o)
+    return s
+data_map = objs((e["offset"], e["length"]) for e in m if not (e["type"] & 1))
+data_diff = objs((e["offset"], e["length"]) for e in d if e["exists"] == "true")
+covered = sum(e["length"] for e in m)
+if covered != size:
+    sys.exit(f"map covers {covered} bytes, image has {size}")
+if data_map != data_diff:
+    sys.exit(f"allocated objects differ: nbdinfo --map {sorted(data_map)} "
+             f"rbd diff {sorted(data_diff)}")
+print(f"   allocated objects {sorted(data_map)} of {size // obj}")
+EOF
+}
+check_extents img2 "$(uri_of "$sock" img2)" || fail "extents of img2 differ from rbd diff"
+check_extents img3 "$(uri_of "$sock" img3)" || fail "extents of img3 differ from rbd diff"
+
+echo "== namespace= serves images of a RADOS namespace"
+stop_nbdkit
+new_sock; sockns=$sock
+start_nbdkit "$sockns" "$plugin" pool=rbd namespace=ns1 conf="$conf"
+nbdinfo --list "$(uri_of "$sockns")" | grep -q 'export="nsimg"' \
+  || fail "namespace image not listed"
+nbdinfo --list "$(uri_of "$sockns")" | grep -q 'export="img1"' \
+  && fail "image outside the namespace listed"
+stop_nbdkit
+
+echo "== zero fallback (discard whole objects + explicit zeroes)"
+random_file "$tmpdir/w2" 16M
+new_sock; sock2=$sock
+start_nbdkit "$sock2" -D rbd.zero_fallback=1 "$plugin" pool=rbd image=img2 conf="$conf" \
+  id=admin keyring="$cluster/client.admin.keyring"
+nbdcopy -- "$tmpdir/w2" "$(uri_of "$sock2")"
+cp "$tmpdir/w2" "$tmpdir/mirror"
+check_zero_trim fallback "$(uri_of "$sock2")"
+stop_nbdkit
+
+echo "== snapshot: frozen data, read-only"
+rbd snap create --no-progress img1@s1
+new_sock; sock2=$sock
+start_nbdkit "$sock2" "$plugin" pool=rbd image=img1 conf="$conf"
+nbdsh -u "$(uri_of "$sock2")" -c 'h.pwrite(b"\xAA" * 65536, 1048576); h.flush()'
+stop_nbdkit
+rbd_export img1 "$tmpdir/img1.export"
+cmp -s "$tmpdir/data" "$tmpdir/img1.export" && fail "write to img1 had no effect"
+new_sock; sock3=$sock
+start_nbdkit "$sock3" "$plugin" pool=rbd image=img1 snapshot=s1 conf="$conf"
+nbdcopy -- "$(uri_of "$sock3")" "$tmpdir/snap.read"
+assert_same "$tmpdir/data" "$tmpdir/snap.read" "snapshot content"
+nbdinfo "$(uri_of "$sock3")" | grep -q 'is_read_only: true' \
+  || fail "snapshot export not read-only"
+if nbdsh -u "$(uri_of "$sock3")" -c 'h.pwrite(b"x" * 512, 0)' 2>"$tmpdir/ro.err"; then
+  fail "a write to the snapshot export succeeded"
+fi
+echo "   write refused: $(tail -1 "$tmpdir/ro.err")"
+rbd_export img1@s1 "$tmpdir/snap.export"
+assert_same "$tmpdir/data" "$tmpdir/snap.export" "snapshot after refused write"
+stop_nbdkit
+
+echo "== clone of a protected snapshot reads through to its parent"
+rbd snap protect img1@s1
+rbd clone img1@s1 clone1
+new_sock; sock3=$sock
+start_nbdkit "$sock3" "$plugin" pool=rbd image=clone1 conf="$conf"
+nbdcopy -- "$(uri_of "$sock3")" "$tmpdir/clone.read"
+assert_same "$tmpdir/data" "$tmpdir/clone.read" "clone content (parent data)"
+desc=$(nbdinfo "$(uri_of "$sock3")" | sed -n 's/^\s*description: //p')
+[[ $desc == *"parent rbd/img1@s1"* ]] || fail "clone description lacks the parent: $desc"
+# Extents of a clone include the parent's data.
+check_extents clone1 "$(uri_of "$sock3")" || fail "clone extents differ from rbd diff"
+# Writes go to the clone only.
+nbdsh -u "$(uri_of "$sock3")" -c 'h.pwrite(b"\x55" * 4096, 8192); h.flush()'
+stop_nbdkit
+cp "$tmpdir/data" "$tmpdir/clone.mirror"
+python3 -c "
+with open('$tmpdir/clone.mirror','r+b') as f: f.seek(8192); f.write(b'\x55'*4096)"
+rbd_export clone1 "$tmpdir/clone.export"
+assert_same "$tmpdir/clone.mirror" "$tmpdir/clone.export" "clone after write"
+rbd_export img1@s1 "$tmpdir/snap.export"
+assert_same "$tmpdir/data" "$tmpdir/snap.export" "parent after write to clone"
+
+echo "== daemonised nbdkit (connects after the fork)"
+new_sock; sock4=$sock
+nbdkit -U "$sock4" -P "$tmpdir/daemon.pid" "$plugin" pool=rbd image=img2 conf="$conf"
+for (( i=0; i<200; i++ )); do [ -s "$tmpdir/daemon.pid" ] && break; sleep 0.05; done
+dpid=$(cat "$tmpdir/daemon.pid")
+cleanup_add "kill -9 $dpid"
+nbdcopy -- "$(uri_of "$sock4")" "$tmpdir/daemon.read"
+rbd_export img2 "$tmpdir/img2.export"
+assert_same "$tmpdir/img2.export" "$tmpdir/daemon.read" "daemonised read"
+stop_nbdkit "$dpid"
+
+# --- failures: clear message, no hang ----------------------------------------
+# expect_failure LABEL PATTERN nbdkit-args...: nbdkit must exit non-zero
+# by itself (not through the 60 s guard) and print PATTERN.
+expect_failure () {
+  local label=$1 pattern=$2 rc=0; shift 2
+  rm -rf "$tmpdir/f"; mkdir "$tmpdir/f"
+  timeout 60 bash -c 'source "$TOP_SRCDIR/tests/functions.sh"; nbdkit "$@"' _ \
+    -f -U "$tmpdir/f/sock" "$plugin" "$@" > "$tmpdir/f/out" 2>&1 || rc=$?
+  [ $rc -ne 0 ] || fail "$label: nbdkit started"
+  [ $rc -ne 124 ] || fail "$label: nbdkit hung (killed after 60 s)"
+  grep -q -- "$pattern" "$tmpdir/f/out" \
+    || fail "$label: expected '$pattern' in: $(cat "$tmpdir/f/out")"
+  echo "   $label: $(grep -- "$pattern" "$tmpdir/f/out" | head -1)"
+}
+echo "== errors"
+bad_key=$(CEPH_CONF=/dev/null ceph-authtool --gen-print-key)
+expect_failure "wrong key" "authentication failed" \
+  pool=rbd image=img1 conf="$conf" key="$bad_key"
+echo "$bad_key" > "$tmpdir/badkey"
+expect_failure "wrong key from file" "authentication failed" \
+  pool=rbd image=img1 conf="$conf" key=+"$tmpdir/badkey"
+expect_failure "unknown client id" "authentication failed" \
+  pool=rbd image=img1 conf="$conf" id=nobody
+expect_failure "missing pool" "pool 'nopool' does not exist" \
+  pool=nopool image=img1 conf="$conf"
+expect_failure "missing image" "image 'nope' not found in pool 'rbd'" \
+  pool=rbd image=nope conf="$conf"
+expect_failure "missing snapshot" "snapshot 'nosnap' of image 'img1' not found" \
+  pool=rbd image=img1 snapshot=nosnap conf="$conf"
+expect_failure "bad ceph option" "cannot set Ceph option" \
+  pool=rbd image=img1 conf="$conf" ceph.no_such_option_xyz=1
+expect_failure "missing conf" "cannot read Ceph configuration" \
+  pool=rbd image=img1 conf="$tmpdir/nonexistent.conf"
+dead_port=$(free_port)
+expect_failure "unreachable monitor" "timed out" \
+  pool=rbd image=img1 conf="$conf" mon-host="[v2:127.0.0.1:$dead_port]" \
+  connect-timeout=2
+
+echo "PASS"
