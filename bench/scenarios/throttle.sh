@@ -1,0 +1,90 @@
+# Scenario "throttle": our throttle filter against nbdkit's own rate
+# filter, over the nbdkit file plugin on a raw image.
+#  - overhead with no limit: throttle (no limit) and rate (no rate) against
+#    the bare file plugin (the ceiling), on sequential 1 MiB and random
+#    4 KiB reads;
+#  - accuracy: achieved vs configured rate for a bytes limit (throttle
+#    bps-total, rate's rate= in bits) and an I/O limit (throttle
+#    iops-total; the rate filter has none), with the server CPU each
+#    costs.
+# Limits are chosen so that the CPU never limits on a 2-core machine.
+
+BPS_MIB=64                      # bytes limit, MiB/s
+IOPS=2000                       # I/O limit
+
+DESCRIPTION="throttle filter vs nbdkit rate filter over the file plugin (limits: ${BPS_MIB} MiB/s, ${IOPS} IOPS)"
+PEER=rate-off
+CEILING=file
+WORKLOADS="seqread randread"
+
+scenario_requires () {
+  bench_requires nbdkit fio
+  bench_requires_filter throttle
+  [ -f "$(nbdkit --dump-config | sed -n 's/^filterdir=//p')/nbdkit-rate-filter.so" ] ||
+    bench_skip "nbdkit rate filter not installed"
+}
+
+prepare () { make_random_raw "$WORKDIR/disk.raw"; }
+
+bench_server file          'serve_nbdkit file "$WORKDIR/disk.raw"'
+bench_server throttle-off  'serve_nbdkit --filter="$(filter_so throttle)" file "$WORKDIR/disk.raw"'
+bench_server rate-off      'serve_nbdkit --filter=rate file "$WORKDIR/disk.raw"'
+bench_server throttle-bps  'serve_nbdkit --filter="$(filter_so throttle)" file "$WORKDIR/disk.raw" bps-total=${BPS_MIB}M'
+# The rate filter counts bits per second.
+bench_server rate-bps      'serve_nbdkit --filter=rate file "$WORKDIR/disk.raw" rate=$((BPS_MIB * 8))M'
+bench_server throttle-iops 'serve_nbdkit --filter="$(filter_so throttle)" file "$WORKDIR/disk.raw" iops-total=$IOPS'
+
+# Achieved vs configured, and server CPU per unit of work (results TSV:
+# scenario round server workload value unit cpu_seconds work).
+report () {
+  local tsv=$1
+  echo "Achieved vs configured rate (median of $ROUNDS round(s), ${RUNTIME} s each; goal: within ±2%):"
+  echo
+  echo "| server | workload | configured | achieved | achieved ÷ configured | server CPU per unit |"
+  echo "|---|---|---|---|---|---|"
+  local row label wl conf unit v
+  for row in "throttle-bps seqread $BPS_MIB MiB/s" \
+             "rate-bps seqread $BPS_MIB MiB/s" \
+             "throttle-iops randread $IOPS IOPS"; do
+    read -r label wl conf unit <<<"$row"
+    v=$(bench_median "$tsv" "$label" "$wl")
+    [ -n "$v" ] || continue
+    python3 - "$tsv" "$SCENARIO" "$label" "$wl" "$conf" "$unit" "$v" <<'EOF'
+import sys, statistics
+tsv, scen, label, wl, conf, unit, v = sys.argv[1:8]
+conf, v = float(conf), float(v)
+cpu = []
+with open(tsv) as f:
+    for line in f:
+        p = line.rstrip("\n").split("\t")
+        if len(p) >= 8 and p[0] == scen and p[2] == label and p[3] == wl:
+            try:
+                work = float(p[7])
+                if work > 0:
+                    cpu.append(float(p[6]) / work)
+            except ValueError:
+                pass
+per = ""
+if cpu:
+    c = statistics.median(cpu)
+    per = ("%.1f µs per I/O" % (c * 1e6)) if unit == "IOPS" \
+        else ("%.2f ms per MiB" % (c * 1e3))
+print("| %s | %s | %g %s | %.1f %s | %.3f | %s |"
+      % (label, wl, conf, unit, v, unit, v / conf, per))
+EOF
+  done
+  echo
+  echo "Overhead with no limit (achieved ÷ bare file plugin; goal: ≥ 0.98):"
+  echo
+  echo "| workload | throttle-off ÷ file | rate-off ÷ file |"
+  echo "|---|---|---|"
+  local f t r
+  for wl in seqread randread; do
+    f=$(bench_median "$tsv" file "$wl")
+    t=$(bench_median "$tsv" throttle-off "$wl")
+    r=$(bench_median "$tsv" rate-off "$wl")
+    [ -n "$f" ] && [ -n "$t" ] && [ -n "$r" ] || continue
+    awk -v w="$wl" -v f="$f" -v t="$t" -v r="$r" \
+      'BEGIN { printf "| %s | %.3f | %.3f |\n", w, t / f, r / f }'
+  done
+}
