@@ -211,6 +211,27 @@ check_table_offset (struct qcow2 *q, uint64_t off, const char *what)
   return 0;
 }
 
+/* A write of [off, off+len) in the image file must not hit the header,
+ * the active L1 table or the refcount table (hostile or corrupt tables).
+ */
+static int
+check_no_overlap (struct qcow2 *q, uint64_t off, uint64_t len,
+                  const char *what)
+{
+  uint64_t end;
+  if (!ck_add64 (off, len, &end) || off < q->cluster_size ||
+      (q->l1_size && off < q->l1_offset + q->l1_size * 8 &&
+       end > q->l1_offset) ||
+      (off < q->rt_offset + q->rt_clusters * q->cluster_size &&
+       end > q->rt_offset)) {
+    ERR (q, EIO, "%s: corrupt image: %s at %#" PRIx64 " overlaps the "
+         "header, L1 table or refcount table; refusing to write", q->path,
+         what, off);
+    return -1;
+  }
+  return 0;
+}
+
 static void *
 table_get (struct qcow2 *q, struct lru *c, uint64_t off, const char *what,
            bool zero)
@@ -554,7 +575,8 @@ write_dirty (struct qcow2 *q, struct lru *c, struct dirty_list *d)
   for (size_t i = 0; i < d->n; i++) {
     void *buf = d->v[i];
     struct tmeta *m = tmeta_of (q, buf);
-    if (bdev_pwrite (q->file, buf, q->cluster_size, m->key, 0) == -1)
+    if (check_no_overlap (q, m->key, q->cluster_size, "metadata table") == -1 ||
+        bdev_pwrite (q->file, buf, q->cluster_size, m->key, 0) == -1)
       return -1;
   }
   for (size_t i = 0; i < d->n; i++) {
@@ -1199,7 +1221,10 @@ static int
 wrun_flush (struct qcow2 *q, struct wrun *w)
 {
   int r = 0;
-  if (w->len)
+  if (w->len && !q->external_data &&
+      check_no_overlap (q, w->host, w->len, "data cluster") == -1)
+    r = -1;
+  else if (w->len)
     r = bdev_pwrite (q->data, w->src, w->len, w->host, 0);
   w->len = 0;
   return r;
@@ -1284,6 +1309,9 @@ write_cluster (struct qcow2 *q, uint64_t cl, uint64_t a, uint64_t b,
       if (read_locked (q, tmp, sb - sa, gbase + sa) == -1)
         goto out;
       memcpy (tmp + (a - sa), src, b - a);
+      if (!q->external_data &&
+          check_no_overlap (q, host + sa, sb - sa, "data cluster") == -1)
+        goto out;
       if (bdev_pwrite (q->data, tmp, sb - sa, host + sa, 0) == -1)
         goto out;
     }
@@ -1327,6 +1355,9 @@ write_cluster (struct qcow2 *q, uint64_t cl, uint64_t a, uint64_t b,
     if (read_locked (q, tmp, cs, gbase) == -1)
       goto out;
     memcpy (tmp + a, src, b - a);
+    if (!q->external_data &&
+        check_no_overlap (q, nhost, cs, "data cluster") == -1)
+      goto out;
     if (bdev_pwrite (q->data, tmp, cs, nhost, 0) == -1)
       goto out;
   }
@@ -1380,6 +1411,9 @@ fast_write_run (struct qcow2 *q, void *opaque, enum utype type,
 {
   struct fast_ctx *f = opaque;
   (void) type; (void) entry;
+  if (!q->external_data &&
+      check_no_overlap (q, host, len, "data cluster") == -1)
+    return -1;
   return bdev_pwrite (q->data, f->src + (guest - f->base), len, host, 0);
 }
 
