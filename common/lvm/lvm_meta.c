@@ -502,7 +502,8 @@ check_areas (struct builder *b)
       }
     }
   }
-  qsort (uses, nuse, sizeof *uses, cmp_use);
+  if (nuse)
+    qsort (uses, nuse, sizeof *uses, cmp_use);
   for (size_t i = 1; i < nuse; i++) {
     struct use *p = &uses[i - 1], *u = &uses[i];
     /* A mirror log or pvmove both reference the same extents legally
@@ -618,8 +619,9 @@ build_vg (struct builder *b, const struct lvm_node *vs)
       b->lv_names[vg->lv_count + i] = (struct name_idx) { lv->uuid, i };
       i++;
     }
-  if (!sort_unique (b, b->lv_names + vg->lv_count, vg->lv_count, "LV UUID") ||
-      !sort_unique (b, b->lv_names, vg->lv_count, "LV"))
+  if (vg->lv_count &&
+      (!sort_unique (b, b->lv_names + vg->lv_count, vg->lv_count, "LV UUID") ||
+       !sort_unique (b, b->lv_names, vg->lv_count, "LV")))
     return false;
   i = 0;
   for (const struct lvm_node *c = lvs ? lvs->child : NULL; c; c = c->next)
