@@ -60,7 +60,10 @@ while [ $# -gt 0 ]; do
     --list)
       for f in "$BENCH_DIR"/scenarios/*.sh; do
         [ -e "$f" ] || continue
-        d=$(sed -n 's/^DESCRIPTION=["'\'']\(.*\)["'\'']$/\1/p' "$f" | head -1)
+        # Source it in a subshell (as a run would) to expand the text.
+        d=$(SCENARIO=$(basename "$f" .sh) WORKDIR=${TMPDIR:-/tmp} SIZE=$((512*1048576)) \
+              RUNTIME=10 ROUNDS=3 SMOKE=0 DESCRIPTION="" &&
+            source "$f" >/dev/null 2>&1 && echo "$DESCRIPTION") || d="(does not load)"
         printf '%-12s %s\n' "$(basename "$f" .sh)" "$d"
       done
       exit 0 ;;
@@ -146,7 +149,7 @@ _start_server () {   # LABEL LOGFILE -> sets _srv_pid, SOCK
   _srv_pid=$!
   for (( i=0; i<${BENCH_START_TIMEOUT:-60}*20; i++ )); do
     if ! kill -0 "$_srv_pid" 2>/dev/null; then
-      wait "$_srv_pid" 2>/dev/null && : || :
+      wait "$_srv_pid" 2>/dev/null || :
       _srv_pid=""
       bench_log "server $label exited during start-up; its output:"
       _log_tail "$log"

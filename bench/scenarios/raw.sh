@@ -3,7 +3,7 @@
 # foundation comparison: how far apart are the two servers themselves,
 # before any image format is involved.
 
-DESCRIPTION="raw file on $(stat -f -c %T "$WORKDIR" 2>/dev/null || echo "?"): nbdkit file plugin vs qemu-nbd -f raw (--cache=none --aio=native)"
+DESCRIPTION="raw file: nbdkit file plugin vs qemu-nbd -f raw (--cache=none --aio=native)"
 PEER=qemu-nbd
 CEILING=nbdkit-file
 
