@@ -93,6 +93,61 @@ bench_server () {
 serve_nbdkit () { exec nbdkit -f -U "$SOCK" "$@"; }
 serve_qemu_nbd () { exec qemu-nbd -t -e 0 -k "$SOCK" "$@"; }
 
+# --- helper daemons (tgtd, Ceph, ...) ---------------------------------------
+# bench_daemon NAME CMD...: start CMD in the background (its own process
+# group: run.sh enables job control), stdout/stderr to a log file, fds > 2
+# closed (a daemon that inherits a pipe would keep the reader of the
+# harness output waiting).  Stopped automatically at the end of the
+# scenario (after the scenario's cleanup function), last started first:
+# SIGTERM to its process group, SIGKILL after 5 s.  Sets BENCH_DAEMON_PID.
+_bench_daemons=()
+bench_daemon () {
+  [ $# -ge 2 ] || bench_die "usage: bench_daemon NAME CMD..."
+  local name=$1; shift
+  local log=$LOGDIR/daemon-$name.log
+  (
+    for fd in /proc/self/fd/*; do
+      fd=${fd##*/}
+      [ "$fd" -gt 2 ] 2>/dev/null && eval "exec $fd>&-" 2>/dev/null
+    done
+    exec "$@"
+  ) </dev/null >"$log" 2>&1 &
+  BENCH_DAEMON_PID=$!
+  _bench_daemons+=("$BENCH_DAEMON_PID:$name")
+  bench_log "$SCENARIO: started $name (pid $BENCH_DAEMON_PID, log $log)"
+}
+_bench_stop_daemons () {
+  local i pid name k
+  for (( i=${#_bench_daemons[@]}-1; i>=0; i-- )); do
+    pid=${_bench_daemons[$i]%%:*} name=${_bench_daemons[$i]#*:}
+    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || continue
+    for (( k=0; k<100; k++ )); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.05
+    done
+    kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || :
+    wait "$pid" 2>/dev/null || :
+  done
+  _bench_daemons=()
+}
+
+# bench_wait_for SECS CMD...: poll CMD (every 0.1 s) until it succeeds;
+# fails after SECS seconds.
+bench_wait_for () {
+  local secs=$1 i; shift
+  for (( i=0; i<secs*10; i++ )); do
+    "$@" >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  bench_log "timed out after $secs s waiting for: $*"
+  return 1
+}
+
+# free_port: an unused TCP port on 127.0.0.1.
+free_port () {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
 # --- workloads --------------------------------------------------------------
 declare -A _wl_kind=() _wl_unit=() _wl_args=() _wl_desc=()
 

@@ -306,6 +306,7 @@ _scenario_exit () {
   if declare -F cleanup >/dev/null; then
     cleanup || { bench_log "$SCENARIO: cleanup failed"; [ $st = 0 ] && st=1; }
   fi
+  _bench_stop_daemons
   exit $st
 }
 
