@@ -85,6 +85,8 @@ struct qcow2 {
   bool verbose;
 
   uint8_t hdr[H_V3_LENGTH_CT];  /* first bytes of the header, patched */
+  uint64_t bm_ext_pos;          /* bitmaps extension in cluster 0, or 0 */
+  uint64_t ext_area_end;        /* end of the header extension area */
   uint32_t header_write_len;
   uint32_t version;
   unsigned cluster_bits;
@@ -1140,15 +1142,125 @@ qcow2_extents (struct bdev *bd, uint64_t count, uint64_t offset,
 /* First modification of the image: clear autoclear bits for features we
  * do not maintain, synchronously, before any data changes.
  */
+/* Collect the clusters of the persistent bitmaps (directory, bitmap
+ * tables, bitmap data).  Best effort: on a parsing problem the rest leaks.
+ */
+static void
+collect_bitmap_clusters (struct qcow2 *q, const uint8_t *ext,
+                         uint64_t **list, size_t *n)
+{
+  uint64_t cs = q->cluster_size, dir_size = load_be64 (ext + 8);
+  uint64_t dir_off = load_be64 (ext + 16);
+  uint32_t nb = load_be32 (ext);
+  size_t cap = 0;
+  uint8_t *dir = NULL;
+  uint64_t *tab = NULL;
+
+#define ADD(off) do {                                                   \
+    uint64_t o_ = (off);                                                \
+    if (o_ % cs || o_ < cs || o_ >= q->file->size)                      \
+      goto out;                                                         \
+    if (*n == cap) {                                                    \
+      size_t nc = cap ? cap * 2 : 64;                                   \
+      uint64_t *nl = realloc (*list, nc * 8);                           \
+      if (!nl) goto out;                                                \
+      *list = nl; cap = nc;                                             \
+    }                                                                   \
+    (*list)[(*n)++] = o_;                                               \
+  } while (0)
+
+  if (dir_size == 0 || dir_size > (64u << 20) ||
+      !ck_range_within (dir_off, dir_size, q->file->size))
+    goto out;
+  dir = malloc (dir_size);
+  if (!dir || bdev_pread (q->file, dir, dir_size, dir_off) == -1)
+    goto out;
+  for (uint64_t c = 0; c < div_round_up64 (dir_size, cs); c++)
+    ADD (dir_off + c * cs);
+  for (uint64_t p = 0, i = 0; i < nb && p + 24 <= dir_size; i++) {
+    uint64_t toff = load_be64 (dir + p);
+    uint32_t tsize = load_be32 (dir + p + 8);
+    uint16_t namelen = load_be16 (dir + p + 18);
+    uint32_t extra = load_be32 (dir + p + 20);
+    uint64_t tbytes = (uint64_t) tsize * 8;
+    if (tbytes > (64u << 20) ||
+        !ck_range_within (toff, tbytes, q->file->size))
+      goto out;
+    free (tab);
+    tab = malloc (tbytes ? tbytes : 8);
+    if (!tab || bdev_pread (q->file, tab, tbytes, toff) == -1)
+      goto out;
+    for (uint64_t c = 0; c < div_round_up64 (tbytes, cs); c++)
+      ADD (toff + c * cs);
+    for (uint32_t j = 0; j < tsize; j++) {
+      uint64_t e = be64toh (tab[j]) & L2E_OFFSET_MASK;
+      if (e)
+        ADD (e);
+    }
+    p += (24 + (uint64_t) namelen + extra + 7) & ~7ull;
+  }
+#undef ADD
+ out:
+  free (dir);
+  free (tab);
+}
+
+/* First modification of the image: clear autoclear bits for features we
+ * do not maintain, synchronously, before any data changes.  Persistent
+ * bitmaps are dropped completely (extension removed, clusters freed) so
+ * that the image stays leak-free.
+ */
 static int
 first_write (struct qcow2 *q)
 {
   if (q->first_write_done)
     return 0;
   if (q->version >= 3 && (q->autoclear & ~AUTOCLEAR_DATA_RAW)) {
+    uint64_t *list = NULL;
+    size_t n = 0;
     q->autoclear &= AUTOCLEAR_DATA_RAW;
-    if (write_header (q) == -1 || sync_file (q, q->file) == -1)
+    if (q->bm_ext_pos) {
+      uint64_t end = q->ext_area_end;
+      uint8_t *hc = calloc (1, end);
+      if (!hc) {
+        ERR (q, ENOMEM, "%s: out of memory", q->path);
+        return -1;
+      }
+      if (bdev_pread (q->file, hc, end, 0) == -1) {
+        free (hc);
+        return -1;
+      }
+      uint64_t p = q->bm_ext_pos;
+      uint64_t elen = 8 + (((uint64_t) load_be32 (hc + p + 4) + 7) & ~7ull);
+      collect_bitmap_clusters (q, hc + p + 8, &list, &n);
+      memmove (hc + p, hc + p + elen, end - p - elen);
+      memset (hc + end - elen, 0, elen);
+      memcpy (hc + H_V3_LENGTH, q->hdr + H_V3_LENGTH,
+              q->header_write_len - H_V3_LENGTH);
+      store_be64 (hc + H_AUTOCLEAR, q->autoclear);
+      int r = bdev_pwrite (q->file, hc + q->header_write_len,
+                           end - q->header_write_len, q->header_write_len, 0);
+      free (hc);
+      if (r == -1) {
+        free (list);
+        return -1;
+      }
+      q->bm_ext_pos = 0;
+    }
+    if (write_header (q) == -1 || sync_file (q, q->file) == -1) {
+      free (list);
       return -1;
+    }
+    kvm_debug ("%s: dropped persistent bitmaps, freeing %zu clusters",
+               q->path, n);
+    /* Nothing on disk refers to the bitmap clusters any more. */
+    for (size_t i = 0; i < n; i++) {
+      uint64_t v;
+      if (refcount_get (q, list[i], &v) == 0 && v > 0 &&
+          refcount_update (q, list[i], -1, &v) == 0 && v == 0)
+        punch (q, list[i], q->cluster_size);
+    }
+    free (list);
   }
   q->first_write_done = true;
   return 0;
@@ -1985,6 +2097,7 @@ qcow2_open (const char *path, const struct bdev_open_opts *opts,
   if (bdev_pread (q->file, hc, q->file->size < q->cluster_size
                   ? q->file->size : q->cluster_size, 0) == -1)
     goto fail;
+  q->ext_area_end = ext_end;
   for (uint64_t p = header_length; p + 8 <= ext_end;) {
     uint32_t type = load_be32 (hc + p), len = load_be32 (hc + p + 4);
     if (type == EXT_END)
@@ -2003,6 +2116,10 @@ qcow2_open (const char *path, const struct bdev_open_opts *opts,
     case EXT_DATA_FILE:
       free (data_name);
       data_name = strndup ((const char *) d, len);
+      break;
+    case EXT_BITMAPS:
+      if (len >= 24)
+        q->bm_ext_pos = p;
       break;
     case EXT_FEATURES:
       feat = (uint8_t *) d;
