@@ -71,7 +71,9 @@ test_parser (void)
   CHECK (!parse ("}"));
   CHECK (!parse ("a = "));
   CHECK (!parse ("= 1"));
-  CHECK (parse ("a = -9223372036854775808") != NULL);
+  t = parse ("a = -9223372036854775808");
+  CHECK (t && lvm_node_get_int (lvm_text_root (t), "a", &v) && v == INT64_MIN);
+  lvm_text_free (t);
   CHECK (!parse ("a = -9223372036854775809"));
 
   char deep[200];
