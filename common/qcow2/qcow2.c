@@ -130,6 +130,7 @@ struct qcow2 {
   uint64_t *pending_free;
   size_t npending, cappending;
   uint64_t cursor;              /* next candidate host offset */
+  uint64_t zero_from;           /* clusters from here were never written */
   bool first_write_done;
 
   struct snap *snaps;
@@ -973,8 +974,8 @@ walk (struct qcow2 *q, const uint64_t *l1, uint64_t l1n, uint64_t offset,
       rlen += len;
     else {
       if (have_run && (r = fn (q, opaque, rtype, rguest, rhost, rlen,
-                               rentry)) == -1)
-        goto out;
+                               rentry)) != 0)
+        goto out;               /* -1: error, 1: stop early */
       have_run = true;
       rtype = type; rguest = offset; rhost = host; rlen = len; rentry = e;
     }
@@ -985,7 +986,7 @@ walk (struct qcow2 *q, const uint64_t *l1, uint64_t l1n, uint64_t offset,
  out:
   if (table && pinned)
     lru_put (q->l2c, table);
-  return r;
+  return r < 0 ? -1 : 0;
 }
 
 /* ------------------------------------------------------------------ */
@@ -1096,7 +1097,7 @@ ext_run (struct qcow2 *q, void *opaque, enum utype type, uint64_t guest,
   struct ext_ctx *x = opaque;
   (void) host; (void) entry;
   if (x->stop)
-    return 0;
+    return 1;
   switch (type) {
   case U_DATA:
   case U_COMPRESSED:
@@ -1454,6 +1455,15 @@ write_cluster (struct qcow2 *q, uint64_t cl, uint64_t a, uint64_t b,
     goto out;
   if (full) {
     if (wrun_add (q, w, nhost, src, cs) == -1)
+      goto out;
+  }
+  else if (!reuse && !q->external_data && nhost >= q->zero_from &&
+           !(e & OFLAG_COMPRESSED) && host == 0 &&
+           (!q->backing || (q->version >= 3 && (e & OFLAG_ZERO)))) {
+    /* The old content reads as zeroes and the new cluster has never been
+     * written (beyond the original end of file): no COW needed.
+     */
+    if (wrun_add (q, w, nhost + a, src, b - a) == -1)
       goto out;
   }
   else {
@@ -2278,6 +2288,7 @@ qcow2_open (const char *path, const struct bdev_open_opts *opts,
     goto fail;
   }
   q->cursor = (q->file->size + q->cluster_size - 1) & ~(q->cluster_size - 1);
+  q->zero_from = q->cursor;
 
   /* Backing file. */
   if (backing_off && !(backing_opt && strcmp (backing_opt, "none") == 0)) {
