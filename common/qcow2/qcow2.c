@@ -628,6 +628,14 @@ flush_locked (struct qcow2 *q)
         sync_file (q, q->file) == -1)
       return -1;
     q->rt_dirty = false;
+    /* A relocated table must be the one in use before any L2 table can
+     * refer to clusters whose refcount blocks only it knows.
+     */
+    if (q->header_dirty) {
+      if (write_header (q) == -1 || sync_file (q, q->file) == -1)
+        return -1;
+      q->header_dirty = false;
+    }
   }
   if (q->dl2.n) {
     if (write_dirty (q, q->l2c, &q->dl2) == -1 ||
