@@ -16,6 +16,9 @@ and the chunks are computed with device-mapper's linear/striped rules.
   lvm-layout.py gather  L.json VG LV OUT DEV=FILE...
                                              read the LV from the PV files
   lvm-layout.py size    L.json VG LV       print the LV size in bytes
+  lvm-layout.py locate  L.json VG LV OFFSET
+                                             print "DEVICE DEVICE_OFFSET" of
+                                             an LV byte
 """
 import json
 import subprocess
@@ -79,6 +82,13 @@ def main():
     if cmd == "size":
         print(sum(c[1] for c in chunks(layout, vg, lv)))
         return
+    if cmd == "locate":
+        want = int(sys.argv[5])
+        for off, length, dev, doff in chunks(layout, vg, lv):
+            if off <= want < off + length:
+                print(dev, doff + want - off)
+                return
+        raise SystemExit("offset outside the LV")
     data_path = sys.argv[5]
     files = dict(a.split("=", 1) for a in sys.argv[6:])
     handles = {}

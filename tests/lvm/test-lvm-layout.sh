@@ -7,17 +7,18 @@ source "${TOP_SRCDIR:-$(dirname "$0")/../..}/tests/functions.sh"
 source "$TOP_SRCDIR/tests/lvm/lvm-lib.sh"
 
 cd "$tmpdir"
-for i in 1 2 3 4; do truncate -s 64M p$i.img; done
+for i in 1 2 3 4 5; do truncate -s 64M p$i.img; done
 lvm_attach p1.img L1; lvm_attach p2.img L2
-lvm_attach p3.img L3; lvm_attach p4.img L4
-maps="$L1=p1.img $L2=p2.img $L3=p3.img $L4=p4.img"
+lvm_attach p3.img L3; lvm_attach p4.img L4; lvm_attach p5.img L5
+maps="$L1=p1.img $L2=p2.img $L3=p3.img $L4=p4.img $L5=p5.img"
 
 # Metadata areas of different sizes.
 lvm_q pvcreate -q "$L1"
 lvm_q pvcreate -q --metadatasize 2m "$L2"
 lvm_q pvcreate -q --metadatasize 3m --dataalignment 512k "$L3"
-lvm_q pvcreate -q "$L4"
-lvm_q vgcreate -q -s 4m vg1 "$L1" "$L2" "$L3"
+lvm_q pvcreate -q --metadatacopies 2 "$L4"     # mdas at both ends
+lvm_q pvcreate -q --metadatacopies 0 "$L5"     # no metadata area at all
+lvm_q vgcreate -q -s 4m vg1 "$L1" "$L2" "$L3" "$L5"
 lvm_q vgcreate -q -s 1m vg2 "$L4"
 
 lvm_q lvcreate -q -an -Zn -L 20M -n lin vg1 "$L1"
@@ -27,13 +28,15 @@ lvm_q lvextend -q -L +8M vg1/multi "$L3"      # second segment, other PV
 lvm_q lvextend -q -L +12M vg1/multi "$L1"     # third segment
 lvm_q lvcreate -q -an -Zn -i2 -I 32k -L 16M -n st2 vg1 "$L2" "$L3"
 lvm_q lvcreate -q -an -Zn -i3 -I 128k -L 24M -n st3 vg1 "$L1" "$L2" "$L3"
+lvm_q lvcreate -q -an -Zn -L 8M -n nomda vg1 "$L5"
+lvm_q lvextend -q -L +4M vg1/nomda "$L1"
 lvm_q lvcreate -q -an -Zn -L 10M -n lv2 vg2
 
 lvm_layout collect layout.json
 nseg=$(python3 -c 'import json,sys; print(sum(1 for s in json.load(open(sys.argv[1]))["segs"] if s["lv_name"]=="multi"))' layout.json)
 [ "$nseg" -ge 3 ] || fail "multi should have >= 3 segments, has $nseg"
 
-vg1_lvs="lin multi gap st2 st3"
+vg1_lvs="lin multi gap st2 st3 nomda"
 
 # Random data written straight into the PV files where lvs says each LV
 # extent lives.
@@ -59,7 +62,7 @@ check_reads () {
 # 1. Plain image files holding the PVs (the loop devices stay attached,
 # unused by the plugin).
 start_nbdkit "$tmpdir/s1" "$(plugin_so lvm)" pv=p1.img pv=p2.img pv=p3.img \
-  vg=vg1 lv=lin
+  pv=p5.img vg=vg1 lv=lin
 nbdinfo --list "$(uri_of "$tmpdir/s1")" > list.txt
 for lv in $vg1_lvs; do
   size=$(lvm_layout size layout.json vg1 $lv)
@@ -90,7 +93,26 @@ h.zero(3 * 1024 * 1024, 1024 * 1024 - 4096)
 h.zero(300000, 8 * 1024 * 1024 + 512, nbd.CMD_FLAG_NO_HOLE)
 h.flush()
 '
+# Trim reaches the PV file: the range becomes a hole there.
+read -r tdev toff < <(lvm_layout locate layout.json vg1 lin $((8 << 20)))
+[ "$tdev" = "$L1" ] || fail "lin not on $L1"
+nbdsh -u "$(uri_of "$tmpdir/s2" lin)" -c 'h.trim(1 << 20, 8 << 20); h.flush()'
+python3 - p1.img "$toff" <<'EOF'
+import os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY)
+off = int(sys.argv[2])
+hole = os.lseek(fd, off, os.SEEK_HOLE)
+data = os.lseek(fd, off, os.SEEK_DATA)
+if not (hole == off and data >= off + (1 << 20)):
+    sys.exit("FAIL: trim did not punch a hole at %d (hole %d data %d)" % (off, hole, data))
+EOF
 stop_nbdkit
+python3 - lin.data <<'EOF'
+import sys
+d = bytearray(open(sys.argv[1], "rb").read())
+d[8 << 20:9 << 20] = bytes(1 << 20)     # a file PV reads zeroes after trim
+open(sys.argv[1], "wb").write(d)
+EOF
 python3 - st3.data <<'EOF'
 import sys
 d = bytearray(open(sys.argv[1], "rb").read())
@@ -103,7 +125,7 @@ assert_same back.raw st3.data "st3 after write-zeroes"
 
 # 2. The same VG through the loop devices (block devices: BLKZEROOUT,
 # BLKDISCARD paths), read and write.
-start_nbdkit "$tmpdir/s3" "$(plugin_so lvm)" pv="$L1" pv="$L2" pv="$L3"
+start_nbdkit "$tmpdir/s3" "$(plugin_so lvm)" pv="$L1" pv="$L2" pv="$L3" pv="$L5"
 check_reads "$tmpdir/s3" vg1 $vg1_lvs
 random_file st2.data "$(stat -c %s st2.data)"
 nbdcopy st2.data "$(uri_of "$tmpdir/s3" st2)"
@@ -134,6 +156,13 @@ check_reads "$tmpdir/s4" vg2 lv2
 nbdinfo --list "$(uri_of "$tmpdir/s4")" > list2.txt
 grep -q '^export="lv2":' list2.txt || fail "vg2 listing"
 ! grep -q '^export="lin":' list2.txt || fail "vg1 LV listed for vg=vg2"
+stop_nbdkit
+# vg2's PV has two metadata areas: with the first one damaged, the copy at
+# the end of the device is used.
+[ "$(lvm_mda info p4.img | wc -l)" = 2 ] || fail "p4 should have 2 mdas"
+lvm_mda break-header p4.img
+start_nbdkit "$tmpdir/s4b" "$(plugin_so lvm)" pv=p4.img
+check_reads "$tmpdir/s4b" vg2 lv2
 stop_nbdkit
 
 # 4. A missing PV: LVs wholly on present PVs are served, the others are
