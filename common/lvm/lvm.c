@@ -575,11 +575,12 @@ snap_pv_ok (void *opaque, size_t pv)
  * label sectors and the metadata areas.  set->lock not needed: labels are
  * only replaced by scans, which keep the same areas.
  */
-#define BERR(...) do { if (!quiet) kvm_error (__VA_ARGS__); } while (0)
+#define BERR(...) snprintf (err, errlen, __VA_ARGS__)
 
+/* On failure the reason is in ERR. */
 static int
 check_map_bounds (struct lvm_vgset *set, struct snap *s, const char *lv,
-                  const struct lvm_map *m, bool quiet)
+                  const struct lvm_map *m, char *err, size_t errlen)
 {
   for (size_t i = 0; i < m->count; i++) {
     const struct lvm_piece *p = &m->pieces[i];
@@ -602,14 +603,13 @@ check_map_bounds (struct lvm_vgset *set, struct snap *s, const char *lv,
       }
       if (hi > dv->bd->size) {
         BERR ("LV %s: extents at PV bytes %" PRIu64 "-%" PRIu64
-                   " lie past the end of %s (%" PRIu64 " bytes): metadata "
-                   "and device disagree (truncated image or wrong "
-                   "device?)", lv, lo, hi, dv->path, dv->bd->size);
+              " lie past the end of %s (%" PRIu64 " bytes): metadata "
+              "and device disagree (truncated image or wrong device?)",
+              lv, lo, hi, dv->path, dv->bd->size);
         return -1;
       }
       if (lo < LVM_LABEL_SCAN_SECTORS * LVM_SECTOR) {
-        BERR ("LV %s: extents overlap the LVM label of %s", lv,
-                   dv->path);
+        BERR ("LV %s: extents overlap the LVM label of %s", lv, dv->path);
         return -1;
       }
       for (size_t a = 0; a < dv->label.mda_count; a++) {
@@ -619,7 +619,7 @@ check_map_bounds (struct lvm_vgset *set, struct snap *s, const char *lv,
           me = UINT64_MAX;
         if (lo < me && mo < hi) {
           BERR ("LV %s: extents overlap the metadata area at offset %"
-                     PRIu64 " of %s", lv, mo, dv->path);
+                PRIu64 " of %s", lv, mo, dv->path);
           return -1;
         }
       }
@@ -656,11 +656,11 @@ lvm_vgset_list (struct lvm_vgset *set, lvm_list_fn fn, void *opaque)
     int bad = 0;
     if (m) {
       pthread_mutex_lock (&set->lock);
-      bad = check_map_bounds (set, s, lv->name, m, true);
+      bad = check_map_bounds (set, s, lv->name, m, err, sizeof err);
       pthread_mutex_unlock (&set->lock);
     }
     if (!m || bad == -1) {
-      kvm_debug ("LV %s not listed: %s", lv->name, m ? "bad extents" : err);
+      kvm_debug ("LV %s not listed: %s", lv->name, err);
       lvm_map_free (m);
       continue;
     }
@@ -889,9 +889,10 @@ lvm_lv_open (struct lvm_vgset *set, const char *name, bool readonly)
     goto fail;
   }
   pthread_mutex_lock (&set->lock);
-  int bad = check_map_bounds (set, s, name, m, false);
+  int bad = check_map_bounds (set, s, name, m, err, sizeof err);
   pthread_mutex_unlock (&set->lock);
   if (bad == -1) {
+    kvm_error ("%s", err);
     errno = EINVAL;
     goto fail;
   }
