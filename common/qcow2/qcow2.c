@@ -1332,10 +1332,22 @@ in_place (struct qcow2 *q, uint64_t e)
   return (e & L2E_OFFSET_MASK) && (e & OFLAG_COPIED);
 }
 
-/* Pending contiguous data write. */
+/* Pending contiguous data write, plus the writes that may be done after
+ * the exclusive lock is dropped (into clusters whose previous content, on
+ * disk and in the metadata that a concurrent flush could persist, reads
+ * as zeroes, or in place into allocated clusters), so that allocating
+ * writes of different requests overlap their data I/O.
+ */
+struct drun {
+  uint64_t host, len;
+  const uint8_t *src;
+};
 struct wrun {
   uint64_t host, len;
   const uint8_t *src;
+  bool can_defer;
+  struct drun *d;
+  size_t nd, capd;
 };
 
 static int
@@ -1363,6 +1375,46 @@ wrun_add (struct qcow2 *q, struct wrun *w, uint64_t host, const uint8_t *src,
     return -1;
   w->host = host; w->src = src; w->len = len;
   return 0;
+}
+
+static int
+wrun_defer (struct qcow2 *q, struct wrun *w, uint64_t host,
+            const uint8_t *src, uint64_t len)
+{
+  if (!w->can_defer)
+    return wrun_add (q, w, host, src, len);
+  if (!q->external_data &&
+      check_no_overlap (q, host, len, "data cluster") == -1)
+    return -1;
+  if (w->nd) {
+    struct drun *l = &w->d[w->nd - 1];
+    if (l->host + l->len == host && l->src + l->len == src) {
+      l->len += len;
+      return 0;
+    }
+  }
+  if (w->nd == w->capd) {
+    size_t nc = w->capd ? w->capd * 2 : 16;
+    struct drun *nd = realloc (w->d, nc * sizeof *nd);
+    if (!nd)
+      return wrun_add (q, w, host, src, len);
+    w->d = nd;
+    w->capd = nc;
+  }
+  w->d[w->nd++] = (struct drun) { host, len, src };
+  return 0;
+}
+
+static int
+wrun_write_deferred (struct qcow2 *q, struct wrun *w, bool doit)
+{
+  int r = 0;
+  for (size_t i = 0; doit && r == 0 && i < w->nd; i++)
+    r = bdev_pwrite (q->data, w->d[i].src, w->d[i].len, w->d[i].host, 0);
+  free (w->d);
+  w->d = NULL;
+  w->nd = w->capd = 0;
+  return r;
 }
 
 /* Allocate the host cluster for guest cluster CL. */
@@ -1450,7 +1502,7 @@ write_cluster (struct qcow2 *q, uint64_t cl, uint64_t a, uint64_t b,
   }
 
   if (in_place (q, e) && !(q->version >= 3 && (e & OFLAG_ZERO) && !q->ext_l2)) {
-    r = wrun_add (q, w, host + a, src, b - a);
+    r = wrun_defer (q, w, host + a, src, b - a);
     goto out;
   }
 
@@ -1461,17 +1513,20 @@ write_cluster (struct qcow2 *q, uint64_t cl, uint64_t a, uint64_t b,
     nhost = host;
   else if (alloc_data_cluster (q, cl, &nhost) == -1)
     goto out;
+  /* The old content reads as zeroes and the new cluster has never been
+   * written (beyond the original end of file)?
+   */
+  bool zero_before = !reuse && !q->external_data && nhost >= q->zero_from &&
+    !(e & OFLAG_COMPRESSED) && host == 0 &&
+    (!q->backing || (q->version >= 3 && (e & OFLAG_ZERO)));
   if (full) {
-    if (wrun_add (q, w, nhost, src, cs) == -1)
+    if ((zero_before ? wrun_defer (q, w, nhost, src, cs)
+         : wrun_add (q, w, nhost, src, cs)) == -1)
       goto out;
   }
-  else if (!reuse && !q->external_data && nhost >= q->zero_from &&
-           !(e & OFLAG_COMPRESSED) && host == 0 &&
-           (!q->backing || (q->version >= 3 && (e & OFLAG_ZERO)))) {
-    /* The old content reads as zeroes and the new cluster has never been
-     * written (beyond the original end of file): no COW needed.
-     */
-    if (wrun_add (q, w, nhost + a, src, b - a) == -1)
+  else if (zero_before) {
+    /* No COW needed. */
+    if (wrun_defer (q, w, nhost + a, src, b - a) == -1)
       goto out;
   }
   else {
@@ -1568,7 +1623,7 @@ qcow2_pwrite (struct bdev *bd, const void *buf, size_t count,
 
   pthread_rwlock_wrlock (&q->lock);
   r = first_write (q);
-  struct wrun w = { 0 };
+  struct wrun w = { .can_defer = true };
   const uint8_t *src = buf;
   uint64_t end = offset + count;
   while (r == 0 && offset < end) {
@@ -1586,6 +1641,8 @@ qcow2_pwrite (struct bdev *bd, const void *buf, size_t count,
   if (r == 0)
     r = maybe_flush (q);
   pthread_rwlock_unlock (&q->lock);
+  if (wrun_write_deferred (q, &w, r == 0) == -1)
+    r = -1;
   return r;
 }
 
