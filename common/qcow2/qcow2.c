@@ -2337,9 +2337,13 @@ qcow2_open (const char *path, const struct bdev_open_opts *opts,
     if (cache_bytes < MIN_CACHE)
       cache_bytes = MIN_CACHE;
   }
-  q->l2c_capacity = cache_bytes / q->cluster_size;
-  if (q->l2c_capacity < 4)
-    q->l2c_capacity = 4;
+  /* More tables than L1 entries are never needed (bounds user input). */
+  uint64_t cap = cache_bytes / q->cluster_size;
+  if (cap > q->l1_size + 64)
+    cap = q->l1_size + 64;
+  if (cap < 4)
+    cap = 4;
+  q->l2c_capacity = cap;
   q->rbc_capacity = 1024 * 1024 / q->cluster_size;
   if (q->rbc_capacity < 16)
     q->rbc_capacity = 16;
