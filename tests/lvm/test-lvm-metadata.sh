@@ -47,6 +47,17 @@ expect_fail () {
 # Sanity: the untouched copy serves the data.
 serve lv=good --run 'nbdcopy "$uri" good.out'
 assert_same good.out good.data "good LV"
+# Read-only: readonly=true (PVs opened read-only) and nbdkit -r.
+serve readonly=true lv=good --run 'nbdinfo "$uri"' | grep 'is_read_only: true' >/dev/null ||
+  fail "readonly=true export is writable"
+nbdkit -r "$(plugin_so lvm)" pv=a.img pv=b.img lv=good --run 'nbdinfo "$uri"' |
+  grep 'is_read_only: true' >/dev/null || fail "nbdkit -r export is writable"
+chmod 0444 a.img b.img
+if [ "$(id -u)" != 0 ]; then   # root ignores file modes
+  serve lv=good --run 'nbdinfo "$uri"' | grep 'is_read_only: true' >/dev/null ||
+    fail "read-only PV files served writable"
+fi
+chmod 0644 a.img b.img
 
 # --- damaged metadata areas ------------------------------------------------
 cp a0.img a.img; cp b0.img b.img
