@@ -261,7 +261,7 @@ stop_nbdkit "$dpid"
 expect_failure () {
   local label=$1 pattern=$2 rc=0; shift 2
   rm -rf "$tmpdir/f"; mkdir "$tmpdir/f"
-  timeout 60 bash -c 'source "$TOP_SRCDIR/tests/functions.sh"; nbdkit "$@"' _ \
+  timeout -k 5 60 bash -c 'source "$TOP_SRCDIR/tests/functions.sh"; nbdkit "$@"' _ \
     -f -U "$tmpdir/f/sock" "$plugin" "$@" > "$tmpdir/f/out" 2>&1 || rc=$?
   [ $rc -ne 0 ] || fail "$label: nbdkit started"
   [ $rc -ne 124 ] || fail "$label: nbdkit hung (killed after 60 s)"
