@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Throttle filter: requests waiting for a long time do not hold nbdkit.
+# A client that disconnects while its requests wait leaves the server
+# healthy (its waits are abandoned, not served), and SIGTERM stops a
+# server with requests waiting instead of waiting for the buckets.
+source "$TOP_SRCDIR/tests/functions.sh"
+source "$TOP_SRCDIR/tests/throttle/throttle-functions.sh"
+
+# --- a client dies with requests waiting ---------------------------------
+# One I/O per second: of 8 requests in flight, the last would wait 8 s.
+serve -v -D nbdkit.backend.datapath=0 -D throttle.stats=1 \
+  pattern 1G iops-total=1 2> "$tmpdir/log1"
+"$NBDPY" "$TOP_SRCDIR/tests/throttle/client.py" rate "$uri" read 4096 8 0-60 \
+  > /dev/null 2>&1 &
+cpid=$!
+cleanup_add "kill -9 $cpid"
+sleep 2
+kill -9 $cpid
+wait $cpid 2>/dev/null || :
+# Its connection closes with abandoned waits ...
+for (( i = 0; i < 100; i++ )); do
+  grep -q 'stats (connection closed)' "$tmpdir/log1" && break
+  sleep 0.1
+done
+grep -Eq 'stats \(connection closed\).* [1-9][0-9]* waits abandoned' "$tmpdir/log1" ||
+  fail "waits of the dead client were not abandoned: $(grep 'throttle: stats' "$tmpdir/log1")"
+echo "ok: $(grep 'stats (connection closed)' "$tmpdir/log1")"
+# ... and the server serves a new client at the limit.
+[ "$(nbdinfo --size "$uri")" = 1073741824 ] || fail "server unhealthy after a client died"
+read -r bps iops < <(client rate "$uri" read 4096 1 0-3)
+between "reads after the dead client (IOPS)" "$iops" 0.3 3
+stop_nbdkit
+
+# --- SIGTERM with requests waiting ---------------------------------------
+# 4 KiB per second and 64 KiB requests: 8 in flight would take 2 minutes.
+serve pattern 1G bps-total=4K 2> "$tmpdir/log2"
+"$NBDPY" "$TOP_SRCDIR/tests/throttle/client.py" rate "$uri" read 65536 8 0-200 \
+  > /dev/null 2>&1 &
+cpid=$!
+cleanup_add "kill -9 $cpid"
+sleep 2
+kill -TERM "$nbdkit_pid"
+for (( i = 0; i < 150; i++ )); do
+  kill -0 "$nbdkit_pid" 2>/dev/null || break
+  sleep 0.1
+done
+kill -0 "$nbdkit_pid" 2>/dev/null &&
+  fail "nbdkit still running 15 s after SIGTERM (requests would wait 2 min)"
+kill -9 $cpid 2>/dev/null || :
+wait $cpid 2>/dev/null || :
+echo "ok: SIGTERM with waiting requests: nbdkit exited"
+echo PASS
