@@ -206,23 +206,24 @@ trim (char *s)
   return s;
 }
 
-int
-thr_limits_parse_text (const struct thr_limits *base, const char *text,
-                       thr_parse_size_fn parse_size,
-                       struct thr_limits *out, char *err, size_t errlen)
+/* One pass over the file text.  Top-level lines go to *top.  Lines of
+ * each section go to a copy of *top_final made at the section header
+ * (when top_final is NULL, i.e. in the first pass, they are only
+ * syntax-checked); each section is checked for consistency at its end;
+ * lines of sections named `group' also go to *group_out.
+ */
+static int
+parse_pass (char *copy, thr_parse_size_fn parse_size,
+            struct thr_limits *top, const struct thr_limits *top_final,
+            const char *group, struct thr_limits *group_out,
+            char *err, size_t errlen)
 {
-  struct thr_limits lim = *base;
-  char *copy, *line;
+  char *line = copy, msg[256];
+  const char *section = "";             /* points into copy */
+  bool in_section = false;
+  struct thr_limits sec;
   int lineno = 0;
-  char msg[256];
 
-  /* Line numbers must count empty lines too: split by hand. */
-  copy = strdup (text);
-  if (copy == NULL) {
-    snprintf (err, errlen, "out of memory");
-    return -1;
-  }
-  line = copy;
   for (;;) {
     char *nl = strchr (line, '\n');
     char *s, *eq, *key, *value;
@@ -235,41 +236,104 @@ thr_limits_parse_text (const struct thr_limits *base, const char *text,
     if ((eq = strchr (s, '#')) != NULL)
       *eq = '\0';
     s = trim (s);
-    if (*s != '\0') {
+    if (*s == '[') {
+      char *close = strrchr (s, ']');
+      if (in_section && top_final &&
+          thr_limits_check (&sec, msg, sizeof msg) == -1) {
+        snprintf (err, errlen, "section [%s]: %s", section, msg);
+        return -1;
+      }
+      if (close == NULL || close[1] != '\0' || close == s + 1) {
+        snprintf (err, errlen, "line %d: expected [GROUP], got '%s'",
+                  lineno, s);
+        return -1;
+      }
+      *close = '\0';
+      section = s + 1;
+      in_section = true;
+      if (top_final)
+        sec = *top_final;
+      else
+        memset (&sec, 0, sizeof sec);
+    }
+    else if (*s != '\0') {
+      bool mine;
       eq = strchr (s, '=');
       if (eq == NULL) {
         snprintf (err, errlen, "line %d: expected key=value, got '%s'",
                   lineno, s);
-        goto error;
+        return -1;
       }
       *eq = '\0';
       key = trim (s);
       value = trim (eq + 1);
-      r = thr_limits_set (&lim, key, value, parse_size, msg, sizeof msg);
+      mine = in_section && group_out && group &&
+        strcmp (section, group) == 0;
+      r = thr_limits_set (in_section ? &sec : top, key, value, parse_size,
+                          msg, sizeof msg);
+      if (r == 1 && mine)
+        r = thr_limits_set (group_out, key, value, parse_size,
+                            msg, sizeof msg);
       if (r == 0) {
         snprintf (err, errlen, "line %d: unknown key '%s'", lineno, key);
-        goto error;
+        return -1;
       }
       if (r == -1) {
         snprintf (err, errlen, "line %d: %s", lineno, msg);
-        goto error;
+        return -1;
       }
     }
     if (!nl)
       break;
     line = nl + 1;
   }
-  if (thr_limits_check (&lim, msg, sizeof msg) == -1) {
-    snprintf (err, errlen, "%s", msg);
-    goto error;
+  if (in_section && top_final &&
+      thr_limits_check (&sec, msg, sizeof msg) == -1) {
+    snprintf (err, errlen, "section [%s]: %s", section, msg);
+    return -1;
   }
-  free (copy);
-  *out = lim;
   return 0;
+}
 
- error:
+int
+thr_limits_parse_text (const struct thr_limits *base, const char *text,
+                       const char *group, thr_parse_size_fn parse_size,
+                       struct thr_limits *out, char *err, size_t errlen)
+{
+  struct thr_limits top = *base, top2, result;
+  char *copy;
+  char msg[256];
+  int r = -1;
+
+  copy = strdup (text);
+  if (copy == NULL) {
+    snprintf (err, errlen, "out of memory");
+    return -1;
+  }
+  /* Pass 1: the defaults (top-level lines), syntax of every line. */
+  if (parse_pass (copy, parse_size, &top, NULL, NULL, NULL,
+                  err, errlen) == -1)
+    goto out;
+  if (thr_limits_check (&top, msg, sizeof msg) == -1) {
+    snprintf (err, errlen, "%s", msg);
+    goto out;
+  }
+  /* Pass 2: every section over the defaults; the group's result. */
+  strcpy (copy, text);
+  top2 = *base;
+  result = top;
+  if (parse_pass (copy, parse_size, &top2, &top, group, &result,
+                  err, errlen) == -1)
+    goto out;
+  if (thr_limits_check (&result, msg, sizeof msg) == -1) {
+    snprintf (err, errlen, "section [%s]: %s", group ? group : "", msg);
+    goto out;
+  }
+  *out = result;
+  r = 0;
+ out:
   free (copy);
-  return -1;
+  return r;
 }
 
 int64_t

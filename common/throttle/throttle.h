@@ -78,13 +78,17 @@ bool thr_limits_any (const struct thr_limits *lim);
 
 bool thr_limits_equal (const struct thr_limits *a, const struct thr_limits *b);
 
-/* Parse the text of a throttle file over a copy of *base: lines of
- * "key=value" (limit keys only), '#' comments and blank lines.  On
- * success *out is the result and 0 is returned; on error *out is
- * untouched, -1 is returned and err says which line is wrong.
+/* Parse the text of a throttle file for the group named `group' (NULL:
+ * the defaults only) over a copy of *base: lines of "key=value" (limit
+ * keys only), '#' comments, blank lines, and "[NAME]" section headers.
+ * Lines before the first section apply to every group; lines of the
+ * sections named `group' apply to that group, over the former.  Every
+ * line and every section is checked, whatever `group'.  On success *out
+ * is the result and 0 is returned; on error *out is untouched, -1 is
+ * returned and err says which line or section is wrong.
  */
 int thr_limits_parse_text (const struct thr_limits *base, const char *text,
-                           thr_parse_size_fn parse_size,
+                           const char *group, thr_parse_size_fn parse_size,
                            struct thr_limits *out, char *err, size_t errlen);
 
 /* A simple parser of nbdkit's size syntax (digits and one optional

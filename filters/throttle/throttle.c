@@ -54,7 +54,8 @@ struct group_ref {
   unsigned long long conn_seq;          /* private groups: connection no. */
 };
 static pthread_mutex_t groups_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct thr_limits current_limits;
+static struct thr_limits current_limits;  /* defaults, for debug */
+static char *file_text;                 /* last valid throttle file */
 static struct group_ref *groups;
 static unsigned long long conn_counter;
 
@@ -119,6 +120,7 @@ throttle_unload (void)
   free (mappings);
   free (group_name);
   free (throttle_file);
+  free (file_text);
 }
 
 static int
@@ -252,14 +254,16 @@ debug_limits (const char *why, const struct thr_limits *lim)
   nbdkit_debug ("throttle: %s:%s", why, buf[0] ? buf : " no limits");
 }
 
-/* Read the throttle file into *out (over the command line limits).
- * Returns 1 if read, 0 if it does not exist, -1 on error (reported).
+/* Read and check the throttle file.  Returns 1 and the text in *textp
+ * (to free) if read and valid, 0 if it does not exist, -1 on error
+ * (reported).
  */
 static int
-read_throttle_file (struct thr_limits *out, struct stat *st, bool startup)
+read_throttle_file (char **textp, struct stat *st, bool startup)
 {
   const char *keep = startup ? "" : "; keeping the previous limits";
   char *text = NULL, err[512];
+  struct thr_limits lim;
   int fd, r = -1;
   ssize_t n;
   size_t len = 0;
@@ -301,11 +305,14 @@ read_throttle_file (struct thr_limits *out, struct stat *st, bool startup)
     goto out;
   }
   text[len] = '\0';
-  if (thr_limits_parse_text (&cmdline_limits, text, nbdkit_parse_size,
-                             out, err, sizeof err) == -1) {
+  /* Checks every line and section. */
+  if (thr_limits_parse_text (&cmdline_limits, text, NULL, nbdkit_parse_size,
+                             &lim, err, sizeof err) == -1) {
     nbdkit_error ("throttle: %s: %s%s", throttle_file, err, keep);
     goto out;
   }
+  *textp = text;
+  text = NULL;
   r = 1;
  out:
   free (text);
@@ -313,18 +320,46 @@ read_throttle_file (struct thr_limits *out, struct stat *st, bool startup)
   return r;
 }
 
+/* Limits of a group: command line, overridden by the throttle file's
+ * defaults and its [GROUP] sections.  Call with groups_lock held.
+ */
 static void
-apply_limits (const struct thr_limits *lim, const char *why)
+limits_for (const char *group, struct thr_limits *out)
+{
+  char err[512];
+
+  if (file_text == NULL ||
+      thr_limits_parse_text (&cmdline_limits, file_text, group,
+                             nbdkit_parse_size, out, err, sizeof err) == -1)
+    *out = cmdline_limits;      /* (the text was checked when read) */
+}
+
+/* Install a new throttle file text (owned; NULL: no file) and apply the
+ * limits to every group.
+ */
+static void
+apply_file_text (char *text, const char *why)
 {
   struct group_ref *r;
+  struct thr_limits lim;
 
   pthread_mutex_lock (&groups_lock);
-  if (!thr_limits_equal (&current_limits, lim)) {
-    current_limits = *lim;
-    debug_limits (why, lim);
+  free (file_text);
+  file_text = text;
+  limits_for (NULL, &lim);
+  if (!thr_limits_equal (&current_limits, &lim)) {
+    current_limits = lim;
+    debug_limits (why, &lim);
   }
-  for (r = groups; r; r = r->next)
-    thr_group_set_limits (r->g, lim);
+  for (r = groups; r; r = r->next) {
+    limits_for (thr_group_name (r->g), &lim);
+    if (thr_group_set_limits (r->g, &lim) &&
+        !thr_limits_equal (&lim, &current_limits)) {
+      char what[128];
+      snprintf (what, sizeof what, "group \"%.64s\"", thr_group_name (r->g));
+      debug_limits (what, &lim);
+    }
+  }
   pthread_mutex_unlock (&groups_lock);
 }
 
@@ -347,7 +382,7 @@ maybe_reload (void *opaque)
 {
   uint64_t now;
   struct stat st;
-  struct thr_limits lim;
+  char *text = NULL;
   int r;
 
   (void) opaque;
@@ -364,8 +399,7 @@ maybe_reload (void *opaque)
     if (errno == ENOENT) {
       if (file_seen) {
         file_seen = false;
-        apply_limits (&cmdline_limits,
-                      "throttle file removed, command line limits");
+        apply_file_text (NULL, "throttle file removed, command line limits");
       }
     }
     else if (!stat_error_reported) {
@@ -379,14 +413,14 @@ maybe_reload (void *opaque)
   if (file_seen && same_version (&st, &file_st))
     goto out;
 
-  r = read_throttle_file (&lim, &st, false);
+  r = read_throttle_file (&text, &st, false);
   /* Remember this version, good or bad: a bad file is reported once and
    * the previous limits stay until the file changes again.
    */
   file_st = st;
   file_seen = true;
   if (r == 1)
-    apply_limits (&lim, "new limits from throttle file");
+    apply_file_text (text, "new limits from throttle file");
  out:
   pthread_mutex_unlock (&reload_lock);
 }
@@ -396,7 +430,6 @@ throttle_config_complete (nbdkit_next_config_complete *next,
                           nbdkit_backend *nxdata)
 {
   char err[256];
-  struct thr_limits lim;
 
   if (thr_limits_check (&cmdline_limits, err, sizeof err) == -1) {
     nbdkit_error ("throttle: %s", err);
@@ -407,18 +440,17 @@ throttle_config_complete (nbdkit_next_config_complete *next,
                   "group-by or export-group");
     return -1;
   }
-  current_limits = cmdline_limits;
   if (throttle_file) {
     struct stat st;
-    int r = read_throttle_file (&lim, &st, true);
+    int r = read_throttle_file (&file_text, &st, true);
     if (r == -1)
       return -1;
     if (r == 1) {
-      current_limits = lim;
       file_st = st;
       file_seen = true;
     }
   }
+  limits_for (NULL, &current_limits);
   debug_limits ("initial limits", &current_limits);
   return next (nxdata);
 }
@@ -481,6 +513,7 @@ get_group (const char *exportname)
 {
   struct group_ref *r;
   const char *name;
+  struct thr_limits lim;
 
   pthread_mutex_lock (&groups_lock);
   if (!scope_connection) {
@@ -491,15 +524,16 @@ get_group (const char *exportname)
         goto out;
       }
   }
-  else
-    name = "connection";
+  else                          /* private, but [GROUP] sections apply */
+    name = group_name ? group_name : "default";
+  limits_for (name, &lim);
 
   r = calloc (1, sizeof *r);
   if (r == NULL) {
     nbdkit_error ("calloc: %m");
     goto out;
   }
-  r->g = thr_group_new (name, &current_limits, &nbdkit_clock);
+  r->g = thr_group_new (name, &lim, &nbdkit_clock);
   if (r->g == NULL) {
     nbdkit_error ("throttle: cannot create group: %m");
     free (r);

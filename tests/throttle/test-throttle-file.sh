@@ -2,8 +2,8 @@
 # Throttle filter: throttle-file=PATH is re-read when it changes, while a
 # connection stays open and busy: new limits take effect within a second,
 # malformed content keeps the previous limits and logs an error, removing
-# the file returns to the command-line limits.  A malformed file at start
-# is a start-up error.
+# the file returns to the command-line limits; [GROUP] sections give
+# groups their own limits.  A malformed file at start is a start-up error.
 source "$TOP_SRCDIR/tests/functions.sh"
 source "$TOP_SRCDIR/tests/throttle/throttle-functions.sh"
 
@@ -29,6 +29,23 @@ grep -q "throttle: $limits: line 2: bps-read: .*keeping the previous limits" "$t
 [ "$(grep -c 'keeping the previous limits' "$tmpdir/log")" = 1 ] ||
   fail "the error should be logged once per bad version"
 echo "ok: error logged: $(grep 'keeping the previous' "$tmpdir/log")"
+
+# [GROUP] sections: per-group limits over the file's defaults, with one
+# group per export; a change of one section reaches its group only.
+printf 'bps-total=4M\n[fast]\nbps-total=12M\n' > "$limits"
+serve pattern 1G bps-total=1M group-by=export throttle-file="$limits"
+{ read -r f; read -r s; } < <(client share 4 1 65536 \
+  4@"nbd+unix:///fast?socket=$sock" 4@"nbd+unix:///slow?socket=$sock")
+within "section [fast]" "$f" $(( 12 * MiB )) 15
+within "export slow: the file's default" "$s" $(( 4 * MiB )) 15
+printf 'bps-total=4M\n[fast]\nbps-total=12M\n[slow]\nbps-total=8M\n' > "$limits.new"
+mv "$limits.new" "$limits"
+sleep 0.5
+{ read -r f; read -r s; } < <(client share 4 1 65536 \
+  4@"nbd+unix:///fast?socket=$sock" 4@"nbd+unix:///slow?socket=$sock")
+stop_nbdkit
+within "section [fast], unchanged" "$f" $(( 12 * MiB )) 15
+within "section [slow] added" "$s" $(( 8 * MiB )) 15
 
 # A malformed file at start-up stops nbdkit with a clear error.
 printf 'bps-total=1M\nbps-total-max=512K\n' > "$limits"

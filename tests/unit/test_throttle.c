@@ -32,7 +32,7 @@ limits (const char *text)
 {
   struct thr_limits zero = { 0 }, lim;
   char err[256];
-  if (thr_limits_parse_text (&zero, text, thr_parse_size_simple, &lim,
+  if (thr_limits_parse_text (&zero, text, NULL, thr_parse_size_simple, &lim,
                              err, sizeof err) == -1) {
     fprintf (stderr, "limits \"%s\": %s\n", text, err);
     exit (1);
@@ -100,31 +100,83 @@ test_parse (void)
   lim.l[THR_IOPS_TOTAL].avg = 50;
   CHECK (thr_limits_parse_text (&lim,
                                 "# limits\n\n  bps-total = 2M  # two\n"
-                                "iops-total=0\r\niops-write=7",
+                                "iops-total=0\r\niops-write=7", NULL,
                                 thr_parse_size_simple, &out,
                                 err, sizeof err) == 0);
   CHECK_EQ_U64 (out.l[THR_BPS_TOTAL].avg, 2 << 20);
   CHECK_EQ_U64 (out.l[THR_IOPS_TOTAL].avg, 0);
   CHECK_EQ_U64 (out.l[THR_IOPS_WRITE].avg, 7);
   out.l[THR_BPS_READ].avg = 99;
-  CHECK (thr_limits_parse_text (&lim, "bps-total=1M\n\nbogus\n",
+  CHECK (thr_limits_parse_text (&lim, "bps-total=1M\n\nbogus\n", NULL,
                                 thr_parse_size_simple, &out,
                                 err, sizeof err) == -1);
   CHECK (strstr (err, "line 3") != NULL);
   CHECK_EQ_U64 (out.l[THR_BPS_READ].avg, 99);   /* untouched */
-  CHECK (thr_limits_parse_text (&lim, "scope=connection\n",
+  CHECK (thr_limits_parse_text (&lim, "scope=connection\n", NULL,
                                 thr_parse_size_simple, &out,
                                 err, sizeof err) == -1);
   CHECK (strstr (err, "unknown key 'scope'") != NULL);
-  CHECK (thr_limits_parse_text (&lim, "bps-total-max=10\n",
+  CHECK (thr_limits_parse_text (&lim, "bps-total-max=10\n", NULL,
                                 thr_parse_size_simple, &out,
                                 err, sizeof err) == -1);
-  CHECK (thr_limits_parse_text (&lim, "", thr_parse_size_simple, &out,
+  CHECK (thr_limits_parse_text (&lim, "", NULL,
+                                thr_parse_size_simple, &out,
                                 err, sizeof err) == 0);
   CHECK (thr_limits_equal (&lim, &out));
   CHECK (thr_limits_any (&out));
   memset (&out, 0, sizeof out);
   CHECK (!thr_limits_any (&out));
+
+  /* Sections: defaults for every group, then per-group overrides, in
+   * whatever order; every section is checked.
+   */
+  {
+    const char *text =
+      "iops-total=100\n"
+      "[db]\n"
+      "bps-total=8M   # db only\n"
+      "[web]\n"
+      "iops-total=0\n"
+      "[db]\n"
+      "iops-total=300\n";
+    memset (&lim, 0, sizeof lim);
+    lim.l[THR_BPS_WRITE].avg = 5;
+    CHECK (thr_limits_parse_text (&lim, text, NULL, thr_parse_size_simple,
+                                  &out, err, sizeof err) == 0);
+    CHECK_EQ_U64 (out.l[THR_IOPS_TOTAL].avg, 100);
+    CHECK_EQ_U64 (out.l[THR_BPS_TOTAL].avg, 0);
+    CHECK_EQ_U64 (out.l[THR_BPS_WRITE].avg, 5);
+    CHECK (thr_limits_parse_text (&lim, text, "db", thr_parse_size_simple,
+                                  &out, err, sizeof err) == 0);
+    CHECK_EQ_U64 (out.l[THR_IOPS_TOTAL].avg, 300);
+    CHECK_EQ_U64 (out.l[THR_BPS_TOTAL].avg, 8 << 20);
+    CHECK_EQ_U64 (out.l[THR_BPS_WRITE].avg, 5);
+    CHECK (thr_limits_parse_text (&lim, text, "web", thr_parse_size_simple,
+                                  &out, err, sizeof err) == 0);
+    CHECK_EQ_U64 (out.l[THR_IOPS_TOTAL].avg, 0);
+    CHECK_EQ_U64 (out.l[THR_BPS_TOTAL].avg, 0);
+    CHECK (thr_limits_parse_text (&lim, text, "other", thr_parse_size_simple,
+                                  &out, err, sizeof err) == 0);
+    CHECK_EQ_U64 (out.l[THR_IOPS_TOTAL].avg, 100);
+    /* A bad section fails the whole file, for every group. */
+    CHECK (thr_limits_parse_text (&lim, "iops-read=10\n[a]\n"
+                                  "iops-read-max=5\n[b]\n", "b",
+                                  thr_parse_size_simple, &out,
+                                  err, sizeof err) == -1);
+    CHECK (strstr (err, "section [a]: iops-read-max (5) cannot be lower")
+           != NULL);
+    CHECK (thr_limits_parse_text (&lim, "[a\nbps-total=1\n", NULL,
+                                  thr_parse_size_simple, &out,
+                                  err, sizeof err) == -1);
+    CHECK (strstr (err, "line 1: expected [GROUP]") != NULL);
+    CHECK (thr_limits_parse_text (&lim, "[]\n", NULL,
+                                  thr_parse_size_simple, &out,
+                                  err, sizeof err) == -1);
+    CHECK (thr_limits_parse_text (&lim, "[x]\nbps-total=zz\n", NULL,
+                                  thr_parse_size_simple, &out,
+                                  err, sizeof err) == -1);
+    CHECK (strstr (err, "line 2: bps-total") != NULL);
+  }
 }
 
 /* One client that always has a request of `bytes' ready: admit it as soon
