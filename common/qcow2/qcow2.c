@@ -138,6 +138,8 @@ struct qcow2 {
   size_t nsnaps;
 
   pthread_rwlock_t lock;
+  pthread_mutex_t detect_lock;
+  int meta_prealloc;            /* -1 unknown, 0 no, 1 yes */
 };
 
 static const struct bdev_ops qcow2_ops;
@@ -1098,16 +1100,95 @@ backing_ext_cb (void *opaque, uint64_t off, uint64_t len, uint32_t type)
   return ext_emit (opaque, off, len, type);
 }
 
+/* Allocated data: like QEMU, report ranges that are holes in the file
+ * underneath as zero (but allocated).
+ */
+struct data_ext {
+  struct ext_ctx *x;
+  uint64_t delta;               /* guest - host */
+};
+
+static int
+data_ext_cb (void *opaque, uint64_t off, uint64_t len, uint32_t type)
+{
+  struct data_ext *d = opaque;
+  return ext_emit (d->x, off + d->delta, len,
+                   (type & BDEV_EXTENT_ZERO) ? BDEV_EXTENT_ZERO
+                   : BDEV_EXTENT_DATA);
+}
+
+/* Was the image preallocated with preallocation=metadata (many more
+ * clusters in use than the file has blocks)?  The same heuristic as QEMU,
+ * which looks at the file's holes under allocated clusters only then.
+ * Shared lock held.
+ */
+static bool
+metadata_preallocated (struct qcow2 *q)
+{
+  int v = __atomic_load_n (&q->meta_prealloc, __ATOMIC_ACQUIRE);
+  if (v >= 0)
+    return v;
+  pthread_mutex_lock (&q->detect_lock);
+  if (q->meta_prealloc < 0) {
+    struct stat st;
+    v = 0;
+    if (q->fd >= 0 && fstat (q->fd, &st) == 0) {
+      uint64_t real = (uint64_t) st.st_blocks * 512 / q->cluster_size;
+      uint64_t threshold = real * 10 / 9 > real + 2 ? real * 10 / 9 : real + 2;
+      uint64_t end = div_round_up64 (q->file->size, q->cluster_size);
+      uint64_t per = 1ull << q->rb_bits, count = 0;
+      for (uint64_t ri = 0; ri < q->rt_entries && ri * per < end &&
+             count <= threshold; ri++) {
+        uint64_t rb = q->rt[ri] & REFT_OFFSET_MASK;
+        uint8_t *b;
+        if (rb == 0 || check_table_offset (q, rb, "refcount block") == -1 ||
+            !(b = table_get (q, q->rbc, rb, "refcount block", false)))
+          continue;
+        for (uint64_t i = 0; i < per && ri * per + i < end &&
+               count <= threshold; i++)
+          count += rc_get (q, b, i) != 0;
+        lru_put (q->rbc, b);
+      }
+      v = count > threshold;
+    }
+    __atomic_store_n (&q->meta_prealloc, v, __ATOMIC_RELEASE);
+  }
+  v = q->meta_prealloc;
+  pthread_mutex_unlock (&q->detect_lock);
+  return v;
+}
+
+static int
+data_extents (struct qcow2 *q, struct ext_ctx *x, uint64_t guest,
+              uint64_t host, uint64_t len)
+{
+  uint64_t size = q->data->size, inside = 0;
+  if (!(q->data->caps & BDEV_CAN_EXTENTS) || q->external_data ||
+      !metadata_preallocated (q))
+    return ext_emit (x, guest, len, BDEV_EXTENT_DATA);
+  if (host < size)
+    inside = size - host < len ? size - host : len;
+  if (inside) {
+    struct data_ext d = { x, guest - host };
+    if (bdev_extents (q->data, inside, host, 0, data_ext_cb, &d) == -1)
+      return -1;
+  }
+  if (len > inside)
+    return ext_emit (x, guest + inside, len - inside, BDEV_EXTENT_ZERO);
+  return 0;
+}
+
 static int
 ext_run (struct qcow2 *q, void *opaque, enum utype type, uint64_t guest,
          uint64_t host, uint64_t len, uint64_t entry)
 {
   struct ext_ctx *x = opaque;
-  (void) host; (void) entry;
+  (void) entry;
   if (x->stop)
     return 1;
   switch (type) {
   case U_DATA:
+    return data_extents (q, x, guest, host, len);
   case U_COMPRESSED:
     return ext_emit (x, guest, len, BDEV_EXTENT_DATA);
   case U_ZERO:
@@ -1885,6 +1966,7 @@ qcow2_close (struct bdev *bd)
   if (q->file)
     bdev_close (q->file);
   pthread_rwlock_destroy (&q->lock);
+  pthread_mutex_destroy (&q->detect_lock);
   free (q->path);
   bdev_free_common (bd);
 }
@@ -2077,6 +2159,8 @@ qcow2_open (const char *path, const struct bdev_open_opts *opts,
   pthread_rwlockattr_setkind_np (&ra,
                                  PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
   pthread_rwlock_init (&q->lock, &ra);
+  pthread_mutex_init (&q->detect_lock, NULL);
+  q->meta_prealloc = -1;
   pthread_rwlockattr_destroy (&ra);
   q->fd = -1;
   q->verbose = verbose_opt && strcmp (verbose_opt, "0") != 0;
