@@ -69,21 +69,29 @@ lvm_read_label (struct bdev *bd, struct lvm_label *l, char *err,
     seterr (err, errlen, "%s: cannot read the label sectors: %m", bd->name);
     return -1;
   }
+  /* Like LVM, a damaged label candidate is skipped in favour of a later
+   * sector; it is only reported when no valid label is found.
+   */
+  bool damaged = false;
   for (unsigned s = 0; s < have / LVM_SECTOR; s++) {
     const uint8_t *sec = buf + s * LVM_SECTOR;
     if (memcmp (sec, LVM_LABEL_ID, 8) != 0)
       continue;
     if (load_le64 (sec + 8) != s) {
-      seterr (err, errlen, "%s: LVM label in sector %u records sector %"
-              PRIu64, bd->name, s, load_le64 (sec + 8));
-      return -1;
+      if (!damaged)
+        seterr (err, errlen, "%s: LVM label in sector %u records sector %"
+                PRIu64, bd->name, s, load_le64 (sec + 8));
+      damaged = true;
+      continue;
     }
     uint32_t crc = lvm_crc (LVM_INITIAL_CRC, sec + 20, LVM_SECTOR - 20);
     if (crc != load_le32 (sec + 16)) {
-      seterr (err, errlen, "%s: LVM label in sector %u has a bad checksum "
-              "(0x%08" PRIx32 ", computed 0x%08" PRIx32 ")", bd->name, s,
-              load_le32 (sec + 16), crc);
-      return -1;
+      if (!damaged)
+        seterr (err, errlen, "%s: LVM label in sector %u has a bad checksum "
+                "(0x%08" PRIx32 ", computed 0x%08" PRIx32 ")", bd->name, s,
+                load_le32 (sec + 16), crc);
+      damaged = true;
+      continue;
     }
     if (memcmp (sec + 24, LVM_LABEL_TYPE, 8) != 0) {
       seterr (err, errlen, "%s: label type is not \"%s\" (not an LVM2 PV)",
@@ -134,7 +142,7 @@ lvm_read_label (struct bdev *bd, struct lvm_label *l, char *err,
     }
     return 1;
   }
-  return 0;
+  return damaged ? -1 : 0;
 }
 
 /* mda header (512 bytes):

@@ -302,11 +302,14 @@ build_seg (struct builder *b, const struct lvm_meta_lv *lv,
   if (!(seg->type_name = strdup (type)))
     FAIL ("out of memory");
 
-  if (strcmp (type, "striped") == 0) {
+  if (strcmp (type, "striped") == 0 || strcmp (type, "linear") == 0) {
     uint64_t n;
+    bool linear = type[0] == 'l';
     seg->type = LVM_SEG_STRIPED;
-    if (!get_uint (b, s, what, "stripe_count", &n, true))
+    if (!get_uint (b, s, what, "stripe_count", &n, !linear))
       return false;
+    if (linear && n == 0)
+      n = 1;
     if (n < 1 || n > LVM_MAX_STRIPES)
       FAIL ("%s: stripe_count %" PRIu64 " out of range (1-%d)", what, n,
             LVM_MAX_STRIPES);
