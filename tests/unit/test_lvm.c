@@ -5,7 +5,12 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+
+#include "bdev/bdev.h"
+#include "util/endian.h"
 
 #include "check.h"
 #include "lvm/lvm_disk.h"
@@ -222,6 +227,12 @@ test_validation (void)
     "   segment1 { start_extent = 0 extent_count = 2 type = \"striped\"\n"
     "     stripe_count = 2 stripe_size = 3 stripes = [\"pv0\", 0, \"pv1\", 0] }\n")
                  VG_TAIL));
+  /* type = "linear" is accepted as one stripe. */
+  struct lvm_meta_vg *vl = vg_of (VG_HEAD LV ("a", "e", 1,
+    "   segment1 { start_extent = 0 extent_count = 2 type = \"linear\"\n"
+    "     stripes = [\"pv0\", 5] }\n") VG_TAIL);
+  CHECK (vl && vl->lvs[0].segs[0].type == LVM_SEG_STRIPED);
+  lvm_meta_free (vl);
   /* A self-referencing LV. */
   CHECK (!vg_of (VG_HEAD LV ("a", "e", 1, LINEAR (1, 0, 4, "a", 0))
                  VG_TAIL));
@@ -299,6 +310,70 @@ test_crc_uuid (void)
   CHECK (!lvm_uuid_normalize ("EPDLq6-fuhW-RFoD-r5dA-pXCY-6TX3-Ya63to-x", u));
 }
 
+/* A label sector: LABELONE, sector number, checksum, PV header with one
+ * data area and one metadata area.
+ */
+static void
+make_label (uint8_t *sec, uint64_t sector_no, const char *uuid)
+{
+  memset (sec, 0, 512);
+  memcpy (sec, "LABELONE", 8);
+  store_le64 (sec + 8, sector_no);
+  store_le32 (sec + 20, 32);
+  memcpy (sec + 24, "LVM2 001", 8);
+  memcpy (sec + 32, uuid, 32);
+  store_le64 (sec + 64, 8 << 20);
+  store_le64 (sec + 72, 1 << 20);       /* data area */
+  store_le64 (sec + 104, 4096);         /* mda */
+  store_le64 (sec + 112, 1 << 20);
+  store_le32 (sec + 16, lvm_crc (LVM_INITIAL_CRC, sec + 20, 512 - 20));
+}
+
+static void
+test_label (void)
+{
+  char path[] = "/tmp/test_lvm.XXXXXX";
+  int fd = mkstemp (path);
+  uint8_t img[2048];
+  struct bdev_open_opts o = { .readonly = true };
+  struct lvm_label l;
+  CHECK (fd >= 0);
+
+  /* Sector 0: a damaged candidate (bad checksum); sector 1: valid. */
+  memset (img, 0, sizeof img);
+  make_label (img, 0, "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
+  img[300] ^= 1;
+  make_label (img + 512, 1, "BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB");
+  CHECK (pwrite (fd, img, sizeof img, 0) == sizeof img);
+  struct bdev *bd = bdev_file_open (path, &o);
+  CHECK (bd);
+  CHECK (lvm_read_label (bd, &l, err, sizeof err) == 1);
+  CHECK (l.sector == 1);
+  CHECK (strcmp (l.uuid, "BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB") == 0);
+  CHECK (l.data_count == 1 && l.mda_count == 1);
+  CHECK_EQ_U64 (l.mda[0].offset, 4096);
+  bdev_close (bd);
+
+  /* Only the damaged one: an error naming the cause. */
+  memset (img + 512, 0, 512);
+  CHECK (pwrite (fd, img, sizeof img, 0) == sizeof img);
+  bd = bdev_file_open (path, &o);
+  CHECK (bd);
+  CHECK (lvm_read_label (bd, &l, err, sizeof err) == -1);
+  CHECK (strstr (err, "bad checksum"));
+  bdev_close (bd);
+
+  /* No label at all. */
+  memset (img, 0, sizeof img);
+  CHECK (pwrite (fd, img, sizeof img, 0) == sizeof img);
+  bd = bdev_file_open (path, &o);
+  CHECK (bd);
+  CHECK (lvm_read_label (bd, &l, err, sizeof err) == 0);
+  bdev_close (bd);
+  close (fd);
+  unlink (path);
+}
+
 int
 main (void)
 {
@@ -307,6 +382,7 @@ main (void)
   test_validation ();
   test_legs_and_prefix ();
   test_crc_uuid ();
+  test_label ();
   printf ("test_lvm: OK\n");
   return 0;
 }
