@@ -164,8 +164,8 @@ scan_devices (struct lvm_vgset *set, bool want_text, struct fp **fpp,
     dv->is_pv = r == 1;
     if (r != 1) {
       if (!dv->optional) {
-        kvm_error ("%s: no LVM2 label found in sectors 0-3 (not a PV)",
-                   dv->path);
+        kvm_error ("%s: no LVM2 label found in sectors 0-3 (not a PV; if "
+                   "the PV is a partition, give the partition)", dv->path);
         goto fail;
       }
       kvm_debug ("%s: not an LVM2 PV, skipped", dv->path);
