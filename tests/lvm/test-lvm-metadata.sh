@@ -182,6 +182,23 @@ raids = [
 ]
 }
 }
+mi {
+id = "$(uuid M)"
+status = ["READ", "WRITE", "VISIBLE"]
+flags = []
+segment_count = 1
+segment1 {
+start_extent = 0
+extent_count = 2
+type = "mirror"
+mirror_count = 2
+region_size = 1024
+mirrors = [
+"mi_mimage_0", 0,
+"mi_mimage_1", 0
+]
+}
+}
 snapshot0 {
 id = "$(uuid S)"
 status = ["READ"]
@@ -201,6 +218,8 @@ EOF
   sub_lv r1_rimage_0 b pv1 1 4
   sub_lv r1_rmeta_1 c pv0 20 1
   sub_lv r1_rimage_1 d pv0 21 4
+  sub_lv mi_mimage_0 e pv1 5 2
+  sub_lv mi_mimage_1 f pv0 25 2
 } > newlvs.txt
 python3 -c '
 import re,sys
@@ -212,6 +231,7 @@ store legal.vg
 # lvm2 accepts it and sees a raid1 LV and a snapshot.
 lvs -a --noheadings -o lv_name,segtype,origin vgb > lvs.txt 2>lvs.err || { cat lvs.err; fail "lvs rejects raid1/snapshot metadata"; }
 grep -Eq 'r1 +raid1' lvs.txt || { cat lvs.txt; fail "lvs does not see r1 as raid1"; }
+grep -Eq 'mi +mirror' lvs.txt || { cat lvs.txt; fail "lvs does not see mi as a mirror"; }
 grep -Eq 'other +[a-z]+ +good' lvs.txt || { cat lvs.txt; fail "lvs does not see other as a snapshot of good"; }
 
 pe_a=$(pvs --noheadings --units b --nosuffix -o pe_start "$LA" | tr -d ' ')
@@ -225,6 +245,15 @@ grep -q 'is_read_only: true' info.txt || fail "raid1 LV not read-only"
 # Leg 0's PV missing: the other leg is read.
 nbdkit "$(plugin_so lvm)" pv=a.img lv=r1 --run 'nbdcopy "$uri" r1.out'
 assert_same r1.out leg1.data "raid1 read from the healthy leg"
+# The same for a (non-raid) mirror.
+random_file mleg0.data 2M; random_file mleg1.data 2M
+dd if=mleg0.data of=b.img bs=1M seek=$(( pe_b / 1048576 + 5 )) conv=notrunc status=none
+dd if=mleg1.data of=a.img bs=1M seek=$(( pe_a / 1048576 + 25 )) conv=notrunc status=none
+serve lv=mi --run 'nbdcopy "$uri" mi.out; nbdinfo "$uri"' > info.txt
+assert_same mi.out mleg0.data "mirror read from the first leg"
+grep -q 'is_read_only: true' info.txt || fail "mirror LV not read-only"
+nbdkit "$(plugin_so lvm)" pv=a.img lv=mi --run 'nbdcopy "$uri" mi.out'
+assert_same mi.out mleg1.data "mirror read from the healthy leg"
 # Snapshot: the origin is served read-only, the exception store refused.
 serve lv=good --run 'nbdcopy "$uri" good.out; nbdinfo "$uri"' > info.txt
 assert_same good.out good.data "snapshot origin"
