@@ -578,8 +578,10 @@ build_vg (struct builder *b, const struct lvm_node *vs)
   vg->pv_count = count_sections (pvs);
   if (vg->pv_count == 0)
     FAIL ("%s: no physical volumes", what);
-  if (!(vg->pvs = calloc (vg->pv_count, sizeof *vg->pvs)))
+  if (!(vg->pvs = calloc (vg->pv_count, sizeof *vg->pvs))) {
+    vg->pv_count = 0;
     FAIL ("out of memory");
+  }
   b->pv_names = calloc (vg->pv_count * 2, sizeof *b->pv_names);
   if (!b->pv_names)
     FAIL ("out of memory");
@@ -601,8 +603,12 @@ build_vg (struct builder *b, const struct lvm_node *vs)
   if (vg->lv_count) {
     vg->lvs = calloc (vg->lv_count, sizeof *vg->lvs);
     b->lv_names = calloc (vg->lv_count * 2, sizeof *b->lv_names);
-    if (!vg->lvs || !b->lv_names)
+    if (!vg->lvs || !b->lv_names) {
+      free (vg->lvs);
+      vg->lvs = NULL;
+      vg->lv_count = 0;
       FAIL ("out of memory");
+    }
   }
   /* First pass: names, so that segments can refer to any LV. */
   i = 0;
