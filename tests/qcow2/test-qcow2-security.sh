@@ -205,4 +205,16 @@ stop_server
   fail "the plugin modified an image with the corrupt bit"
 echo "ok: corrupt bit -> read-only"
 
+# --- the dirty bit (lazy refcounts not written back): refused read-write
+#     with a hint, readable read-only.
+cp good.qcow2 dirty.qcow2
+python3 "$hostile" dirty.qcow2 set-incompat-bit 0
+refused dirty-rw dirty.qcow2 "dirty bit"
+new_sock
+serve_qcow2 "$sock" dirty.qcow2 -r
+ORACLE=(-f qcow2 dirty.qcow2)
+check_export_read "$(uri_of "$sock")" "$tmpdir/dirty" --no-map
+stop_server
+echo "ok: dirty bit -> read-only access only"
+
 echo "security: OK"
