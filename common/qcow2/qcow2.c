@@ -1987,8 +1987,11 @@ get_opt (const struct bdev_open_opts *opts, const char *key)
 static uint64_t *
 load_table (struct qcow2 *q, uint64_t off, uint64_t n, const char *what)
 {
-  uint64_t bytes;
-  if (!ck_mul64 (n, 8, &bytes) || !ck_range_within (off, bytes, q->file->size)) {
+  uint64_t bytes, limit;
+  /* QEMU does not always pad the file to a whole last cluster. */
+  if (!ck_round_up64 (q->file->size, q->cluster_size, &limit))
+    limit = q->file->size;
+  if (!ck_mul64 (n, 8, &bytes) || !ck_range_within (off, bytes, limit)) {
     ERR (q, EINVAL, "%s: %s (offset %#" PRIx64 ", %" PRIu64 " entries) "
          "extends beyond the end of the file", q->path, what, off, n);
     return NULL;
@@ -1998,7 +2001,7 @@ load_table (struct qcow2 *q, uint64_t off, uint64_t n, const char *what)
     ERR (q, ENOMEM, "%s: out of memory for %s", q->path, what);
     return NULL;
   }
-  if (bytes && bdev_pread (q->file, t, bytes, off) == -1) {
+  if (bytes && bdev_pread_padded (q->file, t, bytes, off) == -1) {
     free (t);
     return NULL;
   }
