@@ -438,8 +438,21 @@ connect_cluster (void)
     return -1;
   }
   ioctx_created = true;
-  if (nspace)
+  if (nspace) {
+    bool exists = false;
+    r = rbd_namespace_exists (ioctx, nspace, &exists);
+    if (r < 0) {
+      nbdkit_error ("cannot look up namespace '%s' in pool '%s': %s",
+                    nspace, pool, strerror (-r));
+      return -1;
+    }
+    if (!exists) {
+      nbdkit_error ("namespace '%s' does not exist in pool '%s'",
+                    nspace, pool);
+      return -1;
+    }
     rados_ioctx_set_namespace (ioctx, nspace);
+  }
 
   if (image_name)
     return check_image (image_name, snapshot);

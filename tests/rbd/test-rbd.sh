@@ -37,12 +37,50 @@ rbd_export () { rm -f "$2"; rbd export --no-progress "$1" "$2"; }
 
 # Images: a random one imported with "rbd import", an empty one to write
 # through the plugin, one more for the listing, one in a namespace.
-random_file "$tmpdir/data" 12M
+# img1: 8 MiB random, 4 MiB of zeroes (rbd import leaves that object
+# unallocated: a hole in the extents), 4 MiB random.
+{ head -c 8M /dev/urandom; head -c 4M /dev/zero; head -c 4M /dev/urandom; } \
+  > "$tmpdir/data"
 rbd import --no-progress "$tmpdir/data" img1
 rbd create --size 16M img2
 rbd create --size 4M img3
 rbd namespace create rbd/ns1
 rbd create --size 4M rbd/ns1/nsimg
+
+# check_extents IMAGE URI [EXPECTED]: the allocated objects in nbdinfo
+# --map are exactly those of "rbd diff --whole-object" (and, if given,
+# the comma-separated object numbers EXPECTED, so that the comparison
+# is not vacuous).
+check_extents () {   # IMAGE URI [EXPECTED]
+  nbdinfo --map --json "$2" > "$tmpdir/map.json"
+  rbd diff --whole-object --format json "$1" > "$tmpdir/diff.json"
+  python3 - "$tmpdir/map.json" "$tmpdir/diff.json" "$(rbd info --format json "$1")" "${3-}" <<'EOF'
+import json, sys
+m = json.load(open(sys.argv[1]))
+d = json.load(open(sys.argv[2]))
+info = json.loads(sys.argv[3])
+obj, size = info["object_size"], info["size"]
+def objs(ranges):
+    s = set()
+    for off, ln in ranges:
+        for o in range(off // obj, (off + ln + obj - 1) // obj):
+            s.add(o)
+    return s
+data_map = objs((e["offset"], e["length"]) for e in m if not (e["type"] & 1))
+data_diff = objs((e["offset"], e["length"]) for e in d if e["exists"] == "true")
+covered = sum(e["length"] for e in m)
+if covered != size:
+    sys.exit(f"map covers {covered} bytes, image has {size}")
+if data_map != data_diff:
+    sys.exit(f"allocated objects differ: nbdinfo --map {sorted(data_map)} "
+             f"rbd diff {sorted(data_diff)}")
+if sys.argv[4] != "":
+    want = {int(x) for x in sys.argv[4].split(",")}
+    if data_map != want:
+        sys.exit(f"allocated objects {sorted(data_map)}, expected {sorted(want)}")
+print(f"   allocated objects {sorted(data_map)} of {size // obj}")
+EOF
+}
 
 # --- serving the pool --------------------------------------------------------
 new_sock
@@ -63,6 +101,7 @@ sort "$tmpdir/list.txt" | diff -u "$tmpdir/rbdls.txt" - \
 echo "== data from rbd import reads back identically"
 nbdcopy -- "$(uri_of "$sock" img1)" "$tmpdir/img1.read"
 assert_same "$tmpdir/data" "$tmpdir/img1.read" "img1 through the plugin"
+check_extents img1 "$(uri_of "$sock" img1)" 0,1,3 || fail "extents of img1 differ from rbd diff"
 
 echo "== export description: size and features as rbd info says"
 desc=$(nbdinfo --json "$(uri_of "$sock" img1)" |
@@ -70,7 +109,7 @@ desc=$(nbdinfo --json "$(uri_of "$sock" img1)" |
 echo "   $desc"
 info_features=$(rbd info --format json img1 |
                   python3 -c 'import json,sys; print(",".join(sorted(json.load(sys.stdin)["features"])))')
-[[ $desc == *"$((12*MiB)) bytes"* ]] || fail "description lacks the size: $desc"
+[[ $desc == *"$((16*MiB)) bytes"* ]] || fail "description lacks the size: $desc"
 [[ $desc == *"features $info_features"* ]] \
   || fail "description features differ from rbd info ($info_features): $desc"
 
@@ -151,33 +190,7 @@ check_zero_trim native "$(uri_of "$sock" img2)"
 
 echo "== extents match rbd diff --whole-object"
 # After the trim, object 3 ([12M,16M)) no longer exists.
-check_extents () {   # IMAGE URI
-  nbdinfo --map --json "$2" > "$tmpdir/map.json"
-  rbd diff --whole-object --format json "$1" > "$tmpdir/diff.json"
-  python3 - "$tmpdir/map.json" "$tmpdir/diff.json" "$(rbd info --format json "$1")" <<'EOF'
-import json, sys
-m = json.load(open(sys.argv[1]))
-d = json.load(open(sys.argv[2]))
-info = json.loads(sys.argv[3])
-obj, size = info["object_size"], info["size"]
-def objs(ranges):
-    s = set()
-    for off, ln in ranges:
-        for o in range(off // obj, (off + ln + obj - 1) // obj):
-            s.add(o)
-    return s
-data_map = objs((e["offset"], e["length"]) for e in m if not (e["type"] & 1))
-data_diff = objs((e["offset"], e["length"]) for e in d if e["exists"] == "true")
-covered = sum(e["length"] for e in m)
-if covered != size:
-    sys.exit(f"map covers {covered} bytes, image has {size}")
-if data_map != data_diff:
-    sys.exit(f"allocated objects differ: nbdinfo --map {sorted(data_map)} "
-             f"rbd diff {sorted(data_diff)}")
-print(f"   allocated objects {sorted(data_map)} of {size // obj}")
-EOF
-}
-check_extents img2 "$(uri_of "$sock" img2)" || fail "extents of img2 differ from rbd diff"
+check_extents img2 "$(uri_of "$sock" img2)" 0,2 || fail "extents of img2 differ from rbd diff"
 check_extents img3 "$(uri_of "$sock" img3)" || fail "extents of img3 differ from rbd diff"
 
 echo "== namespace= serves images of a RADOS namespace"
@@ -220,6 +233,7 @@ fi
 echo "   write refused: $(tail -1 "$tmpdir/ro.err")"
 rbd_export img1@s1 "$tmpdir/snap.export"
 assert_same "$tmpdir/data" "$tmpdir/snap.export" "snapshot after refused write"
+check_extents img1@s1 "$(uri_of "$sock3")" 0,1,3 || fail "snapshot extents differ from rbd diff"
 stop_nbdkit
 
 echo "== clone of a protected snapshot reads through to its parent"
@@ -232,7 +246,7 @@ assert_same "$tmpdir/data" "$tmpdir/clone.read" "clone content (parent data)"
 desc=$(nbdinfo "$(uri_of "$sock3")" | sed -n 's/^\s*description: //p')
 [[ $desc == *"parent rbd/img1@s1"* ]] || fail "clone description lacks the parent: $desc"
 # Extents of a clone include the parent's data.
-check_extents clone1 "$(uri_of "$sock3")" || fail "clone extents differ from rbd diff"
+check_extents clone1 "$(uri_of "$sock3")" 0,1,3 || fail "clone extents differ from rbd diff"
 # Writes go to the clone only.
 nbdsh -u "$(uri_of "$sock3")" -c 'h.pwrite(b"\x55" * 4096, 8192); h.flush()'
 stop_nbdkit
@@ -284,6 +298,10 @@ expect_failure "missing image" "image 'nope' not found in pool 'rbd'" \
   pool=rbd image=nope conf="$conf"
 expect_failure "missing snapshot" "snapshot 'nosnap' of image 'img1' not found" \
   pool=rbd image=img1 snapshot=nosnap conf="$conf"
+expect_failure "missing namespace" "namespace 'nons' does not exist in pool 'rbd'" \
+  pool=rbd namespace=nons conf="$conf"
+expect_failure "image outside the namespace" "image 'img1' not found in pool 'rbd' namespace ns1" \
+  pool=rbd namespace=ns1 image=img1 conf="$conf"
 expect_failure "bad ceph option" "cannot set Ceph option" \
   pool=rbd image=img1 conf="$conf" ceph.no_such_option_xyz=1
 expect_failure "missing conf" "cannot read Ceph configuration" \
