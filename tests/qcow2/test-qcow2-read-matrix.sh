@@ -72,6 +72,16 @@ for cs in 16384 65536 2097152; do
     "compat=1.1,cluster_size=$cs,extended_l2=on,compression_type=zstd,refcount_bits=64"
 done
 
+# Preallocation (metadata only, fallocate, full), lazy refcounts.
+for pa in metadata falloc full; do
+  one "prealloc-$pa" $((6*1024*1024)) 65536 0 "preallocation=$pa"
+  one "prealloc-$pa-xl2" $((6*1024*1024)) 65536 0 \
+    "preallocation=$pa,extended_l2=on"
+done
+one "prealloc-metadata-v2" $((4*1024*1024)) 4096 0 \
+  "compat=0.10,cluster_size=4096,preallocation=metadata"
+one "lazy-refcounts" $((6*1024*1024)) 65536 1 "lazy_refcounts=on"
+
 # Odd virtual sizes (not a multiple of the cluster size).
 one "odd-size" $((3*1024*1024 + 1536)) 65536 0 "compat=1.1"
 one "odd-size-v2" $((1024*1024 + 512)) 4096 0 "compat=0.10,cluster_size=4096"
@@ -125,5 +135,25 @@ for ct in zlib zstd; do
     done
   done
 done
+
+# Resized images: grown (the L1 table is reallocated) and shrunk.
+img="$tmpdir/resized.qcow2"
+qemu-img create -q -f qcow2 -o cluster_size=4096 "$img" 3M
+gen_ops --seed $((seed*1000+900)) --size $((3*1024*1024)) --cluster 4096 \
+  --count 30 > "$tmpdir/resized.ops"
+fill_image "$img" qcow2 "$tmpdir/resized.ops"
+qemu-img resize -q "$img" 40M
+qemu-io -f qcow2 -c 'write -P 0x71 39M 1M' -c 'write -P 0x72 2M 2M' "$img" >/dev/null
+new_sock
+serve_qcow2 "$sock" "$img" -r
+ORACLE=(-f qcow2 "$img")
+check_export_read "$(uri_of "$sock")" "$tmpdir/resized"
+stop_server
+qemu-img resize -q --shrink "$img" $((5*1024*1024 + 512))
+new_sock
+serve_qcow2 "$sock" "$img" -r
+check_export_read "$(uri_of "$sock")" "$tmpdir/shrunk"
+stop_server
+echo "ok: resized (grown, shrunk)"
 
 echo "read matrix: $n images OK"

@@ -74,6 +74,11 @@ case_empty xl2-16k $((8*M)) 16384 cluster_size=16384,extended_l2=on
 case_empty xl2-64k-zstd $((8*M)) 65536 extended_l2=on,compression_type=zstd
 case_empty xl2-2m $((8*M)) $((2*M)) cluster_size=2M,extended_l2=on 40
 case_empty odd-size $((5*M + 3*512)) 4096 cluster_size=4096
+case_empty c512-r64 $((6*M)) 512 cluster_size=512,refcount_bits=64
+case_empty prealloc-meta $((8*M)) 65536 preallocation=metadata
+case_empty prealloc-falloc-xl2 $((8*M)) 65536 preallocation=falloc,extended_l2=on
+case_empty prealloc-full-v2 $((4*M)) 4096 preallocation=full,compat=0.10,cluster_size=4096
+case_empty lazy-refcounts $((8*M)) 65536 lazy_refcounts=on
 
 # Compressed source images: every data cluster is compressed; the
 # workload overwrites (partly) compressed clusters.
