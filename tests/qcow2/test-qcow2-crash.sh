@@ -8,8 +8,9 @@
 #  - every request acknowledged before a completed flush (or sent with
 #    FUA) must read back (qemu-img convert -O raw, checked by
 #    qcow2-crashwriter check against the clients' logs).
-# Two images: default options, and 16K clusters with extended L2 over a
-# qcow2 backing file full of data (COW from the backing under crashes).
+# Three images: default options; 16K clusters with extended L2 over a
+# qcow2 backing file full of data (COW from the backing under crashes);
+# 512-byte clusters with 64-bit refcounts (refcount table growth).
 #   test-qcow2-crash.sh [SEED] [ITERATIONS]
 source "$TOP_SRCDIR/tests/functions.sh"
 source "$TOP_SRCDIR/tests/qcow2/qcow2-functions.sh"
@@ -67,6 +68,7 @@ $out" ;;
         fail "$tag iteration $it, writer $w: durable data lost:
 $out"
       # checked N slots (...), N requests issued, N durable, ...
+      [ -n "${QCOW2_CRASH_VERBOSE:-}" ] && echo "  writer $w: $out"
       total=$((total + $(sed -n 's/.*issued, \([0-9]*\) durable.*/\1/p' <<<"$out")))
     done
     echo "$tag iteration $it: check exit $rc, $total durable requests so far OK"
@@ -88,5 +90,11 @@ qemu-img convert -f raw -O qcow2 -o cluster_size=4096 "$tmpdir/base.raw" \
 qemu-img create -q -f qcow2 -o cluster_size=16384,extended_l2=on \
   -b base.qcow2 -F qcow2 "$tmpdir/crash2.qcow2" $size
 run_crashes "$tmpdir/crash2.qcow2" crash2 --initial "$tmpdir/base.raw"
+
+# Image 3: 512-byte clusters with 64-bit refcounts: a refcount block maps
+# only 32 KiB, so allocation keeps growing and moving the refcount table.
+qemu-img create -q -f qcow2 -o cluster_size=512,refcount_bits=64 \
+  "$tmpdir/crash3.qcow2" $size
+iters=$(( (iters + 1) / 2 )) run_crashes "$tmpdir/crash3.qcow2" crash3
 
 echo "crash test OK"

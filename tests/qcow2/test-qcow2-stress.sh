@@ -83,4 +83,41 @@ run c64k "cluster_size=65536"
 run c4k-tinycache "cluster_size=4096,refcount_bits=1" cache=64K
 run xl2 "cluster_size=32768,extended_l2=on"
 
+# 3. An internal snapshot is read (its own export) while the active image
+#    is written through other connections: the snapshot must not change
+#    (its clusters are shared until the writes copy them).
+qemu-img create -q -f qcow2 -o cluster_size=4096 snap.qcow2 $((16*M))
+head -c $((16*M)) src.raw > snap.src
+qemu-img convert -n -f raw -O qcow2 snap.src snap.qcow2
+qemu-img snapshot -c base snap.qcow2
+qemu-img convert -l snapshot.name=base -f qcow2 -O raw snap.qcow2 snap.base.raw
+cp snap.base.raw snap.mirror
+gen_ops --mode mirror --seed $((seed*10 + 7)) --size $((16*M)) --cluster 4096 \
+  --count 200 > snap.ops
+new_sock
+serve_qcow2 "$sock" snap.qcow2
+pids=()
+( qemu_io_cmds -f raw "$(uri_of "$sock")" < snap.ops ) > snap.w.err 2>&1 &
+pids+=($!)
+for r in 0 1; do
+  (
+    for i in 1 2 3 4; do
+      nbdcopy -- "nbd+unix:///base?socket=$sock" "snap.read$r" || exit 1
+      cmp snap.read$r snap.base.raw || exit 2
+    done
+  ) > "snap.r$r.err" 2>&1 &
+  pids+=($!)
+done
+for p in "${pids[@]}"; do
+  wait "$p" || fail "snapshot under writes: a client failed: $(cat snap.*.err)"
+done
+stop_server
+qemu_io_cmds -f raw snap.mirror < snap.ops
+check_image snap.qcow2
+out=$(qemu-img compare -f qcow2 -F raw snap.qcow2 snap.mirror 2>&1) ||
+  fail "active image differs from the mirror after writes next to a snapshot: $out"
+qemu-img convert -l snapshot.name=base -f qcow2 -O raw snap.qcow2 snap.after.raw
+assert_same snap.base.raw snap.after.raw "snapshot after concurrent writes"
+echo "ok: snapshot export read during writes to the active image"
+
 echo "stress: OK"
