@@ -406,12 +406,12 @@ v_sleep (void *opaque, uint64_t ns)
     errno = ESHUTDOWN;
     return -1;
   }
-  /* Also pass a little real time (1/1000 of the virtual sleep, at most
+  /* Also pass a little real time (1/100 of the virtual sleep, at most
    * 1 ms), so that the other threads get to queue up as they would while
    * a real request sleeps.
    */
   {
-    uint64_t real = ns / 1000;
+    uint64_t real = ns / 100;
     struct timespec ts = { 0, real > 1000000 ? 1000000 : (long) real };
     nanosleep (&ts, NULL);
   }
