@@ -164,6 +164,18 @@ EOF
     check_export_read "$(uri_of "$sock")" "$d/snap-param"
     stop_server
   done
+  # A snapshot that does not exist: a clear error, the server survives.
+  new_sock
+  serve_qcow2 "$sock" "$img" snapshot=nosuch 2>"$d/nosuch.log"
+  if nbdinfo --size "$(uri_of "$sock")" >/dev/null 2>&1; then
+    fail "snapshot=nosuch was served"
+  fi
+  if nbdinfo --size "nbd+unix:///nosuch?socket=$sock" >/dev/null 2>&1; then
+    fail "export 'nosuch' was served"
+  fi
+  stop_server
+  [ -n "${QCOW2_TEST_PEER:-}" ] || grep -q "no internal snapshot named 'nosuch'" "$d/nosuch.log" ||
+    fail "no clear error for a missing snapshot: $(cat "$d/nosuch.log")"
   echo "ok: snapshots cluster $cs"
 done
 

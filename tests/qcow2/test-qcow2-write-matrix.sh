@@ -115,6 +115,14 @@ cp b-base.qcow2 b-base.orig
 mirror_run b-qcow2 b-top.qcow2 b-top.mirror $((8*M)) 4096 100
 cmp b-base.qcow2 b-base.orig || fail "the backing file was modified"
 
+# compat=0.10 overlay: no zero flag, so zero writes and trims over backing
+# data must store real zeroes.
+qemu-img create -q -f qcow2 -o compat=0.10,cluster_size=4096 -b b-base.qcow2 \
+  -F qcow2 b2-top.qcow2 $((6*M))
+qemu-img convert -f qcow2 -O raw b2-top.qcow2 b2-top.mirror
+mirror_run b-qcow2-v2 b2-top.qcow2 b2-top.mirror $((6*M)) 4096 100
+cmp b-base.qcow2 b-base.orig || fail "the backing file was modified"
+
 qemu-img create -q -f raw r-base.raw $((6*M))
 n=$((n+1))
 gen_ops --seed $((seed*1000+n)) --size $((6*M)) --count 30 > r-base.ops
@@ -130,6 +138,15 @@ cmp r-base.raw r-base.orig || fail "the raw backing file was modified"
 qemu-img create -q -f qcow2 -o data_file=df.data,cluster_size=4096 df.qcow2 $((6*M))
 qemu-img convert -f qcow2 -O raw df.qcow2 df.mirror
 mirror_run data-file df.qcow2 df.mirror $((6*M)) 4096 80
+
+# O_DIRECT and a small metadata cache (when the file system has O_DIRECT).
+if dd if=/dev/zero of=direct.test bs=4096 count=1 oflag=direct 2>/dev/null; then
+  qemu-img create -q -f qcow2 -o cluster_size=4096 direct.qcow2 $((8*M))
+  truncate -s $((8*M)) direct.mirror
+  mirror_run direct direct.qcow2 direct.mirror $((8*M)) 4096 80 direct=true cache=1M
+else
+  echo "note: no O_DIRECT on $tmpdir, direct=true not exercised"
+fi
 
 # Internal snapshots keep their content while the active image changes.
 qemu-img create -q -f qcow2 snap.qcow2 $((6*M))
