@@ -139,6 +139,13 @@ qemu-img create -q -f qcow2 -o data_file=df.data,cluster_size=4096 df.qcow2 $((6
 qemu-img convert -f qcow2 -O raw df.qcow2 df.mirror
 mirror_run data-file df.qcow2 df.mirror $((6*M)) 4096 80
 
+# data_file_raw=on: the data file itself must be the disk content.
+qemu-img create -q -f qcow2 -o data_file=dfr.data,data_file_raw=on,cluster_size=65536 \
+  dfr.qcow2 $((6*M))
+qemu-img convert -f qcow2 -O raw dfr.qcow2 dfr.mirror
+mirror_run data-file-raw dfr.qcow2 dfr.mirror $((6*M)) 65536 80
+assert_same dfr.data dfr.mirror "raw external data file vs mirror"
+
 # O_DIRECT and a small metadata cache (when the file system has O_DIRECT).
 if dd if=/dev/zero of=direct.test bs=4096 count=1 oflag=direct 2>/dev/null; then
   qemu-img create -q -f qcow2 -o cluster_size=4096 direct.qcow2 $((8*M))
