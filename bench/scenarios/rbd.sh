@@ -25,7 +25,7 @@ scenario_requires () {
 prepare () {
   CEPH_DIR=$WORKDIR/ceph
   # Room for the image plus the OSD's own objects.
-  CEPH_MEMSTORE_BYTES=$(( SIZE * 2 + 268435456 )) \
+  CEPH_MEMSTORE_BYTES=$(( SIZE * 2 + 268435456 )) CEPH_OWNER_PID=$$ \
     bash "$SRCDIR/tests/rbd/ceph-cluster.sh" start "$CEPH_DIR" ||
     bench_die "could not start the Ceph cluster (logs in $CEPH_DIR/log)"
   CEPH_CONF_FILE=$CEPH_DIR/ceph.conf

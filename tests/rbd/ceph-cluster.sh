@@ -13,7 +13,9 @@
 # DIR/run/{mon,osd}.pid and "stop" kills them by PID (OSD first).
 #
 # Environment: CEPH_MEMSTORE_BYTES (OSD capacity in RAM, default 1 GiB),
-# CEPH_START_TIMEOUT (seconds, default 60).
+# CEPH_START_TIMEOUT (seconds, default 60), CEPH_OWNER_PID (if set, a
+# watchdog stops the cluster once that process has gone, e.g. a test
+# script killed by a ctest timeout before its own cleanup could run).
 #
 # Needs: ceph-mon, ceph-osd, ceph-common (ceph, rbd, ceph-authtool,
 # monmaptool), python3 (free port), uuidgen or /proc uuid.
@@ -25,6 +27,7 @@ die () { echo "ceph-cluster.sh: $*" >&2; exit 1; }
 [ $# -eq 2 ] || die "usage: ceph-cluster.sh start|stop DIR"
 cmd=$1
 dir=$2
+self=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")
 
 # Kill one daemon by its PID file and wait until it has gone.
 stop_daemon () {
@@ -32,8 +35,9 @@ stop_daemon () {
   [ -s "$pidfile" ] || return 0
   pid=$(cat "$pidfile")
   if kill -0 "$pid" 2>/dev/null; then
+    # A throwaway cluster: one second for a clean exit, then SIGKILL.
     kill "$pid" 2>/dev/null || :
-    for (( i=0; i<100; i++ )); do
+    for (( i=0; i<20; i++ )); do
       kill -0 "$pid" 2>/dev/null || break
       sleep 0.05
     done
@@ -48,6 +52,7 @@ stop_daemon () {
 
 do_stop () {
   [ -d "$dir" ] || return 0
+  [ "${1:-}" = from-watchdog ] || stop_daemon "$dir/run/watchdog.pid"
   stop_daemon "$dir/run/osd.pid"
   stop_daemon "$dir/run/mon.pid"
 }
@@ -186,6 +191,13 @@ EOF
   rbd -c "$conf" pool init rbd 2>>"$dir/log/start.log" \
     || die "rbd pool init failed (see $dir/log/start.log)"
 
+  if [ -n "${CEPH_OWNER_PID:-}" ]; then
+    spawn "$dir/run/watchdog.pid" "$dir/log/watchdog.out" \
+      bash -c 'while kill -0 "$1" 2>/dev/null; do sleep 1; done
+               exec bash "$2" stop-from-watchdog "$3"' \
+      _ "$CEPH_OWNER_PID" "$self" "$dir"
+  fi
+
   admin_key=$(CEPH_CONF=/dev/null ceph-authtool -p -n client.admin "$dir/client.admin.keyring")
   cat > "$dir/env" <<EOF
 CEPH_CONF=$conf
@@ -201,5 +213,6 @@ case $cmd in
     trap 'rc=$?; [ $rc -eq 0 ] || do_stop; exit $rc' EXIT
     do_start ;;
   stop) do_stop ;;
+  stop-from-watchdog) do_stop from-watchdog; rm -f "$dir/run/watchdog.pid" ;;
   *) die "usage: ceph-cluster.sh start|stop DIR" ;;
 esac

@@ -12,7 +12,7 @@ requires_plugin rbd
 
 cluster=$tmpdir/ceph
 cleanup_add "bash '$TOP_SRCDIR/tests/rbd/ceph-cluster.sh' stop '$cluster'"
-bash "$TOP_SRCDIR/tests/rbd/ceph-cluster.sh" start "$cluster" \
+CEPH_OWNER_PID=$$ bash "$TOP_SRCDIR/tests/rbd/ceph-cluster.sh" start "$cluster" \
   || fail "could not start the test Ceph cluster"
 # shellcheck disable=SC1091
 source "$cluster/env"
