@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "bdev/bdev.h"
+#include "qcow2/qcow2.h"
 #include "util/log.h"
 
 #define MAX_READ (1024 * 1024)        /* bytes read from the start */
@@ -141,7 +142,25 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
   }
   if (bd) {
     exercise_read (bd);
+    /* Internal snapshots (at most 4), each through its own L1 table. */
+    const struct qcow2_snapshot_info *snaps;
+    size_t nsnaps = qcow2_is (bd) ? qcow2_snapshots (bd, &snaps) : 0;
+    char ids[4][64];
+    size_t nids = 0;
+    for (size_t i = 0; i < nsnaps && nids < 4; i++)
+      if (snaps[i].id && strlen (snaps[i].id) < 40)
+        snprintf (ids[nids++], sizeof ids[0], "qcow2.snapshot=%s", snaps[i].id);
     bdev_close (bd);
+    for (size_t i = 0; i < nids; i++) {
+      const char *sopts[] = { ids[i], "qcow2.backing=none", NULL };
+      struct bdev_open_opts so = opts;
+      so.format_opts = sopts;
+      struct bdev *sb = bdev_open (imgpath, "qcow2", &so, 0);
+      if (sb) {
+        exercise_read (sb);
+        bdev_close (sb);
+      }
+    }
   }
 
   opts.readonly = false;
