@@ -25,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <rados/librados.h>
@@ -69,6 +70,7 @@ static rados_t cluster;
 static bool cluster_created;
 static rados_ioctx_t ioctx;
 static bool ioctx_created;
+static bool cluster_stuck;      /* a request never returned: no shutdown */
 
 /* Shared image handles. */
 struct image {
@@ -112,6 +114,8 @@ static void
 rbdp_cleanup (void)
 {
   /* Every connection has been closed by now. */
+  if (cluster_stuck)
+    return;
   if (ioctx_created)
     rados_ioctx_destroy (ioctx);
   ioctx_created = false;
@@ -342,6 +346,8 @@ check_image (const char *name, const char *snap)
 }
 
 static int connect_cluster (void);
+static int bounded_checks (void);
+static int startup_checks (void);
 
 static int
 rbdp_after_fork (void)
@@ -438,6 +444,77 @@ connect_cluster (void)
     return -1;
   }
   ioctx_created = true;
+  return bounded_checks ();
+}
+
+/* The checks after connecting read objects from the OSDs, and librados
+ * waits for ever for an OSD that is down (unless op-timeout= is set).
+ * So they run in a thread that we wait for at most connect-timeout
+ * seconds: start-up fails with a clear message instead of hanging. */
+static struct {
+  pthread_mutex_t lock;
+  pthread_cond_t cond;
+  bool done;
+  int ret;
+} checks = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, false, 0 };
+
+static void *
+checks_thread (void *arg UNUSED)
+{
+  int r = startup_checks ();
+
+  pthread_mutex_lock (&checks.lock);
+  checks.ret = r;
+  checks.done = true;
+  pthread_cond_signal (&checks.cond);
+  pthread_mutex_unlock (&checks.lock);
+  return NULL;
+}
+
+static int
+bounded_checks (void)
+{
+  pthread_t thread;
+  struct timespec deadline;
+  int r, err = 0;
+
+  r = pthread_create (&thread, NULL, checks_thread, NULL);
+  if (r != 0) {
+    errno = r;
+    nbdkit_error ("pthread_create: %m");
+    return -1;
+  }
+  clock_gettime (CLOCK_REALTIME, &deadline);
+  deadline.tv_sec += connect_timeout > 0 ? connect_timeout : 1;
+
+  pthread_mutex_lock (&checks.lock);
+  while (!checks.done && err != ETIMEDOUT)
+    err = pthread_cond_timedwait (&checks.cond, &checks.lock, &deadline);
+  r = checks.done ? checks.ret : -1;
+  pthread_mutex_unlock (&checks.lock);
+
+  if (checks.done) {
+    pthread_join (thread, NULL);
+    return r;
+  }
+  /* The thread is stuck inside librados: leave it, and do not shut
+   * down the cluster handle it uses (that would wait for it too). */
+  pthread_detach (thread);
+  cluster_stuck = true;
+  nbdkit_error ("the Ceph cluster did not answer within %u s "
+                "(connect-timeout) while opening pool '%s'%s%s%s%s: "
+                "are the OSDs up and the placement groups active?",
+                connect_timeout, pool,
+                nspace ? " namespace " : "", nspace ? nspace : "",
+                image_name ? " image " : "", image_name ? image_name : "");
+  return -1;
+}
+
+static int
+startup_checks (void)
+{
+  int r;
+
   if (nspace) {
     bool exists = false;
     r = rbd_namespace_exists (ioctx, nspace, &exists);

@@ -311,4 +311,13 @@ expect_failure "unreachable monitor" "timed out" \
   pool=rbd image=img1 conf="$conf" mon-host="[v2:127.0.0.1:$dead_port]" \
   connect-timeout=2
 
+echo "== OSD down: start-up fails within connect-timeout instead of hanging"
+kill -9 "$(cat "$cluster/run/osd.pid")"
+expect_failure "OSD down (image)" "did not answer within 2 s" \
+  pool=rbd image=img1 conf="$conf" connect-timeout=2
+expect_failure "OSD down (pool)" "did not answer within 2 s" \
+  pool=rbd conf="$conf" connect-timeout=2
+expect_failure "OSD down (op-timeout)" "cannot open image 'img1' in pool 'rbd': Connection timed out" \
+  pool=rbd image=img1 conf="$conf" op-timeout=2
+
 echo "PASS"
