@@ -79,7 +79,7 @@ struct image {
   bool readonly;
   unsigned refs;
   rbd_image_t img;
-  const char *description;      /* nbdkit_*_intern'd: no free */
+  char *description;            /* malloc'd, may be NULL */
 };
 static struct image *images;
 static pthread_mutex_t images_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -592,8 +592,10 @@ rbdp_default_export (int readonly __attribute__ ((unused)),
   return image_name ? image_name : "";
 }
 
-/* A human-readable description: size, features, parent. */
-static const char *
+/* A human-readable description: size, features, parent.  Returns a
+ * malloc'd string (or NULL).  The image is shared by connections, so the
+ * string belongs to it, not to one connection's nbdkit_*_intern pool. */
+static char *
 make_description (rbd_image_t img, const char *name)
 {
   uint64_t size = 0, features = 0;
@@ -601,8 +603,8 @@ make_description (rbd_image_t img, const char *name)
   size_t featlen = sizeof feat;
   rbd_linked_image_spec_t parent;
   rbd_snap_spec_t psnap;
-  const char *parent_str = NULL;
-  const char *ret;
+  char *parent_str = NULL;
+  char *ret = NULL;
 
   if (rbd_get_size (img, &size) < 0)
     size = 0;
@@ -613,23 +615,25 @@ make_description (rbd_image_t img, const char *name)
   memset (&parent, 0, sizeof parent);
   memset (&psnap, 0, sizeof psnap);
   if (rbd_get_parent (img, &parent, &psnap) == 0) {
-    parent_str = nbdkit_printf_intern (", parent %s%s%s/%s@%s",
-                                       parent.pool_name ? parent.pool_name : "?",
-                                       parent.pool_namespace && *parent.pool_namespace ? "/" : "",
-                                       parent.pool_namespace ? parent.pool_namespace : "",
-                                       parent.image_name ? parent.image_name : "?",
-                                       psnap.name ? psnap.name : "?");
+    if (asprintf (&parent_str, ", parent %s%s%s/%s@%s",
+                  parent.pool_name ? parent.pool_name : "?",
+                  parent.pool_namespace && *parent.pool_namespace ? "/" : "",
+                  parent.pool_namespace ? parent.pool_namespace : "",
+                  parent.image_name ? parent.image_name : "?",
+                  psnap.name ? psnap.name : "?") == -1)
+      parent_str = NULL;
     rbd_linked_image_spec_cleanup (&parent);
     rbd_snap_spec_cleanup (&psnap);
   }
 
-  ret = nbdkit_printf_intern ("rbd image %s/%s%s%s%s%s: %" PRIu64
-                              " bytes, features %s%s",
-                              pool, nspace ? nspace : "", nspace ? "/" : "",
-                              name, snapshot ? "@" : "",
-                              snapshot ? snapshot : "",
-                              size, *feat ? feat : "none",
-                              parent_str ? parent_str : "");
+  if (asprintf (&ret, "rbd image %s/%s%s%s%s%s: %" PRIu64
+                " bytes, features %s%s",
+                pool, nspace ? nspace : "", nspace ? "/" : "",
+                name, snapshot ? "@" : "", snapshot ? snapshot : "",
+                size, *feat ? feat : "none",
+                parent_str ? parent_str : "") == -1)
+    ret = NULL;
+  free (parent_str);
   return ret;
 }
 
@@ -735,6 +739,7 @@ rbdp_close (void *handle)
     if (r < 0)
       nbdkit_debug ("rbd: closing image %s: %s", im->name, strerror (-r));
     free (im->name);
+    free (im->description);
     free (im);
   }
   free (h);
@@ -744,7 +749,11 @@ static const char *
 rbdp_export_description (void *handle)
 {
   struct handle *h = handle;
-  return h->im->description;
+
+  if (h->im->description == NULL)
+    return NULL;
+  /* A copy that lives as long as this connection. */
+  return nbdkit_strdup_intern (h->im->description);
 }
 
 static int64_t
@@ -846,8 +855,9 @@ rbdp_can_extents (void *handle)
   return 1;
 }
 
-/* Run one asynchronous operation and wait for it.  START is called with
- * a fresh completion and must return librbd's submission status. */
+/* Run one asynchronous operation and wait for it: CALL submits it with
+ * the fresh completion "c" and returns librbd's submission status; the
+ * operation's result ends up in the caller's "aio_ret". */
 #define AIO(what, call)                                                 \
   do {                                                                  \
     rbd_completion_t c;                                                 \

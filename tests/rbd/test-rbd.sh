@@ -113,6 +113,24 @@ info_features=$(rbd info --format json img1 |
 [[ $desc == *"features $info_features"* ]] \
   || fail "description features differ from rbd info ($info_features): $desc"
 
+echo "== connections share the image handle; description outlives its opener"
+nbdsh -c "
+import time
+def conn():
+    c = nbd.NBD()
+    c.set_full_info(True)
+    c.connect_uri('$(uri_of "$sock" img1)')
+    return c
+a = conn()
+b = conn()          # shares a's image handle
+a.shutdown(); del a
+time.sleep(0.5)     # the server closes a's connection
+c = conn()          # still shared with b
+d = c.get_export_description()
+assert d == '$desc', d
+assert c.pread(4096, 0) == open('$tmpdir/data', 'rb').read(4096)
+"
+
 echo "== no export name and no image=: clear error"
 if nbdinfo "$(uri_of "$sock")" > "$tmpdir/noname.out" 2>&1; then
   fail "an empty export name was accepted without image="
