@@ -155,6 +155,32 @@ else
   echo "note: no O_DIRECT on $tmpdir, direct=true not exercised"
 fi
 
+# Large requests (32 MiB) over 512-byte clusters (an L2 table maps only
+# 32 KiB) with the smallest metadata cache: one request dirties ~1000 L2
+# tables.
+qemu-img create -q -f qcow2 -o cluster_size=512 big.qcow2 $((64*M))
+truncate -s $((64*M)) big.mirror
+head -c $((32*M)) /dev/urandom > big.src
+cat > big.ops <<OPS
+write -q -s $tmpdir/big.src 1000 $((32*M))
+write -q -z -u 5000000 20000000
+write -q -z 40000000 3000000
+discard -q 100 10000000
+write -q -s $tmpdir/big.src 0 10000100
+write -q -P 0x61 $((60*M)) $((4*M))
+flush
+OPS
+new_sock
+serve_qcow2 "$sock" big.qcow2 cache=4K
+qemu_io_cmds -f raw "$(uri_of "$sock")" < big.ops
+stop_server
+qemu_io_cmds -f raw big.mirror < big.ops
+check_image big.qcow2
+out=$(qemu-img compare -f qcow2 -F raw big.qcow2 big.mirror 2>&1) ||
+  fail "large requests: image differs from the mirror: $out"
+rm -f big.qcow2 big.mirror big.src
+echo "ok: large requests, tiny cache"
+
 # Internal snapshots keep their content while the active image changes.
 qemu-img create -q -f qcow2 snap.qcow2 $((6*M))
 n=$((n+1))
