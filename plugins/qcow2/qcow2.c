@@ -209,55 +209,13 @@ static int
 qcow2_config_complete (void)
 {
   if (!filename) {
-    /* nbdkit_realpath fails for a file that does not exist yet. */
     nbdkit_error ("you must supply the file=PATH parameter (an existing "
                   "file, or a new one with create=SIZE)");
     return -1;
   }
-  return 0;
-}
-
-/* file= for a file that does not exist: nbdkit_realpath fails, so keep the
- * absolute path ourselves when create= is used.
- */
-static int
-qcow2_config_file (const char *key, const char *value)
-{
-  if (strcmp (key, "file") == 0 && access (value, F_OK) == -1 &&
-      errno == ENOENT) {
-    char *dir = strdup (value), *slash = strrchr (dir ? dir : "", '/');
-    const char *base = value;
-    char *rdir;
-    if (!dir) {
-      nbdkit_error ("strdup: %m");
-      return -1;
-    }
-    if (slash) {
-      *slash = 0;
-      base = slash + 1;
-      rdir = nbdkit_realpath (*dir ? dir : "/");
-    }
-    else
-      rdir = nbdkit_realpath (".");
-    free (dir);
-    if (!rdir)
-      return -1;
-    free (filename);
-    if (asprintf (&filename, "%s/%s", rdir, base) == -1) {
-      filename = NULL;
-      free (rdir);
-      nbdkit_error ("asprintf: %m");
-      return -1;
-    }
-    free (rdir);
-    return 0;
-  }
-  return qcow2_config (key, value);
-}
-
-static int
-qcow2_get_ready (void)
-{
+  /* Creating here rather than in .get_ready: an error then ends nbdkit
+   * before it initialises TLS.
+   */
   if (access (filename, F_OK) == -1) {
     if (create_size < 0) {
       nbdkit_error ("%s: %m (use create=SIZE to create a new image)",
@@ -273,6 +231,43 @@ qcow2_get_ready (void)
                   filename, create_size);
   }
   return 0;
+}
+
+/* file= for a file that does not exist: nbdkit_realpath fails, so keep the
+ * absolute path ourselves when create= is used.
+ */
+static int
+qcow2_config_file (const char *key, const char *value)
+{
+  if (strcmp (key, "file") == 0 && access (value, F_OK) == -1 &&
+      errno == ENOENT) {
+    const char *slash = strrchr (value, '/');
+    const char *base = slash ? slash + 1 : value;
+    char *rdir;
+    if (slash) {
+      char *dir = strndup (value, slash - value);
+      if (!dir) {
+        nbdkit_error ("strdup: %m");
+        return -1;
+      }
+      rdir = nbdkit_realpath (*dir ? dir : "/");
+      free (dir);
+    }
+    else
+      rdir = nbdkit_realpath (".");
+    if (!rdir)
+      return -1;
+    free (filename);
+    if (asprintf (&filename, "%s/%s", rdir, base) == -1) {
+      filename = NULL;
+      free (rdir);
+      nbdkit_error ("asprintf: %m");
+      return -1;
+    }
+    free (rdir);
+    return 0;
+  }
+  return qcow2_config (key, value);
 }
 
 #define qcow2_config_help \
@@ -616,7 +611,6 @@ static struct nbdkit_plugin plugin = {
   .config_help = qcow2_config_help,
   .magic_config_key = "file",
   .dump_plugin = qcow2_dump_plugin,
-  .get_ready = qcow2_get_ready,
   .list_exports = qcow2_list_exports,
   .default_export = qcow2_default_export,
   .export_description = qcow2_export_description,
