@@ -218,8 +218,15 @@ qcow2_config_complete (void)
    */
   if (access (filename, F_OK) == -1) {
     if (create_size < 0) {
-      nbdkit_error ("%s: %m (use create=SIZE to create a new image)",
-                    filename);
+      /* No strerror here: under the sanitizer runtimes a message built
+       * with it before TLS set-up made nbdkit hang at exit.
+       */
+      if (errno == ENOENT)
+        nbdkit_error ("%s: No such file or directory (use create=SIZE to "
+                      "create a new image)", filename);
+      else
+        nbdkit_error ("%s: cannot access the file (errno %d)", filename,
+                      errno);
       return -1;
     }
     copts.size = create_size;
