@@ -1,0 +1,672 @@
+/* iSCSI session: login, LUN discovery, service thread, command execution.
+ * See session.h for the threading rules.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/eventfd.h>
+#include <sys/random.h>
+
+#include <nbdkit-plugin.h>
+
+#include "session.h"
+
+#define MIB (1024 * 1024)
+
+/* When the target reports no maximum transfer length, requests are still
+ * split at this size so a single command never pins huge buffers.
+ */
+#define DEFAULT_MAX_XFER (32 * MIB)
+
+static void
+libiscsi_log (int level, const char *message)
+{
+  nbdkit_debug ("libiscsi[%d]: %s", level, message);
+}
+
+static const char *
+op_name (enum cmd_op op)
+{
+  switch (op) {
+  case OP_READ: return "READ";
+  case OP_WRITE: return "WRITE";
+  case OP_SYNC: return "SYNCHRONIZE CACHE";
+  case OP_UNMAP: return "UNMAP";
+  case OP_WRITESAME: return "WRITE SAME";
+  case OP_GET_LBA_STATUS: return "GET LBA STATUS";
+  }
+  return "?";
+}
+
+/* Create a context and log in.  lun < 0: login only (no TEST UNIT READY). */
+static struct iscsi_context *
+login (const struct session_config *cfg, int lun)
+{
+  struct iscsi_context *iscsi;
+  uint32_t rnd[2];
+
+  iscsi = iscsi_create_context (cfg->initiator);
+  if (iscsi == NULL) {
+    nbdkit_error ("iscsi: could not create libiscsi context "
+                  "(initiator name \"%s\")", cfg->initiator);
+    return NULL;
+  }
+  if (cfg->log_level > 0) {
+    iscsi_set_log_level (iscsi, cfg->log_level);
+    iscsi_set_log_fn (iscsi, libiscsi_log);
+  }
+
+  /* Every session needs its own ISID: two sessions from the same
+   * initiator name with the same ISID make the target drop the older one
+   * (session reinstatement).  libiscsi's default uses rand(), which gives
+   * the same sequence in every process.
+   */
+  if (getrandom (rnd, sizeof rnd, 0) != sizeof rnd) {
+    rnd[0] = (uint32_t) getpid () ^ (uint32_t) time (NULL);
+    rnd[1] = (uint32_t) (uintptr_t) iscsi;
+  }
+  iscsi_set_isid_random (iscsi, rnd[0] & 0xffffff, rnd[1] & 0xffff);
+
+  if (iscsi_set_targetname (iscsi, cfg->target) != 0 ||
+      iscsi_set_session_type (iscsi, ISCSI_SESSION_NORMAL) != 0 ||
+      iscsi_set_header_digest (iscsi, cfg->header_digest) != 0) {
+    nbdkit_error ("iscsi: %s", iscsi_get_error (iscsi));
+    goto err;
+  }
+  if (cfg->user &&
+      iscsi_set_initiator_username_pwd (iscsi, cfg->user,
+                                        cfg->password ? cfg->password : "")
+      != 0) {
+    nbdkit_error ("iscsi: CHAP: %s", iscsi_get_error (iscsi));
+    goto err;
+  }
+  if (cfg->target_user &&
+      iscsi_set_target_username_pwd (iscsi, cfg->target_user,
+                                     cfg->target_password ?
+                                     cfg->target_password : "") != 0) {
+    nbdkit_error ("iscsi: mutual CHAP: %s", iscsi_get_error (iscsi));
+    goto err;
+  }
+  iscsi_set_timeout (iscsi, cfg->timeout);
+  iscsi_set_reconnect_max_retries (iscsi, cfg->reconnect_retries);
+  /* After a reconnect, swallow the target's UNIT ATTENTION (power on,
+   * reset) with TEST UNIT READY instead of failing a replayed command.
+   */
+  iscsi_set_no_ua_on_reconnect (iscsi, 1);
+
+  if (lun >= 0) {
+    if (iscsi_full_connect_sync (iscsi, cfg->portal, lun) != 0) {
+      nbdkit_error ("iscsi: cannot log in to %s at %s, LUN %d: %s",
+                    cfg->target, cfg->portal, lun, iscsi_get_error (iscsi));
+      goto err;
+    }
+  }
+  else {
+    if (iscsi_connect_sync (iscsi, cfg->portal) != 0) {
+      nbdkit_error ("iscsi: cannot connect to %s: %s",
+                    cfg->portal, iscsi_get_error (iscsi));
+      goto err;
+    }
+    if (iscsi_login_sync (iscsi) != 0) {
+      nbdkit_error ("iscsi: cannot log in to %s at %s: %s",
+                    cfg->target, cfg->portal, iscsi_get_error (iscsi));
+      goto err;
+    }
+  }
+  return iscsi;
+
+ err:
+  iscsi_destroy_context (iscsi);
+  return NULL;
+}
+
+/* Report a failed synchronous probe command. */
+static bool
+sync_ok (struct iscsi_context *iscsi, struct scsi_task *task, const char *what,
+         bool quiet_if_unsupported)
+{
+  char msg[256];
+
+  if (task == NULL) {
+    nbdkit_error ("iscsi: %s: %s", what, iscsi_get_error (iscsi));
+    return false;
+  }
+  if (task->status == SCSI_STATUS_GOOD)
+    return true;
+  if (quiet_if_unsupported && scsi_is_unsupported (task->status, &task->sense))
+    return false;
+  scsi_describe (task->status, &task->sense, msg, sizeof msg);
+  if (quiet_if_unsupported)
+    nbdkit_debug ("iscsi: %s failed: %s", what, msg);
+  else
+    nbdkit_error ("iscsi: %s failed: %s", what, msg);
+  return false;
+}
+
+static int
+probe_lun (struct session *s)
+{
+  struct iscsi_context *iscsi = s->iscsi;
+  struct lun_info *li = &s->info;
+  struct scsi_task *task;
+  bool have_b0 = false, have_b2 = false;
+  int i;
+
+  memset (li, 0, sizeof *li);
+
+  /* Standard INQUIRY: must be a block device. */
+  task = iscsi_inquiry_sync (iscsi, s->lun, 0, 0, 255);
+  if (!sync_ok (iscsi, task, "INQUIRY", false))
+    goto err;
+  {
+    struct scsi_inquiry_standard *inq = scsi_datain_unmarshall (task);
+    if (inq == NULL) {
+      nbdkit_error ("iscsi: cannot parse INQUIRY data");
+      goto err;
+    }
+    if (inq->qualifier != SCSI_INQUIRY_PERIPHERAL_QUALIFIER_CONNECTED ||
+        inq->device_type != SCSI_INQUIRY_PERIPHERAL_DEVICE_TYPE_DIRECT_ACCESS) {
+      nbdkit_error ("iscsi: LUN %d of %s is not a block device "
+                    "(peripheral qualifier %d, device type %d)",
+                    s->lun, s->cfg->target, (int) inq->qualifier,
+                    (int) inq->device_type);
+      goto err;
+    }
+    snprintf (li->vendor, sizeof li->vendor, "%s", inq->vendor_identification);
+    snprintf (li->product, sizeof li->product, "%s",
+              inq->product_identification);
+  }
+  scsi_free_scsi_task (task);
+
+  /* READ CAPACITY(16), falling back to (10). */
+  task = iscsi_readcapacity16_sync (iscsi, s->lun);
+  if (sync_ok (iscsi, task, "READ CAPACITY(16)", true)) {
+    struct scsi_readcapacity16 *rc = scsi_datain_unmarshall (task);
+    if (rc == NULL) {
+      nbdkit_error ("iscsi: cannot parse READ CAPACITY(16) data");
+      goto err;
+    }
+    li->block_size = rc->block_length;
+    li->num_blocks = rc->returned_lba + 1;
+    li->lbpme = rc->lbpme;
+    li->lbprz = rc->lbprz;
+    li->use_16 = true;
+    if (rc->returned_lba == UINT64_MAX) {
+      nbdkit_error ("iscsi: READ CAPACITY(16) returned an invalid last LBA");
+      goto err;
+    }
+  }
+  else {
+    if (task == NULL)
+      goto err;
+    scsi_free_scsi_task (task);
+    task = iscsi_readcapacity10_sync (iscsi, s->lun, 0, 0);
+    if (!sync_ok (iscsi, task, "READ CAPACITY(10)", false))
+      goto err;
+    struct scsi_readcapacity10 *rc = scsi_datain_unmarshall (task);
+    if (rc == NULL) {
+      nbdkit_error ("iscsi: cannot parse READ CAPACITY(10) data");
+      goto err;
+    }
+    li->block_size = rc->block_size;
+    li->num_blocks = (uint64_t) rc->lba + 1;
+    li->use_16 = false;
+  }
+  scsi_free_scsi_task (task);
+  if (li->block_size < 512 || li->block_size > 65536 ||
+      (li->block_size & (li->block_size - 1)) != 0) {
+    nbdkit_error ("iscsi: unsupported logical block size %" PRIu32
+                  " (must be a power of 2 between 512 and 65536)",
+                  li->block_size);
+    return -1;
+  }
+  if (li->num_blocks > INT64_MAX / li->block_size) {
+    nbdkit_error ("iscsi: LUN capacity overflows");
+    return -1;
+  }
+
+  /* Which VPD pages are there? */
+  task = iscsi_inquiry_sync (iscsi, s->lun, 1,
+                             SCSI_INQUIRY_PAGECODE_SUPPORTED_VPD_PAGES, 255);
+  if (sync_ok (iscsi, task, "INQUIRY (supported VPD pages)", true)) {
+    struct scsi_inquiry_supported_pages *sp = scsi_datain_unmarshall (task);
+    for (i = 0; sp && i < sp->num_pages; ++i) {
+      if (sp->pages[i] == SCSI_INQUIRY_PAGECODE_BLOCK_LIMITS)
+        have_b0 = true;
+      if (sp->pages[i] == SCSI_INQUIRY_PAGECODE_LOGICAL_BLOCK_PROVISIONING)
+        have_b2 = true;
+    }
+  }
+  if (task)
+    scsi_free_scsi_task (task);
+
+  li->unmap_gran = 1;
+  if (have_b0) {
+    task = iscsi_inquiry_sync (iscsi, s->lun, 1,
+                               SCSI_INQUIRY_PAGECODE_BLOCK_LIMITS, 255);
+    if (sync_ok (iscsi, task, "INQUIRY (Block Limits VPD)", true)) {
+      struct scsi_inquiry_block_limits *bl = scsi_datain_unmarshall (task);
+      if (bl) {
+        li->max_xfer_blocks = bl->max_xfer_len;
+        li->opt_xfer_gran = bl->opt_gran;
+        li->max_unmap = bl->max_unmap;
+        li->max_unmap_bdc = bl->max_unmap_bdc;
+        if (bl->opt_unmap_gran > 0)
+          li->unmap_gran = bl->opt_unmap_gran;
+        if (bl->ugavalid)
+          li->unmap_gran_align = bl->unmap_gran_align;
+        li->max_ws_len = bl->max_ws_len;
+      }
+    }
+    if (task)
+      scsi_free_scsi_task (task);
+  }
+  if (have_b2 && li->lbpme) {
+    task = iscsi_inquiry_sync (iscsi, s->lun, 1,
+                               SCSI_INQUIRY_PAGECODE_LOGICAL_BLOCK_PROVISIONING,
+                               255);
+    if (sync_ok (iscsi, task, "INQUIRY (Logical Block Provisioning VPD)",
+                 true)) {
+      struct scsi_inquiry_logical_block_provisioning *lbp =
+        scsi_datain_unmarshall (task);
+      if (lbp) {
+        li->lbpu = lbp->lbpu;
+        li->lbpws = lbp->lbpws;
+        li->lbprz = li->lbprz || lbp->lbprz;
+      }
+    }
+    if (task)
+      scsi_free_scsi_task (task);
+  }
+
+  /* Write protect: MODE SENSE(6) device-specific parameter, WP bit. */
+  task = iscsi_modesense6_sync (iscsi, s->lun, 1, SCSI_MODESENSE_PC_CURRENT,
+                                SCSI_MODEPAGE_RETURN_ALL_PAGES, 0, 255);
+  if (sync_ok (iscsi, task, "MODE SENSE(6)", true) &&
+      task->datain.size >= 3)
+    li->readonly = (task->datain.data[2] & 0x80) != 0;
+  if (task)
+    scsi_free_scsi_task (task);
+
+  /* Limits, with sane defaults. */
+  {
+    uint64_t cap = DEFAULT_MAX_XFER / li->block_size;
+    if (li->max_xfer_blocks == 0 || li->max_xfer_blocks > cap)
+      li->max_xfer_blocks = cap;
+    if (!li->use_16 && li->max_xfer_blocks > 0xffff)
+      li->max_xfer_blocks = 0xffff;
+    if (li->max_unmap == 0)
+      li->max_unmap = 0;        /* 0 = UNMAP not supported */
+    if (li->max_unmap_bdc == 0)
+      li->max_unmap_bdc = 0;
+    if (li->max_ws_len == 0 || li->max_ws_len > UINT32_MAX)
+      li->max_ws_len = UINT32_MAX;
+    if (li->max_ws_len > cap * 8)
+      li->max_ws_len = cap * 8; /* keep each command reasonably short */
+  }
+  if (li->max_unmap == 0 || li->max_unmap_bdc == 0)
+    li->lbpu = false;
+
+  nbdkit_debug ("iscsi: LUN %d: \"%s\" \"%s\", %" PRIu64 " blocks of %"
+                PRIu32 " bytes, %s CDBs, max transfer %" PRIu32
+                " blocks, lbpme=%d lbprz=%d lbpu=%d lbpws=%d "
+                "unmap granularity %" PRIu32 " max unmap %" PRIu32
+                " write-protected=%d",
+                s->lun, li->vendor, li->product, li->num_blocks,
+                li->block_size, li->use_16 ? "16-byte" : "10-byte",
+                li->max_xfer_blocks, li->lbpme, li->lbprz, li->lbpu,
+                li->lbpws, li->unmap_gran, li->max_unmap, li->readonly);
+  return 0;
+
+ err:
+  if (task)
+    scsi_free_scsi_task (task);
+  return -1;
+}
+
+struct session *
+session_connect (const struct session_config *cfg, int lun, bool probe)
+{
+  struct session *s;
+
+  s = calloc (1, sizeof *s);
+  if (s == NULL) {
+    nbdkit_error ("calloc: %m");
+    return NULL;
+  }
+  s->cfg = cfg;
+  s->lun = lun;
+  s->wakefd = -1;
+  pthread_mutex_init (&s->lock, NULL);
+
+  s->iscsi = login (cfg, lun);
+  if (s->iscsi == NULL)
+    goto err;
+  if (probe && probe_lun (s) == -1)
+    goto err;
+  return s;
+
+ err:
+  session_close (s);
+  return NULL;
+}
+
+static void
+wake (struct session *s)
+{
+  uint64_t one = 1;
+  ssize_t r;
+
+  r = write (s->wakefd, &one, sizeof one);
+  (void) r;     /* EAGAIN: the counter is already non-zero, still awake */
+}
+
+/* The service thread: the only place iscsi_service() runs once the
+ * session is started.
+ */
+static void *
+service_thread (void *vp)
+{
+  struct session *s = vp;
+  struct pollfd pfd[2];
+  time_t last_scan = 0;
+
+  pthread_mutex_lock (&s->lock);
+  while (!s->stop) {
+    int fd = iscsi_get_fd (s->iscsi);
+    int events = iscsi_which_events (s->iscsi);
+    int timeout_ms, r;
+
+    pthread_mutex_unlock (&s->lock);
+
+    pfd[0].fd = events ? fd : -1;
+    pfd[0].events = events;
+    pfd[0].revents = 0;
+    pfd[1].fd = s->wakefd;
+    pfd[1].events = POLLIN;
+    pfd[1].revents = 0;
+    /* which_events == 0: libiscsi is waiting before a reconnect attempt
+     * and wants to be called again after about 100 ms.  Otherwise wake
+     * at least once a second for libiscsi's timeout processing.
+     */
+    timeout_ms = events ? 1000 : 100;
+    r = poll (pfd, 2, timeout_ms);
+    if (r == -1 && errno != EINTR)
+      nbdkit_debug ("iscsi: poll: %m");
+    if (r > 0 && (pfd[1].revents & POLLIN)) {
+      uint64_t v;
+      ssize_t n = read (s->wakefd, &v, sizeof v);
+      (void) n;
+    }
+
+    pthread_mutex_lock (&s->lock);
+    if (s->stop)
+      break;
+    if (pfd[0].revents || events == 0 || time (NULL) != last_scan) {
+      last_scan = time (NULL);
+      if (iscsi_service (s->iscsi, pfd[0].revents) < 0)
+        nbdkit_debug ("iscsi: LUN %d: iscsi_service: %s",
+                      s->lun, iscsi_get_error (s->iscsi));
+    }
+  }
+  pthread_mutex_unlock (&s->lock);
+  return NULL;
+}
+
+int
+session_start (struct session *s)
+{
+  int err;
+
+  s->wakefd = eventfd (0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (s->wakefd == -1) {
+    nbdkit_error ("eventfd: %m");
+    return -1;
+  }
+  err = pthread_create (&s->thread, NULL, service_thread, s);
+  if (err != 0) {
+    errno = err;
+    nbdkit_error ("pthread_create: %m");
+    return -1;
+  }
+  s->thread_running = true;
+  return 0;
+}
+
+void
+session_close (struct session *s)
+{
+  if (s == NULL)
+    return;
+  if (s->thread_running) {
+    pthread_mutex_lock (&s->lock);
+    s->stop = true;
+    pthread_mutex_unlock (&s->lock);
+    wake (s);
+    pthread_join (s->thread, NULL);
+  }
+  if (s->iscsi) {
+    /* Best effort: the service thread is gone, so synchronous calls are
+     * safe again.  A dead target must not delay shutdown: only log out
+     * politely when the session is up.
+     */
+    if (iscsi_is_logged_in (s->iscsi)) {
+      iscsi_set_timeout (s->iscsi, 2);
+      iscsi_logout_sync (s->iscsi);
+    }
+    iscsi_destroy_context (s->iscsi);
+  }
+  if (s->wakefd >= 0)
+    close (s->wakefd);
+  pthread_mutex_destroy (&s->lock);
+  free (s);
+}
+
+/* Completion callback, run by the service thread under s->lock. */
+static void
+cmd_done (struct iscsi_context *iscsi, int status, void *command_data,
+          void *opaque)
+{
+  struct cmd *c = opaque;
+
+  (void) iscsi;
+  (void) command_data;          /* may be NULL when cancelled */
+  c->status = status;
+  c->done = true;
+  pthread_cond_signal (&c->cond);
+}
+
+/* Build and queue the task.  Called with s->lock held. */
+static struct scsi_task *
+submit (struct session *s, struct cmd *c)
+{
+  struct iscsi_context *iscsi = s->iscsi;
+  const struct lun_info *li = &s->info;
+  uint32_t bs = li->block_size;
+  uint32_t len = c->nblocks * bs;
+  struct scsi_iovec *iov = &c->iov;
+
+  iov->iov_base = c->buf;
+  iov->iov_len = len;
+
+  switch (c->op) {
+  case OP_READ:
+    if (li->use_16)
+      return iscsi_read16_iov_task (iscsi, s->lun, c->lba, len, bs,
+                                    0, 0, 0, 0, 0, cmd_done, c, iov, 1);
+    return iscsi_read10_iov_task (iscsi, s->lun, (uint32_t) c->lba, len, bs,
+                                  0, 0, 0, 0, 0, cmd_done, c, iov, 1);
+  case OP_WRITE:
+    if (li->use_16)
+      return iscsi_write16_iov_task (iscsi, s->lun, c->lba, NULL, len, bs,
+                                     0, 0, c->fua, 0, 0, cmd_done, c,
+                                     iov, 1);
+    return iscsi_write10_iov_task (iscsi, s->lun, (uint32_t) c->lba, NULL,
+                                   len, bs, 0, 0, c->fua, 0, 0, cmd_done, c,
+                                   iov, 1);
+  case OP_SYNC:
+    if (li->use_16)
+      return iscsi_synchronizecache16_task (iscsi, s->lun, 0, 0, 0, 0,
+                                            cmd_done, c);
+    return iscsi_synchronizecache10_task (iscsi, s->lun, 0, 0, 0, 0,
+                                          cmd_done, c);
+  case OP_UNMAP:
+    return iscsi_unmap_task (iscsi, s->lun, 0, 0, c->ul, c->nul,
+                             cmd_done, c);
+  case OP_WRITESAME:
+    iov->iov_len = bs;
+    return iscsi_writesame16_iov_task (iscsi, s->lun, c->lba, NULL, bs,
+                                       c->nblocks, 0, c->unmap, 0, 0,
+                                       cmd_done, c, iov, 1);
+  case OP_GET_LBA_STATUS:
+    return iscsi_get_lba_status_task (iscsi, s->lun, c->lba, c->alloc_len,
+                                      cmd_done, c);
+  }
+  return NULL;
+}
+
+int
+session_run (struct session *s, struct cmd *c)
+{
+  int attempt, err;
+  char msg[256];
+
+  for (attempt = 0; ; ++attempt) {
+    struct scsi_task *task;
+    struct scsi_sense sense;
+
+    c->done = false;
+    c->unsupported = false;
+    c->status = -1;
+    c->task = NULL;
+    pthread_cond_init (&c->cond, NULL);
+
+    pthread_mutex_lock (&s->lock);
+    task = submit (s, c);
+    if (task == NULL) {
+      nbdkit_error ("iscsi: %s: cannot queue command: %s",
+                    op_name (c->op), iscsi_get_error (s->iscsi));
+      pthread_mutex_unlock (&s->lock);
+      pthread_cond_destroy (&c->cond);
+      errno = EIO;
+      return -1;
+    }
+    c->task = task;
+    pthread_mutex_unlock (&s->lock);
+    wake (s);
+
+    pthread_mutex_lock (&s->lock);
+    while (!c->done)
+      pthread_cond_wait (&c->cond, &s->lock);
+    pthread_mutex_unlock (&s->lock);
+    pthread_cond_destroy (&c->cond);
+
+    if (c->status == SCSI_STATUS_GOOD)
+      return 0;
+    memset (&sense, 0, sizeof sense);
+    if (c->status == SCSI_STATUS_CHECK_CONDITION)
+      sense = task->sense;
+    err = scsi_errno (c->status, &sense);
+    if (err == 0)               /* recovered error: data is good */
+      return 0;
+
+    scsi_describe (c->status, &sense, msg, sizeof msg);
+    if (scsi_is_transient (c->status, &sense) && attempt < s->cfg->retries) {
+      unsigned ms = 10u << (attempt < 7 ? attempt : 7);   /* <= 1.28 s */
+      nbdkit_debug ("iscsi: %s LBA %" PRIu64 ": %s, retrying in %u ms",
+                    op_name (c->op), c->lba, msg, ms);
+      scsi_free_scsi_task (task);
+      c->task = NULL;
+      nbdkit_nanosleep (ms / 1000, (ms % 1000) * 1000000);
+      continue;
+    }
+
+    if (c->quiet || scsi_is_unsupported (c->status, &sense))
+      /* Callers decide whether to fall back; keep it quiet here. */
+      nbdkit_debug ("iscsi: %s: %s", op_name (c->op), msg);
+    else
+      nbdkit_error ("iscsi: %s at LBA %" PRIu64 ", %" PRIu32
+                    " blocks failed: %s", op_name (c->op), c->lba,
+                    c->nblocks, msg);
+    c->unsupported = scsi_is_unsupported (c->status, &sense);
+    scsi_free_scsi_task (task);
+    c->task = NULL;
+    errno = err;
+    return -1;
+  }
+}
+
+int
+session_list_luns (const struct session_config *cfg, int **luns, int *n)
+{
+  struct iscsi_context *iscsi;
+  struct scsi_task *task = NULL;
+  struct scsi_reportluns_list *list;
+  int *ret = NULL, nret = 0;
+  uint32_t i;
+
+  *luns = NULL;
+  *n = 0;
+  iscsi = login (cfg, -1);
+  if (iscsi == NULL)
+    return -1;
+
+  /* The first command after a plain login sees the target's UNIT
+   * ATTENTION (power on / reset): repeat it.
+   */
+  for (i = 0; i < 5; ++i) {
+    task = iscsi_reportluns_sync (iscsi, 0, 16384);
+    if (task == NULL || task->status != SCSI_STATUS_CHECK_CONDITION ||
+        task->sense.key != SCSI_SENSE_UNIT_ATTENTION)
+      break;
+    scsi_free_scsi_task (task);
+    task = NULL;
+  }
+  if (!sync_ok (iscsi, task, "REPORT LUNS", false))
+    goto err;
+  list = scsi_datain_unmarshall (task);
+  if (list == NULL) {
+    nbdkit_error ("iscsi: cannot parse REPORT LUNS data");
+    goto err;
+  }
+  ret = calloc (list->num ? list->num : 1, sizeof *ret);
+  if (ret == NULL) {
+    nbdkit_error ("calloc: %m");
+    goto err;
+  }
+  for (i = 0; i < list->num; ++i) {
+    int lun = list->luns[i];
+    struct scsi_task *inq;
+    struct scsi_inquiry_standard *std;
+
+    inq = iscsi_inquiry_sync (iscsi, lun, 0, 0, 255);
+    if (inq == NULL)
+      continue;
+    if (inq->status == SCSI_STATUS_GOOD &&
+        (std = scsi_datain_unmarshall (inq)) != NULL &&
+        std->qualifier == SCSI_INQUIRY_PERIPHERAL_QUALIFIER_CONNECTED &&
+        std->device_type == SCSI_INQUIRY_PERIPHERAL_DEVICE_TYPE_DIRECT_ACCESS)
+      ret[nret++] = lun;
+    else
+      nbdkit_debug ("iscsi: LUN %d is not a block device, not listed", lun);
+    scsi_free_scsi_task (inq);
+  }
+  scsi_free_scsi_task (task);
+  iscsi_logout_sync (iscsi);
+  iscsi_destroy_context (iscsi);
+  *luns = ret;
+  *n = nret;
+  return 0;
+
+ err:
+  free (ret);
+  if (task)
+    scsi_free_scsi_task (task);
+  iscsi_destroy_context (iscsi);
+  return -1;
+}
