@@ -115,14 +115,21 @@ echo "ok: existing image kept"
 # Bad creation options are refused with a clear message.
 bad () {
   local re=$1; shift
-  local out
-  if out=$(nbdkit -U - "$(plugin_so qcow2)" "file=$tmpdir/bad.qcow2" "$@" \
-             --run 'nbdinfo --size "$uri"' 2>&1); then
-    fail "accepted: $*"
+  local out rc=0
+  out=$(timeout 10 env ${KVM_SANITIZER_PRELOAD:+LD_PRELOAD=$KVM_SANITIZER_PRELOAD} \
+          nbdkit -U - "$(plugin_so qcow2)" "file=$tmpdir/bad.qcow2" "$@" \
+          --run 'nbdinfo --size "$uri"' 2>&1) || rc=$?
+  [ $rc = 0 ] && fail "accepted: $*"
+  # Under the SANITIZE build, nbdkit with the ASan runtime preloaded can
+  # hang in exit() after a start-up error (a libp11-kit destructor waits
+  # on the locale lock; nbdkit's own file plugin does the same).  The
+  # error has been reported by then; elsewhere a hang is a failure.
+  if [ $rc = 124 ] && [ "$KVM_SANITIZE" != 1 ]; then
+    fail "nbdkit hung on: $*"
   fi
   grep -qE -- "$re" <<<"$out" || fail "no clear error for $*: $out"
   [ -e "$tmpdir/bad.qcow2" ] && fail "an image was left behind for $*"
-  echo "ok: refused $*"
+  echo "ok: refused ${*:-(no create=, missing file)}"
 }
 bad "cluster.size" create=1M create-cluster-size=1000
 bad "cluster.size" create=1M create-cluster-size=4M
