@@ -48,7 +48,7 @@ EOF
 # Start tgtd on $TGTD_PORT/$TGTD_CTL (chosen when empty).
 _tgtd_launch () {
   local i
-  TGTD_LOG=${TGTD_LOG:-$(mktemp /tmp/tgtd-log.XXXXXX)}
+  TGTD_LOG=${TGTD_LOG:-$(mktemp "${tmpdir:-/tmp}/tgtd-log.XXXXXX")}
   # tgtd inherits our file descriptors: close everything above stderr so
   # that a pipe held by a caller (ctest, a harness) is not kept open.
   python3 - "$TGTD_CTL" "$TGTD_PORT" "$TGTD_LOG" <<'EOF' &
