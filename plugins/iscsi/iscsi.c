@@ -38,6 +38,7 @@ static char *user, *password, *target_user, *target_password;
 static enum iscsi_header_digest header_digest = ISCSI_HEADER_DIGEST_NONE;
 static int timeout = 30;
 static int reconnect_retries = 10;
+static int reconnect_timeout = 120;   /* as open-iscsi's replacement_timeout */
 static int retries = 8;
 static uint32_t max_transfer;   /* bytes, 0 = target's limit */
 
@@ -147,6 +148,16 @@ iscsi_config (const char *key, const char *value)
       return -1;
     if (timeout < 0) {
       nbdkit_error ("timeout must be >= 0 (0 = no timeout)");
+      return -1;
+    }
+    return 0;
+  }
+  else if (strcmp (key, "reconnect-timeout") == 0) {
+    if (nbdkit_parse_int ("reconnect-timeout", value,
+                          &reconnect_timeout) == -1)
+      return -1;
+    if (reconnect_timeout < 0) {
+      nbdkit_error ("reconnect-timeout must be >= 0 (0 = wait forever)");
       return -1;
     }
     return 0;
@@ -326,6 +337,7 @@ iscsi_config_complete (void)
   cfg.header_digest = header_digest;
   cfg.timeout = timeout;
   cfg.reconnect_retries = reconnect_retries;
+  cfg.reconnect_timeout = reconnect_timeout;
   cfg.retries = retries;
   cfg.log_level = iscsi_debug_libiscsi;
   nbdkit_debug ("iscsi: portal %s target %s lun %d initiator %s%s",
@@ -345,6 +357,7 @@ iscsi_config_complete (void)
   "header-digest=none|crc32c|prefer-none|prefer-crc32c\n" \
   "timeout=SECS               Per-command timeout (default 30, 0 = none).\n" \
   "reconnect-retries=N        Reconnect attempts (default 10, -1 = forever).\n" \
+  "reconnect-timeout=SECS     Give up on a lost target (default 120, 0 = never).\n" \
   "retries=N                  Retries of transient SCSI errors (default 8).\n" \
   "max-transfer=SIZE          Split requests above SIZE bytes."
 

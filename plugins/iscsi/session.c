@@ -23,6 +23,39 @@
  */
 #define DEFAULT_MAX_XFER (32 * MIB)
 
+/* What libiscsi's callback refers to for one queued command.  While cmd
+ * is set, the request thread waits for it; once the session gives up on
+ * the target, cmd is cleared and the ticket stays with the session (see
+ * session.h).
+ */
+struct ticket {
+  struct ticket *next, *prev;
+  struct cmd *cmd;              /* NULL once abandoned */
+  struct scsi_task *task;       /* freed by the callback once abandoned */
+  struct scsi_iovec iov;        /* libiscsi keeps a pointer to it */
+};
+
+static void
+ticket_link (struct session *s, struct ticket *t)
+{
+  t->prev = NULL;
+  t->next = s->tickets;
+  if (s->tickets)
+    s->tickets->prev = t;
+  s->tickets = t;
+}
+
+static void
+ticket_unlink (struct session *s, struct ticket *t)
+{
+  if (t->prev)
+    t->prev->next = t->next;
+  else
+    s->tickets = t->next;
+  if (t->next)
+    t->next->prev = t->prev;
+}
+
 static void
 libiscsi_log (int level, const char *message)
 {
@@ -366,6 +399,60 @@ wake (struct session *s)
   (void) r;     /* EAGAIN: the counter is already non-zero, still awake */
 }
 
+/* Fail every command in flight and stop using the context.  Called by
+ * the service thread with s->lock held.
+ */
+static void
+abandon_all (struct session *s)
+{
+  struct ticket *t;
+  unsigned n = 0;
+
+  s->dead = true;
+  for (t = s->tickets; t != NULL; t = t->next) {
+    if (t->cmd == NULL)
+      continue;
+    t->cmd->abandoned = true;
+    t->cmd->done = true;
+    pthread_cond_signal (&t->cmd->cond);
+    t->cmd = NULL;
+    n++;
+  }
+  nbdkit_error ("iscsi: LUN %d: the target has been unreachable for %d s "
+                "(reconnect-timeout), giving up: %u command(s) in flight "
+                "and all later requests on this connection fail with EIO",
+                s->lun, s->cfg->reconnect_timeout, n);
+}
+
+/* Track how long the session has been logged out; give up after
+ * reconnect_timeout.  Returns true if it gave up.  Called by the service
+ * thread with s->lock held.
+ */
+static bool
+give_up_if_lost (struct session *s)
+{
+  struct timespec now;
+
+  if (s->cfg->reconnect_timeout <= 0)
+    return false;
+  if (iscsi_is_logged_in (s->iscsi)) {
+    s->lost_since.tv_sec = 0;
+    return false;
+  }
+  clock_gettime (CLOCK_MONOTONIC, &now);
+  if (s->lost_since.tv_sec == 0) {
+    s->lost_since = now;
+    if (now.tv_sec == 0)        /* 0 means "up" */
+      s->lost_since.tv_sec = 1;
+    nbdkit_debug ("iscsi: LUN %d: session lost, reconnecting", s->lun);
+    return false;
+  }
+  if (now.tv_sec - s->lost_since.tv_sec < s->cfg->reconnect_timeout)
+    return false;
+  abandon_all (s);
+  return true;
+}
+
 /* The service thread: the only place iscsi_service() runs once the
  * session is started.
  */
@@ -378,9 +465,13 @@ service_thread (void *vp)
 
   pthread_mutex_lock (&s->lock);
   while (!s->stop) {
-    int fd = iscsi_get_fd (s->iscsi);
-    int events = iscsi_which_events (s->iscsi);
+    int fd = -1, events = POLLIN;
     int timeout_ms, r;
+
+    if (!s->dead) {
+      fd = iscsi_get_fd (s->iscsi);
+      events = iscsi_which_events (s->iscsi);
+    }
 
     pthread_mutex_unlock (&s->lock);
 
@@ -407,6 +498,10 @@ service_thread (void *vp)
     pthread_mutex_lock (&s->lock);
     if (s->stop)
       break;
+    if (s->dead)
+      continue;
+    if (give_up_if_lost (s))
+      continue;
     if (pfd[0].revents || events == 0 || time (NULL) != last_scan) {
       last_scan = time (NULL);
       if (iscsi_service (s->iscsi, pfd[0].revents) < 0)
@@ -455,11 +550,19 @@ session_close (struct session *s)
      * safe again.  A dead target must not delay shutdown: only log out
      * politely when the session is up.
      */
-    if (iscsi_is_logged_in (s->iscsi)) {
+    if (!s->dead && iscsi_is_logged_in (s->iscsi)) {
       iscsi_set_timeout (s->iscsi, 2);
       iscsi_logout_sync (s->iscsi);
     }
     iscsi_destroy_context (s->iscsi);
+  }
+  /* Only abandoned commands are left: libiscsi is gone, free them. */
+  while (s->tickets) {
+    struct ticket *t = s->tickets;
+    ticket_unlink (s, t);
+    if (t->task)
+      scsi_free_scsi_task (t->task);
+    free (t);
   }
   if (s->wakefd >= 0)
     close (s->wakefd);
@@ -472,10 +575,16 @@ static void
 cmd_done (struct iscsi_context *iscsi, int status, void *command_data,
           void *opaque)
 {
-  struct cmd *c = opaque;
+  struct ticket *t = opaque;
+  struct cmd *c = t->cmd;
 
   (void) iscsi;
   (void) command_data;          /* may be NULL when cancelled */
+  if (c == NULL) {              /* abandoned: nobody waits for it */
+    scsi_free_scsi_task (t->task);
+    t->task = NULL;
+    return;
+  }
   c->status = status;
   c->done = true;
   pthread_cond_signal (&c->cond);
@@ -483,13 +592,13 @@ cmd_done (struct iscsi_context *iscsi, int status, void *command_data,
 
 /* Build and queue the task.  Called with s->lock held. */
 static struct scsi_task *
-submit (struct session *s, struct cmd *c)
+submit (struct session *s, struct cmd *c, struct ticket *t)
 {
   struct iscsi_context *iscsi = s->iscsi;
   const struct lun_info *li = &s->info;
   uint32_t bs = li->block_size;
   uint32_t len = c->nblocks * bs;
-  struct scsi_iovec *iov = &c->iov;
+  struct scsi_iovec *iov = &t->iov;
 
   iov->iov_base = c->buf;
   iov->iov_len = len;
@@ -498,34 +607,34 @@ submit (struct session *s, struct cmd *c)
   case OP_READ:
     if (li->use_16)
       return iscsi_read16_iov_task (iscsi, s->lun, c->lba, len, bs,
-                                    0, 0, 0, 0, 0, cmd_done, c, iov, 1);
+                                    0, 0, 0, 0, 0, cmd_done, t, iov, 1);
     return iscsi_read10_iov_task (iscsi, s->lun, (uint32_t) c->lba, len, bs,
-                                  0, 0, 0, 0, 0, cmd_done, c, iov, 1);
+                                  0, 0, 0, 0, 0, cmd_done, t, iov, 1);
   case OP_WRITE:
     if (li->use_16)
       return iscsi_write16_iov_task (iscsi, s->lun, c->lba, NULL, len, bs,
-                                     0, 0, c->fua, 0, 0, cmd_done, c,
+                                     0, 0, c->fua, 0, 0, cmd_done, t,
                                      iov, 1);
     return iscsi_write10_iov_task (iscsi, s->lun, (uint32_t) c->lba, NULL,
-                                   len, bs, 0, 0, c->fua, 0, 0, cmd_done, c,
+                                   len, bs, 0, 0, c->fua, 0, 0, cmd_done, t,
                                    iov, 1);
   case OP_SYNC:
     if (li->use_16)
       return iscsi_synchronizecache16_task (iscsi, s->lun, 0, 0, 0, 0,
-                                            cmd_done, c);
+                                            cmd_done, t);
     return iscsi_synchronizecache10_task (iscsi, s->lun, 0, 0, 0, 0,
-                                          cmd_done, c);
+                                          cmd_done, t);
   case OP_UNMAP:
     return iscsi_unmap_task (iscsi, s->lun, 0, 0, c->ul, c->nul,
-                             cmd_done, c);
+                             cmd_done, t);
   case OP_WRITESAME:
     iov->iov_len = bs;
     return iscsi_writesame16_iov_task (iscsi, s->lun, c->lba, NULL, bs,
                                        c->nblocks, 0, c->unmap, 0, 0,
-                                       cmd_done, c, iov, 1);
+                                       cmd_done, t, iov, 1);
   case OP_GET_LBA_STATUS:
     return iscsi_get_lba_status_task (iscsi, s->lun, c->lba, c->alloc_len,
-                                      cmd_done, c);
+                                      cmd_done, t);
   }
   return NULL;
 }
@@ -539,32 +648,66 @@ session_run (struct session *s, struct cmd *c)
   for (attempt = 0; ; ++attempt) {
     struct scsi_task *task;
     struct scsi_sense sense;
+    struct ticket *t;
 
     c->done = false;
+    c->abandoned = false;
     c->unsupported = false;
     c->status = -1;
     c->task = NULL;
+    t = calloc (1, sizeof *t);
+    if (t == NULL) {
+      nbdkit_error ("calloc: %m");
+      errno = ENOMEM;
+      return -1;
+    }
+    t->cmd = c;
     pthread_cond_init (&c->cond, NULL);
 
     pthread_mutex_lock (&s->lock);
-    task = submit (s, c);
+    if (s->dead) {
+      pthread_mutex_unlock (&s->lock);
+      pthread_cond_destroy (&c->cond);
+      free (t);
+      nbdkit_error ("iscsi: %s: the target of LUN %d is unreachable "
+                    "(gave up reconnecting)", op_name (c->op), s->lun);
+      errno = EIO;
+      return -1;
+    }
+    task = submit (s, c, t);
     if (task == NULL) {
       nbdkit_error ("iscsi: %s: cannot queue command: %s",
                     op_name (c->op), iscsi_get_error (s->iscsi));
       pthread_mutex_unlock (&s->lock);
       pthread_cond_destroy (&c->cond);
+      free (t);
       errno = EIO;
       return -1;
     }
-    c->task = task;
+    t->task = c->task = task;
+    ticket_link (s, t);
     pthread_mutex_unlock (&s->lock);
     wake (s);
 
     pthread_mutex_lock (&s->lock);
     while (!c->done)
       pthread_cond_wait (&c->cond, &s->lock);
+    if (!c->abandoned) {
+      ticket_unlink (s, t);
+      free (t);
+    }
+    /* else the session owns t and its task from now on */
     pthread_mutex_unlock (&s->lock);
     pthread_cond_destroy (&c->cond);
+
+    if (c->abandoned) {
+      c->task = NULL;
+      nbdkit_error ("iscsi: %s at LBA %" PRIu64 ", %" PRIu32 " blocks "
+                    "failed: the target is unreachable", op_name (c->op),
+                    c->lba, c->nblocks);
+      errno = EIO;
+      return -1;
+    }
 
     if (c->status == SCSI_STATUS_GOOD)
       return 0;

@@ -9,6 +9,14 @@
  * service thread runs from iscsi_service() with the lock held, wakes them.
  * Many commands from many threads are therefore in flight on one session
  * at the same time.
+ *
+ * libiscsi reconnects by itself after a connection loss.  If the session
+ * stays logged out for reconnect_timeout seconds, the service thread gives
+ * up: it fails every command in flight with EIO, never touches the
+ * context again, and the session fails every later command at once.
+ * libiscsi still holds pointers to the abandoned commands' tickets (the
+ * callback's opaque and the iovec), so tickets belong to the session and
+ * are freed only after the context is destroyed.
  */
 #ifndef ISCSI_SESSION_H
 #define ISCSI_SESSION_H
@@ -16,6 +24,7 @@
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <time.h>
 
 #include <iscsi/iscsi.h>
 #include <iscsi/scsi-lowlevel.h>
@@ -30,6 +39,7 @@ struct session_config {
   enum iscsi_header_digest header_digest;
   int timeout;                  /* seconds per command, 0 = none */
   int reconnect_retries;        /* -1 = forever */
+  int reconnect_timeout;        /* seconds logged out before giving up, 0 = never */
   int retries;                  /* transient SCSI errors (UA, BUSY) */
   int log_level;                /* libiscsi debug level, 0 = off */
 };
@@ -64,6 +74,9 @@ struct session {
   bool stop;                    /* under lock */
   int wakefd;                   /* eventfd */
   struct lun_info info;
+  struct ticket *tickets;       /* under lock: commands libiscsi knows of */
+  bool dead;                    /* under lock: gave up reconnecting */
+  struct timespec lost_since;   /* service thread: logged out since (0: is up) */
 };
 
 /* Operations the request threads submit. */
@@ -89,9 +102,9 @@ struct cmd {
   struct scsi_task *task;       /* caller frees with scsi_free_scsi_task */
 
   /* Private. */
-  struct scsi_iovec iov;        /* libiscsi keeps a pointer to it */
   pthread_cond_t cond;
   bool done;
+  bool abandoned;               /* the session gave up on the target */
 };
 
 /* Create the context, log in, probe the LUN.  Returns NULL after
