@@ -98,7 +98,9 @@ start_nbdkit () {
   rm -f "$pidfile"
   nbdkit -f -U "$sock" -P "$pidfile" "$@" &
   local bgpid=$!
-  cleanup_add "kill -9 $bgpid"
+  # $! is the subshell running the nbdkit () function: kill the server
+  # itself (from its PID file) too, or a failed test leaves it running.
+  cleanup_add "kill -9 $bgpid; [ -s '$pidfile' ] && kill -9 \$(cat '$pidfile')"
   for (( i=0; i<600; i++ )); do
     if [ -s "$pidfile" ] && [ -S "$sock" ]; then
       nbdkit_pid=$(cat "$pidfile")
