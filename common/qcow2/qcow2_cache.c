@@ -1,0 +1,127 @@
+/* qcow2 engine. Table caches.  L2 tables and refcount blocks live in bounded
+ * LRU caches and stay pinned while dirty, until the next flush.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "qcow2.h"
+#include "qcow2_int.h"
+#include "util/checked.h"
+#include "util/endian.h"
+#include "util/log.h"
+#include "util/lru.h"
+
+int
+q2_table_load (void *opaque, uint64_t key, void *buf)
+{
+  struct load_ctx *ctx = opaque;
+  struct qcow2 *q = ctx->q;
+  struct tmeta *m = tmeta_of (q, buf);
+  m->key = key;
+  m->dirty = 0;
+  if (ctx->zero) {
+    memset (buf, 0, q->cluster_size);
+    return 0;
+  }
+  if (bdev_pread_padded (q->file, buf, q->cluster_size, key) == -1) {
+    kvm_error ("%s: reading %s at %" PRIu64 " failed", q->path, ctx->what,
+               key);
+    return -1;
+  }
+  return 0;
+}
+
+/* Check a metadata table offset read from the image. */
+int
+q2_check_table_offset (struct qcow2 *q, uint64_t off, const char *what)
+{
+  uint64_t limit = q->file->size;
+  if (q->cursor > limit)
+    limit = q->cursor;
+  if (off & (q->cluster_size - 1)) {
+    ERR (q, EIO, "%s: corrupt image: %s offset %#" PRIx64
+         " is not cluster aligned", q->path, what, off);
+    return -1;
+  }
+  if (!ck_range_within (off, q->cluster_size, limit)) {
+    ERR (q, EIO, "%s: corrupt image: %s offset %#" PRIx64
+         " is beyond the end of the file", q->path, what, off);
+    return -1;
+  }
+  return 0;
+}
+
+/* A write of [off, off+len) in the image file must not hit the header,
+ * the active L1 table or the refcount table (hostile or corrupt tables).
+ */
+int
+q2_check_no_overlap (struct qcow2 *q, uint64_t off, uint64_t len,
+                     const char *what)
+{
+  uint64_t end;
+  if (!ck_add64 (off, len, &end) || off < q->cluster_size ||
+      (q->l1_size && off < q->l1_offset + q->l1_size * 8 &&
+       end > q->l1_offset) ||
+      (off < q->rt_offset + q->rt_clusters * q->cluster_size &&
+       end > q->rt_offset)) {
+    ERR (q, EIO, "%s: corrupt image: %s at %#" PRIx64 " overlaps the "
+         "header, L1 table or refcount table; refusing to write", q->path,
+         what, off);
+    return -1;
+  }
+  return 0;
+}
+
+void *
+q2_table_get (struct qcow2 *q, struct lru *c, uint64_t off, const char *what,
+              bool zero)
+{
+  struct load_ctx ctx = { q, what, zero };
+  void *p = lru_get (c, off, q2_table_load, &ctx);
+  if (!p && errno == ENOMEM)
+    kvm_error ("%s: out of memory loading %s", q->path, what);
+  return p;
+}
+
+static int
+dirty_add (struct dirty_list *d, void *buf)
+{
+  if (d->n == d->cap) {
+    size_t nc = d->cap ? d->cap * 2 : 64;
+    void **nv = realloc (d->v, nc * sizeof *nv);
+    if (!nv)
+      return -1;
+    d->v = nv;
+    d->cap = nc;
+  }
+  d->v[d->n++] = buf;
+  return 0;
+}
+
+/* Mark a pinned table dirty: it takes an extra pin until written back. */
+int
+q2_mark_dirty (struct qcow2 *q, struct lru *c, struct dirty_list *d, void *buf)
+{
+  struct tmeta *m = tmeta_of (q, buf);
+  if (m->dirty)
+    return 0;
+  struct load_ctx ctx = { q, "table", false };
+  void *again = lru_get (c, m->key, q2_table_load, &ctx);   /* extra pin */
+  if (again != buf) {
+    lru_put (c, again);
+    ERR (q, EIO, "%s: internal error: cache entry moved", q->path);
+    return -1;
+  }
+  if (dirty_add (d, buf) == -1) {
+    lru_put (c, buf);
+    ERR (q, ENOMEM, "%s: out of memory", q->path);
+    return -1;
+  }
+  m->dirty = 1;
+  return 0;
+}

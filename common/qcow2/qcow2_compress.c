@@ -1,0 +1,122 @@
+/* qcow2 engine. Compressed clusters: locating, inflating (zlib, zstd) and
+ * freeing.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#ifdef HAVE_ZLIB
+#include <zlib.h>
+#endif
+#ifdef HAVE_ZSTD
+#include <zstd.h>
+#endif
+
+#include "qcow2.h"
+#include "qcow2_int.h"
+#include "util/checked.h"
+#include "util/endian.h"
+#include "util/log.h"
+
+static int
+decompress (struct qcow2 *q, const uint8_t *in, size_t inlen, uint8_t *out)
+{
+  size_t outlen = q->cluster_size;
+  if (q->compression_type == 0) {
+#ifdef HAVE_ZLIB
+    z_stream s;
+    memset (&s, 0, sizeof s);
+    if (inflateInit2 (&s, -12) != Z_OK)
+      goto bad;
+    s.next_in = (Bytef *) in;
+    s.avail_in = inlen;
+    s.next_out = out;
+    s.avail_out = outlen;
+    int r = inflate (&s, Z_FINISH);
+    bool ok = (r == Z_STREAM_END || r == Z_BUF_ERROR) && s.avail_out == 0;
+    inflateEnd (&s);
+    if (ok)
+      return 0;
+#else
+    ERR (q, ENOTSUP, "%s: zlib support not compiled in", q->path);
+    return -1;
+#endif
+  }
+  else {
+#ifdef HAVE_ZSTD
+    ZSTD_DCtx *d = ZSTD_createDCtx ();
+    if (!d)
+      goto bad;
+    ZSTD_inBuffer ib = { in, inlen, 0 };
+    ZSTD_outBuffer ob = { out, outlen, 0 };
+    while (ob.pos < ob.size) {
+      size_t r = ZSTD_decompressStream (d, &ob, &ib);
+      if (ZSTD_isError (r))
+        break;
+      if (r == 0 || ib.pos == ib.size)
+        break;
+    }
+    ZSTD_freeDCtx (d);
+    if (ob.pos == ob.size)
+      return 0;
+#else
+    ERR (q, ENOTSUP, "%s: zstd support not compiled in", q->path);
+    return -1;
+#endif
+  }
+#if defined (HAVE_ZLIB) || defined (HAVE_ZSTD)
+ bad:
+#endif
+  ERR (q, EIO, "%s: corrupt compressed cluster", q->path);
+  return -1;
+}
+
+static void
+compressed_range (struct qcow2 *q, uint64_t e, uint64_t *off, uint64_t *len)
+{
+  uint64_t o = e & ((1ull << q->csize_shift) - 1);
+  uint64_t nsect = (e >> q->csize_shift) & q->csize_mask;
+  *off = o;
+  *len = (nsect + 1) * 512 - (o & 511);
+}
+
+/* Decompress the cluster of L2 entry E into OUT (cluster_size bytes). */
+int
+q2_read_compressed (struct qcow2 *q, uint64_t e, uint8_t *out)
+{
+  uint64_t off, len;
+  compressed_range (q, e, &off, &len);
+  if (!ck_range_within (off, 0, q->file->size) || off == 0) {
+    ERR (q, EIO, "%s: corrupt image: compressed cluster offset %#" PRIx64
+         " beyond the end of the file", q->path, off);
+    return -1;
+  }
+  uint8_t *in = malloc (len);
+  if (!in) {
+    ERR (q, ENOMEM, "%s: out of memory", q->path);
+    return -1;
+  }
+  int r = bdev_pread_padded (q->file, in, len, off);
+  if (r == 0)
+    r = decompress (q, in, len, out);
+  free (in);
+  return r;
+}
+
+/* The host clusters a compressed entry occupies. */
+int
+q2_free_compressed (struct qcow2 *q, uint64_t e)
+{
+  uint64_t off, len;
+  compressed_range (q, e, &off, &len);
+  uint64_t first = off & ~(q->cluster_size - 1);
+  uint64_t last = (off + len - 1) & ~(q->cluster_size - 1);
+  for (uint64_t c = first; c <= last; c += q->cluster_size)
+    if (q2_defer_free (q, c) == -1)
+      return -1;
+  return 0;
+}

@@ -1,0 +1,171 @@
+/* qcow2 engine. Header and flush: dirty metadata is written back in
+ * dependency order (see qcow2.c for the crash-safety rules).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <linux/falloc.h>
+#include <sys/stat.h>
+
+#include "qcow2.h"
+#include "qcow2_int.h"
+#include "util/checked.h"
+#include "util/endian.h"
+#include "util/log.h"
+#include "util/lru.h"
+
+int
+q2_sync_file (struct qcow2 *q, struct bdev *b)
+{
+  (void) q;
+  return b->ops->flush (b);
+}
+
+int
+q2_write_header (struct qcow2 *q)
+{
+  store_be32 (q->hdr + H_L1_SIZE, q->l1_size);
+  store_be64 (q->hdr + H_L1_OFFSET, q->l1_offset);
+  store_be64 (q->hdr + H_RT_OFFSET, q->rt_offset);
+  store_be32 (q->hdr + H_RT_CLUSTERS, q->rt_clusters);
+  if (q->version >= 3) {
+    store_be64 (q->hdr + H_INCOMPAT, q->incompat);
+    store_be64 (q->hdr + H_AUTOCLEAR, q->autoclear);
+  }
+  if (bdev_pwrite (q->file, q->hdr, q->header_write_len, 0, 0) == -1)
+    return -1;
+  return 0;
+}
+
+static int
+write_table (struct qcow2 *q, const uint64_t *t, uint64_t n, uint64_t off,
+             uint64_t bytes)
+{
+  uint8_t *buf = calloc (1, bytes);
+  if (!buf) {
+    ERR (q, ENOMEM, "%s: out of memory", q->path);
+    return -1;
+  }
+  for (uint64_t i = 0; i < n; i++)
+    store_be64 (buf + 8 * i, t[i]);
+  int r = bdev_pwrite (q->file, buf, bytes, off, 0);
+  free (buf);
+  return r;
+}
+
+static int
+write_dirty (struct qcow2 *q, struct lru *c, struct dirty_list *d)
+{
+  for (size_t i = 0; i < d->n; i++) {
+    void *buf = d->v[i];
+    struct tmeta *m = tmeta_of (q, buf);
+    if (q2_check_no_overlap (q, m->key, q->cluster_size,
+                             "metadata table") == -1 ||
+        bdev_pwrite (q->file, buf, q->cluster_size, m->key, 0) == -1)
+      return -1;
+  }
+  for (size_t i = 0; i < d->n; i++) {
+    tmeta_of (q, d->v[i])->dirty = 0;
+    lru_put (c, d->v[i]);
+  }
+  d->n = 0;
+  return 0;
+}
+
+void
+q2_punch (struct qcow2 *q, uint64_t off, uint64_t len)
+{
+  if (q->fd >= 0)
+    (void) fallocate (q->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                      off, len);
+}
+
+/* Write back everything, in dependency order.  Exclusive lock held. */
+int
+q2_flush_locked (struct qcow2 *q)
+{
+  bool meta = q->drb.n || q->rt_dirty || q->dl2.n || q->l1_dirty ||
+    q->header_dirty;
+
+  if (q->bd.readonly)
+    return 0;
+  if (q->external_data && q2_sync_file (q, q->data) == -1)
+    return -1;
+  if (!meta)
+    return q2_sync_file (q, q->file);
+
+  /* Make sure the file covers every allocated cluster. */
+  if (q->fd >= 0 && q->file->size < q->cursor) {
+    if (ftruncate (q->fd, q->cursor) == -1) {
+      ERR (q, errno, "%s: extending the file: %m", q->path);
+      return -1;
+    }
+    q->file->size = q->cursor;
+  }
+  if (write_dirty (q, q->rbc, &q->drb) == -1 || q2_sync_file (q, q->file) == -1)
+    return -1;
+  if (q->rt_dirty) {
+    if (write_table (q, q->rt, q->rt_entries, q->rt_offset,
+                     q->rt_clusters * q->cluster_size) == -1 ||
+        q2_sync_file (q, q->file) == -1)
+      return -1;
+    q->rt_dirty = false;
+    /* A relocated table must be the one in use before any L2 table can
+     * refer to clusters whose refcount blocks only it knows.
+     */
+    if (q->header_dirty) {
+      if (q2_write_header (q) == -1 || q2_sync_file (q, q->file) == -1)
+        return -1;
+      q->header_dirty = false;
+    }
+  }
+  if (q->dl2.n) {
+    if (write_dirty (q, q->l2c, &q->dl2) == -1 ||
+        q2_sync_file (q, q->file) == -1)
+      return -1;
+  }
+  if (q->l1_dirty || q->header_dirty) {
+    if (q->l1_dirty &&
+        write_table (q, q->l1, q->l1_size, q->l1_offset,
+                     q->l1_size * 8) == -1)
+      return -1;
+    if (q->header_dirty && q2_write_header (q) == -1)
+      return -1;
+    if (q2_sync_file (q, q->file) == -1)
+      return -1;
+    q->l1_dirty = q->header_dirty = false;
+  }
+
+  /* Everything that dropped its last on-disk reference can go now. */
+  if (q->old_rt_offset) {
+    for (uint64_t i = 0; i < q->old_rt_clusters; i++)
+      if (q2_defer_free (q, q->old_rt_offset + i * q->cluster_size) == -1)
+        return -1;
+    q->old_rt_offset = q->old_rt_clusters = 0;
+  }
+  size_t n = q->npending;
+  q->npending = 0;
+  for (size_t i = 0; i < n; i++) {
+    uint64_t v;
+    if (q2_refcount_update (q, q->pending_free[i], -1, &v) == -1)
+      return -1;
+    if (v == 0)
+      q2_punch (q, q->pending_free[i], q->cluster_size);
+  }
+  return 0;
+}
+
+/* Keep the number of pinned dirty tables bounded. */
+int
+q2_maybe_flush (struct qcow2 *q)
+{
+  if (q->dl2.n > q->l2c_capacity / 2 + 8 ||
+      q->drb.n > q->rbc_capacity / 2 + 8 || q->npending > 65536)
+    return q2_flush_locked (q);
+  return 0;
+}

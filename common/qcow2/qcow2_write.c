@@ -1,0 +1,698 @@
+/* qcow2 engine. Write path: first-write bookkeeping, cluster allocation with
+ * copy-on-write from the backing chain, in-place writes, zero and trim.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "qcow2.h"
+#include "qcow2_int.h"
+#include "util/checked.h"
+#include "util/endian.h"
+#include "util/log.h"
+#include "util/lru.h"
+
+/* First modification of the image: clear autoclear bits for features we
+ * do not maintain, synchronously, before any data changes.
+ */
+/* Collect the clusters of the persistent bitmaps (directory, bitmap
+ * tables, bitmap data).  Best effort: on a parsing problem the rest leaks.
+ */
+static void
+collect_bitmap_clusters (struct qcow2 *q, const uint8_t *ext,
+                         uint64_t **list, size_t *n)
+{
+  uint64_t cs = q->cluster_size, dir_size = load_be64 (ext + 8);
+  uint64_t dir_off = load_be64 (ext + 16);
+  uint32_t nb = load_be32 (ext);
+  size_t cap = 0;
+  uint8_t *dir = NULL;
+  uint64_t *tab = NULL;
+
+#define ADD(off) do {                                                   \
+    uint64_t o_ = (off);                                                \
+    if (o_ % cs || o_ < cs || o_ >= q->file->size)                      \
+      goto out;                                                         \
+    if (*n == cap) {                                                    \
+      size_t nc = cap ? cap * 2 : 64;                                   \
+      uint64_t *nl = realloc (*list, nc * 8);                           \
+      if (!nl) goto out;                                                \
+      *list = nl; cap = nc;                                             \
+    }                                                                   \
+    (*list)[(*n)++] = o_;                                               \
+  } while (0)
+
+  if (dir_size == 0 || dir_size > (64u << 20) ||
+      !ck_range_within (dir_off, dir_size, q->file->size))
+    goto out;
+  dir = malloc (dir_size);
+  if (!dir || bdev_pread (q->file, dir, dir_size, dir_off) == -1)
+    goto out;
+  for (uint64_t c = 0; c < div_round_up64 (dir_size, cs); c++)
+    ADD (dir_off + c * cs);
+  for (uint64_t p = 0, i = 0; i < nb && p + 24 <= dir_size; i++) {
+    uint64_t toff = load_be64 (dir + p);
+    uint32_t tsize = load_be32 (dir + p + 8);
+    uint16_t namelen = load_be16 (dir + p + 18);
+    uint32_t extra = load_be32 (dir + p + 20);
+    uint64_t tbytes = (uint64_t) tsize * 8;
+    if (tbytes > (64u << 20) ||
+        !ck_range_within (toff, tbytes, q->file->size))
+      goto out;
+    free (tab);
+    tab = malloc (tbytes ? tbytes : 8);
+    if (!tab || bdev_pread (q->file, tab, tbytes, toff) == -1)
+      goto out;
+    for (uint64_t c = 0; c < div_round_up64 (tbytes, cs); c++)
+      ADD (toff + c * cs);
+    for (uint32_t j = 0; j < tsize; j++) {
+      uint64_t e = be64toh (tab[j]) & L2E_OFFSET_MASK;
+      if (e)
+        ADD (e);
+    }
+    p += (24 + (uint64_t) namelen + extra + 7) & ~7ull;
+  }
+#undef ADD
+ out:
+  free (dir);
+  free (tab);
+}
+
+/* First modification of the image: clear autoclear bits for features we
+ * do not maintain, synchronously, before any data changes.  Persistent
+ * bitmaps are dropped completely (extension removed, clusters freed) so
+ * that the image stays leak-free.
+ */
+static int
+first_write (struct qcow2 *q)
+{
+  if (q->first_write_done)
+    return 0;
+  if (q->version >= 3 && (q->autoclear & ~AUTOCLEAR_DATA_RAW)) {
+    uint64_t *list = NULL;
+    size_t n = 0;
+    q->autoclear &= AUTOCLEAR_DATA_RAW;
+    if (q->bm_ext_pos) {
+      uint64_t end = q->ext_area_end;
+      uint8_t *hc = calloc (1, end);
+      if (!hc) {
+        ERR (q, ENOMEM, "%s: out of memory", q->path);
+        return -1;
+      }
+      if (bdev_pread (q->file, hc, end, 0) == -1) {
+        free (hc);
+        return -1;
+      }
+      uint64_t p = q->bm_ext_pos;
+      uint64_t elen = 8 + (((uint64_t) load_be32 (hc + p + 4) + 7) & ~7ull);
+      collect_bitmap_clusters (q, hc + p + 8, &list, &n);
+      memmove (hc + p, hc + p + elen, end - p - elen);
+      memset (hc + end - elen, 0, elen);
+      memcpy (hc + H_V3_LENGTH, q->hdr + H_V3_LENGTH,
+              q->header_write_len - H_V3_LENGTH);
+      store_be64 (hc + H_AUTOCLEAR, q->autoclear);
+      int r = bdev_pwrite (q->file, hc + q->header_write_len,
+                           end - q->header_write_len, q->header_write_len, 0);
+      free (hc);
+      if (r == -1) {
+        free (list);
+        return -1;
+      }
+      q->bm_ext_pos = 0;
+    }
+    if (q2_write_header (q) == -1 || q2_sync_file (q, q->file) == -1) {
+      free (list);
+      return -1;
+    }
+    kvm_debug ("%s: dropped persistent bitmaps, freeing %zu clusters",
+               q->path, n);
+    /* Nothing on disk refers to the bitmap clusters any more. */
+    for (size_t i = 0; i < n; i++) {
+      uint64_t v;
+      if (q2_refcount_get (q, list[i], &v) == 0 && v > 0 &&
+          q2_refcount_update (q, list[i], -1, &v) == 0 && v == 0)
+        q2_punch (q, list[i], q->cluster_size);
+    }
+    free (list);
+  }
+  q->first_write_done = true;
+  return 0;
+}
+
+/* Get the L2 table for L1 index I, ready to be modified: allocated and
+ * not shared with a snapshot.  Returns a pinned buffer.
+ */
+static uint8_t *
+l2_get_write (struct qcow2 *q, uint64_t i)
+{
+  if (i >= q->l1_size) {
+    ERR (q, EIO, "%s: L1 table too small for the virtual size", q->path);
+    return NULL;
+  }
+  uint64_t e = q->l1[i], off = e & L1E_OFFSET_MASK, noff;
+  uint8_t *t;
+  if (off && (e & OFLAG_COPIED)) {
+    if (q2_check_table_offset (q, off, "L2 table") == -1)
+      return NULL;
+    return q2_table_get (q, q->l2c, off, "L2 table", false);
+  }
+  if (q2_alloc_clusters (q, 1, &noff) == -1)
+    return NULL;
+  t = q2_table_get (q, q->l2c, noff, "L2 table", true);
+  if (!t)
+    return NULL;
+  if (off) {                    /* shared with a snapshot: copy it */
+    uint8_t *old;
+    if (q2_check_table_offset (q, off, "L2 table") == -1 ||
+        !(old = q2_table_get (q, q->l2c, off, "L2 table", false))) {
+      lru_put (q->l2c, t);
+      return NULL;
+    }
+    memcpy (t, old, q->cluster_size);
+    lru_put (q->l2c, old);
+    if (q2_defer_free (q, off) == -1) {
+      lru_put (q->l2c, t);
+      return NULL;
+    }
+  }
+  if (q2_mark_dirty (q, q->l2c, &q->dl2, t) == -1) {
+    lru_put (q->l2c, t);
+    return NULL;
+  }
+  q2_l2ptr_drop (q, i);
+  q->l1[i] = noff | OFLAG_COPIED;
+  q->l1_dirty = true;
+  return t;
+}
+
+/* Is the cluster of entry E writable in place (no allocation needed)? */
+static bool
+in_place (struct qcow2 *q, uint64_t e)
+{
+  if (e & OFLAG_COMPRESSED)
+    return false;
+  if (q->external_data)
+    return (e & OFLAG_COPIED) != 0;
+  return (e & L2E_OFFSET_MASK) && (e & OFLAG_COPIED);
+}
+
+/* Pending contiguous data write, plus the writes that may be done after
+ * the exclusive lock is dropped (into clusters whose previous content, on
+ * disk and in the metadata that a concurrent flush could persist, reads
+ * as zeroes, or in place into allocated clusters), so that allocating
+ * writes of different requests overlap their data I/O.
+ */
+struct drun {
+  uint64_t host, len;
+  const uint8_t *src;
+};
+struct wrun {
+  uint64_t host, len;
+  const uint8_t *src;
+  bool can_defer;
+  struct drun *d;
+  size_t nd, capd;
+};
+
+static int
+wrun_flush (struct qcow2 *q, struct wrun *w)
+{
+  int r = 0;
+  if (w->len && !q->external_data &&
+      q2_check_no_overlap (q, w->host, w->len, "data cluster") == -1)
+    r = -1;
+  else if (w->len)
+    r = bdev_pwrite (q->data, w->src, w->len, w->host, 0);
+  w->len = 0;
+  return r;
+}
+
+static int
+wrun_add (struct qcow2 *q, struct wrun *w, uint64_t host, const uint8_t *src,
+          uint64_t len)
+{
+  if (w->len && w->host + w->len == host && w->src + w->len == src) {
+    w->len += len;
+    return 0;
+  }
+  if (wrun_flush (q, w) == -1)
+    return -1;
+  w->host = host; w->src = src; w->len = len;
+  return 0;
+}
+
+static int
+wrun_defer (struct qcow2 *q, struct wrun *w, uint64_t host,
+            const uint8_t *src, uint64_t len)
+{
+  if (!w->can_defer)
+    return wrun_add (q, w, host, src, len);
+  if (!q->external_data &&
+      q2_check_no_overlap (q, host, len, "data cluster") == -1)
+    return -1;
+  if (w->nd) {
+    struct drun *l = &w->d[w->nd - 1];
+    if (l->host + l->len == host && l->src + l->len == src) {
+      l->len += len;
+      return 0;
+    }
+  }
+  if (w->nd == w->capd) {
+    size_t nc = w->capd ? w->capd * 2 : 16;
+    struct drun *nd = realloc (w->d, nc * sizeof *nd);
+    if (!nd)
+      return wrun_add (q, w, host, src, len);
+    w->d = nd;
+    w->capd = nc;
+  }
+  w->d[w->nd++] = (struct drun) { host, len, src };
+  return 0;
+}
+
+static int
+wrun_write_deferred (struct qcow2 *q, struct wrun *w, bool doit)
+{
+  int r = 0;
+  for (size_t i = 0; doit && r == 0 && i < w->nd; i++)
+    r = bdev_pwrite (q->data, w->d[i].src, w->d[i].len, w->d[i].host, 0);
+  free (w->d);
+  w->d = NULL;
+  w->nd = w->capd = 0;
+  return r;
+}
+
+/* Allocate the host cluster for guest cluster CL. */
+static int
+alloc_data_cluster (struct qcow2 *q, uint64_t cl, uint64_t *host)
+{
+  if (q->external_data) {       /* identity mapping, no refcounts */
+    *host = cl << q->cluster_bits;
+    return 0;
+  }
+  return q2_alloc_clusters (q, 1, host);
+}
+
+/* Write [a, b) of guest cluster CL from SRC (src points at guest offset a).
+ * Exclusive lock held.
+ */
+static int
+write_cluster (struct qcow2 *q, uint64_t cl, uint64_t a, uint64_t b,
+               const uint8_t *src, struct wrun *w)
+{
+  uint64_t cs = q->cluster_size;
+  uint64_t gbase = cl << q->cluster_bits;
+  uint64_t i1 = cl >> q->l2_bits, i2 = cl & ((1ull << q->l2_bits) - 1);
+  uint8_t *t = l2_get_write (q, i1);
+  uint8_t *tmp = NULL;
+  int r = -1;
+  if (!t)
+    return -1;
+  uint64_t e = l2_entry (q, t, i2), bm = l2_bitmap (q, t, i2);
+  uint64_t host = e & L2E_OFFSET_MASK;
+  bool full = a == 0 && b == cs;
+
+  if (in_place (q, e) && host % cs) {
+    ERR (q, EIO, "%s: corrupt image: data cluster offset %#" PRIx64
+         " is not cluster aligned", q->path, host);
+    goto out;
+  }
+  if (q->ext_l2 && !(e & OFLAG_COMPRESSED) &&
+      (in_place (q, e) || host == 0)) {
+    /* Subcluster granularity: write the touched subclusters. */
+    uint64_t scs = 1ull << q->sc_bits;
+    unsigned s0 = a >> q->sc_bits, s1 = (b - 1) >> q->sc_bits;
+    uint64_t sa = (uint64_t) s0 << q->sc_bits, sb = (uint64_t) (s1 + 1) << q->sc_bits;
+    uint32_t mask = (uint32_t) ((((uint64_t) 1 << (s1 + 1)) - 1) & ~(((uint64_t) 1 << s0) - 1));
+    bool fresh = false;
+    if (!in_place (q, e)) {
+      if (alloc_data_cluster (q, cl, &host) == -1)
+        goto out;
+      fresh = true;
+    }
+    (void) scs;
+    if (sa == a && sb == b) {
+      if (wrun_add (q, w, host + a, src, b - a) == -1)
+        goto out;
+    }
+    else {
+      /* Partial subclusters: merge with the current content. */
+      if (wrun_flush (q, w) == -1)
+        goto out;
+      tmp = malloc (sb - sa);
+      if (!tmp) {
+        ERR (q, ENOMEM, "%s: out of memory", q->path);
+        goto out;
+      }
+      if (q2_read_locked (q, tmp, sb - sa, gbase + sa) == -1)
+        goto out;
+      memcpy (tmp + (a - sa), src, b - a);
+      if (!q->external_data &&
+          q2_check_no_overlap (q, host + sa, sb - sa, "data cluster") == -1)
+        goto out;
+      if (bdev_pwrite (q->data, tmp, sb - sa, host + sa, 0) == -1)
+        goto out;
+    }
+    uint64_t nbm = (bm | mask) & ~((uint64_t) mask << 32);
+    uint64_t ne = host | OFLAG_COPIED;
+    if (ne != e || nbm != bm || fresh) {
+      uint8_t *p = t + (i2 << q->l2_entry_shift);
+      store_be64 (p, ne);
+      store_be64 (p + 8, nbm);
+      if (q2_mark_dirty (q, q->l2c, &q->dl2, t) == -1)
+        goto out;
+    }
+    r = 0;
+    goto out;
+  }
+
+  if (in_place (q, e) && !(q->version >= 3 && (e & OFLAG_ZERO) && !q->ext_l2)) {
+    r = wrun_defer (q, w, host + a, src, b - a);
+    goto out;
+  }
+
+  /* Needs a new cluster (or materialising a preallocated zero cluster). */
+  uint64_t nhost;
+  bool reuse = in_place (q, e);
+  if (reuse)
+    nhost = host;
+  else if (alloc_data_cluster (q, cl, &nhost) == -1)
+    goto out;
+  /* The old content reads as zeroes and the new cluster has never been
+   * written (beyond the original end of file)?
+   */
+  bool zero_before = !reuse && !q->external_data && nhost >= q->zero_from &&
+    !(e & OFLAG_COMPRESSED) && host == 0 &&
+    (!q->backing || (q->version >= 3 && (e & OFLAG_ZERO)));
+  if (full) {
+    if ((zero_before ? wrun_defer (q, w, nhost, src, cs)
+         : wrun_add (q, w, nhost, src, cs)) == -1)
+      goto out;
+  }
+  else if (zero_before) {
+    /* No COW needed. */
+    if (wrun_defer (q, w, nhost + a, src, b - a) == -1)
+      goto out;
+  }
+  else {
+    if (wrun_flush (q, w) == -1)
+      goto out;
+    tmp = malloc (cs);
+    if (!tmp) {
+      ERR (q, ENOMEM, "%s: out of memory", q->path);
+      goto out;
+    }
+    if (q2_read_locked (q, tmp, cs, gbase) == -1)
+      goto out;
+    memcpy (tmp + a, src, b - a);
+    if (!q->external_data &&
+        q2_check_no_overlap (q, nhost, cs, "data cluster") == -1)
+      goto out;
+    if (bdev_pwrite (q->data, tmp, cs, nhost, 0) == -1)
+      goto out;
+  }
+  /* Release the old cluster after the next flush. */
+  if (!reuse && !q->external_data) {
+    if (e & OFLAG_COMPRESSED) {
+      if (q2_free_compressed (q, e) == -1)
+        goto out;
+    }
+    else if (host && q2_defer_free (q, host) == -1)
+      goto out;
+  }
+  uint8_t *p = t + (i2 << q->l2_entry_shift);
+  store_be64 (p, nhost | OFLAG_COPIED);
+  if (q->ext_l2)
+    store_be64 (p + 8, 0xffffffffull);
+  if (q2_mark_dirty (q, q->l2c, &q->dl2, t) == -1)
+    goto out;
+  r = 0;
+ out:
+  free (tmp);
+  lru_put (q->l2c, t);
+  return r;
+}
+
+/* Fast path: every touched unit is allocated data with refcount 1.  Shared
+ * lock held.  Returns 1 if done, 0 if the slow path is needed.
+ */
+struct fast_ctx {
+  const uint8_t *src;
+  uint64_t base;
+  bool ok;
+  struct wrun w;
+};
+
+static int
+fast_check_run (struct qcow2 *q, void *opaque, enum utype type,
+                uint64_t guest, uint64_t host, uint64_t len, uint64_t entry)
+{
+  struct fast_ctx *f = opaque;
+  (void) guest; (void) host; (void) len;
+  if (type != U_DATA || !in_place (q, entry) ||
+      (!q->ext_l2 && q->version >= 3 && (entry & OFLAG_ZERO)))
+    f->ok = false;
+  return 0;
+}
+
+static int
+fast_write_run (struct qcow2 *q, void *opaque, enum utype type,
+                uint64_t guest, uint64_t host, uint64_t len, uint64_t entry)
+{
+  struct fast_ctx *f = opaque;
+  (void) type; (void) entry;
+  if (!q->external_data &&
+      q2_check_no_overlap (q, host, len, "data cluster") == -1)
+    return -1;
+  return bdev_pwrite (q->data, f->src + (guest - f->base), len, host, 0);
+}
+
+int
+qcow2_pwrite (struct bdev *bd, const void *buf, size_t count,
+              uint64_t offset, uint32_t flags)
+{
+  struct qcow2 *q = (struct qcow2 *) bd;
+  int r;
+  (void) flags;
+
+  if (q->first_write_done) {
+    struct fast_ctx f = { .src = buf, .base = offset, .ok = true };
+    pthread_rwlock_rdlock (&q->lock);
+    r = q2_walk (q, q->l1, q->l1_size, offset, count, fast_check_run, &f);
+    if (r == 0 && f.ok)
+      r = q2_walk (q, q->l1, q->l1_size, offset, count, fast_write_run, &f);
+    pthread_rwlock_unlock (&q->lock);
+    if (r == -1 || f.ok)
+      return r;
+  }
+
+  pthread_rwlock_wrlock (&q->lock);
+  r = first_write (q);
+  struct wrun w = { .can_defer = true };
+  const uint8_t *src = buf;
+  uint64_t end = offset + count;
+  while (r == 0 && offset < end) {
+    uint64_t cl = offset >> q->cluster_bits;
+    uint64_t a = offset & (q->cluster_size - 1);
+    uint64_t b = end - (cl << q->cluster_bits);
+    if (b > q->cluster_size)
+      b = q->cluster_size;
+    r = write_cluster (q, cl, a, b, src, &w);
+    src += b - a;
+    offset += b - a;
+  }
+  if (r == 0)
+    r = wrun_flush (q, &w);
+  if (r == 0)
+    r = q2_maybe_flush (q);
+  pthread_rwlock_unlock (&q->lock);
+  if (wrun_write_deferred (q, &w, r == 0) == -1)
+    r = -1;
+  return r;
+}
+
+int
+qcow2_flush (struct bdev *bd)
+{
+  struct qcow2 *q = (struct qcow2 *) bd;
+  pthread_rwlock_wrlock (&q->lock);
+  int r = q2_flush_locked (q);
+  pthread_rwlock_unlock (&q->lock);
+  return r;
+}
+
+/* ------------------------------------------------------------------ */
+/* Zero and trim. */
+
+/* Make whole cluster CL read as zeroes (ZERO) or be discarded (!ZERO),
+ * metadata only.  MAY_FREE: the host cluster may be released.
+ */
+static int
+unmap_cluster (struct qcow2 *q, uint64_t cl, bool zero, bool may_free)
+{
+  uint64_t i1 = cl >> q->l2_bits, i2 = cl & ((1ull << q->l2_bits) - 1);
+  uint64_t e, bm;
+  /* Trim with a backing file on v3 and zero on v3 use the zero flag;
+   * otherwise the cluster becomes unallocated (zero_or_trim never asks
+   * for a v2 zero with a backing file).
+   */
+  bool zflag = q->version >= 3 && (zero || q->backing);
+
+  if (i1 < q->l1_size && (q->l1[i1] & L1E_OFFSET_MASK) == 0 &&
+      (!zflag || !q->backing))
+    return 0;
+  if (q->external_data && zero &&
+      bdev_zero (q->data, q->cluster_size, cl << q->cluster_bits,
+                 may_free ? BDEV_MAY_TRIM : 0) == -1)
+    return -1;
+  uint8_t *t = l2_get_write (q, i1);
+  if (!t)
+    return -1;
+  e = l2_entry (q, t, i2);
+  bm = l2_bitmap (q, t, i2);
+  uint64_t host = e & L2E_OFFSET_MASK;
+  bool keep = zflag && zero && !may_free && in_place (q, e);
+  uint64_t ne, nbm = 0;
+
+  if (zflag) {
+    if (q->ext_l2) {
+      ne = keep ? e : 0;
+      nbm = 0xffffffff00000000ull;
+    }
+    else
+      ne = (keep ? (host | OFLAG_COPIED) : 0) | OFLAG_ZERO;
+  }
+  else
+    ne = 0;
+  if (ne == e && nbm == bm) {
+    lru_put (q->l2c, t);
+    return 0;
+  }
+  if (!keep) {
+    if (q->external_data) {
+      if (!zero && may_free && (e & OFLAG_COPIED))
+        (void) bdev_trim (q->data, q->cluster_size, cl << q->cluster_bits, 0);
+    }
+    else if (e & OFLAG_COMPRESSED) {
+      if (q2_free_compressed (q, e) == -1)
+        goto err;
+    }
+    else if (host && q2_defer_free (q, host) == -1)
+      goto err;
+  }
+  uint8_t *p = t + (i2 << q->l2_entry_shift);
+  store_be64 (p, ne);
+  if (q->ext_l2)
+    store_be64 (p + 8, nbm);
+  if (q2_mark_dirty (q, q->l2c, &q->dl2, t) == -1)
+    goto err;
+  lru_put (q->l2c, t);
+  return 0;
+ err:
+  lru_put (q->l2c, t);
+  return -1;
+}
+
+/* Does [a,b) of cluster CL already read as zeroes from metadata alone? */
+static int
+reads_zero (struct qcow2 *q, uint64_t off, uint64_t len, bool *yes)
+{
+  *yes = true;
+  uint64_t cl = off >> q->cluster_bits;
+  uint64_t i1 = cl >> q->l2_bits, i2 = cl & ((1ull << q->l2_bits) - 1);
+  uint8_t *t;
+  if (q2_l2_lookup_table (q, q->l1, q->l1_size, i1, &t) == -1)
+    return -1;
+  if (!t) {
+    *yes = !q->backing;
+    return 0;
+  }
+  uint64_t e = l2_entry (q, t, i2), bm = l2_bitmap (q, t, i2);
+  lru_put (q->l2c, t);
+  uint64_t unit_bits = q->ext_l2 ? q->sc_bits : q->cluster_bits;
+  for (uint64_t o = off; o < off + len; o = ((o >> unit_bits) + 1) << unit_bits) {
+    enum utype type; uint64_t h;
+    if (q2_classify (q, e, bm, (o >> unit_bits) & 31, &type, &h) == -1)
+      return -1;
+    if (!(type == U_ZERO || (type == U_UNALLOC && !q->backing))) {
+      *yes = false;
+      return 0;
+    }
+  }
+  return 0;
+}
+
+static int
+zero_or_trim (struct qcow2 *q, uint64_t count, uint64_t offset,
+              uint32_t flags, bool zero)
+{
+  uint64_t end = offset + count;
+  uint64_t cs = q->cluster_size;
+  int r;
+
+  if (zero && q->version < 3 && q->backing && (flags & BDEV_FAST_ZERO)) {
+    errno = ENOTSUP;
+    return -1;
+  }
+  pthread_rwlock_wrlock (&q->lock);
+  r = first_write (q);
+  while (r == 0 && offset < end) {
+    uint64_t cl = offset >> q->cluster_bits;
+    uint64_t a = offset & (cs - 1);
+    uint64_t b = end - (cl << q->cluster_bits);
+    if (b > cs)
+      b = cs;
+    if (a == 0 && b == cs) {
+      if (zero && q->version < 3 && q->backing) {
+        static const uint8_t zeroes[65536];
+        struct wrun w = { 0 };
+        for (uint64_t o = 0; r == 0 && o < cs; o += sizeof zeroes) {
+          uint64_t n = cs - o < sizeof zeroes ? cs - o : sizeof zeroes;
+          r = write_cluster (q, cl, o, o + n, zeroes, &w);
+          if (r == 0)
+            r = wrun_flush (q, &w);
+        }
+      }
+      else
+        r = unmap_cluster (q, cl, zero, !zero || (flags & BDEV_MAY_TRIM));
+    }
+    else if (zero) {
+      bool yes;
+      r = reads_zero (q, offset, b - a, &yes);
+      if (r == 0 && !yes) {
+        uint8_t *z = calloc (1, b - a);
+        struct wrun w = { 0 };
+        if (!z) {
+          ERR (q, ENOMEM, "%s: out of memory", q->path);
+          r = -1;
+        }
+        else {
+          r = write_cluster (q, cl, a, b, z, &w);
+          if (r == 0)
+            r = wrun_flush (q, &w);
+          free (z);
+        }
+      }
+    }
+    offset += b - a;
+  }
+  if (r == 0)
+    r = q2_maybe_flush (q);
+  pthread_rwlock_unlock (&q->lock);
+  return r;
+}
+
+int
+qcow2_zero (struct bdev *bd, uint64_t count, uint64_t offset, uint32_t flags)
+{
+  return zero_or_trim ((struct qcow2 *) bd, count, offset, flags, true);
+}
+
+int
+qcow2_trim (struct bdev *bd, uint64_t count, uint64_t offset, uint32_t flags)
+{
+  return zero_or_trim ((struct qcow2 *) bd, count, offset, flags, false);
+}
