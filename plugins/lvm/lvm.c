@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "bdev/bdev.h"
+#include "bdev/bdev_nbdkit.h"
 #include "lvm/lvm.h"
 #include "lvm/lvm_disk.h"
 #include "util/log.h"
@@ -262,63 +263,33 @@ lvm_pread (void *handle, void *buf, uint32_t count, uint64_t offset,
            uint32_t flags)
 {
   (void) flags;
-  if (bdev_pread (handle, buf, count, offset) == -1) {
-    nbdkit_set_error (errno);
-    return -1;
-  }
-  return 0;
-}
-
-static uint32_t
-bflags (uint32_t flags)
-{
-  uint32_t f = 0;
-  if (flags & NBDKIT_FLAG_FUA) f |= BDEV_FUA;
-  if (flags & NBDKIT_FLAG_MAY_TRIM) f |= BDEV_MAY_TRIM;
-  if (flags & NBDKIT_FLAG_FAST_ZERO) f |= BDEV_FAST_ZERO;
-  return f;
+  return bdev_nbdkit_pread (handle, buf, count, offset);
 }
 
 static int
 lvm_pwrite (void *handle, const void *buf, uint32_t count, uint64_t offset,
             uint32_t flags)
 {
-  if (bdev_pwrite (handle, buf, count, offset, bflags (flags)) == -1) {
-    nbdkit_set_error (errno);
-    return -1;
-  }
-  return 0;
+  return bdev_nbdkit_pwrite (handle, buf, count, offset, flags);
 }
 
 static int
 lvm_flush (void *handle, uint32_t flags)
 {
   (void) flags;
-  if (bdev_flush (handle) == -1) {
-    nbdkit_set_error (errno);
-    return -1;
-  }
-  return 0;
+  return bdev_nbdkit_flush (handle);
 }
 
 static int
 lvm_trim (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
 {
-  if (bdev_trim (handle, count, offset, bflags (flags)) == -1) {
-    nbdkit_set_error (errno);
-    return -1;
-  }
-  return 0;
+  return bdev_nbdkit_trim (handle, count, offset, flags);
 }
 
 static int
 lvm_zero (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
 {
-  if (bdev_zero (handle, count, offset, bflags (flags)) == -1) {
-    nbdkit_set_error (errno);
-    return -1;
-  }
-  return 0;
+  return bdev_nbdkit_zero (handle, count, offset, flags);
 }
 
 /* LVs are fully allocated: everything is data. */

@@ -17,6 +17,7 @@
 #include <nbdkit-plugin.h>
 
 #include "bdev/bdev.h"
+#include "bdev/bdev_nbdkit.h"
 #include "qcow2/qcow2.h"
 #include "util/log.h"
 
@@ -529,31 +530,12 @@ qcow2_can_extents (void *handle)
 }
 
 static int
-set_err (int r)
-{
-  if (r == -1)
-    nbdkit_set_error (errno ? errno : EIO);
-  return r;
-}
-
-static uint32_t
-map_flags (uint32_t f)
-{
-  uint32_t b = 0;
-  if (f & NBDKIT_FLAG_FUA) b |= BDEV_FUA;
-  if (f & NBDKIT_FLAG_MAY_TRIM) b |= BDEV_MAY_TRIM;
-  if (f & NBDKIT_FLAG_FAST_ZERO) b |= BDEV_FAST_ZERO;
-  if (f & NBDKIT_FLAG_REQ_ONE) b |= BDEV_REQ_ONE;
-  return b;
-}
-
-static int
 qcow2_pread (void *handle, void *buf, uint32_t count, uint64_t offset,
              uint32_t flags)
 {
   struct handle *h = handle;
   (void) flags;
-  return set_err (bdev_pread (h->img->bd, buf, count, offset));
+  return bdev_nbdkit_pread (h->img->bd, buf, count, offset);
 }
 
 static int
@@ -561,8 +543,7 @@ qcow2_pwrite (void *handle, const void *buf, uint32_t count, uint64_t offset,
               uint32_t flags)
 {
   struct handle *h = handle;
-  return set_err (bdev_pwrite (h->img->bd, buf, count, offset,
-                               map_flags (flags)));
+  return bdev_nbdkit_pwrite (h->img->bd, buf, count, offset, flags);
 }
 
 static int
@@ -570,32 +551,21 @@ qcow2_flush (void *handle, uint32_t flags)
 {
   struct handle *h = handle;
   (void) flags;
-  return set_err (bdev_flush (h->img->bd));
+  return bdev_nbdkit_flush (h->img->bd);
 }
 
 static int
 qcow2_trim (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
 {
   struct handle *h = handle;
-  return set_err (bdev_trim (h->img->bd, count, offset, map_flags (flags)));
+  return bdev_nbdkit_trim (h->img->bd, count, offset, flags);
 }
 
 static int
 qcow2_zero (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
 {
   struct handle *h = handle;
-  int r = bdev_zero (h->img->bd, count, offset, map_flags (flags));
-  if (r == -1 && errno == ENOTSUP && (flags & NBDKIT_FLAG_FAST_ZERO)) {
-    nbdkit_set_error (ENOTSUP);
-    return -1;
-  }
-  return set_err (r);
-}
-
-static int
-add_extent (void *opaque, uint64_t offset, uint64_t length, uint32_t type)
-{
-  return nbdkit_add_extent (opaque, offset, length, type);
+  return bdev_nbdkit_zero (h->img->bd, count, offset, flags);
 }
 
 static int
@@ -603,8 +573,7 @@ qcow2_extents (void *handle, uint32_t count, uint64_t offset, uint32_t flags,
                struct nbdkit_extents *extents)
 {
   struct handle *h = handle;
-  return set_err (bdev_extents (h->img->bd, count, offset,
-                                map_flags (flags), add_extent, extents));
+  return bdev_nbdkit_extents (h->img->bd, count, offset, flags, extents);
 }
 
 static struct nbdkit_plugin plugin = {
