@@ -410,7 +410,7 @@ abandon_all (struct session *s)
 
   s->dead = true;
   for (t = s->tickets; t != NULL; t = t->next) {
-    if (t->cmd == NULL)
+    if (t->cmd == NULL || t->cmd->done)   /* abandoned, or completed */
       continue;
     t->cmd->abandoned = true;
     t->cmd->done = true;
