@@ -16,3 +16,14 @@ nbdsh () {
   fi
 }
 nbdsh -c 'pass' 2>/dev/null || skip "nbdsh cannot import the nbd module (python3-libnbd)"
+
+# tgtd_one_lun FILE [TGTADM-ARGS...]: start tgtd with target $IQN (tid 1)
+# whose LUN 1 is backed by FILE (extra arguments go to the LUN's creation,
+# e.g. --blocksize 4096), open to every initiator.
+tgtd_one_lun () {
+  local file=$1; shift
+  tgtd_start
+  tgtd_cmd --op new --mode target --tid 1 -T $IQN
+  tgtd_cmd --op new --mode logicalunit --tid 1 --lun 1 -b "$file" "$@"
+  tgtd_cmd --op bind --mode target --tid 1 -I ALL
+}

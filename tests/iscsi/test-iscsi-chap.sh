@@ -6,10 +6,7 @@ source "$TOP_SRCDIR/tests/iscsi/common.sh"
 
 d=$tmpdir
 random_file $d/lun.img 4M
-tgtd_start
-tgtd_cmd --op new --mode target --tid 1 -T $IQN
-tgtd_cmd --op new --mode logicalunit --tid 1 --lun 1 -b $d/lun.img
-tgtd_cmd --op bind --mode target --tid 1 -I ALL
+tgtd_one_lun $d/lun.img
 tgtd_cmd --op new --mode account --user alice --password alicesecret12
 tgtd_cmd --op bind --mode account --tid 1 --user alice
 plugin=$(plugin_so iscsi)

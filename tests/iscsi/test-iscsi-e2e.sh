@@ -11,10 +11,7 @@ requires qemu-system-x86_64
 d=$tmpdir
 random_file $d/lun.img 16M
 cp $d/lun.img $d/before.img
-tgtd_start
-tgtd_cmd --op new --mode target --tid 1 -T $IQN
-tgtd_cmd --op new --mode logicalunit --tid 1 --lun 1 -b $d/lun.img --blocksize 4096
-tgtd_cmd --op bind --mode target --tid 1 -I ALL
+tgtd_one_lun $d/lun.img --blocksize 4096
 
 start_nbdkit $d/sock "$(plugin_so iscsi)" url=$(tgtd_url $IQN 1)
 rc=0

@@ -11,10 +11,7 @@ d=$tmpdir
 size=$((8 * 1024 * 1024))
 random_file $d/lun.img $size
 
-tgtd_start
-tgtd_cmd --op new --mode target --tid 1 -T $IQN
-tgtd_cmd --op new --mode logicalunit --tid 1 --lun 1 -b $d/lun.img
-tgtd_cmd --op bind --mode target --tid 1 -I ALL
+tgtd_one_lun $d/lun.img
 
 sock=$d/sock
 start_nbdkit $sock "$(plugin_so iscsi)" url=$(tgtd_url $IQN 1) 2>$d/nbdkit.log
