@@ -22,24 +22,94 @@
 #include "util/endian.h"
 #include "util/log.h"
 
+/* Decompression contexts are expensive to set up (zstd allocates and
+ * initialises ~100 KiB per context), so each thread keeps one of each
+ * and resets it per cluster.  Freed when the thread exits.
+ */
+struct dctx {
+#ifdef HAVE_ZLIB
+  z_stream z;
+  bool z_ready;
+#endif
+#ifdef HAVE_ZSTD
+  ZSTD_DCtx *zstd;
+#endif
+};
+
+static pthread_key_t dctx_key;
+static pthread_once_t dctx_once = PTHREAD_ONCE_INIT;
+static int dctx_key_err;
+
+static void
+dctx_free (void *vp)
+{
+  struct dctx *d = vp;
+#ifdef HAVE_ZLIB
+  if (d->z_ready)
+    inflateEnd (&d->z);
+#endif
+#ifdef HAVE_ZSTD
+  ZSTD_freeDCtx (d->zstd);
+#endif
+  free (d);
+}
+
+static void
+dctx_key_init (void)
+{
+  dctx_key_err = pthread_key_create (&dctx_key, dctx_free);
+}
+
+static struct dctx *
+thread_dctx (void)
+{
+  struct dctx *d;
+
+  pthread_once (&dctx_once, dctx_key_init);
+  if (dctx_key_err)
+    return NULL;
+  d = pthread_getspecific (dctx_key);
+  if (d == NULL) {
+    d = calloc (1, sizeof *d);
+    if (d == NULL)
+      return NULL;
+    if (pthread_setspecific (dctx_key, d) != 0) {
+      free (d);
+      return NULL;
+    }
+  }
+  return d;
+}
+
 static int
 decompress (struct qcow2 *q, const uint8_t *in, size_t inlen, uint8_t *out)
 {
   size_t outlen = q->cluster_size;
+  struct dctx *d = thread_dctx ();
+
+  if (d == NULL) {
+    ERR (q, ENOMEM, "%s: out of memory", q->path);
+    return -1;
+  }
   if (q->compression_type == 0) {
 #ifdef HAVE_ZLIB
-    z_stream s;
-    memset (&s, 0, sizeof s);
-    if (inflateInit2 (&s, -12) != Z_OK)
+    z_stream *s = &d->z;
+    if (!d->z_ready) {
+      memset (s, 0, sizeof *s);
+      if (inflateInit2 (s, -12) != Z_OK) {
+        ERR (q, ENOMEM, "%s: cannot set up zlib", q->path);
+        return -1;
+      }
+      d->z_ready = true;
+    }
+    else if (inflateReset (s) != Z_OK)
       goto bad;
-    s.next_in = (Bytef *) in;
-    s.avail_in = inlen;
-    s.next_out = out;
-    s.avail_out = outlen;
-    int r = inflate (&s, Z_FINISH);
-    bool ok = (r == Z_STREAM_END || r == Z_BUF_ERROR) && s.avail_out == 0;
-    inflateEnd (&s);
-    if (ok)
+    s->next_in = (Bytef *) in;
+    s->avail_in = inlen;
+    s->next_out = out;
+    s->avail_out = outlen;
+    int r = inflate (s, Z_FINISH);
+    if ((r == Z_STREAM_END || r == Z_BUF_ERROR) && s->avail_out == 0)
       return 0;
 #else
     ERR (q, ENOTSUP, "%s: zlib support not compiled in", q->path);
@@ -48,19 +118,24 @@ decompress (struct qcow2 *q, const uint8_t *in, size_t inlen, uint8_t *out)
   }
   else {
 #ifdef HAVE_ZSTD
-    ZSTD_DCtx *d = ZSTD_createDCtx ();
-    if (!d)
-      goto bad;
+    if (d->zstd == NULL) {
+      d->zstd = ZSTD_createDCtx ();
+      if (d->zstd == NULL) {
+        ERR (q, ENOMEM, "%s: cannot set up zstd", q->path);
+        return -1;
+      }
+    }
+    else
+      ZSTD_DCtx_reset (d->zstd, ZSTD_reset_session_only);
     ZSTD_inBuffer ib = { in, inlen, 0 };
     ZSTD_outBuffer ob = { out, outlen, 0 };
     while (ob.pos < ob.size) {
-      size_t r = ZSTD_decompressStream (d, &ob, &ib);
+      size_t r = ZSTD_decompressStream (d->zstd, &ob, &ib);
       if (ZSTD_isError (r))
         break;
       if (r == 0 || ib.pos == ib.size)
         break;
     }
-    ZSTD_freeDCtx (d);
     if (ob.pos == ob.size)
       return 0;
 #else
@@ -68,7 +143,7 @@ decompress (struct qcow2 *q, const uint8_t *in, size_t inlen, uint8_t *out)
     return -1;
 #endif
   }
-#if defined (HAVE_ZLIB) || defined (HAVE_ZSTD)
+#ifdef HAVE_ZLIB
  bad:
 #endif
   ERR (q, EIO, "%s: corrupt compressed cluster", q->path);
