@@ -58,6 +58,9 @@ read_run (struct qcow2 *q, void *opaque, enum utype type, uint64_t guest,
     memset (p, 0, len);
     return 0;
   case U_COMPRESSED: {
+    /* A whole cluster inflates straight into the caller's buffer. */
+    if ((guest & (q->cluster_size - 1)) == 0 && len == q->cluster_size)
+      return q2_read_compressed (q, entry, p);
     uint8_t *tmp = malloc (q->cluster_size);
     if (!tmp) {
       ERR (q, ENOMEM, "%s: out of memory", q->path);

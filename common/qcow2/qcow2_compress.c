@@ -24,9 +24,12 @@
 
 /* Decompression contexts are expensive to set up (zstd allocates and
  * initialises ~100 KiB per context), so each thread keeps one of each
- * and resets it per cluster.  Freed when the thread exits.
+ * and resets it per cluster, with a buffer for the compressed bytes.
+ * Freed when the thread exits.
  */
 struct dctx {
+  uint8_t *in;                  /* compressed bytes of one cluster */
+  size_t in_cap;
 #ifdef HAVE_ZLIB
   z_stream z;
   bool z_ready;
@@ -51,6 +54,7 @@ dctx_free (void *vp)
 #ifdef HAVE_ZSTD
   ZSTD_freeDCtx (d->zstd);
 #endif
+  free (d->in);
   free (d);
 }
 
@@ -82,15 +86,11 @@ thread_dctx (void)
 }
 
 static int
-decompress (struct qcow2 *q, const uint8_t *in, size_t inlen, uint8_t *out)
+decompress (struct qcow2 *q, struct dctx *d, const uint8_t *in, size_t inlen,
+            uint8_t *out)
 {
   size_t outlen = q->cluster_size;
-  struct dctx *d = thread_dctx ();
 
-  if (d == NULL) {
-    ERR (q, ENOMEM, "%s: out of memory", q->path);
-    return -1;
-  }
   if (q->compression_type == 0) {
 #ifdef HAVE_ZLIB
     z_stream *s = &d->z;
@@ -170,16 +170,21 @@ q2_read_compressed (struct qcow2 *q, uint64_t e, uint8_t *out)
          " beyond the end of the file", q->path, off);
     return -1;
   }
-  uint8_t *in = malloc (len);
-  if (!in) {
+  struct dctx *d = thread_dctx ();
+  if (d && d->in_cap < len) {
+    uint8_t *in = realloc (d->in, len);
+    if (in) {
+      d->in = in;
+      d->in_cap = len;
+    }
+  }
+  if (!d || d->in_cap < len) {
     ERR (q, ENOMEM, "%s: out of memory", q->path);
     return -1;
   }
-  int r = bdev_pread_padded (q->file, in, len, off);
-  if (r == 0)
-    r = decompress (q, in, len, out);
-  free (in);
-  return r;
+  if (bdev_pread_padded (q->file, d->in, len, off) == -1)
+    return -1;
+  return decompress (q, d, d->in, len, out);
 }
 
 /* The host clusters a compressed entry occupies. */
