@@ -6,7 +6,8 @@
 #  - allocseqwrite: one sequential pass of 1 MiB writes into a fresh empty
 #    image (the cluster allocation path), recreated before every run
 #  - compread: sequential 1 MiB reads of an image whose every cluster is
-#    compressed (qemu-img convert -c of data that compresses ~4x)
+#    compressed (qemu-img convert -c of data that compresses ~4x), zlib
+#    (qemu-img's default); compread-zstd: the same with compression_type=zstd
 
 DESCRIPTION="qcow2: nbdkit qcow2 plugin vs qemu-nbd -f qcow2 (writeback); ceiling nbdkit file on the raw equivalent"
 PEER=qemu-nbd
@@ -14,7 +15,9 @@ CEILING=nbdkit-file
 
 BENCH_WORKLOAD_DESC="seq read 1 MiB, compressed image" \
   bench_workload compread fio MiB/s --rw=read --bs=1M
-WORKLOADS="seqread randread randwrite allocseqwrite compread"
+BENCH_WORKLOAD_DESC="seq read 1 MiB, zstd-compressed image" \
+  bench_workload compread-zstd fio MiB/s --rw=read --bs=1M
+WORKLOADS="seqread randread randwrite allocseqwrite compread compread-zstd"
 
 scenario_requires () {
   bench_requires nbdkit qemu-nbd qemu-img
@@ -27,12 +30,16 @@ prepare () {
   make_compressible_raw "$WORKDIR/compdata.raw"
   qemu-img convert -c -f raw -O qcow2 "$WORKDIR/compdata.raw" \
     "$WORKDIR/comp.qcow2"
+  qemu-img convert -c -f raw -O qcow2 -o compression_type=zstd \
+    "$WORKDIR/compdata.raw" "$WORKDIR/compzstd.qcow2"
 }
 
 before_run () {   # LABEL WORKLOAD ROUND
   case $2 in
     compread)
       QCOW2=$WORKDIR/comp.qcow2 RAW=$WORKDIR/compdata.raw ;;
+    compread-zstd)
+      QCOW2=$WORKDIR/compzstd.qcow2 RAW=$WORKDIR/compdata.raw ;;
     allocseqwrite)
       QCOW2=$WORKDIR/empty.qcow2 RAW=$WORKDIR/empty.raw
       rm -f "$QCOW2" "$RAW"
