@@ -7,23 +7,39 @@ source "$TOP_SRCDIR/tests/functions.sh"
 source "$TOP_SRCDIR/tests/throttle/throttle-functions.sh"
 
 # --- a client dies with requests waiting ---------------------------------
-# One I/O per second: of 8 requests in flight, the last would wait 8 s.
-serve -v -D nbdkit.backend.datapath=0 -D throttle.stats=1 \
-  pattern 1G iops-total=1 2> "$tmpdir/log1"
-"$NBDPY" "$TOP_SRCDIR/tests/throttle/client.py" rate "$uri" read 4096 8 0-60 \
-  > /dev/null 2>&1 &
-cpid=$!
-cleanup_add "kill -9 $cpid"
-sleep 2
-kill -9 $cpid
-wait $cpid 2>/dev/null || :
-# Its connection closes with abandoned waits ...
-for (( i = 0; i < 100; i++ )); do
-  grep -q 'stats (connection closed)' "$tmpdir/log1" && break
-  sleep 0.1
+# One I/O per second: of 5 requests in flight, the last would wait 5 s.
+#
+# When the aborted requests all reply at once, Debian's nbdkit 1.32 can
+# abort in its own code ("raw_send_socket: Assertion `sock >= 0' failed":
+# one thread closes the socket while another still sends an error reply;
+# later nbdkit releases no longer have that assertion).  That race is not
+# the filter's; when nbdkit hits it the attempt is repeated (6 at most), so
+# the checks below always run on a server that did not crash.
+dead_client () {
+  serve -v -D nbdkit.backend.datapath=0 -D throttle.stats=1 \
+    pattern 1G iops-total=1 2> "$tmpdir/log1"
+  "$NBDPY" "$TOP_SRCDIR/tests/throttle/client.py" rate "$uri" read 4096 5 0-60 \
+    > /dev/null 2>&1 &
+  cpid=$!
+  cleanup_add "kill -9 $cpid"
+  sleep 2
+  kill -9 $cpid
+  wait $cpid 2>/dev/null || :
+  # Its connection closes with abandoned waits ...
+  for (( i = 0; i < 100; i++ )); do
+    grep -q 'stats (connection closed)' "$tmpdir/log1" && break
+    grep -q "Assertion .sock >= 0' failed" "$tmpdir/log1" && break
+    sleep 0.1
+  done
+}
+for attempt in 1 2 3 4 5 6; do
+  dead_client
+  grep -q "Assertion .sock >= 0' failed" "$tmpdir/log1" || break
+  echo "nbdkit 1.32 hit its socket-close race (attempt $attempt), repeating"
+  stop_nbdkit
 done
 grep -Eq 'stats \(connection closed\).* [1-9][0-9]* waits abandoned' "$tmpdir/log1" ||
-  fail "waits of the dead client were not abandoned: $(grep 'throttle: stats' "$tmpdir/log1")"
+  fail "waits of the dead client were not abandoned: $(grep 'throttle: stats\|Assertion' "$tmpdir/log1")"
 echo "ok: $(grep 'stats (connection closed)' "$tmpdir/log1")"
 # ... and the server serves a new client at the limit.
 [ "$(nbdinfo --size "$uri")" = 1073741824 ] || fail "server unhealthy after a client died"
