@@ -1,8 +1,9 @@
 /* nbdkit iscsi plugin: serve an iSCSI logical unit over NBD.
  *
- * Each NBD connection gets its own iSCSI session (session.c) with a
- * service thread; requests from nbdkit's worker threads run concurrently
- * on it.  This file is the nbdkit adapter: parameters, exports, block
+ * Each NBD connection gets a small pool of iSCSI sessions (pool.c); each
+ * request borrows one and runs its command on it from nbdkit's worker
+ * thread (session.c), so requests run concurrently without any thread
+ * hand-off.  This file is the nbdkit adapter: parameters, exports, block
  * size handling (read-modify-write for unaligned requests), splitting at
  * the target's limits, and the mapping of NBD commands to SCSI commands.
  */
@@ -20,9 +21,13 @@
 #define NBDKIT_API_VERSION 2
 #include <nbdkit-plugin.h>
 
-#include "session.h"
+#include "pool.h"
 
 #define THREAD_MODEL NBDKIT_THREAD_MODEL_PARALLEL
+
+/* iSCSI sessions per NBD connection, at most (see pool.h). */
+#define DEFAULT_SESSIONS 16
+#define MAX_SESSIONS 64
 
 /* -D iscsi.requests=1: log every SCSI command.
  * -D iscsi.libiscsi=N: libiscsi's own debug level (1-10).
@@ -41,6 +46,7 @@ static int reconnect_retries = 10;
 static int reconnect_timeout = 120;   /* as open-iscsi's replacement_timeout */
 static int retries = 8;
 static uint32_t max_transfer;   /* bytes, 0 = target's limit */
+static unsigned sessions = DEFAULT_SESSIONS;   /* per NBD connection */
 
 static struct session_config cfg;
 
@@ -51,7 +57,7 @@ static struct session_config cfg;
 static pthread_mutex_t rmw_lock = PTHREAD_MUTEX_INITIALIZER;
 
 struct handle {
-  struct session *s;
+  struct pool *p;
   bool ws_unsupported;          /* WRITE SAME rejected: write zeroes */
   bool ws_unmap_unsupported;    /* WRITE SAME + UNMAP rejected */
   bool unmap_unsupported;       /* UNMAP rejected: trim is a no-op */
@@ -177,6 +183,15 @@ iscsi_config (const char *key, const char *value)
       return -1;
     if (retries < 0 || retries > 100) {
       nbdkit_error ("retries must be between 0 and 100");
+      return -1;
+    }
+    return 0;
+  }
+  else if (strcmp (key, "sessions") == 0) {
+    if (nbdkit_parse_unsigned ("sessions", value, &sessions) == -1)
+      return -1;
+    if (sessions < 1 || sessions > MAX_SESSIONS) {
+      nbdkit_error ("sessions must be between 1 and %d", MAX_SESSIONS);
       return -1;
     }
     return 0;
@@ -359,6 +374,7 @@ iscsi_config_complete (void)
   "reconnect-retries=N        Reconnect attempts (default 10, -1 = forever).\n" \
   "reconnect-timeout=SECS     Give up on a lost target (default 120, 0 = never).\n" \
   "retries=N                  Retries of transient SCSI errors (default 8).\n" \
+  "sessions=N                 iSCSI sessions per connection (default 16).\n" \
   "max-transfer=SIZE          Split requests above SIZE bytes."
 
 static void
@@ -446,22 +462,17 @@ iscsi_open (int readonly)
     nbdkit_error ("calloc: %m");
     return NULL;
   }
-  h->s = session_connect (&cfg, l, true);
-  if (h->s == NULL) {
+  h->p = pool_open (&cfg, l, sessions);
+  if (h->p == NULL) {
     free (h);
     return NULL;
   }
   if (max_transfer) {
-    uint32_t m = max_transfer / h->s->info.block_size;
+    uint32_t m = max_transfer / h->p->info.block_size;
     if (m == 0)
       m = 1;
-    if (m < h->s->info.max_xfer_blocks)
-      h->s->info.max_xfer_blocks = m;
-  }
-  if (session_start (h->s) == -1) {
-    session_close (h->s);
-    free (h);
-    return NULL;
+    if (m < h->p->info.max_xfer_blocks)
+      h->p->info.max_xfer_blocks = m;
   }
   return h;
 }
@@ -471,7 +482,7 @@ iscsi_close (void *handle)
 {
   struct handle *h = handle;
 
-  session_close (h->s);
+  pool_close (h->p);
   free (h);
 }
 
@@ -479,10 +490,10 @@ static const char *
 iscsi_export_description (void *handle)
 {
   struct handle *h = handle;
-  const struct lun_info *li = &h->s->info;
+  const struct lun_info *li = &h->p->info;
 
   return nbdkit_printf_intern ("iSCSI %s LUN %d at %s (%s %s)",
-                               target, h->s->lun, portal,
+                               target, h->p->lun, portal,
                                li->vendor, li->product);
 }
 
@@ -491,7 +502,7 @@ iscsi_get_size (void *handle)
 {
   struct handle *h = handle;
 
-  return (int64_t) (h->s->info.num_blocks * h->s->info.block_size);
+  return (int64_t) (h->p->info.num_blocks * h->p->info.block_size);
 }
 
 static int
@@ -499,7 +510,7 @@ iscsi_block_size (void *handle, uint32_t *minimum, uint32_t *preferred,
                   uint32_t *maximum)
 {
   struct handle *h = handle;
-  const struct lun_info *li = &h->s->info;
+  const struct lun_info *li = &h->p->info;
   uint64_t pref = li->block_size;
 
   if (li->opt_xfer_gran > 0)
@@ -519,7 +530,7 @@ iscsi_can_write (void *handle)
 {
   struct handle *h = handle;
 
-  return !h->s->info.readonly;
+  return !h->p->info.readonly;
 }
 
 static int
@@ -551,7 +562,7 @@ iscsi_can_trim (void *handle)
 {
   struct handle *h = handle;
 
-  return h->s->info.lbpu;
+  return h->p->info.lbpu;
 }
 
 static int
@@ -573,22 +584,30 @@ iscsi_can_extents (void *handle)
 {
   struct handle *h = handle;
 
-  return h->s->info.lbpme;
+  return h->p->info.lbpme;
 }
 
 /* --- I/O ------------------------------------------------------------- */
+
+/* Blocks per READ/WRITE: may drop once, when the target turns out to
+ * take only 10-byte CDBs.
+ */
+static uint32_t
+max_xfer (const struct pool *p)
+{
+  return __atomic_load_n (&p->info.max_xfer_blocks, __ATOMIC_RELAXED);
+}
 
 /* READ or WRITE of whole blocks, split at the transfer limit. */
 static int
 rw_blocks (struct handle *h, enum cmd_op op, void *buf, uint64_t lba,
            uint64_t nblocks, bool fua)
 {
-  struct session *s = h->s;
-  uint32_t bs = s->info.block_size;
+  struct pool *p = h->p;
+  uint32_t bs = p->info.block_size;
 
   while (nblocks > 0) {
-    uint32_t n = nblocks > s->info.max_xfer_blocks ?
-      s->info.max_xfer_blocks : (uint32_t) nblocks;
+    uint32_t n = nblocks > max_xfer (p) ? max_xfer (p) : (uint32_t) nblocks;
     struct cmd c = { .op = op, .lba = lba, .nblocks = n, .buf = buf,
                      .fua = fua };
 
@@ -596,19 +615,21 @@ rw_blocks (struct handle *h, enum cmd_op op, void *buf, uint64_t lba,
       nbdkit_debug ("iscsi: %s lba=%" PRIu64 " blocks=%" PRIu32 "%s",
                     op == OP_READ ? "READ" : "WRITE", lba, n,
                     fua ? " FUA" : "");
-    if (session_run (s, &c) == -1) {
+    if (pool_run (p, &c) == -1) {
       /* A target without READ(16)/WRITE(16): fall back to 10-byte CDBs
        * while the addresses fit.
        */
-      if (c.unsupported && s->info.use_16 && lba + n <= UINT32_MAX &&
-          n <= 0xffff) {
+      if (c.unsupported &&
+          __atomic_load_n (&p->info.use_16, __ATOMIC_RELAXED) &&
+          lba + n <= UINT32_MAX && n <= 0xffff) {
         nbdkit_debug ("iscsi: 16-byte READ/WRITE rejected, "
                       "using 10-byte CDBs");
-        pthread_mutex_lock (&s->lock);
-        s->info.use_16 = false;
-        if (s->info.max_xfer_blocks > 0xffff)
-          s->info.max_xfer_blocks = 0xffff;
-        pthread_mutex_unlock (&s->lock);
+        pthread_mutex_lock (&p->lock);
+        if (p->info.max_xfer_blocks > 0xffff)
+          __atomic_store_n (&p->info.max_xfer_blocks, 0xffff,
+                            __ATOMIC_RELAXED);
+        __atomic_store_n (&p->info.use_16, false, __ATOMIC_RELAXED);
+        pthread_mutex_unlock (&p->lock);
         continue;
       }
       if (c.unsupported)
@@ -631,7 +652,7 @@ flush_lun (struct handle *h)
 
   if (iscsi_debug_requests)
     nbdkit_debug ("iscsi: SYNCHRONIZE CACHE");
-  if (session_run (h->s, &c) == -1) {
+  if (pool_run (h->p, &c) == -1) {
     if (c.unsupported) {
       /* No volatile cache to flush (and nothing to sync). */
       nbdkit_debug ("iscsi: SYNCHRONIZE CACHE not supported, ignored");
@@ -648,7 +669,7 @@ iscsi_pread (void *handle, void *buf, uint32_t count, uint64_t offset,
              uint32_t flags)
 {
   struct handle *h = handle;
-  uint32_t bs = h->s->info.block_size;
+  uint32_t bs = h->p->info.block_size;
   char *p = buf;
   unsigned char *bounce = NULL;
 
@@ -692,7 +713,7 @@ static int
 rmw_block (struct handle *h, uint64_t lba, uint32_t skip, uint32_t n,
            const void *data, bool fua)
 {
-  uint32_t bs = h->s->info.block_size;
+  uint32_t bs = h->p->info.block_size;
   unsigned char *bounce;
   int r = -1;
 
@@ -722,7 +743,7 @@ iscsi_pwrite (void *handle, const void *buf, uint32_t count, uint64_t offset,
               uint32_t flags)
 {
   struct handle *h = handle;
-  uint32_t bs = h->s->info.block_size;
+  uint32_t bs = h->p->info.block_size;
   bool fua = flags & NBDKIT_FLAG_FUA;
   const char *p = buf;
 
@@ -762,13 +783,13 @@ iscsi_flush (void *handle, uint32_t flags)
 static int
 write_zero_blocks (struct handle *h, uint64_t lba, uint64_t nblocks, bool fua)
 {
-  uint32_t bs = h->s->info.block_size;
+  uint32_t bs = h->p->info.block_size;
   uint64_t chunk = (1024 * 1024) / bs;
   void *zeroes;
   int r = 0;
 
-  if (chunk > h->s->info.max_xfer_blocks)
-    chunk = h->s->info.max_xfer_blocks;
+  if (chunk > max_xfer (h->p))
+    chunk = max_xfer (h->p);
   if (chunk == 0)
     chunk = 1;
   zeroes = calloc (chunk, bs);
@@ -790,10 +811,10 @@ static int
 iscsi_zero (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
 {
   struct handle *h = handle;
-  struct session *s = h->s;
-  uint32_t bs = s->info.block_size;
+  struct pool *p = h->p;
+  uint32_t bs = p->info.block_size;
   bool fua = flags & NBDKIT_FLAG_FUA;
-  bool unmap = (flags & NBDKIT_FLAG_MAY_TRIM) && s->info.lbpws;
+  bool unmap = (flags & NBDKIT_FLAG_MAY_TRIM) && p->info.lbpws;
   uint64_t lba, end_lba, nblocks;
   uint32_t head, tail;
   void *block = NULL;
@@ -843,15 +864,15 @@ iscsi_zero (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
         goto err;
       break;
     }
-    if (n > s->info.max_ws_len)
-      n = s->info.max_ws_len;
+    if (n > p->info.max_ws_len)
+      n = p->info.max_ws_len;
     c = (struct cmd) { .op = OP_WRITESAME, .lba = lba,
                        .nblocks = (uint32_t) n, .buf = block,
                        .unmap = unmap, .quiet = true };
     if (iscsi_debug_requests)
       nbdkit_debug ("iscsi: WRITE SAME lba=%" PRIu64 " blocks=%" PRIu64
                     " unmap=%d", lba, n, unmap);
-    if (session_run (s, &c) == -1) {
+    if (pool_run (p, &c) == -1) {
       if (flags & NBDKIT_FLAG_FAST_ZERO) {
         free (block);
         errno = ENOTSUP;
@@ -891,8 +912,8 @@ static int
 iscsi_trim (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
 {
   struct handle *h = handle;
-  struct session *s = h->s;
-  uint32_t bs = s->info.block_size;
+  struct pool *p = h->p;
+  uint32_t bs = p->info.block_size;
   uint64_t lba, end_lba;
   struct unmap_list ul[UNMAP_DESCRIPTORS];
   uint32_t per_desc, ndesc_max;
@@ -905,9 +926,9 @@ iscsi_trim (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
    */
   lba = (offset + bs - 1) / bs;
   end_lba = (offset + count) / bs;
-  per_desc = s->info.max_unmap;
-  ndesc_max = s->info.max_unmap_bdc < UNMAP_DESCRIPTORS ?
-    s->info.max_unmap_bdc : UNMAP_DESCRIPTORS;
+  per_desc = p->info.max_unmap;
+  ndesc_max = p->info.max_unmap_bdc < UNMAP_DESCRIPTORS ?
+    p->info.max_unmap_bdc : UNMAP_DESCRIPTORS;
 
   while (lba < end_lba) {
     int nul = 0;
@@ -915,12 +936,12 @@ iscsi_trim (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
     uint64_t total = 0;
 
     while (lba < end_lba && (uint32_t) nul < ndesc_max &&
-           total < s->info.max_unmap) {
+           total < p->info.max_unmap) {
       uint64_t n = end_lba - lba;
       if (n > per_desc)
         n = per_desc;
-      if (n > s->info.max_unmap - total)
-        n = s->info.max_unmap - total;
+      if (n > p->info.max_unmap - total)
+        n = p->info.max_unmap - total;
       ul[nul].lba = lba;
       ul[nul].num = (uint32_t) n;
       nul++;
@@ -932,7 +953,7 @@ iscsi_trim (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
     if (iscsi_debug_requests)
       nbdkit_debug ("iscsi: UNMAP lba=%" PRIu64 " blocks=%" PRIu64
                     " descriptors=%d", ul[0].lba, total, nul);
-    if (session_run (s, &c) == -1) {
+    if (pool_run (p, &c) == -1) {
       if (c.unsupported) {
         nbdkit_debug ("iscsi: UNMAP not supported, trim ignored");
         __atomic_store_n (&h->unmap_unsupported, true, __ATOMIC_RELAXED);
@@ -954,14 +975,14 @@ iscsi_extents (void *handle, uint32_t count, uint64_t offset, uint32_t flags,
                struct nbdkit_extents *extents)
 {
   struct handle *h = handle;
-  struct session *s = h->s;
-  uint32_t bs = s->info.block_size;
+  struct pool *p = h->p;
+  uint32_t bs = p->info.block_size;
   uint64_t lba = offset / bs;
   uint64_t end_lba = (offset + count + bs - 1) / bs;
   bool added = false;
 
-  if (end_lba > s->info.num_blocks)
-    end_lba = s->info.num_blocks;
+  if (end_lba > p->info.num_blocks)
+    end_lba = p->info.num_blocks;
 
   while (lba < end_lba) {
     struct cmd c = { .op = OP_GET_LBA_STATUS, .lba = lba,
@@ -970,7 +991,7 @@ iscsi_extents (void *handle, uint32_t count, uint64_t offset, uint32_t flags,
     uint64_t next = lba;
     uint32_t i;
 
-    if (session_run (s, &c) == -1) {
+    if (pool_run (p, &c) == -1) {
       if (c.unsupported && !added) {
         /* Report everything as data rather than failing. */
         return nbdkit_add_extent (extents, offset, count, 0);
@@ -996,7 +1017,7 @@ iscsi_extents (void *handle, uint32_t count, uint64_t offset, uint32_t flags,
         dend = end_lba;
       if (d->provisioning != SCSI_PROVISIONING_TYPE_MAPPED)
         type = NBDKIT_EXTENT_HOLE |
-          (s->info.lbprz ? NBDKIT_EXTENT_ZERO : 0);
+          (p->info.lbprz ? NBDKIT_EXTENT_ZERO : 0);
       if (iscsi_debug_requests)
         nbdkit_debug ("iscsi: LBA status %" PRIu64 "+%" PRIu64 " type %u",
                       next, dend - next, type);

@@ -1,5 +1,5 @@
-/* iSCSI session: login, LUN discovery, service thread, command execution.
- * See session.h for the threading rules.
+/* iSCSI session: login, LUN discovery, command execution.  See
+ * session.h for the threading rules.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -9,7 +9,6 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
-#include <sys/eventfd.h>
 #include <sys/random.h>
 
 #include <nbdkit-plugin.h>
@@ -76,16 +75,19 @@ op_name (enum cmd_op op)
   return "?";
 }
 
-/* Create a context and log in.  lun < 0: login only (no TEST UNIT READY). */
+/* Create a context and log in.  lun < 0: login only (no TEST UNIT READY).
+ * Failures are reported through report (nbdkit_error or nbdkit_debug).
+ */
 static struct iscsi_context *
-login (const struct session_config *cfg, int lun)
+login (const struct session_config *cfg, int lun,
+       void (*report) (const char *fs, ...))
 {
   struct iscsi_context *iscsi;
   uint32_t rnd[2];
 
   iscsi = iscsi_create_context (cfg->initiator);
   if (iscsi == NULL) {
-    nbdkit_error ("iscsi: could not create libiscsi context "
+    report ("iscsi: could not create libiscsi context "
                   "(initiator name \"%s\")", cfg->initiator);
     return NULL;
   }
@@ -108,21 +110,21 @@ login (const struct session_config *cfg, int lun)
   if (iscsi_set_targetname (iscsi, cfg->target) != 0 ||
       iscsi_set_session_type (iscsi, ISCSI_SESSION_NORMAL) != 0 ||
       iscsi_set_header_digest (iscsi, cfg->header_digest) != 0) {
-    nbdkit_error ("iscsi: %s", iscsi_get_error (iscsi));
+    report ("iscsi: %s", iscsi_get_error (iscsi));
     goto err;
   }
   if (cfg->user &&
       iscsi_set_initiator_username_pwd (iscsi, cfg->user,
                                         cfg->password ? cfg->password : "")
       != 0) {
-    nbdkit_error ("iscsi: CHAP: %s", iscsi_get_error (iscsi));
+    report ("iscsi: CHAP: %s", iscsi_get_error (iscsi));
     goto err;
   }
   if (cfg->target_user &&
       iscsi_set_target_username_pwd (iscsi, cfg->target_user,
                                      cfg->target_password ?
                                      cfg->target_password : "") != 0) {
-    nbdkit_error ("iscsi: mutual CHAP: %s", iscsi_get_error (iscsi));
+    report ("iscsi: mutual CHAP: %s", iscsi_get_error (iscsi));
     goto err;
   }
   iscsi_set_timeout (iscsi, cfg->timeout);
@@ -134,19 +136,19 @@ login (const struct session_config *cfg, int lun)
 
   if (lun >= 0) {
     if (iscsi_full_connect_sync (iscsi, cfg->portal, lun) != 0) {
-      nbdkit_error ("iscsi: cannot log in to %s at %s, LUN %d: %s",
+      report ("iscsi: cannot log in to %s at %s, LUN %d: %s",
                     cfg->target, cfg->portal, lun, iscsi_get_error (iscsi));
       goto err;
     }
   }
   else {
     if (iscsi_connect_sync (iscsi, cfg->portal) != 0) {
-      nbdkit_error ("iscsi: cannot connect to %s: %s",
+      report ("iscsi: cannot connect to %s: %s",
                     cfg->portal, iscsi_get_error (iscsi));
       goto err;
     }
     if (iscsi_login_sync (iscsi) != 0) {
-      nbdkit_error ("iscsi: cannot log in to %s at %s: %s",
+      report ("iscsi: cannot log in to %s at %s: %s",
                     cfg->target, cfg->portal, iscsi_get_error (iscsi));
       goto err;
     }
@@ -185,7 +187,7 @@ static int
 probe_lun (struct session *s)
 {
   struct iscsi_context *iscsi = s->iscsi;
-  struct lun_info *li = &s->info;
+  struct lun_info *li = s->info;
   struct scsi_task *task;
   bool have_b0 = false, have_b2 = false;
   int i;
@@ -363,7 +365,8 @@ probe_lun (struct session *s)
 }
 
 struct session *
-session_connect (const struct session_config *cfg, int lun, bool probe)
+session_connect (const struct session_config *cfg, int lun,
+                 struct lun_info *info, int *gave_up, bool probe, bool quiet)
 {
   struct session *s;
 
@@ -374,10 +377,10 @@ session_connect (const struct session_config *cfg, int lun, bool probe)
   }
   s->cfg = cfg;
   s->lun = lun;
-  s->wakefd = -1;
-  pthread_mutex_init (&s->lock, NULL);
+  s->info = info;
+  s->gave_up = gave_up;
 
-  s->iscsi = login (cfg, lun);
+  s->iscsi = login (cfg, lun, quiet ? nbdkit_debug : nbdkit_error);
   if (s->iscsi == NULL)
     goto err;
   if (probe && probe_lun (s) == -1)
@@ -389,47 +392,37 @@ session_connect (const struct session_config *cfg, int lun, bool probe)
   return NULL;
 }
 
-static void
-wake (struct session *s)
+void
+session_close (struct session *s)
 {
-  uint64_t one = 1;
-  ssize_t r;
-
-  r = write (s->wakefd, &one, sizeof one);
-  (void) r;     /* EAGAIN: the counter is already non-zero, still awake */
-}
-
-/* Fail every command in flight and stop using the context.  Called by
- * the service thread with s->lock held.
- */
-static void
-abandon_all (struct session *s)
-{
-  struct ticket *t;
-  unsigned n = 0;
-
-  s->dead = true;
-  for (t = s->tickets; t != NULL; t = t->next) {
-    if (t->cmd == NULL || t->cmd->done)   /* abandoned, or completed */
-      continue;
-    t->cmd->abandoned = true;
-    t->cmd->done = true;
-    pthread_cond_signal (&t->cmd->cond);
-    t->cmd = NULL;
-    n++;
+  if (s == NULL)
+    return;
+  if (s->iscsi) {
+    /* A dead target must not delay shutdown: only log out politely when
+     * the session is up.
+     */
+    if (!s->dead && iscsi_is_logged_in (s->iscsi)) {
+      iscsi_set_timeout (s->iscsi, 2);
+      iscsi_logout_sync (s->iscsi);
+    }
+    iscsi_destroy_context (s->iscsi);
   }
-  nbdkit_error ("iscsi: LUN %d: the target has been unreachable for %d s "
-                "(reconnect-timeout), giving up: %u command(s) in flight "
-                "and all later requests on this connection fail with EIO",
-                s->lun, s->cfg->reconnect_timeout, n);
+  /* Only abandoned commands are left: libiscsi is gone, free them. */
+  while (s->tickets) {
+    struct ticket *t = s->tickets;
+    ticket_unlink (s, t);
+    if (t->task)
+      scsi_free_scsi_task (t->task);
+    free (t);
+  }
+  free (s);
 }
 
-/* Track how long the session has been logged out; give up after
- * reconnect_timeout.  Returns true if it gave up.  Called by the service
- * thread with s->lock held.
+/* Has this session been logged out for longer than reconnect_timeout?
+ * Starts the clock when it first sees the session logged out.
  */
 static bool
-give_up_if_lost (struct session *s)
+lost_for_good (struct session *s)
 {
   struct timespec now;
 
@@ -447,130 +440,28 @@ give_up_if_lost (struct session *s)
     nbdkit_debug ("iscsi: LUN %d: session lost, reconnecting", s->lun);
     return false;
   }
-  if (now.tv_sec - s->lost_since.tv_sec < s->cfg->reconnect_timeout)
-    return false;
-  abandon_all (s);
-  return true;
+  return now.tv_sec - s->lost_since.tv_sec >= s->cfg->reconnect_timeout;
 }
 
-/* The service thread: the only place iscsi_service() runs once the
- * session is started.
+/* Stop waiting for c: the session is given up (by this session, or by
+ * another one of the pool).  The ticket stays with the session.
  */
-static void *
-service_thread (void *vp)
+static void
+abandon (struct session *s, struct cmd *c, struct ticket *t, bool timed_out)
 {
-  struct session *s = vp;
-  struct pollfd pfd[2];
-  time_t last_scan = 0;
-
-  pthread_mutex_lock (&s->lock);
-  while (!s->stop) {
-    int fd = -1, events = POLLIN;
-    int timeout_ms, r;
-
-    if (!s->dead) {
-      fd = iscsi_get_fd (s->iscsi);
-      events = iscsi_which_events (s->iscsi);
-    }
-
-    pthread_mutex_unlock (&s->lock);
-
-    pfd[0].fd = events ? fd : -1;
-    pfd[0].events = events;
-    pfd[0].revents = 0;
-    pfd[1].fd = s->wakefd;
-    pfd[1].events = POLLIN;
-    pfd[1].revents = 0;
-    /* which_events == 0: libiscsi is waiting before a reconnect attempt
-     * and wants to be called again after about 100 ms.  Otherwise wake
-     * at least once a second for libiscsi's timeout processing.
-     */
-    timeout_ms = events ? 1000 : 100;
-    r = poll (pfd, 2, timeout_ms);
-    if (r == -1 && errno != EINTR)
-      nbdkit_debug ("iscsi: poll: %m");
-    if (r > 0 && (pfd[1].revents & POLLIN)) {
-      uint64_t v;
-      ssize_t n = read (s->wakefd, &v, sizeof v);
-      (void) n;
-    }
-
-    pthread_mutex_lock (&s->lock);
-    if (s->stop)
-      break;
-    if (s->dead)
-      continue;
-    if (give_up_if_lost (s))
-      continue;
-    if (pfd[0].revents || events == 0 || time (NULL) != last_scan) {
-      last_scan = time (NULL);
-      if (iscsi_service (s->iscsi, pfd[0].revents) < 0)
-        nbdkit_debug ("iscsi: LUN %d: iscsi_service: %s",
-                      s->lun, iscsi_get_error (s->iscsi));
-    }
-  }
-  pthread_mutex_unlock (&s->lock);
-  return NULL;
+  s->dead = true;
+  t->cmd = NULL;
+  c->abandoned = true;
+  c->done = true;
+  if (timed_out &&
+      __atomic_exchange_n (s->gave_up, 1, __ATOMIC_SEQ_CST) == 0)
+    nbdkit_error ("iscsi: LUN %d: the target has been unreachable for %d s "
+                  "(reconnect-timeout), giving up: the commands in flight "
+                  "and all later requests on this connection fail with EIO",
+                  s->lun, s->cfg->reconnect_timeout);
 }
 
-int
-session_start (struct session *s)
-{
-  int err;
-
-  s->wakefd = eventfd (0, EFD_CLOEXEC | EFD_NONBLOCK);
-  if (s->wakefd == -1) {
-    nbdkit_error ("eventfd: %m");
-    return -1;
-  }
-  err = pthread_create (&s->thread, NULL, service_thread, s);
-  if (err != 0) {
-    errno = err;
-    nbdkit_error ("pthread_create: %m");
-    return -1;
-  }
-  s->thread_running = true;
-  return 0;
-}
-
-void
-session_close (struct session *s)
-{
-  if (s == NULL)
-    return;
-  if (s->thread_running) {
-    pthread_mutex_lock (&s->lock);
-    s->stop = true;
-    pthread_mutex_unlock (&s->lock);
-    wake (s);
-    pthread_join (s->thread, NULL);
-  }
-  if (s->iscsi) {
-    /* Best effort: the service thread is gone, so synchronous calls are
-     * safe again.  A dead target must not delay shutdown: only log out
-     * politely when the session is up.
-     */
-    if (!s->dead && iscsi_is_logged_in (s->iscsi)) {
-      iscsi_set_timeout (s->iscsi, 2);
-      iscsi_logout_sync (s->iscsi);
-    }
-    iscsi_destroy_context (s->iscsi);
-  }
-  /* Only abandoned commands are left: libiscsi is gone, free them. */
-  while (s->tickets) {
-    struct ticket *t = s->tickets;
-    ticket_unlink (s, t);
-    if (t->task)
-      scsi_free_scsi_task (t->task);
-    free (t);
-  }
-  if (s->wakefd >= 0)
-    close (s->wakefd);
-  pthread_mutex_destroy (&s->lock);
-  free (s);
-}
-
-/* Completion callback, run by the service thread under s->lock. */
+/* Completion callback, run from iscsi_service() in the waiting thread. */
 static void
 cmd_done (struct iscsi_context *iscsi, int status, void *command_data,
           void *opaque)
@@ -587,31 +478,109 @@ cmd_done (struct iscsi_context *iscsi, int status, void *command_data,
   }
   c->status = status;
   c->done = true;
-  pthread_cond_signal (&c->cond);
 }
 
-/* Build and queue the task.  Called with s->lock held. */
+/* Drive the context until c completes or the session is given up. */
+static void
+wait_for (struct session *s, struct cmd *c, struct ticket *t)
+{
+  struct iscsi_context *iscsi = s->iscsi;
+
+  /* Send the command now rather than after a poll: when the session is up
+   * the socket is almost always writable, and libiscsi keeps whatever the
+   * socket does not take.
+   */
+  if (iscsi_is_logged_in (iscsi) && (iscsi_which_events (iscsi) & POLLOUT)) {
+    if (iscsi_service (iscsi, POLLOUT) < 0)
+      nbdkit_debug ("iscsi: LUN %d: iscsi_service: %s",
+                    s->lun, iscsi_get_error (iscsi));
+  }
+
+  while (!c->done) {
+    struct pollfd pfd;
+    int timeout_ms, r;
+    time_t now;
+
+    if (__atomic_load_n (s->gave_up, __ATOMIC_RELAXED)) {
+      abandon (s, c, t, false);
+      return;
+    }
+    if (lost_for_good (s)) {
+      abandon (s, c, t, true);
+      return;
+    }
+
+    pfd.fd = iscsi_get_fd (iscsi);
+    pfd.events = iscsi_which_events (iscsi);
+    pfd.revents = 0;
+    /* which_events == 0: libiscsi is waiting before a reconnect attempt
+     * and wants to be called again after about 100 ms.  Otherwise wake at
+     * least once a second for libiscsi's timeout processing.
+     */
+    if (pfd.events == 0)
+      pfd.fd = -1;
+    timeout_ms = pfd.events ? 1000 : 100;
+    r = poll (&pfd, 1, timeout_ms);
+    if (r == -1 && errno != EINTR)
+      nbdkit_debug ("iscsi: poll: %m");
+
+    now = time (NULL);
+    if (pfd.revents || pfd.events == 0 || now != s->last_scan) {
+      s->last_scan = now;
+      if (iscsi_service (iscsi, pfd.revents) < 0)
+        nbdkit_debug ("iscsi: LUN %d: iscsi_service: %s",
+                      s->lun, iscsi_get_error (iscsi));
+    }
+  }
+}
+
+void
+session_tend (struct session *s)
+{
+  int i;
+
+  if (s->dead)
+    return;
+  /* A few rounds: reading a NOP-In queues the NOP-Out that answers it. */
+  for (i = 0; i < 4; ++i) {
+    struct pollfd pfd;
+
+    pfd.fd = iscsi_get_fd (s->iscsi);
+    pfd.events = iscsi_which_events (s->iscsi);
+    pfd.revents = 0;
+    if (pfd.events == 0 || poll (&pfd, 1, 0) <= 0 || pfd.revents == 0)
+      return;
+    if (iscsi_service (s->iscsi, pfd.revents) < 0) {
+      nbdkit_debug ("iscsi: LUN %d: idle session: %s",
+                    s->lun, iscsi_get_error (s->iscsi));
+      return;
+    }
+  }
+}
+
+/* Build and queue the task. */
 static struct scsi_task *
 submit (struct session *s, struct cmd *c, struct ticket *t)
 {
   struct iscsi_context *iscsi = s->iscsi;
-  const struct lun_info *li = &s->info;
+  const struct lun_info *li = s->info;
   uint32_t bs = li->block_size;
   uint32_t len = c->nblocks * bs;
   struct scsi_iovec *iov = &t->iov;
+  bool use_16 = __atomic_load_n (&li->use_16, __ATOMIC_RELAXED);
 
   iov->iov_base = c->buf;
   iov->iov_len = len;
 
   switch (c->op) {
   case OP_READ:
-    if (li->use_16)
+    if (use_16)
       return iscsi_read16_iov_task (iscsi, s->lun, c->lba, len, bs,
                                     0, 0, 0, 0, 0, cmd_done, t, iov, 1);
     return iscsi_read10_iov_task (iscsi, s->lun, (uint32_t) c->lba, len, bs,
                                   0, 0, 0, 0, 0, cmd_done, t, iov, 1);
   case OP_WRITE:
-    if (li->use_16)
+    if (use_16)
       return iscsi_write16_iov_task (iscsi, s->lun, c->lba, NULL, len, bs,
                                      0, 0, c->fua, 0, 0, cmd_done, t,
                                      iov, 1);
@@ -619,7 +588,7 @@ submit (struct session *s, struct cmd *c, struct ticket *t)
                                    len, bs, 0, 0, c->fua, 0, 0, cmd_done, t,
                                    iov, 1);
   case OP_SYNC:
-    if (li->use_16)
+    if (use_16)
       return iscsi_synchronizecache16_task (iscsi, s->lun, 0, 0, 0, 0,
                                             cmd_done, t);
     return iscsi_synchronizecache10_task (iscsi, s->lun, 0, 0, 0, 0,
@@ -655,6 +624,13 @@ session_run (struct session *s, struct cmd *c)
     c->unsupported = false;
     c->status = -1;
     c->task = NULL;
+
+    if (s->dead || __atomic_load_n (s->gave_up, __ATOMIC_RELAXED)) {
+      nbdkit_error ("iscsi: %s: the target of LUN %d is unreachable "
+                    "(gave up reconnecting)", op_name (c->op), s->lun);
+      errno = EIO;
+      return -1;
+    }
     t = calloc (1, sizeof *t);
     if (t == NULL) {
       nbdkit_error ("calloc: %m");
@@ -662,45 +638,20 @@ session_run (struct session *s, struct cmd *c)
       return -1;
     }
     t->cmd = c;
-    pthread_cond_init (&c->cond, NULL);
-
-    pthread_mutex_lock (&s->lock);
-    if (s->dead) {
-      pthread_mutex_unlock (&s->lock);
-      pthread_cond_destroy (&c->cond);
-      free (t);
-      nbdkit_error ("iscsi: %s: the target of LUN %d is unreachable "
-                    "(gave up reconnecting)", op_name (c->op), s->lun);
-      errno = EIO;
-      return -1;
-    }
     task = submit (s, c, t);
     if (task == NULL) {
       nbdkit_error ("iscsi: %s: cannot queue command: %s",
                     op_name (c->op), iscsi_get_error (s->iscsi));
-      pthread_mutex_unlock (&s->lock);
-      pthread_cond_destroy (&c->cond);
       free (t);
       errno = EIO;
       return -1;
     }
     t->task = c->task = task;
-    ticket_link (s, t);
-    pthread_mutex_unlock (&s->lock);
-    wake (s);
 
-    pthread_mutex_lock (&s->lock);
-    while (!c->done)
-      pthread_cond_wait (&c->cond, &s->lock);
-    if (!c->abandoned) {
-      ticket_unlink (s, t);
-      free (t);
-    }
-    /* else the session owns t and its task from now on */
-    pthread_mutex_unlock (&s->lock);
-    pthread_cond_destroy (&c->cond);
+    wait_for (s, c, t);
 
     if (c->abandoned) {
+      ticket_link (s, t);       /* the session owns t and its task now */
       c->task = NULL;
       nbdkit_error ("iscsi: %s at LBA %" PRIu64 ", %" PRIu32 " blocks "
                     "failed: the target is unreachable", op_name (c->op),
@@ -708,6 +659,7 @@ session_run (struct session *s, struct cmd *c)
       errno = EIO;
       return -1;
     }
+    free (t);
 
     if (c->status == SCSI_STATUS_GOOD)
       return 0;
@@ -755,7 +707,7 @@ session_list_luns (const struct session_config *cfg, int **luns, int *n)
 
   *luns = NULL;
   *n = 0;
-  iscsi = login (cfg, -1);
+  iscsi = login (cfg, -1, nbdkit_error);
   if (iscsi == NULL)
     return -1;
 

@@ -1,22 +1,20 @@
-/* One iSCSI session (one libiscsi context) driven by its own service
- * thread.
+/* One iSCSI session: one libiscsi context, logged in to one LUN.
  *
- * libiscsi contexts are not thread-safe.  Every call on the context is
- * made either by the service thread or by another thread holding
- * session->lock.  Request threads build a task under the lock (which only
- * queues PDUs), wake the service thread through an eventfd and sleep on a
- * per-command condition variable until the completion callback, which the
- * service thread runs from iscsi_service() with the lock held, wakes them.
- * Many commands from many threads are therefore in flight on one session
- * at the same time.
+ * libiscsi contexts are not thread-safe, and a session is never shared:
+ * the pool (pool.h) lends it to one request thread at a time, and that
+ * thread queues its command and then drives the context itself (poll on
+ * the socket, iscsi_service) until the command completes.  No other thread
+ * is involved, so a request costs no thread hand-off: the kernel wakes the
+ * request thread directly when the target answers.
  *
  * libiscsi reconnects by itself after a connection loss.  If the session
- * stays logged out for reconnect_timeout seconds, the service thread gives
- * up: it fails every command in flight with EIO, never touches the
- * context again, and the session fails every later command at once.
- * libiscsi still holds pointers to the abandoned commands' tickets (the
- * callback's opaque and the iovec), so tickets belong to the session and
- * are freed only after the context is destroyed.
+ * stays logged out for reconnect_timeout seconds, the request thread gives
+ * up: it fails its command with EIO, marks the session dead (never used
+ * again) and raises the pool's shared give-up flag, which makes every
+ * other session of the pool fail its command at once too.  libiscsi still
+ * holds pointers to an abandoned command's ticket (the callback's opaque
+ * and the iovec), so tickets of abandoned commands belong to the session
+ * and are freed only after the context is destroyed.
  */
 #ifndef ISCSI_SESSION_H
 #define ISCSI_SESSION_H
@@ -68,15 +66,14 @@ struct session {
   struct iscsi_context *iscsi;
   int lun;
   const struct session_config *cfg;
-  pthread_mutex_t lock;         /* protects iscsi and every struct cmd */
-  pthread_t thread;
-  bool thread_running;
-  bool stop;                    /* under lock */
-  int wakefd;                   /* eventfd */
-  struct lun_info info;
-  struct ticket *tickets;       /* under lock: commands libiscsi knows of */
-  bool dead;                    /* under lock: gave up reconnecting */
-  struct timespec lost_since;   /* service thread: logged out since (0: is up) */
+  struct lun_info *info;        /* shared by the sessions of a pool */
+  int *gave_up;                 /* shared: set once any session gives up */
+  struct ticket *tickets;       /* abandoned commands (see above) */
+  bool dead;                    /* gave up reconnecting */
+  struct timespec lost_since;   /* logged out since (0: is up) */
+  time_t last_scan;             /* last libiscsi timeout scan */
+  struct session *next;         /* the pool's idle list */
+  time_t idle_since;            /* the pool's keeper */
 };
 
 /* Operations the request threads submit. */
@@ -102,24 +99,31 @@ struct cmd {
   struct scsi_task *task;       /* caller frees with scsi_free_scsi_task */
 
   /* Private. */
-  pthread_cond_t cond;
   bool done;
   bool abandoned;               /* the session gave up on the target */
 };
 
-/* Create the context, log in, probe the LUN.  Returns NULL after
- * nbdkit_error().  Does not start the service thread.
+/* Create the context and log in.  With probe, also probe the LUN and
+ * fill *info.  info and gave_up are shared with the other sessions of a
+ * pool.  Returns NULL after reporting the failure: with nbdkit_error, or
+ * with nbdkit_debug when quiet.
  */
 extern struct session *session_connect (const struct session_config *cfg,
-                                        int lun, bool probe);
-extern int session_start (struct session *s);
+                                        int lun, struct lun_info *info,
+                                        int *gave_up, bool probe, bool quiet);
 extern void session_close (struct session *s);
 
-/* Run one command to completion, retrying transient conditions.  Returns
- * 0 on success (cmd->task holds the task, free it), or -1 with errno set
- * and the error reported (cmd->task freed).
+/* Run one command to completion on this session, from the calling
+ * thread, retrying transient conditions.  Returns 0 on success (cmd->task
+ * holds the task, free it), or -1 with errno set and the error reported
+ * (cmd->task freed).
  */
 extern int session_run (struct session *s, struct cmd *c);
+
+/* On an idle session: let libiscsi process whatever the target sent
+ * (answer a NOP-In, notice a closed connection), without waiting.
+ */
+extern void session_tend (struct session *s);
 
 /* List the LUNs of a target that are direct-access block devices. */
 extern int session_list_luns (const struct session_config *cfg,

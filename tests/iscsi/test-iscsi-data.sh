@@ -121,6 +121,34 @@ cmp -i $((9 << 20)) $d/lun2.img $d/ref2.img || fail "trim touched other data"
 
 stop_nbdkit
 
+# --- session pool: sessions=N bounds the sessions of a connection ---------
+# nbdcopy keeps many requests in flight; with sessions=1 they all take
+# turns on one session, with sessions=3 at most three are logged in.  The
+# data must be right either way.
+for n in 1 3; do
+  random_file $d/pool.img $size
+  rm -f $d/back.img
+  nbdkit -v -U - "$(plugin_so iscsi)" url=$(tgtd_url $IQN 1) sessions=$n \
+    --run "nbdcopy --requests=32 --request-size=65536 $d/pool.img \"\$uri\" &&
+           nbdcopy --requests=32 --request-size=65536 \"\$uri\" $d/back.img" \
+    2>$d/pool.log || fail "copies with sessions=$n failed"
+  assert_same $d/lun1.img $d/pool.img "LUN 1 written with sessions=$n"
+  assert_same $d/back.img $d/pool.img "LUN 1 read with sessions=$n"
+  grep -q "session $((n + 1)) logged in" $d/pool.log &&
+    fail "sessions=$n: more than $n sessions logged in"
+  [ $n = 1 ] || grep -q "session $n logged in" $d/pool.log ||
+    fail "sessions=$n: the pool never grew to $n sessions"
+done
+cp $d/lun1.img $d/ref1.img
+rc=0
+timeout 20 env ${KVM_SANITIZER_PRELOAD:+LD_PRELOAD=$KVM_SANITIZER_PRELOAD} \
+  nbdkit -U - "$(plugin_so iscsi)" url=$(tgtd_url $IQN 1) sessions=0 \
+  --run true 2>$d/pool.err || rc=$?
+[ $rc = 0 ] && fail "sessions=0 accepted"
+[ $rc = 124 ] && [ "$KVM_SANITIZE" != 1 ] && fail "nbdkit hung on sessions=0"
+grep -q 'sessions must be between' $d/pool.err ||
+  fail "no clear error for sessions=0: $(cat $d/pool.err)"
+
 # Header digests: with the target asking for CRC32C, a session that
 # negotiates CRC32C (or prefers it) moves the same data.  tgtd does not
 # report the negotiated value, so this checks that the option works, not

@@ -16,25 +16,49 @@ sock=$d/sock
 start_nbdkit $sock "$(plugin_so iscsi)" url=$(tgtd_url $IQN 1) \
   reconnect-timeout=3 timeout=5 2>$d/nbdkit.log
 
-# One connection: a good read, then the target dies; the next two reads
-# must fail with EIO within a bounded time (the first is in flight while
-# libiscsi tries to reconnect, the second finds the session given up).
+# One connection: good reads, 8 at a time so that the plugin has several
+# sessions; then the target dies.  8 reads in flight together, one per
+# session, must all fail with EIO within a bounded time (libiscsi tries to
+# reconnect, then the first session to reach reconnect-timeout gives up
+# for the whole connection), and a later read must fail at once.
 export TGTD_PID
 PATH="/usr/bin:$PATH" timeout 120 nbdsh -u "$(uri_of $sock)" -c "
 import errno, os, signal, time
-expect = open('$d/lun.img', 'rb').read(65536)
-assert h.pread(65536, 0) == expect, 'first read differs'
+data = open('$d/lun.img', 'rb').read()
+def burst(n):
+    bufs = [nbd.Buffer(4096) for i in range(n)]
+    cookies = [h.aio_pread(b, (i + 1) << 20) for i, b in enumerate(bufs)]
+    while h.aio_in_flight() > 0:
+        h.poll(-1)
+    return bufs, cookies
+bufs, cookies = burst(8)
+for i, b in enumerate(bufs):
+    h.aio_command_completed(cookies[i])
+    assert b.to_bytearray() == data[(i + 1) << 20:((i + 1) << 20) + 4096]
 os.kill(int(os.environ['TGTD_PID']), signal.SIGKILL)
-for i in range(2):
-    t0 = time.monotonic()
+t0 = time.monotonic()
+bufs, cookies = burst(8)
+for i, c in enumerate(cookies):
     try:
-        h.pread(4096, 1 << 20)
+        h.aio_command_completed(c)
     except nbd.Error as e:
         assert e.errnum == errno.EIO, 'read %d failed with %s, not EIO' % (i, e)
-        print('read %d failed with EIO after %.1f s' % (i, time.monotonic() - t0))
     else:
         raise AssertionError('read %d succeeded with the target gone' % i)
+t = time.monotonic() - t0
+print('8 reads in flight failed with EIO after %.1f s' % t)
+assert t < 15, 'reads in flight took %.1f s to fail' % t
+t0 = time.monotonic()
+try:
+    h.pread(4096, 0)
+except nbd.Error as e:
+    assert e.errnum == errno.EIO, 'later read failed with %s, not EIO' % e
+else:
+    raise AssertionError('later read succeeded with the target gone')
+t = time.monotonic() - t0
+assert t < 1, 'a read after giving up took %.1f s to fail' % t
 " || fail "reads with the target gone did not fail cleanly (or hung)"
+
 tgtd_kill                       # reap it (already dead)
 
 grep -q 'giving up' $d/nbdkit.log ||
