@@ -423,9 +423,29 @@ connect_cluster (void)
     if (conf_set ("rados_mon_op_timeout", buf) == -1)
       return -1;
   }
+  /* librbd copies each write buffer unless told otherwise; the copy only
+   * protects applications that change a buffer while its write is in
+   * flight, and nbdkit's buffer stays untouched until librbd completes
+   * the write (librbd delays the completion until it has dropped every
+   * reference to the buffer).  With librbd's cache on, librbd copies into
+   * the cache whatever this says.  ceph.rbd_disable_zero_copy_writes=true
+   * (below) restores the copy.
+   */
+  if (conf_set ("rbd_disable_zero_copy_writes", "false") == -1)
+    return -1;
   for (i = 0; i < nr_ceph_opts; i++)
     if (conf_set (ceph_opts[i].name, ceph_opts[i].value) == -1)
       return -1;
+  {
+    char cache[16] = "?", nocopy[16] = "?";
+    rados_conf_get (cluster, "rbd_cache", cache, sizeof cache);
+    rados_conf_get (cluster, "rbd_disable_zero_copy_writes",
+                    nocopy, sizeof nocopy);
+    nbdkit_debug ("rbd: rbd_cache=%s rbd_disable_zero_copy_writes=%s: "
+                  "writes are %s", cache, nocopy,
+                  strcmp (cache, "false") == 0 && strcmp (nocopy, "false") == 0
+                  ? "zero-copy" : "copied by librbd");
+  }
 
   nbdkit_debug ("rbd: connecting to the Ceph cluster as %s", name);
   r = rados_connect (cluster);
