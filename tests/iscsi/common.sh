@@ -27,3 +27,10 @@ tgtd_one_lun () {
   tgtd_cmd --op new --mode logicalunit --tid 1 --lun 1 -b "$file" "$@"
   tgtd_cmd --op bind --mode target --tid 1 -I ALL
 }
+
+# tgtd_random_lun SIZE: a backing file $tmpdir/lun.img of SIZE random
+# bytes, served as LUN 1 of $IQN by a new tgtd (see tgtd_one_lun).
+tgtd_random_lun () {
+  random_file "$tmpdir/lun.img" "$1"
+  tgtd_one_lun "$tmpdir/lun.img"
+}

@@ -8,10 +8,7 @@ source "$TOP_SRCDIR/tests/functions.sh"
 source "$TOP_SRCDIR/tests/iscsi/common.sh"
 
 d=$tmpdir
-size=$((8 * 1024 * 1024))
-random_file $d/lun.img $size
-
-tgtd_one_lun $d/lun.img
+tgtd_random_lun $((8 * 1024 * 1024))
 
 sock=$d/sock
 start_nbdkit $sock "$(plugin_so iscsi)" url=$(tgtd_url $IQN 1) 2>$d/nbdkit.log

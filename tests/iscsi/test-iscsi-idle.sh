@@ -10,10 +10,7 @@ source "$TOP_SRCDIR/tests/functions.sh"
 source "$TOP_SRCDIR/tests/iscsi/common.sh"
 
 d=$tmpdir
-size=$((16 * 1024 * 1024))
-random_file $d/lun.img $size
-
-tgtd_one_lun $d/lun.img
+tgtd_random_lun $((16 * 1024 * 1024))
 tgtd_cmd --op update --mode target --tid 1 --name nop_interval --value 1
 tgtd_cmd --op update --mode target --tid 1 --name nop_count --value 3
 
