@@ -624,12 +624,11 @@ rw_blocks (struct handle *h, enum cmd_op op, void *buf, uint64_t lba,
           lba + n <= UINT32_MAX && n <= 0xffff) {
         nbdkit_debug ("iscsi: 16-byte READ/WRITE rejected, "
                       "using 10-byte CDBs");
-        pthread_mutex_lock (&p->lock);
-        if (p->info.max_xfer_blocks > 0xffff)
+        /* Idempotent: threads falling back at once store the same. */
+        if (max_xfer (p) > 0xffff)
           __atomic_store_n (&p->info.max_xfer_blocks, 0xffff,
                             __ATOMIC_RELAXED);
         __atomic_store_n (&p->info.use_16, false, __ATOMIC_RELAXED);
-        pthread_mutex_unlock (&p->lock);
         continue;
       }
       if (c.unsupported)

@@ -22,39 +22,6 @@
  */
 #define DEFAULT_MAX_XFER (32 * MIB)
 
-/* What libiscsi's callback refers to for one queued command.  While cmd
- * is set, the request thread waits for it; once the session gives up on
- * the target, cmd is cleared and the ticket stays with the session (see
- * session.h).
- */
-struct ticket {
-  struct ticket *next, *prev;
-  struct cmd *cmd;              /* NULL once abandoned */
-  struct scsi_task *task;       /* freed by the callback once abandoned */
-  struct scsi_iovec iov;        /* libiscsi keeps a pointer to it */
-};
-
-static void
-ticket_link (struct session *s, struct ticket *t)
-{
-  t->prev = NULL;
-  t->next = s->tickets;
-  if (s->tickets)
-    s->tickets->prev = t;
-  s->tickets = t;
-}
-
-static void
-ticket_unlink (struct session *s, struct ticket *t)
-{
-  if (t->prev)
-    t->prev->next = t->next;
-  else
-    s->tickets = t->next;
-  if (t->next)
-    t->next->prev = t->prev;
-}
-
 static void
 libiscsi_log (int level, const char *message)
 {
@@ -407,14 +374,11 @@ session_close (struct session *s)
     }
     iscsi_destroy_context (s->iscsi);
   }
-  /* Only abandoned commands are left: libiscsi is gone, free them. */
-  while (s->tickets) {
-    struct ticket *t = s->tickets;
-    ticket_unlink (s, t);
-    if (t->task)
-      scsi_free_scsi_task (t->task);
-    free (t);
-  }
+  /* The task of an abandoned command, unless destroying the context ran
+   * its callback (which frees it).
+   */
+  if (s->ticket.task)
+    scsi_free_scsi_task (s->ticket.task);
   free (s);
 }
 
@@ -617,7 +581,7 @@ session_run (struct session *s, struct cmd *c)
   for (attempt = 0; ; ++attempt) {
     struct scsi_task *task;
     struct scsi_sense sense;
-    struct ticket *t;
+    struct ticket *t = &s->ticket;
 
     c->done = false;
     c->abandoned = false;
@@ -631,18 +595,11 @@ session_run (struct session *s, struct cmd *c)
       errno = EIO;
       return -1;
     }
-    t = calloc (1, sizeof *t);
-    if (t == NULL) {
-      nbdkit_error ("calloc: %m");
-      errno = ENOMEM;
-      return -1;
-    }
     t->cmd = c;
     task = submit (s, c, t);
     if (task == NULL) {
       nbdkit_error ("iscsi: %s: cannot queue command: %s",
                     op_name (c->op), iscsi_get_error (s->iscsi));
-      free (t);
       errno = EIO;
       return -1;
     }
@@ -651,15 +608,14 @@ session_run (struct session *s, struct cmd *c)
     wait_for (s, c, t);
 
     if (c->abandoned) {
-      ticket_link (s, t);       /* the session owns t and its task now */
-      c->task = NULL;
+      c->task = NULL;           /* the session's ticket keeps it */
       nbdkit_error ("iscsi: %s at LBA %" PRIu64 ", %" PRIu32 " blocks "
                     "failed: the target is unreachable", op_name (c->op),
                     c->lba, c->nblocks);
       errno = EIO;
       return -1;
     }
-    free (t);
+    t->task = NULL;             /* the caller's now */
 
     if (c->status == SCSI_STATUS_GOOD)
       return 0;

@@ -13,13 +13,12 @@
  * again) and raises the pool's shared give-up flag, which makes every
  * other session of the pool fail its command at once too.  libiscsi still
  * holds pointers to an abandoned command's ticket (the callback's opaque
- * and the iovec), so tickets of abandoned commands belong to the session
- * and are freed only after the context is destroyed.
+ * and the iovec), so the ticket lives in the session, which is freed only
+ * after the context is destroyed.
  */
 #ifndef ISCSI_SESSION_H
 #define ISCSI_SESSION_H
 
-#include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <time.h>
@@ -62,13 +61,24 @@ struct lun_info {
   char vendor[9], product[17];
 };
 
+/* What libiscsi's callback refers to for the command in flight.  While
+ * cmd is set, the request thread waits for it; once the session gives up
+ * on the target, cmd is cleared and the callback (if libiscsi ever runs
+ * it) frees the task.
+ */
+struct ticket {
+  struct cmd *cmd;              /* NULL once abandoned */
+  struct scsi_task *task;       /* while in flight, or abandoned */
+  struct scsi_iovec iov;        /* libiscsi keeps a pointer to it */
+};
+
 struct session {
   struct iscsi_context *iscsi;
   int lun;
   const struct session_config *cfg;
   struct lun_info *info;        /* shared by the sessions of a pool */
   int *gave_up;                 /* shared: set once any session gives up */
-  struct ticket *tickets;       /* abandoned commands (see above) */
+  struct ticket ticket;         /* one command at a time (see above) */
   bool dead;                    /* gave up reconnecting */
   struct timespec lost_since;   /* logged out since (0: is up) */
   time_t last_scan;             /* last libiscsi timeout scan */
