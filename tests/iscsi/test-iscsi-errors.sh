@@ -4,6 +4,9 @@
 # (the plugin still believes it writable), so the next WRITE gets CHECK
 # CONDITION / DATA PROTECT, which must arrive as EPERM, not EIO; reads go
 # on working and writes work again once the LUN is writable.
+# Then a LUN whose backing file lives on a full 1 MiB tmpfs: tgtd's own
+# pwrite fails with ENOSPC and it answers MEDIUM ERROR, which must arrive
+# as EIO, while the data already written stays readable.
 source "$TOP_SRCDIR/tests/functions.sh"
 source "$TOP_SRCDIR/tests/iscsi/common.sh"
 
@@ -40,5 +43,36 @@ grep -q 'DATA PROTECT' $d/nbdkit.log ||
 head -c 4096 $d/lun.img | cmp - <(printf 'A%.0s' $(seq 4096)) || fail "first write missing"
 dd if=$d/lun.img bs=4096 skip=2 count=1 status=none |
   cmp - <(printf 'C%.0s' $(seq 4096)) || fail "write after the LUN became writable again missing"
+stop_nbdkit
+
+# --- MEDIUM ERROR: the target's backing store is full ----------------------
+mkdir $d/full
+mount -t tmpfs -o size=1m tmpfs $d/full ||
+  skip "cannot mount a tmpfs (needs root) for the full-backing-store case"
+cleanup_add "umount -l '$d/full'"
+truncate -s 8M $d/full/lun2.img
+tgtd_cmd --op new --mode logicalunit --tid 1 --lun 2 -b $d/full/lun2.img
+start_nbdkit $d/sock2 "$(plugin_so iscsi)" url=$(tgtd_url $IQN 2) 2>$d/nbdkit2.log
+
+PATH="/usr/bin:$PATH" timeout 120 nbdsh -u "$(uri_of $d/sock2)" -c "
+import errno
+h.pwrite(b'M' * 262144, 0)
+h.flush()
+failed = None
+for i in range(1, 8):        # 8 MiB LUN, 1 MiB of space behind it
+    try:
+        h.pwrite(b'N' * 1048576, i * 1048576)
+    except nbd.Error as e:
+        failed = e
+        break
+assert failed is not None, 'writing 7 MiB to a LUN with 1 MiB of backing store succeeded'
+assert failed.errnum == errno.EIO, 'write to a full backing store: %s' % failed
+assert h.pread(262144, 0) == b'M' * 262144, 'data written before the store filled'
+" || fail "MEDIUM ERROR from the target did not arrive as EIO"
+
+grep -q 'MEDIUM ERROR' $d/nbdkit2.log ||
+  fail "the error message does not name the sense key: $(grep -i error $d/nbdkit2.log | tail -3)"
+head -c 262144 $d/full/lun2.img | cmp - <(head -c 262144 /dev/zero | tr '\0' M) ||
+  fail "data written before the store filled is not in the backing file"
 stop_nbdkit
 echo OK
