@@ -7,6 +7,9 @@
 # Then a LUN whose backing file lives on a full 1 MiB tmpfs: tgtd's own
 # pwrite fails with ENOSPC and it answers MEDIUM ERROR, which must arrive
 # as EIO, while the data already written stays readable.
+# Last, a LUN that shrinks under a connected client (tgtd replaces it with
+# a smaller one): a write past the new end gets ILLEGAL REQUEST / LBA OUT
+# OF RANGE, which must arrive as ENOSPC; writes inside still work.
 source "$TOP_SRCDIR/tests/functions.sh"
 source "$TOP_SRCDIR/tests/iscsi/common.sh"
 
@@ -74,5 +77,38 @@ grep -q 'MEDIUM ERROR' $d/nbdkit2.log ||
   fail "the error message does not name the sense key: $(grep -i error $d/nbdkit2.log | tail -3)"
 head -c 262144 $d/full/lun2.img | cmp - <(head -c 262144 /dev/zero | tr '\0' M) ||
   fail "data written before the store filled is not in the backing file"
+stop_nbdkit
+
+# --- LBA OUT OF RANGE: the LUN shrinks under the client ---------------------
+random_file $d/lun3.img $((8 * 1024 * 1024))
+random_file $d/lun3-small.img $((2 * 1024 * 1024))
+tgtd_cmd --op new --mode logicalunit --tid 1 --lun 3 -b $d/lun3.img
+start_nbdkit $d/sock3 "$(plugin_so iscsi)" url=$(tgtd_url $IQN 3) 2>$d/nbdkit3.log
+
+PATH="/usr/bin:$PATH" timeout 120 nbdsh -u "$(uri_of $d/sock3)" -c "
+import errno, os, subprocess
+def lun3(op, *args):
+    subprocess.run(['tgtadm', '-C', os.environ['TGTD_CTL'], '--lld', 'iscsi',
+                    '--op', op, '--mode', 'logicalunit', '--tid', '1',
+                    '--lun', '3'] + list(args), check=True)
+assert h.get_size() == 8 * 1024 * 1024
+lun3('delete')
+lun3('new', '-b', '$d/lun3-small.img')
+try:
+    h.pwrite(b'O' * 4096, 4 * 1024 * 1024)
+except nbd.Error as e:
+    assert e.errnum == errno.ENOSPC, 'write past the end of a shrunk LUN: %s' % e
+else:
+    raise AssertionError('write past the end of a shrunk LUN succeeded')
+h.pwrite(b'P' * 4096, 4096)
+h.flush()
+" || fail "LBA OUT OF RANGE from the target did not arrive as ENOSPC"
+
+grep -q 'ILLEGAL REQUEST' $d/nbdkit3.log ||
+  fail "the error message does not name the sense key: $(grep -i error $d/nbdkit3.log | tail -3)"
+dd if=$d/lun3-small.img bs=4096 skip=1 count=1 status=none |
+  cmp - <(head -c 4096 /dev/zero | tr '\0' P) || fail "write inside the shrunk LUN missing"
+[ "$(stat -c %s $d/lun3-small.img)" = $((2 * 1024 * 1024)) ] ||
+  fail "the shrunk LUN's backing file grew"
 stop_nbdkit
 echo OK
