@@ -17,8 +17,11 @@
  * yet durable.  Clusters that stop being referenced are only decremented
  * after the flush that removed the last on-disk reference, so a crash can
  * leak clusters but never leave a refcount lower than its references.
- * Freed clusters are never reused (allocation is from the end of the file);
- * their space is returned with hole punching.
+ * Allocation takes the lowest free cluster at or after a cursor; a freed
+ * cluster moves the cursor back to it once its refcount reaches 0, i.e.
+ * after the flush that removed its last on-disk reference, so reusing it
+ * can never be seen through an old table.  Freed space is also returned to
+ * the file system with hole punching.
  */
 #include <errno.h>
 #include <inttypes.h>

@@ -41,8 +41,8 @@ int
 q2_check_table_offset (struct qcow2 *q, uint64_t off, const char *what)
 {
   uint64_t limit = q->file->size;
-  if (q->cursor > limit)
-    limit = q->cursor;
+  if (q->alloc_end > limit)
+    limit = q->alloc_end;
   if (off & (q->cluster_size - 1)) {
     ERR (q, EIO, "%s: corrupt image: %s offset %#" PRIx64
          " is not cluster aligned", q->path, what, off);
@@ -85,6 +85,11 @@ q2_table_get (struct qcow2 *q, struct lru *c, uint64_t off, const char *what,
   void *p = lru_get (c, off, q2_table_load, &ctx);
   if (!p && errno == ENOMEM)
     kvm_error ("%s: out of memory loading %s", q->path, what);
+  /* A new table in a reused cluster: whatever the cache still holds for
+   * that offset is stale.
+   */
+  if (p && zero)
+    memset (p, 0, q->cluster_size);
   return p;
 }
 

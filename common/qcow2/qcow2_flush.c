@@ -85,6 +85,23 @@ q2_punch (struct qcow2 *q, uint64_t off, uint64_t len)
                       off, len);
 }
 
+/* Cluster OFF has just dropped to refcount 0, and no table on disk refers
+ * to it any more: give its space back to the file system, and let the
+ * allocator hand it out again.  Its old data may still be there (punching
+ * is best effort), so it no longer counts as never written.
+ */
+void
+q2_release_cluster (struct qcow2 *q, uint64_t off)
+{
+  q2_punch (q, off, q->cluster_size);
+  lru_invalidate (q->l2c, off);
+  lru_invalidate (q->rbc, off);
+  if (off < q->cursor)
+    q->cursor = off;
+  if (off + q->cluster_size > q->zero_from)
+    q->zero_from = off + q->cluster_size;
+}
+
 /* Write back everything, in dependency order.  Exclusive lock held. */
 int
 q2_flush_locked (struct qcow2 *q)
@@ -100,12 +117,12 @@ q2_flush_locked (struct qcow2 *q)
     return q2_sync_file (q, q->file);
 
   /* Make sure the file covers every allocated cluster. */
-  if (q->fd >= 0 && q->file->size < q->cursor) {
-    if (ftruncate (q->fd, q->cursor) == -1) {
+  if (q->fd >= 0 && q->file->size < q->alloc_end) {
+    if (ftruncate (q->fd, q->alloc_end) == -1) {
       ERR (q, errno, "%s: extending the file: %m", q->path);
       return -1;
     }
-    q->file->size = q->cursor;
+    q->file->size = q->alloc_end;
   }
   if (write_dirty (q, q->rbc, &q->drb) == -1 || q2_sync_file (q, q->file) == -1)
     return -1;
@@ -151,11 +168,11 @@ q2_flush_locked (struct qcow2 *q)
   size_t n = q->npending;
   q->npending = 0;
   for (size_t i = 0; i < n; i++) {
-    uint64_t v;
-    if (q2_refcount_update (q, q->pending_free[i], -1, &v) == -1)
+    uint64_t off = q->pending_free[i], v;
+    if (q2_refcount_update (q, off, -1, &v) == -1)
       return -1;
     if (v == 0)
-      q2_punch (q, q->pending_free[i], q->cluster_size);
+      q2_release_cluster (q, off);
   }
   return 0;
 }

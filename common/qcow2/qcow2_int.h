@@ -161,6 +161,7 @@ struct qcow2 {
   uint64_t *pending_free;
   size_t npending, cappending;
   uint64_t cursor;              /* next candidate host offset */
+  uint64_t alloc_end;           /* end of the highest cluster allocated */
   uint64_t zero_from;           /* clusters from here were never written */
   bool first_write_done;
 
@@ -243,6 +244,7 @@ int q2_refcount_update (struct qcow2 *q, uint64_t off, int delta,
 int q2_flush_locked (struct qcow2 *q);
 int q2_maybe_flush (struct qcow2 *q);
 void q2_punch (struct qcow2 *q, uint64_t off, uint64_t len);
+void q2_release_cluster (struct qcow2 *q, uint64_t off);
 int q2_sync_file (struct qcow2 *q, struct bdev *b);
 int q2_write_header (struct qcow2 *q);
 

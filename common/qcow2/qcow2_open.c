@@ -550,7 +550,7 @@ qcow2_open (const char *path, const struct bdev_open_opts *opts,
     goto fail;
   }
   q->cursor = (q->file->size + q->cluster_size - 1) & ~(q->cluster_size - 1);
-  q->zero_from = q->cursor;
+  q->zero_from = q->alloc_end = q->cursor;
 
   /* Backing file. */
   if (backing_off && !(backing_opt && strcmp (backing_opt, "none") == 0)) {

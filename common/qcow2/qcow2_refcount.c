@@ -1,5 +1,6 @@
 /* qcow2 engine. Refcounts: reading and updating refcount entries, refcount
- * table growth, cluster allocation from the end of the file, deferred frees.
+ * table growth, cluster allocation (first free cluster from a cursor),
+ * deferred frees.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -58,21 +59,57 @@ q2_refcount_get (struct qcow2 *q, uint64_t off, uint64_t *rc)
   return 0;
 }
 
-/* Reserve N contiguous clusters at the allocation cursor, without touching
- * refcounts (the caller does).
+/* Host offset of the first cluster at or after FROM (cluster aligned)
+ * with refcount 0.  Scans whole refcount blocks, so that a cursor moved
+ * back by a free does not cost a cache lookup per cluster in use.
+ */
+static int
+first_free (struct qcow2 *q, uint64_t from, uint64_t *off)
+{
+  const uint64_t limit = (1ull << 56) >> q->cluster_bits;  /* in clusters */
+  const uint64_t per = 1ull << q->rb_bits;
+  uint64_t idx = from >> q->cluster_bits;
+  for (;;) {
+    uint64_t ri = idx >> q->rb_bits, rb, i;
+    if (idx >= limit || ri >= q->rt_entries ||
+        (rb = q->rt[ri] & REFT_OFFSET_MASK) == 0)
+      break;
+    if (q2_check_table_offset (q, rb, "refcount block") == -1)
+      return -1;
+    uint8_t *b = q2_table_get (q, q->rbc, rb, "refcount block", false);
+    if (!b)
+      return -1;
+    for (i = idx & (per - 1); i < per && rc_get (q, b, i) != 0; i++)
+      ;
+    lru_put (q->rbc, b);
+    if (i < per) {
+      idx = (ri << q->rb_bits) + i;
+      break;
+    }
+    idx = (ri + 1) << q->rb_bits;
+  }
+  /* Past the limit the caller's size check fails with ENOSPC. */
+  *off = idx < limit ? idx << q->cluster_bits : 1ull << 56;
+  return 0;
+}
+
+/* Reserve N contiguous free clusters, the first at or after the allocation
+ * cursor, without touching refcounts (the caller does).
  */
 static int
 reserve_clusters (struct qcow2 *q, uint64_t n, uint64_t *off)
 {
   for (;;) {
-    uint64_t start = q->cursor, len, end, i;
+    uint64_t start, len, end, i;
+    if (first_free (q, q->cursor, &start) == -1)
+      return -1;
     if (!ck_mul64 (n, q->cluster_size, &len) ||
         !ck_add64 (start, len, &end) || end > (1ull << 56)) {
       ERR (q, ENOSPC, "%s: image file would exceed the qcow2 size limit",
            q->path);
       return -1;
     }
-    for (i = 0; i < n; i++) {
+    for (i = 1; i < n; i++) {
       uint64_t rc;
       if (q2_refcount_get (q, start + i * q->cluster_size, &rc) == -1)
         return -1;
@@ -81,6 +118,8 @@ reserve_clusters (struct qcow2 *q, uint64_t n, uint64_t *off)
     }
     if (i == n) {
       q->cursor = end;
+      if (end > q->alloc_end)
+        q->alloc_end = end;
       *off = start;
       return 0;
     }

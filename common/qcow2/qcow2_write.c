@@ -135,7 +135,7 @@ first_write (struct qcow2 *q)
       uint64_t v;
       if (q2_refcount_get (q, list[i], &v) == 0 && v > 0 &&
           q2_refcount_update (q, list[i], -1, &v) == 0 && v == 0)
-        q2_punch (q, list[i], q->cluster_size);
+        q2_release_cluster (q, list[i]);
     }
     free (list);
   }
