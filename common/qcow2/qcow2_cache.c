@@ -24,10 +24,8 @@ q2_table_load (void *opaque, uint64_t key, void *buf)
   struct tmeta *m = tmeta_of (q, buf);
   m->key = key;
   m->dirty = 0;
-  if (ctx->zero) {
-    memset (buf, 0, q->cluster_size);
+  if (ctx->zero)                /* a new table: q2_table_get zeroes it */
     return 0;
-  }
   if (bdev_pread_padded (q->file, buf, q->cluster_size, key) == -1) {
     kvm_error ("%s: reading %s at %" PRIu64 " failed", q->path, ctx->what,
                key);
@@ -85,8 +83,8 @@ q2_table_get (struct qcow2 *q, struct lru *c, uint64_t off, const char *what,
   void *p = lru_get (c, off, q2_table_load, &ctx);
   if (!p && errno == ENOMEM)
     kvm_error ("%s: out of memory loading %s", q->path, what);
-  /* A new table in a reused cluster: whatever the cache still holds for
-   * that offset is stale.
+  /* A new table starts empty, also when its cluster is a reused one that
+   * the cache still holds stale content for.
    */
   if (p && zero)
     memset (p, 0, q->cluster_size);

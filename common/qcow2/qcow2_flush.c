@@ -94,8 +94,6 @@ void
 q2_release_cluster (struct qcow2 *q, uint64_t off)
 {
   q2_punch (q, off, q->cluster_size);
-  lru_invalidate (q->l2c, off);
-  lru_invalidate (q->rbc, off);
   if (off < q->cursor)
     q->cursor = off;
   if (off + q->cluster_size > q->zero_from)
