@@ -515,10 +515,15 @@ iscsi_block_size (void *handle, uint32_t *minimum, uint32_t *preferred,
 
   if (li->opt_xfer_gran > 0)
     pref = (uint64_t) li->opt_xfer_gran * li->block_size;
-  if (pref < 4096)
-    pref = 4096;
   if (pref > 32 * 1024 * 1024)
     pref = 32 * 1024 * 1024;
+  /* NBD wants a power of 2; the target's granularity need not be one. */
+  while ((pref & (pref - 1)) != 0)
+    pref &= pref - 1;
+  if (pref < 4096)
+    pref = 4096;
+  if (pref < li->block_size)
+    pref = li->block_size;
   *minimum = li->block_size;
   *preferred = (uint32_t) pref;
   *maximum = 0xffffffff;        /* we split ourselves */

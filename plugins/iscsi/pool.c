@@ -127,7 +127,10 @@ pool_close (struct pool *p)
   free (p);
 }
 
-/* Borrow an idle session, or log in a new one, or wait. */
+/* Borrow an idle session, or log in a new one, or wait.  NULL (after
+ * nbdkit_error) when the pool has given up on the target, or has no
+ * session left and cannot log one in.
+ */
 static struct session *
 borrow (struct pool *p)
 {
@@ -135,19 +138,30 @@ borrow (struct pool *p)
 
   pthread_mutex_lock (&p->lock);
   for (;;) {
+    if (__atomic_load_n (&p->gave_up, __ATOMIC_RELAXED)) {
+      pthread_mutex_unlock (&p->lock);
+      nbdkit_error ("iscsi: LUN %d: the target is unreachable "
+                    "(gave up reconnecting)", p->lun);
+      return NULL;
+    }
     if (p->idle) {
       s = p->idle;
       p->idle = s->next;
       pthread_mutex_unlock (&p->lock);
       return s;
     }
-    if (p->nsessions < p->max_sessions && time (NULL) >= p->no_grow_until) {
+    /* With no session at all nobody would give one back: log in now. */
+    if (p->nsessions == 0 ||
+        (p->nsessions < p->max_sessions && time (NULL) >= p->no_grow_until)) {
+      bool last = p->nsessions == 0;
       unsigned n = ++p->nsessions;
 
       pthread_mutex_unlock (&p->lock);
-      /* Quiet: a failure here costs parallelism, not the request. */
+      /* Quiet unless it is the only one: then failing costs the request,
+       * otherwise only parallelism.
+       */
       s = session_connect (p->cfg, p->lun, &p->info, &p->gave_up,
-                           false, true);
+                           false, !last);
       if (s != NULL) {
         nbdkit_debug ("iscsi: LUN %d: session %u logged in", p->lun, n);
         return s;
@@ -155,6 +169,11 @@ borrow (struct pool *p)
       pthread_mutex_lock (&p->lock);
       p->nsessions--;
       p->no_grow_until = time (NULL) + NO_GROW_SECONDS;
+      pthread_cond_broadcast (&p->returned);
+      if (last) {
+        pthread_mutex_unlock (&p->lock);
+        return NULL;
+      }
       nbdkit_debug ("iscsi: LUN %d: could not log in another session, "
                     "continuing with %u", p->lun, p->nsessions);
       continue;
@@ -166,6 +185,18 @@ borrow (struct pool *p)
 static void
 give_back (struct pool *p, struct session *s)
 {
+  if (s->dead) {
+    /* Given up: on the target (then every later request fails anyway),
+     * or on one command that kept breaking the connection.  Later
+     * requests log in a fresh session.
+     */
+    session_close (s);
+    pthread_mutex_lock (&p->lock);
+    p->nsessions--;
+    pthread_cond_broadcast (&p->returned);    /* all must look again */
+    pthread_mutex_unlock (&p->lock);
+    return;
+  }
   s->idle_since = time (NULL);
   pthread_mutex_lock (&p->lock);
   s->next = p->idle;
@@ -187,6 +218,10 @@ pool_run (struct pool *p, struct cmd *c)
     return -1;
   }
   s = borrow (p);
+  if (s == NULL) {
+    errno = EIO;
+    return -1;
+  }
   r = session_run (s, c);
   err = errno;
   give_back (p, s);

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +22,11 @@
  * split at this size so a single command never pins huge buffers.
  */
 #define DEFAULT_MAX_XFER (32 * MIB)
+
+/* How often the connection may break while one command is outstanding
+ * before that command fails (a target restart breaks it once).
+ */
+#define MAX_BREAKS 4
 
 static void
 libiscsi_log (int level, const char *message)
@@ -228,7 +234,8 @@ probe_lun (struct session *s)
     return -1;
   }
   if (li->num_blocks > INT64_MAX / li->block_size) {
-    nbdkit_error ("iscsi: LUN capacity overflows");
+    nbdkit_error ("iscsi: LUN capacity of %" PRIu64 " blocks of %" PRIu32
+                  " bytes is too large", li->num_blocks, li->block_size);
     return -1;
   }
 
@@ -449,6 +456,7 @@ static void
 wait_for (struct session *s, struct cmd *c, struct ticket *t)
 {
   struct iscsi_context *iscsi = s->iscsi;
+  bool was_up;
 
   /* Send the command now rather than after a poll: when the session is up
    * the socket is almost always writable, and libiscsi keeps whatever the
@@ -460,10 +468,12 @@ wait_for (struct session *s, struct cmd *c, struct ticket *t)
                     s->lun, iscsi_get_error (iscsi));
   }
 
+  was_up = iscsi_is_logged_in (iscsi);
   while (!c->done) {
     struct pollfd pfd;
     int timeout_ms, r;
     time_t now;
+    bool now_up;
 
     if (__atomic_load_n (s->gave_up, __ATOMIC_RELAXED)) {
       abandon (s, c, t, false);
@@ -495,6 +505,20 @@ wait_for (struct session *s, struct cmd *c, struct ticket *t)
         nbdkit_debug ("iscsi: LUN %d: iscsi_service: %s",
                       s->lun, iscsi_get_error (iscsi));
     }
+
+    /* After a broken connection libiscsi logs in again and sends the
+     * command again.  A target that answers it with something libiscsi
+     * cannot accept, or that drops the connection on it, would make
+     * that go on forever: count the breaks.
+     */
+    now_up = iscsi_is_logged_in (iscsi);
+    if (was_up && !now_up && !c->done && ++c->breaks >= MAX_BREAKS) {
+      s->dead = true;
+      t->cmd = NULL;
+      c->abandoned = true;
+      c->done = true;
+    }
+    was_up = now_up;
   }
 }
 
@@ -572,12 +596,74 @@ submit (struct session *s, struct cmd *c, struct ticket *t)
   return NULL;
 }
 
+/* A READ's data goes straight into the caller's buffer, which holds
+ * whatever was in that memory before.  If the target sends less than
+ * asked, the rest must not reach the client: residual counts catch an
+ * honest short transfer, and the canary (random bytes at the end of the
+ * buffer, put there before the command) one the target does not report.
+ */
+static unsigned char canary[16];
+static pthread_once_t canary_once = PTHREAD_ONCE_INIT;
+
+static void
+canary_init (void)
+{
+  if (getrandom (canary, sizeof canary, 0) != sizeof canary) {
+    /* Weaker, still unknown to the target. */
+    uint64_t x[2] = { (uint64_t) getpid () ^ (uint64_t) time (NULL) << 20,
+                      (uint64_t) (uintptr_t) &x ^ (uint64_t) clock () };
+    memcpy (canary, x, sizeof canary);
+  }
+}
+
+static size_t
+transfer_len (const struct session *s, const struct cmd *c)
+{
+  return (size_t) c->nblocks * s->info->block_size;
+}
+
+static void
+set_canary (const struct session *s, const struct cmd *c)
+{
+  size_t len = transfer_len (s, c);
+
+  pthread_once (&canary_once, canary_init);
+  memcpy ((char *) c->buf + len - sizeof canary, canary, sizeof canary);
+}
+
+static bool
+transfer_ok (const struct session *s, const struct cmd *c,
+             const struct scsi_task *task)
+{
+  if (c->op != OP_READ && c->op != OP_WRITE)
+    return true;
+  if (task->residual_status != SCSI_RESIDUAL_NO_RESIDUAL &&
+      task->residual > 0) {
+    nbdkit_error ("iscsi: %s at LBA %" PRIu64 ", %" PRIu32 " blocks: the "
+                  "target transferred %zu bytes %s than the %zu asked for",
+                  op_name (c->op), c->lba, c->nblocks, task->residual,
+                  task->residual_status == SCSI_RESIDUAL_UNDERFLOW ?
+                  "fewer" : "more", transfer_len (s, c));
+    return false;
+  }
+  if (c->op == OP_READ &&
+      memcmp ((const char *) c->buf + transfer_len (s, c) - sizeof canary,
+              canary, sizeof canary) == 0) {
+    nbdkit_error ("iscsi: READ at LBA %" PRIu64 ", %" PRIu32 " blocks: "
+                  "the target reported success but did not send all the "
+                  "data", c->lba, c->nblocks);
+    return false;
+  }
+  return true;
+}
+
 int
 session_run (struct session *s, struct cmd *c)
 {
   int attempt, err;
   char msg[256];
 
+  c->breaks = 0;
   for (attempt = 0; ; ++attempt) {
     struct scsi_task *task;
     struct scsi_sense sense;
@@ -596,6 +682,8 @@ session_run (struct session *s, struct cmd *c)
       return -1;
     }
     t->cmd = c;
+    if (c->op == OP_READ)
+      set_canary (s, c);
     task = submit (s, c, t);
     if (task == NULL) {
       nbdkit_error ("iscsi: %s: cannot queue command: %s",
@@ -609,14 +697,27 @@ session_run (struct session *s, struct cmd *c)
 
     if (c->abandoned) {
       c->task = NULL;           /* the session's ticket keeps it */
-      nbdkit_error ("iscsi: %s at LBA %" PRIu64 ", %" PRIu32 " blocks "
-                    "failed: the target is unreachable", op_name (c->op),
-                    c->lba, c->nblocks);
+      if (c->breaks >= MAX_BREAKS)
+        nbdkit_error ("iscsi: %s at LBA %" PRIu64 ", %" PRIu32 " blocks "
+                      "failed: the connection to the target broke %d times "
+                      "while the command was outstanding (the target drops "
+                      "it, or answers with something libiscsi rejects)",
+                      op_name (c->op), c->lba, c->nblocks, c->breaks);
+      else
+        nbdkit_error ("iscsi: %s at LBA %" PRIu64 ", %" PRIu32 " blocks "
+                      "failed: the target is unreachable", op_name (c->op),
+                      c->lba, c->nblocks);
       errno = EIO;
       return -1;
     }
     t->task = NULL;             /* the caller's now */
 
+    if (c->status == SCSI_STATUS_GOOD && !transfer_ok (s, c, task)) {
+      scsi_free_scsi_task (task);
+      c->task = NULL;
+      errno = EIO;
+      return -1;
+    }
     if (c->status == SCSI_STATUS_GOOD)
       return 0;
     memset (&sense, 0, sizeof sense);
@@ -652,6 +753,22 @@ session_run (struct session *s, struct cmd *c)
   }
 }
 
+/* The first two bytes of a REPORT LUNS entry (SAM-5 4.7): peripheral
+ * device addressing on bus 0, or flat space addressing.  -1 otherwise.
+ */
+static int
+lun_from_address (uint16_t a)
+{
+  switch (a >> 14) {
+  case 0:                       /* peripheral: bus in the low 6 bits */
+    return (a >> 8) == 0 ? (a & 0xff) : -1;
+  case 1:                       /* flat space */
+    return a & 0x3fff;
+  default:
+    return -1;
+  }
+}
+
 int
 session_list_luns (const struct session_config *cfg, int **luns, int *n)
 {
@@ -659,7 +776,7 @@ session_list_luns (const struct session_config *cfg, int **luns, int *n)
   struct scsi_task *task = NULL;
   struct scsi_reportluns_list *list;
   int *ret = NULL, nret = 0;
-  uint32_t i;
+  uint32_t i, nlist;
 
   *luns = NULL;
   *n = 0;
@@ -685,15 +802,34 @@ session_list_luns (const struct session_config *cfg, int **luns, int *n)
     nbdkit_error ("iscsi: cannot parse REPORT LUNS data");
     goto err;
   }
-  ret = calloc (list->num ? list->num : 1, sizeof *ret);
+  /* libiscsi takes the count from the list's length field: believe no
+   * more entries than the data holds (8 bytes each after the header).
+   */
+  nlist = list->num;
+  if (task->datain.size < 8)
+    nlist = 0;
+  else if (nlist > (uint32_t) (task->datain.size - 8) / 8)
+    nlist = (uint32_t) (task->datain.size - 8) / 8;
+  ret = calloc (nlist ? nlist : 1, sizeof *ret);
   if (ret == NULL) {
     nbdkit_error ("calloc: %m");
     goto err;
   }
-  for (i = 0; i < list->num; ++i) {
-    int lun = list->luns[i];
+  for (i = 0; i < nlist; ++i) {
+    int lun = lun_from_address (list->luns[i]);
     struct scsi_task *inq;
     struct scsi_inquiry_standard *std;
+    int j;
+
+    if (lun < 0) {
+      nbdkit_debug ("iscsi: REPORT LUNS: LUN address 0x%04x not understood, "
+                    "not listed", (unsigned) list->luns[i]);
+      continue;
+    }
+    for (j = 0; j < nret && ret[j] != lun; ++j)
+      ;
+    if (j < nret)               /* listed twice */
+      continue;
 
     inq = iscsi_inquiry_sync (iscsi, lun, 0, 0, 255);
     if (inq == NULL)

@@ -111,6 +111,7 @@ struct cmd {
   /* Private. */
   bool done;
   bool abandoned;               /* the session gave up on the target */
+  int breaks;                   /* connection broke while outstanding */
 };
 
 /* Create the context and log in.  With probe, also probe the LUN and
