@@ -39,6 +39,9 @@ DEFAULTS = dict(
     lba_status=None,            # list of (lba, nblocks, type), or None
     report_luns=None,           # (claimed list length, [lun numbers])
     vpd_b0_claimed_len=None,    # page length field of VPD B0
+    r2t=None,                   # None: writes send all data unsolicited;
+                                # "exact", "beyond" or "huge": the target
+                                # asks for it with R2Ts of that kind
 )
 
 PROFILES = {
@@ -71,6 +74,11 @@ PROFILES = {
         (0, 8, 0), (8, 0xffffffff, 1), ((1 << 64) - 8, 16, 1)]),
     "lba-status-past-end": dict(lbpme=True, lba_status=[
         (0, 8191, 1), (8191, 0xffffffff, 0)]),
+    # Writes driven by R2T: a correct one, one asking for data after the
+    # end of the transfer, one asking for 2 GiB.
+    "r2t-exact": dict(r2t="exact"),
+    "r2t-beyond": dict(r2t="beyond"),
+    "r2t-huge": dict(r2t="huge"),
     # A target that drops the connection whenever it gets a READ.
     "drop-on-read": dict(read_data="drop"),
     # REPORT LUNS: a list length far beyond the data sent, odd LUN formats.
@@ -260,8 +268,10 @@ class Conn(socketserver.BaseRequestHandler):
             elif k == "AuthMethod":
                 answers.append((k, "None"))
             elif k in ("InitialR2T",):
-                answers.append((k, "No"))
-            elif k in ("ImmediateData", "DataPDUInOrder", "DataSequenceInOrder"):
+                answers.append((k, "Yes" if self.server.lun.p["r2t"] else "No"))
+            elif k == "ImmediateData":
+                answers.append((k, "No" if self.server.lun.p["r2t"] else "Yes"))
+            elif k in ("DataPDUInOrder", "DataSequenceInOrder"):
                 answers.append((k, "Yes"))
             elif k in ("MaxBurstLength", "FirstBurstLength"):
                 answers.append((k, "16776192"))
@@ -299,6 +309,13 @@ class Conn(socketserver.BaseRequestHandler):
         cdb = bhs[32:48]
         if bhs[1] & 0x20 and len(data) < xfer:          # W: more data coming
             self.pending[itt] = (bhs, bytearray(data), xfer)
+            kind = self.server.lun.p["r2t"]
+            if kind:
+                off, length = {"exact": (0, xfer), "beyond": (xfer, 65536),
+                               "huge": (0, 0x7fffffff)}[kind]
+                self.send(bytes([0x31, 0x80, 0, 0]) + bytes(4) + bhs[8:16] + itt +
+                          be(0x1000, 4) + self.sn_fields(with_status=False) +
+                          be(0, 4) + be(off, 4) + be(length, 4))
             return
         self.execute(bhs, bytes(data), xfer)
 
@@ -308,7 +325,8 @@ class Conn(socketserver.BaseRequestHandler):
             return
         cmd, buf, xfer = self.pending[itt]
         off = int.from_bytes(bhs[40:44], "big")
-        buf[off:off + len(data)] = data
+        if off + len(data) <= xfer:
+            buf[off:off + len(data)] = data
         if bhs[1] & 0x80:
             del self.pending[itt]
             self.execute(cmd, bytes(buf), xfer)

@@ -8,8 +8,9 @@
 #   - a READ answered with less data than asked, flagged as residual or
 #     not flagged at all: EIO, not the buffer's old contents;
 #   - a READ that makes libiscsi drop the connection every time (too much
-#     data; or the target hangs up on every READ): EIO after a bounded
-#     number of reconnects, and nbdkit still stops;
+#     data; or the target hangs up on every READ), and a WRITE whose R2T
+#     asks for data outside the transfer: EIO after a bounded number of
+#     reconnects, and nbdkit still stops;
 #   - extreme or truncated Block Limits VPD: data still reads correctly,
 #     the preferred block size is a power of 2;
 #   - GET LBA STATUS descriptors that skip, wrap, overflow or run past
@@ -143,6 +144,35 @@ else:
 " || fail "$profile: the read did not fail with EIO (or hung)"
   [ $((SECONDS - start)) -lt 60 ] || fail "$profile: the read took $((SECONDS - start)) s"
   expect_log $profile "READ at LBA 0, 8 blocks failed: the connection to the target broke 4 times"
+  finish $profile
+done
+
+# --- writes driven by R2T ------------------------------------------------------
+# The target asks for the data: correctly; for 64 KiB after the end of
+# the transfer; for 2 GiB.  libiscsi must not send memory beyond the
+# client's buffer (under ASan the socket calls' buffers are checked); the
+# bad requests make it drop the connection, so the write fails like a bad
+# READ.
+serve r2t-exact
+nbdsh -u "$(uri_of $sock)" -c "
+h.pwrite(b'Q' * 65536, 131072)
+assert h.pread(65536, 131072) == b'Q' * 65536
+"
+finish r2t-exact
+for profile in r2t-beyond r2t-huge; do
+  serve $profile
+  start=$SECONDS
+  PATH="/usr/bin:$PATH" timeout 120 nbdsh -u "$(uri_of $sock)" -c "
+import errno
+try:
+    h.pwrite(b'Q' * 65536, 131072)
+except nbd.Error as e:
+    assert e.errnum == errno.EIO, e
+else:
+    raise AssertionError('the write succeeded')
+" || fail "$profile: the write did not fail with EIO (or hung)"
+  [ $((SECONDS - start)) -lt 60 ] || fail "$profile: the write took $((SECONDS - start)) s"
+  expect_log $profile "WRITE at LBA 256, 128 blocks failed: the connection to the target broke 4 times"
   finish $profile
 done
 
