@@ -201,7 +201,7 @@ class Conn(socketserver.BaseRequestHandler):
         self.statsn = 1
         self.exp_cmdsn = 0
         self.mrdsl = 8192       # the initiator's MaxRecvDataSegmentLength
-        self.pending = {}       # ITT -> (cdb, data so far, expected length)
+        self.pending = {}       # ITT -> (command BHS, data so far, length)
 
     def recv_pdu(self):
         bhs = recv_exact(self.request, 48)
@@ -227,11 +227,13 @@ class Conn(socketserver.BaseRequestHandler):
                 bhs, data = self.recv_pdu()
                 op = bhs[0] & 0x3f
                 if DEBUG:
-                    print("pdu op=%#x flags=%#x cdb=%s dlen=%d" % (op, bhs[1], bhs[32:48].hex(), len(data)), file=sys.stderr, flush=True)
-                immediate = bhs[0] & 0x40
-                cmdsn = int.from_bytes(bhs[24:28], "big")
-                if op in (0x01, 0x03, 0x06, 0x00, 0x02) and not immediate and op != 0x03:
-                    self.exp_cmdsn = cmdsn + 1
+                    print("pdu op=%#x flags=%#x cdb=%s dlen=%d"
+                          % (op, bhs[1], bhs[32:48].hex(), len(data)),
+                          file=sys.stderr, flush=True)
+                # Non-immediate NOP-Out, command, task management, logout
+                # take a CmdSN (login sets it itself; Data-Out has none).
+                if op in (0x00, 0x01, 0x02, 0x06) and not bhs[0] & 0x40:
+                    self.exp_cmdsn = int.from_bytes(bhs[24:28], "big") + 1
                 if op == 0x03:
                     self.login(bhs, data)
                 elif op == 0x00:
@@ -290,7 +292,6 @@ class Conn(socketserver.BaseRequestHandler):
         tsih = be(1, 2) if transit and nsg == 3 else bytes(2)
         hdr = (bytes([0x23, flags, 0, 0]) + bytes(4) + bhs[8:14] + tsih +
                bhs[16:20] + bytes(4) + self.sn_fields() + bytes([0, 0]) + bytes(10))
-        self.exp_cmdsn = int.from_bytes(bhs[24:28], "big")
         self.send(hdr, text)
 
     def nop(self, bhs, data):
@@ -306,7 +307,6 @@ class Conn(socketserver.BaseRequestHandler):
     def scsi(self, bhs, data):
         itt = bhs[16:20]
         xfer = int.from_bytes(bhs[20:24], "big")
-        cdb = bhs[32:48]
         if bhs[1] & 0x20 and len(data) < xfer:          # W: more data coming
             self.pending[itt] = (bhs, bytearray(data), xfer)
             kind = self.server.lun.p["r2t"]
