@@ -129,22 +129,31 @@ else:
   finish $profile
 done
 
-# --- reads that break the connection every time ------------------------------
-for profile in long-read drop-on-read; do
+# eio_within_60s PROFILE PYTHON-CALL LOG-MESSAGE: on a fresh server for
+# PROFILE, the call must fail with EIO, within 60 s, and the log must say
+# why; then nbdkit must stop.
+eio_within_60s () {
+  local profile=$1 call=$2 msg=$3 start
   serve $profile
   start=$SECONDS
   PATH="/usr/bin:$PATH" timeout 120 nbdsh -u "$(uri_of $sock)" -c "
 import errno
 try:
-    h.pread(4096, 0)
+    h.$call
 except nbd.Error as e:
     assert e.errnum == errno.EIO, e
 else:
-    raise AssertionError('the read succeeded')
-" || fail "$profile: the read did not fail with EIO (or hung)"
-  [ $((SECONDS - start)) -lt 60 ] || fail "$profile: the read took $((SECONDS - start)) s"
-  expect_log $profile "READ at LBA 0, 8 blocks failed: the connection to the target broke 4 times"
+    raise AssertionError('the request succeeded')
+" || fail "$profile: $call did not fail with EIO (or hung)"
+  [ $((SECONDS - start)) -lt 60 ] || fail "$profile: $call took $((SECONDS - start)) s"
+  expect_log $profile "$msg"
   finish $profile
+}
+
+# --- reads that break the connection every time ------------------------------
+for profile in long-read drop-on-read; do
+  eio_within_60s $profile "pread(4096, 0)" \
+    "READ at LBA 0, 8 blocks failed: the connection to the target broke 4 times"
 done
 
 # --- writes driven by R2T ------------------------------------------------------
@@ -160,20 +169,8 @@ assert h.pread(65536, 131072) == b'Q' * 65536
 "
 finish r2t-exact
 for profile in r2t-beyond r2t-huge; do
-  serve $profile
-  start=$SECONDS
-  PATH="/usr/bin:$PATH" timeout 120 nbdsh -u "$(uri_of $sock)" -c "
-import errno
-try:
-    h.pwrite(b'Q' * 65536, 131072)
-except nbd.Error as e:
-    assert e.errnum == errno.EIO, e
-else:
-    raise AssertionError('the write succeeded')
-" || fail "$profile: the write did not fail with EIO (or hung)"
-  [ $((SECONDS - start)) -lt 60 ] || fail "$profile: the write took $((SECONDS - start)) s"
-  expect_log $profile "WRITE at LBA 256, 128 blocks failed: the connection to the target broke 4 times"
-  finish $profile
+  eio_within_60s $profile "pwrite(b'Q' * 65536, 131072)" \
+    "WRITE at LBA 256, 128 blocks failed: the connection to the target broke 4 times"
 done
 
 # --- limits --------------------------------------------------------------------
