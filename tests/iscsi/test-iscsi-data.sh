@@ -141,8 +141,10 @@ for n in 1 3; do
 done
 cp $d/lun1.img $d/ref1.img
 rc=0
+# (Not "-U -" where nbdkit is to fail: nbdkit 1.32 then leaves its
+# /tmp/nbdkitXXXXXX directory behind.)
 timeout 20 env ${KVM_SANITIZER_PRELOAD:+LD_PRELOAD=$KVM_SANITIZER_PRELOAD} \
-  nbdkit -U - "$(plugin_so iscsi)" url=$(tgtd_url $IQN 1) sessions=0 \
+  nbdkit -U $d/fail1.sock "$(plugin_so iscsi)" url=$(tgtd_url $IQN 1) sessions=0 \
   --run true 2>$d/pool.err || rc=$?
 [ $rc = 0 ] && fail "sessions=0 accepted"
 [ $rc = 124 ] && [ "$KVM_SANITIZE" != 1 ] && fail "nbdkit hung on sessions=0"
@@ -163,7 +165,7 @@ for hd in crc32c prefer-crc32c none; do
 done
 rc=0
 timeout 20 env ${KVM_SANITIZER_PRELOAD:+LD_PRELOAD=$KVM_SANITIZER_PRELOAD} \
-  nbdkit -U - "$(plugin_so iscsi)" url=$(tgtd_url $IQN 1) \
+  nbdkit -U $d/fail2.sock "$(plugin_so iscsi)" url=$(tgtd_url $IQN 1) \
   header-digest=md5 --run true 2>$d/hd.err || rc=$?
 [ $rc = 0 ] && fail "header-digest=md5 accepted"
 # (124: the ASan-preload exit hang after a start-up error, see

@@ -116,8 +116,11 @@ echo "ok: existing image kept"
 bad () {
   local re=$1; shift
   local out rc=0
+  # Not "-U -": nbdkit 1.32 leaves its /tmp/nbdkitXXXXXX directory
+  # behind when it fails after creating it.
+  local sock=$tmpdir/bad-$RANDOM$RANDOM.sock
   out=$(timeout 10 env ${KVM_SANITIZER_PRELOAD:+LD_PRELOAD=$KVM_SANITIZER_PRELOAD} \
-          nbdkit -U - "$(plugin_so qcow2)" "file=$tmpdir/bad.qcow2" "$@" \
+          nbdkit -U "$sock" "$(plugin_so qcow2)" "file=$tmpdir/bad.qcow2" "$@" \
           --run 'nbdinfo --size "$uri"' 2>&1) || rc=$?
   [ $rc = 0 ] && fail "accepted: $*"
   # Under the SANITIZE build, nbdkit with the ASan runtime preloaded can
