@@ -54,6 +54,17 @@ requires_root () { [ "$(id -u)" = 0 ] || skip "needs root"; }
 
 fail () { echo "FAIL: $*" >&2; exit 1; }
 
+# requires_nbdsh: define nbdsh to run under the system python3 (which has
+# the libnbd bindings) even when another python3 comes first on PATH, and
+# check that it works.  (A bare "timeout nbdsh" bypasses the function:
+# give it PATH="/usr/bin:$PATH" itself.)
+requires_nbdsh () {
+  requires nbdsh
+  nbdsh () { PATH="/usr/bin:$PATH" command nbdsh "$@"; }
+  nbdsh -c 'pass' 2>/dev/null ||
+    skip "nbdsh cannot import the nbd module (python3-libnbd)"
+}
+
 # --- our modules -----------------------------------------------------------
 plugin_so () { echo "$TOP_BUILDDIR/plugins/$1/nbdkit-$1-plugin.so"; }
 filter_so () { echo "$TOP_BUILDDIR/filters/$1/nbdkit-$1-filter.so"; }

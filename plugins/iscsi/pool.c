@@ -211,12 +211,6 @@ pool_run (struct pool *p, struct cmd *c)
   struct session *s;
   int r, err;
 
-  if (__atomic_load_n (&p->gave_up, __ATOMIC_RELAXED)) {
-    nbdkit_error ("iscsi: LUN %d: the target is unreachable "
-                  "(gave up reconnecting)", p->lun);
-    errno = EIO;
-    return -1;
-  }
   s = borrow (p);
   if (s == NULL) {
     errno = EIO;

@@ -512,12 +512,8 @@ wait_for (struct session *s, struct cmd *c, struct ticket *t)
      * that go on forever: count the breaks.
      */
     now_up = iscsi_is_logged_in (iscsi);
-    if (was_up && !now_up && !c->done && ++c->breaks >= MAX_BREAKS) {
-      s->dead = true;
-      t->cmd = NULL;
-      c->abandoned = true;
-      c->done = true;
-    }
+    if (was_up && !now_up && !c->done && ++c->breaks >= MAX_BREAKS)
+      abandon (s, c, t, false);
     was_up = now_up;
   }
 }

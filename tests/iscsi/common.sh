@@ -6,16 +6,7 @@ requires tgtd tgtadm nbdcopy nbdinfo nbdsh python3 cmp
 
 IQN=iqn.2026-11.example:store
 
-# nbdsh is a python3 script: use the system interpreter (which has the
-# nbd module) even when another python3 comes first in $PATH.
-nbdsh () {
-  if python3 -c 'import nbd' 2>/dev/null; then
-    command nbdsh "$@"
-  else
-    PATH="/usr/bin:$PATH" command nbdsh "$@"
-  fi
-}
-nbdsh -c 'pass' 2>/dev/null || skip "nbdsh cannot import the nbd module (python3-libnbd)"
+requires_nbdsh
 
 # tgtd_one_lun FILE [TGTADM-ARGS...]: start tgtd with target $IQN (tid 1)
 # whose LUN 1 is backed by FILE (extra arguments go to the LUN's creation,

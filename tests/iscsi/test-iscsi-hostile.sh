@@ -24,8 +24,7 @@ source "$TOP_SRCDIR/tests/functions.sh"
 requires_plugin iscsi
 requires python3 nbdinfo nbdcopy nbdsh timeout cmp
 
-nbdsh () { PATH="/usr/bin:$PATH" command nbdsh "$@"; }
-nbdsh -c 'pass' 2>/dev/null || skip "nbdsh cannot import the nbd module (python3-libnbd)"
+requires_nbdsh
 
 d=$tmpdir
 size=$((4 * 1024 * 1024))
