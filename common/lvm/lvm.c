@@ -17,6 +17,8 @@
 
 #define NO_DEV SIZE_MAX
 #define ERRLEN 1024
+/* Work allowed to one listing of all LVs (see lvm_map_build_budget). */
+#define LVM_LIST_BUDGET (2 * (uint64_t) LVM_MAP_BUDGET)
 
 struct dev {
   char *path;
@@ -274,6 +276,31 @@ pv_desc (struct lvm_vgset *set, size_t d, char *buf, size_t len)
   snprintf (buf, len, "%s (PV UUID %s)", set->devs[d].path, u);
 }
 
+/* LV names for messages: a hostile name may be kilobytes long. */
+#define SHORT_NAME(n) (int) (strlen (n) > 64 ? 64 : strlen (n)), (n), \
+    strlen (n) > 64 ? "..." : ""
+
+/* Visible LVs whose names lvm2 would refuse are not served: say so once
+ * per metadata version (at most a few lines).
+ */
+static void
+warn_bad_names (const struct lvm_meta_vg *vg)
+{
+  size_t n = 0;
+  for (size_t i = 0; i < vg->lv_count; i++) {
+    const struct lvm_meta_lv *lv = &vg->lvs[i];
+    if (!lv->visible || !lv->name_problem)
+      continue;
+    if (n++ < 5)
+      kvm_error ("warning: volume group %s: LV %.*s%s (name of %zu bytes) "
+                 "is not served: %s (lvm2 refuses such names)", vg->name,
+                 SHORT_NAME (lv->name), strlen (lv->name), lv->name_problem);
+  }
+  if (n > 5)
+    kvm_error ("warning: volume group %s: %zu more LVs with names lvm2 "
+               "refuses are not served", vg->name, n - 5);
+}
+
 /* Read everything and build a new snapshot (set->lock held). */
 static struct snap *
 full_scan (struct lvm_vgset *set)
@@ -302,14 +329,21 @@ full_scan (struct lvm_vgset *set)
                      set->devs[best->dev].path, recs[i].vguuid,
                      set->devs[recs[i].dev].path);
         else {
+          /* Each distinct name once (compared whole, not as a
+           * substring of the list), as many as fit.
+           */
           char names[1024] = "";
-          for (size_t k = 0; k < nrec; k++)
-            if (!strstr (names, recs[k].vgname) &&
+          for (size_t k = 0; k < nrec; k++) {
+            bool dup = false;
+            for (size_t j = 0; j < k && !dup; j++)
+              dup = strcmp (recs[j].vgname, recs[k].vgname) == 0;
+            if (!dup &&
                 strlen (names) + strlen (recs[k].vgname) + 3 < sizeof names) {
               if (names[0])
                 strcat (names, ", ");
               strcat (names, recs[k].vgname);
             }
+          }
           kvm_error ("the PVs hold several volume groups (%s): choose one "
                      "with vg=NAME", names);
         }
@@ -380,6 +414,7 @@ full_scan (struct lvm_vgset *set)
   kvm_debug ("volume group %s: seqno %" PRIu64 " from %s, %zu PVs, %zu LVs",
              s->vg->name, s->vg->seqno, set->devs[best->dev].path,
              s->vg->pv_count, s->vg->lv_count);
+  warn_bad_names (s->vg);
   s->pv_dev = malloc (s->vg->pv_count * sizeof *s->pv_dev);
   if (!s->pv_dev) {
     kvm_error ("out of memory");
@@ -635,6 +670,12 @@ lvm_vgset_list (struct lvm_vgset *set, lvm_list_fn fn, void *opaque)
   int r = 0;
   char err[ERRLEN];
 
+  /* All LVs of one listing share one work budget: hostile metadata
+   * with very many LVs stacked on complex ones cannot make a listing
+   * take hours.  LVs left when it runs out are not listed.
+   */
+  uint64_t budget = LVM_LIST_BUDGET;
+
   if (lvm_vgset_refresh (set) == -1)
     return -1;
   s = snap_get (set);
@@ -643,16 +684,26 @@ lvm_vgset_list (struct lvm_vgset *set, lvm_list_fn fn, void *opaque)
     char layout[256];
     if (!lv->visible)
       continue;
-    lvm_meta_lv_describe (s->vg, i, layout, sizeof layout);
     /* Only LVs that can be opened: NBD clients (nbdinfo --list) fail on
      * an export that is listed but refuses to open.
      */
-    if (strstr (layout, "unsupported")) {
+    if (lv->name_problem) {
+      kvm_debug ("LV %.*s%s not listed: %s", SHORT_NAME (lv->name),
+                 lv->name_problem);
+      continue;
+    }
+    if (!lvm_meta_lv_describe (s->vg, i, layout, sizeof layout)) {
       kvm_debug ("LV %s not listed: %s", lv->name, layout);
       continue;
     }
-    struct lvm_map *m = lvm_map_build (s->vg, i, snap_pv_ok, s, err,
-                                       sizeof err);
+    if (budget == 0) {
+      kvm_error ("warning: volume group %s: listing stopped at LV %s: the "
+                 "layouts of the LVs before it are too complex to map in "
+                 "one listing", s->vg->name, lv->name);
+      break;
+    }
+    struct lvm_map *m = lvm_map_build_budget (s->vg, i, snap_pv_ok, s,
+                                              &budget, err, sizeof err);
     int bad = 0;
     if (m) {
       pthread_mutex_lock (&set->lock);
@@ -671,7 +722,7 @@ lvm_vgset_list (struct lvm_vgset *set, lvm_list_fn fn, void *opaque)
     r = fn (opaque, lv->name, lv->extent_count * s->vg->extent_size, layout);
   }
   snap_put (s);
-  return r;
+  return r < 0 ? -1 : 0;
 }
 
 /* --- LV block devices ---------------------------------------------------- */
@@ -880,6 +931,13 @@ lvm_lv_open (struct lvm_vgset *set, const char *name, bool readonly)
     kvm_error ("LV %s is an internal (hidden) LV of volume group %s",
                name, s->vg->name);
     errno = ENOENT;
+    goto fail;
+  }
+  if (s->vg->lvs[i].name_problem) {
+    kvm_error ("LV %.*s%s of volume group %s is not served: %s (lvm2 "
+               "refuses such names)", SHORT_NAME (name), s->vg->name,
+               s->vg->lvs[i].name_problem);
+    errno = ENOTSUP;
     goto fail;
   }
   m = lvm_map_build (s->vg, i, snap_pv_ok, s, err, sizeof err);

@@ -50,9 +50,12 @@ bool lvm_vgset_writable (const struct lvm_vgset *set);
 void lvm_vgset_info (struct lvm_vgset *set, char *name, size_t namelen,
                      uint64_t *seqno);
 
-/* Call FN for every visible LV of the current metadata, in metadata
- * order.  LAYOUT describes the segment types ("linear", "striped",
- * "thin, unsupported", ...).  FN returns -1 to stop (returned).
+/* Call FN for every visible LV of the current metadata that can be
+ * opened, in metadata order.  Skipped: unsupported segment types, missing
+ * PVs, names lvm2 refuses (a warning per metadata version), and the LVs
+ * left when the listing's work budget runs out.  LAYOUT describes the
+ * segment types ("linear", "striped", "raid1, read-only", ...).  FN
+ * returns 0 to go on, 1 to stop (0 returned), -1 to fail (-1 returned).
  */
 typedef int (*lvm_list_fn) (void *opaque, const char *name, uint64_t size,
                             const char *layout);

@@ -170,6 +170,61 @@ find_lv_name (struct builder *b, const char *name)
   return bsearch_name (b->lv_names, b->vg->lv_count, name);
 }
 
+const char *
+lvm_lv_name_problem (const char *vgname, const char *name)
+{
+  size_t n = strlen (name);
+  if (n == 0)
+    return "the name is empty";
+  if (n >= LVM_NAME_LEN)
+    return "the name is longer than 127 bytes";
+  if (strlen (vgname) + 1 + n >= LVM_NAME_LEN)
+    return "the full name VG/LV is longer than 127 bytes";
+  if (name[0] == '-')
+    return "the name begins with '-'";
+  if (strcmp (name, ".") == 0 || strcmp (name, "..") == 0)
+    return "the name is '.' or '..'";
+  for (const char *c = name; *c; c++)
+    if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') ||
+          (*c >= '0' && *c <= '9') || *c == '.' || *c == '_' || *c == '+' ||
+          *c == '-'))
+      return "the name holds characters other than A-Z a-z 0-9 . _ + -";
+  return NULL;
+}
+
+/* Segment types as lvm2 writes them: a type name ("striped",
+ * "thin-pool", "raid5_ls") optionally followed by "+FLAG" parts
+ * ("raid5+RESHAPE").  Returns NULL if TYPE has that shape; otherwise
+ * writes why into WHY.
+ */
+static const char *
+segtype_problem (const char *type, char *why, size_t whylen)
+{
+  size_t n = strlen (type);
+  if (n == 0)
+    return "is empty";
+  if (n > LVM_SEGTYPE_MAX) {
+    snprintf (why, whylen, "is longer than %d bytes", LVM_SEGTYPE_MAX);
+    return why;
+  }
+  if (!((type[0] >= 'a' && type[0] <= 'z') ||
+        (type[0] >= 'A' && type[0] <= 'Z')))
+    return "does not begin with a letter";
+  for (size_t i = 0; i < n; i++) {
+    unsigned char c = type[i];
+    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+          (c >= '0' && c <= '9') || c == '_' || c == '-' || c == '+')) {
+      snprintf (why, whylen, "holds byte 0x%02x at position %zu (segment "
+                "types are made of letters, digits, '_', '-' and '+')",
+                c, i);
+      return why;
+    }
+    if (c == '+' && (i + 1 == n || type[i + 1] == '+'))
+      return "has an empty '+' flag";
+  }
+  return NULL;
+}
+
 ssize_t
 lvm_meta_find_lv (const struct lvm_meta_vg *vg, const char *name)
 {
@@ -291,7 +346,10 @@ build_seg (struct builder *b, const struct lvm_meta_lv *lv,
   const char *type;
   uint64_t v;
 
-  snprintf (what, sizeof what, "LV %s %s", lv->name, s->key);
+  /* Long names are cut so that the segment is still named. */
+  snprintf (what, sizeof what, "LV %.200s%s %.100s%s", lv->name,
+            strlen (lv->name) > 200 ? "..." : "", s->key,
+            strlen (s->key) > 100 ? "..." : "");
   if (!get_uint (b, s, what, "start_extent", &seg->start_extent, true) ||
       !get_uint (b, s, what, "extent_count", &seg->extent_count, true))
     return false;
@@ -299,6 +357,11 @@ build_seg (struct builder *b, const struct lvm_meta_lv *lv,
     FAIL ("%s: extent_count is 0", what);
   if (!(type = lvm_node_get_str (s, "type")))
     FAIL ("%s: missing 'type'", what);
+  char why[160];
+  const char *bad = segtype_problem (type, why, sizeof why);
+  if (bad)
+    FAIL ("%s: invalid segment type (line %u): the type %s", what,
+          lvm_node_get (s, "type")->line, bad);
   if (!(seg->type_name = strdup (type)))
     FAIL ("out of memory");
 
@@ -622,6 +685,7 @@ build_vg (struct builder *b, const struct lvm_node *vs)
         FAIL ("LV %s: missing or invalid 'id'", lv->name);
       if (!(lv->status_flags = join_flags (c, "status")))
         FAIL ("out of memory");
+      lv->name_problem = lvm_lv_name_problem (vg->name, lv->name);
       lv->visible = lvm_node_has_flag (c, "status", "VISIBLE");
       lv->writable = lvm_node_has_flag (c, "status", "WRITE");
       b->lv_names[i] = (struct name_idx) { lv->name, i };
@@ -716,8 +780,23 @@ struct flat {
   struct lvm_map *m;
   size_t cap;
   bool readonly;
-  uint64_t budget;              /* bounds the work on hostile stacking */
+  uint64_t *budget;             /* bounds the work on hostile stacking */
 };
+
+/* Charge N units of work; false (with a message) when the budget is
+ * exhausted.
+ */
+static bool
+charge (struct flat *f, uint64_t n)
+{
+  if (*f->budget < n) {
+    *f->budget = 0;
+    seterr (f->err, f->errlen, "LV %s: layout too complex", f->top);
+    return false;
+  }
+  *f->budget -= n;
+  return true;
+}
 
 static struct lvm_piece *
 add_piece (struct flat *f, uint64_t lv_off, uint64_t len,
@@ -815,11 +894,8 @@ flatten (struct flat *f, size_t lvi, uint64_t le, uint64_t count,
   const struct lvm_meta_lv *lv = &vg->lvs[lvi];
   uint64_t le_end = le + count;   /* checked by check_areas */
 
-  if (f->budget <= lv->seg_count) {
-    seterr (f->err, f->errlen, "LV %s: layout too complex", f->top);
+  if (!charge (f, 1))
     return false;
-  }
-  f->budget -= lv->seg_count + 1;
   if (depth > LVM_MAX_STACK) {
     seterr (f->err, f->errlen, "LV %s: LVs stacked more than %d deep "
             "(or a loop) at LV %s", f->top, LVM_MAX_STACK, lv->name);
@@ -834,11 +910,25 @@ flatten (struct flat *f, size_t lvi, uint64_t le, uint64_t count,
   if (lv->is_origin)
     f->readonly = true;
 
-  for (size_t si = 0; si < lv->seg_count; si++) {
+  /* Segments are sorted and contiguous from extent 0: find the first one
+   * that ends after LE, and visit only those that overlap the range.
+   */
+  size_t lo_i = 0, hi_i = lv->seg_count;
+  while (lo_i < hi_i) {
+    size_t mid = lo_i + (hi_i - lo_i) / 2;
+    const struct lvm_meta_seg *sm = &lv->segs[mid];
+    if (sm->start_extent + sm->extent_count <= le)
+      lo_i = mid + 1;
+    else
+      hi_i = mid;
+  }
+  for (size_t si = lo_i; si < lv->seg_count; si++) {
     const struct lvm_meta_seg *seg = &lv->segs[si];
     uint64_t s_end = seg->start_extent + seg->extent_count;
-    if (s_end <= le || seg->start_extent >= le_end)
-      continue;
+    if (seg->start_extent >= le_end)
+      break;
+    if (!charge (f, 1))
+      return false;
     uint64_t lo = seg->start_extent > le ? seg->start_extent : le;
     uint64_t hi = s_end < le_end ? s_end : le_end;
     uint64_t rel = lo - seg->start_extent;  /* extents into the segment */
@@ -938,10 +1028,19 @@ struct lvm_map *
 lvm_map_build (const struct lvm_meta_vg *vg, size_t lvi, lvm_pv_ok_fn pv_ok,
                void *opaque, char *err, size_t errlen)
 {
+  uint64_t budget = LVM_MAP_BUDGET;
+  return lvm_map_build_budget (vg, lvi, pv_ok, opaque, &budget, err, errlen);
+}
+
+struct lvm_map *
+lvm_map_build_budget (const struct lvm_meta_vg *vg, size_t lvi,
+                      lvm_pv_ok_fn pv_ok, void *opaque, uint64_t *budget,
+                      char *err, size_t errlen)
+{
   const struct lvm_meta_lv *lv = &vg->lvs[lvi];
   struct flat f = { .vg = vg, .pv_ok = pv_ok, .opaque = opaque,
                     .top = lv->name, .err = err, .errlen = errlen,
-                    .budget = 20000000 };
+                    .budget = budget };
 
   if (errlen)
     err[0] = 0;
@@ -1083,17 +1182,38 @@ lvm_map_is_prefix (const struct lvm_map *old, lvm_pv_id_fn id_old,
   return true;
 }
 
-void
+/* Append ITEM (with SEP before it) to BUF if it fits whole. */
+static bool
+append (char *buf, size_t len, size_t *used, const char *sep,
+        const char *item)
+{
+  size_t a = strlen (sep), b = strlen (item);
+  if (*used + a + b >= len)
+    return false;
+  memcpy (buf + *used, sep, a);
+  memcpy (buf + *used + a, item, b + 1);
+  *used += a + b;
+  return true;
+}
+
+bool
 lvm_meta_lv_describe (const struct lvm_meta_vg *vg, size_t lvi, char *buf,
                       size_t len)
 {
   const struct lvm_meta_lv *lv = &vg->lvs[lvi];
-  size_t used = 0;
-  bool unsupported = false;
+  /* The distinct types listed so far: each costs at least 2 bytes of BUF,
+   * so a short array is enough, and the work stays linear.
+   */
+  const char *listed[64];
+  size_t nlisted = 0, used = 0;
+  bool unsupported = false, full = false;
+
+  if (len == 0)
+    return !lv->is_cow;
   buf[0] = 0;
   if (lv->is_cow) {
     snprintf (buf, len, "snapshot exception store, unsupported");
-    return;
+    return false;
   }
   for (size_t i = 0; i < lv->seg_count; i++) {
     const struct lvm_meta_seg *s = &lv->segs[i];
@@ -1102,21 +1222,21 @@ lvm_meta_lv_describe (const struct lvm_meta_vg *vg, size_t lvi, char *buf,
       t = s->area_count == 1 ? "linear" : "striped";
     if (s->type == LVM_SEG_UNSUPPORTED)
       unsupported = true;
-    /* skip types already listed (look in the short output) */
+    if (full)
+      continue;
     bool seen = false;
-    size_t tl = strlen (t);
-    for (const char *q = buf; (q = strstr (q, t)) != NULL; q += tl)
-      if ((q == buf || q[-1] == '+') && (q[tl] == 0 || q[tl] == '+')) {
-        seen = true;
-        break;
-      }
+    for (size_t k = 0; k < nlisted && !seen; k++)
+      seen = strcmp (listed[k], t) == 0;
     if (seen)
       continue;
-    int r = snprintf (buf + used, len - used, "%s%s", used ? "+" : "", t);
-    if (r < 0 || (size_t) r >= len - used)
-      return;
-    used += r;
+    if (nlisted == sizeof listed / sizeof listed[0] ||
+        !append (buf, len, &used, used ? "+" : "", t)) {
+      full = true;
+      continue;
+    }
+    listed[nlisted++] = t;
   }
   if (unsupported)
-    snprintf (buf + used, len - used, ", unsupported");
+    append (buf, len, &used, "", ", unsupported");
+  return !unsupported;
 }

@@ -16,6 +16,10 @@
 #define LVM_SECTOR 512u
 #define LVM_MAX_STRIPES 128      /* LVM2's own limit */
 #define LVM_MAX_STACK 8          /* LV-on-LV nesting (mirror legs, pvmove) */
+#define LVM_NAME_LEN 128         /* lvm2's NAME_LEN: names and "VG/LV" < this */
+#define LVM_SEGTYPE_MAX 256      /* longest segment type string accepted */
+/* Work allowed to lvm_map_build() for one LV (segments visited + calls). */
+#define LVM_MAP_BUDGET 20000000u
 
 struct lvm_meta_pv {
   char *name;                   /* "pv0" */
@@ -55,6 +59,10 @@ struct lvm_meta_seg {
 
 struct lvm_meta_lv {
   char *name;
+  /* Why lvm2 would refuse this name (lvm_lv_name_problem), or NULL.  Such
+   * an LV is kept in the model (others may refer to it) but not served.
+   */
+  const char *name_problem;
   char uuid[LVM_UUID_LEN + 1];
   bool visible, writable;
   bool is_origin;               /* has snapshots: writes would bypass them */
@@ -87,6 +95,14 @@ void lvm_meta_free (struct lvm_meta_vg *vg);
 /* Parse text and build in one step (used by the fuzzer and tools). */
 struct lvm_meta_vg *lvm_meta_parse (const char *text, size_t len,
                                     char *err, size_t errlen);
+
+/* Why lvm2 would refuse NAME as the name of an LV of volume group VGNAME
+ * (as lvcreate/lvrename do): empty, longer than 127 bytes, "VG/LV"
+ * longer than 127 bytes, characters other than A-Z a-z 0-9 . _ + -,
+ * a leading '-', "." or "..".  NULL if the name is acceptable; otherwise a
+ * static description of the problem.
+ */
+const char *lvm_lv_name_problem (const char *vgname, const char *name);
 
 /* Find an LV by name; -1 if absent. */
 ssize_t lvm_meta_find_lv (const struct lvm_meta_vg *vg, const char *name);
@@ -132,11 +148,21 @@ struct lvm_map {
 typedef bool (*lvm_pv_ok_fn) (void *opaque, size_t pv_index);
 
 /* Flatten LV LVI.  On error (unsupported segment type, missing PV, ...)
- * returns NULL with a message naming the LV and the cause in ERR.
+ * returns NULL with a message naming the LV and the cause in ERR.  The
+ * work is bounded by LVM_MAP_BUDGET (hostile stacking fails with "layout
+ * too complex").
  */
 struct lvm_map *lvm_map_build (const struct lvm_meta_vg *vg, size_t lvi,
                                lvm_pv_ok_fn pv_ok, void *opaque,
                                char *err, size_t errlen);
+/* The same, drawing the work from *BUDGET (shared by several calls, e.g.
+ * one listing of all LVs, so that their total work is bounded too).
+ * When *BUDGET runs out the message says "layout too complex".
+ */
+struct lvm_map *lvm_map_build_budget (const struct lvm_meta_vg *vg,
+                                      size_t lvi, lvm_pv_ok_fn pv_ok,
+                                      void *opaque, uint64_t *budget,
+                                      char *err, size_t errlen);
 void lvm_map_free (struct lvm_map *m);
 
 /* The piece containing OFFSET (< m->size). */
@@ -159,9 +185,13 @@ bool lvm_map_is_prefix (const struct lvm_map *old, lvm_pv_id_fn id_old,
                         lvm_pv_id_fn id_new, void *o_new);
 
 /* Short description of an LV's layout for listings: "linear",
- * "striped", "linear+striped", "raid1", "thin (unsupported)" ...
+ * "striped", "linear+striped", "raid1", "thin, unsupported" ...  (each
+ * type once; cut short at a whole type name if BUF is too small).  Returns
+ * false if a segment type is not supported (or the LV is a snapshot
+ * exception store), whatever fitted into BUF.  Work: linear in the number
+ * of segments.
  */
-void lvm_meta_lv_describe (const struct lvm_meta_vg *vg, size_t lvi,
+bool lvm_meta_lv_describe (const struct lvm_meta_vg *vg, size_t lvi,
                            char *buf, size_t len);
 
 #endif

@@ -174,7 +174,13 @@ lvm_get_ready (void)
 struct list_ctx {
   struct nbdkit_exports *exports;
   const char *vg;
+  size_t count;                 /* exports added */
 };
+
+/* nbdkit refuses more exports than this in one listing (MAX_EXPORTS in
+ * its server/exports.c).
+ */
+#define LVM_MAX_EXPORTS 10000
 
 static int
 add_export (void *opaque, const char *name, uint64_t size,
@@ -182,9 +188,24 @@ add_export (void *opaque, const char *name, uint64_t size,
 {
   struct list_ctx *c = opaque;
   char desc[512];
+  if (c->count >= LVM_MAX_EXPORTS) {
+    nbdkit_error ("warning: volume group %s has more than %d LVs to list: "
+                  "listing the first %d (the others can still be opened "
+                  "by name)", c->vg, LVM_MAX_EXPORTS, LVM_MAX_EXPORTS);
+    return 1;
+  }
   snprintf (desc, sizeof desc, "LV %s/%s, %" PRIu64 " bytes, %s", c->vg,
             name, size, layout);
-  return nbdkit_add_export (c->exports, name, desc);
+  /* Names are at most 127 bytes (lvm_lv_name_problem) and descriptions
+   * 511, far below nbdkit's 4096: a failure here is out of memory.  The
+   * LVs listed so far are still returned.
+   */
+  if (nbdkit_add_export (c->exports, name, desc) == -1) {
+    nbdkit_error ("warning: LV %s not listed", name);
+    return 1;
+  }
+  c->count++;
+  return 0;
 }
 
 static int
@@ -194,7 +215,7 @@ lvm_list_exports (int readonly, int is_tls, struct nbdkit_exports *exports)
   uint64_t seqno;
   (void) readonly; (void) is_tls;
   lvm_vgset_info (vgset, name, sizeof name, &seqno);
-  struct list_ctx c = { exports, name };
+  struct list_ctx c = { exports, name, 0 };
   return lvm_vgset_list (vgset, add_export, &c);
 }
 

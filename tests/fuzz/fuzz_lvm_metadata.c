@@ -4,6 +4,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "lvm/lvm_meta.h"
 #include "lvm/lvm_text.h"
@@ -38,9 +39,18 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
   if (!vg)
     return 0;
   for (size_t i = 0; i < vg->lv_count && i < 64; i++) {
-    lvm_meta_lv_describe (vg, i, desc, sizeof desc);
+    bool supported = lvm_meta_lv_describe (vg, i, desc, sizeof desc);
+    if (strlen (desc) >= sizeof desc)
+      abort ();
+    /* The name check is a pure function of the names. */
+    if (lvm_lv_name_problem (vg->name, vg->lvs[i].name) !=
+        vg->lvs[i].name_problem)
+      abort ();
     struct lvm_map *a = lvm_map_build (vg, i, all_ok, NULL, err, sizeof err);
     struct lvm_map *b = lvm_map_build (vg, i, even_ok, NULL, err, sizeof err);
+    /* An LV described as unsupported never maps. */
+    if (!supported && a)
+      abort ();
     if (a) {
       /* Walk the map: every byte resolves inside its piece. */
       uint64_t off = 0;
