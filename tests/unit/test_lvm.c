@@ -13,6 +13,7 @@
 #include "util/endian.h"
 
 #include "check.h"
+#include "lvm/lvm.h"
 #include "lvm/lvm_disk.h"
 #include "lvm/lvm_meta.h"
 #include "lvm/lvm_text.h"
@@ -374,6 +375,224 @@ test_label (void)
   unlink (path);
 }
 
+/* Issue #23: an empty segment type made lvm_meta_lv_describe() spin
+ * forever.  Malformed types are now refused, naming the LV and segment.
+ */
+static void
+test_segment_types (void)
+{
+  static const struct { const char *type, *msg; } bad[] = {
+    { "", "the type is empty" },
+    { "str ped", "holds byte 0x20 at position 3" },
+    { "1striped", "does not begin with a letter" },
+    { "striped+", "empty '+' flag" },
+    { "raid5++RESHAPE", "empty '+' flag" },
+    { "thin\\\"x", "holds byte 0x22 at position 4" },
+  };
+  for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
+    char text[2048];
+    snprintf (text, sizeof text, "%s%s%s%s",
+              VG_HEAD LV ("good", "e", 1, LINEAR (1, 0, 4, "pv0", 0)),
+              "  bad { id = \"ffffff-ffff-ffff-ffff-ffff-ffff-ffffff\"\n"
+              "   status = [\"READ\", \"VISIBLE\"] segment_count = 2\n"
+              LINEAR (1, 0, 2, "pv1", 0)
+              "   segment2 { start_extent = 2 extent_count = 2 type = \"",
+              bad[k].type, "\" }\n  }\n" VG_TAIL);
+    CHECK (!vg_of (text));
+    if (!strstr (err, "LV bad segment2: invalid segment type (line ") ||
+        !strstr (err, bad[k].msg)) {
+      fprintf (stderr, "type '%s': %s\n", bad[k].type, err);
+      CHECK (false);
+    }
+  }
+  /* A type longer than LVM_SEGTYPE_MAX. */
+  char text[4096], longtype[LVM_SEGTYPE_MAX + 2];
+  memset (longtype, 'a', sizeof longtype - 1);
+  longtype[sizeof longtype - 1] = 0;
+  snprintf (text, sizeof text, "%s%s%s", VG_HEAD
+            LV ("bad", "e", 1,
+                "   segment1 { start_extent = 0 extent_count = 2 type = \""),
+            longtype, "\" }\n" "  }\n" VG_TAIL);
+  CHECK (!vg_of (text));
+  CHECK (strstr (err, "LV bad segment1: invalid segment type"));
+  CHECK (strstr (err, "longer than 256 bytes"));
+
+  /* lvm2's "type+FLAG" form is well-formed (and unsupported here); the
+   * description lists each type once, even with '+' inside type names,
+   * and says whether the LV is supported.
+   */
+  struct lvm_meta_vg *vg = vg_of (VG_HEAD
+    LV ("u", "e", 4,
+        LINEAR (1, 0, 1, "pv0", 0)
+        "   segment2 { start_extent = 1 extent_count = 1 type = \"raid5+RESHAPE\" }\n"
+        "   segment3 { start_extent = 2 extent_count = 1 type = \"raid5\" }\n"
+        "   segment4 { start_extent = 3 extent_count = 1 type = \"raid5+RESHAPE\" }\n")
+    LV ("l", "f", 3, LINEAR (1, 0, 1, "pv0", 5) LINEAR (2, 1, 1, "pv1", 5)
+        LINEAR (3, 2, 1, "pv0", 9))
+    VG_TAIL);
+  CHECK (vg);
+  char desc[64];
+  CHECK (!lvm_meta_lv_describe (vg, lvm_meta_find_lv (vg, "u"), desc,
+                                sizeof desc));
+  CHECK (strcmp (desc, "linear+raid5+RESHAPE+raid5, unsupported") == 0);
+  CHECK (lvm_meta_lv_describe (vg, lvm_meta_find_lv (vg, "l"), desc,
+                               sizeof desc));
+  CHECK (strcmp (desc, "linear") == 0);
+  /* Too small a buffer: whole type names only, still "unsupported". */
+  char small[12];
+  CHECK (!lvm_meta_lv_describe (vg, lvm_meta_find_lv (vg, "u"), small,
+                                sizeof small));
+  CHECK (strcmp (small, "linear") == 0);
+  lvm_meta_free (vg);
+}
+
+static void
+test_lv_names (void)
+{
+  char n127[128], n128[129];
+  memset (n127, 'a', 127); n127[127] = 0;
+  memset (n128, 'a', 128); n128[128] = 0;
+  /* As lvcreate: up to 127 bytes, and "VG/LV" up to 127 bytes. */
+  CHECK (!lvm_lv_name_problem ("", "ok.+_-Z9"));
+  CHECK (!lvm_lv_name_problem ("v", n127 + 2));   /* "v/" + 125 */
+  CHECK (strstr (lvm_lv_name_problem ("", n128), "longer than 127"));
+  CHECK (strstr (lvm_lv_name_problem ("vg", n127), "VG/LV"));
+  CHECK (!lvm_lv_name_problem ("vg", n127 + 3));
+  CHECK (strstr (lvm_lv_name_problem ("vg", ""), "empty"));
+  CHECK (strstr (lvm_lv_name_problem ("vg", "-a"), "begins with '-'"));
+  CHECK (strstr (lvm_lv_name_problem ("vg", "."), "'.'"));
+  CHECK (strstr (lvm_lv_name_problem ("vg", ".."), "'.'"));
+  CHECK (!lvm_lv_name_problem ("vg", "..."));
+  CHECK (strstr (lvm_lv_name_problem ("vg", "a@b"), "characters"));
+  CHECK (strstr (lvm_lv_name_problem ("vg", "a/b"), "characters"));
+}
+
+/* Segments are found by binary search: a reference into the middle of a
+ * many-segment LV maps exactly the overlapping segments; a small budget
+ * fails with "layout too complex".
+ */
+static void
+test_stacked_range (void)
+{
+  char text[16384];
+  size_t k = 0;
+  k += snprintf (text + k, sizeof text - k, "%s",
+                 VG_HEAD LV ("top", "e", 1,
+                   "   segment1 { start_extent = 0 extent_count = 10 "
+                   "type = \"striped\" stripe_count = 1 "
+                   "stripes = [\"big\", 17] }\n")
+                 "  big { id = \"ffffff-ffff-ffff-ffff-ffff-ffff-ffffff\"\n"
+                 "   status = [\"READ\"] segment_count = 40\n");
+  for (int i = 0; i < 40; i++)   /* extent i on pv(i%2), extent 2i */
+    k += snprintf (text + k, sizeof text - k,
+                   "   segment%d { start_extent = %d extent_count = 1 "
+                   "type = \"striped\" stripe_count = 1 "
+                   "stripes = [\"pv%d\", %d] }\n", i + 1, i, i % 2, 2 * i);
+  snprintf (text + k, sizeof text - k, "  }\n" VG_TAIL);
+  struct lvm_meta_vg *vg = vg_of (text);
+  CHECK (vg);
+  ssize_t t = lvm_meta_find_lv (vg, "top");
+  struct lvm_map *m = lvm_map_build (vg, t, ok_all, NULL, err, sizeof err);
+  CHECK (m);
+  CHECK_EQ_U64 (m->count, 10);
+  for (size_t i = 0; i < 10; i++) {
+    size_t e = 17 + i;          /* extent of big */
+    const struct lvm_piece *p = &m->pieces[i];
+    CHECK_EQ_U64 (p->lv_off, i * 4096);
+    CHECK_EQ_U64 (p->pv[0], e % 2);
+    CHECK_EQ_U64 (p->pv_off[0], (e % 2 ? 4096 : 2048) * 512ull + 2 * e * 4096);
+  }
+  lvm_map_free (m);
+  uint64_t budget = 5;
+  CHECK (!lvm_map_build_budget (vg, t, ok_all, NULL, &budget, err,
+                                sizeof err));
+  CHECK (strstr (err, "LV top: layout too complex"));
+  CHECK (budget == 0);
+  budget = 1000;
+  m = lvm_map_build_budget (vg, t, ok_all, NULL, &budget, err, sizeof err);
+  CHECK (m && budget < 1000);
+  lvm_map_free (m);
+  lvm_meta_free (vg);
+}
+
+/* A whole PV image in a file: label in sector 1, one metadata area at
+ * 4096 holding TEXT, extents from 2 MiB.
+ */
+static void
+write_pv (int fd, const char *uuid, const char *text)
+{
+  static uint8_t img[4 << 20];
+  size_t len = strlen (text);
+  uint64_t mda = 4096, mda_size = (1 << 20) - 4096;
+  memset (img, 0, sizeof img);
+  make_label (img + 512, 1, uuid);
+  uint8_t *h = img + mda;
+  memcpy (h + 4, LVM_MDA_MAGIC, 16);
+  store_le32 (h + 20, LVM_MDA_VERSION);
+  store_le64 (h + 24, mda);
+  store_le64 (h + 32, mda_size);
+  store_le64 (h + 40, 512);
+  store_le64 (h + 48, len);
+  store_le32 (h + 56, lvm_crc (LVM_INITIAL_CRC, text, len));
+  store_le32 (h, lvm_crc (LVM_INITIAL_CRC, h + 4, 512 - 4));
+  memcpy (h + 512, text, len);
+  CHECK (pwrite (fd, img, sizeof img, 0) == sizeof img);
+}
+
+static int
+collect (void *opaque, const char *name, uint64_t size, const char *layout)
+{
+  char *names = opaque;
+  (void) size; (void) layout;
+  strcat (names, name);
+  strcat (names, ",");
+  return 0;
+}
+
+/* Issue #23: an LV named with 5000 bytes made the whole listing fail. */
+static void
+test_listing_skips_bad_names (void)
+{
+  char path[] = "/tmp/test_lvm_pv.XXXXXX";
+  int fd = mkstemp (path);
+  CHECK (fd >= 0);
+  char *text = malloc (16384);
+  char longname[5001];
+  memset (longname, 'x', 5000); longname[5000] = 0;
+  CHECK (text);
+  snprintf (text, 16384,
+    "vg {\n id = \"aaaaaa-aaaa-aaaa-aaaa-aaaa-aaaa-aaaaaa\"\n seqno = 3\n"
+    " extent_size = 8\n physical_volumes {\n"
+    "  pv0 { id = \"bbbbbb-bbbb-bbbb-bbbb-bbbb-bbbb-bbbbbb\" pe_start = 4096 pe_count = 100 }\n"
+    " }\n logical_volumes {\n%s%s%s%s%s }\n}\n",
+    LV ("first", "e", 1, LINEAR (1, 0, 4, "pv0", 0)),
+    longname,
+    " { id = \"ffffff-ffff-ffff-ffff-ffff-ffff-ffffff\"\n"
+    "   status = [\"READ\", \"WRITE\", \"VISIBLE\"] segment_count = 1\n"
+    LINEAR (1, 0, 4, "pv0", 10) "  }\n",
+    LV ("bad@name", "g", 1, LINEAR (1, 0, 4, "pv0", 20)),
+    LV ("last", "h", 1, LINEAR (1, 0, 4, "pv0", 30)));
+  write_pv (fd, "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb", text);
+  close (fd);
+
+  const char *paths[] = { path };
+  struct lvm_vgset_opts o = { .readonly = true };
+  struct lvm_vgset *set = lvm_vgset_open (paths, NULL, 1, &o);
+  CHECK (set);
+  char names[512] = "";
+  CHECK (lvm_vgset_list (set, collect, names) == 0);
+  CHECK (strcmp (names, "first,last,") == 0);
+  /* Opening it by name fails cleanly; its neighbours open. */
+  CHECK (!lvm_lv_open (set, longname, true));
+  CHECK (!lvm_lv_open (set, "bad@name", true));
+  struct bdev *bd = lvm_lv_open (set, "last", true);
+  CHECK (bd && bd->size == 4 * 4096);
+  bdev_close (bd);
+  lvm_vgset_close (set);
+  free (text);
+  unlink (path);
+}
+
 int
 main (void)
 {
@@ -383,6 +602,10 @@ main (void)
   test_legs_and_prefix ();
   test_crc_uuid ();
   test_label ();
+  test_segment_types ();
+  test_lv_names ();
+  test_stacked_range ();
+  test_listing_skips_bad_names ();
   printf ("test_lvm: OK\n");
   return 0;
 }
