@@ -35,15 +35,16 @@ set(HAVE_LIBNBD ${LIBNBD_FOUND})
 pkg_check_modules(LIBISCSI IMPORTED_TARGET libiscsi)
 set(HAVE_LIBISCSI ${LIBISCSI_FOUND})
 
-# librbd ships no pkg-config file on Debian.
+# librbd ships no pkg-config file on Debian.  kvm_librbd: librbd + librados
+# (the rbd plugin's external libraries, not an engine of common/).
 find_path(RBD_INCLUDE_DIR rbd/librbd.h)
 find_library(RBD_LIBRARY rbd)
 find_library(RADOS_LIBRARY rados)
 if(RBD_INCLUDE_DIR AND RBD_LIBRARY AND RADOS_LIBRARY)
   set(HAVE_RBD TRUE)
-  add_library(kvm_rbd INTERFACE)
-  target_include_directories(kvm_rbd INTERFACE ${RBD_INCLUDE_DIR})
-  target_link_libraries(kvm_rbd INTERFACE ${RBD_LIBRARY} ${RADOS_LIBRARY})
+  add_library(kvm_librbd INTERFACE)
+  target_include_directories(kvm_librbd INTERFACE ${RBD_INCLUDE_DIR})
+  target_link_libraries(kvm_librbd INTERFACE ${RBD_LIBRARY} ${RADOS_LIBRARY})
 else()
   set(HAVE_RBD FALSE)
 endif()

@@ -5,30 +5,51 @@ include(GNUInstallDirs)
 set(KVM_BUILT_PLUGINS "" CACHE INTERNAL "")
 set(KVM_BUILT_FILTERS "" CACHE INTERNAL "")
 
-# kvm_add_plugin(NAME SOURCES a.c b.c LIBS x y)
-# -> build/plugins/NAME/nbdkit-NAME-plugin.so, installed in nbdkit's plugindir.
-function(kvm_add_plugin name)
+# Every target is compiled with hidden visibility (top-level CMakeLists.txt),
+# so a module exports only what nbdkit looks up: plugin_init / filter_init
+# (NBDKIT_REGISTER_* marks them NBDKIT_DLL_PUBLIC) and its -D debug flags
+# (NAME_debug_FLAG, declared NBDKIT_DLL_PUBLIC).  --exclude-libs keeps
+# symbols of any static library linked in local even if it was compiled
+# otherwise.  nbdkit loads modules with RTLD_GLOBAL, so an exported engine
+# symbol would bind a filter to a plugin's copy of common/ (or the reverse).
+# ctest checks both (tests/project: project-symbols, project-load).
+function(_kvm_add_module t dir)
   cmake_parse_arguments(A "" "" "SOURCES;LIBS" ${ARGN})
-  set(t nbdkit-${name}-plugin)
   add_library(${t} MODULE ${A_SOURCES})
   set_target_properties(${t} PROPERTIES PREFIX "" C_VISIBILITY_PRESET hidden)
   target_include_directories(${t} PRIVATE ${NBDKIT_INCLUDE_DIRS})
   target_link_libraries(${t} PRIVATE ${A_LIBS})
-  # Plugins must not pull undefined symbols other than nbdkit's.
-  install(TARGETS ${t} LIBRARY DESTINATION ${NBDKIT_PLUGINDIR})
+  target_link_options(${t} PRIVATE -Wl,--exclude-libs,ALL)
+  install(TARGETS ${t} LIBRARY DESTINATION ${dir})
+endfunction()
+
+# kvm_add_plugin(NAME SOURCES a.c b.c LIBS x y)
+# -> build/plugins/NAME/nbdkit-NAME-plugin.so, installed in nbdkit's
+# plugindir.  LIBS: the engine libraries it uses (kvm_qcow2, kvm_lvm, ...).
+function(kvm_add_plugin name)
+  _kvm_add_module(nbdkit-${name}-plugin ${NBDKIT_PLUGINDIR} ${ARGN})
   set(KVM_BUILT_PLUGINS "${KVM_BUILT_PLUGINS};${name}" CACHE INTERNAL "")
 endfunction()
 
-# kvm_add_filter(NAME SOURCES ... LIBS ...)
+# kvm_add_filter(NAME SOURCES ... LIBS ...): the same for
+# nbdkit-NAME-filter.so, installed in nbdkit's filterdir.
 function(kvm_add_filter name)
-  cmake_parse_arguments(A "" "" "SOURCES;LIBS" ${ARGN})
-  set(t nbdkit-${name}-filter)
-  add_library(${t} MODULE ${A_SOURCES})
-  set_target_properties(${t} PROPERTIES PREFIX "" C_VISIBILITY_PRESET hidden)
-  target_include_directories(${t} PRIVATE ${NBDKIT_INCLUDE_DIRS})
-  target_link_libraries(${t} PRIVATE ${A_LIBS})
-  install(TARGETS ${t} LIBRARY DESTINATION ${NBDKIT_FILTERDIR})
+  _kvm_add_module(nbdkit-${name}-filter ${NBDKIT_FILTERDIR} ${ARGN})
   set(KVM_BUILT_FILTERS "${KVM_BUILT_FILTERS};${name}" CACHE INTERNAL "")
+endfunction()
+
+# kvm_add_engine_library(TARGET SOURCES a.c ... [LIBS x y]): a static
+# library of common/ (no nbdkit dependency).  LIBS are its public link
+# dependencies (other engine libraries, system libraries).  Each one also
+# joins kvm_common, the INTERFACE library of all of them that unit tests
+# and fuzz replay drivers link, and the list of libraries whose sources
+# the libFuzzer targets compile instrumented (tests/fuzz).
+function(kvm_add_engine_library target)
+  cmake_parse_arguments(A "" "" "SOURCES;LIBS" ${ARGN})
+  add_library(${target} STATIC ${A_SOURCES})
+  target_link_libraries(${target} PUBLIC ${A_LIBS})
+  target_link_libraries(kvm_common INTERFACE ${target})
+  set_property(GLOBAL APPEND PROPERTY KVM_ENGINE_LIBRARIES ${target})
 endfunction()
 
 # kvm_add_unit_test(NAME SOURCES ... LIBS ...): a C test program run by ctest.

@@ -1,15 +1,14 @@
-/* Generic part of the block-device interface: argument checks, dispatch,
- * default implementations and opening by format.
+/* Generic part of the block-device interface: argument checks, dispatch
+ * and default implementations.  Opening by format name or by probing is in
+ * formats.c, so that a program linking only this and bdev_file.c (the lvm
+ * plugin) does not carry every format engine.
  */
 #include <errno.h>
 #include <inttypes.h>
-#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "bdev.h"
-#include "formats.h"
 #include "../util/checked.h"
 #include "../util/log.h"
 
@@ -178,59 +177,4 @@ bdev_extents (struct bdev *bd, uint64_t count, uint64_t offset,
   if (!bd->ops->extents)
     return fn (opaque, offset, count, BDEV_EXTENT_DATA);
   return bd->ops->extents (bd, count, offset, flags, fn, opaque);
-}
-
-const char *
-bdev_probe (const void *buf, size_t len)
-{
-  for (const struct bdev_format *f = bdev_formats; f->name; f++)
-    if (f->probe && f->probe (buf, len))
-      return f->name;
-  return "raw";
-}
-
-static const char *
-probe_file (const char *path, char *hdr, size_t hdrlen)
-{
-  int fd = open (path, O_RDONLY | O_CLOEXEC);
-  if (fd == -1) {
-    kvm_error ("%s: %m", path);
-    return NULL;
-  }
-  ssize_t r = pread (fd, hdr, hdrlen, 0);
-  int saved = errno;
-  close (fd);
-  if (r == -1) {
-    errno = saved;
-    kvm_error ("%s: reading header: %m", path);
-    return NULL;
-  }
-  return bdev_probe (hdr, r);
-}
-
-struct bdev *
-bdev_open (const char *path, const char *format,
-           const struct bdev_open_opts *opts, unsigned depth)
-{
-  unsigned max = opts->max_chain_depth ? opts->max_chain_depth : BDEV_MAX_CHAIN;
-  char hdr[4096];
-
-  if (depth > max) {
-    kvm_error ("%s: backing chain longer than %u images", path, max);
-    errno = ELOOP;
-    return NULL;
-  }
-  if (!format) {
-    format = probe_file (path, hdr, sizeof hdr);
-    if (!format)
-      return NULL;
-    kvm_debug ("%s: probed format %s", path, format);
-  }
-  const struct bdev_format *f = bdev_format_find (format);
-  if (!f) {
-    kvm_error ("%s: unknown or unsupported format '%s'", path, format);
-    errno = ENOTSUP;
-    return NULL;
-  }
-  return f->open (path, opts, depth);
 }

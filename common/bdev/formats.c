@@ -1,7 +1,17 @@
+/* The format table, and opening an image by format name or by probing its
+ * first bytes.  This file (library kvm_formats) is the only part of
+ * common/bdev that knows the engines: whoever opens formats by name links
+ * kvm_formats, which links every format engine; whoever needs only the
+ * interface and the raw backend (the lvm engine) links kvm_bdev.
+ */
+#include <errno.h>
+#include <fcntl.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "formats.h"
 #include "qcow2/qcow2.h"
+#include "util/log.h"
 
 static struct bdev *
 raw_open (const char *path, const struct bdev_open_opts *opts, unsigned depth)
@@ -24,4 +34,59 @@ bdev_format_find (const char *name)
     if (strcmp (f->name, name) == 0)
       return f;
   return NULL;
+}
+
+const char *
+bdev_probe (const void *buf, size_t len)
+{
+  for (const struct bdev_format *f = bdev_formats; f->name; f++)
+    if (f->probe && f->probe (buf, len))
+      return f->name;
+  return "raw";
+}
+
+static const char *
+probe_file (const char *path, char *hdr, size_t hdrlen)
+{
+  int fd = open (path, O_RDONLY | O_CLOEXEC);
+  if (fd == -1) {
+    kvm_error ("%s: %m", path);
+    return NULL;
+  }
+  ssize_t r = pread (fd, hdr, hdrlen, 0);
+  int saved = errno;
+  close (fd);
+  if (r == -1) {
+    errno = saved;
+    kvm_error ("%s: reading header: %m", path);
+    return NULL;
+  }
+  return bdev_probe (hdr, r);
+}
+
+struct bdev *
+bdev_open (const char *path, const char *format,
+           const struct bdev_open_opts *opts, unsigned depth)
+{
+  unsigned max = opts->max_chain_depth ? opts->max_chain_depth : BDEV_MAX_CHAIN;
+  char hdr[4096];
+
+  if (depth > max) {
+    kvm_error ("%s: backing chain longer than %u images", path, max);
+    errno = ELOOP;
+    return NULL;
+  }
+  if (!format) {
+    format = probe_file (path, hdr, sizeof hdr);
+    if (!format)
+      return NULL;
+    kvm_debug ("%s: probed format %s", path, format);
+  }
+  const struct bdev_format *f = bdev_format_find (format);
+  if (!f) {
+    kvm_error ("%s: unknown or unsupported format '%s'", path, format);
+    errno = ENOTSUP;
+    return NULL;
+  }
+  return f->open (path, opts, depth);
 }

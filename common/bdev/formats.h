@@ -1,5 +1,6 @@
-/* The table of image formats bdev_open() knows.  A new engine adds one
- * line to formats.c.
+/* The table of image formats bdev_open() knows.  A new format engine
+ * (common/NAME, library kvm_NAME) adds one line to the table in formats.c
+ * and one link in its CMakeLists.txt (kvm_formats <-> kvm_NAME).
  */
 #ifndef KVM_BDEV_FORMATS_H
 #define KVM_BDEV_FORMATS_H
