@@ -17,7 +17,8 @@ function(_kvm_add_module t dir)
   cmake_parse_arguments(A "" "" "SOURCES;LIBS" ${ARGN})
   add_library(${t} MODULE ${A_SOURCES})
   set_target_properties(${t} PROPERTIES PREFIX "" C_VISIBILITY_PRESET hidden)
-  target_include_directories(${t} PRIVATE ${NBDKIT_INCLUDE_DIRS})
+  target_include_directories(${t} PRIVATE ${NBDKIT_INCLUDE_DIRS}
+                             ${KVM_GENERATED_INCLUDE_DIR})
   target_link_libraries(${t} PRIVATE ${A_LIBS})
   target_link_options(${t} PRIVATE -Wl,--exclude-libs,ALL)
   install(TARGETS ${t} LIBRARY DESTINATION ${dir})
@@ -73,7 +74,7 @@ function(kvm_add_shell_test name script)
     TIMEOUT ${A_TIMEOUT}
     SKIP_RETURN_CODE 77
     LABELS "${A_LABELS}"
-    ENVIRONMENT "TOP_SRCDIR=${CMAKE_SOURCE_DIR};TOP_BUILDDIR=${CMAKE_BINARY_DIR};KVM_SANITIZE=$<BOOL:${SANITIZE}>;KVM_CC=${CMAKE_C_COMPILER}")
+    ENVIRONMENT "TOP_SRCDIR=${CMAKE_SOURCE_DIR};TOP_BUILDDIR=${CMAKE_BINARY_DIR};KVM_SANITIZE=$<BOOL:${SANITIZE}>;KVM_CC=${CMAKE_C_COMPILER};KVM_VERSION=${PROJECT_VERSION}")
 endfunction()
 
 function(kvm_print_summary)

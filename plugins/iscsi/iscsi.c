@@ -21,6 +21,7 @@
 #define NBDKIT_API_VERSION 2
 #include <nbdkit-plugin.h>
 
+#include "kvm_version.h"
 #include "pool.h"
 
 #define THREAD_MODEL NBDKIT_THREAD_MODEL_PARALLEL
@@ -1051,7 +1052,7 @@ iscsi_extents (void *handle, uint32_t count, uint64_t offset, uint32_t flags,
 static struct nbdkit_plugin plugin = {
   .name               = "iscsi",
   .longname           = "nbdkit iSCSI plugin",
-  .version            = "0.1.0",
+  .version            = KVM_VERSION,
   .description        = "Serve an iSCSI logical unit (libiscsi initiator)",
   .unload             = iscsi_unload,
   .config             = iscsi_config,

@@ -16,6 +16,7 @@
 
 #include "bdev/bdev.h"
 #include "bdev/bdev_nbdkit.h"
+#include "kvm_version.h"
 #include "lvm/lvm.h"
 #include "lvm/lvm_disk.h"
 #include "util/log.h"
@@ -324,7 +325,7 @@ lvm_extents (void *handle, uint32_t count, uint64_t offset, uint32_t flags,
 
 static struct nbdkit_plugin plugin = {
   .name              = "lvm",
-  .version           = "0.1.0",
+  .version           = KVM_VERSION,
   .longname          = "nbdkit LVM2 volume group plugin",
   .description       = "Serve the LVs of an LVM2 VG read from its PVs",
   .load              = lvm_load,

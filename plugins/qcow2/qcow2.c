@@ -18,6 +18,7 @@
 
 #include "bdev/bdev.h"
 #include "bdev/bdev_nbdkit.h"
+#include "kvm_version.h"
 #include "qcow2/qcow2.h"
 #include "util/log.h"
 
@@ -579,7 +580,7 @@ qcow2_extents (void *handle, uint32_t count, uint64_t offset, uint32_t flags,
 static struct nbdkit_plugin plugin = {
   .name = "qcow2",
   .longname = "nbdkit qcow2 plugin",
-  .version = "0.1.0",
+  .version = KVM_VERSION,
   .load = qcow2_load,
   .unload = qcow2_unload,
   .config = qcow2_config_file,

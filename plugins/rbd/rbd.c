@@ -34,6 +34,7 @@
 #define NBDKIT_API_VERSION 2
 #include <nbdkit-plugin.h>
 
+#include "kvm_version.h"
 #include "util/checked.h"
 
 #define THREAD_MODEL NBDKIT_THREAD_MODEL_PARALLEL
@@ -1155,7 +1156,7 @@ rbdp_extents (void *handle, uint32_t count, uint64_t offset,
 static struct nbdkit_plugin plugin = {
   .name               = "rbd",
   .longname           = "nbdkit Ceph RBD plugin",
-  .version            = "0.1.0",
+  .version            = KVM_VERSION,
   .description        = "Serve Ceph RBD images through librbd",
   .unload             = rbdp_unload,
   .config             = rbdp_config,
