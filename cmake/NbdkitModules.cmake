@@ -13,7 +13,7 @@ set(KVM_BUILT_FILTERS "" CACHE INTERNAL "")
 # otherwise.  nbdkit loads modules with RTLD_GLOBAL, so an exported engine
 # symbol would bind a filter to a plugin's copy of common/ (or the reverse).
 # ctest checks both (tests/project: project-symbols, project-load).
-function(_kvm_add_module t dir)
+function(_kvm_add_module t kind name dir)
   cmake_parse_arguments(A "" "" "SOURCES;LIBS" ${ARGN})
   add_library(${t} MODULE ${A_SOURCES})
   set_target_properties(${t} PROPERTIES PREFIX "" C_VISIBILITY_PRESET hidden)
@@ -22,21 +22,51 @@ function(_kvm_add_module t dir)
   target_link_libraries(${t} PRIVATE ${A_LIBS})
   target_link_options(${t} PRIVATE -Wl,--exclude-libs,ALL)
   install(TARGETS ${t} LIBRARY DESTINATION ${dir})
+  # The man page lives beside the sources, as in nbdkit.
+  set(pod ${CMAKE_CURRENT_SOURCE_DIR}/${t}.pod)
+  if(EXISTS ${pod})
+    kvm_add_man(${pod})
+  else()
+    message(WARNING "${kind} ${name}: no man page ${pod}")
+  endif()
 endfunction()
 
 # kvm_add_plugin(NAME SOURCES a.c b.c LIBS x y)
 # -> build/plugins/NAME/nbdkit-NAME-plugin.so, installed in nbdkit's
-# plugindir.  LIBS: the engine libraries it uses (kvm_qcow2, kvm_lvm, ...).
+# plugindir, with its man page nbdkit-NAME-plugin.pod from the same
+# directory.  LIBS: the engine libraries it uses (kvm_qcow2, kvm_lvm, ...).
 function(kvm_add_plugin name)
-  _kvm_add_module(nbdkit-${name}-plugin ${NBDKIT_PLUGINDIR} ${ARGN})
+  _kvm_add_module(nbdkit-${name}-plugin plugin ${name} ${NBDKIT_PLUGINDIR} ${ARGN})
   set(KVM_BUILT_PLUGINS "${KVM_BUILT_PLUGINS};${name}" CACHE INTERNAL "")
 endfunction()
 
 # kvm_add_filter(NAME SOURCES ... LIBS ...): the same for
 # nbdkit-NAME-filter.so, installed in nbdkit's filterdir.
 function(kvm_add_filter name)
-  _kvm_add_module(nbdkit-${name}-filter ${NBDKIT_FILTERDIR} ${ARGN})
+  _kvm_add_module(nbdkit-${name}-filter filter ${name} ${NBDKIT_FILTERDIR} ${ARGN})
   set(KVM_BUILT_FILTERS "${KVM_BUILT_FILTERS};${name}" CACHE INTERNAL "")
+endfunction()
+
+# kvm_add_man(POD [SECTION n]): POD -> man page (default section 1), built
+# with `all` (and by the target `man`) and installed.
+add_custom_target(man)
+function(kvm_add_man pod)
+  cmake_parse_arguments(A "" "SECTION" "" ${ARGN})
+  if(NOT A_SECTION)
+    set(A_SECTION 1)
+  endif()
+  if(NOT POD2MAN)
+    message(FATAL_ERROR "pod2man (package perl) is needed for man pages")
+  endif()
+  get_filename_component(n ${pod} NAME_WE)
+  set(man ${CMAKE_CURRENT_BINARY_DIR}/${n}.${A_SECTION})
+  add_custom_command(OUTPUT ${man}
+    COMMAND ${POD2MAN} --section=${A_SECTION} --center=nbdkit-kvm-storage
+            --release=${PROJECT_VERSION} --name=${n} --utf8 ${pod} ${man}
+    DEPENDS ${pod} VERBATIM)
+  add_custom_target(man-${n} ALL DEPENDS ${man})
+  add_dependencies(man man-${n})
+  install(FILES ${man} DESTINATION ${CMAKE_INSTALL_MANDIR}/man${A_SECTION})
 endfunction()
 
 # kvm_add_engine_library(TARGET SOURCES a.c ... [LIBS x y]): a static

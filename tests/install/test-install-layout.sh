@@ -3,6 +3,7 @@
 # man pages in section 1 (checked in a DESTDIR, so this needs no root).
 source "$TOP_SRCDIR/tests/functions.sh"
 requires cmake pkg-config
+: "${KVM_VERSION:=$(sed -n 's/^#define KVM_VERSION "\(.*\)"$/\1/p' "$TOP_BUILDDIR/include/kvm_version.h")}"
 
 plugindir=$(pkg-config --variable=plugindir nbdkit)
 filterdir=$(pkg-config --variable=filterdir nbdkit)
@@ -25,12 +26,26 @@ for so in "$TOP_BUILDDIR"/filters/*/nbdkit-*-filter.so; do
 done
 [ $n -gt 0 ] || fail "nothing was built"
 
-# One man page per plugin/filter source in docs/.
-for pod in "$TOP_SRCDIR"/docs/nbdkit-*.pod; do
-  [ -f "$pod" ] || continue
+# Every built plugin and filter has its man page beside its sources
+# (plugins/NAME/nbdkit-NAME-plugin.pod, as in nbdkit), installed in
+# section 1; so has every general page in docs/.
+pods=()
+for so in "$TOP_BUILDDIR"/plugins/*/nbdkit-*-plugin.so "$TOP_BUILDDIR"/filters/*/nbdkit-*-filter.so; do
+  [ -f "$so" ] || continue
+  b=$(basename "$so" .so)
+  src=$TOP_SRCDIR/${so#"$TOP_BUILDDIR"/}
+  pod=$(dirname "$src")/$b.pod
+  [ -f "$pod" ] && [ ! -L "$pod" ] || fail "$b: no man page source $pod"
+  pods+=("$pod")
+done
+for pod in "$TOP_SRCDIR"/docs/*.pod; do
+  [ -f "$pod" ] && pods+=("$pod")
+done
+for pod in "${pods[@]}"; do
   m=$(basename "$pod" .pod).1
   found=$(find "$dest" -path "*/man1/$m" | head -1)
   [ -n "$found" ] || fail "man page $m not installed"
   man -l "$found" >/dev/null 2>&1 || fail "man page $m does not render"
+  grep -qF "$KVM_VERSION" "$found" || fail "man page $m does not carry version $KVM_VERSION"
 done
 echo "install layout ok ($n modules)"
