@@ -19,6 +19,20 @@ bool qcow2_probe (const void *buf, size_t len);
 struct bdev *qcow2_open (const char *path, const struct bdev_open_opts *opts,
                          unsigned depth);
 
+/* Open a qcow2 image whose bytes are CONTAINER (any bdev: a file, or the
+ * layer below an nbdkit filter).  The engine takes ownership of CONTAINER
+ * (closed by bdev_close of the result, and on failure).  NAME is used in
+ * messages and, when it is a path, as the base for relative backing and
+ * data-file names; confinement rules apply as for qcow2_open.  A container
+ * that is not growable bounds the image (running out of it is not handled
+ * yet: issue #14).  A read-only container gives a read-only image.
+ * qcow2_open (PATH) is bdev_file_open (PATH, growable when writable)
+ * followed by this.
+ */
+struct bdev *qcow2_open_container (struct bdev *container, const char *name,
+                                   const struct bdev_open_opts *opts,
+                                   unsigned depth);
+
 /* Internal snapshots of an open qcow2 bdev (BD must come from qcow2_open). */
 struct qcow2_snapshot_info {
   const char *id;

@@ -28,138 +28,149 @@ write_all (int fd, const void *buf, size_t len, uint64_t off)
   return 0;
 }
 
-int
-qcow2_create (const char *path, const struct qcow2_create_opts *o)
+/* The geometry of a new image, worked out by qcow2_create's steps. */
+struct layout {
+  uint64_t cs;                  /* cluster size */
+  int version;
+  unsigned rbits, cbits, rorder;
+  size_t blen, flen;            /* backing name and format lengths */
+  uint64_t l1_size, l1_clusters;
+  uint64_t rb_entries;          /* refcount entries per block */
+  uint64_t n_rt, n_rb, total;   /* clusters: refcount table, blocks, all */
+  uint64_t rt_off, rb_off, l1_off, bytes;
+};
+
+static int
+create_fail (const char *path, const char *msg)
 {
-  uint64_t cs = o->cluster_size ? o->cluster_size : 65536;
-  int version = o->version ? o->version : 3;
-  unsigned rbits = o->refcount_bits ? o->refcount_bits : 16;
-  unsigned cbits, rorder;
-  size_t blen = o->backing ? strlen (o->backing) : 0;
-  size_t flen = o->backing_format ? strlen (o->backing_format) : 0;
+  kvm_error ("%s: %s", path, msg);
+  errno = EINVAL;
+  return -1;
+}
 
-  if (!is_power_of_2 (cs) || cs < 512 || cs > (2u << 20)) {
-    kvm_error ("%s: cluster size must be a power of two between 512 and "
-               "2M", path);
-    errno = EINVAL;
-    return -1;
-  }
-  cbits = __builtin_ctzll (cs);
-  if (!is_power_of_2 (rbits) || rbits > 64) {
-    kvm_error ("%s: refcount bits must be a power of two up to 64", path);
-    errno = EINVAL;
-    return -1;
-  }
-  rorder = __builtin_ctz (rbits);
-  if (version != 2 && version != 3) {
-    kvm_error ("%s: compat must be 0.10 or 1.1", path);
-    errno = EINVAL;
-    return -1;
-  }
-  if (version == 2 && (rbits != 16 || o->extended_l2 ||
-                       o->compression_type != 0)) {
-    kvm_error ("%s: compat=0.10 supports neither refcount bits other than "
-               "16, extended L2 entries nor zstd", path);
-    errno = EINVAL;
-    return -1;
-  }
-  if (o->extended_l2 && cs < 16384) {
-    kvm_error ("%s: extended L2 entries need clusters of at least 16K", path);
-    errno = EINVAL;
-    return -1;
-  }
-  if (o->compression_type < 0 || o->compression_type > 1 || blen > 1023 ||
-      flen > 255 || o->size > (1ull << 61)) {
-    kvm_error ("%s: invalid creation options", path);
-    errno = EINVAL;
-    return -1;
-  }
+/* Check the options and fill in the defaults. */
+static int
+check_create_opts (const char *path, const struct qcow2_create_opts *o,
+                   struct layout *l)
+{
+  l->cs = o->cluster_size ? o->cluster_size : 65536;
+  l->version = o->version ? o->version : 3;
+  l->rbits = o->refcount_bits ? o->refcount_bits : 16;
+  l->blen = o->backing ? strlen (o->backing) : 0;
+  l->flen = o->backing_format ? strlen (o->backing_format) : 0;
 
+  if (!is_power_of_2 (l->cs) || l->cs < 512 || l->cs > (2u << 20))
+    return create_fail (path, "cluster size must be a power of two between "
+                        "512 and 2M");
+  l->cbits = __builtin_ctzll (l->cs);
+  if (!is_power_of_2 (l->rbits) || l->rbits > 64)
+    return create_fail (path, "refcount bits must be a power of two up to 64");
+  l->rorder = __builtin_ctz (l->rbits);
+  if (l->version != 2 && l->version != 3)
+    return create_fail (path, "compat must be 0.10 or 1.1");
+  if (l->version == 2 && (l->rbits != 16 || o->extended_l2 ||
+                          o->compression_type != 0))
+    return create_fail (path, "compat=0.10 supports neither refcount bits "
+                        "other than 16, extended L2 entries nor zstd");
+  if (o->extended_l2 && l->cs < 16384)
+    return create_fail (path, "extended L2 entries need clusters of at "
+                        "least 16K");
+  if (o->compression_type < 0 || o->compression_type > 1 || l->blen > 1023 ||
+      l->flen > 255 || o->size > (1ull << 61))
+    return create_fail (path, "invalid creation options");
+  return 0;
+}
+
+/* Size L1 and the refcounts covering all metadata; place them in order. */
+static int
+plan_layout (const char *path, const struct qcow2_create_opts *o,
+             struct layout *l)
+{
+  uint64_t cs = l->cs;
   uint64_t l2_entries = cs / (o->extended_l2 ? 16 : 8);
   uint64_t span = cs * l2_entries;
-  uint64_t l1_size = div_round_up64 (o->size, span);
-  if (l1_size * 8 > (32u << 20)) {
-    kvm_error ("%s: virtual size too large for this cluster size", path);
-    errno = EINVAL;
-    return -1;
-  }
-  uint64_t l1_clusters = div_round_up64 (l1_size * 8, cs);
-  if (l1_clusters == 0)
-    l1_clusters = 1;
-  uint64_t rb_entries = cs * 8 / rbits;
-  uint64_t n_rt = 1, n_rb = 1, total;
+  l->l1_size = div_round_up64 (o->size, span);
+  if (l->l1_size * 8 > (32u << 20))
+    return create_fail (path, "virtual size too large for this cluster size");
+  l->l1_clusters = div_round_up64 (l->l1_size * 8, cs);
+  if (l->l1_clusters == 0)
+    l->l1_clusters = 1;
+  l->rb_entries = cs * 8 / l->rbits;
+  l->n_rt = 1;
+  l->n_rb = 1;
   for (;;) {
-    total = 1 + n_rt + n_rb + l1_clusters;
-    uint64_t need_rb = div_round_up64 (total, rb_entries);
+    l->total = 1 + l->n_rt + l->n_rb + l->l1_clusters;
+    uint64_t need_rb = div_round_up64 (l->total, l->rb_entries);
     uint64_t need_rt = div_round_up64 (need_rb * 8, cs);
-    if (need_rb <= n_rb && need_rt <= n_rt)
+    if (need_rb <= l->n_rb && need_rt <= l->n_rt)
       break;
-    if (need_rb > n_rb) n_rb = need_rb;
-    if (need_rt > n_rt) n_rt = need_rt;
+    if (need_rb > l->n_rb) l->n_rb = need_rb;
+    if (need_rt > l->n_rt) l->n_rt = need_rt;
   }
-  if (n_rt * cs > (8u << 20)) {
-    kvm_error ("%s: image too large for this cluster size", path);
-    errno = EINVAL;
-    return -1;
-  }
-  uint64_t rt_off = cs, rb_off = rt_off + n_rt * cs;
-  uint64_t l1_off = rb_off + n_rb * cs;
-  uint64_t bytes = total * cs;
-  uint8_t *img = calloc (1, bytes);
-  if (!img) {
-    kvm_error ("%s: out of memory", path);
-    errno = ENOMEM;
-    return -1;
-  }
+  if (l->n_rt * cs > (8u << 20))
+    return create_fail (path, "image too large for this cluster size");
+  l->rt_off = cs;
+  l->rb_off = l->rt_off + l->n_rt * cs;
+  l->l1_off = l->rb_off + l->n_rb * cs;
+  l->bytes = l->total * cs;
+  return 0;
+}
 
-  /* Header. */
-  uint32_t hlen = version == 3 ? H_V3_LENGTH_CT : H_V2_LENGTH;
+/* Header, backing format extension and backing file name. */
+static int
+build_header (const char *path, const struct qcow2_create_opts *o,
+              const struct layout *l, uint8_t *img)
+{
+  uint32_t hlen = l->version == 3 ? H_V3_LENGTH_CT : H_V2_LENGTH;
   store_be32 (img + H_MAGIC, QCOW2_MAGIC);
-  store_be32 (img + H_VERSION, version);
-  store_be32 (img + H_CLUSTER_BITS, cbits);
+  store_be32 (img + H_VERSION, l->version);
+  store_be32 (img + H_CLUSTER_BITS, l->cbits);
   store_be64 (img + H_SIZE, o->size);
-  store_be32 (img + H_L1_SIZE, l1_size);
-  store_be64 (img + H_L1_OFFSET, l1_off);
-  store_be64 (img + H_RT_OFFSET, rt_off);
-  store_be32 (img + H_RT_CLUSTERS, n_rt);
-  if (version == 3) {
+  store_be32 (img + H_L1_SIZE, l->l1_size);
+  store_be64 (img + H_L1_OFFSET, l->l1_off);
+  store_be64 (img + H_RT_OFFSET, l->rt_off);
+  store_be32 (img + H_RT_CLUSTERS, l->n_rt);
+  if (l->version == 3) {
     uint64_t incompat = 0;
     if (o->compression_type)
       incompat |= INCOMPAT_COMPRESSION;
     if (o->extended_l2)
       incompat |= INCOMPAT_EXTL2;
     store_be64 (img + H_INCOMPAT, incompat);
-    store_be32 (img + H_REFCOUNT_ORDER, rorder);
+    store_be32 (img + H_REFCOUNT_ORDER, l->rorder);
     store_be32 (img + H_HEADER_LENGTH, hlen);
     img[H_COMPRESSION] = o->compression_type;
   }
   uint64_t p = hlen;
-  if (flen) {
+  if (l->flen) {
     store_be32 (img + p, EXT_BACKING_FMT);
-    store_be32 (img + p + 4, flen);
-    memcpy (img + p + 8, o->backing_format, flen);
-    p += 8 + ((flen + 7) & ~7ul);
+    store_be32 (img + p + 4, l->flen);
+    memcpy (img + p + 8, o->backing_format, l->flen);
+    p += 8 + ((l->flen + 7) & ~7ul);
   }
   p += 8;                       /* end of extensions */
-  if (blen) {
-    if (p + blen > cs) {
-      kvm_error ("%s: backing file name does not fit in the header", path);
-      free (img);
-      errno = EINVAL;
-      return -1;
-    }
-    memcpy (img + p, o->backing, blen);
+  if (l->blen) {
+    if (p + l->blen > l->cs)
+      return create_fail (path, "backing file name does not fit in the "
+                          "header");
+    memcpy (img + p, o->backing, l->blen);
     store_be64 (img + H_BACKING_OFFSET, p);
-    store_be32 (img + H_BACKING_SIZE, blen);
+    store_be32 (img + H_BACKING_SIZE, l->blen);
   }
+  return 0;
+}
 
-  /* Refcount table and blocks: every metadata cluster has refcount 1. */
-  for (uint64_t i = 0; i < n_rb; i++)
-    store_be64 (img + rt_off + 8 * i, rb_off + i * cs);
-  for (uint64_t c = 0; c < total; c++) {
-    uint8_t *b = img + rb_off + (c / rb_entries) * cs;
-    uint64_t i = c % rb_entries;
-    switch (rorder) {
+/* Refcount table and blocks: every metadata cluster has refcount 1. */
+static void
+build_refcounts (const struct layout *l, uint8_t *img)
+{
+  uint64_t cs = l->cs;
+  for (uint64_t i = 0; i < l->n_rb; i++)
+    store_be64 (img + l->rt_off + 8 * i, l->rb_off + i * cs);
+  for (uint64_t c = 0; c < l->total; c++) {
+    uint8_t *b = img + l->rb_off + (c / l->rb_entries) * cs;
+    uint64_t i = c % l->rb_entries;
+    switch (l->rorder) {
     case 0: b[i / 8] |= 1u << (i % 8); break;
     case 1: b[i / 4] |= 1u << (2 * (i % 4)); break;
     case 2: b[i / 2] |= 1u << (4 * (i % 2)); break;
@@ -169,24 +180,48 @@ qcow2_create (const char *path, const struct qcow2_create_opts *o)
     default: store_be64 (b + 8 * i, 1); break;
     }
   }
+}
 
+/* Write IMG to PATH, which must not exist, durably (removed on failure). */
+static int
+write_new_file (const char *path, const uint8_t *img, uint64_t bytes)
+{
   int fd = open (path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
   if (fd == -1) {
     kvm_error ("%s: create: %m", path);
-    free (img);
     return -1;
   }
   if (write_all (fd, img, bytes, 0) == -1 || fsync (fd) == -1) {
     kvm_error ("%s: writing new image: %m", path);
     close (fd);
     unlink (path);
-    free (img);
     return -1;
   }
-  free (img);
   if (close (fd) == -1) {
     kvm_error ("%s: close: %m", path);
     return -1;
   }
   return 0;
+}
+
+int
+qcow2_create (const char *path, const struct qcow2_create_opts *o)
+{
+  struct layout l = { 0 };
+  if (check_create_opts (path, o, &l) == -1 ||
+      plan_layout (path, o, &l) == -1)
+    return -1;
+  uint8_t *img = calloc (1, l.bytes);
+  if (!img) {
+    kvm_error ("%s: out of memory", path);
+    errno = ENOMEM;
+    return -1;
+  }
+  int r = build_header (path, o, &l, img);
+  if (r == 0) {
+    build_refcounts (&l, img);
+    r = write_new_file (path, img, l.bytes);
+  }
+  free (img);
+  return r;
 }

@@ -77,12 +77,23 @@ write_dirty (struct qcow2 *q, struct lru *c, struct dirty_list *d)
   return 0;
 }
 
+/* Give [OFF, OFF+LEN) of the container back (best effort): a hole in a
+ * container file, else a trim of the container where it can trim.
+ */
 void
 q2_punch (struct qcow2 *q, uint64_t off, uint64_t len)
 {
-  if (q->fd >= 0)
+  if (q->fd >= 0) {
     (void) fallocate (q->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
                       off, len);
+    return;
+  }
+  uint64_t size = q->file->size;
+  if (!(q->file->caps & BDEV_CAN_TRIM) || off >= size)
+    return;
+  if (len > size - off)
+    len = size - off;
+  (void) bdev_trim (q->file, len, off, 0);
 }
 
 /* Cluster OFF has just dropped to refcount 0, and no table on disk refers
@@ -114,7 +125,10 @@ q2_flush_locked (struct qcow2 *q)
   if (!meta)
     return q2_sync_file (q, q->file);
 
-  /* Make sure the file covers every allocated cluster. */
+  /* Make sure the file covers every allocated cluster.  A container
+   * without a descriptor is not extended here: it grows through the
+   * writes themselves, or has a fixed size (qcow2_open_container).
+   */
   if (q->fd >= 0 && q->file->size < q->alloc_end) {
     if (ftruncate (q->fd, q->alloc_end) == -1) {
       ERR (q, errno, "%s: extending the file: %m", q->path);

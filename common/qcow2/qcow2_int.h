@@ -108,10 +108,11 @@ struct dirty_list {
 struct qcow2 {
   struct bdev bd;
   char *path;
-  struct bdev *file;            /* the image container */
+  struct bdev *file;            /* the image container (owned) */
   struct bdev *data;            /* where data clusters live */
   struct bdev *backing;
-  int fd;                       /* of file, for fallocate */
+  int fd;                       /* of file (fallocate, ftruncate, fstat);
+                                 * -1 if the container is not a file */
   bool external_data;
   bool verbose;
 

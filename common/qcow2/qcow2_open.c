@@ -247,22 +247,46 @@ open_fail (struct qcow2 *q)
   return NULL;
 }
 
-struct bdev *
-qcow2_open (const char *path, const struct bdev_open_opts *opts,
-            unsigned depth)
-{
-  struct qcow2 *q = bdev_alloc (sizeof *q, &qcow2_ops, path);
-  uint8_t *hc = NULL;
-  char *backing_name = NULL, *backing_fmt = NULL, *data_name = NULL;
-  uint8_t *feat = NULL;
-  uint32_t featlen = 0;
-  const char *snapname = get_opt (opts, "qcow2.snapshot");
-  const char *backing_opt = get_opt (opts, "qcow2.backing");
-  const char *cache_opt = get_opt (opts, "qcow2.cache");
-  const char *verbose_opt = get_opt (opts, "qcow2.verbose");
+/* What the steps of qcow2_open_container hand to each other. */
+struct open_ctx {
+  const struct bdev_open_opts *opts;
+  unsigned depth;
+  const char *snapname, *backing_opt, *cache_opt;
+  bool writable;                /* as asked for (and the container allows) */
+  bool readonly;                /* in the end (also: marked corrupt) */
+  uint8_t h[H_V3_LENGTH_CT];    /* first bytes of the header */
+  uint32_t header_length;
+  uint64_t size;                /* virtual size in the header */
+  uint8_t *hc;                  /* cluster 0: header and extensions */
+  uint64_t backing_off;
+  uint32_t backing_len;
+  char *backing_fmt, *data_name;
+  const uint8_t *feat;          /* feature name table (points into hc) */
+  uint32_t featlen;
+  uint64_t l1_needed;           /* L1 entries the virtual size needs */
+};
 
-  if (!q)
+static void
+open_ctx_free (struct open_ctx *c)
+{
+  free (c->hc);
+  free (c->backing_fmt);
+  free (c->data_name);
+}
+
+/* Allocate the engine over CONTAINER (closed here on failure). */
+static struct qcow2 *
+engine_new (struct bdev *container, const char *name,
+            const struct bdev_open_opts *opts)
+{
+  const char *verbose_opt = get_opt (opts, "qcow2.verbose");
+  struct qcow2 *q = bdev_alloc (sizeof *q, &qcow2_ops, name);
+  if (!q) {
+    int e = errno;
+    bdev_close (container);
+    errno = e;
     return NULL;
+  }
   pthread_rwlockattr_t ra;
   pthread_rwlockattr_init (&ra);
   pthread_rwlockattr_setkind_np (&ra,
@@ -271,170 +295,193 @@ qcow2_open (const char *path, const struct bdev_open_opts *opts,
   pthread_mutex_init (&q->detect_lock, NULL);
   q->meta_prealloc = -1;
   pthread_rwlockattr_destroy (&ra);
-  q->fd = -1;
+  /* Read-only until the open succeeds: a failed open flushes nothing. */
+  q->bd.readonly = true;
   q->verbose = verbose_opt && strcmp (verbose_opt, "0") != 0;
-  q->path = strdup (path);
+  q->file = container;
+  q->fd = bdev_file_fd (container);
+  q->path = strdup (name);
   if (!q->path) {
-    ERR (q, ENOMEM, "%s: out of memory", path);
-    return open_fail (q);
+    ERR (q, ENOMEM, "%s: out of memory", name);
+    open_fail (q);
+    return NULL;
   }
+  return q;
+}
 
-  bool readonly = opts->readonly || snapname;
-  struct bdev_open_opts fo = *opts;
-  fo.readonly = readonly;
-  fo.growable = !readonly;
-  fo.format_opts = NULL;
-  q->file = bdev_file_open (path, &fo);
-  if (!q->file)
-    return open_fail (q);
-  q->fd = bdev_file_fd (q->file);
+/* Read and check the fixed header: version, cluster size, lengths. */
+static int
+read_header (struct qcow2 *q, struct open_ctx *c)
+{
+  const char *path = q->path;
+  uint8_t *h = c->h;
 
-  /* Header. */
-  uint8_t h[H_V3_LENGTH_CT];
-  memset (h, 0, sizeof h);
   if (q->file->size < H_V2_LENGTH) {
     ERR (q, EINVAL, "%s: file too short for a qcow2 header", path);
-    return open_fail (q);
+    return -1;
   }
-  if (bdev_pread (q->file, h, q->file->size < sizeof h ? q->file->size
-                  : sizeof h, 0) == -1)
-    return open_fail (q);
+  if (bdev_pread (q->file, h, q->file->size < sizeof c->h ? q->file->size
+                  : sizeof c->h, 0) == -1)
+    return -1;
   if (load_be32 (h + H_MAGIC) != QCOW2_MAGIC) {
     ERR (q, EINVAL, "%s: not a qcow2 image (bad magic)", path);
-    return open_fail (q);
+    return -1;
   }
   q->version = load_be32 (h + H_VERSION);
   if (q->version != 2 && q->version != 3) {
     ERR (q, ENOTSUP, "%s: unsupported qcow2 version %" PRIu32, path,
          q->version);
-    return open_fail (q);
+    return -1;
   }
   q->cluster_bits = load_be32 (h + H_CLUSTER_BITS);
   if (q->cluster_bits < 9 || q->cluster_bits > 21) {
     ERR (q, EINVAL, "%s: unsupported cluster size 2^%u (must be 512 B to "
          "2 MiB)", path, q->cluster_bits);
-    return open_fail (q);
+    return -1;
   }
   q->cluster_size = 1ull << q->cluster_bits;
-  uint64_t size = load_be64 (h + H_SIZE);
+  c->size = load_be64 (h + H_SIZE);
   uint32_t crypt = load_be32 (h + H_CRYPT);
-  uint32_t header_length = H_V2_LENGTH;
+  c->header_length = H_V2_LENGTH;
   q->refcount_order = 4;
   if (q->version >= 3) {
     q->incompat = load_be64 (h + H_INCOMPAT);
     q->compat = load_be64 (h + H_COMPAT);
     q->autoclear = load_be64 (h + H_AUTOCLEAR);
     q->refcount_order = load_be32 (h + H_REFCOUNT_ORDER);
-    header_length = load_be32 (h + H_HEADER_LENGTH);
-    if (header_length < H_V3_LENGTH || header_length > q->cluster_size ||
-        header_length % 8) {
+    c->header_length = load_be32 (h + H_HEADER_LENGTH);
+    if (c->header_length < H_V3_LENGTH ||
+        c->header_length > q->cluster_size || c->header_length % 8) {
       ERR (q, EINVAL, "%s: invalid header length %" PRIu32, path,
-           header_length);
-      return open_fail (q);
+           c->header_length);
+      return -1;
     }
-    if (header_length > H_COMPRESSION)
+    if (c->header_length > H_COMPRESSION)
       q->compression_type = h[H_COMPRESSION];
   }
-  memcpy (q->hdr, h, sizeof h);
-  q->header_write_len = header_length < sizeof h ? header_length : sizeof h;
+  memcpy (q->hdr, h, sizeof c->h);
+  q->header_write_len = c->header_length < sizeof c->h ? c->header_length
+    : sizeof c->h;
   if (q->refcount_order > 6) {
     ERR (q, EINVAL, "%s: invalid refcount order %u", path, q->refcount_order);
-    return open_fail (q);
+    return -1;
   }
   if (crypt != 0) {
     ERR (q, ENOTSUP, "%s: image is encrypted (%s); encrypted qcow2 is not "
          "supported", path, crypt == 1 ? "AES" : crypt == 2 ? "LUKS"
          : "unknown method");
-    return open_fail (q);
+    return -1;
   }
+  return 0;
+}
 
-  /* Header extensions. */
-  uint64_t backing_off = load_be64 (h + H_BACKING_OFFSET);
-  uint32_t backing_len = load_be32 (h + H_BACKING_SIZE);
+/* Read cluster 0 and walk the header extensions after the header. */
+static int
+parse_extensions (struct qcow2 *q, struct open_ctx *c)
+{
+  const char *path = q->path;
+  c->backing_off = load_be64 (c->h + H_BACKING_OFFSET);
+  c->backing_len = load_be32 (c->h + H_BACKING_SIZE);
   uint64_t ext_end = q->cluster_size;
-  if (backing_off && backing_off < ext_end)
-    ext_end = backing_off;
+  if (c->backing_off && c->backing_off < ext_end)
+    ext_end = c->backing_off;
   if (ext_end > q->file->size)
     ext_end = q->file->size;
-  hc = malloc (q->cluster_size);
-  if (!hc) {
+  c->hc = malloc (q->cluster_size);
+  if (!c->hc) {
     ERR (q, ENOMEM, "%s: out of memory", path);
-    return open_fail (q);
+    return -1;
   }
+  uint8_t *hc = c->hc;
   memset (hc, 0, q->cluster_size);
   if (bdev_pread (q->file, hc, q->file->size < q->cluster_size
                   ? q->file->size : q->cluster_size, 0) == -1)
-    goto fail;
+    return -1;
   q->ext_area_end = ext_end;
-  for (uint64_t p = header_length; p + 8 <= ext_end;) {
+  for (uint64_t p = c->header_length; p + 8 <= ext_end;) {
     uint32_t type = load_be32 (hc + p), len = load_be32 (hc + p + 4);
     if (type == EXT_END)
       break;
     if (len > ext_end - p - 8) {
       ERR (q, EINVAL, "%s: header extension %#" PRIx32 " is too long", path,
            type);
-      goto fail;
+      return -1;
     }
     const uint8_t *d = hc + p + 8;
     switch (type) {
     case EXT_BACKING_FMT:
-      free (backing_fmt);
-      backing_fmt = strndup ((const char *) d, len);
+      free (c->backing_fmt);
+      c->backing_fmt = strndup ((const char *) d, len);
       break;
     case EXT_DATA_FILE:
-      free (data_name);
-      data_name = strndup ((const char *) d, len);
+      free (c->data_name);
+      c->data_name = strndup ((const char *) d, len);
       break;
     case EXT_BITMAPS:
       if (len >= 24)
         q->bm_ext_pos = p;
       break;
     case EXT_FEATURES:
-      feat = (uint8_t *) d;
-      featlen = len;
+      c->feat = d;
+      c->featlen = len;
       break;
     case EXT_CRYPTO:
       ERR (q, ENOTSUP, "%s: image is encrypted (LUKS); encrypted qcow2 is "
            "not supported", path);
-      goto fail;
+      return -1;
     }
     p += 8 + (((uint64_t) len + 7) & ~7ull);
   }
+  return 0;
+}
+
+/* Refuse unknown or inconsistent feature bits; corrupt means read-only. */
+static int
+check_features (struct qcow2 *q, struct open_ctx *c)
+{
+  const char *path = q->path;
   uint64_t unknown = q->incompat & ~INCOMPAT_KNOWN;
   if (unknown) {
     unsigned bit = __builtin_ctzll (unknown);
     char fname[64];
-    feature_name (feat, featlen, bit, fname, sizeof fname);
+    feature_name (c->feat, c->featlen, bit, fname, sizeof fname);
     ERR (q, ENOTSUP, "%s: unsupported incompatible feature bit %u%s", path,
          bit, fname);
-    goto fail;
+    return -1;
   }
   if (q->incompat & INCOMPAT_CORRUPT) {
-    if (!readonly)
+    if (!c->readonly)
       kvm_debug ("%s: image is marked corrupt; opening read-only", path);
-    readonly = true;
+    c->readonly = true;
   }
-  if ((q->incompat & INCOMPAT_DIRTY) && !readonly) {
+  if ((q->incompat & INCOMPAT_DIRTY) && !c->readonly) {
     ERR (q, EINVAL, "%s: image has the dirty bit set (lazy refcounts were "
          "not written back); run 'qemu-img check -r all' first or open it "
          "read-only", path);
-    goto fail;
+    return -1;
   }
   if (!(q->incompat & INCOMPAT_COMPRESSION) && q->compression_type != 0) {
     ERR (q, EINVAL, "%s: compression type set without its feature bit", path);
-    goto fail;
+    return -1;
   }
   if (q->compression_type > 1) {
     ERR (q, ENOTSUP, "%s: unsupported compression type %d", path,
          q->compression_type);
-    goto fail;
+    return -1;
   }
   q->ext_l2 = q->incompat & INCOMPAT_EXTL2;
   if (q->ext_l2 && q->cluster_bits < 14) {
     ERR (q, EINVAL, "%s: extended L2 entries need clusters of at least "
          "16 KiB", path);
-    goto fail;
+    return -1;
   }
+  return 0;
+}
+
+/* Derived geometry: L2 entries, subclusters, refcounts, compressed. */
+static void
+set_geometry (struct qcow2 *q)
+{
   q->l2_entry_shift = q->ext_l2 ? 4 : 3;
   q->l2_bits = q->cluster_bits - q->l2_entry_shift;
   q->sc_bits = q->ext_l2 ? q->cluster_bits - 5 : q->cluster_bits;
@@ -443,75 +490,105 @@ qcow2_open (const char *path, const struct bdev_open_opts *opts,
     : (1ull << (1u << q->refcount_order)) - 1;
   q->csize_shift = 62 - (q->cluster_bits - 8);
   q->csize_mask = (1ull << (q->cluster_bits - 8)) - 1;
+}
 
-  /* Size and L1. */
-  if (size > (1ull << 62) / 2) {
-    ERR (q, EINVAL, "%s: virtual size %" PRIu64 " is too large", path, size);
-    goto fail;
+/* Check the virtual size and where the L1 and refcount tables are. */
+static int
+check_tables (struct qcow2 *q, struct open_ctx *c)
+{
+  const char *path = q->path;
+  if (c->size > (1ull << 62) / 2) {
+    ERR (q, EINVAL, "%s: virtual size %" PRIu64 " is too large", path,
+         c->size);
+    return -1;
   }
-  q->bd.size = size;
-  q->l1_size = load_be32 (h + H_L1_SIZE);
-  q->l1_offset = load_be64 (h + H_L1_OFFSET);
+  q->bd.size = c->size;
+  q->l1_size = load_be32 (c->h + H_L1_SIZE);
+  q->l1_offset = load_be64 (c->h + H_L1_OFFSET);
   uint64_t l2_span_bits = q->l2_bits + q->cluster_bits;
-  uint64_t l1_needed = div_round_up64 (size, 1ull << l2_span_bits);
+  c->l1_needed = div_round_up64 (c->size, 1ull << l2_span_bits);
   if (q->l1_size * 8 > MAX_L1_BYTES) {
     ERR (q, EINVAL, "%s: L1 table is too large (%" PRIu64 " entries)", path,
          q->l1_size);
-    goto fail;
+    return -1;
   }
-  if (q->l1_size < l1_needed) {
+  if (q->l1_size < c->l1_needed) {
     ERR (q, EINVAL, "%s: L1 table is too small for the virtual size", path);
-    goto fail;
+    return -1;
   }
   if (q->l1_size && (q->l1_offset & (q->cluster_size - 1))) {
     ERR (q, EINVAL, "%s: L1 table offset is not cluster aligned", path);
-    goto fail;
+    return -1;
   }
-  q->rt_offset = load_be64 (h + H_RT_OFFSET);
-  q->rt_clusters = load_be32 (h + H_RT_CLUSTERS);
+  q->rt_offset = load_be64 (c->h + H_RT_OFFSET);
+  q->rt_clusters = load_be32 (c->h + H_RT_CLUSTERS);
   if (q->rt_clusters * q->cluster_size > MAX_RT_BYTES ||
       (q->rt_offset & (q->cluster_size - 1)) || q->rt_clusters == 0) {
     ERR (q, EINVAL, "%s: invalid refcount table (offset %#" PRIx64
          ", %" PRIu64 " clusters)", path, q->rt_offset, q->rt_clusters);
-    goto fail;
+    return -1;
   }
   q->rt_entries = q->rt_clusters * q->cluster_size / 8;
+  return 0;
+}
+
+/* Load the refcount table. */
+static int
+load_refcount_table (struct qcow2 *q)
+{
   q->rt = load_table (q, q->rt_offset, q->rt_entries, "refcount table");
-  if (!q->rt)
-    goto fail;
-  if (parse_snapshots (q, load_be32 (h + H_NB_SNAPSHOTS),
-                       load_be64 (h + H_SNAPSHOTS_OFFSET)) == -1)
-    goto fail;
+  return q->rt ? 0 : -1;
+}
 
-  if (snapname) {
-    struct snap *s = NULL;
-    for (size_t i = 0; !s && i < q->nsnaps; i++)
-      if (strcmp (q->snaps[i].name, snapname) == 0)
-        s = &q->snaps[i];
-    for (size_t i = 0; !s && i < q->nsnaps; i++)
-      if (strcmp (q->snaps[i].id, snapname) == 0)
-        s = &q->snaps[i];
-    if (!s) {
-      ERR (q, ENOENT, "%s: no internal snapshot named '%s'", path, snapname);
-      goto fail;
-    }
-    if (s->l1_size * 8ull > MAX_L1_BYTES ||
-        (s->l1_offset & (q->cluster_size - 1)) ||
-        s->disk_size > (1ull << 62) / 2) {
-      ERR (q, EINVAL, "%s: snapshot '%s' has an invalid L1 table", path,
-           snapname);
-      goto fail;
-    }
-    q->l1_offset = s->l1_offset;
-    q->l1_size = s->l1_size;
-    q->bd.size = s->disk_size;
+/* Parse the snapshot table; with qcow2.snapshot=, switch to its L1. */
+static int
+load_snapshots (struct qcow2 *q, struct open_ctx *c)
+{
+  const char *path = q->path, *snapname = c->snapname;
+  if (parse_snapshots (q, load_be32 (c->h + H_NB_SNAPSHOTS),
+                       load_be64 (c->h + H_SNAPSHOTS_OFFSET)) == -1)
+    return -1;
+  if (!snapname)
+    return 0;
+  struct snap *s = NULL;
+  for (size_t i = 0; !s && i < q->nsnaps; i++)
+    if (strcmp (q->snaps[i].name, snapname) == 0)
+      s = &q->snaps[i];
+  for (size_t i = 0; !s && i < q->nsnaps; i++)
+    if (strcmp (q->snaps[i].id, snapname) == 0)
+      s = &q->snaps[i];
+  if (!s) {
+    ERR (q, ENOENT, "%s: no internal snapshot named '%s'", path, snapname);
+    return -1;
   }
-  q->l1 = load_table (q, q->l1_offset, q->l1_size, "L1 table");
-  if (!q->l1)
-    goto fail;
+  if (s->l1_size * 8ull > MAX_L1_BYTES ||
+      (s->l1_offset & (q->cluster_size - 1)) ||
+      s->disk_size > (1ull << 62) / 2) {
+    ERR (q, EINVAL, "%s: snapshot '%s' has an invalid L1 table", path,
+         snapname);
+    return -1;
+  }
+  q->l1_offset = s->l1_offset;
+  q->l1_size = s->l1_size;
+  q->bd.size = s->disk_size;
+  return 0;
+}
 
-  /* Cache: by default enough L2 tables to map the whole image, at most
-   * 32 MiB (which maps 256 GiB with 64 KiB clusters).
+/* Load the L1 table in use (active or snapshot). */
+static int
+load_l1 (struct qcow2 *q)
+{
+  q->l1 = load_table (q, q->l1_offset, q->l1_size, "L1 table");
+  return q->l1 ? 0 : -1;
+}
+
+/* Create the L2 and refcount block caches; allocate from the end. */
+static int
+setup_caches (struct qcow2 *q, struct open_ctx *c)
+{
+  const char *path = q->path, *cache_opt = c->cache_opt;
+  /* By default enough L2 tables to map the whole image, at most 32 MiB
+   * (which maps 256 GiB with 64 KiB clusters).
    */
   uint64_t cache_bytes;
   if (cache_opt) {
@@ -520,11 +597,11 @@ qcow2_open (const char *path, const struct bdev_open_opts *opts,
     cache_bytes = strtoull (cache_opt, &endp, 10);
     if (errno || *endp) {
       ERR (q, EINVAL, "%s: invalid cache size '%s'", path, cache_opt);
-      goto fail;
+      return -1;
     }
   }
   else {
-    cache_bytes = l1_needed * q->cluster_size;
+    cache_bytes = c->l1_needed * q->cluster_size;
     if (cache_bytes > DEFAULT_CACHE_MAX)
       cache_bytes = DEFAULT_CACHE_MAX;
     if (cache_bytes < MIN_CACHE)
@@ -547,87 +624,163 @@ qcow2_open (const char *path, const struct bdev_open_opts *opts,
   q->rbc = lru_new (esz, q->rbc_capacity);
   if (!q->l2c || !q->rbc || !q->l2ptr) {
     ERR (q, ENOMEM, "%s: out of memory", path);
-    goto fail;
+    return -1;
   }
   q->cursor = (q->file->size + q->cluster_size - 1) & ~(q->cluster_size - 1);
   q->zero_from = q->alloc_end = q->cursor;
+  return 0;
+}
 
-  /* Backing file. */
-  if (backing_off && !(backing_opt && strcmp (backing_opt, "none") == 0)) {
-    if (backing_len == 0 || backing_len > 1023 ||
-        !ck_range_within (backing_off, backing_len, q->cluster_size) ||
-        !ck_range_within (backing_off, backing_len, q->file->size)) {
-      ERR (q, EINVAL, "%s: invalid backing file name offset/size", path);
-      goto fail;
-    }
-    backing_name = strndup ((const char *) hc + backing_off, backing_len);
-    if (!backing_name) {
-      ERR (q, ENOMEM, "%s: out of memory", path);
-      goto fail;
-    }
-    char *resolved = confine_resolve (path, backing_name, opts->allowed_dirs,
-                                      opts->allow_any_path);
-    if (!resolved)
-      goto fail;
-    struct bdev_open_opts bo = *opts;
-    bo.readonly = true;
-    bo.growable = false;
-    bo.format_opts = NULL;
-    if (q->verbose) {
-      static const char *const vopts[] = { "qcow2.verbose=1", NULL };
-      bo.format_opts = vopts;
-    }
-    q->backing = bdev_open (resolved, backing_fmt && *backing_fmt
-                            ? backing_fmt : NULL, &bo, depth + 1);
-    free (resolved);
-    if (!q->backing) {
-      kvm_error ("%s: cannot open backing file '%s'", path, backing_name);
-      goto fail;
-    }
+/* Open the backing file the header names (confined), unless none. */
+static int
+open_backing (struct qcow2 *q, struct open_ctx *c)
+{
+  const char *path = q->path;
+  const struct bdev_open_opts *opts = c->opts;
+  if (!c->backing_off || (c->backing_opt &&
+                          strcmp (c->backing_opt, "none") == 0))
+    return 0;
+  if (c->backing_len == 0 || c->backing_len > 1023 ||
+      !ck_range_within (c->backing_off, c->backing_len, q->cluster_size) ||
+      !ck_range_within (c->backing_off, c->backing_len, q->file->size)) {
+    ERR (q, EINVAL, "%s: invalid backing file name offset/size", path);
+    return -1;
   }
+  char *backing_name = strndup ((const char *) c->hc + c->backing_off,
+                                c->backing_len);
+  if (!backing_name) {
+    ERR (q, ENOMEM, "%s: out of memory", path);
+    return -1;
+  }
+  char *resolved = confine_resolve (path, backing_name, opts->allowed_dirs,
+                                    opts->allow_any_path);
+  if (!resolved) {
+    free (backing_name);
+    return -1;
+  }
+  struct bdev_open_opts bo = *opts;
+  bo.readonly = true;
+  bo.growable = false;
+  bo.format_opts = NULL;
+  if (q->verbose) {
+    static const char *const vopts[] = { "qcow2.verbose=1", NULL };
+    bo.format_opts = vopts;
+  }
+  q->backing = bdev_open (resolved, c->backing_fmt && *c->backing_fmt
+                          ? c->backing_fmt : NULL, &bo, c->depth + 1);
+  free (resolved);
+  if (!q->backing) {
+    kvm_error ("%s: cannot open backing file '%s'", path, backing_name);
+    free (backing_name);
+    return -1;
+  }
+  free (backing_name);
+  return 0;
+}
 
-  /* External data file. */
-  if (q->incompat & INCOMPAT_DATA_FILE) {
-    if (!data_name || !*data_name) {
-      ERR (q, EINVAL, "%s: image needs an external data file but names none",
-           path);
-      goto fail;
-    }
-    char *resolved = confine_resolve (path, data_name, opts->allowed_dirs,
-                                      opts->allow_any_path);
-    if (!resolved)
-      goto fail;
-    struct bdev_open_opts d = fo;
-    d.readonly = readonly;
-    q->data = bdev_file_open (resolved, &d);
-    free (resolved);
-    if (!q->data)
-      goto fail;
-    q->external_data = true;
-  }
-  else
+/* Open the external data file (confined), or use the image itself. */
+static int
+open_data_file (struct qcow2 *q, struct open_ctx *c)
+{
+  const char *path = q->path;
+  const struct bdev_open_opts *opts = c->opts;
+  if (!(q->incompat & INCOMPAT_DATA_FILE)) {
     q->data = q->file;
+    return 0;
+  }
+  if (!c->data_name || !*c->data_name) {
+    ERR (q, EINVAL, "%s: image needs an external data file but names none",
+         path);
+    return -1;
+  }
+  char *resolved = confine_resolve (path, c->data_name, opts->allowed_dirs,
+                                    opts->allow_any_path);
+  if (!resolved)
+    return -1;
+  struct bdev_open_opts d = *opts;
+  d.readonly = c->readonly;
+  d.growable = c->writable;
+  d.format_opts = NULL;
+  q->data = bdev_file_open (resolved, &d);
+  free (resolved);
+  if (!q->data)
+    return -1;
+  q->external_data = true;
+  return 0;
+}
 
-  q->bd.readonly = readonly;
+/* Publish what the bdev can do. */
+static void
+set_caps (struct qcow2 *q, struct open_ctx *c)
+{
+  q->bd.readonly = c->readonly;
   q->bd.block_size = 1;
   q->bd.caps = BDEV_CAN_EXTENTS | BDEV_CAN_MULTI_CONN;
-  if (!readonly)
+  if (!c->readonly)
     q->bd.caps |= BDEV_CAN_TRIM | BDEV_CAN_ZERO |
       ((q->version >= 3 || !q->backing) ? BDEV_CAN_FAST_ZERO : 0);
+}
+
+struct bdev *
+qcow2_open_container (struct bdev *container, const char *name,
+                      const struct bdev_open_opts *opts, unsigned depth)
+{
+  struct open_ctx c = {
+    .opts = opts,
+    .depth = depth,
+    .snapname = get_opt (opts, "qcow2.snapshot"),
+    .backing_opt = get_opt (opts, "qcow2.backing"),
+    .cache_opt = get_opt (opts, "qcow2.cache"),
+  };
+  c.writable = !(opts->readonly || c.snapname || container->readonly);
+  c.readonly = !c.writable;
+
+  struct qcow2 *q = engine_new (container, name, opts);
+  if (!q)
+    return NULL;
+  if (read_header (q, &c) == -1 ||
+      parse_extensions (q, &c) == -1 ||
+      check_features (q, &c) == -1)
+    goto fail;
+  set_geometry (q);
+  if (check_tables (q, &c) == -1 ||
+      load_refcount_table (q) == -1 ||
+      load_snapshots (q, &c) == -1 ||
+      load_l1 (q) == -1 ||
+      setup_caches (q, &c) == -1 ||
+      open_backing (q, &c) == -1 ||
+      open_data_file (q, &c) == -1)
+    goto fail;
+  set_caps (q, &c);
   if (q->verbose)
     dump_info (q);
-  free (hc);
-  free (backing_name);
-  free (backing_fmt);
-  free (data_name);
+  open_ctx_free (&c);
   return &q->bd;
 
  fail:
-  free (hc);
-  free (backing_name);
-  free (backing_fmt);
-  free (data_name);
+  open_ctx_free (&c);
   return open_fail (q);
+}
+
+struct bdev *
+qcow2_open (const char *path, const struct bdev_open_opts *opts,
+            unsigned depth)
+{
+  /* The container file: writable (and growable) unless read-only or a
+   * snapshot was asked for.
+   */
+  bool readonly = opts->readonly || get_opt (opts, "qcow2.snapshot");
+  struct bdev_open_opts fo = *opts;
+  fo.readonly = readonly;
+  fo.growable = !readonly;
+  fo.format_opts = NULL;
+  struct bdev *file = bdev_file_open (path, &fo);
+  if (!file) {
+    if (!errno)
+      errno = EINVAL;
+    return NULL;
+  }
+  return qcow2_open_container (file, path, opts, depth);
 }
 
 static const struct bdev_ops qcow2_ops = {

@@ -296,6 +296,137 @@ alloc_data_cluster (struct qcow2 *q, uint64_t cl, uint64_t *host)
   return q2_alloc_clusters (q, 1, host);
 }
 
+/* One guest cluster being written (write_cluster and its steps). */
+struct cwrite {
+  uint64_t cl, a, b;            /* guest cluster; [a, b) inside it */
+  const uint8_t *src;           /* the data for guest offset a */
+  struct wrun *w;
+  uint8_t *t;                   /* its L2 table, pinned, writable */
+  uint64_t i2;                  /* entry index in t */
+  uint64_t e, bm, host;         /* entry, subcluster bitmap, host offset */
+};
+
+/* Write LEN bytes at HOST of the data file: the current guest content at
+ * GUEST with N bytes of SRC laid over it at AT (read-modify-write of a
+ * partial cluster or subcluster).
+ */
+static int
+merge_write (struct qcow2 *q, struct wrun *w, uint64_t guest, uint64_t len,
+             uint64_t host, uint64_t at, const uint8_t *src, uint64_t n)
+{
+  int r = -1;
+  if (wrun_flush (q, w) == -1)
+    return -1;
+  uint8_t *tmp = malloc (len);
+  if (!tmp) {
+    ERR (q, ENOMEM, "%s: out of memory", q->path);
+    return -1;
+  }
+  if (q2_read_locked (q, tmp, len, guest) == -1)
+    goto out;
+  memcpy (tmp + at, src, n);
+  if (!q->external_data &&
+      q2_check_no_overlap (q, host, len, "data cluster") == -1)
+    goto out;
+  if (bdev_pwrite (q->data, tmp, len, host, 0) == -1)
+    goto out;
+  r = 0;
+ out:
+  free (tmp);
+  return r;
+}
+
+/* Extended L2: write the touched subclusters, mark them allocated. */
+static int
+write_subclusters (struct qcow2 *q, struct cwrite *c)
+{
+  uint64_t a = c->a, b = c->b, host = c->host;
+  unsigned s0 = a >> q->sc_bits, s1 = (b - 1) >> q->sc_bits;
+  uint64_t sa = (uint64_t) s0 << q->sc_bits;
+  uint64_t sb = (uint64_t) (s1 + 1) << q->sc_bits;
+  uint32_t mask = (uint32_t) ((((uint64_t) 1 << (s1 + 1)) - 1) &
+                              ~(((uint64_t) 1 << s0) - 1));
+  bool fresh = false;
+  if (!in_place (q, c->e)) {
+    if (alloc_data_cluster (q, c->cl, &host) == -1)
+      return -1;
+    fresh = true;
+  }
+  if (sa == a && sb == b) {
+    if (wrun_add (q, c->w, host + a, c->src, b - a) == -1)
+      return -1;
+  }
+  else if (merge_write (q, c->w, (c->cl << q->cluster_bits) + sa, sb - sa,
+                        host + sa, a - sa, c->src, b - a) == -1)
+    return -1;                  /* partial subclusters: merged */
+  uint64_t nbm = (c->bm | mask) & ~((uint64_t) mask << 32);
+  uint64_t ne = host | OFLAG_COPIED;
+  if (ne != c->e || nbm != c->bm || fresh) {
+    uint8_t *p = c->t + (c->i2 << q->l2_entry_shift);
+    store_be64 (p, ne);
+    store_be64 (p + 8, nbm);
+    if (q2_mark_dirty (q, q->l2c, &q->dl2, c->t) == -1)
+      return -1;
+  }
+  return 0;
+}
+
+/* Write into new cluster NHOST: deferred if it reads as zeroes, else COW. */
+static int
+write_new_data (struct qcow2 *q, struct cwrite *c, uint64_t nhost,
+                bool zero_before)
+{
+  uint64_t cs = q->cluster_size, a = c->a, b = c->b;
+  if (a == 0 && b == cs)
+    return zero_before ? wrun_defer (q, c->w, nhost, c->src, cs)
+      : wrun_add (q, c->w, nhost, c->src, cs);
+  if (zero_before)              /* no COW needed */
+    return wrun_defer (q, c->w, nhost + a, c->src, b - a);
+  return merge_write (q, c->w, c->cl << q->cluster_bits, cs, nhost, a,
+                      c->src, b - a);
+}
+
+/* Release the cluster of old entry E after the next flush. */
+static int
+release_old_cluster (struct qcow2 *q, uint64_t e)
+{
+  uint64_t host = e & L2E_OFFSET_MASK;
+  if (q->external_data)
+    return 0;
+  if (e & OFLAG_COMPRESSED)
+    return q2_free_compressed (q, e);
+  if (host && q2_defer_free (q, host) == -1)
+    return -1;
+  return 0;
+}
+
+/* Allocate (or materialise a zero cluster), write, release, remap. */
+static int
+write_new_cluster (struct qcow2 *q, struct cwrite *c)
+{
+  uint64_t e = c->e, nhost;
+  bool reuse = in_place (q, e);
+  if (reuse)
+    nhost = c->host;
+  else if (alloc_data_cluster (q, c->cl, &nhost) == -1)
+    return -1;
+  /* The old content reads as zeroes and the new cluster has never been
+   * written (beyond the original end of file)?
+   */
+  bool zero_before = !reuse && !q->external_data && nhost >= q->zero_from &&
+    !(e & OFLAG_COMPRESSED) && c->host == 0 &&
+    (!q->backing || (q->version >= 3 && (e & OFLAG_ZERO)));
+  if (write_new_data (q, c, nhost, zero_before) == -1)
+    return -1;
+  if (!reuse && release_old_cluster (q, e) == -1)
+    return -1;
+  uint8_t *p = c->t + (c->i2 << q->l2_entry_shift);
+  store_be64 (p, nhost | OFLAG_COPIED);
+  if (q->ext_l2)
+    store_be64 (p + 8, 0xffffffffull);
+  return q2_mark_dirty (q, q->l2c, &q->dl2, c->t);
+}
+
 /* Write [a, b) of guest cluster CL from SRC (src points at guest offset a).
  * Exclusive lock held.
  */
@@ -303,136 +434,34 @@ static int
 write_cluster (struct qcow2 *q, uint64_t cl, uint64_t a, uint64_t b,
                const uint8_t *src, struct wrun *w)
 {
-  uint64_t cs = q->cluster_size;
-  uint64_t gbase = cl << q->cluster_bits;
-  uint64_t i1 = cl >> q->l2_bits, i2 = cl & ((1ull << q->l2_bits) - 1);
-  uint8_t *t = l2_get_write (q, i1);
-  uint8_t *tmp = NULL;
-  int r = -1;
-  if (!t)
+  struct cwrite c = {
+    .cl = cl, .a = a, .b = b, .src = src, .w = w,
+    .i2 = cl & ((1ull << q->l2_bits) - 1),
+  };
+  int r;
+
+  /* Its L2 table, allocated and not shared with a snapshot. */
+  c.t = l2_get_write (q, cl >> q->l2_bits);
+  if (!c.t)
     return -1;
-  uint64_t e = l2_entry (q, t, i2), bm = l2_bitmap (q, t, i2);
-  uint64_t host = e & L2E_OFFSET_MASK;
-  bool full = a == 0 && b == cs;
+  c.e = l2_entry (q, c.t, c.i2);
+  c.bm = l2_bitmap (q, c.t, c.i2);
+  c.host = c.e & L2E_OFFSET_MASK;
 
-  if (in_place (q, e) && host % cs) {
+  if (in_place (q, c.e) && c.host % q->cluster_size) {
     ERR (q, EIO, "%s: corrupt image: data cluster offset %#" PRIx64
-         " is not cluster aligned", q->path, host);
-    goto out;
+         " is not cluster aligned", q->path, c.host);
+    r = -1;
   }
-  if (q->ext_l2 && !(e & OFLAG_COMPRESSED) &&
-      (in_place (q, e) || host == 0)) {
-    /* Subcluster granularity: write the touched subclusters. */
-    uint64_t scs = 1ull << q->sc_bits;
-    unsigned s0 = a >> q->sc_bits, s1 = (b - 1) >> q->sc_bits;
-    uint64_t sa = (uint64_t) s0 << q->sc_bits, sb = (uint64_t) (s1 + 1) << q->sc_bits;
-    uint32_t mask = (uint32_t) ((((uint64_t) 1 << (s1 + 1)) - 1) & ~(((uint64_t) 1 << s0) - 1));
-    bool fresh = false;
-    if (!in_place (q, e)) {
-      if (alloc_data_cluster (q, cl, &host) == -1)
-        goto out;
-      fresh = true;
-    }
-    (void) scs;
-    if (sa == a && sb == b) {
-      if (wrun_add (q, w, host + a, src, b - a) == -1)
-        goto out;
-    }
-    else {
-      /* Partial subclusters: merge with the current content. */
-      if (wrun_flush (q, w) == -1)
-        goto out;
-      tmp = malloc (sb - sa);
-      if (!tmp) {
-        ERR (q, ENOMEM, "%s: out of memory", q->path);
-        goto out;
-      }
-      if (q2_read_locked (q, tmp, sb - sa, gbase + sa) == -1)
-        goto out;
-      memcpy (tmp + (a - sa), src, b - a);
-      if (!q->external_data &&
-          q2_check_no_overlap (q, host + sa, sb - sa, "data cluster") == -1)
-        goto out;
-      if (bdev_pwrite (q->data, tmp, sb - sa, host + sa, 0) == -1)
-        goto out;
-    }
-    uint64_t nbm = (bm | mask) & ~((uint64_t) mask << 32);
-    uint64_t ne = host | OFLAG_COPIED;
-    if (ne != e || nbm != bm || fresh) {
-      uint8_t *p = t + (i2 << q->l2_entry_shift);
-      store_be64 (p, ne);
-      store_be64 (p + 8, nbm);
-      if (q2_mark_dirty (q, q->l2c, &q->dl2, t) == -1)
-        goto out;
-    }
-    r = 0;
-    goto out;
-  }
-
-  if (in_place (q, e) && !(q->version >= 3 && (e & OFLAG_ZERO) && !q->ext_l2)) {
-    r = wrun_defer (q, w, host + a, src, b - a);
-    goto out;
-  }
-
-  /* Needs a new cluster (or materialising a preallocated zero cluster). */
-  uint64_t nhost;
-  bool reuse = in_place (q, e);
-  if (reuse)
-    nhost = host;
-  else if (alloc_data_cluster (q, cl, &nhost) == -1)
-    goto out;
-  /* The old content reads as zeroes and the new cluster has never been
-   * written (beyond the original end of file)?
-   */
-  bool zero_before = !reuse && !q->external_data && nhost >= q->zero_from &&
-    !(e & OFLAG_COMPRESSED) && host == 0 &&
-    (!q->backing || (q->version >= 3 && (e & OFLAG_ZERO)));
-  if (full) {
-    if ((zero_before ? wrun_defer (q, w, nhost, src, cs)
-         : wrun_add (q, w, nhost, src, cs)) == -1)
-      goto out;
-  }
-  else if (zero_before) {
-    /* No COW needed. */
-    if (wrun_defer (q, w, nhost + a, src, b - a) == -1)
-      goto out;
-  }
-  else {
-    if (wrun_flush (q, w) == -1)
-      goto out;
-    tmp = malloc (cs);
-    if (!tmp) {
-      ERR (q, ENOMEM, "%s: out of memory", q->path);
-      goto out;
-    }
-    if (q2_read_locked (q, tmp, cs, gbase) == -1)
-      goto out;
-    memcpy (tmp + a, src, b - a);
-    if (!q->external_data &&
-        q2_check_no_overlap (q, nhost, cs, "data cluster") == -1)
-      goto out;
-    if (bdev_pwrite (q->data, tmp, cs, nhost, 0) == -1)
-      goto out;
-  }
-  /* Release the old cluster after the next flush. */
-  if (!reuse && !q->external_data) {
-    if (e & OFLAG_COMPRESSED) {
-      if (q2_free_compressed (q, e) == -1)
-        goto out;
-    }
-    else if (host && q2_defer_free (q, host) == -1)
-      goto out;
-  }
-  uint8_t *p = t + (i2 << q->l2_entry_shift);
-  store_be64 (p, nhost | OFLAG_COPIED);
-  if (q->ext_l2)
-    store_be64 (p + 8, 0xffffffffull);
-  if (q2_mark_dirty (q, q->l2c, &q->dl2, t) == -1)
-    goto out;
-  r = 0;
- out:
-  free (tmp);
-  lru_put (q->l2c, t);
+  else if (q->ext_l2 && !(c.e & OFLAG_COMPRESSED) &&
+           (in_place (q, c.e) || c.host == 0))
+    r = write_subclusters (q, &c);
+  else if (in_place (q, c.e) &&
+           !(q->version >= 3 && (c.e & OFLAG_ZERO) && !q->ext_l2))
+    r = wrun_defer (q, w, c.host + a, src, b - a);  /* in place */
+  else
+    r = write_new_cluster (q, &c);
+  lru_put (q->l2c, c.t);
   return r;
 }
 
