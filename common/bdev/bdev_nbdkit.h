@@ -1,8 +1,11 @@
 /* Serving a struct bdev from an nbdkit plugin: the data callbacks of a
- * plugin whose handle leads to a bdev are one call each into these.
+ * plugin whose handle leads to a bdev are one call each into these, and a
+ * plugin whose handle starts with struct bdev_nbdkit_handle gets all its
+ * size, capability and data callbacks from BDEV_NBDKIT_PLUGIN_CALLBACKS.
  *
  * Header only, for plugins: common/ itself does not depend on nbdkit.
  * Include it after <nbdkit-plugin.h> (with NBDKIT_API_VERSION 2).
+ * Filters use bdev_nbdkit_filter.h instead.
  */
 #ifndef KVM_BDEV_NBDKIT_H
 #define KVM_BDEV_NBDKIT_H
@@ -15,18 +18,7 @@
 #include <stdint.h>
 
 #include "bdev/bdev.h"
-
-/* NBDKIT_FLAG_* -> BDEV_* */
-static inline uint32_t
-bdev_flags_of_nbdkit (uint32_t f)
-{
-  uint32_t b = 0;
-  if (f & NBDKIT_FLAG_FUA) b |= BDEV_FUA;
-  if (f & NBDKIT_FLAG_MAY_TRIM) b |= BDEV_MAY_TRIM;
-  if (f & NBDKIT_FLAG_FAST_ZERO) b |= BDEV_FAST_ZERO;
-  if (f & NBDKIT_FLAG_REQ_ONE) b |= BDEV_REQ_ONE;
-  return b;
-}
+#include "bdev/bdev_nbdkit_common.h"
 
 /* Pass a bdev result on, with its errno as the NBD error (ENOTSUP for a
  * fast zero that would be slow, ENOSPC, EIO, ...).
@@ -91,5 +83,131 @@ bdev_nbdkit_extents (struct bdev *bd, uint32_t count, uint64_t offset,
                                            bdev_flags_of_nbdkit (flags),
                                            bdev_nbdkit_add_extent, extents));
 }
+
+/* Plugin callbacks over a handle that starts with struct
+ * bdev_nbdkit_handle.
+ */
+#define BDEV_NBDKIT_H_(handle) ((struct bdev_nbdkit_handle *) (handle))
+
+static inline int64_t
+bdev_nbdkit_cb_get_size (void *handle)
+{
+  return BDEV_NBDKIT_H_ (handle)->bd->size;
+}
+
+static inline int
+bdev_nbdkit_cb_block_size (void *handle, uint32_t *minimum,
+                           uint32_t *preferred, uint32_t *maximum)
+{
+  return bdev_nbdkit_block_size_of (BDEV_NBDKIT_H_ (handle), minimum,
+                                    preferred, maximum);
+}
+
+static inline int
+bdev_nbdkit_cb_can_write (void *handle)
+{
+  return bdev_nbdkit_writable (BDEV_NBDKIT_H_ (handle));
+}
+
+static inline int
+bdev_nbdkit_cb_true (void *handle)
+{
+  (void) handle;
+  return 1;
+}
+
+static inline int
+bdev_nbdkit_cb_can_trim (void *handle)
+{
+  return bdev_nbdkit_can_trim_of (BDEV_NBDKIT_H_ (handle));
+}
+
+static inline int
+bdev_nbdkit_cb_can_fast_zero (void *handle)
+{
+  return bdev_nbdkit_can_fast_zero_of (BDEV_NBDKIT_H_ (handle));
+}
+
+/* bdev_pwrite flushes after a write when the bdev has no native FUA. */
+static inline int
+bdev_nbdkit_cb_can_fua (void *handle)
+{
+  (void) handle;
+  return NBDKIT_FUA_NATIVE;
+}
+
+static inline int
+bdev_nbdkit_cb_can_multi_conn (void *handle)
+{
+  return bdev_nbdkit_can_multi_conn_of (BDEV_NBDKIT_H_ (handle));
+}
+
+static inline int
+bdev_nbdkit_cb_pread (void *handle, void *buf, uint32_t count,
+                      uint64_t offset, uint32_t flags)
+{
+  (void) flags;
+  return bdev_nbdkit_pread (BDEV_NBDKIT_H_ (handle)->bd, buf, count, offset);
+}
+
+static inline int
+bdev_nbdkit_cb_pwrite (void *handle, const void *buf, uint32_t count,
+                       uint64_t offset, uint32_t flags)
+{
+  return bdev_nbdkit_pwrite (BDEV_NBDKIT_H_ (handle)->bd, buf, count, offset,
+                             flags);
+}
+
+static inline int
+bdev_nbdkit_cb_flush (void *handle, uint32_t flags)
+{
+  (void) flags;
+  return bdev_nbdkit_flush (BDEV_NBDKIT_H_ (handle)->bd);
+}
+
+static inline int
+bdev_nbdkit_cb_trim (void *handle, uint32_t count, uint64_t offset,
+                     uint32_t flags)
+{
+  return bdev_nbdkit_trim (BDEV_NBDKIT_H_ (handle)->bd, count, offset, flags);
+}
+
+static inline int
+bdev_nbdkit_cb_zero (void *handle, uint32_t count, uint64_t offset,
+                     uint32_t flags)
+{
+  return bdev_nbdkit_zero (BDEV_NBDKIT_H_ (handle)->bd, count, offset, flags);
+}
+
+static inline int
+bdev_nbdkit_cb_extents (void *handle, uint32_t count, uint64_t offset,
+                        uint32_t flags, struct nbdkit_extents *extents)
+{
+  return bdev_nbdkit_extents (BDEV_NBDKIT_H_ (handle)->bd, count, offset,
+                              flags, extents);
+}
+
+/* Designated initialisers for struct nbdkit_plugin: everything after
+ * .open/.close.  Writes, trims and zeroes are offered when the bdev is
+ * writable; zero falls back to writing zeroes inside bdev_zero.
+ */
+#define BDEV_NBDKIT_PLUGIN_CALLBACKS                     \
+  .get_size       = bdev_nbdkit_cb_get_size,             \
+  .block_size     = bdev_nbdkit_cb_block_size,           \
+  .can_write      = bdev_nbdkit_cb_can_write,            \
+  .can_flush      = bdev_nbdkit_cb_true,                 \
+  .can_trim       = bdev_nbdkit_cb_can_trim,             \
+  .can_zero       = bdev_nbdkit_cb_true,                 \
+  .can_fast_zero  = bdev_nbdkit_cb_can_fast_zero,        \
+  .can_fua        = bdev_nbdkit_cb_can_fua,              \
+  .can_multi_conn = bdev_nbdkit_cb_can_multi_conn,       \
+  .can_extents    = bdev_nbdkit_cb_true,                 \
+  .pread          = bdev_nbdkit_cb_pread,                \
+  .pwrite         = bdev_nbdkit_cb_pwrite,               \
+  .flush          = bdev_nbdkit_cb_flush,                \
+  .trim           = bdev_nbdkit_cb_trim,                 \
+  .zero           = bdev_nbdkit_cb_zero,                 \
+  .extents        = bdev_nbdkit_cb_extents,              \
+  .errno_is_preserved = 0
 
 #endif

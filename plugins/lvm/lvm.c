@@ -227,11 +227,12 @@ lvm_default_export (int readonly, int is_tls)
   return default_lv ? default_lv : "";
 }
 
+/* Each connection opens its own LV bdev over the shared PV files. */
 static void *
 lvm_open (int readonly)
 {
   const char *name = nbdkit_export_name ();
-  struct bdev *bd;
+  struct bdev_nbdkit_handle *h;
 
   if (!name || !*name)
     name = default_lv;
@@ -240,87 +241,26 @@ lvm_open (int readonly)
                   "(list them with nbdinfo --list)");
     return NULL;
   }
-  bd = lvm_lv_open (vgset, name, readonly);
-  if (!bd)
+  h = calloc (1, sizeof *h);
+  if (!h) {
+    nbdkit_error ("calloc: %m");
     return NULL;
-  return bd;
+  }
+  h->bd = lvm_lv_open (vgset, name, readonly);
+  if (!h->bd) {
+    free (h);
+    return NULL;
+  }
+  h->readonly = readonly;
+  return h;
 }
 
 static void
 lvm_close (void *handle)
 {
-  bdev_close (handle);
-}
-
-static int64_t
-lvm_get_size (void *handle)
-{
-  struct bdev *bd = handle;
-  return bd->size;
-}
-
-static int
-lvm_can_write (void *handle)
-{
-  struct bdev *bd = handle;
-  return !bd->readonly;
-}
-
-static int
-lvm_can_one (void *handle)
-{
-  (void) handle;
-  return 1;
-}
-
-static int
-lvm_can_fua (void *handle)
-{
-  (void) handle;
-  return NBDKIT_FUA_NATIVE;
-}
-
-static int
-lvm_pread (void *handle, void *buf, uint32_t count, uint64_t offset,
-           uint32_t flags)
-{
-  (void) flags;
-  return bdev_nbdkit_pread (handle, buf, count, offset);
-}
-
-static int
-lvm_pwrite (void *handle, const void *buf, uint32_t count, uint64_t offset,
-            uint32_t flags)
-{
-  return bdev_nbdkit_pwrite (handle, buf, count, offset, flags);
-}
-
-static int
-lvm_flush (void *handle, uint32_t flags)
-{
-  (void) flags;
-  return bdev_nbdkit_flush (handle);
-}
-
-static int
-lvm_trim (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
-{
-  return bdev_nbdkit_trim (handle, count, offset, flags);
-}
-
-static int
-lvm_zero (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
-{
-  return bdev_nbdkit_zero (handle, count, offset, flags);
-}
-
-/* LVs are fully allocated: everything is data. */
-static int
-lvm_extents (void *handle, uint32_t count, uint64_t offset, uint32_t flags,
-             struct nbdkit_extents *extents)
-{
-  (void) handle; (void) flags;
-  return nbdkit_add_extent (extents, offset, count, 0);
+  struct bdev_nbdkit_handle *h = handle;
+  bdev_close (h->bd);
+  free (h);
 }
 
 static struct nbdkit_plugin plugin = {
@@ -340,22 +280,7 @@ static struct nbdkit_plugin plugin = {
   .default_export    = lvm_default_export,
   .open              = lvm_open,
   .close             = lvm_close,
-  .get_size          = lvm_get_size,
-  .can_write         = lvm_can_write,
-  .can_flush         = lvm_can_one,
-  .can_trim          = lvm_can_write,
-  .can_zero          = lvm_can_one,
-  .can_fast_zero     = lvm_can_one,
-  .can_fua           = lvm_can_fua,
-  .can_multi_conn    = lvm_can_one,
-  .can_extents       = lvm_can_one,
-  .pread             = lvm_pread,
-  .pwrite            = lvm_pwrite,
-  .flush             = lvm_flush,
-  .trim              = lvm_trim,
-  .zero              = lvm_zero,
-  .extents           = lvm_extents,
-  .errno_is_preserved = 0,
+  BDEV_NBDKIT_PLUGIN_CALLBACKS,
 };
 
 NBDKIT_REGISTER_PLUGIN (plugin)

@@ -18,6 +18,7 @@
 
 #include "bdev/bdev.h"
 #include "bdev/bdev_nbdkit.h"
+#include "bdev/bdev_registry.h"
 #include "kvm_version.h"
 #include "qcow2/qcow2.h"
 #include "util/log.h"
@@ -38,18 +39,12 @@ static int64_t create_size = -1;
 static struct qcow2_create_opts copts = { .version = 3 };
 static char *create_backing, *create_backing_format;
 
-struct image {
-  struct image *next;
-  char *export;                 /* "" for the active image */
-  struct bdev *bd;
-  unsigned refs;
-};
-static struct image *images;
-static pthread_mutex_t images_lock = PTHREAD_MUTEX_INITIALIZER;
+/* One engine per export (the active image and each internal snapshot). */
+static struct bdev_registry images = BDEV_REGISTRY_INIT;
 
 struct handle {
-  struct image *img;
-  bool readonly;
+  struct bdev_nbdkit_handle h;  /* first: the shared callbacks use it */
+  struct bdev_registry_entry *img;
 };
 
 static void
@@ -61,12 +56,7 @@ qcow2_load (void)
 static void
 qcow2_unload (void)
 {
-  for (struct image *i = images, *n; i; i = n) {
-    n = i->next;
-    bdev_close (i->bd);
-    free (i->export);
-    free (i);
-  }
+  bdev_registry_close_all (&images);
   for (size_t i = 0; i < nallowed; i++)
     free (allowed[i]);
   free (allowed);
@@ -346,54 +336,37 @@ open_engine (const char *snap, bool readonly)
   return bd;
 }
 
+/* Opens the engine of EXPORT for the registry; ARG points to the
+ * connection's readonly flag.
+ */
+static struct bdev *
+open_export (const char *export, void *arg)
+{
+  const char *snap = *export ? export : snapshot;
+  return open_engine (snap, *(bool *) arg);
+}
+
 static void *
 plugin_open (int readonly)
 {
   const char *export = nbdkit_export_name ();
-  const char *snap = NULL;
+  bool ro = readonly;
   struct handle *h;
-
-  if (!export)
-    export = "";
-  if (*export)
-    snap = export;
-  else if (snapshot)
-    snap = snapshot;
 
   h = calloc (1, sizeof *h);
   if (!h) {
     nbdkit_error ("calloc: %m");
     return NULL;
   }
-  pthread_mutex_lock (&images_lock);
-  struct image *img;
-  for (img = images; img; img = img->next)
-    if (strcmp (img->export, export) == 0)
-      break;
-  if (!img) {
-    img = calloc (1, sizeof *img);
-    if (!img || !(img->export = strdup (export))) {
-      free (img);
-      pthread_mutex_unlock (&images_lock);
-      nbdkit_error ("calloc: %m");
-      free (h);
-      return NULL;
-    }
-    img->bd = open_engine (snap, readonly);
-    if (!img->bd) {
-      free (img->export);
-      free (img);
-      pthread_mutex_unlock (&images_lock);
-      free (h);
-      return NULL;
-    }
-    img->next = images;
-    images = img;
+  h->img = bdev_registry_get (&images, export ? export : "", open_export,
+                              &ro);
+  if (!h->img) {
+    free (h);
+    return NULL;
   }
-  img->refs++;
-  pthread_mutex_unlock (&images_lock);
-  h->img = img;
-  h->readonly = readonly || img->bd->readonly;
+  h->h.bd = h->img->bd;
+  h->h.readonly = readonly;
+  h->h.shared = true;
   return h;
 }
 
@@ -401,18 +374,7 @@ static void
 plugin_close (void *handle)
 {
   struct handle *h = handle;
-  pthread_mutex_lock (&images_lock);
-  if (--h->img->refs == 0) {
-    for (struct image **pp = &images; *pp; pp = &(*pp)->next)
-      if (*pp == h->img) {
-        *pp = h->img->next;
-        break;
-      }
-    bdev_close (h->img->bd);
-    free (h->img->export);
-    free (h->img);
-  }
-  pthread_mutex_unlock (&images_lock);
+  bdev_registry_put (&images, h->img);
   free (h);
 }
 
@@ -467,116 +429,6 @@ qcow2_export_description (void *handle)
                                filename);
 }
 
-static int64_t
-qcow2_get_size (void *handle)
-{
-  struct handle *h = handle;
-  return h->img->bd->size;
-}
-
-static int
-qcow2_can_write (void *handle)
-{
-  struct handle *h = handle;
-  return !h->readonly;
-}
-
-static int
-qcow2_can_flush (void *handle)
-{
-  (void) handle;
-  return 1;
-}
-
-static int
-qcow2_can_trim (void *handle)
-{
-  struct handle *h = handle;
-  return !h->readonly && (h->img->bd->caps & BDEV_CAN_TRIM);
-}
-
-static int
-qcow2_can_zero (void *handle)
-{
-  (void) handle;
-  return 1;
-}
-
-static int
-qcow2_can_fast_zero (void *handle)
-{
-  struct handle *h = handle;
-  return (h->img->bd->caps & BDEV_CAN_FAST_ZERO) != 0;
-}
-
-static int
-qcow2_can_fua (void *handle)
-{
-  (void) handle;
-  return NBDKIT_FUA_NATIVE;
-}
-
-static int
-qcow2_can_multi_conn (void *handle)
-{
-  (void) handle;
-  return 1;
-}
-
-static int
-qcow2_can_extents (void *handle)
-{
-  (void) handle;
-  return 1;
-}
-
-static int
-qcow2_pread (void *handle, void *buf, uint32_t count, uint64_t offset,
-             uint32_t flags)
-{
-  struct handle *h = handle;
-  (void) flags;
-  return bdev_nbdkit_pread (h->img->bd, buf, count, offset);
-}
-
-static int
-qcow2_pwrite (void *handle, const void *buf, uint32_t count, uint64_t offset,
-              uint32_t flags)
-{
-  struct handle *h = handle;
-  return bdev_nbdkit_pwrite (h->img->bd, buf, count, offset, flags);
-}
-
-static int
-qcow2_flush (void *handle, uint32_t flags)
-{
-  struct handle *h = handle;
-  (void) flags;
-  return bdev_nbdkit_flush (h->img->bd);
-}
-
-static int
-qcow2_trim (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
-{
-  struct handle *h = handle;
-  return bdev_nbdkit_trim (h->img->bd, count, offset, flags);
-}
-
-static int
-qcow2_zero (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
-{
-  struct handle *h = handle;
-  return bdev_nbdkit_zero (h->img->bd, count, offset, flags);
-}
-
-static int
-qcow2_extents (void *handle, uint32_t count, uint64_t offset, uint32_t flags,
-               struct nbdkit_extents *extents)
-{
-  struct handle *h = handle;
-  return bdev_nbdkit_extents (h->img->bd, count, offset, flags, extents);
-}
-
 static struct nbdkit_plugin plugin = {
   .name = "qcow2",
   .longname = "nbdkit qcow2 plugin",
@@ -593,22 +445,7 @@ static struct nbdkit_plugin plugin = {
   .export_description = qcow2_export_description,
   .open = plugin_open,
   .close = plugin_close,
-  .get_size = qcow2_get_size,
-  .can_write = qcow2_can_write,
-  .can_flush = qcow2_can_flush,
-  .can_trim = qcow2_can_trim,
-  .can_zero = qcow2_can_zero,
-  .can_fast_zero = qcow2_can_fast_zero,
-  .can_fua = qcow2_can_fua,
-  .can_multi_conn = qcow2_can_multi_conn,
-  .can_extents = qcow2_can_extents,
-  .pread = qcow2_pread,
-  .pwrite = qcow2_pwrite,
-  .flush = qcow2_flush,
-  .trim = qcow2_trim,
-  .zero = qcow2_zero,
-  .extents = qcow2_extents,
-  .errno_is_preserved = 0,
+  BDEV_NBDKIT_PLUGIN_CALLBACKS,
 };
 
 NBDKIT_REGISTER_PLUGIN (plugin)

@@ -1,0 +1,90 @@
+/* What nbdkit plugins (bdev_nbdkit.h) and filters (bdev_nbdkit_filter.h)
+ * that serve a struct bdev have in common: flag mapping and the answers
+ * to nbdkit's capability questions, derived from struct bdev.caps.
+ *
+ * Header only; include it through one of those two headers.
+ */
+#ifndef KVM_BDEV_NBDKIT_COMMON_H
+#define KVM_BDEV_NBDKIT_COMMON_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "bdev/bdev.h"
+
+/* NBDKIT_FLAG_* -> BDEV_* */
+static inline uint32_t
+bdev_flags_of_nbdkit (uint32_t f)
+{
+  uint32_t b = 0;
+  if (f & NBDKIT_FLAG_FUA) b |= BDEV_FUA;
+  if (f & NBDKIT_FLAG_MAY_TRIM) b |= BDEV_MAY_TRIM;
+  if (f & NBDKIT_FLAG_FAST_ZERO) b |= BDEV_FAST_ZERO;
+  if (f & NBDKIT_FLAG_REQ_ONE) b |= BDEV_REQ_ONE;
+  return b;
+}
+
+/* BDEV_* -> NBDKIT_FLAG_* */
+static inline uint32_t
+bdev_flags_to_nbdkit (uint32_t b)
+{
+  uint32_t f = 0;
+  if (b & BDEV_FUA) f |= NBDKIT_FLAG_FUA;
+  if (b & BDEV_MAY_TRIM) f |= NBDKIT_FLAG_MAY_TRIM;
+  if (b & BDEV_FAST_ZERO) f |= NBDKIT_FLAG_FAST_ZERO;
+  if (b & BDEV_REQ_ONE) f |= NBDKIT_FLAG_REQ_ONE;
+  return f;
+}
+
+/* Every plugin or filter handle that serves a bdev starts with this, so
+ * the shared callbacks below can find the bdev.
+ */
+struct bdev_nbdkit_handle {
+  struct bdev *bd;
+  bool readonly;                /* this connection may not write */
+  bool shared;                  /* one engine for every connection: a
+                                 * flush on any covers all (multi-conn) */
+};
+
+static inline bool
+bdev_nbdkit_writable (const struct bdev_nbdkit_handle *h)
+{
+  return !h->readonly && !h->bd->readonly;
+}
+
+static inline int
+bdev_nbdkit_can_trim_of (const struct bdev_nbdkit_handle *h)
+{
+  return bdev_nbdkit_writable (h) && (h->bd->caps & BDEV_CAN_TRIM);
+}
+
+static inline int
+bdev_nbdkit_can_fast_zero_of (const struct bdev_nbdkit_handle *h)
+{
+  return (h->bd->caps & BDEV_CAN_FAST_ZERO) != 0;
+}
+
+static inline int
+bdev_nbdkit_can_multi_conn_of (const struct bdev_nbdkit_handle *h)
+{
+  return h->shared || (h->bd->caps & BDEV_CAN_MULTI_CONN);
+}
+
+/* NBD block size constraints: any alignment works (the engines split and
+ * merge as needed), the bdev's granularity is preferred.
+ */
+static inline int
+bdev_nbdkit_block_size_of (const struct bdev_nbdkit_handle *h,
+                           uint32_t *minimum, uint32_t *preferred,
+                           uint32_t *maximum)
+{
+  uint32_t p = 4096;
+  while (p < h->bd->block_size && p < 32 * 1024 * 1024)
+    p <<= 1;
+  *minimum = 1;
+  *preferred = p;
+  *maximum = 0xffffffff;
+  return 0;
+}
+
+#endif

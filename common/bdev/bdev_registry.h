@@ -1,0 +1,113 @@
+/* One open bdev per export name, shared by every connection to that
+ * export: metadata caches stay coherent and a flush on any connection
+ * covers all of them.  The first connection opens the engine, the last
+ * one to leave closes it.
+ *
+ * Header only (each plugin or filter keeps its own registry); no nbdkit
+ * dependency.
+ */
+#ifndef KVM_BDEV_REGISTRY_H
+#define KVM_BDEV_REGISTRY_H
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bdev/bdev.h"
+#include "util/log.h"
+
+struct bdev_registry_entry {
+  struct bdev_registry_entry *next;
+  char *export;
+  struct bdev *bd;
+  unsigned refs;
+};
+
+struct bdev_registry {
+  pthread_mutex_t lock;
+  struct bdev_registry_entry *entries;
+};
+
+#define BDEV_REGISTRY_INIT { PTHREAD_MUTEX_INITIALIZER, NULL }
+
+/* Opens the bdev of EXPORT; ARG is passed through. */
+typedef struct bdev *(*bdev_registry_open_fn) (const char *export,
+                                               void *arg);
+
+/* The bdev of EXPORT, opened with OPEN if no connection has it open.
+ * NULL (error reported by OPEN) on failure.  Release with
+ * bdev_registry_put.
+ */
+static inline struct bdev_registry_entry *
+bdev_registry_get (struct bdev_registry *r, const char *export,
+                   bdev_registry_open_fn open, void *arg)
+{
+  struct bdev_registry_entry *e;
+
+  pthread_mutex_lock (&r->lock);
+  for (e = r->entries; e; e = e->next)
+    if (strcmp (e->export, export) == 0)
+      break;
+  if (!e) {
+    e = calloc (1, sizeof *e);
+    if (!e || !(e->export = strdup (export))) {
+      free (e);
+      pthread_mutex_unlock (&r->lock);
+      errno = ENOMEM;
+      kvm_error ("export %s: out of memory", export);
+      return NULL;
+    }
+    /* Opened under the lock: a second connection to the same export
+     * waits for the first one's open instead of opening a second engine.
+     */
+    e->bd = open (export, arg);
+    if (!e->bd) {
+      free (e->export);
+      free (e);
+      pthread_mutex_unlock (&r->lock);
+      return NULL;
+    }
+    e->next = r->entries;
+    r->entries = e;
+  }
+  e->refs++;
+  pthread_mutex_unlock (&r->lock);
+  return e;
+}
+
+/* Drop one reference; the last one closes the bdev (which flushes it). */
+static inline void
+bdev_registry_put (struct bdev_registry *r, struct bdev_registry_entry *e)
+{
+  pthread_mutex_lock (&r->lock);
+  if (--e->refs == 0) {
+    for (struct bdev_registry_entry **pp = &r->entries; *pp;
+         pp = &(*pp)->next)
+      if (*pp == e) {
+        *pp = e->next;
+        break;
+      }
+    bdev_close (e->bd);
+    free (e->export);
+    free (e);
+  }
+  pthread_mutex_unlock (&r->lock);
+}
+
+/* Close whatever is still open (at unload). */
+static inline void
+bdev_registry_close_all (struct bdev_registry *r)
+{
+  pthread_mutex_lock (&r->lock);
+  for (struct bdev_registry_entry *e = r->entries, *n; e; e = n) {
+    n = e->next;
+    bdev_close (e->bd);
+    free (e->export);
+    free (e);
+  }
+  r->entries = NULL;
+  pthread_mutex_unlock (&r->lock);
+}
+
+#endif
