@@ -10,7 +10,9 @@
 #   LVM_HOSTILE_SEED    first seed (default 1); round r uses seed + r
 #
 # A failing round prints its seed and leaves the mutated text in
-# $TOP_BUILDDIR/lvm-hostile-failures/ (to add it as a regression input).
+# $TOP_BUILDDIR/lvm-hostile-failures/ (to add it as a regression input):
+# the base text differs between runs (UUIDs, times), so the seed alone
+# reproduces a round only together with that text.
 # nbdkit 1.32's own abort when a client hangs up with replies queued
 # ("raw_send_socket: Assertion `sock >= 0' failed", fixed in nbdkit 1.33.10)
 # is counted apart: it is not a plugin crash.
@@ -40,6 +42,13 @@ random_file good.data 6M
 lvm_layout collect layout.json
 lvm_layout scatter layout.json vgh good good.data "$LA=a.img" "$LB=b.img"
 cp a.img a0.img; cp b.img b0.img
+
+# timed_nbdkit SECS ARGS...: nbdkit killed after SECS seconds (a bare
+# "timeout nbdkit" would bypass the nbdkit function's sanitizer preload).
+timed_nbdkit () {
+  local secs=$1; shift
+  timeout -s KILL "$secs" env ${KVM_SANITIZER_PRELOAD:+LD_PRELOAD="$KVM_SANITIZER_PRELOAD"} nbdkit "$@"
+}
 
 # The known nbdkit 1.32 abort (not ours).
 platform_abort () { grep -q "raw_send_socket: Assertion .sock >= 0' failed" "$1"; }
@@ -137,7 +146,7 @@ i=re.search(r"(?m)^\s*other \{", t).end(); j=t.index("type = \"striped\"", i)
 open("empty.vg","w").write(t[:j] + "type = \"\"" + t[j+len("type = \"striped\""):])'
 lvm_mda write a.img empty.vg; lvm_mda write b.img empty.vg
 rc=0
-timeout -s KILL 60 nbdkit "$(plugin_so lvm)" pv=a.img pv=b.img --run 'nbdinfo --list "$uri"' > /dev/null 2> empty.err || rc=$?
+timed_nbdkit 60 "$(plugin_so lvm)" pv=a.img pv=b.img --run 'nbdinfo --list "$uri"' > /dev/null 2> empty.err || rc=$?
 [ $rc != 137 ] || fail "empty segment type: no answer in 60 s"
 [ $rc != 0 ] && [ $rc -lt 128 ] || { cat empty.err; fail "empty segment type: status $rc"; }
 grep -q 'LV other segment1: invalid segment type (line [0-9]*): the type is empty' empty.err ||
