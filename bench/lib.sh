@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-3-Clause
 # Helpers for the benchmark harness: sourced by bench/run.sh, used by
 # the scenario files in bench/scenarios/.  See bench/README.md for the
 # interface.  Not a test: nothing here is run by ctest.

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Benchmark harness: serve the same image with several NBD servers, drive
 # them with fio (nbd engine) and nbdcopy for several rounds, print medians
 # and ratios as Markdown.  See bench/README.md.  Not part of ctest.

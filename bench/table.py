@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: BSD-3-Clause
 """Markdown table for one benchmark scenario (used by bench/run.sh).
 
 usage: table.py RESULTS_TSV META_FILE SCENARIO

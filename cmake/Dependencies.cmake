@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-3-Clause
 # Finds every external library once.  Each sets HAVE_<NAME>; a component
 # whose library is missing is skipped (or, with REQUIRE_ALL, fails).
 find_package(PkgConfig REQUIRED)

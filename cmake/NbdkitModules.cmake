@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-3-Clause
 # Helpers that give every plugin, filter, man page and test the same shape.
 
 include(GNUInstallDirs)

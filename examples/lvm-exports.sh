@@ -1,4 +1,5 @@
 #!/bin/bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Export every logical volume of VG "vg0" found on two disk image files
 # (or block devices), with no device-mapper and no activation.
 set -euo pipefail

@@ -1,4 +1,5 @@
 #!/bin/bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Serve vm.qcow2 (and its backing chain) over a unix socket and boot QEMU
 # from it.  The guest sees a plain virtio disk; qcow2 is handled by nbdkit.
 set -euo pipefail

@@ -1,4 +1,5 @@
 #!/bin/bash
+# SPDX-License-Identifier: BSD-3-Clause
 # A Ceph RBD image limited the way libvirt's
 #   <iotune><total_bytes_sec>104857600</total_bytes_sec>
 #           <total_iops_sec>2000</total_iops_sec></iotune>

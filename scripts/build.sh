@@ -1,4 +1,5 @@
 #!/bin/bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Configure and build.  scripts/build.sh [BUILD_DIR] [extra cmake args...]
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)

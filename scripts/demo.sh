@@ -1,4 +1,5 @@
 #!/bin/bash
+# SPDX-License-Identifier: BSD-3-Clause
 # The main job, on a fresh Debian 12 machine as root: install what is
 # needed, build, install the plugins into nbdkit, create a sample qcow2 with
 # qemu-img, serve it with `nbdkit qcow2`, and read it back over NBD with

@@ -1,4 +1,5 @@
 #!/bin/bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Install every Debian 12 package the build, the tests and the benchmarks
 # need.  Idempotent: runs apt-get only when something is missing.
 #   scripts/install-deps.sh [--build-only]

@@ -1,4 +1,5 @@
 #!/bin/bash
+# SPDX-License-Identifier: BSD-3-Clause
 # The whole test suite, from a fresh Debian 12 machine (as root):
 # installs packages, builds, installs the plugins into nbdkit's directories,
 # prepares the guest kernel for the end-to-end tests, runs a 1-round smoke

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-3-Clause
 # Shared helpers for the shell tests.  Source it first:
 #   source "$TOP_SRCDIR/tests/functions.sh"
 # ctest sets TOP_SRCDIR, TOP_BUILDDIR and KVM_SANITIZE (see

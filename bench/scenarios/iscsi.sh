@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-3-Clause
 # Scenario "iscsi": one LUN exported by a private tgtd (started in prepare
 # with tests/iscsi/tgtd.sh, stopped in cleanup), backed by a raw file in
 # $WORKDIR, served by our iscsi plugin and by qemu-nbd through QEMU's own

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-3-Clause
 # Scenario "lvm": one LV served by the lvm plugin vs nbdkit's file plugin
 # with the offset filter over exactly the same bytes of the PV file.  The
 # PV (a file on tmpfs) and the LV are made by the real lvm2 tools through

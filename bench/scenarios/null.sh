@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-3-Clause
 # Scenario "null": no backend at all.  nbdkit's own null plugin against
 # qemu-nbd on QEMU's null-co driver, so each number is what the server
 # costs per request by itself: receiving the request, handing it over,

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-3-Clause
 # Scenario "qcow2": one qcow2 image served by our qcow2 plugin and by
 # qemu-nbd (default writeback cache, -t -e 0), with nbdkit's file plugin on
 # the raw equivalent as the ceiling.

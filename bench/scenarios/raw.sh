@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-3-Clause
 # Scenario "raw": the same raw file served by nbdkit's file plugin (the
 # ceiling for every other scenario) and by qemu-nbd.  This is the
 # foundation comparison: how far apart are the two servers themselves,

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-3-Clause
 # Scenario "rbd": one RBD image on a throwaway one-node Ceph cluster
 # (one monitor + one memstore OSD on 127.0.0.1, started by
 # tests/rbd/ceph-cluster.sh in prepare, stopped in cleanup), served by our

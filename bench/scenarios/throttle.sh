@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-3-Clause
 # Scenario "throttle": our throttle filter against nbdkit's own rate
 # filter, over the nbdkit file plugin on a raw image.
 #  - overhead with no limit: throttle (no limit) and rate (no rate) against

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* Generic part of the block-device interface: argument checks, dispatch
  * and default implementations.  Opening by format name or by probing is in
  * formats.c, so that a program linking only this and bdev_file.c (the lvm

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* The block-device interface every storage engine implements.
  *
  * A struct bdev is an open image or device of fixed size.  The raw file

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* Raw file or block device backend of the block-device interface. */
 #include <errno.h>
 #include <fcntl.h>

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* Serving a struct bdev from an nbdkit plugin: the data callbacks of a
  * plugin whose handle leads to a bdev are one call each into these, and a
  * plugin whose handle starts with struct bdev_nbdkit_handle gets all its

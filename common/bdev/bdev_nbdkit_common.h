@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* What nbdkit plugins (bdev_nbdkit.h) and filters (bdev_nbdkit_filter.h)
  * that serve a struct bdev have in common: flag mapping and the answers
  * to nbdkit's capability questions, derived from struct bdev.caps.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* One open bdev per export name, shared by every connection to that
  * export: metadata caches stay coherent and a flush on any connection
  * covers all of them.  The first connection opens the engine, the last

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* The format table, and opening an image by format name or by probing its
  * first bytes.  This file (library kvm_formats) is the only part of
  * common/bdev that knows the engines: whoever opens formats by name links

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* The table of image formats bdev_open() knows.  A new format engine
  * (common/NAME, library kvm_NAME) adds one line to the table in formats.c
  * and one link in its CMakeLists.txt (kvm_formats <-> kvm_NAME).

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* Volume groups read from their PVs, and LVs as block devices. */
 #include <errno.h>
 #include <inttypes.h>

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* LVM2 volume groups read directly from their PVs, and LVs as block
  * devices (struct bdev), without device-mapper.
  *

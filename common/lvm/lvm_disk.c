@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* Reading LVM2 labels, PV headers and metadata areas (see lvm_disk.h). */
 #include <errno.h>
 #include <inttypes.h>

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* LVM2 on-disk structures: the label (sectors 0-3), the PV header and the
  * metadata areas (mda header + circular buffer of metadata text).
  */

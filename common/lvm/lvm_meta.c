@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* VG/LV/segment model from LVM2 text metadata, and LV -> PV mapping. */
 #include <errno.h>
 #include <inttypes.h>

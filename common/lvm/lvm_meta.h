@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* The VG/LV/segment model built from parsed LVM2 text metadata, and the
  * mapping of LV byte ranges to PV byte ranges.  No I/O here: the model
  * refers to PVs by index; lvm.c binds indices to opened devices.

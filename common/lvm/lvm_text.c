@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* Bounded recursive-descent parser for LVM2 text metadata (see lvm_text.h). */
 #include <errno.h>
 #include <stdarg.h>

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* Parser for LVM2's text metadata format (the "config" syntax that LVM
  * writes into metadata areas and into /etc/lvm/backup files):
  *

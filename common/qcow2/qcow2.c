@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* qcow2 engine: reads and writes qcow2 images (v2 / v3) through the
  * block-device interface.
  *

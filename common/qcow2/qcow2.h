@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* qcow2 engine: struct bdev_ops over a qcow2 image (versions 2 and 3).
  *
  * Opened through bdev_open(path, "qcow2" or NULL, opts, depth).  Engine

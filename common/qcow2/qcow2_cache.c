@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* qcow2 engine. Table caches.  L2 tables and refcount blocks live in bounded
  * LRU caches and stay pinned while dirty, until the next flush.
  */

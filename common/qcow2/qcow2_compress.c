@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* qcow2 engine. Compressed clusters: locating, inflating (zlib, zstd) and
  * freeing.
  */

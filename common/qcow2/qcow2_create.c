@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* Creating a new, empty qcow2 image. */
 #include <errno.h>
 #include <fcntl.h>

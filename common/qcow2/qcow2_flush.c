@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* qcow2 engine. Header and flush: dirty metadata is written back in
  * dependency order (see qcow2.c for the crash-safety rules).
  */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* Internal definitions shared by the qcow2 engine sources:
  *   qcow2.c           design notes, read and block status
  *   qcow2_map.c       L1/L2 lookup and the walk over a guest range

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* qcow2 engine. Mapping: L1/L2 lookup (with the lock-free fast path for
  * reads), cluster classification and the walk over a guest range.
  */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* qcow2 engine. Open and close: header and extension parsing, table loading
  * with bounds checks, internal snapshots, backing and data files.
  */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* qcow2 engine. Refcounts: reading and updating refcount entries, refcount
  * table growth, cluster allocation (first free cluster from a cursor),
  * deferred frees.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* qcow2 engine. Write path: first-write bookkeeping, cluster allocation with
  * copy-on-write from the backing chain, in-place writes, zero and trim.
  */

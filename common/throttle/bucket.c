@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* Throttle limits (parsing, checking) and the leaky-bucket arithmetic.
  * See throttle.h for the model.
  */

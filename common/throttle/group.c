@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* Throttle groups: shared buckets and a fair, sleeping scheduler.
  *
  * Requests are sorted into four classes (read / write, counting bytes or

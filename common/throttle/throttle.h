@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* I/O throttling engine: leaky buckets with bursts (the semantics of
  * QEMU's throttle groups / libvirt <iotune>) and a fair scheduler that
  * admits requests of several "members" (connections) of one group.

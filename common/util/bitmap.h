@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* A plain bitmap of N bits, optionally several bits per entry. */
 #ifndef KVM_BITMAP_H
 #define KVM_BITMAP_H

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* Overflow-checked arithmetic for every size, offset and count that comes
  * from an image, metadata or a client.  All helpers return true on success
  * and false when the result would not fit; callers turn false into a clear

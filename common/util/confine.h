@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* Confinement of paths found inside images (backing files, external data
  * files, extent files).  A hostile image must not be able to expose an
  * arbitrary host file (the CVE-2024-32498 class): the path is resolved

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* CRC-32C (Castagnoli), as used by VHDX and LVM-adjacent formats. */
 #ifndef KVM_CRC32C_H
 #define KVM_CRC32C_H

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* Unaligned big/little-endian loads and stores for on-disk structures. */
 #ifndef KVM_ENDIAN_H
 #define KVM_ENDIAN_H

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* Error and debug reporting for the engines in common/.  They have no nbdkit
  * dependency: an nbdkit adapter points these at nbdkit_verror/nbdkit_vdebug
  * with kvm_log_set(); unit tests and tools get stderr.

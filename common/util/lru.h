@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* A bounded, thread-safe LRU cache of fixed-size buffers keyed by a 64-bit
  * number (e.g. the file offset of a metadata table).
  *

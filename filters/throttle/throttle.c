@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* nbdkit throttle filter: QEMU-style I/O limits (bytes and I/Os per
  * second, total/read/write, with bursts) shared by groups of connections,
  * changeable at run time through a file.  A thin adapter over the engine

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* nbdkit iscsi plugin: serve an iSCSI logical unit over NBD.
  *
  * Each NBD connection gets a small pool of iSCSI sessions (pool.c); each

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* The iSCSI sessions of one NBD connection: see pool.h. */
 #include <errno.h>
 #include <stdlib.h>

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* The iSCSI sessions of one NBD connection.
  *
  * A session serves one command at a time, driven by the request thread

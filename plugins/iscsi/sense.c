@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* SCSI status and sense data -> errno, and human-readable descriptions. */
 #include <errno.h>
 #include <stdio.h>

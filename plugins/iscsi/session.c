@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* iSCSI session: login, LUN discovery, command execution.  See
  * session.h for the threading rules.
  */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* One iSCSI session: one libiscsi context, logged in to one LUN.
  *
  * libiscsi contexts are not thread-safe, and a session is never shared:

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* nbdkit lvm plugin: serve the LVs of an LVM2 volume group, read from the
  * PVs' on-disk metadata without device-mapper.  Thin adapter over
  * common/lvm (lvm.h).

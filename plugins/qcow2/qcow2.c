@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* nbdkit qcow2 plugin: a thin adapter over the qcow2 engine in
  * common/qcow2.  One engine instance per export (the active image and each
  * internal snapshot) is shared by every connection, so metadata caches are

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* nbdkit rbd plugin: serve Ceph RBD images over NBD through librbd.
  *
  * Design:

@@ -1,4 +1,5 @@
 #!/bin/bash
+# SPDX-License-Identifier: BSD-3-Clause
 # tests/e2e/guest-run.sh RUNNER URI
 #
 # Boots a real Linux guest whose only disk is the NBD export URI, lets the

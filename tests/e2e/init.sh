@@ -1,4 +1,5 @@
 #!/bin/busybox sh
+# SPDX-License-Identifier: BSD-3-Clause
 # /init of the e2e initramfs (built by prepare.sh).  Runs inside the guest:
 # checksums /dev/vda, writes the pattern (/pattern, E2E_PATTERN_* in
 # pattern.sh) with fsync, drops the page cache, reads it back and prints

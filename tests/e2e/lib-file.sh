@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-3-Clause
 # Helpers for the acceptance tests in this directory (sourced after
 # tests/functions.sh and pattern.sh).  Not part of the harness interface.
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-3-Clause
 # The deterministic pattern the e2e guest writes.  Source this file
 # (bash); it defines:
 #

@@ -1,4 +1,5 @@
 #!/bin/bash
+# SPDX-License-Identifier: BSD-3-Clause
 # tests/e2e/prepare.sh: obtain the guest kernel and build the initramfs for
 # the e2e harness, once, into a cache directory.  Idempotent, fast when
 # everything is cached, safe to run concurrently (flock).

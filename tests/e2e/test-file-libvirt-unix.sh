@@ -1,4 +1,5 @@
 #!/bin/bash
+# SPDX-License-Identifier: BSD-3-Clause
 # e2e: as test-file-libvirt.sh, but libvirt's QEMU (user libvirt-qemu)
 # reaches nbdkit over a unix socket (<host transport='unix' .../>).
 source "$TOP_SRCDIR/tests/functions.sh"

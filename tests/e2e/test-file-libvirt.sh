@@ -1,4 +1,5 @@
 #!/bin/bash
+# SPDX-License-Identifier: BSD-3-Clause
 # e2e: a raw file served by nbdkit's own "file" plugin over TCP on
 # 127.0.0.1 is the network disk of a transient libvirt domain.  The
 # non-empty export name (ignored by the file plugin) exercises the name

@@ -1,4 +1,5 @@
 #!/bin/bash
+# SPDX-License-Identifier: BSD-3-Clause
 # e2e: a raw file served by nbdkit's own "file" plugin is the disk of a
 # real guest started directly with QEMU: over a unix socket, then over TCP.
 source "$TOP_SRCDIR/tests/functions.sh"

@@ -1,4 +1,5 @@
 #!/bin/bash
+# SPDX-License-Identifier: BSD-3-Clause
 # e2e: the harness must notice a disk that loses writes.  nbdkit's "null"
 # plugin accepts writes and discards them, so the guest's O_DIRECT
 # read-back cannot match the pattern: guest-run.sh must fail (status 1,

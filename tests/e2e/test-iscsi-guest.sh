@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # e2e: a real guest (tests/e2e harness, QEMU runner) boots with its only
 # disk served from an iSCSI LUN (tgtd, 4096-byte blocks) through the iscsi
 # plugin.  Afterwards the LUN's backing file holds the guest's pattern and

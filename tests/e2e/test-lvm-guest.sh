@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # e2e: a real guest boots with its disk served from an LV (a striped
 # segment followed by a linear one, over two PV image files made by the
 # real lvm2 tools).  Afterwards the guest's writes are found in the PV

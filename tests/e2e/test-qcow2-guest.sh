@@ -1,4 +1,5 @@
 #!/bin/bash
+# SPDX-License-Identifier: BSD-3-Clause
 # e2e: a real guest (tests/e2e harness, QEMU runner) whose disk is a qcow2
 # overlay served by the qcow2 plugin: 16 MiB, extended L2 entries, over a
 # compressed qcow2 base full of data (so the guest's writes go through

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # e2e: a real guest boots with its only disk on an RBD image served by the
 # rbd plugin (throwaway one-node Ceph cluster started here).  The guest
 # writes the e2e pattern; "rbd export" must then show the pattern and,

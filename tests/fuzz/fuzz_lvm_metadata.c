@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* libFuzzer target: the LVM2 text metadata parser, the VG/LV model built
  * from it and the LV map (mapping, leg selection, prefix comparison).
  */

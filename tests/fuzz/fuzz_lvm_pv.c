@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* libFuzzer target: the LVM2 label, PV header and metadata area reader
  * (lvm_disk.c) over an in-memory device holding the fuzz input, followed
  * by the text parser and model on whatever metadata text it finds.

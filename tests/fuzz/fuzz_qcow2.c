@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* Fuzz target for the qcow2 engine: the input is a whole (small) qcow2
  * file.  It is written to a file in a private temporary directory (so any
  * backing or data file name it contains resolves there and nowhere else),

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* Fuzz target: the throttle file parser (common/throttle), with whatever
  * limits it accepts then driven through the bucket arithmetic on a
  * virtual clock.  Hostile file content must give an error or limits,

@@ -1,4 +1,5 @@
 #!/bin/bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Make the seed corpus of fuzz_qcow2 (tests/fuzz/corpus/qcow2/) with
 # qemu-img and qemu-io: small images (1 MiB virtual, 512 B - 4 KiB
 # clusters, so each file stays under 64 KiB; the extended-L2 seeds need

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* Replays fuzz corpus files through a target's LLVMFuzzerTestOneInput, so
  * every saved input (seeds and crashes found earlier) is a regression test.
  * Arguments are files or directories (one level).

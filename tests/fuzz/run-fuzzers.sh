@@ -1,4 +1,5 @@
 #!/bin/bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Build the libFuzzer targets with clang and run each for N seconds
 # (default 60), growing its corpus under tests/fuzz/corpus/NAME.
 #   tests/fuzz/run-fuzzers.sh [SECONDS] [NAME...]

@@ -1,4 +1,5 @@
 #!/bin/bash
+# SPDX-License-Identifier: BSD-3-Clause
 # `cmake --install` puts plugins and filters in nbdkit's own directories and
 # man pages in section 1 (checked in a DESTDIR, so this needs no root).
 source "$TOP_SRCDIR/tests/functions.sh"

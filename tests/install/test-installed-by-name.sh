@@ -1,4 +1,5 @@
 #!/bin/bash
+# SPDX-License-Identifier: BSD-3-Clause
 # After `cmake --install` (done by scripts/run-tests.sh and the README's
 # set-up command), nbdkit finds each plugin and filter by its short name.
 source "$TOP_SRCDIR/tests/functions.sh"

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-3-Clause
 # Shared set-up for the iscsi plugin tests: source after tests/functions.sh.
 source "$TOP_SRCDIR/tests/iscsi/tgtd.sh"
 

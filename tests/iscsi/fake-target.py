@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: BSD-3-Clause
 # A small iSCSI target (RFC 7143, no authentication, no digests) whose
 # answers can be made hostile, to test what the iscsi plugin does with
 # values it must not trust: capacities, block sizes, VPD limits, short or

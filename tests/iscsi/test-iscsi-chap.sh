@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # CHAP and mutual CHAP against tgtd: right credentials work, wrong ones
 # fail with a clear error; passwords from a file (password=+FILE).
 source "$TOP_SRCDIR/tests/functions.sh"

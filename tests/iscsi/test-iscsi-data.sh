@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Data path against a real tgtd: aligned and unaligned reads and writes on
 # 512- and 4096-byte-block LUNs land at the right offsets of the backing
 # files; exports are listed; trim/zero follow what the target advertises.

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # SCSI errors from a real target reach the NBD client as the documented
 # errno: the LUN is made read-only in tgtd while a client is connected
 # (the plugin still believes it writable), so the next WRITE gets CHECK

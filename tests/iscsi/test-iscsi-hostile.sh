@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # A target that lies: tests/iscsi/fake-target.py answers with values the
 # plugin must not trust (tgtd cannot be made to).  Each case needs a clear
 # error or a sane result, never a crash, a hang, or stale memory sent to

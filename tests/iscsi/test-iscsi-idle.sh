@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Idle sessions stay logged in when the target pings them.  The target is
 # set to send a NOP-In every 2 seconds on every connection and to drop a
 # connection after 2 unanswered pings, so a session that nobody answers

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # The target goes away for good while a client is connected: after
 # reconnect-timeout the plugin fails the request in flight and every later
 # request on that connection with EIO (no hang), nbdkit stays up and stops

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Kill and restart tgtd while nbdcopy writes through the plugin: the
 # session reconnects, in-flight commands are re-issued, the copy succeeds
 # and the backing file holds exactly the source data.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* SCSI status and sense data -> errno, as nbdkit-iscsi-plugin(1)
  * documents it: the client sees EIO for media and hardware faults, EPERM
  * for write protection and reservations, ENOSPC for a full thin pool and

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-3-Clause
 # Start and stop a private tgtd (Linux SCSI target daemon) for tests and
 # benchmarks.  Source this file (after tests/functions.sh in tests, so the
 # daemon is also killed at exit through cleanup_add):

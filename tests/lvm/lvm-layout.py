@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: BSD-3-Clause
 """Where does each byte of an LV live?  The oracle is LVM2 itself: the
 layout comes from the real tools' JSON reports
 

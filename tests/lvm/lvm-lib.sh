@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-3-Clause
 # Helpers for the lvm plugin tests: private LVM2 configuration, loop
 # devices, layout oracle.  Source after tests/functions.sh.
 

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: BSD-3-Clause
 """Read and rewrite the committed metadata text of an LVM2 PV (image file or
 block device), for tests that need hostile or unusual metadata with valid
 checksums.  Written from the on-disk format description (label in sectors

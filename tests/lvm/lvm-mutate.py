@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: BSD-3-Clause
 """Mutate LVM2 metadata text with a seeded PRNG, for the server-level
 hostile test (test-lvm-hostile-server.sh).  The mutations aim at the
 parser and the model rather than at the checksums (lvm-mda.py recomputes

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Metadata changes while serving: lvextend, lvreduce, lvrename on the host
 # (real lvm2 tools) while connections are open.  New connections see the
 # current metadata; an open connection keeps its size, keeps working while

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Hostile metadata at the level of the whole server: the metadata text that
 # the real tools wrote is mutated with a seeded PRNG (tests/lvm/lvm-mutate.py),
 # stored back with recomputed checksums (lvm-mda.py, so that the parser and

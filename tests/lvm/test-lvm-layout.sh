@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # The lvm plugin against VGs made by the real lvm2 tools: linear, several
 # segments over several PVs, striped over 2 and 3 PVs with non-default
 # stripe sizes, PVs with different metadata area sizes, two VGs, missing

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Hostile, unusual and unsupported metadata.  The metadata text made by the
 # real tools is edited and stored back with valid checksums
 # (tests/lvm/lvm-mda.py); where the edit is a legal layout (wrapped ring,

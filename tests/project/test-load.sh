@@ -1,4 +1,5 @@
 #!/bin/bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Every built plugin and filter loads into nbdkit.  nbdkit dlopen()s a
 # module with RTLD_NOW, so a symbol that neither nbdkit nor a library the
 # module links defines fails the load here.  (The link cannot check it: the

@@ -1,4 +1,5 @@
 #!/bin/bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Symbol hygiene of every built module.
 # - It exports only what nbdkit looks up: plugin_init or filter_init, and
 #   its -D debug flags NAME_debug_FLAG.  nbdkit loads modules RTLD_GLOBAL:

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* Writer and checker for the qcow2 crash test (test-qcow2-crash.sh).
  *
  *   qcow2-crashwriter write URI LOG START LEN SLOT SEQBASE SEED

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-3-Clause
 # Helpers shared by the qcow2 plugin tests (tests/qcow2/test-qcow2-*.sh).
 # Source it after tests/functions.sh.
 #

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: BSD-3-Clause
 """Patch fields of a qcow2 file to make hostile images for the tests.
 
   qcow2-hostile.py IMAGE FIELD VALUE [FIELD VALUE]...

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: BSD-3-Clause
 """Compare the block status of an NBD export with qemu-img map.
 
   qcow2-mapcmp.py QEMU_MAP.json NBDINFO_MAP.json CONTENT.raw

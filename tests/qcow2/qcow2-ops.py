@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: BSD-3-Clause
 """Seeded random qemu-io workloads for the qcow2 tests.
 
 Prints qemu-io commands, one per line, to be fed to `qemu-io ... < FILE`.

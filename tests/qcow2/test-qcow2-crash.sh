@@ -1,4 +1,5 @@
 #!/bin/bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Crash test: several clients (one NBD connection each, disjoint regions)
 # write, zero, trim and flush through the plugin while nbdkit is killed
 # with SIGKILL at a random moment; repeated on the same image.  After each

@@ -1,4 +1,5 @@
 #!/bin/bash
+# SPDX-License-Identifier: BSD-3-Clause
 # create=SIZE: the plugin makes a new image with the requested options.
 # Each one must be accepted by qemu-img check, show the requested options
 # in qemu-img info --output=json, and hold what was written through the

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Engine smoke test: writing to an image with persistent dirty bitmaps.
 # The plugin does not maintain bitmaps, so (like QEMU for autoclear
 # features it does not know) it drops them on the first write: the

@@ -1,4 +1,5 @@
 #!/bin/bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Read matrix, part 2: backing chains (depth >= 3, a raw base, backings
 # shorter and longer than the overlay, mixed compat/cluster sizes/extended
 # L2/compression), backing=none, external data files (data_file_raw on and

@@ -1,4 +1,5 @@
 #!/bin/bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Read matrix: images made by qemu-img create/convert and filled by qemu-io
 # with a seeded random mix of writes (aligned and not), zero writes (with
 # and without unmap), discards and compressed writes, for every

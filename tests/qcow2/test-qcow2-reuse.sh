@@ -1,4 +1,5 @@
 #!/bin/bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Freed clusters are allocated again: a client writes a region, trims it,
 # writes another region, and so on (with flushes between, so the trimmed
 # clusters reach refcount 0), then makes partial writes into fresh guest

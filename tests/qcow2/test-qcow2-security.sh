@@ -1,4 +1,5 @@
 #!/bin/bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Security: paths inside an image (backing files, external data files)
 # must stay inside the image's directory unless allow-backing-path allows
 # more (the CVE-2024-32498 class), and hostile headers (huge L1, offsets

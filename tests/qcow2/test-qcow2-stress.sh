@@ -1,4 +1,5 @@
 #!/bin/bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Concurrency: multi-connection writers and readers on one export.
 #  1. nbdcopy --connections=4 copies a 64 MiB disk (random data with zero
 #     ranges) into an empty image; QEMU must see the same content and a

@@ -1,4 +1,5 @@
 #!/bin/bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Write matrix: a seeded random mix of writes (aligned and not, some with
 # FUA), zero writes with and without may-trim (qemu-io write -z / -z -u),
 # trims and flushes is sent through the plugin with

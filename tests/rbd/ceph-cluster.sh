@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # A throwaway one-node Ceph cluster for the rbd tests and benchmarks.
 #
 #   tests/rbd/ceph-cluster.sh start DIR   # prints nothing on success

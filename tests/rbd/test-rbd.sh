@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Acceptance test of the rbd plugin against a real throwaway Ceph cluster
 # (one monitor, one memstore OSD, cephx; started here, stopped by PID).
 # Ground truth comes from the rbd CLI (rbd import/export/diff/info/ls).

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: BSD-3-Clause
 # NBD load generator for the throttle filter tests (libnbd's Python
 # bindings, python3-libnbd).  Each worker is one NBD connection in its own
 # thread keeping DEPTH requests in flight; completion times are recorded,

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Throttle filter: fairness and scope.  Four concurrent connections with
 # very different queue depths (1, 2, 4, 8 requests in flight) share one
 # group: each must get between 15% and 35% of the limit (nbdkit's own rate

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Throttle filter: throttle-file=PATH is re-read when it changes, while a
 # connection stays open and busy: new limits take effect within a second,
 # malformed content keeps the previous limits and logs an error, removing

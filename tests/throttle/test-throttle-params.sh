@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Throttle filter: parameters.  Bad values and inconsistent limits stop
 # nbdkit with a clear error; libvirt <iotune> names are accepted; data
 # passes through unchanged (reads and writes, with and without limits);

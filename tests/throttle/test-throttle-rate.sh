@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Throttle filter: achieved rates against the configured limits, measured
 # with real clients (nbdcopy, fio's nbd engine, libnbd) over a few seconds,
 # with generous bounds (±15%): bps-total, bps-read, bps-write, iops-total,

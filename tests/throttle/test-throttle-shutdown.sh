@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Throttle filter: requests waiting for a long time do not hold nbdkit.
 # A client that disconnects while its requests wait leaves the server
 # healthy (its waits are abandoned, not served), and SIGTERM stops a

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Throttle filter against QEMU's own throttling: the same sequence of
 # requests (qemu-io, one at a time) takes about as long through QEMU's
 # throttle block driver with a throttle-group as through nbdkit with the

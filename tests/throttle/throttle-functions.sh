@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-3-Clause
 # Helpers for the throttle filter tests; source after tests/functions.sh.
 
 requires_filter throttle

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* Minimal assertions for the C unit tests: print where and why, exit 1. */
 #ifndef KVM_TEST_CHECK_H
 #define KVM_TEST_CHECK_H

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* The raw file backend: read/write/flush, trim and zero (holes), extents
  * through SEEK_DATA/SEEK_HOLE, bounds checks, O_DIRECT bounce buffers.
  */

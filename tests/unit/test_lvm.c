@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* Unit tests for the LVM2 engine: text parser details, model validation,
  * striped mapping (checked against hand-computed dm-stripe positions),
  * mirror/raid1 leg choice and the prefix rule used after metadata changes.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* Throttle engine (common/throttle): limits parsing, bucket arithmetic
  * with a virtual clock (sustained rate, burst, iops-size splitting,
  * read/write/total interplay, zero/trim) and the group scheduler

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* Checked arithmetic, endian helpers, CRC-32C, bitmap and LRU cache. */
 #include <pthread.h>
 #include <stdint.h>

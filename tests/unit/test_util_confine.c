@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* Path confinement: relative, absolute, "..", symlink escapes, allowed
  * directories.
  */
