@@ -1155,7 +1155,7 @@ lvm_map_is_prefix (const struct lvm_map *old, lvm_pv_id_fn id_old,
                    void *o_old, const struct lvm_map *new,
                    lvm_pv_id_fn id_new, void *o_new)
 {
-  uint64_t o = 0;
+  uint64_t o = 0, steps = 0;
   if (new->size < old->size)
     return false;
   while (o < old->size) {
@@ -1172,6 +1172,14 @@ lvm_map_is_prefix (const struct lvm_map *old, lvm_pv_id_fn id_old,
     else if (a->kind == LVM_PIECE_LINEAR || a->kind == LVM_PIECE_STRIPED) {
       size_t pa, pb;
       uint64_t offa, offb, ca, cb;
+      /* Stripes compared chunk by chunk can take size / stripe_size
+       * steps (512-byte stripes on a large PV: billions).  Past a bound,
+       * answer "changed": the LV then fails safe (reconnect) instead of
+       * holding its connection for minutes.  (Linear pieces take one step
+       * each, and their number is bounded by the mapping budget.)
+       */
+      if (a->kind == LVM_PIECE_STRIPED && ++steps > LVM_PREFIX_MAX_STEPS)
+        return false;
       lvm_piece_resolve (a, o, &pa, &offa, &ca);
       lvm_piece_resolve (b, o, &pb, &offb, &cb);
       if (id_old (o_old, pa) != id_new (o_new, pb) || offa != offb)

@@ -19,8 +19,11 @@
 #define LVM_MAX_STACK 8          /* LV-on-LV nesting (mirror legs, pvmove) */
 #define LVM_NAME_LEN 128         /* lvm2's NAME_LEN: names and "VG/LV" < this */
 #define LVM_SEGTYPE_MAX 256      /* longest segment type string accepted */
-/* Work allowed to lvm_map_build() for one LV (segments visited + calls). */
-#define LVM_MAP_BUDGET 20000000u
+/* Work allowed to lvm_map_build() for one LV (segments visited + calls).
+ * Each unit may add a piece to the map (about 100 bytes), so this also
+ * bounds its memory (about 200 MB); real layouts need thousands.
+ */
+#define LVM_MAP_BUDGET 2000000u
 
 struct lvm_meta_pv {
   char *name;                   /* "pv0" */
@@ -181,6 +184,11 @@ void lvm_piece_resolve (const struct lvm_piece *p, uint64_t offset,
  * and PV_ID_NEW, which return a stable identity (e.g. the opened device).
  */
 typedef const void *(*lvm_pv_id_fn) (void *opaque, size_t pv_index);
+/* Comparing striped pieces whose striping differs goes chunk by chunk;
+ * after this many chunks the answer is false (conservative: the LV is
+ * treated as changed).
+ */
+#define LVM_PREFIX_MAX_STEPS (1u << 20)
 bool lvm_map_is_prefix (const struct lvm_map *old, lvm_pv_id_fn id_old,
                         void *o_old, const struct lvm_map *new,
                         lvm_pv_id_fn id_new, void *o_new);

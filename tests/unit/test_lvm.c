@@ -516,6 +516,59 @@ test_stacked_range (void)
   lvm_meta_free (vg);
 }
 
+/* The same striped mapping written as one segment or as two: the second
+ * piece is compared chunk by chunk.  Below LVM_PREFIX_MAX_STEPS chunks the
+ * answer is exact; above it, conservatively "changed".
+ */
+static struct lvm_meta_vg *
+striped_vg (unsigned extents, bool split)
+{
+  char text[2048];
+  const char *head =
+    "vg {\n id = \"aaaaaa-aaaa-aaaa-aaaa-aaaa-aaaa-aaaaaa\"\n seqno = 3\n"
+    " extent_size = 8192\n physical_volumes {\n"
+    "  pv0 { id = \"bbbbbb-bbbb-bbbb-bbbb-bbbb-bbbb-bbbbbb\" pe_start = 2048 pe_count = 1000 }\n"
+    "  pv1 { id = \"cccccc-cccc-cccc-cccc-cccc-cccc-cccccc\" pe_start = 2048 pe_count = 1000 }\n"
+    " }\n logical_volumes {\n  s { id = \"eeeeee-eeee-eeee-eeee-eeee-eeee-eeeeee\"\n"
+    "   status = [\"READ\", \"WRITE\", \"VISIBLE\"]\n";
+  if (!split)
+    snprintf (text, sizeof text, "%s   segment_count = 1\n"
+              "   segment1 { start_extent = 0 extent_count = %u type = \"striped\""
+              " stripe_count = 2 stripe_size = 1 stripes = [\"pv0\", 0, \"pv1\", 0] }\n"
+              "  }\n }\n}\n", head, extents);
+  else
+    snprintf (text, sizeof text, "%s   segment_count = 2\n"
+              "   segment1 { start_extent = 0 extent_count = %u type = \"striped\""
+              " stripe_count = 2 stripe_size = 1 stripes = [\"pv0\", 0, \"pv1\", 0] }\n"
+              "   segment2 { start_extent = %u extent_count = %u type = \"striped\""
+              " stripe_count = 2 stripe_size = 1 stripes = [\"pv0\", %u, \"pv1\", %u] }\n"
+              "  }\n }\n}\n", head, extents / 2, extents / 2, extents / 2,
+              extents / 4, extents / 4);
+  return vg_of (text);
+}
+
+static void
+test_prefix_bound (void)
+{
+  /* 40 extents of 4 MiB: the second half is 163840 chunks of 512 bytes;
+   * 400 extents: 1638400 chunks, past the bound.
+   */
+  for (unsigned extents = 40; extents <= 400; extents *= 10) {
+    struct lvm_meta_vg *v1 = striped_vg (extents, false);
+    struct lvm_meta_vg *v2 = striped_vg (extents, true);
+    CHECK (v1 && v2);
+    struct lvm_map *m1 = lvm_map_build (v1, 0, ok_all, NULL, err, sizeof err);
+    struct lvm_map *m2 = lvm_map_build (v2, 0, ok_all, NULL, err, sizeof err);
+    CHECK (m1 && m2 && m1->count == 1 && m2->count == 2);
+    bool expect = (uint64_t) extents / 2 * 4194304 / 512 <= LVM_PREFIX_MAX_STEPS;
+    CHECK (expect == (extents == 40));
+    CHECK (lvm_map_is_prefix (m1, ident, NULL, m2, ident, NULL) == expect);
+    CHECK (lvm_map_is_prefix (m2, ident, NULL, m1, ident, NULL) == expect);
+    lvm_map_free (m1); lvm_map_free (m2);
+    lvm_meta_free (v1); lvm_meta_free (v2);
+  }
+}
+
 /* A whole PV image in a file: label in sector 1, one metadata area at
  * 4096 holding TEXT, extents from 2 MiB.
  */
@@ -606,6 +659,7 @@ main (void)
   test_segment_types ();
   test_lv_names ();
   test_stacked_range ();
+  test_prefix_bound ();
   test_listing_skips_bad_names ();
   printf ("test_lvm: OK\n");
   return 0;
