@@ -59,6 +59,8 @@ sanitizer_report () { grep -Eq 'AddressSanitizer|LeakSanitizer|runtime error:' "
 # $listed (export names, one a line).  Returns 0, or fails the test on a
 # hang or a crash.
 served=0 refused=0 exports=0 copies_ok=0 copies_failed=0 platform_aborts=0
+cur_pid="" cur_bg=""
+cleanup_add '[ -n "$cur_pid" ] && kill -9 $cur_pid; [ -n "$cur_bg" ] && kill -9 $cur_bg'
 serve_round () {
   local tag=$1 sock="$tmpdir/s$1" pidfile="$tmpdir/p$1" log="$tmpdir/log$1"
   local bg pid="" i rc status
@@ -66,8 +68,9 @@ serve_round () {
   nbdkit -f -U "$sock" -P "$pidfile" "$(plugin_so lvm)" pv=a.img pv=b.img \
     recheck=0 2> "$log" &
   bg=$!
+  cur_bg=$bg
   for (( i=0; i<600; i++ )); do
-    if [ -s "$pidfile" ] && [ -S "$sock" ]; then pid=$(cat "$pidfile"); break; fi
+    if [ -s "$pidfile" ] && [ -S "$sock" ]; then pid=$(cat "$pidfile"); cur_pid=$pid; break; fi
     kill -0 $bg 2>/dev/null || break
     sleep 0.05
   done
@@ -82,6 +85,7 @@ serve_round () {
     sanitizer_report "$log" && round_fail "$tag" "$log" "sanitizer report at start-up"
     grep -q 'error' "$log" || round_fail "$tag" "$log" "nbdkit refused to start without a message"
     refused=$((refused + 1))
+    cur_bg=""
     return 0
   fi
   served=$((served + 1))
@@ -120,6 +124,8 @@ for e in json.load(open("list.json"))["exports"]: print(e["export-name"])')
     fi
   fi
   sanitizer_report "$log" && round_fail "$tag" "$log" "sanitizer report"
+  cur_pid="" cur_bg=""
+  rm -f "$sock" "$pidfile"
   return 0
 }
 
@@ -137,7 +143,7 @@ serve_round orig
 for lv in good st other; do
   grep -qx "$lv" <<< "$listed" || fail "LV $lv not listed from untouched metadata"
 done
-nbdkit "$(plugin_so lvm)" pv=a.img pv=b.img lv=good --run 'nbdcopy "$uri" good.out'
+nbdkit -U "$tmpdir/s-good1" "$(plugin_so lvm)" pv=a.img pv=b.img lv=good --run 'nbdcopy "$uri" good.out'
 assert_same good.out good.data "good LV"
 
 # 2. Issue #23: an empty segment type is refused in bounded time with a
@@ -147,7 +153,7 @@ i=re.search(r"(?m)^\s*other \{", t).end(); j=t.index("type = \"striped\"", i)
 open("empty.vg","w").write(t[:j] + "type = \"\"" + t[j+len("type = \"striped\""):])'
 lvm_mda write a.img empty.vg; lvm_mda write b.img empty.vg
 rc=0
-timed_nbdkit 60 "$(plugin_so lvm)" pv=a.img pv=b.img --run 'nbdinfo --list "$uri"' > /dev/null 2> empty.err || rc=$?
+timed_nbdkit 60 -U "$tmpdir/s-empty" "$(plugin_so lvm)" pv=a.img pv=b.img --run 'nbdinfo --list "$uri"' > /dev/null 2> empty.err || rc=$?
 [ $rc != 137 ] || fail "empty segment type: no answer in 60 s"
 [ $rc != 0 ] && [ $rc -lt 128 ] || { cat empty.err; fail "empty segment type: status $rc"; }
 grep -q 'LV other segment1: invalid segment type (line [0-9]*): the type is empty' empty.err ||
@@ -165,13 +171,13 @@ lvm_mda write a.img long.vg; lvm_mda write b.img long.vg
 lvs --noheadings -o lv_name vgh 2> lvs.err | tr -d ' ' | sort > lvs.txt || :
 grep -qx good lvs.txt && grep -qx st lvs.txt || { cat lvs.txt lvs.err; fail "lvs does not list good and st"; }
 grep -qx "$(printf 'x%.0s' $(seq 5000))" lvs.txt || fail "lvs does not list the long name (oracle changed?)"
-nbdkit "$(plugin_so lvm)" pv=a.img pv=b.img --run 'nbdinfo --list --json "$uri"' > long.json 2> long.err ||
+nbdkit -U "$tmpdir/s-long" "$(plugin_so lvm)" pv=a.img pv=b.img --run 'nbdinfo --list --json "$uri"' > long.json 2> long.err ||
   { cat long.err; fail "listing fails next to an LV with a 5000-byte name"; }
 python3 -c 'import json; print("\n".join(e["export-name"] for e in json.load(open("long.json"))["exports"]))' | sort > ours.txt
 awk 'length($0) <= 123' lvs.txt | diff - ours.txt || fail "listed LVs differ from lvs (minus the long name)"
 grep -q "warning: volume group vgh: LV x\{64\}\.\.\. (name of 5000 bytes) is not served: the name is longer than 127 bytes" long.err ||
   { cat long.err; fail "no warning about the long LV name"; }
-nbdkit "$(plugin_so lvm)" pv=a.img pv=b.img lv=good --run 'nbdcopy "$uri" good.out'
+nbdkit -U "$tmpdir/s-good2" "$(plugin_so lvm)" pv=a.img pv=b.img lv=good --run 'nbdcopy "$uri" good.out'
 assert_same good.out good.data "good LV next to a long name"
 echo "ok: 5000-byte LV name skipped, others listed: $(tr '\n' ' ' < ours.txt)"
 
