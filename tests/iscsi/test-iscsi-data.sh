@@ -129,7 +129,7 @@ stop_nbdkit
 for n in 1 3; do
   random_file $d/pool.img $size
   rm -f $d/back.img
-  nbdkit -v -U - "$(plugin_so iscsi)" url=$(tgtd_url $IQN 1) sessions=$n \
+  nbdkit -v -U $d/pool$n.sock "$(plugin_so iscsi)" url=$(tgtd_url $IQN 1) sessions=$n \
     --run "nbdcopy --requests=32 --request-size=65536 $d/pool.img \"\$uri\" &&
            nbdcopy --requests=32 --request-size=65536 \"\$uri\" $d/back.img" \
     2>$d/pool.log || fail "copies with sessions=$n failed"
@@ -159,7 +159,7 @@ grep -q 'sessions must be between' $d/pool.err ||
 tgtd_cmd --op update --mode target --tid 1 -n HeaderDigest -v CRC32C
 for hd in crc32c prefer-crc32c none; do
   rm -f $d/hd.img
-  nbdkit -U - "$(plugin_so iscsi)" url=$(tgtd_url $IQN 1) header-digest=$hd \
+  nbdkit -U $d/hd-$hd.sock "$(plugin_so iscsi)" url=$(tgtd_url $IQN 1) header-digest=$hd \
     --run "nbdcopy \"\$uri\" $d/hd.img" ||
     fail "copy with header-digest=$hd failed"
   assert_same $d/hd.img $d/lun1.img "LUN 1 read with header-digest=$hd"

@@ -147,7 +147,7 @@ for lv in st2 lin; do
 done
 
 # 3. Two VGs: without vg= the plugin refuses and names them; glob pv=.
-if nbdkit "$(plugin_so lvm)" pv='p*.img' --run true 2> err.txt; then
+if nbdkit -U "$tmpdir/s4a" "$(plugin_so lvm)" pv='p*.img' --run true 2> err.txt; then
   fail "several VGs accepted without vg="
 fi
 grep -q "several volume groups" err.txt || { cat err.txt; fail "no clear message for several VGs"; }

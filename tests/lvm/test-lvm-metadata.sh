@@ -33,7 +33,11 @@ store () {
   cp a0.img a.img; cp b0.img b.img
   lvm_mda write a.img "$f" "$@"; lvm_mda write b.img "$f" "$@"
 }
-serve () { nbdkit "$(plugin_so lvm)" pv=a.img pv=b.img "$@"; }
+# fresh_sock: a new unix socket path in $tmpdir for one nbdkit --run (not
+# the default TCP port 10809, which tests run in parallel would share;
+# nbdkit 1.32 leaves the socket file behind, so never the same name twice).
+fresh_sock () { mktemp -u "$tmpdir/sXXXXXX"; }
+serve () { nbdkit -U "$(fresh_sock)" "$(plugin_so lvm)" pv=a.img pv=b.img "$@"; }
 # expect_fail WHAT REGEX ARGS...: the plugin must fail (at start-up or when
 # opening the export) with a message matching REGEX, and not crash.
 expect_fail () {
@@ -51,7 +55,7 @@ assert_same good.out good.data "good LV"
 # Read-only: readonly=true (PVs opened read-only) and nbdkit -r.
 serve readonly=true lv=good --run 'nbdinfo "$uri"' | grep 'is_read_only: true' >/dev/null ||
   fail "readonly=true export is writable"
-nbdkit -r "$(plugin_so lvm)" pv=a.img pv=b.img lv=good --run 'nbdinfo "$uri"' |
+nbdkit -U "$(fresh_sock)" -r "$(plugin_so lvm)" pv=a.img pv=b.img lv=good --run 'nbdinfo "$uri"' |
   grep 'is_read_only: true' >/dev/null || fail "nbdkit -r export is writable"
 chmod 0444 a.img b.img
 if [ "$(id -u)" != 0 ]; then   # root ignores file modes
@@ -244,7 +248,7 @@ serve lv=r1 --run 'nbdcopy "$uri" r1.out; nbdinfo "$uri"' > info.txt
 assert_same r1.out leg0.data "raid1 read from the first leg"
 grep -q 'is_read_only: true' info.txt || fail "raid1 LV not read-only"
 # Leg 0's PV missing: the other leg is read.
-nbdkit "$(plugin_so lvm)" pv=a.img lv=r1 --run 'nbdcopy "$uri" r1.out'
+nbdkit -U "$(fresh_sock)" "$(plugin_so lvm)" pv=a.img lv=r1 --run 'nbdcopy "$uri" r1.out'
 assert_same r1.out leg1.data "raid1 read from the healthy leg"
 # The same for a (non-raid) mirror.
 random_file mleg0.data 2M; random_file mleg1.data 2M
@@ -253,7 +257,7 @@ dd if=mleg1.data of=a.img bs=1M seek=$(( pe_a / 1048576 + 25 )) conv=notrunc sta
 serve lv=mi --run 'nbdcopy "$uri" mi.out; nbdinfo "$uri"' > info.txt
 assert_same mi.out mleg0.data "mirror read from the first leg"
 grep -q 'is_read_only: true' info.txt || fail "mirror LV not read-only"
-nbdkit "$(plugin_so lvm)" pv=a.img lv=mi --run 'nbdcopy "$uri" mi.out'
+nbdkit -U "$(fresh_sock)" "$(plugin_so lvm)" pv=a.img lv=mi --run 'nbdcopy "$uri" mi.out'
 assert_same mi.out mleg1.data "mirror read from the healthy leg"
 # Snapshot: the origin is served read-only, the exception store refused.
 serve lv=good --run 'nbdcopy "$uri" good.out; nbdinfo "$uri"' > info.txt
