@@ -89,6 +89,19 @@ struct bdev_open_opts {
   const char *const *allowed_dirs;  /* NULL-terminated, may be NULL */
   bool allow_any_path;          /* user explicitly allowed any path */
   unsigned max_chain_depth;     /* 0 means the default (BDEV_MAX_CHAIN) */
+  /* A backing device chosen by the caller instead of the one the image
+   * names (for an overlay whose backing is the layer below an nbdkit
+   * filter, or a backing file the user named).  The engine takes
+   * ownership: it is closed with the engine, and on a failed open.
+   * Applies to the top image only; engines clear it before opening
+   * anything further down.
+   */
+  struct bdev *backing;
+  /* The image has no directory that paths inside it could be relative to
+   * (it lives in an nbdkit export): refuse every backing or data file name
+   * the image holds, unless .backing (or qcow2.backing=none) replaces it.
+   */
+  bool no_paths;
   /* Format-specific options, "key=value" strings; engines ignore unknown
    * keys.  NULL-terminated, may be NULL.
    */

@@ -7,6 +7,8 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
+#include <stdint.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -21,11 +23,39 @@ raw_open (const char *path, const struct bdev_open_opts *opts, unsigned depth)
   return bdev_file_open (path, opts);
 }
 
+/* A sparse file of SIZE bytes; raw images have no options. */
+static int
+raw_create (const char *path, uint64_t size, const char *const *options)
+{
+  if (options && options[0]) {
+    kvm_error ("%s: unknown raw creation option '%s'", path, options[0]);
+    errno = EINVAL;
+    return -1;
+  }
+  if (size > INT64_MAX) {
+    kvm_error ("%s: size %" PRIu64 " is too large", path, size);
+    errno = EINVAL;
+    return -1;
+  }
+  int fd = open (path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd == -1) {
+    kvm_error ("%s: create: %m", path);
+    return -1;
+  }
+  if (ftruncate (fd, size) == -1) {
+    kvm_error ("%s: setting the size: %m", path);
+    close (fd);
+    unlink (path);
+    return -1;
+  }
+  return close (fd);
+}
+
 /* Probed in order; raw comes last and is never probed (it is the fallback). */
 const struct bdev_format bdev_formats[] = {
-  { "qcow2", qcow2_probe, qcow2_open },
-  { "raw", NULL, raw_open },
-  { NULL, NULL, NULL },
+  { "qcow2", qcow2_probe, qcow2_open, qcow2_create_options },
+  { "raw", NULL, raw_open, raw_create },
+  { NULL, NULL, NULL, NULL },
 };
 
 const struct bdev_format *

@@ -14,6 +14,13 @@ struct bdev_format {
   bool (*probe) (const void *buf, size_t len);
   struct bdev *(*open) (const char *path, const struct bdev_open_opts *opts,
                         unsigned depth);
+  /* Create a new, empty image of SIZE virtual bytes at PATH, which must not
+   * exist.  OPTIONS: "key=value" strings named as qemu-img's -o options
+   * (NULL-terminated, may be NULL); an unknown key is an error.  0, or -1
+   * with a message.  NULL: the format cannot be created.
+   */
+  int (*create) (const char *path, uint64_t size,
+                 const char *const *options);
 };
 
 /* Terminated by an entry with name == NULL. */

@@ -62,4 +62,11 @@ struct qcow2_create_opts {
 /* Create a new image at PATH (must not exist).  0 or -1 with message. */
 int qcow2_create (const char *path, const struct qcow2_create_opts *o);
 
+/* The same from qemu-img style "key=value" options (struct bdev_format's
+ * create): cluster_size, compat (0.10/1.1), backing_file, backing_fmt,
+ * extended_l2 (on/off), refcount_bits, compression_type (zlib/zstd).
+ */
+int qcow2_create_options (const char *path, uint64_t size,
+                          const char *const *options);
+
 #endif

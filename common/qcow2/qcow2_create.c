@@ -226,3 +226,73 @@ qcow2_create (const char *path, const struct qcow2_create_opts *o)
   free (img);
   return r;
 }
+
+/* "on"/"off" (and the usual synonyms) -> 1/0, else -1. */
+static int
+parse_onoff (const char *v)
+{
+  if (!strcmp (v, "on") || !strcmp (v, "true") || !strcmp (v, "1") ||
+      !strcmp (v, "yes"))
+    return 1;
+  if (!strcmp (v, "off") || !strcmp (v, "false") || !strcmp (v, "0") ||
+      !strcmp (v, "no"))
+    return 0;
+  return -1;
+}
+
+/* A decimal number with an optional K/M suffix, or -1. */
+static int64_t
+parse_number (const char *v)
+{
+  char *end;
+  errno = 0;
+  unsigned long long n = strtoull (v, &end, 10);
+  if (errno || end == v || n > (1ull << 40))
+    return -1;
+  if (*end == 'k' || *end == 'K')
+    n <<= 10, end++;
+  else if (*end == 'm' || *end == 'M')
+    n <<= 20, end++;
+  return *end ? -1 : (int64_t) n;
+}
+
+int
+qcow2_create_options (const char *path, uint64_t size,
+                      const char *const *options)
+{
+  struct qcow2_create_opts o = { .size = size, .version = 3 };
+  for (size_t i = 0; options && options[i]; i++) {
+    const char *kv = options[i], *eq = strchr (kv, '=');
+    const char *v = eq ? eq + 1 : "";
+    size_t klen = eq ? (size_t) (eq - kv) : strlen (kv);
+    int64_t n;
+    int b;
+#define KEY(k) (klen == strlen (k) && strncmp (kv, k, klen) == 0)
+    if (KEY ("cluster_size") && (n = parse_number (v)) > 0 &&
+        n <= UINT32_MAX)
+      o.cluster_size = n;
+    else if (KEY ("compat") && (!strcmp (v, "0.10") || !strcmp (v, "v2")))
+      o.version = 2;
+    else if (KEY ("compat") && (!strcmp (v, "1.1") || !strcmp (v, "v3")))
+      o.version = 3;
+    else if (KEY ("backing_file"))
+      o.backing = v;
+    else if (KEY ("backing_fmt"))
+      o.backing_format = v;
+    else if (KEY ("extended_l2") && (b = parse_onoff (v)) >= 0)
+      o.extended_l2 = b;
+    else if (KEY ("refcount_bits") && (n = parse_number (v)) > 0 && n <= 64)
+      o.refcount_bits = n;
+    else if (KEY ("compression_type") && !strcmp (v, "zlib"))
+      o.compression_type = 0;
+    else if (KEY ("compression_type") && !strcmp (v, "zstd"))
+      o.compression_type = 1;
+    else {
+      kvm_error ("%s: invalid qcow2 creation option '%s'", path, kv);
+      errno = EINVAL;
+      return -1;
+    }
+#undef KEY
+  }
+  return qcow2_create (path, &o);
+}

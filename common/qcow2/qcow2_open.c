@@ -629,6 +629,13 @@ setup_caches (struct qcow2 *q, struct open_ctx *c)
   }
   q->cursor = (q->file->size + q->cluster_size - 1) & ~(q->cluster_size - 1);
   q->zero_from = q->alloc_end = q->cursor;
+  /* A container of fixed size (an nbdkit export, not a file that grows):
+   * the image ends where its refcounts say, the rest of the container is
+   * free but may hold old data.  Allocate from the first free cluster, and
+   * treat none as known to read as zeroes.
+   */
+  if (!q->file->growable)
+    q->cursor = 0;
   return 0;
 }
 
@@ -638,6 +645,8 @@ open_backing (struct qcow2 *q, struct open_ctx *c)
 {
   const char *path = q->path;
   const struct bdev_open_opts *opts = c->opts;
+  if (q->backing)               /* given by the caller (opts->backing) */
+    return 0;
   if (!c->backing_off || (c->backing_opt &&
                           strcmp (c->backing_opt, "none") == 0))
     return 0;
@@ -653,6 +662,13 @@ open_backing (struct qcow2 *q, struct open_ctx *c)
     ERR (q, ENOMEM, "%s: out of memory", path);
     return -1;
   }
+  if (opts->no_paths) {
+    ERR (q, EPERM, "%s: the image names the backing file '%s', which "
+         "cannot be resolved from inside this container: name the backing "
+         "file explicitly (or none)", path, backing_name);
+    free (backing_name);
+    return -1;
+  }
   char *resolved = confine_resolve (path, backing_name, opts->allowed_dirs,
                                     opts->allow_any_path);
   if (!resolved) {
@@ -660,6 +676,7 @@ open_backing (struct qcow2 *q, struct open_ctx *c)
     return -1;
   }
   struct bdev_open_opts bo = *opts;
+  bo.backing = NULL;
   bo.readonly = true;
   bo.growable = false;
   bo.format_opts = NULL;
@@ -694,11 +711,18 @@ open_data_file (struct qcow2 *q, struct open_ctx *c)
          path);
     return -1;
   }
+  if (opts->no_paths) {
+    ERR (q, EPERM, "%s: the image needs the external data file '%s', "
+         "which cannot be opened from inside this container", path,
+         c->data_name);
+    return -1;
+  }
   char *resolved = confine_resolve (path, c->data_name, opts->allowed_dirs,
                                     opts->allow_any_path);
   if (!resolved)
     return -1;
   struct bdev_open_opts d = *opts;
+  d.backing = NULL;
   d.readonly = c->readonly;
   d.growable = c->writable;
   d.format_opts = NULL;
@@ -737,8 +761,11 @@ qcow2_open_container (struct bdev *container, const char *name,
   c.readonly = !c.writable;
 
   struct qcow2 *q = engine_new (container, name, opts);
-  if (!q)
+  if (!q) {
+    bdev_close (opts->backing);
     return NULL;
+  }
+  q->backing = opts->backing;   /* ours now: closed with the engine */
   if (read_header (q, &c) == -1 ||
       parse_extensions (q, &c) == -1 ||
       check_features (q, &c) == -1)

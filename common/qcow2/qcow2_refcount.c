@@ -110,6 +110,11 @@ reserve_clusters (struct qcow2 *q, uint64_t n, uint64_t *off)
            q->path);
       return -1;
     }
+    if (!q->file->growable && end > q->file->size) {
+      ERR (q, ENOSPC, "%s: no free cluster left in the container (%" PRIu64
+           " bytes)", q->path, q->file->size);
+      return -1;
+    }
     for (i = 1; i < n; i++) {
       uint64_t rc;
       if (q2_refcount_get (q, start + i * q->cluster_size, &rc) == -1)

@@ -20,6 +20,7 @@
 #include "bdev/bdev.h"
 #include "bdev/bdev_nbdkit.h"
 #include "bdev/bdev_registry.h"
+#include "bdev/formats.h"
 #include "kvm_version.h"
 #include "qcow2/qcow2.h"
 #include "util/log.h"
@@ -198,6 +199,49 @@ qcow2_config (const char *key, const char *value)
   return 0;
 }
 
+/* create=: through the format table, as every format plugin does, with
+ * the create-* parameters (checked in .config) as qemu-img's -o options.
+ */
+static int
+create_image (void)
+{
+  char cs[48], rb[48], *bf = NULL, *bff = NULL;
+  const char *o[8];
+  size_t n = 0;
+  int r = -1;
+
+  if (copts.cluster_size) {
+    snprintf (cs, sizeof cs, "cluster_size=%" PRIu32, copts.cluster_size);
+    o[n++] = cs;
+  }
+  o[n++] = copts.version == 2 ? "compat=0.10" : "compat=1.1";
+  if (copts.refcount_bits) {
+    snprintf (rb, sizeof rb, "refcount_bits=%u", copts.refcount_bits);
+    o[n++] = rb;
+  }
+  if (copts.extended_l2)
+    o[n++] = "extended_l2=on";
+  if (copts.compression_type == 1)
+    o[n++] = "compression_type=zstd";
+  if ((create_backing &&
+       asprintf (&bf, "backing_file=%s", create_backing) == -1) ||
+      (create_backing_format &&
+       asprintf (&bff, "backing_fmt=%s", create_backing_format) == -1)) {
+    nbdkit_error ("asprintf: %m");
+    goto out;
+  }
+  if (bf)
+    o[n++] = bf;
+  if (bff)
+    o[n++] = bff;
+  o[n] = NULL;
+  r = bdev_format_find ("qcow2")->create (filename, create_size, o);
+ out:
+  free (bf);
+  free (bff);
+  return r;
+}
+
 static int
 qcow2_config_complete (void)
 {
@@ -222,10 +266,7 @@ qcow2_config_complete (void)
                       errno);
       return -1;
     }
-    copts.size = create_size;
-    copts.backing = create_backing;
-    copts.backing_format = create_backing_format;
-    if (qcow2_create (filename, &copts) == -1)
+    if (create_image () == -1)
       return -1;
     nbdkit_debug ("%s: created new qcow2 image of %" PRIi64 " bytes",
                   filename, create_size);
