@@ -45,6 +45,8 @@ before_run () {   # LABEL WORKLOAD ROUND
       QCOW2=$WORKDIR/empty.qcow2 RAW=$WORKDIR/empty.raw
       rm -f "$QCOW2" "$RAW"
       qemu-img create -q -f qcow2 "$QCOW2" "$SIZE"
+      # The filter cannot grow its container: room for data and metadata.
+      [ "$1" = qcow2-filter ] && truncate -s $(( SIZE * 9 / 8 + 16777216 )) "$QCOW2"
       make_empty_raw "$RAW" ;;
     *)
       QCOW2=$WORKDIR/data.qcow2 RAW=$WORKDIR/data.raw ;;
@@ -53,7 +55,7 @@ before_run () {   # LABEL WORKLOAD ROUND
 
 after_run () {    # LABEL WORKLOAD ROUND: the servers must leave a sound image
   case $1 in
-    qcow2-plugin|qemu-nbd)
+    qcow2-plugin|qemu-nbd|qcow2-filter|qcow2-baseline)
       qemu-img check -q "$QCOW2" ||
         { bench_log "qemu-img check failed on $QCOW2 after $1 $2"; return 1; } ;;
   esac
@@ -63,3 +65,14 @@ after_run () {    # LABEL WORKLOAD ROUND: the servers must leave a sound image
 bench_server qcow2-plugin 'serve_nbdkit "$(plugin_so qcow2)" file="$QCOW2"'
 bench_server qemu-nbd     'serve_qemu_nbd -f qcow2 "$QCOW2"'
 bench_server nbdkit-file  'serve_nbdkit file "$RAW"'
+# The same engine as a filter over nbdkit's file plugin (qcow2 image in a
+# fixed-size container: grown beforehand for the allocating workload).
+if [ -f "$(filter_so qcow2)" ]; then
+  bench_server qcow2-filter 'serve_nbdkit --filter="$(filter_so qcow2)" file "$QCOW2"'
+fi
+# QCOW2_BENCH_BASELINE=BUILDDIR: also the qcow2 plugin of another build
+# (e.g. the commit before a change), to show a change moves no row.
+if [ -n "${QCOW2_BENCH_BASELINE:-}" ]; then
+  bench_server qcow2-baseline \
+    'serve_nbdkit "$QCOW2_BENCH_BASELINE/plugins/qcow2/nbdkit-qcow2-plugin.so" file="$QCOW2"'
+fi

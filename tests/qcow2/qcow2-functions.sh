@@ -9,13 +9,77 @@
 # the images with qemu-nbd instead of the plugin, to check that the
 # oracle logic of a test accepts QEMU itself.  Parameters that only the
 # plugin knows are ignored then.
+#
+# QCOW2_TEST_SERVE=filter-file or filter-lvm serves them with the qcow2
+# *filter* instead (the same engine over another plugin's export): over
+# nbdkit's file plugin, or over this project's lvm plugin with the image
+# copied into an LV (and copied back when the server stops, so that the
+# oracles read what the filter wrote).  The container is the image plus
+# free room: the filter cannot grow it.  Cases the filter does not offer
+# (external data files, snapshot=, direct=) are skipped by the tests
+# through qcow2_filter_mode.
 
 qdir="$TOP_SRCDIR/tests/qcow2"
 requires qemu-img qemu-io nbdcopy nbdinfo python3 cmp
 
-if [ -z "${QCOW2_TEST_PEER:-}" ]; then
+serve_mode=${QCOW2_TEST_SERVE:-plugin}
+if [ -n "${QCOW2_TEST_PEER:-}" ]; then
+  :
+elif [ "$serve_mode" = plugin ]; then
   requires_plugin qcow2
+else
+  requires_filter qcow2
+  case $serve_mode in
+    filter-file) ;;
+    filter-lvm)
+      source "$TOP_SRCDIR/tests/lvm/lvm-lib.sh"
+      # One VG on one PV file with one LV that receives each image in
+      # turn.  The loop device is needed only by the lvm2 tools; the
+      # plugin reads the PV file itself.
+      lvm_lv_size=$((320*1024*1024))
+      truncate -s $((lvm_lv_size + 16*1024*1024)) "$tmpdir/qpv.img"
+      lvm_attach "$tmpdir/qpv.img" qpv_loop
+      lvm_q pvcreate -q "$qpv_loop"
+      lvm_q vgcreate -q -s 4m qvg "$qpv_loop"
+      lvm_q lvcreate -q -an -Zn -L $((lvm_lv_size/1024/1024))M -n qlv qvg
+      # The LV is linear at PE 0: its bytes start at the PV's pe_start.
+      qlv_off=$(pvs --noheadings --units b --nosuffix -o pe_start "$qpv_loop" |
+                tr -d ' ')
+      [ -n "$qlv_off" ] || fail "cannot read pe_start of $qpv_loop"
+      ;;
+    *) fail "QCOW2_TEST_SERVE=$serve_mode: unknown mode" ;;
+  esac
 fi
+
+# qcow2_filter_mode: true when the images are served by the qcow2 filter.
+qcow2_filter_mode () { [ "$serve_mode" != plugin ] && [ -z "${QCOW2_TEST_PEER:-}" ]; }
+
+# _filter_params IMAGE PARAMS...: the plugin's parameters as the filter's
+# (sets filter_args); the image's backing file, if any, is named with
+# qcow2-backing= (the filter does not follow names inside the image).
+_filter_params () {
+  local img=$1 a; shift
+  filter_args=()
+  for a in "$@"; do
+    case "$a" in
+      -r) filter_args+=(-r) ;;
+      backing=none) filter_args+=(qcow2-backing=none) ;;
+      cache=*) filter_args+=("qcow2-$a") ;;
+      allow-backing-path=*) filter_args+=("qcow2-$a") ;;
+      direct=*) ;;                              # the file plugin's business
+      *) fail "parameter $a has no qcow2 filter equivalent" ;;
+    esac
+  done
+  local backing
+  backing=$(qemu-img info -U --output=json "$img" |
+            python3 -c 'import json,sys; print(json.load(sys.stdin).get("full-backing-filename",""))')
+  case " ${filter_args[*]} " in *" qcow2-backing=none "*) backing= ;; esac
+  [ -n "$backing" ] && filter_args+=("qcow2-backing=$backing")
+  return 0
+}
+
+# The image being served in a filter mode, to copy back when it stops.
+served_image=
 
 # serve_qcow2 SOCK IMAGE [PARAM=VALUE | -r ...]: serve IMAGE on SOCK.
 serve_qcow2 () {
@@ -39,7 +103,45 @@ serve_qcow2 () {
     done
     fail "qemu-nbd did not start"
   fi
-  start_nbdkit "$sock" "$(plugin_so qcow2)" "file=$img" "$@"
+  case $serve_mode in
+    plugin)
+      start_nbdkit "$sock" "$(plugin_so qcow2)" "file=$img" "$@" ;;
+    filter-file)
+      _filter_params "$img" "$@"
+      _grow_container "$img"
+      start_nbdkit "$sock" --filter="$(filter_so qcow2)" file "file=$img" \
+        "${filter_args[@]}" ;;
+    filter-lvm)
+      _filter_params "$img" "$@"
+      _grow_container "$img"
+      local isize; isize=$(stat -c %s "$img")
+      (( isize <= lvm_lv_size )) || fail "$img does not fit in the test LV"
+      fallocate -p -o "$qlv_off" -l "$lvm_lv_size" "$tmpdir/qpv.img"
+      dd if="$img" of="$tmpdir/qpv.img" bs=1M oflag=seek_bytes \
+         seek="$qlv_off" conv=notrunc,sparse status=none ||
+        fail "copying $img into the LV"
+      served_image=$img
+      start_nbdkit "$sock" --filter="$(filter_so qcow2)" "$(plugin_so lvm)" \
+        "pv=$tmpdir/qpv.img" vg=qvg lv=qlv "${filter_args[@]}" ;;
+  esac
+}
+
+# _grow_container IMAGE: room for the image to grow into (sparse): its
+# virtual size and a quarter more for metadata beyond where its clusters
+# end now, plus 16 MiB.
+_grow_container () {
+  local room
+  room=$(qemu-img check -U --output=json "$1" 2>/dev/null |
+         python3 -c '
+import json, sys
+c = json.load(sys.stdin)
+print(c.get("image-end-offset", 0))' || :)
+  local vsize
+  vsize=$(qemu-img info -U --output=json "$1" |
+          python3 -c 'import json,sys; print(json.load(sys.stdin)["virtual-size"])')
+  [ -n "$room" ] || room=$(stat -c %s "$1")
+  room=$(( room + vsize + vsize/4 + 16*1024*1024 ))
+  truncate -s ">$room" "$1"
 }
 
 # stop_server: stop what serve_qcow2 started (it must still be alive:
@@ -47,6 +149,13 @@ serve_qcow2 () {
 stop_server () {
   kill -0 "$nbdkit_pid" 2>/dev/null || fail "server $nbdkit_pid died"
   stop_nbdkit "$nbdkit_pid"
+  if [ -n "$served_image" ]; then
+    # The LV's content is the image now (trailing zeroes included).
+    dd if="$tmpdir/qpv.img" of="$served_image" bs=1M iflag=skip_bytes,count_bytes \
+       skip="$qlv_off" count="$lvm_lv_size" conv=sparse status=none ||
+      fail "copying the LV back to $served_image"
+    served_image=
+  fi
 }
 
 # fill_image IMAGE FORMAT OPSFILE: apply qemu-io commands to an image.

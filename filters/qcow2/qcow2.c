@@ -1,0 +1,258 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
+/* nbdkit qcow2 filter: the qcow2 engine (common/qcow2) serving an image
+ * that is stored in the export of whatever plugin the filter sits on: a
+ * qcow2 written onto an LV, an RBD image, an iSCSI LUN, a plain file.
+ *
+ * One engine per export name, shared by every connection to it; its
+ * container is routed to the context of the connection being served
+ * (bdev_nbdkit_filter.h explains why and the lifetime rules).  The
+ * container cannot grow: an allocating write that needs more room than
+ * the plugin's export has fails with ENOSPC.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <nbdkit-filter.h>
+
+#include "bdev/bdev.h"
+#include "bdev/bdev_nbdkit_filter.h"
+#include "bdev/bdev_registry.h"
+#include "qcow2/qcow2.h"
+#include "util/log.h"
+
+/* -D qcow2.verbose=1: dump the header, snapshots and cache statistics. */
+NBDKIT_DLL_PUBLIC int qcow2_debug_verbose = 0;
+
+static char *backing_path;      /* qcow2-backing=PATH */
+static bool backing_none;       /* qcow2-backing=none */
+static char **allowed;          /* qcow2-allow-backing-path=DIR, NULL-ended */
+static size_t nallowed;
+static bool allow_any;
+static int64_t cache_size = -1;
+
+static struct bdev_registry images = BDEV_REGISTRY_INIT;
+
+struct handle {
+  struct bdev_nbdkit_handle h;  /* first: the shared callbacks use it */
+  struct bdev_registry_entry *img;
+  char *export;
+};
+
+/* What .prepare passes to open_image. */
+struct open_args {
+  nbdkit_next *next;
+  bool readonly;
+};
+
+static void
+qcow2_filter_load (void)
+{
+  kvm_log_set (nbdkit_verror, nbdkit_vdebug);
+}
+
+static void
+qcow2_filter_unload (void)
+{
+  bdev_registry_close_all (&images);
+  for (size_t i = 0; i < nallowed; i++)
+    free (allowed[i]);
+  free (allowed);
+  free (backing_path);
+}
+
+static int
+qcow2_filter_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
+                     const char *key, const char *value)
+{
+  if (strcmp (key, "qcow2-backing") == 0) {
+    free (backing_path);
+    backing_path = NULL;
+    backing_none = strcmp (value, "none") == 0;
+    if (!backing_none && !(backing_path = nbdkit_realpath (value)))
+      return -1;
+    return 0;
+  }
+  if (strcmp (key, "qcow2-allow-backing-path") == 0) {
+    if (strcmp (value, "any") == 0) {
+      allow_any = true;
+      return 0;
+    }
+    char *d = nbdkit_realpath (value);
+    if (!d)
+      return -1;
+    char **na = realloc (allowed, (nallowed + 2) * sizeof *na);
+    if (!na) {
+      free (d);
+      nbdkit_error ("realloc: %m");
+      return -1;
+    }
+    allowed = na;
+    allowed[nallowed++] = d;
+    allowed[nallowed] = NULL;
+    return 0;
+  }
+  if (strcmp (key, "qcow2-cache") == 0) {
+    cache_size = nbdkit_parse_size (value);
+    return cache_size == -1 ? -1 : 0;
+  }
+  return next (nxdata, key, value);
+}
+
+#define qcow2_filter_config_help \
+  "qcow2-backing=PATH|none     Backing file of the image (a local path),\n" \
+  "                            or none (reads zeroes where the image has\n" \
+  "                            no data).  Required if the image names one.\n" \
+  "qcow2-allow-backing-path=DIR|any\n" \
+  "                            The backing file's own backing files may\n" \
+  "                            also be in DIR.\n" \
+  "qcow2-cache=SIZE            L2 metadata cache size."
+
+static int
+qcow2_filter_thread_model (void)
+{
+  return NBDKIT_THREAD_MODEL_PARALLEL;
+}
+
+/* The backing file named by qcow2-backing=PATH: opened like an image the
+ * user named on the command line (its format probed, its own backing
+ * files confined to its directory and the allowed ones).
+ */
+static struct bdev *
+open_backing (void)
+{
+  struct bdev_open_opts o = {
+    .readonly = true,
+    .allowed_dirs = (const char *const *) allowed,
+    .allow_any_path = allow_any,
+  };
+  return bdev_open (backing_path, NULL, &o, 1);
+}
+
+static struct bdev *
+open_image (const char *export, void *arg)
+{
+  struct open_args *a = arg;
+  char cachebuf[64];
+  const char *fopts[4];
+  size_t n = 0;
+  struct bdev *container, *backing = NULL, *bd = NULL;
+  char *name;
+
+  if (asprintf (&name, "qcow2 filter (export '%s')", export) == -1) {
+    nbdkit_error ("asprintf: %m");
+    return NULL;
+  }
+  container = bdev_next_routed (a->next, name, a->readonly);
+  if (!container)
+    goto out;
+  if (backing_path && !(backing = open_backing ())) {
+    bdev_close (container);
+    goto out;
+  }
+  if (backing_none)
+    fopts[n++] = "qcow2.backing=none";
+  if (cache_size >= 0) {
+    snprintf (cachebuf, sizeof cachebuf, "qcow2.cache=%" PRIi64, cache_size);
+    fopts[n++] = cachebuf;
+  }
+  if (qcow2_debug_verbose)
+    fopts[n++] = "qcow2.verbose=1";
+  fopts[n] = NULL;
+  struct bdev_open_opts o = {
+    .readonly = container->readonly,
+    .format_opts = fopts,
+    .backing = backing,
+    .no_paths = true,
+  };
+  /* Takes ownership of container and backing, also on failure. */
+  bd = qcow2_open_container (container, name, &o, 0);
+ out:
+  free (name);
+  return bd;
+}
+
+static void *
+qcow2_filter_open (nbdkit_next_open *next, nbdkit_context *context,
+                   int readonly, const char *exportname, int is_tls)
+{
+  struct handle *h;
+  (void) is_tls;
+
+  if (next (context, readonly, exportname) == -1)
+    return NULL;
+  h = calloc (1, sizeof *h);
+  if (!h || !(h->export = strdup (exportname))) {
+    nbdkit_error ("calloc: %m");
+    free (h);
+    return NULL;
+  }
+  h->h.readonly = readonly;
+  h->h.shared = true;
+  return h;
+}
+
+/* The engine is opened (by the export's first connection) once the
+ * connection's context into the plugin is usable.
+ */
+static int
+qcow2_filter_prepare (nbdkit_next *next, void *handle, int readonly)
+{
+  struct handle *h = handle;
+  struct open_args a = { .next = next, .readonly = readonly };
+
+  if (bdev_next_prime (next) == -1)
+    return -1;
+  bdev_next_enter (next);
+  h->img = bdev_registry_get (&images, h->export, open_image, &a);
+  bdev_next_leave ();
+  if (!h->img)
+    return -1;
+  h->h.bd = h->img->bd;
+  return 0;
+}
+
+/* The last connection closes the engine while its context still works. */
+static int
+qcow2_filter_finalize (nbdkit_next *next, void *handle)
+{
+  struct handle *h = handle;
+  int r;
+
+  if (!h->img)
+    return 0;
+  bdev_next_enter (next);
+  bdev_registry_put (&images, h->img);
+  r = bdev_next_connection_done (next);
+  bdev_next_leave ();
+  h->img = NULL;
+  return r;
+}
+
+static void
+qcow2_filter_close (void *handle)
+{
+  struct handle *h = handle;
+  free (h->export);
+  free (h);
+}
+
+static struct nbdkit_filter filter = {
+  .name = "qcow2",
+  .longname = "nbdkit qcow2 filter",
+  .load = qcow2_filter_load,
+  .unload = qcow2_filter_unload,
+  .config = qcow2_filter_config,
+  .config_help = qcow2_filter_config_help,
+  .thread_model = qcow2_filter_thread_model,
+  .open = qcow2_filter_open,
+  .prepare = qcow2_filter_prepare,
+  .finalize = qcow2_filter_finalize,
+  .close = qcow2_filter_close,
+  BDEV_NBDKIT_FILTER_CALLBACKS,
+};
+
+NBDKIT_REGISTER_FILTER (filter)
