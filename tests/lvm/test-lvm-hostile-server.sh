@@ -9,14 +9,17 @@
 #
 #   LVM_HOSTILE_ROUNDS  rounds (default 30; e.g. 1000 for a long local run)
 #   LVM_HOSTILE_SEED    first seed (default 1); round r uses seed + r
+#   LVM_HOSTILE_REPLAY  a text kept from a failing round: serve it (on both
+#                       PVs) instead of the random rounds
 #
 # A failing round prints its seed and leaves the mutated text in
-# $TOP_BUILDDIR/lvm-hostile-failures/ (to add it as a regression input):
-# the base text differs between runs (UUIDs, times), so the seed alone
-# reproduces a round only together with that text.
+# $TOP_BUILDDIR/lvm-hostile-failures/ (replay it with LVM_HOSTILE_REPLAY):
+# the base text differs between runs (VG UUID, times), so the seed alone
+# does not reproduce a round.
 # nbdkit 1.32's own abort when a client hangs up with replies queued
 # ("raw_send_socket: Assertion `sock >= 0' failed", fixed in nbdkit 1.33.10)
-# is counted apart: it is not a plugin crash.
+# is counted apart: it is not a plugin crash; so is an exit() deadlock in
+# libp11-kit seen only with the sanitizer runtimes preloaded (below).
 source "${TOP_SRCDIR:-$(dirname "$0")/../..}/tests/functions.sh"
 source "$TOP_SRCDIR/tests/lvm/lvm-lib.sh"
 requires timeout nbdinfo nbdcopy
@@ -31,7 +34,10 @@ faildir="$TOP_BUILDDIR/lvm-hostile-failures"
 cd "$tmpdir"
 truncate -s 32M a.img b.img
 lvm_attach a.img LA; lvm_attach b.img LB
-lvm_q pvcreate -q "$LA" "$LB"
+# Fixed PV UUIDs: a mutated text kept from a failing run replays on
+# fresh PVs (LVM_HOSTILE_REPLAY).
+lvm_q pvcreate -q --norestorefile --uuid hostil-ePVa-aaaa-aaaa-aaaa-aaaa-aaaaaa "$LA"
+lvm_q pvcreate -q --norestorefile --uuid hostil-ePVb-bbbb-bbbb-bbbb-bbbb-bbbbbb "$LB"
 lvm_q vgcreate -q -s 1m vgh "$LA" "$LB"
 lvm_q lvcreate -q -an -Zn -L 6M -n good vgh "$LA"
 lvm_q lvcreate -q -an -Zn -L 4M -i2 -I 64k -n st vgh
@@ -54,11 +60,27 @@ timed_nbdkit () {
 # The known nbdkit 1.32 abort (not ours).
 platform_abort () { grep -q "raw_send_socket: Assertion .sock >= 0' failed" "$1"; }
 sanitizer_report () { grep -Eq 'AddressSanitizer|LeakSanitizer|runtime error:' "$1"; }
+# Another platform fault, seen only with the sanitizer runtimes preloaded
+# (the stock memory plugin and error filter do it too): after a client
+# hung up on failed reads, nbdkit's exit() deadlocks in libp11-kit's
+# destructor (freelocale waits for __libc_setlocale_lock), one thread
+# left.  Recognised by its stack (gdb) or, without gdb, by being the only
+# thread of a sanitizer run.
+platform_exit_hang () {
+  [ "$KVM_SANITIZE" = 1 ] || return 1
+  if command -v gdb >/dev/null 2>&1; then
+    gdb -p "$1" -batch -ex 'thread apply all bt' 2>/dev/null > "$tmpdir/bt.txt" || :
+    grep -q '__libc_setlocale_lock' "$tmpdir/bt.txt" && grep -q '_dl_fini' "$tmpdir/bt.txt"
+  else
+    [ "$(ls "/proc/$1/task" 2>/dev/null | wc -l)" = 1 ]
+  fi
+}
 
 # serve_round TAG: serve a.img + b.img, list, copy every export.  Sets
 # $listed (export names, one a line).  Returns 0, or fails the test on a
 # hang or a crash.
 served=0 refused=0 exports=0 copies_ok=0 copies_failed=0 platform_aborts=0
+platform_exit_hangs=0
 cur_pid="" cur_bg=""
 cleanup_add '[ -n "$cur_pid" ] && kill -9 $cur_pid; [ -n "$cur_bg" ] && kill -9 $cur_bg'
 serve_round () {
@@ -111,6 +133,14 @@ for e in json.load(open("list.json"))["exports"]: print(e["export-name"])')
     kill "$pid"
     for (( i=0; i<200; i++ )); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
     if kill -0 "$pid" 2>/dev/null; then
+      if platform_exit_hang "$pid"; then
+        kill -9 "$pid"
+        platform_exit_hangs=$((platform_exit_hangs + 1))
+        wait $bg || :
+        cur_pid="" cur_bg=""
+        rm -f "$sock" "$pidfile"
+        return 0
+      fi
       kill -9 "$pid"
       round_fail "$tag" "$log" "nbdkit did not exit within 10 s of SIGTERM (a thread spinning?)"
     fi
@@ -182,6 +212,16 @@ assert_same good.out good.data "good LV next to a long name"
 echo "ok: 5000-byte LV name skipped, others listed: $(tr '\n' ' ' < ours.txt)"
 
 # --- Random rounds ------------------------------------------------------------
+if [ -n "${LVM_HOSTILE_REPLAY:-}" ]; then
+  cp "$LVM_HOSTILE_REPLAY" mutreplay.vg
+  cp a0.img a.img; cp b0.img b.img
+  lvm_mda write a.img mutreplay.vg; lvm_mda write b.img mutreplay.vg
+  serve_round replay
+  echo "replayed $LVM_HOSTILE_REPLAY: $(wc -w <<< "$listed") exports;" \
+       "sock>=0 aborts $platform_aborts, exit deadlocks $platform_exit_hangs"
+  echo PASS
+  exit 0
+fi
 start=$(date +%s)
 for (( r=0; r<rounds; r++ )); do
   seed=$((seed0 + r))
@@ -199,5 +239,6 @@ end=$(date +%s)
 echo "lvm-hostile-server: $rounds rounds (seeds $seed0-$((seed0 + rounds - 1))) in $((end - start)) s:" \
      "served $served, refused at start-up $refused, exports listed $exports," \
      "copies ok $copies_ok, copies failed cleanly $copies_failed," \
-     "nbdkit 1.32 sock>=0 aborts (platform) $platform_aborts, crashes 0, hangs 0"
+     "nbdkit 1.32 sock>=0 aborts (platform) $platform_aborts," \
+     "exit deadlocks under the sanitizer preload (platform) $platform_exit_hangs, crashes 0, hangs 0"
 echo PASS
