@@ -611,7 +611,7 @@ snap_pv_ok (void *opaque, size_t pv)
  * label sectors and the metadata areas.  set->lock not needed: labels are
  * only replaced by scans, which keep the same areas.
  */
-#define BERR(...) snprintf (err, errlen, __VA_ARGS__)
+#define BERR(...) kvm_seterr (err, errlen, __VA_ARGS__)
 
 /* On failure the reason is in ERR. */
 static int

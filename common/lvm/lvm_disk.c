@@ -10,6 +10,7 @@
 
 #include "lvm_disk.h"
 #include "util/checked.h"
+#include "util/log.h"
 #include "util/endian.h"
 
 static uint32_t crc_table[256];
@@ -36,18 +37,6 @@ lvm_crc (uint32_t crc, const void *buf, size_t len)
   return crc;
 }
 
-__attribute__ ((format (printf, 3, 4)))
-static void
-seterr (char *err, size_t errlen, const char *fmt, ...)
-{
-  va_list ap;
-  if (!errlen)
-    return;
-  va_start (ap, fmt);
-  vsnprintf (err, errlen, fmt, ap);
-  va_end (ap);
-}
-
 /* Label header (32 bytes) at the start of the label sector:
  *   0 id[8] "LABELONE"   8 sector u64   16 crc u32 (of bytes 20..511)
  *  20 offset u32 (of the PV header in the sector)   24 type[8] "LVM2 001"
@@ -67,7 +56,7 @@ lvm_read_label (struct bdev *bd, struct lvm_label *l, char *err,
   if (have == 0)
     return 0;
   if (bdev_pread (bd, buf, have, 0) == -1) {
-    seterr (err, errlen, "%s: cannot read the label sectors: %m", bd->name);
+    kvm_seterr (err, errlen, "%s: cannot read the label sectors: %m", bd->name);
     return -1;
   }
   /* Like LVM, a damaged label candidate is skipped in favour of a later
@@ -80,7 +69,7 @@ lvm_read_label (struct bdev *bd, struct lvm_label *l, char *err,
       continue;
     if (load_le64 (sec + 8) != s) {
       if (!damaged)
-        seterr (err, errlen, "%s: LVM label in sector %u records sector %"
+        kvm_seterr (err, errlen, "%s: LVM label in sector %u records sector %"
                 PRIu64, bd->name, s, load_le64 (sec + 8));
       damaged = true;
       continue;
@@ -88,20 +77,20 @@ lvm_read_label (struct bdev *bd, struct lvm_label *l, char *err,
     uint32_t crc = lvm_crc (LVM_INITIAL_CRC, sec + 20, LVM_SECTOR - 20);
     if (crc != load_le32 (sec + 16)) {
       if (!damaged)
-        seterr (err, errlen, "%s: LVM label in sector %u has a bad checksum "
+        kvm_seterr (err, errlen, "%s: LVM label in sector %u has a bad checksum "
                 "(0x%08" PRIx32 ", computed 0x%08" PRIx32 ")", bd->name, s,
                 load_le32 (sec + 16), crc);
       damaged = true;
       continue;
     }
     if (memcmp (sec + 24, LVM_LABEL_TYPE, 8) != 0) {
-      seterr (err, errlen, "%s: label type is not \"%s\" (not an LVM2 PV)",
+      kvm_seterr (err, errlen, "%s: label type is not \"%s\" (not an LVM2 PV)",
               bd->name, LVM_LABEL_TYPE);
       return -1;
     }
     uint32_t off = load_le32 (sec + 20);
     if (off < 32 || off > LVM_SECTOR - 40) {
-      seterr (err, errlen, "%s: PV header offset %" PRIu32 " out of range",
+      kvm_seterr (err, errlen, "%s: PV header offset %" PRIu32 " out of range",
               bd->name, off);
       return -1;
     }
@@ -111,7 +100,7 @@ lvm_read_label (struct bdev *bd, struct lvm_label *l, char *err,
       char c = p[i];
       if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
             (c >= '0' && c <= '9') || c == '!' || c == '#')) {
-        seterr (err, errlen, "%s: PV header holds an invalid UUID",
+        kvm_seterr (err, errlen, "%s: PV header holds an invalid UUID",
                 bd->name);
         return -1;
       }
@@ -125,7 +114,7 @@ lvm_read_label (struct bdev *bd, struct lvm_label *l, char *err,
       struct lvm_disk_locn *arr = list ? l->mda : l->data;
       for (;;) {
         if (end - p < 16) {
-          seterr (err, errlen, "%s: PV header area list is not terminated",
+          kvm_seterr (err, errlen, "%s: PV header area list is not terminated",
                   bd->name);
           return -1;
         }
@@ -134,7 +123,7 @@ lvm_read_label (struct bdev *bd, struct lvm_label *l, char *err,
         if (o == 0)
           break;
         if (*count == LVM_MAX_MDAS) {
-          seterr (err, errlen, "%s: PV header lists too many areas",
+          kvm_seterr (err, errlen, "%s: PV header lists too many areas",
                   bd->name);
           return -1;
         }
@@ -162,42 +151,42 @@ lvm_read_mda (struct bdev *bd, const struct lvm_disk_locn *loc,
 
   memset (out, 0, sizeof *out);
   if (!ck_range_within (start, LVM_MDA_HEADER_SIZE, bd->size)) {
-    seterr (err, errlen, "%s: metadata area at offset %" PRIu64
+    kvm_seterr (err, errlen, "%s: metadata area at offset %" PRIu64
             " is beyond the end of the device", bd->name, start);
     return -1;
   }
   if (bdev_pread (bd, h, sizeof h, start) == -1) {
-    seterr (err, errlen, "%s: cannot read the metadata area header at "
+    kvm_seterr (err, errlen, "%s: cannot read the metadata area header at "
             "offset %" PRIu64 ": %m", bd->name, start);
     return -1;
   }
   uint32_t crc = lvm_crc (LVM_INITIAL_CRC, h + 4, sizeof h - 4);
   if (crc != load_le32 (h)) {
-    seterr (err, errlen, "%s: metadata area header at offset %" PRIu64
+    kvm_seterr (err, errlen, "%s: metadata area header at offset %" PRIu64
             " has a bad checksum (0x%08" PRIx32 ", computed 0x%08" PRIx32
             ")", bd->name, start, load_le32 (h), crc);
     return -1;
   }
   if (memcmp (h + 4, LVM_MDA_MAGIC, 16) != 0) {
-    seterr (err, errlen, "%s: metadata area header at offset %" PRIu64
+    kvm_seterr (err, errlen, "%s: metadata area header at offset %" PRIu64
             " has a wrong magic", bd->name, start);
     return -1;
   }
   if (load_le32 (h + 20) != LVM_MDA_VERSION) {
-    seterr (err, errlen, "%s: metadata area header at offset %" PRIu64
+    kvm_seterr (err, errlen, "%s: metadata area header at offset %" PRIu64
             " has unsupported version %" PRIu32, bd->name, start,
             load_le32 (h + 20));
     return -1;
   }
   if (load_le64 (h + 24) != start) {
-    seterr (err, errlen, "%s: metadata area header at offset %" PRIu64
+    kvm_seterr (err, errlen, "%s: metadata area header at offset %" PRIu64
             " records start %" PRIu64, bd->name, start, load_le64 (h + 24));
     return -1;
   }
   uint64_t size = load_le64 (h + 32);
   if (size <= LVM_MDA_HEADER_SIZE || !ck_range_within (start, size, bd->size)
       || (loc->size && size > loc->size)) {
-    seterr (err, errlen, "%s: metadata area at offset %" PRIu64
+    kvm_seterr (err, errlen, "%s: metadata area at offset %" PRIu64
             " has an invalid size %" PRIu64, bd->name, start, size);
     return -1;
   }
@@ -221,7 +210,7 @@ lvm_read_mda (struct bdev *bd, const struct lvm_disk_locn *loc,
   uint64_t ring = size - LVM_MDA_HEADER_SIZE;
   if (toff < LVM_MDA_HEADER_SIZE || toff >= size || tsize == 0 ||
       tsize > ring || tsize > LVM_MAX_METADATA) {
-    seterr (err, errlen, "%s: metadata area at offset %" PRIu64
+    kvm_seterr (err, errlen, "%s: metadata area at offset %" PRIu64
             ": text location (offset %" PRIu64 ", size %" PRIu64
             ") is invalid", bd->name, start, toff, tsize);
     return -1;
@@ -229,7 +218,7 @@ lvm_read_mda (struct bdev *bd, const struct lvm_disk_locn *loc,
   uint64_t first = size - toff < tsize ? size - toff : tsize;
   uint64_t wrap = tsize - first;
   if (wrap > toff - LVM_MDA_HEADER_SIZE) {
-    seterr (err, errlen, "%s: metadata area at offset %" PRIu64
+    kvm_seterr (err, errlen, "%s: metadata area at offset %" PRIu64
             ": wrapped text overlaps itself", bd->name, start);
     return -1;
   }
@@ -238,21 +227,21 @@ lvm_read_mda (struct bdev *bd, const struct lvm_disk_locn *loc,
 
   char *text = malloc (tsize + 1);
   if (!text) {
-    seterr (err, errlen, "%s: out of memory for %" PRIu64 " bytes of "
+    kvm_seterr (err, errlen, "%s: out of memory for %" PRIu64 " bytes of "
             "metadata", bd->name, tsize);
     return -1;
   }
   if (bdev_pread (bd, text, first, start + toff) == -1 ||
       (wrap && bdev_pread (bd, text + first, wrap,
                            start + LVM_MDA_HEADER_SIZE) == -1)) {
-    seterr (err, errlen, "%s: cannot read metadata text: %m", bd->name);
+    kvm_seterr (err, errlen, "%s: cannot read metadata text: %m", bd->name);
     free (text);
     return -1;
   }
   text[tsize] = 0;
   crc = lvm_crc (LVM_INITIAL_CRC, text, tsize);
   if (crc != out->checksum) {
-    seterr (err, errlen, "%s: metadata text in the area at offset %" PRIu64
+    kvm_seterr (err, errlen, "%s: metadata text in the area at offset %" PRIu64
             " has a bad checksum (0x%08" PRIx32 ", computed 0x%08" PRIx32
             ")", bd->name, start, out->checksum, crc);
     free (text);

@@ -9,18 +9,7 @@
 
 #include "lvm_meta.h"
 #include "util/checked.h"
-
-__attribute__ ((format (printf, 3, 4)))
-static void
-seterr (char *err, size_t errlen, const char *fmt, ...)
-{
-  va_list ap;
-  if (!errlen)
-    return;
-  va_start (ap, fmt);
-  vsnprintf (err, errlen, fmt, ap);
-  va_end (ap);
-}
+#include "util/log.h"
 
 bool
 lvm_uuid_normalize (const char *in, char out[LVM_UUID_LEN + 1])
@@ -115,7 +104,7 @@ sort_unique (struct builder *b, struct name_idx *names, size_t n,
   qsort (names, n, sizeof *names, cmp_name_idx);
   for (size_t k = 1; k < n; k++)
     if (strcmp (names[k - 1].name, names[k].name) == 0) {
-      seterr (b->err, b->errlen, "%s %s appears twice", what, names[k].name);
+      kvm_seterr (b->err, b->errlen, "%s %s appears twice", what, names[k].name);
       return false;
     }
   return true;
@@ -138,7 +127,7 @@ bsearch_name (const struct name_idx *names, size_t n, const char *key)
   return -1;
 }
 
-#define FAIL(...) do { seterr (b->err, b->errlen, __VA_ARGS__); return false; } while (0)
+#define FAIL(...) do { kvm_seterr (b->err, b->errlen, __VA_ARGS__); return false; } while (0)
 
 static bool
 get_uint (struct builder *b, const struct lvm_node *sec, const char *what,
@@ -540,13 +529,13 @@ check_areas (struct builder *b)
           limit = vg->lvs[ar->index].extent_count;
           tname = vg->lvs[ar->index].name;
           if (ar->index == l) {
-            seterr (b->err, b->errlen, "LV %s: segment refers to itself",
+            kvm_seterr (b->err, b->errlen, "LV %s: segment refers to itself",
                     lv->name);
             goto out;
           }
         }
         if (!ck_add64 (ar->start, len, &end) || end > limit) {
-          seterr (b->err, b->errlen,
+          kvm_seterr (b->err, b->errlen,
                   "LV %s: segment at extent %" PRIu64 " uses extents %"
                   PRIu64 "-%" PRIu64 " of %s, which has only %" PRIu64,
                   lv->name, seg->start_extent, ar->start,
@@ -559,7 +548,7 @@ check_areas (struct builder *b)
           size_t ncap = cap ? cap * 2 : 64;
           struct use *u = realloc (uses, ncap * sizeof *u);
           if (!u) {
-            seterr (b->err, b->errlen, "out of memory");
+            kvm_seterr (b->err, b->errlen, "out of memory");
             goto out;
           }
           uses = u;
@@ -577,7 +566,7 @@ check_areas (struct builder *b)
      * only through LV areas, never PV areas twice.
      */
     if (p->pv == u->pv && p->start + p->len > u->start) {
-      seterr (b->err, b->errlen,
+      kvm_seterr (b->err, b->errlen,
               "PV %s extent %" PRIu64 " is used by both LV %s and LV %s",
               vg->pvs[u->pv].name, u->start, vg->lvs[p->lv].name,
               vg->lvs[u->lv].name);
@@ -721,15 +710,15 @@ lvm_meta_build (const struct lvm_node *root, char *err, size_t errlen)
     }
   if (nsec != 1) {
     if (nsec)
-      seterr (err, errlen, "metadata holds %zu volume groups, expected one",
+      kvm_seterr (err, errlen, "metadata holds %zu volume groups, expected one",
               nsec);
     else
-      seterr (err, errlen, "metadata holds no volume group");
+      kvm_seterr (err, errlen, "metadata holds no volume group");
     errno = EINVAL;
     return NULL;
   }
   if (!(b.vg = calloc (1, sizeof *b.vg))) {
-    seterr (err, errlen, "out of memory");
+    kvm_seterr (err, errlen, "out of memory");
     errno = ENOMEM;
     return NULL;
   }
@@ -792,7 +781,7 @@ charge (struct flat *f, uint64_t n)
 {
   if (*f->budget < n) {
     *f->budget = 0;
-    seterr (f->err, f->errlen, "LV %s: layout too complex", f->top);
+    kvm_seterr (f->err, f->errlen, "LV %s: layout too complex", f->top);
     return false;
   }
   *f->budget -= n;
@@ -831,7 +820,7 @@ add_piece (struct flat *f, uint64_t lv_off, uint64_t len,
   m->count++;
   return p;
  oom:
-  seterr (f->err, f->errlen, "out of memory");
+  kvm_seterr (f->err, f->errlen, "out of memory");
   return NULL;
 }
 
@@ -853,7 +842,7 @@ pv_usable (struct flat *f, size_t pv, const char *lvname)
     return true;
   char u[LVM_UUID_LEN + 7];
   lvm_uuid_format (mp->uuid, u);
-  seterr (f->err, f->errlen,
+  kvm_seterr (f->err, f->errlen,
           "LV %s%s%s uses %s PV %s (%s%s%s)", f->top,
           strcmp (f->top, lvname) ? " via " : "",
           strcmp (f->top, lvname) ? lvname : "",
@@ -898,12 +887,12 @@ flatten (struct flat *f, size_t lvi, uint64_t le, uint64_t count,
   if (!charge (f, 1))
     return false;
   if (depth > LVM_MAX_STACK) {
-    seterr (f->err, f->errlen, "LV %s: LVs stacked more than %d deep "
+    kvm_seterr (f->err, f->errlen, "LV %s: LVs stacked more than %d deep "
             "(or a loop) at LV %s", f->top, LVM_MAX_STACK, lv->name);
     return false;
   }
   if (lv->is_cow) {
-    seterr (f->err, f->errlen, "LV %s: LV %s is the exception store of a "
+    kvm_seterr (f->err, f->errlen, "LV %s: LV %s is the exception store of a "
             "snapshot (segment type 'snapshot' is not supported)",
             f->top, lv->name);
     return false;
@@ -947,7 +936,7 @@ flatten (struct flat *f, size_t lvi, uint64_t le, uint64_t count,
         struct lvm_piece *p;
         for (size_t s = 0; s < seg->area_count; s++) {
           if (seg->areas[s].kind != LVM_AREA_PV) {
-            seterr (f->err, f->errlen, "LV %s: striped segment of LV %s "
+            kvm_seterr (f->err, f->errlen, "LV %s: striped segment of LV %s "
                     "over LVs is not supported", f->top, lv->name);
             return false;
           }
@@ -979,7 +968,7 @@ flatten (struct flat *f, size_t lvi, uint64_t le, uint64_t count,
       bool ok = false;
       char first_err[512] = "";
       if (seg->type == LVM_SEG_RAID1 && lv->seg_count != 1) {
-        seterr (f->err, f->errlen, "LV %s: raid1 LV %s with %zu segments "
+        kvm_seterr (f->err, f->errlen, "LV %s: raid1 LV %s with %zu segments "
                 "is not supported", f->top, lv->name, lv->seg_count);
         return false;
       }
@@ -997,7 +986,7 @@ flatten (struct flat *f, size_t lvi, uint64_t le, uint64_t count,
         char tmp[600];
         snprintf (tmp, sizeof tmp, "%s (no usable %s leg of LV %s)",
                   first_err, seg->type_name, lv->name);
-        seterr (f->err, f->errlen, "%s", tmp);
+        kvm_seterr (f->err, f->errlen, "%s", tmp);
         return false;
       }
       break;
@@ -1014,7 +1003,7 @@ flatten (struct flat *f, size_t lvi, uint64_t le, uint64_t count,
       break;
 
     case LVM_SEG_UNSUPPORTED:
-      seterr (f->err, f->errlen, "LV %s%s%s: segment type '%s' is not "
+      kvm_seterr (f->err, f->errlen, "LV %s%s%s: segment type '%s' is not "
               "supported (supported: linear, striped; mirror and raid1 "
               "read-only)", f->top,
               strcmp (f->top, lv->name) ? " via LV " : "",
@@ -1047,7 +1036,7 @@ lvm_map_build_budget (const struct lvm_meta_vg *vg, size_t lvi,
     err[0] = 0;
   f.m = calloc (1, sizeof *f.m);
   if (!f.m) {
-    seterr (err, errlen, "out of memory");
+    kvm_seterr (err, errlen, "out of memory");
     return NULL;
   }
   f.m->size = lv->extent_count * vg->extent_size;

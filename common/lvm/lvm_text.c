@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "lvm_text.h"
+#include "util/log.h"
 
 /* --- arena --------------------------------------------------------------- */
 
@@ -412,7 +413,7 @@ lvm_text_parse (const char *text, size_t len, char *err, size_t errlen)
   if (errlen)
     err[0] = 0;
   if (len > LVM_TEXT_MAX_SIZE) {
-    snprintf (err, errlen, "metadata text too large (%zu bytes, limit %u)",
+    kvm_seterr (err, errlen, "metadata text too large (%zu bytes, limit %u)",
               len, LVM_TEXT_MAX_SIZE);
     errno = EFBIG;
     return NULL;
@@ -424,7 +425,7 @@ lvm_text_parse (const char *text, size_t len, char *err, size_t errlen)
 
   ps.t = calloc (1, sizeof *ps.t);
   if (!ps.t) {
-    snprintf (err, errlen, "out of memory");
+    kvm_seterr (err, errlen, "out of memory");
     errno = ENOMEM;
     return NULL;
   }

@@ -12,6 +12,7 @@
 
 #include "throttle/throttle.h"
 #include "util/checked.h"
+#include "util/log.h"
 
 #define NS_PER_SEC 1000000000.0
 
@@ -93,11 +94,11 @@ thr_limits_set (struct thr_limits *lim, const char *key, const char *value,
   if (strcmp (key, "iops-size") == 0 || strcmp (key, "size_iops_sec") == 0) {
     int64_t s = parse_size (value);
     if (s < 0) {
-      snprintf (err, errlen, "%s: could not parse size '%s'", key, value);
+      kvm_seterr (err, errlen, "%s: could not parse size '%s'", key, value);
       return -1;
     }
     if ((uint64_t) s > THR_VALUE_MAX) {
-      snprintf (err, errlen, "%s: '%s' is too large", key, value);
+      kvm_seterr (err, errlen, "%s: '%s' is too large", key, value);
       return -1;
     }
     lim->iops_size = s;
@@ -109,7 +110,7 @@ thr_limits_set (struct thr_limits *lim, const char *key, const char *value,
 
   if (field == F_MAX_LENGTH) {
     if (parse_uint (value, &v) == -1 || v < 1 || v > THR_MAX_LENGTH_MAX) {
-      snprintf (err, errlen,
+      kvm_seterr (err, errlen,
                 "%s: '%s' must be a whole number of seconds from 1 to %llu",
                 key, value, (unsigned long long) THR_MAX_LENGTH_MAX);
       return -1;
@@ -121,19 +122,19 @@ thr_limits_set (struct thr_limits *lim, const char *key, const char *value,
   if (is_bps (kind)) {
     int64_t s = parse_size (value);
     if (s < 0) {
-      snprintf (err, errlen, "%s: could not parse rate '%s' "
+      kvm_seterr (err, errlen, "%s: could not parse rate '%s' "
                 "(bytes per second, e.g. 100M)", key, value);
       return -1;
     }
     v = s;
   }
   else if (parse_uint (value, &v) == -1) {
-    snprintf (err, errlen, "%s: '%s' is not a whole number of I/Os "
+    kvm_seterr (err, errlen, "%s: '%s' is not a whole number of I/Os "
               "per second", key, value);
     return -1;
   }
   if (v > THR_VALUE_MAX) {
-    snprintf (err, errlen, "%s: '%s' is too large (at most %llu)",
+    kvm_seterr (err, errlen, "%s: '%s' is too large (at most %llu)",
               key, value, (unsigned long long) THR_VALUE_MAX);
     return -1;
   }
@@ -154,16 +155,16 @@ thr_limits_check (const struct thr_limits *lim, char *err, size_t errlen)
     const char *n = thr_kind_names[k];
 
     if (l->max && !l->avg) {
-      snprintf (err, errlen, "%s-max needs %s to be set", n, n);
+      kvm_seterr (err, errlen, "%s-max needs %s to be set", n, n);
       return -1;
     }
     if (l->max && l->max < l->avg) {
-      snprintf (err, errlen, "%s-max (%" PRIu64 ") cannot be lower than "
+      kvm_seterr (err, errlen, "%s-max (%" PRIu64 ") cannot be lower than "
                 "%s (%" PRIu64 ")", n, l->max, n, l->avg);
       return -1;
     }
     if (l->max_length > 1 && !l->max) {
-      snprintf (err, errlen, "%s-max-length needs %s-max to be set", n, n);
+      kvm_seterr (err, errlen, "%s-max-length needs %s-max to be set", n, n);
       return -1;
     }
   }
@@ -241,11 +242,11 @@ parse_pass (char *copy, thr_parse_size_fn parse_size,
       char *close = strrchr (s, ']');
       if (in_section && top_final &&
           thr_limits_check (&sec, msg, sizeof msg) == -1) {
-        snprintf (err, errlen, "section [%s]: %s", section, msg);
+        kvm_seterr (err, errlen, "section [%s]: %s", section, msg);
         return -1;
       }
       if (close == NULL || close[1] != '\0' || close == s + 1) {
-        snprintf (err, errlen, "line %d: expected [GROUP], got '%s'",
+        kvm_seterr (err, errlen, "line %d: expected [GROUP], got '%s'",
                   lineno, s);
         return -1;
       }
@@ -261,7 +262,7 @@ parse_pass (char *copy, thr_parse_size_fn parse_size,
       bool mine;
       eq = strchr (s, '=');
       if (eq == NULL) {
-        snprintf (err, errlen, "line %d: expected key=value, got '%s'",
+        kvm_seterr (err, errlen, "line %d: expected key=value, got '%s'",
                   lineno, s);
         return -1;
       }
@@ -276,11 +277,11 @@ parse_pass (char *copy, thr_parse_size_fn parse_size,
         r = thr_limits_set (group_out, key, value, parse_size,
                             msg, sizeof msg);
       if (r == 0) {
-        snprintf (err, errlen, "line %d: unknown key '%s'", lineno, key);
+        kvm_seterr (err, errlen, "line %d: unknown key '%s'", lineno, key);
         return -1;
       }
       if (r == -1) {
-        snprintf (err, errlen, "line %d: %s", lineno, msg);
+        kvm_seterr (err, errlen, "line %d: %s", lineno, msg);
         return -1;
       }
     }
@@ -290,7 +291,7 @@ parse_pass (char *copy, thr_parse_size_fn parse_size,
   }
   if (in_section && top_final &&
       thr_limits_check (&sec, msg, sizeof msg) == -1) {
-    snprintf (err, errlen, "section [%s]: %s", section, msg);
+    kvm_seterr (err, errlen, "section [%s]: %s", section, msg);
     return -1;
   }
   return 0;
@@ -308,7 +309,7 @@ thr_limits_parse_text (const struct thr_limits *base, const char *text,
 
   copy = strdup (text);
   if (copy == NULL) {
-    snprintf (err, errlen, "out of memory");
+    kvm_seterr (err, errlen, "out of memory");
     return -1;
   }
   /* Pass 1: the defaults (top-level lines), syntax of every line. */
@@ -316,7 +317,7 @@ thr_limits_parse_text (const struct thr_limits *base, const char *text,
                   err, errlen) == -1)
     goto out;
   if (thr_limits_check (&top, msg, sizeof msg) == -1) {
-    snprintf (err, errlen, "%s", msg);
+    kvm_seterr (err, errlen, "%s", msg);
     goto out;
   }
   /* Pass 2: every section over the defaults; the group's result. */
@@ -327,7 +328,7 @@ thr_limits_parse_text (const struct thr_limits *base, const char *text,
                   err, errlen) == -1)
     goto out;
   if (thr_limits_check (&result, msg, sizeof msg) == -1) {
-    snprintf (err, errlen, "section [%s]: %s", group ? group : "", msg);
+    kvm_seterr (err, errlen, "section [%s]: %s", group ? group : "", msg);
     goto out;
   }
   *out = result;

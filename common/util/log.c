@@ -49,3 +49,16 @@ kvm_debug (const char *fmt, ...)
   va_end (args);
   errno = saved;
 }
+
+void
+kvm_seterr (char *err, size_t errlen, const char *fmt, ...)
+{
+  int saved = errno;
+  va_list args;
+  if (errlen == 0)
+    return;
+  va_start (args, fmt);
+  vsnprintf (err, errlen, fmt, args);
+  va_end (args);
+  errno = saved;
+}
