@@ -10,6 +10,8 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "bdev/bdev.h"
 
@@ -35,6 +37,33 @@ bdev_flags_to_nbdkit (uint32_t b)
   if (b & BDEV_FAST_ZERO) f |= NBDKIT_FLAG_FAST_ZERO;
   if (b & BDEV_REQ_ONE) f |= NBDKIT_FLAG_REQ_ONE;
   return f;
+}
+
+/* The allow-backing-path=DIR|any parameter of format plugins and filters:
+ * DIR (resolved) is appended to the NULL-terminated list *DIRS of *N
+ * entries (for bdev_open_opts.allowed_dirs); "any" (or "*") sets *ANY.
+ */
+static inline int
+bdev_nbdkit_allow_path (const char *value, char ***dirs, size_t *n,
+                        bool *any)
+{
+  if (strcmp (value, "any") == 0 || strcmp (value, "*") == 0) {
+    *any = true;
+    return 0;
+  }
+  char *d = nbdkit_realpath (value);
+  if (!d)
+    return -1;
+  char **nd = realloc (*dirs, (*n + 2) * sizeof *nd);
+  if (!nd) {
+    free (d);
+    nbdkit_error ("realloc: %m");
+    return -1;
+  }
+  *dirs = nd;
+  nd[(*n)++] = d;
+  nd[*n] = NULL;
+  return 0;
 }
 
 /* Every plugin or filter handle that serves a bdev starts with this, so

@@ -76,25 +76,8 @@ qcow2_filter_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
       return -1;
     return 0;
   }
-  if (strcmp (key, "qcow2-allow-backing-path") == 0) {
-    if (strcmp (value, "any") == 0) {
-      allow_any = true;
-      return 0;
-    }
-    char *d = nbdkit_realpath (value);
-    if (!d)
-      return -1;
-    char **na = realloc (allowed, (nallowed + 2) * sizeof *na);
-    if (!na) {
-      free (d);
-      nbdkit_error ("realloc: %m");
-      return -1;
-    }
-    allowed = na;
-    allowed[nallowed++] = d;
-    allowed[nallowed] = NULL;
-    return 0;
-  }
+  if (strcmp (key, "qcow2-allow-backing-path") == 0)
+    return bdev_nbdkit_allow_path (value, &allowed, &nallowed, &allow_any);
   if (strcmp (key, "qcow2-cache") == 0) {
     cache_size = nbdkit_parse_size (value);
     return cache_size == -1 ? -1 : 0;

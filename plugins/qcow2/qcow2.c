@@ -95,24 +95,8 @@ qcow2_config (const char *key, const char *value)
     }
     backing_none = true;
   }
-  else if (strcmp (key, "allow-backing-path") == 0) {
-    if (strcmp (value, "any") == 0 || strcmp (value, "*") == 0) {
-      allow_any = true;
-      return 0;
-    }
-    char *d = nbdkit_realpath (value);
-    if (!d)
-      return -1;
-    char **na = realloc (allowed, (nallowed + 2) * sizeof *na);
-    if (!na) {
-      free (d);
-      nbdkit_error ("realloc: %m");
-      return -1;
-    }
-    allowed = na;
-    allowed[nallowed++] = d;
-    allowed[nallowed] = NULL;
-  }
+  else if (strcmp (key, "allow-backing-path") == 0)
+    return bdev_nbdkit_allow_path (value, &allowed, &nallowed, &allow_any);
   else if (strcmp (key, "snapshot") == 0) {
     free (snapshot);
     snapshot = strdup (value);
