@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -14,6 +15,23 @@
 #include "bdev.h"
 #include "../util/log.h"
 
+/* Under O_DIRECT an unaligned write is a read-modify-write of its first
+ * and last blocks, which must not interleave with any other change to
+ * those blocks: another RMW of the same block (one of the two updates
+ * would be lost), or an aligned write, trim or zero (overwritten by the
+ * stale copy the RMW read).  Blocks map onto a fixed set of rwlock
+ * stripes (block index modulo BLOCK_STRIPES): a request that modifies
+ * blocks holds their stripes, exclusively those of the blocks it
+ * read-modify-writes, shared the others.  So requests without RMW never
+ * wait for each other, and an RMW waits only for (and holds up only)
+ * changes to blocks of the same stripes.  Stripes are always taken in
+ * ascending order.  Reads take no lock.  Without O_DIRECT there is no
+ * RMW here and no lock either.
+ */
+#define BLOCK_STRIPES 64
+
+enum { STRIPE_NONE, STRIPE_SHARED, STRIPE_EXCL };
+
 struct file_bdev {
   struct bdev bd;
   int fd;
@@ -21,6 +39,7 @@ struct file_bdev {
   bool direct;
   uint32_t align;               /* O_DIRECT alignment */
   bool can_punch, can_zero_range; /* cleared after EOPNOTSUPP */
+  pthread_rwlock_t stripes[BLOCK_STRIPES];  /* if direct */
 };
 
 #define DIRECT_ALIGN 4096
@@ -30,7 +49,80 @@ file_close (struct bdev *bd)
 {
   struct file_bdev *f = (struct file_bdev *) bd;
   close (f->fd);
+  if (f->direct)
+    for (int i = 0; i < BLOCK_STRIPES; i++)
+      pthread_rwlock_destroy (&f->stripes[i]);
   bdev_free_common (bd);
+}
+
+/* Which stripes a change of [OFFSET, OFFSET+COUNT) needs (COUNT > 0),
+ * and how: the stripes of its blocks shared, except the stripe of its
+ * first block exclusively if EXCL_FIRST, and of its last if EXCL_LAST
+ * (the blocks it read-modify-writes).
+ */
+static void
+stripes_for (const struct file_bdev *f, uint64_t offset, uint64_t count,
+             bool excl_first, bool excl_last, uint8_t mode[BLOCK_STRIPES])
+{
+  uint64_t first = offset / f->align;
+  uint64_t last = (offset + count - 1) / f->align;
+  memset (mode, STRIPE_NONE, BLOCK_STRIPES);
+  if (last - first >= BLOCK_STRIPES - 1)
+    memset (mode, STRIPE_SHARED, BLOCK_STRIPES);
+  else
+    for (uint64_t b = first; b <= last; b++)
+      mode[b % BLOCK_STRIPES] = STRIPE_SHARED;
+  if (excl_first)
+    mode[first % BLOCK_STRIPES] = STRIPE_EXCL;
+  if (excl_last)
+    mode[last % BLOCK_STRIPES] = STRIPE_EXCL;
+}
+
+static void
+stripes_lock (struct file_bdev *f, const uint8_t mode[BLOCK_STRIPES])
+{
+  for (int i = 0; i < BLOCK_STRIPES; i++) {
+    if (mode[i] == STRIPE_EXCL)
+      pthread_rwlock_wrlock (&f->stripes[i]);
+    else if (mode[i] == STRIPE_SHARED)
+      pthread_rwlock_rdlock (&f->stripes[i]);
+  }
+}
+
+static void
+stripes_unlock (struct file_bdev *f, const uint8_t mode[BLOCK_STRIPES])
+{
+  for (int i = BLOCK_STRIPES - 1; i >= 0; i--)
+    if (mode[i] != STRIPE_NONE)
+      pthread_rwlock_unlock (&f->stripes[i]);
+}
+
+/* Around a change of [OFFSET, OFFSET+COUNT) that reads nothing (aligned
+ * write, trim, zero): order it against RMWs of its blocks.  Nothing to do
+ * without O_DIRECT (no RMW then).
+ */
+static void
+change_begin (struct file_bdev *f, uint64_t offset, uint64_t count,
+              uint8_t mode[BLOCK_STRIPES])
+{
+  if (!f->direct)
+    return;
+  if (count)
+    stripes_for (f, offset, count, false, false, mode);
+  else
+    memset (mode, STRIPE_NONE, BLOCK_STRIPES);
+  stripes_lock (f, mode);
+}
+
+/* Drop the stripes of change_begin (or of a RMW), keeping errno. */
+static void
+change_end (struct file_bdev *f, const uint8_t mode[BLOCK_STRIPES])
+{
+  if (!f->direct)
+    return;
+  int e = errno;
+  stripes_unlock (f, mode);
+  errno = e;
 }
 
 static int
@@ -95,16 +187,33 @@ bounce (struct file_bdev *f, void *rbuf, const void *wbuf, size_t count,
     errno = ENOMEM;
     return -1;
   }
-  if (full_pread (f->fd, b, len, start) == -1)
-    goto out;
-  if (rbuf)
-    memcpy (rbuf, (char *) b + (offset - start), count);
-  else {
-    memcpy ((char *) b + (offset - start), wbuf, count);
-    if (full_pwrite (f->fd, b, len, start) == -1)
+  if (rbuf) {
+    if (full_pread (f->fd, b, len, start) == -1)
       goto out;
+    memcpy (rbuf, (char *) b + (offset - start), count);
+    r = 0;
+    goto out;
   }
+
+  /* Only blocks the request covers partly are read (and so locked
+   * exclusively); whole blocks come from WBUF alone.
+   */
+  bool head = offset != start, tail = offset + count != end;
+  uint8_t mode[BLOCK_STRIPES];
+  stripes_for (f, start, len, head, tail, mode);
+  stripes_lock (f, mode);
+  if (head && full_pread (f->fd, b, f->align, start) == -1)
+    goto unlock;
+  if (tail && (!head || len > f->align) &&
+      full_pread (f->fd, (char *) b + len - f->align, f->align,
+                  end - f->align) == -1)
+    goto unlock;
+  memcpy ((char *) b + (offset - start), wbuf, count);
+  if (full_pwrite (f->fd, b, len, start) == -1)
+    goto unlock;
   r = 0;
+ unlock:
+  change_end (f, mode);
  out:
   free (b);
   return r;
@@ -134,8 +243,12 @@ file_pwrite (struct bdev *bd, const void *buf, size_t count, uint64_t offset,
   int r;
   if (f->direct && !aligned (f, buf, count, offset))
     r = bounce (f, NULL, buf, count, offset);
-  else
+  else {
+    uint8_t mode[BLOCK_STRIPES];
+    change_begin (f, offset, count, mode);
     r = full_pwrite (f->fd, buf, count, offset);
+    change_end (f, mode);
+  }
   if (r == -1) {
     kvm_error ("%s: write at %" PRIu64 ": %m", bd->name, offset);
     return -1;
@@ -175,18 +288,21 @@ static int
 file_trim (struct bdev *bd, uint64_t count, uint64_t offset, uint32_t flags)
 {
   struct file_bdev *f = (struct file_bdev *) bd;
+  uint8_t mode[BLOCK_STRIPES];
   int r;
   (void) flags;
 
+  if (!f->is_block && !f->can_punch)
+    return 0;
+  change_begin (f, offset, count, mode);
   if (f->is_block) {
     uint64_t range[2] = { offset, count };
     r = ioctl (f->fd, BLKDISCARD, range);
   }
-  else if (f->can_punch)
+  else
     r = fallocate (f->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
                    offset, count);
-  else
-    return 0;
+  change_end (f, mode);
   if (r == -1) {
     if (unsupported (errno)) {  /* trim is advisory */
       f->can_punch = false;
@@ -198,36 +314,50 @@ file_trim (struct bdev *bd, uint64_t count, uint64_t offset, uint32_t flags)
   return 0;
 }
 
+/* Zero without writing zeroes: 0 done, 1 cannot, -1 error (errno set). */
 static int
-file_zero (struct bdev *bd, uint64_t count, uint64_t offset, uint32_t flags)
+zero_fast (struct file_bdev *f, uint64_t count, uint64_t offset,
+           uint32_t flags)
 {
-  struct file_bdev *f = (struct file_bdev *) bd;
-  int r;
-
   if (f->is_block) {
     uint64_t range[2] = { offset, count };
     if (ioctl (f->fd, BLKZEROOUT, range) == 0)
       return 0;
+    return 1;
   }
-  else {
-    /* Punching a hole reads back as zeroes and frees space. */
-    if ((flags & BDEV_MAY_TRIM) && f->can_punch) {
-      r = fallocate (f->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-                     offset, count);
-      if (r == 0)
-        return 0;
-      if (!unsupported (errno))
-        goto err;
-      f->can_punch = false;
-    }
-    if (f->can_zero_range) {
-      r = fallocate (f->fd, FALLOC_FL_ZERO_RANGE, offset, count);
-      if (r == 0)
-        return 0;
-      if (!unsupported (errno))
-        goto err;
-      f->can_zero_range = false;
-    }
+  /* Punching a hole reads back as zeroes and frees space. */
+  if ((flags & BDEV_MAY_TRIM) && f->can_punch) {
+    if (fallocate (f->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                   offset, count) == 0)
+      return 0;
+    if (!unsupported (errno))
+      return -1;
+    f->can_punch = false;
+  }
+  if (f->can_zero_range) {
+    if (fallocate (f->fd, FALLOC_FL_ZERO_RANGE, offset, count) == 0)
+      return 0;
+    if (!unsupported (errno))
+      return -1;
+    f->can_zero_range = false;
+  }
+  return 1;
+}
+
+static int
+file_zero (struct bdev *bd, uint64_t count, uint64_t offset, uint32_t flags)
+{
+  struct file_bdev *f = (struct file_bdev *) bd;
+  uint8_t mode[BLOCK_STRIPES];
+
+  change_begin (f, offset, count, mode);
+  int r = zero_fast (f, count, offset, flags);
+  change_end (f, mode);
+  if (r == 0)
+    return 0;
+  if (r == -1) {
+    kvm_error ("%s: zero at %" PRIu64 ": %m", bd->name, offset);
+    return -1;
   }
   if (flags & BDEV_FAST_ZERO) {
     errno = ENOTSUP;
@@ -242,9 +372,6 @@ file_zero (struct bdev *bd, uint64_t count, uint64_t offset, uint32_t flags)
     count -= n; offset += n;
   }
   return 0;
- err:
-  kvm_error ("%s: zero at %" PRIu64 ": %m", bd->name, offset);
-  return -1;
 }
 
 static int
@@ -335,6 +462,18 @@ bdev_file_open (const char *path, const struct bdev_open_opts *opts)
   f->fd = fd;
   f->is_block = S_ISBLK (st.st_mode);
   f->direct = opts->direct;
+  if (f->direct) {
+    /* Writers first: a steady stream of aligned writes must not starve
+     * a read-modify-write.
+     */
+    pthread_rwlockattr_t ra;
+    pthread_rwlockattr_init (&ra);
+    pthread_rwlockattr_setkind_np (&ra,
+                                   PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    for (int i = 0; i < BLOCK_STRIPES; i++)
+      pthread_rwlock_init (&f->stripes[i], &ra);
+    pthread_rwlockattr_destroy (&ra);
+  }
   f->align = DIRECT_ALIGN;
   f->can_punch = f->can_zero_range = true;
   f->bd.readonly = opts->readonly;

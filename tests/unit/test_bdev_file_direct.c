@@ -1,0 +1,237 @@
+/* The raw file backend under O_DIRECT: concurrent unaligned writes into
+ * the same blocks go through read-modify-write of whole blocks and must
+ * not lose each other's bytes; nor may an aligned write, trim or zero of
+ * a block be undone by a concurrent read-modify-write of it.
+ *
+ * Needs a file system with O_DIRECT (tmpfs has none): the file is made
+ * in $TMPDIR or /var/tmp.  Without O_DIRECT the test is skipped (exit
+ * 77), except when CI=true, where it fails.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "bdev/bdev.h"
+#include "check.h"
+
+#define BLOCK 4096
+#define NBLOCKS 8
+#define SIZE (NBLOCKS * BLOCK)
+#define NTHREADS 8
+#define ROUNDS 150
+
+/* Thread T owns bytes [slice_start (T), slice_start (T + 1)) of every
+ * block: odd sizes and offsets, so every write is unaligned.
+ */
+static unsigned
+slice_start (unsigned t)
+{
+  return t == 0 ? 0 : t == NTHREADS ? BLOCK : 13 + t * (BLOCK / NTHREADS);
+}
+
+static uint8_t
+pattern (unsigned t, unsigned round, unsigned block)
+{
+  return (uint8_t) (1 + t * 31 + round * 7 + block * 3);
+}
+
+static struct bdev *bd;
+static pthread_barrier_t barrier;
+
+struct worker {
+  pthread_t thread;
+  unsigned t;
+  int err;
+};
+
+static void *
+worker (void *opaque)
+{
+  struct worker *w = opaque;
+  unsigned len = slice_start (w->t + 1) - slice_start (w->t);
+  uint8_t buf[BLOCK];
+
+  for (unsigned r = 0; r < ROUNDS; r++) {
+    pthread_barrier_wait (&barrier);   /* start together */
+    for (unsigned i = 0; i < NBLOCKS; i++) {
+      /* Each thread walks the blocks in its own order. */
+      unsigned b = (i + w->t * 3) % NBLOCKS;
+      memset (buf, pattern (w->t, r, b), len);
+      if (bdev_pwrite (bd, buf, len,
+                       (uint64_t) b * BLOCK + slice_start (w->t), 0) == -1)
+        w->err = errno ? errno : EIO;
+    }
+    pthread_barrier_wait (&barrier);   /* main thread checks */
+    pthread_barrier_wait (&barrier);
+  }
+  return NULL;
+}
+
+/* Every byte of every block holds what its owner wrote in round R. */
+static unsigned
+count_lost (unsigned r)
+{
+  static uint8_t data[SIZE];
+  unsigned lost = 0;
+  CHECK (bdev_pread (bd, data, SIZE, 0) == 0);
+  for (unsigned b = 0; b < NBLOCKS; b++)
+    for (unsigned t = 0; t < NTHREADS; t++) {
+      uint8_t want = pattern (t, r, b);
+      for (unsigned i = slice_start (t); i < slice_start (t + 1); i++)
+        if (data[b * BLOCK + i] != want) {
+          lost++;               /* one lost slice */
+          break;
+        }
+    }
+  return lost;
+}
+
+static void
+test_unaligned_writes (void)
+{
+  struct worker w[NTHREADS];
+  unsigned lost = 0, bad_rounds = 0;
+
+  CHECK (pthread_barrier_init (&barrier, NULL, NTHREADS + 1) == 0);
+  for (unsigned t = 0; t < NTHREADS; t++) {
+    w[t] = (struct worker) { .t = t };
+    CHECK (pthread_create (&w[t].thread, NULL, worker, &w[t]) == 0);
+  }
+  for (unsigned r = 0; r < ROUNDS; r++) {
+    pthread_barrier_wait (&barrier);
+    pthread_barrier_wait (&barrier);
+    unsigned n = count_lost (r);
+    lost += n;
+    bad_rounds += n > 0;
+    pthread_barrier_wait (&barrier);
+  }
+  for (unsigned t = 0; t < NTHREADS; t++) {
+    CHECK (pthread_join (w[t].thread, NULL) == 0);
+    errno = w[t].err;
+    CHECK (w[t].err == 0);
+  }
+  pthread_barrier_destroy (&barrier);
+  if (lost)
+    fprintf (stderr, "concurrent unaligned O_DIRECT writes: %u slices lost "
+             "in %u of %d rounds\n", lost, bad_rounds, ROUNDS);
+  CHECK (lost == 0);
+}
+
+/* An unaligned writer of one byte per block against a thread that writes
+ * whole blocks, trims and zeroes them: once the block thread has changed
+ * a block, its content apart from the byte must stay what it wrote.
+ */
+#define MIXED_ROUNDS 400
+
+static void *
+byte_writer (void *opaque)
+{
+  (void) opaque;
+  for (unsigned r = 0; r < MIXED_ROUNDS; r++) {
+    uint8_t v = 0xee;
+    for (unsigned b = 0; b < NBLOCKS; b++)
+      CHECK (bdev_pwrite (bd, &v, 1, (uint64_t) b * BLOCK + 100, 0) == 0);
+  }
+  return NULL;
+}
+
+static void
+test_mixed (void)
+{
+  static uint8_t *blk, data[BLOCK];
+  pthread_t th;
+  unsigned bad = 0;
+
+  CHECK (posix_memalign ((void **) &blk, BLOCK, BLOCK) == 0);
+  CHECK (pthread_create (&th, NULL, byte_writer, NULL) == 0);
+  for (unsigned r = 0; r < MIXED_ROUNDS; r++) {
+    unsigned b = r % NBLOCKS;
+    uint64_t off = (uint64_t) b * BLOCK;
+    uint8_t want = (uint8_t) (r + 1);
+    switch (r % 3) {
+    case 0:
+      memset (blk, want, BLOCK);
+      CHECK (bdev_pwrite (bd, blk, BLOCK, off, 0) == 0);
+      break;
+    case 1:
+      want = 0;
+      CHECK (bdev_zero (bd, BLOCK, off, 0) == 0);
+      break;
+    case 2:
+      want = 0;
+      CHECK (bdev_zero (bd, BLOCK, off, BDEV_MAY_TRIM) == 0);
+      break;
+    }
+    CHECK (bdev_pread (bd, data, BLOCK, off) == 0);
+    for (unsigned i = 0; i < BLOCK; i++)
+      if (i != 100 && data[i] != want) {
+        bad++;
+        break;
+      }
+  }
+  CHECK (pthread_join (th, NULL) == 0);
+  free (blk);
+  if (bad)
+    fprintf (stderr, "aligned write/zero undone by a concurrent "
+             "read-modify-write in %u of %d rounds\n", bad, MIXED_ROUNDS);
+  CHECK (bad == 0);
+}
+
+/* Can PATH be written with O_DIRECT? */
+static bool
+direct_works (const char *path)
+{
+  void *p;
+  int fd = open (path, O_RDWR | O_DIRECT);
+  bool ok = false;
+  if (fd == -1)
+    return false;
+  if (posix_memalign (&p, BLOCK, BLOCK) == 0) {
+    memset (p, 0, BLOCK);
+    ok = pwrite (fd, p, BLOCK, 0) == BLOCK && pread (fd, p, BLOCK, 0) == BLOCK;
+    free (p);
+  }
+  close (fd);
+  return ok;
+}
+
+int
+main (void)
+{
+  const char *dir = getenv ("TMPDIR");
+  char path[4096];
+  snprintf (path, sizeof path, "%s/bdevdirectXXXXXX",
+            dir && *dir ? dir : "/var/tmp");
+  int fd = mkstemp (path);
+  CHECK (fd >= 0);
+  CHECK (ftruncate (fd, SIZE) == 0);
+  close (fd);
+
+  if (!direct_works (path)) {
+    const char *ci = getenv ("CI");
+    unlink (path);
+    if (ci && strcmp (ci, "true") == 0) {
+      fprintf (stderr, "%s: O_DIRECT does not work here, and CI=true\n",
+               path);
+      return 1;
+    }
+    printf ("%s: no O_DIRECT on this file system: skipped\n", path);
+    return 77;
+  }
+
+  struct bdev_open_opts o = { .direct = true };
+  bd = bdev_file_open (path, &o);
+  CHECK (bd != NULL);
+  test_unaligned_writes ();
+  test_mixed ();
+  bdev_close (bd);
+  unlink (path);
+  printf ("bdev file backend, O_DIRECT concurrency: ok\n");
+  return 0;
+}
