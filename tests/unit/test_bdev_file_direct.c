@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* The raw file backend under O_DIRECT: concurrent unaligned writes into
  * the same blocks go through read-modify-write of whole blocks and must
  * not lose each other's bytes; nor may an aligned write, trim or zero of
