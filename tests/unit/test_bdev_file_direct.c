@@ -229,10 +229,10 @@ main (void)
   struct bdev_open_opts o = { .direct = true };
   bd = bdev_file_open (path, &o);
   CHECK (bd != NULL);
+  unlink (path);                /* nothing left behind if a check fails */
   test_unaligned_writes ();
   test_mixed ();
   bdev_close (bd);
-  unlink (path);
   printf ("bdev file backend, O_DIRECT concurrency: ok\n");
   return 0;
 }
