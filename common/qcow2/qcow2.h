@@ -7,6 +7,8 @@
  *   qcow2.snapshot=NAME|ID   open an internal snapshot (read-only)
  *   qcow2.cache=BYTES        L2 metadata cache size
  *   qcow2.verbose=1          dump header, snapshots and cache stats
+ *   qcow2.compress=zlib|zstd write whole new clusters compressed (the
+ *                            image's compression type)
  */
 #ifndef KVM_QCOW2_H
 #define KVM_QCOW2_H

@@ -15,6 +15,7 @@
 #endif
 #ifdef HAVE_ZSTD
 #include <zstd.h>
+#include <zstd_errors.h>
 #endif
 
 #include "qcow2.h"
@@ -200,4 +201,306 @@ q2_free_compressed (struct qcow2 *q, uint64_t e)
     if (q2_defer_free (q, c) == -1)
       return -1;
   return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Compressed writes (qcow2.compress=zlib|zstd).
+ *
+ * A write request's whole aligned clusters are compressed before the
+ * engine's exclusive lock is taken (so that requests compress in
+ * parallel), each into at most cluster_size - 1 bytes; a cluster that
+ * does not fit is stored uncompressed, an all-zero one not at all.  Under
+ * the lock, write_cluster stores a compressed cluster only if its entry
+ * maps no host cluster (unallocated or zero); everything else (partial
+ * clusters, overwrites) takes the normal path.  Compressed data is packed
+ * back to back into a running host cluster (q->cfree), spilling into the
+ * next cluster when that one is free, as qemu-img convert -c does: each
+ * compressed entry holds one reference to every host cluster it touches.
+ * The data is written before the exclusive lock is released, i.e. before
+ * any flush can write the L2 entry that points to it.
+ */
+
+/* Per-thread compression state, as for decompression. */
+struct cctx {
+#ifdef HAVE_ZLIB
+  z_stream z;
+  bool z_ready;
+#endif
+#ifdef HAVE_ZSTD
+  ZSTD_CCtx *zstd;
+#endif
+};
+
+static pthread_key_t cctx_key;
+static pthread_once_t cctx_once = PTHREAD_ONCE_INIT;
+static int cctx_key_err;
+
+static void
+cctx_free (void *vp)
+{
+  struct cctx *x = vp;
+#ifdef HAVE_ZLIB
+  if (x->z_ready)
+    deflateEnd (&x->z);
+#endif
+#ifdef HAVE_ZSTD
+  ZSTD_freeCCtx (x->zstd);
+#endif
+  free (x);
+}
+
+static void
+cctx_key_init (void)
+{
+  cctx_key_err = pthread_key_create (&cctx_key, cctx_free);
+}
+
+static struct cctx *
+thread_cctx (void)
+{
+  struct cctx *x;
+
+  pthread_once (&cctx_once, cctx_key_init);
+  if (cctx_key_err)
+    return NULL;
+  x = pthread_getspecific (cctx_key);
+  if (x == NULL) {
+    x = calloc (1, sizeof *x);
+    if (x == NULL)
+      return NULL;
+    if (pthread_setspecific (cctx_key, x) != 0) {
+      free (x);
+      return NULL;
+    }
+  }
+  return x;
+}
+
+/* Check qcow2.compress= (OPT, may be NULL) against the image. */
+int
+q2_setup_compress (struct qcow2 *q, const char *opt, bool readonly)
+{
+  int type;
+  if (!opt)
+    return 0;
+  if (strcmp (opt, "zlib") == 0)
+    type = 0;
+  else if (strcmp (opt, "zstd") == 0)
+    type = 1;
+  else {
+    ERR (q, EINVAL, "%s: compress=%s: must be zlib or zstd", q->path, opt);
+    return -1;
+  }
+  if (readonly)                 /* nothing will be written */
+    return 0;
+#ifndef HAVE_ZLIB
+  if (type == 0) {
+    ERR (q, ENOTSUP, "%s: compress=zlib: zlib support not compiled in",
+         q->path);
+    return -1;
+  }
+#endif
+#ifndef HAVE_ZSTD
+  if (type == 1) {
+    ERR (q, ENOTSUP, "%s: compress=zstd: zstd support not compiled in",
+         q->path);
+    return -1;
+  }
+#endif
+  if (type != q->compression_type) {
+    ERR (q, EINVAL, "%s: compress=%s, but the image's compression type is "
+         "%s (fixed when the image was created): use compress=%s, or "
+         "create the image with compression_type=%s", q->path, opt,
+         q->compression_type ? "zstd" : "zlib",
+         q->compression_type ? "zstd" : "zlib", opt);
+    return -1;
+  }
+  if (q->external_data) {
+    ERR (q, ENOTSUP, "%s: compress=: an image with an external data file "
+         "cannot hold compressed clusters", q->path);
+    return -1;
+  }
+  q->compress = true;
+  return 0;
+}
+
+/* Compress one cluster IN into OUT (room for cluster_size - 1 bytes).
+ * Returns the compressed length, CB_RAW if it does not fit, or -1.
+ */
+static int64_t
+compress_cluster (struct qcow2 *q, struct cctx *x, const uint8_t *in,
+                  uint8_t *out)
+{
+  size_t cs = q->cluster_size, room = cs - 1;
+
+  if (q->compression_type == 0) {
+#ifdef HAVE_ZLIB
+    z_stream *s = &x->z;
+    if (!x->z_ready) {
+      memset (s, 0, sizeof *s);
+      /* Raw deflate with a 4 KiB window, the stream qcow2 readers expect. */
+      if (deflateInit2 (s, Z_DEFAULT_COMPRESSION, Z_DEFLATED, -12, 9,
+                        Z_DEFAULT_STRATEGY) != Z_OK) {
+        ERR (q, ENOMEM, "%s: cannot set up zlib", q->path);
+        return -1;
+      }
+      x->z_ready = true;
+    }
+    else if (deflateReset (s) != Z_OK) {
+      ERR (q, EIO, "%s: zlib: cannot reset the compressor", q->path);
+      return -1;
+    }
+    s->next_in = (Bytef *) in;
+    s->avail_in = cs;
+    s->next_out = out;
+    s->avail_out = room;
+    int r = deflate (s, Z_FINISH);
+    if (r == Z_STREAM_END)
+      return room - s->avail_out;
+    if (r == Z_OK || r == Z_BUF_ERROR)
+      return CB_RAW;
+    ERR (q, EIO, "%s: zlib: compression failed (%d)", q->path, r);
+    return -1;
+#endif
+  }
+  else {
+#ifdef HAVE_ZSTD
+    if (x->zstd == NULL) {
+      x->zstd = ZSTD_createCCtx ();
+      if (x->zstd == NULL) {
+        ERR (q, ENOMEM, "%s: cannot set up zstd", q->path);
+        return -1;
+      }
+    }
+    size_t r = ZSTD_compress2 (x->zstd, out, room, in, cs);
+    if (!ZSTD_isError (r))
+      return r;
+    if (ZSTD_getErrorCode (r) == ZSTD_error_dstSize_tooSmall)
+      return CB_RAW;
+    ERR (q, EIO, "%s: zstd: compression failed: %s", q->path,
+         ZSTD_getErrorName (r));
+    return -1;
+#endif
+  }
+  ERR (q, ENOTSUP, "%s: compression not compiled in", q->path);
+  return -1;
+}
+
+static bool
+all_zero (const uint8_t *p, size_t n)
+{
+  return p[0] == 0 && memcmp (p, p + 1, n - 1) == 0;
+}
+
+void
+q2_cbatch_free (struct q2_cbatch *cb)
+{
+  free (cb->len);
+  free (cb->pos);
+  free (cb->out);
+  memset (cb, 0, sizeof *cb);
+}
+
+/* Compress the whole aligned clusters of a write of COUNT bytes of BUF at
+ * guest OFFSET into CB.  No lock needed.
+ */
+int
+q2_compress_batch (struct qcow2 *q, struct q2_cbatch *cb, const uint8_t *buf,
+                   uint64_t count, uint64_t offset)
+{
+  uint64_t cs = q->cluster_size;
+  uint64_t first = div_round_up64 (offset, cs), end = (offset + count) / cs;
+  memset (cb, 0, sizeof *cb);
+  if (end <= first)
+    return 0;
+  struct cctx *x = thread_cctx ();
+  uint64_t n = end - first;
+  cb->len = malloc (n * sizeof *cb->len);
+  cb->pos = malloc (n * sizeof *cb->pos);
+  cb->out = malloc (n * (cs - 1));
+  if (!x || !cb->len || !cb->pos || !cb->out) {
+    q2_cbatch_free (cb);
+    ERR (q, ENOMEM, "%s: out of memory", q->path);
+    return -1;
+  }
+  cb->first = first;
+  cb->n = n;
+  uint64_t at = 0;
+  for (uint64_t i = 0; i < n; i++) {
+    const uint8_t *in = buf + (first + i) * cs - offset;
+    cb->pos[i] = at;
+    if (all_zero (in, cs)) {
+      cb->len[i] = CB_ZERO;
+      continue;
+    }
+    int64_t r = compress_cluster (q, x, in, cb->out + at);
+    if (r == -1) {
+      q2_cbatch_free (cb);
+      return -1;
+    }
+    cb->len[i] = r;
+    if (r != CB_RAW)
+      at += r;
+  }
+  return 0;
+}
+
+/* Room for LEN bytes of compressed data (LEN < cluster_size) in the host
+ * clusters: packed after the previous compressed cluster when its host
+ * cluster has room (or the next host cluster is free to spill into), else
+ * at the start of a new cluster.  Takes one reference on each host
+ * cluster the data touches.  Exclusive lock held.
+ */
+int
+q2_compress_alloc (struct qcow2 *q, uint64_t len, uint64_t *off)
+{
+  uint64_t cs = q->cluster_size, cur = q->cfree, rc;
+  if (cur) {
+    uint64_t cl = cur & ~(cs - 1), next = cl + cs;
+    if (q2_refcount_get (q, cl, &rc) == -1)
+      return -1;
+    if (rc == 0 || rc >= q->refcount_max)
+      cur = 0;
+    else if (cur + len > next) {
+      /* Spill into the next cluster: only when it is free and its
+       * refcount block exists already (a new block could land on it).
+       */
+      uint64_t ri = (next >> q->cluster_bits) >> q->rb_bits, nrc = 1;
+      bool ok = ri < q->rt_entries && (q->rt[ri] & REFT_OFFSET_MASK) &&
+        next + cs <= (1ull << q->csize_shift) &&
+        (q->file->growable || next + cs <= q->file->size);
+      if (ok && q2_refcount_get (q, next, &nrc) == -1)
+        return -1;
+      if (!ok || nrc != 0)
+        cur = 0;
+      else {
+        if (q2_refcount_update (q, next, 1, NULL) == -1)
+          return -1;
+        if (next + cs > q->alloc_end)
+          q->alloc_end = next + cs;
+      }
+    }
+    if (cur && q2_refcount_update (q, cl, 1, NULL) == -1)
+      return -1;
+  }
+  if (!cur) {
+    if (q2_alloc_clusters (q, 1, &cur) == -1)
+      return -1;
+    if (cur + cs > (1ull << q->csize_shift)) {
+      ERR (q, ENOSPC, "%s: compressed cluster offset %#" PRIx64 " too "
+           "large for the L2 entry", q->path, cur);
+      return -1;
+    }
+  }
+  *off = cur;
+  q->cfree = (cur + len) & (cs - 1) ? cur + len : 0;
+  return 0;
+}
+
+/* The L2 entry of LEN bytes of compressed data at host offset OFF. */
+uint64_t
+q2_compressed_entry (struct qcow2 *q, uint64_t off, uint64_t len)
+{
+  uint64_t nsect = ((off + len - 1) >> 9) - (off >> 9);
+  return OFLAG_COMPRESSED | (nsect << q->csize_shift) | off;
 }

@@ -106,6 +106,8 @@ void
 q2_release_cluster (struct qcow2 *q, uint64_t off)
 {
   q2_punch (q, off, q->cluster_size);
+  if (q->cfree && (q->cfree & ~(q->cluster_size - 1)) == off)
+    q->cfree = 0;               /* no more compressed data packed there */
   if (off < q->cursor)
     q->cursor = off;
   if (off + q->cluster_size > q->zero_from)

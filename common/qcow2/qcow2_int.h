@@ -135,6 +135,10 @@ struct qcow2 {
   int compression_type;
   unsigned csize_shift;
   uint64_t csize_mask;
+  bool compress;                /* qcow2.compress: whole new clusters are
+                                 * written compressed */
+  uint64_t cfree;               /* next free byte of the host cluster being
+                                 * filled with compressed data, or 0 */
 
   /* Active L1 (or snapshot L1, read-only). */
   uint64_t l1_offset;
@@ -253,6 +257,23 @@ int q2_write_header (struct qcow2 *q);
 /* qcow2_compress.c */
 int q2_free_compressed (struct qcow2 *q, uint64_t e);
 int q2_read_compressed (struct qcow2 *q, uint64_t e, uint8_t *out);
+/* Compressed writes: the whole aligned clusters of one write request,
+ * compressed before the exclusive lock is taken.
+ */
+#define CB_ZERO UINT32_C(0)             /* the cluster is all zeroes */
+#define CB_RAW  UINT32_MAX              /* does not compress: store it raw */
+struct q2_cbatch {
+  uint64_t first, n;            /* guest clusters [first, first + n) */
+  uint32_t *len;                /* compressed bytes, or CB_ZERO / CB_RAW */
+  uint64_t *pos;                /* where in out */
+  uint8_t *out;
+};
+int q2_setup_compress (struct qcow2 *q, const char *opt, bool readonly);
+int q2_compress_batch (struct qcow2 *q, struct q2_cbatch *cb,
+                       const uint8_t *buf, uint64_t count, uint64_t offset);
+void q2_cbatch_free (struct q2_cbatch *cb);
+int q2_compress_alloc (struct qcow2 *q, uint64_t len, uint64_t *off);
+uint64_t q2_compressed_entry (struct qcow2 *q, uint64_t off, uint64_t len);
 
 /* qcow2_map.c */
 int q2_classify (struct qcow2 *q, uint64_t e, uint64_t bm, unsigned sc,

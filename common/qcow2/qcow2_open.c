@@ -777,7 +777,9 @@ qcow2_open_container (struct bdev *container, const char *name,
       load_l1 (q) == -1 ||
       setup_caches (q, &c) == -1 ||
       open_backing (q, &c) == -1 ||
-      open_data_file (q, &c) == -1)
+      open_data_file (q, &c) == -1 ||
+      q2_setup_compress (q, get_opt (opts, "qcow2.compress"),
+                         c.readonly) == -1)
     goto fail;
   set_caps (q, &c);
   if (q->verbose)

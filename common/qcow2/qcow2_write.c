@@ -215,6 +215,7 @@ struct wrun {
   uint64_t host, len;
   const uint8_t *src;
   bool can_defer;
+  const struct q2_cbatch *cb;   /* compressed whole clusters, or NULL */
   struct drun *d;
   size_t nd, capd;
 };
@@ -428,6 +429,47 @@ write_new_cluster (struct qcow2 *q, struct cwrite *c)
   return q2_mark_dirty (q, q->l2c, &q->dl2, c->t);
 }
 
+/* qcow2.compress: store a whole cluster whose entry maps no host cluster
+ * compressed (or, all zeroes, not at all).  Returns 1 when the normal path
+ * must write it instead.
+ */
+static int
+write_compressed (struct qcow2 *q, struct cwrite *c)
+{
+  const struct q2_cbatch *cb = c->w->cb;
+  if (!cb || c->a != 0 || c->b != q->cluster_size ||
+      (c->e & OFLAG_COMPRESSED) || c->host != 0 ||
+      c->cl < cb->first || c->cl - cb->first >= cb->n)
+    return 1;
+  uint64_t i = c->cl - cb->first, ne, nbm = 0, host;
+  uint32_t len = cb->len[i];
+  if (len == CB_RAW)
+    return 1;
+  if (len == CB_ZERO) {
+    if (!q->backing)
+      return 0;                 /* reads as zeroes already */
+    if (q->version < 3)
+      return 1;
+    if (q->ext_l2)
+      ne = 0, nbm = 0xffffffff00000000ull;
+    else
+      ne = OFLAG_ZERO;
+  }
+  else {
+    if (q2_compress_alloc (q, len, &host) == -1 ||
+        wrun_add (q, c->w, host, cb->out + cb->pos[i], len) == -1)
+      return -1;
+    ne = q2_compressed_entry (q, host, len);
+  }
+  if (ne == c->e && nbm == c->bm)
+    return 0;
+  uint8_t *p = c->t + (c->i2 << q->l2_entry_shift);
+  store_be64 (p, ne);
+  if (q->ext_l2)
+    store_be64 (p + 8, nbm);
+  return q2_mark_dirty (q, q->l2c, &q->dl2, c->t);
+}
+
 /* Write [a, b) of guest cluster CL from SRC (src points at guest offset a).
  * Exclusive lock held.
  */
@@ -454,6 +496,8 @@ write_cluster (struct qcow2 *q, uint64_t cl, uint64_t a, uint64_t b,
          " is not cluster aligned", q->path, c.host);
     r = -1;
   }
+  else if ((r = write_compressed (q, &c)) != 1)
+    ;                           /* stored compressed (or left zero) */
   else if (q->ext_l2 && !(c.e & OFLAG_COMPRESSED) &&
            (in_place (q, c.e) || c.host == 0))
     r = write_subclusters (q, &c);
@@ -519,9 +563,12 @@ qcow2_pwrite (struct bdev *bd, const void *buf, size_t count,
       return r;
   }
 
+  struct q2_cbatch cb = { 0 };
+  if (q->compress && q2_compress_batch (q, &cb, buf, count, offset) == -1)
+    return -1;
   pthread_rwlock_wrlock (&q->lock);
   r = first_write (q);
-  struct wrun w = { .can_defer = true };
+  struct wrun w = { .can_defer = true, .cb = &cb };
   const uint8_t *src = buf;
   uint64_t end = offset + count;
   while (r == 0 && offset < end) {
@@ -541,6 +588,7 @@ qcow2_pwrite (struct bdev *bd, const void *buf, size_t count,
   pthread_rwlock_unlock (&q->lock);
   if (wrun_write_deferred (q, &w, r == 0) == -1)
     r = -1;
+  q2_cbatch_free (&cb);
   return r;
 }
 

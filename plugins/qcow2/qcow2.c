@@ -40,6 +40,8 @@ static bool direct;
 static int64_t create_size = -1;
 static struct qcow2_create_opts copts = { .version = 3 };
 static char *create_backing, *create_backing_format;
+static const char *compress;    /* compress=: "zlib", "zstd" or NULL */
+static bool create_ctype_set;   /* create-compression-type= given */
 
 /* One engine per export (the active image and each internal snapshot). */
 static struct bdev_registry images = BDEV_REGISTRY_INIT;
@@ -166,7 +168,18 @@ qcow2_config (const char *key, const char *value)
     }
     copts.refcount_bits = v;
   }
+  else if (strcmp (key, "compress") == 0) {
+    if (strcmp (value, "zlib") == 0)
+      compress = "zlib";
+    else if (strcmp (value, "zstd") == 0)
+      compress = "zstd";
+    else {
+      nbdkit_error ("compress must be zlib or zstd");
+      return -1;
+    }
+  }
   else if (strcmp (key, "create-compression-type") == 0) {
+    create_ctype_set = true;
     if (strcmp (value, "zlib") == 0)
       copts.compression_type = 0;
     else if (strcmp (value, "zstd") == 0)
@@ -250,6 +263,16 @@ qcow2_config_complete (void)
                       errno);
       return -1;
     }
+    /* compress= picks the new image's compression type. */
+    if (compress) {
+      int t = strcmp (compress, "zstd") == 0;
+      if (create_ctype_set && copts.compression_type != t) {
+        nbdkit_error ("compress=%s contradicts create-compression-type=%s",
+                      compress, t ? "zlib" : "zstd");
+        return -1;
+      }
+      copts.compression_type = t;
+    }
     if (create_image () == -1)
       return -1;
     nbdkit_debug ("%s: created new qcow2 image of %" PRIi64 " bytes",
@@ -302,6 +325,7 @@ qcow2_config_file (const char *key, const char *value)
   "snapshot=NAME|ID            Serve an internal snapshot (read-only).\n" \
   "cache=SIZE                  L2 metadata cache size.\n" \
   "direct=true                 Use O_DIRECT.\n" \
+  "compress=zlib|zstd          Write whole new clusters compressed.\n" \
   "create=SIZE                 Create the image if it does not exist\n" \
   "                            (create-cluster-size, create-compat,\n" \
   "                            create-backing, create-backing-format,\n" \
@@ -325,7 +349,7 @@ static struct bdev *
 open_engine (const char *snap, bool readonly)
 {
   char cachebuf[64];
-  const char *fopts[6];
+  const char *fopts[8];
   size_t n = 0;
   struct bdev_open_opts o = {
     .readonly = readonly || snap,
@@ -349,6 +373,9 @@ open_engine (const char *snap, bool readonly)
   }
   if (qcow2_debug_verbose)
     fopts[n++] = "qcow2.verbose=1";
+  if (compress)
+    fopts[n++] = strcmp (compress, "zstd") == 0 ? "qcow2.compress=zstd"
+      : "qcow2.compress=zlib";
   fopts[n] = NULL;
   o.format_opts = fopts;
   struct bdev *bd = bdev_open (filename, "qcow2", &o, 0);
