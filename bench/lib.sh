@@ -161,8 +161,8 @@ bench_workload () {
   esac
   case $kind in
     fio|fio-once) case $unit in MiB/s|IOPS) ;; *) bench_die "workload $name: unit must be MiB/s or IOPS" ;; esac ;;
-    nbdcopy) [ "$unit" = MiB/s ] || bench_die "workload $name: nbdcopy unit must be MiB/s" ;;
-    *) bench_die "workload $name: kind must be fio, fio-once or nbdcopy" ;;
+    nbdcopy|nbdcopy-in) [ "$unit" = MiB/s ] || bench_die "workload $name: $kind unit must be MiB/s" ;;
+    *) bench_die "workload $name: kind must be fio, fio-once, nbdcopy or nbdcopy-in" ;;
   esac
   _wl_kind[$name]=$kind
   _wl_unit[$name]=$unit

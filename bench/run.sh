@@ -264,6 +264,21 @@ EOF
       awk -v a="$t0" -v b="$t1" -v n="$n" -v s="$esize" \
         'BEGIN { printf "%.1f %.1f\n", n * s / 1048576 / (b - a), n * s / 1048576 }'
       ;;
+    nbdcopy-in)
+      # One copy of the file $BENCH_COPY_SRC into the export.
+      local src=${BENCH_COPY_SRC:-} ssize t0 t1
+      [ -f "$src" ] || { bench_log "workload $wl: BENCH_COPY_SRC is not a file"; return 1; }
+      ssize=$(stat -c %s "$src")
+      t0=$EPOCHREALTIME
+      if ! nbdcopy "${extra[@]}" -- "$src" "$uri" >>"$base.nbdcopy.log" 2>&1; then
+        bench_log "nbdcopy failed: nbdcopy ${extra[*]} -- $src $uri"
+        _log_tail "$base.nbdcopy.log"
+        return 1
+      fi
+      t1=$EPOCHREALTIME
+      awk -v a="$t0" -v b="$t1" -v s="$ssize" \
+        'BEGIN { printf "%.1f %.1f\n", s / 1048576 / (b - a), s / 1048576 }'
+      ;;
   esac
 }
 
