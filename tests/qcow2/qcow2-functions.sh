@@ -120,7 +120,9 @@ serve_qcow2 () {
       dd if="$img" of="$tmpdir/qpv.img" bs=1M oflag=seek_bytes \
          seek="$qlv_off" conv=notrunc,sparse status=none ||
         fail "copying $img into the LV"
+      # Copied back at stop_server unless served read-only.
       served_image=$img
+      case " $* " in *" -r "*) served_image= ;; esac
       start_nbdkit "$sock" --filter="$(filter_so qcow2)" "$(plugin_so lvm)" \
         "pv=$tmpdir/qpv.img" vg=qvg lv=qlv "${filter_args[@]}" ;;
   esac
@@ -151,7 +153,7 @@ stop_server () {
   stop_nbdkit "$nbdkit_pid"
   if [ -n "$served_image" ]; then
     # The LV's content is the image now (trailing zeroes included).
-    dd if="$tmpdir/qpv.img" of="$served_image" bs=1M iflag=skip_bytes,count_bytes \
+    dd if="$tmpdir/qpv.img" of="$served_image" bs=4M iflag=skip_bytes,count_bytes \
        skip="$qlv_off" count="$lvm_lv_size" conv=sparse status=none ||
       fail "copying the LV back to $served_image"
     served_image=
