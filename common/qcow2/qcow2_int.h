@@ -9,6 +9,7 @@
  *   qcow2_write.c     write, zero, trim
  *   qcow2_open.c      open, close, snapshots
  *   qcow2_create.c    new images
+ *   qcow2_repair.c    refcount repair of dirty images
  */
 #ifndef KVM_QCOW2_INT_H
 #define KVM_QCOW2_INT_H
@@ -274,6 +275,9 @@ int q2_compress_batch (struct qcow2 *q, struct q2_cbatch *cb,
 void q2_cbatch_free (struct q2_cbatch *cb);
 int q2_compress_alloc (struct qcow2 *q, uint64_t len, uint64_t *off);
 uint64_t q2_compressed_entry (struct qcow2 *q, uint64_t off, uint64_t len);
+
+/* qcow2_repair.c */
+int q2_repair (struct qcow2 *q);
 
 /* qcow2_map.c */
 int q2_classify (struct qcow2 *q, uint64_t e, uint64_t bm, unsigned sc,

@@ -265,6 +265,7 @@ struct open_ctx {
   const uint8_t *feat;          /* feature name table (points into hc) */
   uint32_t featlen;
   uint64_t l1_needed;           /* L1 entries the virtual size needs */
+  bool repair;                  /* dirty and opened read-write */
 };
 
 static void
@@ -455,12 +456,11 @@ check_features (struct qcow2 *q, struct open_ctx *c)
       kvm_debug ("%s: image is marked corrupt; opening read-only", path);
     c->readonly = true;
   }
-  if ((q->incompat & INCOMPAT_DIRTY) && !c->readonly) {
-    ERR (q, EINVAL, "%s: image has the dirty bit set (lazy refcounts were "
-         "not written back); run 'qemu-img check -r all' first or open it "
-         "read-only", path);
-    return -1;
-  }
+  /* Dirty (lazy refcounts not written back): repaired once the rest of
+   * the open has succeeded (qcow2_repair.c); read-only opens just read.
+   */
+  if ((q->incompat & INCOMPAT_DIRTY) && !c->readonly)
+    c->repair = true;
   if (!(q->incompat & INCOMPAT_COMPRESSION) && q->compression_type != 0) {
     ERR (q, EINVAL, "%s: compression type set without its feature bit", path);
     return -1;
@@ -780,6 +780,8 @@ qcow2_open_container (struct bdev *container, const char *name,
       open_data_file (q, &c) == -1 ||
       q2_setup_compress (q, get_opt (opts, "qcow2.compress"),
                          c.readonly) == -1)
+    goto fail;
+  if (c.repair && q2_repair (q) == -1)
     goto fail;
   set_caps (q, &c);
   if (q->verbose)

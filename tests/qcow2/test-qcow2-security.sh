@@ -206,16 +206,26 @@ stop_server
   fail "the plugin modified an image with the corrupt bit"
 echo "ok: corrupt bit -> read-only"
 
-# --- the dirty bit (lazy refcounts not written back): refused read-write
-#     with a hint, readable read-only.
+# --- the dirty bit (lazy refcounts not written back): served unchanged
+#     read-only; repaired on a read-write open (more in
+#     test-qcow2-repair.sh).
 cp good.qcow2 dirty.qcow2
 python3 "$hostile" dirty.qcow2 set-incompat-bit 0
-refused dirty-rw dirty.qcow2 "dirty bit"
+cp dirty.qcow2 dirty-before.qcow2
 new_sock
 serve_qcow2 "$sock" dirty.qcow2 -r
-ORACLE=(-f qcow2 dirty.qcow2)
+ORACLE=(-f qcow2 dirty-before.qcow2)
 check_export_read "$(uri_of "$sock")" "$tmpdir/dirty" --no-map
 stop_server
-echo "ok: dirty bit -> read-only access only"
+cmp dirty.qcow2 dirty-before.qcow2 >/dev/null ||
+  fail "a read-only open modified an image with the dirty bit"
+new_sock
+serve_qcow2 "$sock" dirty.qcow2
+check_export_read "$(uri_of "$sock")" "$tmpdir/dirty-rw" --no-map
+stop_server
+check_image dirty.qcow2
+qemu-img info --output=json dirty.qcow2 | grep -q '"dirty-flag": false' ||
+  fail "the dirty bit is still set after a read-write open"
+echo "ok: dirty bit -> unchanged read-only, repaired read-write"
 
 echo "security: OK"
