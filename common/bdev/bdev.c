@@ -179,3 +179,15 @@ bdev_extents (struct bdev *bd, uint64_t count, uint64_t offset,
     return fn (opaque, offset, count, BDEV_EXTENT_DATA);
   return bd->ops->extents (bd, count, offset, flags, fn, opaque);
 }
+
+const char *
+bdev_open_opt (const struct bdev_open_opts *opts, const char *key)
+{
+  size_t kl = strlen (key);
+  if (!opts->format_opts)
+    return NULL;
+  for (const char *const *p = opts->format_opts; *p; p++)
+    if (strncmp (*p, key, kl) == 0 && (*p)[kl] == '=')
+      return *p + kl + 1;
+  return NULL;
+}

@@ -110,6 +110,11 @@ struct bdev_open_opts {
 
 #define BDEV_MAX_CHAIN 64
 
+/* The value of format option KEY ("qcow2.cache") in opts->format_opts, or
+ * NULL if absent.
+ */
+const char *bdev_open_opt (const struct bdev_open_opts *opts, const char *key);
+
 /* Open PATH.  FORMAT is a format name or NULL to probe the content.  DEPTH
  * is the position in a backing chain (0 for the top image); engines pass
  * depth + 1 when opening a backing file.

@@ -78,18 +78,6 @@ qcow2_close (struct bdev *bd)
   bdev_free_common (bd);
 }
 
-static const char *
-get_opt (const struct bdev_open_opts *opts, const char *key)
-{
-  size_t kl = strlen (key);
-  if (!opts->format_opts)
-    return NULL;
-  for (const char *const *p = opts->format_opts; *p; p++)
-    if (strncmp (*p, key, kl) == 0 && (*p)[kl] == '=')
-      return *p + kl + 1;
-  return NULL;
-}
-
 /* Read a big-endian u64 table of N entries at OFF. */
 static uint64_t *
 load_table (struct qcow2 *q, uint64_t off, uint64_t n, const char *what)
@@ -281,7 +269,7 @@ static struct qcow2 *
 engine_new (struct bdev *container, const char *name,
             const struct bdev_open_opts *opts)
 {
-  const char *verbose_opt = get_opt (opts, "qcow2.verbose");
+  const char *verbose_opt = bdev_open_opt (opts, "qcow2.verbose");
   struct qcow2 *q = bdev_alloc (sizeof *q, &qcow2_ops, name);
   if (!q) {
     int e = errno;
@@ -753,9 +741,9 @@ qcow2_open_container (struct bdev *container, const char *name,
   struct open_ctx c = {
     .opts = opts,
     .depth = depth,
-    .snapname = get_opt (opts, "qcow2.snapshot"),
-    .backing_opt = get_opt (opts, "qcow2.backing"),
-    .cache_opt = get_opt (opts, "qcow2.cache"),
+    .snapname = bdev_open_opt (opts, "qcow2.snapshot"),
+    .backing_opt = bdev_open_opt (opts, "qcow2.backing"),
+    .cache_opt = bdev_open_opt (opts, "qcow2.cache"),
   };
   c.writable = !(opts->readonly || c.snapname || container->readonly);
   c.readonly = !c.writable;
@@ -778,7 +766,7 @@ qcow2_open_container (struct bdev *container, const char *name,
       setup_caches (q, &c) == -1 ||
       open_backing (q, &c) == -1 ||
       open_data_file (q, &c) == -1 ||
-      q2_setup_compress (q, get_opt (opts, "qcow2.compress"),
+      q2_setup_compress (q, bdev_open_opt (opts, "qcow2.compress"),
                          c.readonly) == -1)
     goto fail;
   if (c.repair && q2_repair (q) == -1)
@@ -801,7 +789,7 @@ qcow2_open (const char *path, const struct bdev_open_opts *opts,
   /* The container file: writable (and growable) unless read-only or a
    * snapshot was asked for.
    */
-  bool readonly = opts->readonly || get_opt (opts, "qcow2.snapshot");
+  bool readonly = opts->readonly || bdev_open_opt (opts, "qcow2.snapshot");
   struct bdev_open_opts fo = *opts;
   fo.readonly = readonly;
   fo.growable = !readonly;
