@@ -23,6 +23,10 @@
  * after the flush that removed its last on-disk reference, so reusing it
  * can never be seen through an old table.  Freed space is also returned to
  * the file system with hole punching.
+ *
+ * Persistent dirty bitmaps are kept valid (qcow2_bitmap.c): marked in use
+ * on disk before guest content changes, their bits set before the data is
+ * written, stored and unmarked by each flush.
  */
 #include <errno.h>
 #include <inttypes.h>

@@ -118,15 +118,21 @@ q2_release_cluster (struct qcow2 *q, uint64_t off)
 int
 q2_flush_locked (struct qcow2 *q)
 {
+  if (q->bd.readonly)
+    return 0;
+  /* Persistent bitmaps: their data first (may allocate clusters), their
+   * tables and directory once those refcounts are durable (below).
+   */
+  if (q2_bitmap_prepare (q) == -1)
+    return -1;
+
   bool meta = q->drb.n || q->rt_dirty || q->dl2.n || q->l1_dirty ||
     q->header_dirty;
 
-  if (q->bd.readonly)
-    return 0;
   if (q->external_data && q2_sync_file (q, q->data) == -1)
     return -1;
   if (!meta)
-    return q2_sync_file (q, q->file);
+    return q2_sync_file (q, q->file) == -1 ? -1 : q2_bitmap_commit (q);
 
   /* Make sure the file covers every allocated cluster.  A container
    * without a descriptor is not extended here: it grows through the
@@ -172,6 +178,8 @@ q2_flush_locked (struct qcow2 *q)
       return -1;
     q->l1_dirty = q->header_dirty = false;
   }
+  if (q2_bitmap_commit (q) == -1)
+    return -1;
 
   /* Everything that dropped its last on-disk reference can go now. */
   if (q->old_rt_offset) {

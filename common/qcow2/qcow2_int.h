@@ -9,6 +9,7 @@
  *   qcow2_write.c     write, zero, trim
  *   qcow2_open.c      open, close, snapshots
  *   qcow2_create.c    new images
+ *   qcow2_bitmap.c    persistent dirty bitmaps
  *   qcow2_repair.c    refcount repair of dirty images
  */
 #ifndef KVM_QCOW2_INT_H
@@ -171,6 +172,7 @@ struct qcow2 {
   uint64_t alloc_end;           /* end of the highest cluster allocated */
   uint64_t zero_from;           /* clusters from here were never written */
   bool first_write_done;
+  struct q2_bitmaps *bitmaps;   /* persistent bitmaps kept valid, or NULL */
 
   struct snap *snaps;
   struct qcow2_snapshot_info *snapinfo;
@@ -278,6 +280,22 @@ uint64_t q2_compressed_entry (struct qcow2 *q, uint64_t off, uint64_t len);
 
 /* qcow2_repair.c */
 int q2_repair (struct qcow2 *q);
+
+/* qcow2_bitmap.c: persistent dirty bitmaps.  Open (read-write) loads
+ * them; before guest content changes, first_write() calls
+ * q2_bitmap_first_write once, then q2_bitmap_mark (IN_USE durable) and
+ * q2_bitmap_dirty (bits set; also from the shared-lock fast path, which
+ * must take the slow path while q2_bitmap_needs_mark); q2_flush_locked
+ * stores them with q2_bitmap_prepare and q2_bitmap_commit.
+ */
+int q2_bitmap_open (struct qcow2 *q);
+void q2_bitmap_close (struct qcow2 *q);
+int q2_bitmap_first_write (struct qcow2 *q);
+int q2_bitmap_mark (struct qcow2 *q);
+bool q2_bitmap_needs_mark (struct qcow2 *q);
+void q2_bitmap_dirty (struct qcow2 *q, uint64_t offset, uint64_t count);
+int q2_bitmap_prepare (struct qcow2 *q);
+int q2_bitmap_commit (struct qcow2 *q);
 
 /* qcow2_map.c */
 int q2_classify (struct qcow2 *q, uint64_t e, uint64_t bm, unsigned sc,

@@ -63,6 +63,7 @@ qcow2_close (struct bdev *bd)
   lru_free (q->l2c);
   lru_free (q->rbc);
   free (q->pending_free);
+  q2_bitmap_close (q);
   free (q->l1);
   free (q->rt);
   free_snaps (q);
@@ -770,6 +771,8 @@ qcow2_open_container (struct bdev *container, const char *name,
                          c.readonly) == -1)
     goto fail;
   if (c.repair && q2_repair (q) == -1)
+    goto fail;
+  if (!c.readonly && q2_bitmap_open (q) == -1)
     goto fail;
   set_caps (q, &c);
   if (q->verbose)

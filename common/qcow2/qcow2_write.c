@@ -17,130 +17,23 @@
 #include "util/log.h"
 #include "util/lru.h"
 
-/* First modification of the image: clear autoclear bits for features we
- * do not maintain, synchronously, before any data changes.
- */
-/* Collect the clusters of the persistent bitmaps (directory, bitmap
- * tables, bitmap data).  Best effort: on a parsing problem the rest leaks.
- */
-static void
-collect_bitmap_clusters (struct qcow2 *q, const uint8_t *ext,
-                         uint64_t **list, size_t *n)
-{
-  uint64_t cs = q->cluster_size, dir_size = load_be64 (ext + 8);
-  uint64_t dir_off = load_be64 (ext + 16);
-  uint32_t nb = load_be32 (ext);
-  size_t cap = 0;
-  uint8_t *dir = NULL;
-  uint64_t *tab = NULL;
-
-#define ADD(off) do {                                                   \
-    uint64_t o_ = (off);                                                \
-    if (o_ % cs || o_ < cs || o_ >= q->file->size)                      \
-      goto out;                                                         \
-    if (*n == cap) {                                                    \
-      size_t nc = cap ? cap * 2 : 64;                                   \
-      uint64_t *nl = realloc (*list, nc * 8);                           \
-      if (!nl) goto out;                                                \
-      *list = nl; cap = nc;                                             \
-    }                                                                   \
-    (*list)[(*n)++] = o_;                                               \
-  } while (0)
-
-  if (dir_size == 0 || dir_size > (64u << 20) ||
-      !ck_range_within (dir_off, dir_size, q->file->size))
-    goto out;
-  dir = malloc (dir_size);
-  if (!dir || bdev_pread (q->file, dir, dir_size, dir_off) == -1)
-    goto out;
-  for (uint64_t c = 0; c < div_round_up64 (dir_size, cs); c++)
-    ADD (dir_off + c * cs);
-  for (uint64_t p = 0, i = 0; i < nb && p + 24 <= dir_size; i++) {
-    uint64_t toff = load_be64 (dir + p);
-    uint32_t tsize = load_be32 (dir + p + 8);
-    uint16_t namelen = load_be16 (dir + p + 18);
-    uint32_t extra = load_be32 (dir + p + 20);
-    uint64_t tbytes = (uint64_t) tsize * 8;
-    if (tbytes > (64u << 20) ||
-        !ck_range_within (toff, tbytes, q->file->size))
-      goto out;
-    free (tab);
-    tab = malloc (tbytes ? tbytes : 8);
-    if (!tab || bdev_pread (q->file, tab, tbytes, toff) == -1)
-      goto out;
-    for (uint64_t c = 0; c < div_round_up64 (tbytes, cs); c++)
-      ADD (toff + c * cs);
-    for (uint32_t j = 0; j < tsize; j++) {
-      uint64_t e = be64toh (tab[j]) & L2E_OFFSET_MASK;
-      if (e)
-        ADD (e);
-    }
-    p += (24 + (uint64_t) namelen + extra + 7) & ~7ull;
-  }
-#undef ADD
- out:
-  free (dir);
-  free (tab);
-}
-
-/* First modification of the image: clear autoclear bits for features we
- * do not maintain, synchronously, before any data changes.  Persistent
- * bitmaps are dropped completely (extension removed, clusters freed) so
- * that the image stays leak-free.
+/* Before guest content [OFFSET, OFFSET+COUNT) changes (exclusive lock):
+ * the first change of the image clears the autoclear bits of features not
+ * maintained; every change makes sure the persistent bitmaps being kept
+ * valid are marked in use on disk, and sets their bits (qcow2_bitmap.c).
+ * Every path that changes guest content calls this first.
  */
 static int
-first_write (struct qcow2 *q)
+first_write (struct qcow2 *q, uint64_t offset, uint64_t count)
 {
-  if (q->first_write_done)
-    return 0;
-  if (q->version >= 3 && (q->autoclear & ~AUTOCLEAR_DATA_RAW)) {
-    uint64_t *list = NULL;
-    size_t n = 0;
-    q->autoclear &= AUTOCLEAR_DATA_RAW;
-    if (q->bm_ext_pos) {
-      uint64_t end = q->ext_area_end;
-      uint8_t *hc = calloc (1, end);
-      if (!hc) {
-        ERR (q, ENOMEM, "%s: out of memory", q->path);
-        return -1;
-      }
-      if (bdev_pread (q->file, hc, end, 0) == -1) {
-        free (hc);
-        return -1;
-      }
-      uint64_t p = q->bm_ext_pos;
-      uint64_t elen = 8 + (((uint64_t) load_be32 (hc + p + 4) + 7) & ~7ull);
-      collect_bitmap_clusters (q, hc + p + 8, &list, &n);
-      memmove (hc + p, hc + p + elen, end - p - elen);
-      memset (hc + end - elen, 0, elen);
-      memcpy (hc + H_V3_LENGTH, q->hdr + H_V3_LENGTH,
-              q->header_write_len - H_V3_LENGTH);
-      store_be64 (hc + H_AUTOCLEAR, q->autoclear);
-      int r = bdev_pwrite (q->file, hc + q->header_write_len,
-                           end - q->header_write_len, q->header_write_len, 0);
-      free (hc);
-      if (r == -1) {
-        free (list);
-        return -1;
-      }
-      q->bm_ext_pos = 0;
-    }
-    if (q2_write_header (q) == -1 || q2_sync_file (q, q->file) == -1) {
-      free (list);
+  if (!q->first_write_done) {
+    if (q2_bitmap_first_write (q) == -1)
       return -1;
-    }
-    kvm_debug ("%s: dropped persistent bitmaps, freeing %zu clusters",
-               q->path, n);
-    /* Nothing on disk refers to the bitmap clusters any more. */
-    for (size_t i = 0; i < n; i++) {
-      uint64_t v;
-      if (q2_refcount_get (q, list[i], &v) == 0 && v > 0 &&
-          q2_refcount_update (q, list[i], -1, &v) == 0 && v == 0)
-        q2_release_cluster (q, list[i]);
-    }
-    free (list);
+    q->first_write_done = true;
   }
-  q->first_write_done = true;
+  if (q2_bitmap_mark (q) == -1)
+    return -1;
+  q2_bitmap_dirty (q, offset, count);
   return 0;
 }
 
@@ -556,8 +449,12 @@ qcow2_pwrite (struct bdev *bd, const void *buf, size_t count,
     struct fast_ctx f = { .src = buf, .base = offset, .ok = true };
     pthread_rwlock_rdlock (&q->lock);
     r = q2_walk (q, q->l1, q->l1_size, offset, count, fast_check_run, &f);
-    if (r == 0 && f.ok)
+    if (r == 0 && f.ok && q2_bitmap_needs_mark (q))
+      f.ok = false;             /* bitmaps to mark in use: exclusive lock */
+    if (r == 0 && f.ok) {
+      q2_bitmap_dirty (q, offset, count);
       r = q2_walk (q, q->l1, q->l1_size, offset, count, fast_write_run, &f);
+    }
     pthread_rwlock_unlock (&q->lock);
     if (r == -1 || f.ok)
       return r;
@@ -567,7 +464,7 @@ qcow2_pwrite (struct bdev *bd, const void *buf, size_t count,
   if (q->compress && q2_compress_batch (q, &cb, buf, count, offset) == -1)
     return -1;
   pthread_rwlock_wrlock (&q->lock);
-  r = first_write (q);
+  r = first_write (q, offset, count);
   struct wrun w = { .can_defer = true, .cb = &cb };
   const uint8_t *src = buf;
   uint64_t end = offset + count;
@@ -716,7 +613,7 @@ zero_or_trim (struct qcow2 *q, uint64_t count, uint64_t offset,
     return -1;
   }
   pthread_rwlock_wrlock (&q->lock);
-  r = first_write (q);
+  r = first_write (q, offset, count);
   while (r == 0 && offset < end) {
     uint64_t cl = offset >> q->cluster_bits;
     uint64_t a = offset & (cs - 1);
