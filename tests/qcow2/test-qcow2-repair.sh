@@ -10,7 +10,7 @@
 #     high, OFLAG_COPIED set on clusters shared with a snapshot; over
 #     several geometries (refcount widths, extended L2, compressed
 #     clusters, a refcount table of several clusters).
-#  3. the corrupt bit.
+#  3. persistent bitmaps are counted (kept); the corrupt bit.
 # After a repair: the content is what qemu-img convert read before it,
 # qemu-img check is clean, the dirty bit is clear, the snapshot is intact,
 # and writes through the plugin land (qemu-img compare with a raw mirror).
@@ -230,6 +230,28 @@ damage d4k-r4 "cluster_size=4096,refcount_bits=4"
 damage d16k-extl2 "cluster_size=16384,extended_l2=on,refcount_bits=8"
 damage d64k-zlib "cluster_size=65536" compress
 damage d512-r64 "cluster_size=512,refcount_bits=64"
+
+# --- persistent bitmaps: counted, so kept -----------------------------------
+img=$tmpdir/bitmaps.qcow2
+qemu-img create -q -f qcow2 "$img" 64M
+qemu_io_cmds -f qcow2 -c "write -P 0x31 0 8M" "$img"
+qemu-img bitmap --add "$img" bm0
+qemu-img bitmap --add -g 4096 "$img" bm1
+qemu_io_cmds -f qcow2 -c "write -P 0x32 16M 1M" "$img"
+rp incompat "$img" +0 >/dev/null
+qemu-img convert -U -O raw "$img" "$tmpdir/bitmaps.before.raw"
+serve_log "$img" /dev/null
+rm -f "$tmpdir/bitmaps.raw"
+nbdcopy -- "$(uri_of "$sock")" "$tmpdir/bitmaps.raw"
+stop_server
+assert_same "$tmpdir/bitmaps.before.raw" "$tmpdir/bitmaps.raw" "bitmaps: content"
+check_image "$img"
+dirty "$img" && fail "bitmaps: the dirty bit is still set"
+for b in bm0 bm1; do
+  qemu-img info -U --output=json "$img" | grep -q "\"$b\"" ||
+    fail "bitmaps: bitmap $b lost by the repair"
+done
+echo "bitmaps: repaired, bitmaps kept"
 
 # --- 3. the corrupt bit -----------------------------------------------------
 img=$tmpdir/corrupt.qcow2
