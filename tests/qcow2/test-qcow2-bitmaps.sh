@@ -15,7 +15,8 @@
 #   4. full + bitmap-driven incremental backup, restore = current disk;
 #      qemu-img convert --bitmaps copies the same bitmap;
 #   5. a bitmap this engine must not touch (unknown type, disabled) is
-#      preserved; an "auto" one with unknown flags clears the autoclear bit.
+#      preserved; an "auto" one with unknown flags clears the autoclear bit;
+#      a table entry pointing at the L1 table is never written through.
 #   test-qcow2-bitmaps.sh [SEED]
 source "$TOP_SRCDIR/tests/functions.sh"
 source "$TOP_SRCDIR/tests/qcow2/qcow2-functions.sh"
@@ -350,5 +351,22 @@ out=$(qemu-img info -U --output=json "$img" 2>&1) ||
   fail "bitmap u1 still listed as valid: $(qemu-img info -U "$img")"
 rc=0; out=$(qemu-img check "$img" 2>&1) || rc=$?
 case $rc in 0|3) ;; *) fail "qemu-img check exit $rc: $out" ;; esac
+# 5c. A hostile table entry pointing at the L1 table: the bitmap is not
+# written there (the image is given up on as in 5b), the data is intact.
+img=$tmpdir/hostile.qcow2
+qemu-img create -q -f qcow2 "$img" $size
+qemu-img bitmap --add "$img" h0
+pos=$(dir_entries "$img" | awk '$1 == "h0" { print $2 }')
+python3 -c '
+import struct, sys
+f = open(sys.argv[1], "r+b")
+f.seek(40); l1 = struct.unpack(">Q", f.read(8))[0]
+f.seek(int(sys.argv[2])); tab = struct.unpack(">Q", f.read(8))[0]
+f.seek(tab); f.write(struct.pack(">Q", l1))' "$img" "$pos"
+printf 'write -P 0x3c 0 65536\nwrite -P 0x3d 30000000 70000\nflush\n' \
+  > "$tmpdir/hostile.ops"
+write_through_plugin "$img" "$tmpdir/hostile.ops"
+qemu_io_cmds -f qcow2 -c "read -P 0x3c 0 65536" \
+  -c "read -P 0x3d 30000000 70000" "$img"
 echo "foreign bitmaps: OK"
 echo "bitmaps: OK"
