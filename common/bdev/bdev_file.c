@@ -156,6 +156,10 @@ full_pwrite (int fd, const void *buf, size_t count, uint64_t offset)
         continue;
       return -1;
     }
+    if (r == 0) {               /* no progress: would loop for ever */
+      errno = ENOSPC;
+      return -1;
+    }
     p += r; count -= r; offset += r;
   }
   return 0;

@@ -24,6 +24,10 @@ write_all (int fd, const void *buf, size_t len, uint64_t off)
         continue;
       return -1;
     }
+    if (r == 0) {               /* no progress: would loop for ever */
+      errno = ENOSPC;
+      return -1;
+    }
     p += r; len -= r; off += r;
   }
   return 0;
