@@ -244,6 +244,8 @@ int q2_table_load (void *opaque, uint64_t key, void *buf);
 
 /* qcow2_refcount.c */
 int q2_alloc_clusters (struct qcow2 *q, uint64_t n, uint64_t *off);
+uint64_t *q2_read_u64_table (struct qcow2 *q, uint64_t off, uint64_t n,
+                             const char *what);
 int q2_defer_free (struct qcow2 *q, uint64_t off);
 int q2_refcount_get (struct qcow2 *q, uint64_t off, uint64_t *rc);
 int q2_refcount_update (struct qcow2 *q, uint64_t off, int delta,

@@ -92,6 +92,17 @@ load_table (struct qcow2 *q, uint64_t off, uint64_t n, const char *what)
          "extends beyond the end of the file", q->path, what, off, n);
     return NULL;
   }
+  return q2_read_u64_table (q, off, n, what);
+}
+
+/* N big-endian u64 entries at OFF (checked by the caller) in host order;
+ * the caller frees.
+ */
+uint64_t *
+q2_read_u64_table (struct qcow2 *q, uint64_t off, uint64_t n,
+                   const char *what)
+{
+  uint64_t bytes = n * 8;
   uint64_t *t = malloc (bytes ? bytes : 8);
   if (!t) {
     ERR (q, ENOMEM, "%s: out of memory for %s", q->path, what);

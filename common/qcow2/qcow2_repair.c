@@ -163,18 +163,7 @@ read_u64s (struct repair *r, uint64_t off, uint64_t n, const char *what)
     r->corrupt = true;
     return NULL;
   }
-  uint64_t *t = malloc (bytes ? bytes : 8);
-  if (!t) {
-    ERR (q, ENOMEM, "%s: out of memory for %s", q->path, what);
-    return NULL;
-  }
-  if (bytes && bdev_pread_padded (q->file, t, bytes, off) == -1) {
-    free (t);
-    return NULL;
-  }
-  for (uint64_t i = 0; i < n; i++)
-    t[i] = be64toh (t[i]);
-  return t;
+  return q2_read_u64_table (q, off, n, what);
 }
 
 /* Count the clusters the L2 table in r->buf maps. */
