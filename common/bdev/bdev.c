@@ -130,10 +130,9 @@ bdev_trim (struct bdev *bd, uint64_t count, uint64_t offset, uint32_t flags)
   return flush_if_fua (bd, flags);
 }
 
-/* Fallback for zero: write a buffer of zeroes. */
-static int
-zero_by_writing (struct bdev *bd, uint64_t count, uint64_t offset,
-                 uint32_t flags)
+int
+bdev_zero_by_writing (struct bdev *bd, uint64_t count, uint64_t offset,
+                      uint32_t flags)
 {
   static const char zeroes[65536];
   while (count > 0) {
@@ -162,7 +161,7 @@ bdev_zero (struct bdev *bd, uint64_t count, uint64_t offset, uint32_t flags)
     errno = ENOTSUP;
     return -1;
   }
-  else if (zero_by_writing (bd, count, offset, flags) == -1)
+  else if (bdev_zero_by_writing (bd, count, offset, flags) == -1)
     return -1;
   return flush_if_fua (bd, flags);
 }

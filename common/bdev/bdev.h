@@ -147,6 +147,12 @@ int bdev_zero (struct bdev *bd, uint64_t count, uint64_t offset,
 int bdev_extents (struct bdev *bd, uint64_t count, uint64_t offset,
                   uint32_t flags, bdev_extent_fn fn, void *opaque);
 
+/* Zero by writing a buffer of zeroes through BD's own pwrite (no checks):
+ * bdev_zero's fallback, for engines whose zero cannot always be native.
+ */
+int bdev_zero_by_writing (struct bdev *bd, uint64_t count, uint64_t offset,
+                          uint32_t flags);
+
 /* Read that tolerates ranges past the end of BD, returning zeroes there:
  * what an overlay needs from a shorter backing file.
  */

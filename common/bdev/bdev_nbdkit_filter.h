@@ -296,18 +296,8 @@ bdev_next_zero (struct bdev *bd, uint64_t count, uint64_t offset,
   }
   if ((flags & BDEV_MAY_TRIM) && n->can_trim)
     f |= NBDKIT_FLAG_MAY_TRIM;
-  if (!n->can_zero) {
-    /* NBDKIT_ZERO_NONE below: write zeroes ourselves. */
-    static const char zeroes[65536];
-    while (count > 0) {
-      size_t c = count < sizeof zeroes ? count : sizeof zeroes;
-      if (bdev_next_pwrite (bd, zeroes, c, offset, flags & BDEV_FUA) == -1)
-        return -1;
-      offset += c;
-      count -= c;
-    }
-    return 0;
-  }
+  if (!n->can_zero)             /* NBDKIT_ZERO_NONE below */
+    return bdev_zero_by_writing (bd, count, offset, flags);
   nbdkit_next *x = bdev_next_ctx (n);
   if (!x)
     return -1;
