@@ -111,20 +111,22 @@ EOF
   done
 done
 
+# (Sockets in $tmpdir, not "-U -": nbdkit 1.32 failing at start-up leaves
+# its /tmp/nbdkitXXXXXX directory behind.)
 # compress= must match the image's compression type.
 img=$tmpdir/zlib-65536.qcow2
 if [[ " ${types[*]} " = *" zstd "* ]]; then
-  out=$(nbdkit -U - "$(plugin_so qcow2)" "file=$img" compress=zstd \
+  out=$(nbdkit -U "$tmpdir/cw1.sock" "$(plugin_so qcow2)" "file=$img" compress=zstd \
           --run 'nbdinfo --size "$uri"' 2>&1) &&
     fail "compress=zstd on a zlib image was accepted"
   grep -q "compression type is zlib" <<<"$out" ||
     fail "compress=zstd on a zlib image: unclear error: $out"
 fi
 # ... and create-compression-type= must not contradict it.
-out=$(nbdkit -U - "$(plugin_so qcow2)" "file=$tmpdir/new.qcow2" create=1M \
+out=$(nbdkit -U "$tmpdir/cw2.sock" "$(plugin_so qcow2)" "file=$tmpdir/new.qcow2" create=1M \
         compress=zlib create-compression-type=zstd --run true 2>&1) &&
   fail "compress=zlib with create-compression-type=zstd was accepted"
 [ ! -e "$tmpdir/new.qcow2" ] || fail "contradicting options created an image"
-out=$(nbdkit -U - "$(plugin_so qcow2)" "file=$img" compress=lz4 \
+out=$(nbdkit -U "$tmpdir/cw3.sock" "$(plugin_so qcow2)" "file=$img" compress=lz4 \
         --run true 2>&1) && fail "compress=lz4 was accepted"
 exit 0
