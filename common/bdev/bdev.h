@@ -125,6 +125,14 @@ struct bdev *bdev_open (const char *path, const char *format,
 /* Guess the format of the first bytes of a file ("raw" if nothing else). */
 const char *bdev_probe (const void *buf, size_t len);
 
+/* The storage PATH names, as a raw device: a local file or block device,
+ * or a URL of a network storage backend.  Format engines open every file
+ * (container, extent, data file) through this, never through a backend
+ * directly.  opts->growable makes writes past the end extend it.
+ */
+struct bdev *bdev_storage_open (const char *path,
+                                const struct bdev_open_opts *opts);
+
 /* The raw file/block-device backend. */
 struct bdev *bdev_file_open (const char *path, const struct bdev_open_opts *opts);
 

@@ -20,7 +20,7 @@ static struct bdev *
 raw_open (const char *path, const struct bdev_open_opts *opts, unsigned depth)
 {
   (void) depth;
-  return bdev_file_open (path, opts);
+  return bdev_storage_open (path, opts);
 }
 
 /* A sparse file of SIZE bytes; raw images have no options. */
@@ -77,22 +77,25 @@ bdev_probe (const void *buf, size_t len)
 }
 
 static const char *
-probe_file (const char *path, char *hdr, size_t hdrlen)
+probe_file (const char *path, const struct bdev_open_opts *opts,
+            char *hdr, size_t hdrlen)
 {
-  int fd = open (path, O_RDONLY | O_CLOEXEC);
-  if (fd == -1) {
-    kvm_error ("%s: %m", path);
+  struct bdev_open_opts ro = { .readonly = true,
+                               .allowed_dirs = opts->allowed_dirs,
+                               .allow_any_path = opts->allow_any_path };
+  struct bdev *bd = bdev_storage_open (path, &ro);
+  if (!bd)
     return NULL;
-  }
-  ssize_t r = pread (fd, hdr, hdrlen, 0);
+  size_t n = bd->size < hdrlen ? (size_t) bd->size : hdrlen;
+  int r = bdev_pread (bd, hdr, n, 0);
   int saved = errno;
-  close (fd);
+  bdev_close (bd);
   if (r == -1) {
     errno = saved;
     kvm_error ("%s: reading header: %m", path);
     return NULL;
   }
-  return bdev_probe (hdr, r);
+  return bdev_probe (hdr, n);
 }
 
 struct bdev *
@@ -108,7 +111,7 @@ bdev_open (const char *path, const char *format,
     return NULL;
   }
   if (!format) {
-    format = probe_file (path, hdr, sizeof hdr);
+    format = probe_file (path, opts, hdr, sizeof hdr);
     if (!format)
       return NULL;
     kvm_debug ("%s: probed format %s", path, format);

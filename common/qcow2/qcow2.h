@@ -29,7 +29,7 @@ struct bdev *qcow2_open (const char *path, const struct bdev_open_opts *opts,
  * data-file names; confinement rules apply as for qcow2_open.  A container
  * that is not growable bounds the image (running out of it is not handled
  * yet: issue #14).  A read-only container gives a read-only image.
- * qcow2_open (PATH) is bdev_file_open (PATH, growable when writable)
+ * qcow2_open (PATH) is bdev_storage_open (PATH, growable when writable)
  * followed by this.
  */
 struct bdev *qcow2_open_container (struct bdev *container, const char *name,

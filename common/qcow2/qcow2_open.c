@@ -726,7 +726,7 @@ open_data_file (struct qcow2 *q, struct open_ctx *c)
   d.readonly = c->readonly;
   d.growable = c->writable;
   d.format_opts = NULL;
-  q->data = bdev_file_open (resolved, &d);
+  q->data = bdev_storage_open (resolved, &d);
   free (resolved);
   if (!q->data)
     return -1;
@@ -808,7 +808,7 @@ qcow2_open (const char *path, const struct bdev_open_opts *opts,
   fo.readonly = readonly;
   fo.growable = !readonly;
   fo.format_opts = NULL;
-  struct bdev *file = bdev_file_open (path, &fo);
+  struct bdev *file = bdev_storage_open (path, &fo);
   if (!file) {
     if (!errno)
       errno = EINVAL;
