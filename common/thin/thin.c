@@ -1,0 +1,1326 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
+/* Thin provisioning engine (format and crash-safety rules in thin.h).
+ *
+ * Concurrency:
+ * - map[] (virtual chunk -> physical chunk + 1) is read with atomic loads
+ *   and no lock: reads and rewrites of mapped chunks never take the mutex.
+ * - Allocation, publishing, releasing and commits take the mutex.  A
+ *   virtual chunk being allocated holds THIN_BUSY in map[] (readers see
+ *   it as a hole, writers and trims of it wait on the condition).
+ * - I/O to a mapped chunk runs inside an "epoch" (two counters, RCU-ish):
+ *   a released chunk is reused only after the commit that frees it has
+ *   flipped the epoch and waited for every I/O that might still use the
+ *   old mapping.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "thin/thin.h"
+#include "util/bitmap.h"
+#include "util/checked.h"
+#include "util/crc32c.h"
+#include "util/endian.h"
+#include "util/log.h"
+
+#define TBLK 4096u
+#define TPB 1023u                       /* table entries per block */
+#define BPB (4092u * 8)                 /* bitmap bits per block */
+#define THIN_BUSY UINT32_MAX
+#define THIN_MAX_VCHUNKS (1ull << 28)   /* 1 GiB of map in memory */
+static const char thin_magic[8] = "NBDKTHIN";
+
+struct geom {
+  uint64_t vsize;
+  uint32_t chunk;
+  uint32_t flags;                       /* 1: separate metadata */
+  uint64_t nv;
+  uint64_t data_off;
+  uint32_t tblocks, bblocks;
+  uint64_t body_bytes;                  /* one slot's table + bitmap */
+};
+
+struct thin {
+  struct bdev bd;
+  struct bdev *pool, *meta;             /* meta == pool if internal */
+  struct geom g;
+  _Atomic uint64_t pool_chunks;
+  _Atomic uint32_t *map;
+  struct bitmap alloc;                  /* mapped, busy or freed-uncommitted */
+  struct bitmap mapped;                 /* published mappings */
+  uint64_t n_alloc, n_mapped;
+  pthread_mutex_t lock;
+  pthread_cond_t cond;
+  uint64_t seq;                         /* last committed transaction */
+  uint64_t *tgen, *bgen;                /* txn that last changed each block */
+  bool dirty;
+  uint64_t *pend;                       /* freed since the last commit */
+  size_t npend, cappend;
+  _Atomic uint64_t epoch;
+  _Atomic long inflight[2];
+  bool above;                           /* usage at/over the watermark */
+  bool full_logged;                     /* ENOSPC reported since last alloc */
+  unsigned warn;
+  void *opaque;
+  void (*watermark) (void *, const struct thin_stats *);
+  int64_t (*pool_size_fn) (void *);
+  _Atomic uint64_t allocs, releases, commits, enospc;
+};
+
+#define TH(bd) ((struct thin *) (bd))
+
+/* ---- geometry and blocks ------------------------------------------- */
+
+static int
+geom_compute (struct geom *g, uint64_t vsize, uint32_t chunk, bool external,
+              char *err, size_t errlen)
+{
+  if (!is_power_of_2 (chunk) || chunk < THIN_MIN_CHUNK ||
+      chunk > THIN_MAX_CHUNK) {
+    kvm_seterr (err, errlen, "chunk size %" PRIu32 " is not a power of 2 "
+                "between 4 KiB and 64 MiB", chunk);
+    return -1;
+  }
+  if (vsize == 0) {
+    kvm_seterr (err, errlen, "virtual size is 0");
+    return -1;
+  }
+  g->vsize = vsize;
+  g->chunk = chunk;
+  g->flags = external ? 1 : 0;
+  g->nv = div_round_up64 (vsize, chunk);
+  if (g->nv > THIN_MAX_VCHUNKS) {
+    kvm_seterr (err, errlen, "virtual size %" PRIu64 " needs %" PRIu64
+                " chunks of %" PRIu32 " bytes (at most %llu: use a larger "
+                "chunk size)", vsize, g->nv, chunk, THIN_MAX_VCHUNKS);
+    return -1;
+  }
+  g->tblocks = div_round_up64 (g->nv, TPB);
+  g->bblocks = div_round_up64 (g->nv, BPB);
+  g->body_bytes = ((uint64_t) g->tblocks + g->bblocks) * TBLK;
+  if (external)
+    g->data_off = 0;
+  else if (!ck_round_up64 (2 * TBLK + 2 * g->body_bytes, chunk,
+                           &g->data_off)) {
+    kvm_seterr (err, errlen, "metadata size overflows");
+    return -1;
+  }
+  return 0;
+}
+
+static uint64_t
+body_off (const struct geom *g, unsigned slot)
+{
+  return 2 * TBLK + slot * g->body_bytes;
+}
+
+static uint32_t
+block_crc (uint32_t seed, const uint8_t *blk)
+{
+  uint8_t s[4];
+  store_le32 (s, seed);
+  return crc32c (crc32c (0, s, 4), blk, TBLK - 4);
+}
+
+static void
+header_encode (uint8_t *b, const struct geom *g, uint64_t seq, uint64_t used,
+               uint64_t pool_chunks)
+{
+  memset (b, 0, TBLK);
+  memcpy (b, thin_magic, 8);
+  store_le32 (b + 8, 1);
+  store_le32 (b + 12, TBLK);
+  store_le64 (b + 16, seq);
+  store_le64 (b + 24, g->vsize);
+  store_le32 (b + 32, g->chunk);
+  store_le32 (b + 36, g->flags);
+  store_le64 (b + 40, g->nv);
+  store_le64 (b + 48, g->data_off);
+  store_le32 (b + 56, g->tblocks);
+  store_le32 (b + 60, g->bblocks);
+  store_le64 (b + 64, g->body_bytes);
+  store_le64 (b + 72, used);
+  store_le64 (b + 80, pool_chunks);
+  store_le32 (b + TBLK - 4, crc32c (0, b, TBLK - 4));
+}
+
+/* Decode and validate one header block; every field is checked against
+ * the geometry recomputed from the virtual size and chunk size.
+ */
+static int
+header_decode (const uint8_t *b, struct geom *g, uint64_t *seq,
+               uint64_t *used, char *err, size_t errlen)
+{
+  struct geom c;
+  if (memcmp (b, thin_magic, 8) != 0) {
+    kvm_seterr (err, errlen, "no thin metadata magic");
+    return -1;
+  }
+  if (load_le32 (b + TBLK - 4) != crc32c (0, b, TBLK - 4)) {
+    kvm_seterr (err, errlen, "header checksum mismatch");
+    return -1;
+  }
+  if (load_le32 (b + 8) != 1 || load_le32 (b + 12) != TBLK) {
+    kvm_seterr (err, errlen, "unsupported version %" PRIu32 " or block size",
+                load_le32 (b + 8));
+    return -1;
+  }
+  uint32_t flags = load_le32 (b + 36);
+  if (flags & ~1u) {
+    kvm_seterr (err, errlen, "unknown flags 0x%" PRIx32, flags);
+    return -1;
+  }
+  if (geom_compute (&c, load_le64 (b + 24), load_le32 (b + 32), flags & 1,
+                    err, errlen) == -1)
+    return -1;
+  if (load_le64 (b + 40) != c.nv || load_le64 (b + 48) != c.data_off ||
+      load_le32 (b + 56) != c.tblocks || load_le32 (b + 60) != c.bblocks ||
+      load_le64 (b + 64) != c.body_bytes) {
+    kvm_seterr (err, errlen, "inconsistent geometry fields");
+    return -1;
+  }
+  *used = load_le64 (b + 72);
+  if (*used > c.nv) {
+    kvm_seterr (err, errlen, "used chunk count %" PRIu64 " out of range",
+                *used);
+    return -1;
+  }
+  *seq = load_le64 (b + 16);
+  *g = c;
+  return 0;
+}
+
+/* Read both headers; pick the valid one with the higher seq.  Returns
+ * the slot, -1 if neither is valid (*allzero tells whether both read as
+ * zeroes), errors in ERR.
+ */
+static int
+headers_read (struct bdev *meta, struct geom *g, uint64_t *seq,
+              uint64_t *used, bool *allzero, char *err, size_t errlen,
+              FILE *report)
+{
+  uint8_t *b = malloc (2 * TBLK);
+  int best = -1;
+  char e[2][200];
+  if (!b) {
+    kvm_seterr (err, errlen, "out of memory");
+    return -1;
+  }
+  if (bdev_pread_padded (meta, b, 2 * TBLK, 0) == -1) {
+    kvm_seterr (err, errlen, "cannot read the metadata headers: %m");
+    free (b);
+    *allzero = false;
+    return -1;
+  }
+  *allzero = true;
+  for (size_t i = 0; i < 2 * TBLK; i++)
+    if (b[i]) {
+      *allzero = false;
+      break;
+    }
+  for (unsigned s = 0; s < 2; s++) {
+    struct geom gs;
+    uint64_t q, u;
+    if (header_decode (b + s * TBLK, &gs, &q, &u, e[s], sizeof e[s]) == -1) {
+      if (report)
+        fprintf (report, "slot %u: header invalid: %s\n", s, e[s]);
+      continue;
+    }
+    if (report)
+      fprintf (report, "slot %u: seq %" PRIu64 ", %" PRIu64 " chunks used\n",
+               s, q, u);
+    if (best == -1 || q > *seq) {
+      if (best != -1 && memcmp (&gs, g, sizeof gs) != 0 && report)
+        fprintf (report, "slots disagree on the geometry\n");
+      *g = gs;
+      *seq = q;
+      *used = u;
+      best = s;
+    }
+  }
+  if (best == -1)
+    kvm_seterr (err, errlen, "%s; %s", e[0], e[1]);
+  free (b);
+  return best;
+}
+
+static uint64_t
+pool_chunks_of (const struct geom *g, uint64_t pool_size)
+{
+  if (pool_size <= g->data_off)
+    return 0;
+  uint64_t n = (pool_size - g->data_off) / g->chunk;
+  return n < g->nv ? n : g->nv;
+}
+
+/* Read a slot's body: ENTRIES[nv] and the bitmap (nv bits).  Checksum
+ * failures are errors (reported to REPORT when checking).
+ */
+static long
+body_read (struct bdev *meta, const struct geom *g, unsigned slot,
+           uint32_t *entries, struct bitmap *bits, FILE *report)
+{
+  long bad = 0;
+  uint8_t *buf = malloc (g->body_bytes);
+  if (!buf) {
+    kvm_error ("thin: out of memory reading %" PRIu64 " bytes of metadata",
+               g->body_bytes);
+    return -1;
+  }
+  if (bdev_pread_padded (meta, buf, g->body_bytes, body_off (g, slot)) == -1) {
+    free (buf);
+    return -1;
+  }
+  for (uint32_t i = 0; i < g->tblocks; i++) {
+    const uint8_t *blk = buf + (uint64_t) i * TBLK;
+    if (load_le32 (blk + TBLK - 4) != block_crc (i, blk)) {
+      if (report)
+        fprintf (report, "slot %u: table block %" PRIu32 ": bad checksum\n",
+                 slot, i);
+      else
+        kvm_error ("thin: metadata slot %u table block %" PRIu32
+                   ": bad checksum", slot, i);
+      bad++;
+    }
+    for (uint32_t k = 0; k < TPB; k++) {
+      uint64_t v = (uint64_t) i * TPB + k;
+      if (v < g->nv)
+        entries[v] = load_le32 (blk + 4 * k);
+    }
+  }
+  for (uint32_t j = 0; j < g->bblocks; j++) {
+    const uint8_t *blk = buf + ((uint64_t) g->tblocks + j) * TBLK;
+    if (load_le32 (blk + TBLK - 4) != block_crc (0x80000000u | j, blk)) {
+      if (report)
+        fprintf (report, "slot %u: bitmap block %" PRIu32 ": bad checksum\n",
+                 slot, j);
+      else
+        kvm_error ("thin: metadata slot %u bitmap block %" PRIu32
+                   ": bad checksum", slot, j);
+      bad++;
+    }
+    for (uint32_t k = 0; k < BPB; k++) {
+      uint64_t p = (uint64_t) j * BPB + k;
+      if (p < g->nv)
+        bitmap_set (bits, p, (blk[k >> 3] >> (k & 7)) & 1);
+    }
+  }
+  free (buf);
+  return bad;
+}
+
+/* Problems of a mapping table against its bitmap.  REPORT: print each
+ * one; LEAKS: count of leaked chunks (set, unmapped).
+ */
+struct verify_result {
+  uint64_t out_of_range, doubles, unmarked, leaks, mapped;
+};
+
+static int
+verify (const struct geom *g, const uint32_t *entries,
+        const struct bitmap *bits, uint64_t pool_chunks, FILE *report,
+        struct verify_result *r)
+{
+  struct bitmap seen;
+  memset (r, 0, sizeof *r);
+  if (bitmap_init (&seen, g->nv) == -1)
+    return -1;
+  for (uint64_t v = 0; v < g->nv; v++) {
+    uint32_t e = entries[v];
+    if (e == 0)
+      continue;
+    uint64_t p = (uint64_t) e - 1;
+    if (e == THIN_BUSY || p >= pool_chunks) {
+      r->out_of_range++;
+      if (report)
+        fprintf (report, "virtual chunk %" PRIu64 ": maps to physical chunk "
+                 "%" PRIu64 ", outside the pool (%" PRIu64 " chunks)\n",
+                 v, p, pool_chunks);
+      continue;
+    }
+    r->mapped++;
+    if (bitmap_get (&seen, p)) {
+      r->doubles++;
+      if (report)
+        fprintf (report, "virtual chunk %" PRIu64 ": physical chunk %" PRIu64
+                 " is mapped twice\n", v, p);
+    }
+    bitmap_set (&seen, p, true);
+    if (!bitmap_get (bits, p)) {
+      r->unmarked++;
+      if (report)
+        fprintf (report, "virtual chunk %" PRIu64 ": physical chunk %" PRIu64
+                 " is mapped but marked free\n", v, p);
+    }
+  }
+  for (uint64_t p = 0; p < g->nv; p++)
+    if (bitmap_get (bits, p) && !bitmap_get (&seen, p)) {
+      r->leaks++;
+      if (report)
+        fprintf (report, "physical chunk %" PRIu64 ": marked in use but not "
+                 "mapped (leak)%s\n", p,
+                 p >= pool_chunks ? ", outside the pool" : "");
+    }
+  bitmap_free (&seen);
+  return 0;
+}
+
+/* ---- usage --------------------------------------------------------- */
+
+static void
+stats_locked (struct thin *t, struct thin_stats *st)
+{
+  st->virtual_size = t->g.vsize;
+  st->chunk_size = t->g.chunk;
+  st->pool_chunks = t->pool_chunks;
+  st->used_chunks = t->n_alloc;
+  st->mapped_chunks = t->n_mapped;
+  st->allocs = t->allocs;
+  st->releases = t->releases;
+  st->commits = t->commits;
+  st->enospc = t->enospc;
+  st->seq = t->seq;
+}
+
+void
+thin_get_stats (struct bdev *bd, struct thin_stats *st)
+{
+  struct thin *t = TH (bd);
+  pthread_mutex_lock (&t->lock);
+  stats_locked (t, st);
+  pthread_mutex_unlock (&t->lock);
+}
+
+static void
+human (uint64_t v, char *buf, size_t len)
+{
+  static const char *u[] = { "B", "KiB", "MiB", "GiB", "TiB", "PiB" };
+  unsigned i = 0;
+  double d = v;
+  while (d >= 1024 && i < 5) {
+    d /= 1024;
+    i++;
+  }
+  if (i == 0)
+    snprintf (buf, len, "%" PRIu64 " B", v);
+  else
+    snprintf (buf, len, "%.1f %s", d, u[i]);
+}
+
+void
+thin_format_usage (const struct thin_stats *st, char *buf, size_t len)
+{
+  char vs[32], us[32], fs[32], ps[32], cs[32];
+  uint64_t free_chunks = st->pool_chunks > st->used_chunks
+    ? st->pool_chunks - st->used_chunks : 0;
+  unsigned pct = st->pool_chunks
+    ? (unsigned) (st->used_chunks * 100 / st->pool_chunks) : 100;
+  human (st->virtual_size, vs, sizeof vs);
+  human (st->used_chunks * st->chunk_size, us, sizeof us);
+  human (free_chunks * st->chunk_size, fs, sizeof fs);
+  human (st->pool_chunks * st->chunk_size, ps, sizeof ps);
+  human (st->chunk_size, cs, sizeof cs);
+  snprintf (buf, len, "thin: virtual %s, pool %s, used %s (%u%%), free %s, "
+            "chunk %s", vs, ps, us, pct, fs, cs);
+}
+
+/* Called with the lock held after usage changed; returns true if the
+ * watermark callback must run (after unlocking).
+ */
+static bool
+watermark_check_locked (struct thin *t)
+{
+  if (!t->warn)
+    return false;
+  bool over = t->n_alloc * 100 >= (uint64_t) t->warn * t->pool_chunks;
+  if (over && !t->above) {
+    t->above = true;
+    return t->watermark != NULL;
+  }
+  if (!over)
+    t->above = false;
+  return false;
+}
+
+/* ---- epochs -------------------------------------------------------- */
+
+static unsigned
+epoch_enter (struct thin *t)
+{
+  for (;;) {
+    uint64_t e = atomic_load (&t->epoch);
+    atomic_fetch_add (&t->inflight[e & 1], 1);
+    if (atomic_load (&t->epoch) == e)
+      return e & 1;
+    atomic_fetch_sub (&t->inflight[e & 1], 1);
+  }
+}
+
+static void
+epoch_leave (struct thin *t, unsigned e)
+{
+  atomic_fetch_sub (&t->inflight[e], 1);
+}
+
+/* Wait until no I/O that may have loaded a mapping before now is left. */
+static void
+epoch_sync (struct thin *t)
+{
+  uint64_t e = atomic_fetch_add (&t->epoch, 1);
+  while (atomic_load (&t->inflight[e & 1]) != 0)
+    sched_yield ();
+}
+
+/* ---- allocation ---------------------------------------------------- */
+
+static void
+mark_table (struct thin *t, uint64_t v)
+{
+  t->tgen[v / TPB] = t->seq + 1;
+  t->dirty = true;
+}
+
+static void
+mark_bitmap (struct thin *t, uint64_t p)
+{
+  t->bgen[p / BPB] = t->seq + 1;
+  t->dirty = true;
+}
+
+/* Grow to NEW_SIZE bytes of pool; lock held. */
+static void
+grow_locked (struct thin *t, uint64_t new_size)
+{
+  uint64_t n = pool_chunks_of (&t->g, new_size);
+  if (new_size > t->pool->size)
+    t->pool->size = new_size;
+  if (n > t->pool_chunks) {
+    kvm_debug ("thin: pool grew to %" PRIu64 " bytes: %" PRIu64
+               " chunks (was %" PRIu64 ")", new_size, n,
+               (uint64_t) t->pool_chunks);
+    t->pool_chunks = n;
+    watermark_check_locked (t);         /* re-arm if now below */
+  }
+}
+
+int
+thin_grow (struct bdev *bd, uint64_t new_size)
+{
+  struct thin *t = TH (bd);
+  pthread_mutex_lock (&t->lock);
+  grow_locked (t, new_size);
+  pthread_mutex_unlock (&t->lock);
+  return 0;
+}
+
+static int commit_locked (struct thin *t);
+
+static int64_t
+take_free_locked (struct thin *t)
+{
+  uint64_t p = bitmap_next (&t->alloc, 0, false);
+  if (p >= t->pool_chunks)
+    return -1;
+  bitmap_set (&t->alloc, p, true);
+  t->n_alloc++;
+  t->allocs++;
+  t->full_logged = false;
+  return p;
+}
+
+/* A free physical chunk, marked allocated; -1 if the pool is full, -2 on
+ * another error (reported).  Lock held.  When full, chunks freed since
+ * the last commit are made reusable by a commit, and the pool's size is
+ * asked again (it may have grown).
+ */
+static int64_t
+alloc_locked (struct thin *t)
+{
+  int64_t p = take_free_locked (t);
+  if (p >= 0)
+    return p;
+  if (t->npend) {
+    if (commit_locked (t) == -1)
+      return -2;
+    if ((p = take_free_locked (t)) >= 0)
+      return p;
+  }
+  if (t->pool_size_fn) {
+    int64_t s = t->pool_size_fn (t->opaque);
+    if (s > 0)
+      grow_locked (t, s);
+    p = take_free_locked (t);
+  }
+  return p;
+}
+
+static void
+unalloc_locked (struct thin *t, uint64_t p)
+{
+  bitmap_set (&t->alloc, p, false);
+  t->n_alloc--;
+}
+
+/* Release virtual chunk V if mapped (waits while it is being allocated);
+ * the physical chunk stays allocated until the next commit.  Lock held.
+ */
+static int
+release_locked (struct thin *t, uint64_t v)
+{
+  uint32_t e;
+  while ((e = atomic_load (&t->map[v])) == THIN_BUSY)
+    pthread_cond_wait (&t->cond, &t->lock);
+  if (e == 0)
+    return 0;
+  if (t->npend == t->cappend) {
+    size_t nc = t->cappend ? t->cappend * 2 : 64;
+    uint64_t *np = realloc (t->pend, nc * sizeof *np);
+    if (!np) {
+      kvm_error ("thin: out of memory");
+      errno = ENOMEM;
+      return -1;
+    }
+    t->pend = np;
+    t->cappend = nc;
+  }
+  uint64_t p = (uint64_t) e - 1;
+  atomic_store (&t->map[v], 0);
+  bitmap_set (&t->mapped, p, false);
+  t->n_mapped--;
+  t->pend[t->npend++] = p;
+  t->releases++;
+  mark_table (t, v);
+  mark_bitmap (t, p);
+  return 0;
+}
+
+/* ---- commit -------------------------------------------------------- */
+
+static int
+commit_locked (struct thin *t)
+{
+  const struct geom *g = &t->g;
+  uint64_t T = t->seq + 1;
+  unsigned s = T & 1;
+  uint8_t blk[TBLK];
+
+  if (!t->dirty) {
+    if (bdev_flush (t->pool) == -1)
+      return -1;
+    return t->meta != t->pool ? bdev_flush (t->meta) : 0;
+  }
+  /* 1. Data written into new chunks reaches the disk before the
+   * mappings that point to it.
+   */
+  if (bdev_flush (t->pool) == -1)
+    return -1;
+  /* 2. The blocks changed since this slot was last written (in this
+   * transaction or the previous one) go to the inactive slot.
+   */
+  for (uint32_t i = 0; i < g->tblocks; i++) {
+    if (t->tgen[i] + 1 < T)
+      continue;
+    memset (blk, 0, sizeof blk);
+    for (uint32_t k = 0; k < TPB; k++) {
+      uint64_t v = (uint64_t) i * TPB + k;
+      if (v >= g->nv)
+        break;
+      uint32_t e = atomic_load (&t->map[v]);
+      store_le32 (blk + 4 * k, e == THIN_BUSY ? 0 : e);
+    }
+    store_le32 (blk + TBLK - 4, block_crc (i, blk));
+    if (bdev_pwrite (t->meta, blk, TBLK,
+                     body_off (g, s) + (uint64_t) i * TBLK, 0) == -1)
+      return -1;
+  }
+  for (uint32_t j = 0; j < g->bblocks; j++) {
+    if (t->bgen[j] + 1 < T)
+      continue;
+    memset (blk, 0, sizeof blk);
+    for (uint32_t k = 0; k < BPB; k++) {
+      uint64_t p = (uint64_t) j * BPB + k;
+      if (p >= g->nv)
+        break;
+      if (bitmap_get (&t->mapped, p))
+        blk[k >> 3] |= 1u << (k & 7);
+    }
+    store_le32 (blk + TBLK - 4, block_crc (0x80000000u | j, blk));
+    if (bdev_pwrite (t->meta, blk, TBLK,
+                     body_off (g, s) + ((uint64_t) g->tblocks + j) * TBLK,
+                     0) == -1)
+      return -1;
+  }
+  if (bdev_flush (t->meta) == -1)
+    return -1;
+  /* 3. The header makes the slot current. */
+  header_encode (blk, g, T, t->n_mapped, t->pool_chunks);
+  if (bdev_pwrite (t->meta, blk, TBLK, (uint64_t) s * TBLK, 0) == -1 ||
+      bdev_flush (t->meta) == -1)
+    return -1;
+  t->seq = T;
+  t->dirty = false;
+  t->commits++;
+  /* 4. Chunks freed before this commit may be reused now, once no I/O
+   * still uses their old mapping; trim them below first.
+   */
+  if (t->npend) {
+    epoch_sync (t);
+    for (size_t i = 0; i < t->npend; i++) {
+      uint64_t p = t->pend[i];
+      if (t->pool->caps & BDEV_CAN_TRIM)
+        bdev_trim (t->pool, g->chunk, g->data_off + p * g->chunk, 0);
+      unalloc_locked (t, p);
+    }
+    t->npend = 0;
+    watermark_check_locked (t);         /* only re-arms here */
+  }
+  return 0;
+}
+
+static int
+thin_flush (struct bdev *bd)
+{
+  struct thin *t = TH (bd);
+  pthread_mutex_lock (&t->lock);
+  int r = commit_locked (t);
+  pthread_mutex_unlock (&t->lock);
+  return r;
+}
+
+/* ---- I/O ----------------------------------------------------------- */
+
+static uint64_t
+phys_off (const struct thin *t, uint32_t e, uint64_t in)
+{
+  return t->g.data_off + ((uint64_t) e - 1) * t->g.chunk + in;
+}
+
+static int
+thin_pread (struct bdev *bd, void *buf, size_t count, uint64_t offset)
+{
+  struct thin *t = TH (bd);
+  char *b = buf;
+  while (count > 0) {
+    uint64_t v = offset / t->g.chunk, in = offset % t->g.chunk;
+    size_t n = t->g.chunk - in < count ? t->g.chunk - in : count;
+    unsigned ep = epoch_enter (t);
+    uint32_t e = atomic_load_explicit (&t->map[v], memory_order_acquire);
+    int r = 0;
+    if (e == 0 || e == THIN_BUSY)
+      memset (b, 0, n);
+    else
+      r = bdev_pread (t->pool, b, n, phys_off (t, e, in));
+    epoch_leave (t, ep);
+    if (r == -1)
+      return -1;
+    b += n;
+    offset += n;
+    count -= n;
+  }
+  return 0;
+}
+
+static bool
+is_zero (const void *buf, size_t n)
+{
+  const unsigned char *p = buf;
+  return n == 0 || (p[0] == 0 && memcmp (p, p + 1, n - 1) == 0);
+}
+
+/* One piece of a write within a virtual chunk. */
+struct piece {
+  uint64_t v, in;
+  size_t n;
+  const char *data;
+  bool zero;
+  int64_t newp;                 /* reserved physical chunk, or -1 */
+};
+
+static int
+thin_pwrite (struct bdev *bd, const void *buf, size_t count, uint64_t offset,
+             uint32_t flags)
+{
+  struct thin *t = TH (bd);
+  const uint32_t C = t->g.chunk;
+  size_t np = div_round_up64 ((offset % C) + count, C);
+  struct piece stackp[8], *pc = np <= 8 ? stackp : calloc (np, sizeof *pc);
+  size_t i, nres = 0;
+  bool fire = false, need_lock = false;
+  char *tmp = NULL;
+  int r = -1;
+  (void) flags;                 /* FUA: bdev_pwrite flushes (commits) */
+
+  if (!pc) {
+    kvm_error ("thin: out of memory");
+    errno = ENOMEM;
+    return -1;
+  }
+  /* Split into chunk pieces. */
+  {
+    const char *b = buf;
+    uint64_t o = offset;
+    size_t c = count;
+    for (i = 0; i < np; i++) {
+      pc[i].v = o / C;
+      pc[i].in = o % C;
+      pc[i].n = C - pc[i].in < c ? C - pc[i].in : c;
+      pc[i].data = b;
+      pc[i].zero = is_zero (b, pc[i].n);
+      pc[i].newp = -1;
+      uint32_t e = atomic_load (&t->map[pc[i].v]);
+      if ((e == 0 || e == THIN_BUSY) ? !pc[i].zero
+          : (pc[i].zero && pc[i].n == C))
+        need_lock = true;
+      b += pc[i].n;
+      o += pc[i].n;
+      c -= pc[i].n;
+    }
+  }
+
+  /* Phase 1: reserve a chunk for every unmapped non-zero piece, all or
+   * nothing, so that ENOSPC leaves everything stored as it was.
+   */
+  if (need_lock) {
+    pthread_mutex_lock (&t->lock);
+    for (i = 0; i < np; i++) {
+      uint32_t e;
+      while ((e = atomic_load (&t->map[pc[i].v])) == THIN_BUSY)
+        pthread_cond_wait (&t->cond, &t->lock);
+      if (e != 0 || pc[i].zero)
+        continue;
+      int64_t p = alloc_locked (t);
+      if (p < 0) {
+        int err = p == -1 ? ENOSPC : errno;
+        bool log = err == ENOSPC && !t->full_logged;
+        uint64_t used = t->n_alloc;
+        if (p == -1) {
+          t->enospc++;
+          t->full_logged = true;
+        }
+        for (size_t k = 0; k < i; k++)
+          if (pc[k].newp >= 0) {
+            unalloc_locked (t, pc[k].newp);
+            t->allocs--;
+            atomic_store (&t->map[pc[k].v], 0);
+            pc[k].newp = -1;
+          }
+        pthread_cond_broadcast (&t->cond);
+        pthread_mutex_unlock (&t->lock);
+        if (log)
+          kvm_error ("thin: pool full (%" PRIu64 " chunks of %" PRIu32
+                     " bytes in use): writes that need new chunks fail "
+                     "with ENOSPC (logged once per episode)", used, C);
+        else if (err == ENOSPC)
+          kvm_debug ("thin: pool full: ENOSPC");
+        errno = err;
+        goto out;
+      }
+      pc[i].newp = p;
+      atomic_store (&t->map[pc[i].v], THIN_BUSY);
+      nres++;
+    }
+    fire = watermark_check_locked (t);
+    pthread_mutex_unlock (&t->lock);
+  }
+
+  /* Phase 2: data.  New chunks are written whole (zero-filled around the
+   * piece: the chunk may hold an old owner's data).
+   */
+  for (i = 0; i < np; i++) {
+    struct piece *q = &pc[i];
+    if (q->newp >= 0) {
+      const char *src = q->data;
+      if (q->n != C) {
+        if (!tmp && !(tmp = malloc (C))) {
+          kvm_error ("thin: out of memory");
+          errno = ENOMEM;
+          goto undo;
+        }
+        memset (tmp, 0, C);
+        memcpy (tmp + q->in, q->data, q->n);
+        src = tmp;
+      }
+      if (bdev_pwrite (t->pool, src, C,
+                       phys_off (t, q->newp + 1, 0), 0) == -1)
+        goto undo;
+      continue;
+    }
+    if (q->zero && q->n == C)
+      continue;                 /* released in phase 3 if mapped */
+    unsigned ep = epoch_enter (t);
+    uint32_t e = atomic_load_explicit (&t->map[q->v], memory_order_acquire);
+    int w = 0;
+    if (e != 0 && e != THIN_BUSY)
+      w = bdev_pwrite (t->pool, q->data, q->n, phys_off (t, e, q->in), 0);
+    else if (!q->zero) {
+      /* Released by a concurrent trim since we looked: allocate. */
+      epoch_leave (t, ep);
+      int rr = thin_pwrite (bd, q->data, q->n, q->v * C + q->in, 0);
+      if (rr == -1)
+        goto undo;
+      continue;
+    }
+    epoch_leave (t, ep);
+    if (w == -1)
+      goto undo;
+  }
+
+  /* Phase 3: publish the new mappings, release all-zero chunks. */
+  if (need_lock) {
+    pthread_mutex_lock (&t->lock);
+    for (i = 0; i < np; i++) {
+      struct piece *q = &pc[i];
+      if (q->newp >= 0) {
+        atomic_store_explicit (&t->map[q->v], (uint32_t) q->newp + 1,
+                               memory_order_release);
+        bitmap_set (&t->mapped, q->newp, true);
+        t->n_mapped++;
+        mark_table (t, q->v);
+        mark_bitmap (t, q->newp);
+      }
+      else if (q->zero && q->n == C && release_locked (t, q->v) == -1) {
+        pthread_cond_broadcast (&t->cond);
+        pthread_mutex_unlock (&t->lock);
+        goto out;
+      }
+    }
+    pthread_cond_broadcast (&t->cond);
+    pthread_mutex_unlock (&t->lock);
+  }
+  r = 0;
+  goto out;
+
+ undo:
+  pthread_mutex_lock (&t->lock);
+  for (i = 0; i < np; i++)
+    if (pc[i].newp >= 0) {
+      /* Never published: the chunk can be reused at once. */
+      atomic_store (&t->map[pc[i].v], 0);
+      unalloc_locked (t, pc[i].newp);
+    }
+  pthread_cond_broadcast (&t->cond);
+  pthread_mutex_unlock (&t->lock);
+ out:
+  if (fire) {
+    struct thin_stats st;
+    thin_get_stats (bd, &st);
+    t->watermark (t->opaque, &st);
+  }
+  free (tmp);
+  if (pc != stackp)
+    free (pc);
+  return r;
+}
+
+/* Trim and zero: whole chunks are released (trimmed below at the next
+ * commit); for zero, the mapped parts of partial chunks are written with
+ * zeroes.
+ */
+static int
+discard (struct thin *t, uint64_t count, uint64_t offset, bool zero)
+{
+  const uint32_t C = t->g.chunk;
+  int r = 0;
+  while (count > 0) {
+    uint64_t v = offset / C, in = offset % C;
+    uint64_t n = C - in < count ? C - in : count;
+    if (n == C) {
+      pthread_mutex_lock (&t->lock);
+      r = release_locked (t, v);
+      pthread_cond_broadcast (&t->cond);
+      pthread_mutex_unlock (&t->lock);
+    }
+    else if (zero) {
+      uint32_t e;
+      unsigned ep = epoch_enter (t);
+      e = atomic_load_explicit (&t->map[v], memory_order_acquire);
+      if (e != 0 && e != THIN_BUSY)
+        r = bdev_zero (t->pool, n, phys_off (t, e, in), 0);
+      epoch_leave (t, ep);
+      if (r == 0 && e == THIN_BUSY) {
+        /* Being allocated: wait, then zero through the write path. */
+        static const char zeroes[4096];
+        pthread_mutex_lock (&t->lock);
+        while (atomic_load (&t->map[v]) == THIN_BUSY)
+          pthread_cond_wait (&t->cond, &t->lock);
+        pthread_mutex_unlock (&t->lock);
+        for (uint64_t k = 0; k < n && r == 0; k += sizeof zeroes) {
+          size_t m = n - k < sizeof zeroes ? n - k : sizeof zeroes;
+          r = thin_pwrite (&t->bd, zeroes, m, offset + k, 0);
+        }
+      }
+    }
+    if (r == -1)
+      return -1;
+    offset += n;
+    count -= n;
+  }
+  return 0;
+}
+
+static int
+thin_trim (struct bdev *bd, uint64_t count, uint64_t offset, uint32_t flags)
+{
+  (void) flags;
+  return discard (TH (bd), count, offset, false);
+}
+
+static int
+thin_zero (struct bdev *bd, uint64_t count, uint64_t offset, uint32_t flags)
+{
+  (void) flags;
+  return discard (TH (bd), count, offset, true);
+}
+
+static int
+thin_extents (struct bdev *bd, uint64_t count, uint64_t offset,
+              uint32_t flags, bdev_extent_fn fn, void *opaque)
+{
+  struct thin *t = TH (bd);
+  const uint32_t C = t->g.chunk;
+  uint64_t end = offset + count;
+  while (offset < end) {
+    uint32_t e = atomic_load (&t->map[offset / C]);
+    bool hole = e == 0 || e == THIN_BUSY;
+    uint64_t start = offset;
+    do {
+      uint64_t next = (offset / C + 1) * C;
+      offset = next < end ? next : end;
+      if (offset >= end)
+        break;
+      e = atomic_load (&t->map[offset / C]);
+    } while ((e == 0 || e == THIN_BUSY) == hole);
+    if (fn (opaque, start, offset - start,
+            hole ? BDEV_EXTENT_HOLE | BDEV_EXTENT_ZERO : BDEV_EXTENT_DATA)
+        == -1)
+      return -1;
+    if (flags & BDEV_REQ_ONE)
+      break;
+  }
+  return 0;
+}
+
+static void
+thin_close (struct bdev *bd)
+{
+  struct thin *t = TH (bd);
+  if (!bd->readonly && thin_flush (bd) == -1)
+    kvm_error ("thin: final commit failed: the last writes since the "
+               "previous flush may be lost");
+  if (t->meta && t->meta != t->pool)
+    bdev_close (t->meta);
+  if (t->pool)
+    bdev_close (t->pool);
+  free ((void *) t->map);
+  bitmap_free (&t->alloc);
+  bitmap_free (&t->mapped);
+  free (t->tgen);
+  free (t->bgen);
+  free (t->pend);
+  pthread_mutex_destroy (&t->lock);
+  pthread_cond_destroy (&t->cond);
+  bdev_free_common (bd);
+}
+
+static const struct bdev_ops thin_ops = {
+  .format = "thin",
+  .close = thin_close,
+  .pread = thin_pread,
+  .pwrite = thin_pwrite,
+  .flush = thin_flush,
+  .trim = thin_trim,
+  .zero = thin_zero,
+  .extents = thin_extents,
+};
+
+/* ---- open and format ----------------------------------------------- */
+
+static int
+format_meta (struct thin *t)
+{
+  const struct geom *g = &t->g;
+  uint8_t *b = calloc (1, TBLK);
+  int r = -1;
+  if (!b) {
+    errno = ENOMEM;
+    kvm_error ("thin: out of memory");
+    return -1;
+  }
+  for (unsigned s = 0; s < 2; s++)
+    for (uint64_t i = 0; i < (uint64_t) g->tblocks + g->bblocks; i++) {
+      uint32_t seed = i < g->tblocks ? (uint32_t) i
+        : 0x80000000u | (uint32_t) (i - g->tblocks);
+      memset (b, 0, TBLK);
+      store_le32 (b + TBLK - 4, block_crc (seed, b));
+      if (bdev_pwrite (t->meta, b, TBLK, body_off (g, s) + i * TBLK, 0) == -1)
+        goto out;
+    }
+  if (bdev_flush (t->meta) == -1)
+    goto out;
+  for (unsigned s = 0; s < 2; s++) {
+    header_encode (b, g, s, 0, t->pool_chunks);
+    if (bdev_pwrite (t->meta, b, TBLK, (uint64_t) s * TBLK, 0) == -1)
+      goto out;
+  }
+  if (bdev_flush (t->meta) == -1)
+    goto out;
+  t->seq = 1;
+  kvm_debug ("thin: formatted %s: virtual %" PRIu64 " bytes, chunk %" PRIu32
+             ", %" PRIu64 " physical chunks from byte %" PRIu64,
+             t->meta->name, g->vsize, g->chunk, (uint64_t) t->pool_chunks,
+             g->data_off);
+  r = 0;
+ out:
+  free (b);
+  return r;
+}
+
+struct bdev *
+thin_open (struct bdev *pool, const struct thin_opts *o)
+{
+  struct thin *t;
+  char err[400], name[256];
+  bool allzero;
+  uint64_t used;
+  uint32_t *entries = NULL;
+  struct bdev *meta = o->meta ? o->meta : pool;
+
+  snprintf (name, sizeof name, "thin(%s)", pool->name);
+  t = bdev_alloc (sizeof *t, &thin_ops, name);
+  if (!t) {
+    bdev_close (pool);
+    if (o->meta)
+      bdev_close (o->meta);
+    return NULL;
+  }
+  pthread_mutex_init (&t->lock, NULL);
+  pthread_cond_init (&t->cond, NULL);
+  t->pool = pool;
+  t->meta = meta;
+  t->warn = o->warn_percent;
+  t->opaque = o->opaque;
+  t->watermark = o->watermark;
+  t->pool_size_fn = o->pool_size;
+
+  int slot = headers_read (meta, &t->g, &t->seq, &used, &allzero, err,
+                           sizeof err, NULL);
+  if (slot == -1) {
+    if (!allzero || !o->format) {
+      kvm_error ("thin: %s: no valid thin metadata (%s)%s", meta->name, err,
+                 allzero ? "" : "; the metadata area is not all zeroes, "
+                 "refusing to format it");
+      errno = EINVAL;
+      goto fail;
+    }
+    if (pool->readonly) {
+      kvm_error ("thin: %s: not formatted, and read-only", meta->name);
+      errno = EROFS;
+      goto fail;
+    }
+    if (!o->virtual_size) {
+      kvm_error ("thin: %s: not formatted yet: thin-size is required",
+                 meta->name);
+      errno = EINVAL;
+      goto fail;
+    }
+    if (geom_compute (&t->g, o->virtual_size,
+                      o->chunk_size ? o->chunk_size : THIN_DEFAULT_CHUNK,
+                      o->meta != NULL, err, sizeof err) == -1) {
+      kvm_error ("thin: %s", err);
+      errno = EINVAL;
+      goto fail;
+    }
+  }
+  else {
+    if (o->virtual_size && o->virtual_size != t->g.vsize) {
+      kvm_error ("thin: %s: thin-size=%" PRIu64 " but the pool was made "
+                 "with %" PRIu64, meta->name, o->virtual_size, t->g.vsize);
+      errno = EINVAL;
+      goto fail;
+    }
+    if (o->chunk_size && o->chunk_size != t->g.chunk) {
+      kvm_error ("thin: %s: thin-chunk=%" PRIu32 " but the pool was made "
+                 "with %" PRIu32, meta->name, o->chunk_size, t->g.chunk);
+      errno = EINVAL;
+      goto fail;
+    }
+    if ((t->g.flags & 1) != (o->meta != NULL)) {
+      kvm_error ("thin: %s: the metadata says it is %s", meta->name,
+                 (t->g.flags & 1) ? "in a separate file (thin-metadata=)"
+                 : "inside the pool");
+      errno = EINVAL;
+      goto fail;
+    }
+  }
+  if (pool->size < t->g.data_off) {
+    kvm_error ("thin: %s: %" PRIu64 " bytes is too small for the metadata "
+               "(%" PRIu64 " bytes)", pool->name, pool->size, t->g.data_off);
+    errno = ENOSPC;
+    goto fail;
+  }
+  t->pool_chunks = pool_chunks_of (&t->g, pool->size);
+  t->bd.size = t->g.vsize;
+  t->bd.readonly = pool->readonly || meta->readonly;
+  t->bd.block_size = t->g.chunk;
+  t->bd.caps = BDEV_CAN_TRIM | BDEV_CAN_ZERO | BDEV_CAN_FAST_ZERO |
+    BDEV_CAN_EXTENTS | BDEV_CAN_MULTI_CONN;
+  size_t mapbytes;
+  if (!ck_size_mul (t->g.nv, sizeof *t->map, &mapbytes) ||
+      !(t->map = calloc (1, mapbytes)) ||
+      !(entries = calloc (t->g.nv, sizeof *entries)) ||
+      !(t->tgen = calloc (t->g.tblocks, sizeof *t->tgen)) ||
+      !(t->bgen = calloc (t->g.bblocks, sizeof *t->bgen)) ||
+      bitmap_init (&t->alloc, t->g.nv) == -1 ||
+      bitmap_init (&t->mapped, t->g.nv) == -1) {
+    kvm_error ("thin: out of memory for %" PRIu64 " chunks", t->g.nv);
+    errno = ENOMEM;
+    goto fail;
+  }
+  if (slot == -1) {
+    if (format_meta (t) == -1)
+      goto fail;
+  }
+  else {
+    struct bitmap bits;
+    struct verify_result vr;
+    if (bitmap_init (&bits, t->g.nv) == -1) {
+      errno = ENOMEM;
+      goto fail;
+    }
+    long bad = body_read (meta, &t->g, slot, entries, &bits, NULL);
+    if (bad != 0 ||
+        verify (&t->g, entries, &bits, t->pool_chunks, NULL, &vr) == -1) {
+      bitmap_free (&bits);
+      if (bad > 0)
+        kvm_error ("thin: %s: metadata slot %d is damaged (run "
+                   "nbdkit-thin-check)", meta->name, slot);
+      errno = EIO;
+      goto fail;
+    }
+    if (vr.out_of_range || vr.doubles || vr.unmarked) {
+      kvm_error ("thin: %s: inconsistent metadata: %" PRIu64 " mappings "
+                 "outside the pool, %" PRIu64 " double mappings, %" PRIu64
+                 " mapped chunks marked free (run nbdkit-thin-check)",
+                 meta->name, vr.out_of_range, vr.doubles, vr.unmarked);
+      bitmap_free (&bits);
+      errno = EIO;
+      goto fail;
+    }
+    if (vr.leaks) {
+      kvm_error ("thin: %s: %" PRIu64 " chunks marked in use but not mapped "
+                 "(leaked): reclaiming them", meta->name, vr.leaks);
+      /* Rewrite the whole bitmap at the next commits. */
+      for (uint32_t j = 0; j < t->g.bblocks; j++)
+        t->bgen[j] = t->seq + 1;
+      t->dirty = true;
+    }
+    bitmap_free (&bits);
+    /* Which blocks the other slot lacks is not known: the first commit
+     * writes every block (gen >= seq), later ones only changed blocks.
+     */
+    for (uint32_t i = 0; i < t->g.tblocks; i++)
+      t->tgen[i] = t->seq;
+    for (uint32_t j = 0; j < t->g.bblocks; j++)
+      if (t->bgen[j] < t->seq)
+        t->bgen[j] = t->seq;
+    for (uint64_t v = 0; v < t->g.nv; v++)
+      if (entries[v]) {
+        t->map[v] = entries[v];
+        bitmap_set (&t->alloc, entries[v] - 1, true);
+        bitmap_set (&t->mapped, entries[v] - 1, true);
+        t->n_alloc++;
+        t->n_mapped++;
+      }
+    if (vr.leaks && !t->bd.readonly && commit_locked (t) == -1)
+      goto fail;
+  }
+  free (entries);
+  t->above = t->warn &&
+    t->n_alloc * 100 >= (uint64_t) t->warn * t->pool_chunks;
+  return &t->bd;
+
+ fail:
+  {
+    int e = errno;
+    free (entries);
+    t->bd.readonly = true;      /* no final commit */
+    thin_close (&t->bd);
+    errno = e;
+  }
+  return NULL;
+}
+
+/* ---- checker ------------------------------------------------------- */
+
+long
+thin_check (struct bdev *pool, struct bdev *meta, FILE *out, bool verbose)
+{
+  struct geom g;
+  uint64_t seq, used;
+  bool allzero;
+  char err[400];
+  long problems = 0;
+  struct bdev *m = meta ? meta : pool;
+  FILE *rep = verbose ? out : NULL;
+
+  int slot = headers_read (m, &g, &seq, &used, &allzero, err, sizeof err,
+                           rep);
+  if (slot == -1) {
+    fprintf (out, "%s: no valid thin metadata: %s\n", m->name, err);
+    return -1;
+  }
+  if ((g.flags & 1) != (meta != NULL)) {
+    fprintf (out, "%s: metadata flags say it is %s\n", m->name,
+             (g.flags & 1) ? "in a separate file (give --metadata)"
+             : "inside the pool");
+    return -1;
+  }
+  uint64_t pool_chunks = pool_chunks_of (&g, pool->size);
+  fprintf (out, "virtual size %" PRIu64 ", chunk %" PRIu32 ", %" PRIu64
+           " virtual chunks, %" PRIu64 " physical chunks, current slot %d "
+           "(seq %" PRIu64 ")\n", g.vsize, g.chunk, g.nv, pool_chunks, slot,
+           seq);
+  if (pool->size < g.data_off) {
+    fprintf (out, "pool too small for its metadata\n");
+    problems++;
+  }
+  uint32_t *entries = calloc (g.nv, sizeof *entries);
+  struct bitmap bits;
+  if (!entries || bitmap_init (&bits, g.nv) == -1) {
+    free (entries);
+    fprintf (out, "out of memory\n");
+    return -1;
+  }
+  long bad = body_read (m, &g, slot, entries, &bits, out);
+  if (bad < 0) {
+    free (entries);
+    bitmap_free (&bits);
+    return -1;
+  }
+  problems += bad;
+  struct verify_result vr;
+  if (verify (&g, entries, &bits, pool_chunks, out, &vr) == -1) {
+    free (entries);
+    bitmap_free (&bits);
+    return -1;
+  }
+  problems += vr.out_of_range + vr.doubles + vr.unmarked + vr.leaks;
+  if (vr.mapped != used) {
+    fprintf (out, "header says %" PRIu64 " chunks used, %" PRIu64
+             " are mapped\n", used, vr.mapped);
+    problems++;
+  }
+  fprintf (out, "%" PRIu64 " mapped chunks, %" PRIu64 " double mappings, %"
+           PRIu64 " leaks, %" PRIu64 " out-of-range entries, %" PRIu64
+           " mapped-but-free, %ld bad checksums: %s\n", vr.mapped,
+           vr.doubles, vr.leaks, vr.out_of_range, vr.unmarked, bad,
+           problems ? "PROBLEMS FOUND" : "clean");
+  free (entries);
+  bitmap_free (&bits);
+  return problems;
+}

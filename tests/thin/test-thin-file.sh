@@ -1,0 +1,207 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
+# The thin filter over nbdkit's file plugin: a 1 GiB virtual disk over a
+# 64 MiB file.  Writes up to the pool's size read back (nbdcopy vs a raw
+# mirror), the next allocating write fails with ENOSPC and changes
+# nothing while rewrites work, trim frees chunks that later writes reuse,
+# zero writes allocate nothing, the metadata survives a restart, and
+# nbdkit-thin-check finds the metadata clean -- and finds planted faults.
+source "$TOP_SRCDIR/tests/functions.sh"
+source "$TOP_SRCDIR/tests/thin/thin-lib.sh"
+
+pool=$tmpdir/pool.img
+mirror=$tmpdir/mirror.raw
+sock=$tmpdir/t.sock
+uri=$(uri_of "$sock")
+truncate -s 64M "$pool"
+truncate -s 1G "$mirror"
+
+start_thin () {
+  rm -f "$sock"
+  start_nbdkit "$sock" --filter="$(filter_so thin)" file "$pool" "$@"
+}
+compare_mirror () {
+  echo "compare ($1) at ${SECONDS}s"
+  qemu-img compare -f raw -F raw "$uri" "$mirror" >/dev/null ||
+    fail "thin export vs mirror ($1): $(qemu-img compare -f raw -F raw "$uri" "$mirror" 2>&1)"
+}
+
+start_thin thin-size=1G
+desc=$(thin_desc "$uri")
+echo "description: $desc"
+grep -q 'virtual 1.0 GiB' <<<"$desc" || fail "description: $desc"
+# Physical chunks: from the checker (the metadata was committed at format).
+nphys=$("$thin_check_bin" "$pool" | sed -n 's/.* \([0-9]*\) physical chunks.*/\1/p')
+[ -n "$nphys" ] && (( nphys > 1000 && nphys < 1024 )) ||
+  fail "unexpected physical chunk count '$nphys'"
+echo "pool: $nphys chunks of 64 KiB"
+
+# 1. Fill the pool, mirroring every write; then ENOSPC.
+nbdsh -u "$uri" -c "
+import os, errno
+C = 65536
+NV = 16384
+P = $nphys
+m = open('$mirror', 'r+b')
+def w(data, off):
+    h.pwrite(data, off)
+    m.seek(off); m.write(data)
+vs = [(i * 7919) % NV for i in range(NV)]
+for i in range(P):
+    v = vs[i]
+    if i % 5 == 0:      # partial chunk: the rest must read as zeroes
+        w(os.urandom(10000), v * C + 1234)
+    else:
+        w(os.urandom(C), v * C)
+h.flush()
+# Full: the next allocating write fails with ENOSPC ...
+v = vs[P]
+try:
+    h.pwrite(b'x' * 512, v * C)
+    raise SystemExit('allocating write into a full pool succeeded')
+except nbd.Error as e:
+    assert e.errno in ('ENOSPC', errno.ENOSPC), e
+# ... a write spanning a mapped and an unmapped chunk changes neither ...
+a = vs[1]
+assert (a + 1) not in vs[:P]
+before = h.pread(C, a * C)
+try:
+    h.pwrite(b'y' * (2 * C), a * C)
+    raise SystemExit('spanning allocating write succeeded')
+except nbd.Error as e:
+    assert e.errno in ('ENOSPC', errno.ENOSPC), e
+assert h.pread(C, a * C) == before, 'ENOSPC write changed a mapped chunk'
+assert h.pread(C, (a + 1) * C) == bytes(C)
+# ... rewrites of allocated chunks work, also with FUA ...
+for i in (2, 3, 7):
+    w(os.urandom(C), vs[i] * C)
+w(os.urandom(3000), vs[4] * C + 5000)
+data = os.urandom(C); h.pwrite(data, vs[6] * C, nbd.CMD_FLAG_FUA)
+m.seek(vs[6] * C); m.write(data)
+# ... and all-zero writes and write-zeroes of unmapped chunks succeed.
+h.pwrite(bytes(C), vs[P + 1] * C)
+h.pwrite(bytes(3 * C), vs[P + 2] * C)
+h.zero(4 * C, 900 * 1024 * 1024)
+h.flush()
+m.close()
+"
+compare_mirror "full pool"
+thin_check "$pool"
+read -r _ mapped _ used _ <<<"$(thin_meta summary "$pool")"
+[ "$mapped" = "$nphys" ] && [ "$used" = "$nphys" ] ||
+  fail "metadata: $mapped mapped, $used used, expected $nphys"
+grep -q '(100%)' <<<"$(thin_desc "$uri")" || fail "description: $(thin_desc "$uri")"
+# block status: exactly the mapped chunks are data.
+data_bytes=$(nbdinfo --map --totals "$uri" | awk '$3 == 0 {print $1}')
+[ "$data_bytes" = $((nphys * 65536)) ] ||
+  fail "block status: $data_bytes data bytes, expected $((nphys * 65536))"
+
+# 2. Trim frees whole chunks, which later writes reuse (without an
+# explicit flush in between: a full pool commits to reuse them).
+nbdsh -u "$uri" -c "
+import os
+C = 65536
+NV = 16384
+P = $nphys
+m = open('$mirror', 'r+b')
+vs = [(i * 7919) % NV for i in range(NV)]
+for i in range(10, 30):
+    h.trim(C, vs[i] * C)
+    m.seek(vs[i] * C); m.write(bytes(C))
+h.trim(1000, vs[40] * C + 100)      # partial: advisory, nothing freed
+for i in range(P + 5, P + 25):
+    d = os.urandom(C)
+    h.pwrite(d, vs[i] * C)
+    m.seek(vs[i] * C); m.write(d)
+h.flush()
+m.close()
+"
+compare_mirror "after trim and reuse"
+thin_check "$pool"
+read -r _ mapped _ used _ <<<"$(thin_meta summary "$pool")"
+[ "$mapped" = "$nphys" ] || fail "after reuse: $mapped mapped, expected $nphys"
+
+# 3. Zero writes allocate nothing; write-zeroes over whole chunks frees
+# them (qemu-io as the client).
+nbdsh -u "$uri" -c "
+C = 65536
+vs = [(i * 7919) % 16384 for i in range(16384)]
+for i in range(50, 80):
+    h.zero(C, vs[i] * C)
+h.flush()
+"
+python3 - "$mirror" "$nphys" <<'PY'
+import sys
+C = 65536
+vs = [(i * 7919) % 16384 for i in range(16384)]
+with open(sys.argv[1], 'r+b') as m:
+    for i in range(50, 80):
+        m.seek(vs[i] * C); m.write(bytes(C))
+PY
+used0=$(thin_meta summary "$pool" | awk '{print $4}')
+[ "$used0" = $((nphys - 30)) ] || fail "write-zeroes freed $((nphys - used0)) chunks, expected 30"
+# A run of 48 unmapped chunks (from the independent metadata reader).
+z=$(python3 - "$nphys" <<'PY'
+import sys
+P = int(sys.argv[1])
+vs = [(i * 7919) % 16384 for i in range(16384)]
+mapped = set(vs[:P]) - set(vs[10:30]) - set(vs[50:80]) | set(vs[P + 5:P + 25])
+v = next(v for v in range(16384 - 48) if not mapped & set(range(v, v + 48)))
+print(v * 65536)
+PY
+)
+qemu-io -f raw "$uri" >/dev/null <<EOF
+write -P 0 $z 1M
+write -z $((z + 1048576)) 1M
+write -z -u $((z + 2097152)) 512k
+write -P 0 $((z + 2621440)) 4k
+flush
+EOF
+used1=$(thin_meta summary "$pool" | awk '{print $4}')
+[ "$used1" = "$used0" ] || fail "zero writes allocated: used $used0 -> $used1"
+compare_mirror "after zero writes"
+
+# 4. The metadata survives a restart (thin-size taken from the pool).
+stop_nbdkit
+start_thin
+compare_mirror "after restart"
+desc=$(thin_desc "$uri")
+grep -q 'virtual 1.0 GiB' <<<"$desc" || fail "after restart: $desc"
+stop_nbdkit
+thin_check "$pool"
+
+# 5. The checker finds planted faults; the filter refuses inconsistent
+# metadata and reclaims a leak.
+for fault in double leak range; do
+  cp --sparse=always "$pool" "$tmpdir/$fault.img"
+  thin_meta plant "$tmpdir/$fault.img" $fault
+  set +e
+  out=$("$thin_check_bin" "$tmpdir/$fault.img" 2>&1); rc=$?
+  set -e
+  [ $rc = 1 ] || fail "checker exit $rc on a planted $fault: $out"
+  case $fault in
+    double) pat='mapped twice' ;;
+    leak) pat='(leak)' ;;
+    range) pat='outside the pool' ;;
+  esac
+  grep -qF "$pat" <<<"$out" || fail "checker missed the planted $fault: $out"
+done
+start_nbdkit "$tmpdir/d.sock" --filter="$(filter_so thin)" file "$tmpdir/double.img"
+if nbdinfo "$(uri_of "$tmpdir/d.sock")" >/dev/null 2>&1; then
+  fail "the filter served a pool with a double mapping"
+fi
+start_nbdkit "$tmpdir/l.sock" --filter="$(filter_so thin)" file "$tmpdir/leak.img"
+nbdinfo "$(uri_of "$tmpdir/l.sock")" >/dev/null
+thin_check "$tmpdir/leak.img"
+
+# 6. A pool with data where the metadata should be is not formatted.
+head -c 1M /dev/urandom > "$tmpdir/junk.img"
+cp "$tmpdir/junk.img" "$tmpdir/junk.orig"
+truncate -s 64M "$tmpdir/junk.img"
+start_nbdkit "$tmpdir/j.sock" --filter="$(filter_so thin)" file "$tmpdir/junk.img" thin-size=1G
+if nbdinfo "$(uri_of "$tmpdir/j.sock")" >/dev/null 2>&1; then
+  fail "the filter formatted a pool holding data"
+fi
+cmp -n 1M "$tmpdir/junk.img" "$tmpdir/junk.orig" >/dev/null ||
+  fail "the filter changed a pool holding data"
+echo PASS
