@@ -14,6 +14,7 @@
 
 #include "formats.h"
 #include "qcow2/qcow2.h"
+#include "vmdk/vmdk.h"
 #include "util/log.h"
 
 static struct bdev *
@@ -54,6 +55,7 @@ raw_create (const char *path, uint64_t size, const char *const *options)
 /* Probed in order; raw comes last and is never probed (it is the fallback). */
 const struct bdev_format bdev_formats[] = {
   { "qcow2", qcow2_probe, qcow2_open, qcow2_create_options },
+  { "vmdk", vmdk_probe, vmdk_open, vmdk_create_options },
   { "raw", NULL, raw_open, raw_create },
   { NULL, NULL, NULL, NULL },
 };

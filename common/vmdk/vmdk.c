@@ -1,0 +1,1491 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
+/* The VMDK engine: opening (descriptor, extents, parent) and I/O.
+ *
+ * Concurrency: extents, grain directories and the descriptor are fixed
+ * after open, except for entries that go from "unallocated" to
+ * "allocated".  Grain tables are loaded on first use and published with
+ * an atomic compare-and-swap; their entries are read and written with
+ * atomic loads and stores.  Reads and writes into allocated grains take
+ * no lock.  Allocation (a new grain or grain table, zeroed-grain entries)
+ * takes the extent's mutex and writes the grain's data before the grain
+ * table entry that points at it, the primary entry before the redundant
+ * one, and the in-memory entry last.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#ifdef HAVE_ZLIB
+#include <zlib.h>
+#endif
+
+#include "vmdk.h"
+#include "vmdk_int.h"
+#include "util/checked.h"
+#include "util/confine.h"
+#include "util/endian.h"
+#include "util/log.h"
+
+#define ERR(err, ...) do { kvm_error (__VA_ARGS__); errno = (err); } while (0)
+
+#define MAX_GRAIN_SECTORS 4096u         /* 2 MiB */
+#define MAX_GTES          4096u
+#define MAX_GD_ENTRIES    (1u << 26)
+
+static const struct bdev_ops vmdk_ops;
+
+bool
+vmdk_probe (const void *buf, size_t len)
+{
+  const char *p = buf;
+  if (len >= 4 && (load_le32 (buf) == SPARSE_MAGIC ||
+                   load_le32 (buf) == COWD_MAGIC))
+    return true;
+  /* A text descriptor: comment and blank lines, then "key=value" lines,
+   * one of them createType.
+   */
+  static const char hdr[] = "# Disk DescriptorFile";
+  if (len >= sizeof hdr - 1 && memcmp (p, hdr, sizeof hdr - 1) == 0)
+    return true;
+  size_t n = len < 4096 ? len : 4096;
+  for (size_t i = 0; i < n; i++) {
+    unsigned char c = p[i];
+    if (c == 0 || (c < 32 && c != '\n' && c != '\r' && c != '\t'))
+      return false;
+  }
+  for (size_t i = 0; i + 11 <= n; i++)
+    if ((i == 0 || p[i - 1] == '\n') && memcmp (p + i, "createType=", 11) == 0)
+      return true;
+  return false;
+}
+
+/* --- Grain tables ------------------------------------------------------ */
+
+/* The end of the extent's file as far as metadata may point. */
+static uint64_t
+file_end (struct extent *e)
+{
+  uint64_t s = __atomic_load_n (&e->file->size, __ATOMIC_ACQUIRE);
+  uint64_t a = __atomic_load_n (&e->alloc_end, __ATOMIC_ACQUIRE);
+  return s > a ? s : a;
+}
+
+/* *GTP: grain table GDI, loaded if needed; NULL if its directory entry is
+ * 0 (no table: every grain unallocated).
+ */
+static int
+get_gt (struct vmdk *v, struct extent *e, uint64_t gdi, uint32_t **gtp)
+{
+  uint32_t *gt = __atomic_load_n (&e->gt[gdi], __ATOMIC_ACQUIRE);
+  if (gt) {
+    *gtp = gt;
+    return 0;
+  }
+  uint32_t sec = __atomic_load_n (&e->gd[gdi], __ATOMIC_ACQUIRE);
+  if (sec == 0) {
+    *gtp = NULL;
+    return 0;
+  }
+  uint64_t off = (uint64_t) sec * SECTOR;
+  size_t bytes = (size_t) e->gt_entries * 4;
+  if (!ck_range_within (off, bytes, file_end (e))) {
+    ERR (EIO, "%s: grain directory entry %" PRIu64 " points past the end "
+         "of the extent file %s", v->path, gdi, e->file->name);
+    return -1;
+  }
+  gt = malloc (bytes);
+  if (!gt) {
+    ERR (ENOMEM, "%s: out of memory", v->path);
+    return -1;
+  }
+  if (bdev_pread_padded (e->file, gt, bytes, off) == -1) {
+    free (gt);
+    return -1;
+  }
+  for (uint32_t i = 0; i < e->gt_entries; i++)
+    gt[i] = le32toh (gt[i]);
+  uint32_t *expected = NULL;
+  if (!__atomic_compare_exchange_n (&e->gt[gdi], &expected, gt, false,
+                                    __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+    free (gt);
+    gt = expected;
+  }
+  *gtp = gt;
+  return 0;
+}
+
+/* The grain table entry of grain GI (0 past the grain directory). */
+static int
+get_gte (struct vmdk *v, struct extent *e, uint64_t gi, uint32_t *out)
+{
+  uint64_t gdi = gi / e->gt_entries;
+  uint32_t *gt;
+  if (gdi >= e->ngd) {
+    *out = GTE_UNALLOC;
+    return 0;
+  }
+  if (get_gt (v, e, gdi, &gt) == -1)
+    return -1;
+  *out = gt ? __atomic_load_n (&gt[gi % e->gt_entries], __ATOMIC_ACQUIRE)
+    : GTE_UNALLOC;
+  return 0;
+}
+
+enum grain_state { G_UNALLOC, G_ZERO, G_DATA, G_COMPRESSED };
+
+static enum grain_state
+grain_state (struct extent *e, uint32_t gte)
+{
+  if (gte == GTE_UNALLOC)
+    return G_UNALLOC;
+  if (gte == GTE_ZERO && e->zero_grain)
+    return G_ZERO;
+  return e->compressed ? G_COMPRESSED : G_DATA;
+}
+
+/* --- Reading ----------------------------------------------------------- */
+
+static int
+inflate_grain (struct vmdk *v, struct extent *e, const uint8_t *in,
+               size_t inlen, uint8_t *out)
+{
+#ifdef HAVE_ZLIB
+  z_stream z = { 0 };
+  if (inflateInit (&z) != Z_OK) {
+    ERR (ENOMEM, "%s: inflateInit failed", v->path);
+    return -1;
+  }
+  z.next_in = (Bytef *) in;
+  z.avail_in = inlen;
+  z.next_out = out;
+  z.avail_out = e->grain;
+  int r = inflate (&z, Z_FINISH);
+  size_t got = e->grain - z.avail_out;
+  inflateEnd (&z);
+  if (r != Z_STREAM_END && !(r == Z_BUF_ERROR && got == e->grain)) {
+    ERR (EIO, "%s: corrupt compressed grain in %s", v->path, e->file->name);
+    return -1;
+  }
+  memset (out + got, 0, e->grain - got);
+  return 0;
+#else
+  (void) in; (void) inlen; (void) out;
+  ERR (ENOTSUP, "%s: compressed grains need zlib, which this build lacks",
+       v->path);
+  return -1;
+#endif
+}
+
+/* Read and inflate the compressed grain GTE points to into OUT (grain
+ * bytes).
+ */
+static int
+read_compressed (struct vmdk *v, struct extent *e, uint32_t gte,
+                 uint8_t *out)
+{
+  uint64_t off = (uint64_t) gte * SECTOR, end = file_end (e);
+  uint64_t len;
+  if (off >= end) {
+    ERR (EIO, "%s: compressed grain at sector %" PRIu32 " is past the end "
+         "of %s", v->path, gte, e->file->name);
+    return -1;
+  }
+  if (e->markers) {
+    uint8_t m[12];
+    if (!ck_range_within (off, sizeof m, end) ||
+        bdev_pread (e->file, m, sizeof m, off) == -1) {
+      ERR (EIO, "%s: cannot read the grain marker at sector %" PRIu32,
+           v->path, gte);
+      return -1;
+    }
+    len = load_le32 (m + 8);
+    off += sizeof m;
+    if (len == 0 || len > 2 * e->grain + 4096 ||
+        !ck_range_within (off, len, end)) {
+      ERR (EIO, "%s: invalid compressed grain size %" PRIu64 " at sector %"
+           PRIu32, v->path, len, gte);
+      return -1;
+    }
+  }
+  else {
+    len = end - off;
+    if (len > 2 * e->grain + 4096)
+      len = 2 * e->grain + 4096;
+  }
+  uint8_t *in = malloc (len);
+  if (!in) {
+    ERR (ENOMEM, "%s: out of memory", v->path);
+    return -1;
+  }
+  int r = bdev_pread (e->file, in, len, off);
+  if (r == 0)
+    r = inflate_grain (v, e, in, len, out);
+  free (in);
+  return r;
+}
+
+/* What a grain that is not allocated here reads as. */
+static int
+read_below (struct vmdk *v, void *buf, size_t count, uint64_t voff)
+{
+  if (v->parent)
+    return bdev_pread_padded (v->parent, buf, count, voff);
+  memset (buf, 0, count);
+  return 0;
+}
+
+/* Classify the run of grains starting at extent offset OFF (at most COUNT
+ * bytes): its state, length and, for data, its file offset.  Runs of data
+ * grains are contiguous in the file.
+ */
+static int
+sparse_run (struct vmdk *v, struct extent *e, uint64_t off, uint64_t count,
+            enum grain_state *st, uint64_t *len, uint64_t *phys)
+{
+  uint64_t gi = off >> e->grain_shift, in = off & (e->grain - 1);
+  uint32_t gte;
+  if (get_gte (v, e, gi, &gte) == -1)
+    return -1;
+  *st = grain_state (e, gte);
+  *phys = (uint64_t) gte * SECTOR + in;
+  uint64_t n = e->grain - in;
+  if (*st == G_COMPRESSED || n >= count) {
+    *len = n < count ? n : count;
+    return 0;
+  }
+  uint64_t gsec = e->grain / SECTOR;
+  while (n < count) {
+    uint32_t next;
+    gi++;
+    if (get_gte (v, e, gi, &next) == -1)
+      return -1;
+    enum grain_state s = grain_state (e, next);
+    if (s != *st)
+      break;
+    if (s == G_DATA && (uint64_t) next != (uint64_t) gte + gsec)
+      break;
+    gte = next;
+    n += e->grain;
+  }
+  *len = n < count ? n : count;
+  return 0;
+}
+
+static int
+sparse_read (struct vmdk *v, struct extent *e, uint8_t *buf, uint64_t count,
+             uint64_t off)
+{
+  uint8_t *tmp = NULL;
+  int r = 0;
+  while (count) {
+    enum grain_state st;
+    uint64_t len, phys;
+    if (sparse_run (v, e, off, count, &st, &len, &phys) == -1)
+      goto fail;
+    switch (st) {
+    case G_UNALLOC:
+      if (read_below (v, buf, len, e->start + off) == -1)
+        goto fail;
+      break;
+    case G_ZERO:
+      memset (buf, 0, len);
+      break;
+    case G_DATA:
+      if (bdev_pread_padded (e->file, buf, len, phys) == -1)
+        goto fail;
+      break;
+    case G_COMPRESSED:
+      if (!tmp && !(tmp = malloc (e->grain))) {
+        ERR (ENOMEM, "%s: out of memory", v->path);
+        goto fail;
+      }
+      if (read_compressed (v, e, (phys - (off & (e->grain - 1))) / SECTOR,
+                           tmp) == -1)
+        goto fail;
+      memcpy (buf, tmp + (off & (e->grain - 1)), len);
+      break;
+    }
+    buf += len;
+    off += len;
+    count -= len;
+  }
+ out:
+  free (tmp);
+  return r;
+ fail:
+  r = -1;
+  goto out;
+}
+
+static struct extent *
+find_extent (struct vmdk *v, uint64_t off)
+{
+  size_t lo = 0, hi = v->next;
+  while (hi - lo > 1) {
+    size_t mid = (lo + hi) / 2;
+    if (v->ext[mid].start <= off)
+      lo = mid;
+    else
+      hi = mid;
+  }
+  return &v->ext[lo];
+}
+
+static int
+vmdk_pread (struct bdev *bd, void *vbuf, size_t count, uint64_t offset)
+{
+  struct vmdk *v = (struct vmdk *) bd;
+  uint8_t *buf = vbuf;
+  while (count) {
+    struct extent *e = find_extent (v, offset);
+    uint64_t rel = offset - e->start;
+    uint64_t n = e->size - rel < count ? e->size - rel : count;
+    int r = 0;
+    switch (e->kind) {
+    case EK_ZERO: memset (buf, 0, n); break;
+    case EK_FLAT: r = bdev_pread_padded (e->file, buf, n, e->flat_off + rel);
+      break;
+    case EK_SPARSE: r = sparse_read (v, e, buf, n, rel); break;
+    }
+    if (r == -1)
+      return -1;
+    buf += n;
+    offset += n;
+    count -= n;
+  }
+  return 0;
+}
+
+/* --- Writing ----------------------------------------------------------- */
+
+/* The first modification of an image changes its descriptor's CID, as
+ * VMware and QEMU do (children of this image then see that it changed).
+ */
+static int
+update_cid (struct vmdk *v)
+{
+  if (__atomic_load_n (&v->cid_done, __ATOMIC_ACQUIRE))
+    return 0;
+  int r = 0;
+  pthread_mutex_lock (&v->cid_lock);
+  if (v->cid_done || !v->desc_file || !v->desc_text)
+    goto done;
+  /* The CID= line (at the start of a line). */
+  char *p = v->desc_text, *line = NULL;
+  for (;;) {
+    char *q = strstr (p, "CID=");
+    if (!q)
+      break;
+    if (q == v->desc_text || q[-1] == '\n') {
+      line = q;
+      break;
+    }
+    p = q + 4;
+  }
+  if (!line)
+    goto done;
+  char *val = line + 4, *eol = val;
+  while (*eol && *eol != '\n' && *eol != '\r')
+    eol++;
+  uint32_t cid;
+  struct timespec ts;
+  clock_gettime (CLOCK_REALTIME, &ts);
+  cid = (uint32_t) (ts.tv_nsec ^ ts.tv_sec ^ (uintptr_t) v);
+  if (cid == v->cid || cid == 0xffffffff)
+    cid ^= 0x5a5a5a5a;
+  char hex[9];
+  snprintf (hex, sizeof hex, "%08" PRIx32, cid);
+  size_t oldv = eol - val, oldlen = v->desc_len;
+  size_t newlen = oldlen - oldv + 8;
+  char *t = malloc (newlen + 1 + oldv);
+  if (!t) {
+    ERR (ENOMEM, "%s: out of memory", v->path);
+    r = -1;
+    goto done;
+  }
+  memcpy (t, v->desc_text, val - v->desc_text);
+  memcpy (t + (val - v->desc_text), hex, 8);
+  memcpy (t + (val - v->desc_text) + 8, eol, oldlen - (eol - v->desc_text));
+  t[newlen] = 0;
+  /* A shorter text is padded: with NULs inside a sparse extent, with
+   * blank lines in a descriptor file.
+   */
+  size_t wlen = newlen;
+  if (newlen < oldlen) {
+    memset (t + newlen, v->desc_max ? 0 : '\n', oldlen - newlen);
+    wlen = oldlen;
+  }
+  if (v->desc_max && wlen > v->desc_max) {
+    kvm_debug ("%s: no room to update the descriptor's CID", v->path);
+    free (t);
+    goto done;
+  }
+  if (bdev_pwrite (v->desc_file, t, wlen, v->desc_off, 0) == -1) {
+    free (t);
+    r = -1;
+    goto done;
+  }
+  t[newlen] = 0;
+  free (v->desc_text);
+  v->desc_text = t;
+  v->desc_len = newlen;
+  v->cid = cid;
+ done:
+  if (r == 0)
+    __atomic_store_n (&v->cid_done, true, __ATOMIC_RELEASE);
+  pthread_mutex_unlock (&v->cid_lock);
+  return r;
+}
+
+static int
+write_le32 (struct extent *e, uint64_t off, const uint32_t *vals, size_t n)
+{
+  uint32_t tmp[64];
+  while (n) {
+    size_t k = n < 64 ? n : 64;
+    for (size_t i = 0; i < k; i++)
+      tmp[i] = htole32 (vals[i]);
+    if (bdev_pwrite (e->file, tmp, k * 4, off, 0) == -1)
+      return -1;
+    vals += k;
+    off += k * 4;
+    n -= k;
+  }
+  return 0;
+}
+
+/* Allocate grain table GDI (and its redundant copy): zeroed tables at the
+ * end of the file, then the directory entries.  Under e->lock.
+ */
+static int
+alloc_gt (struct vmdk *v, struct extent *e, uint64_t gdi, uint32_t **gtp)
+{
+  uint64_t bytes, p, r = 0, end;
+  if (!ck_round_up64 ((uint64_t) e->gt_entries * 4, SECTOR, &bytes) ||
+      !ck_round_up64 (e->alloc_end, SECTOR, &p) ||
+      !ck_add64 (p, bytes * (e->has_rgd ? 2 : 1), &end) ||
+      end / SECTOR > UINT32_MAX) {
+    ERR (ENOSPC, "%s: extent file %s is full (sector numbers are 32 bits)",
+         v->path, e->file->name);
+    return -1;
+  }
+  uint32_t *gt = calloc (1, bytes);
+  if (!gt) {
+    ERR (ENOMEM, "%s: out of memory", v->path);
+    return -1;
+  }
+  if (bdev_pwrite (e->file, gt, bytes, p, 0) == -1)
+    goto fail;
+  if (e->has_rgd) {
+    r = p + bytes;
+    if (bdev_pwrite (e->file, gt, bytes, r, 0) == -1)
+      goto fail;
+  }
+  __atomic_store_n (&e->alloc_end, end, __ATOMIC_RELEASE);
+  uint32_t sec = p / SECTOR, rsec = r / SECTOR;
+  if (write_le32 (e, e->gd_off + gdi * 4, &sec, 1) == -1 ||
+      (e->has_rgd && write_le32 (e, e->rgd_off + gdi * 4, &rsec, 1) == -1))
+    goto fail;
+  if (e->rgd)
+    e->rgd[gdi] = rsec;
+  uint32_t *expected = NULL;
+  if (!__atomic_compare_exchange_n (&e->gt[gdi], &expected, gt, false,
+                                    __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+    free (gt);
+    gt = expected;
+  }
+  __atomic_store_n (&e->gd[gdi], sec, __ATOMIC_RELEASE);
+  *gtp = gt;
+  return 0;
+ fail:
+  free (gt);
+  return -1;
+}
+
+/* Set N consecutive entries of grain table GDI from IDX to VALS: on disk
+ * (primary, then redundant), then in memory.  Under e->lock.
+ */
+static int
+set_gtes (struct vmdk *v, struct extent *e, uint64_t gdi, uint32_t *gt,
+          uint32_t idx, const uint32_t *vals, size_t n)
+{
+  uint64_t p = (uint64_t) e->gd[gdi] * SECTOR + idx * 4;
+  if (write_le32 (e, p, vals, n) == -1)
+    return -1;
+  if (e->has_rgd && e->rgd && e->rgd[gdi]) {
+    uint64_t rp = (uint64_t) e->rgd[gdi] * SECTOR + idx * 4;
+    if (ck_range_within (rp, n * 4, file_end (e)) &&
+        write_le32 (e, rp, vals, n) == -1)
+      return -1;
+  }
+  (void) v;
+  for (size_t i = 0; i < n; i++)
+    __atomic_store_n (&gt[idx + i], vals[i], __ATOMIC_RELEASE);
+  return 0;
+}
+
+/* Under e->lock: the grain table of GI, allocated if missing. */
+static int
+gt_for_write (struct vmdk *v, struct extent *e, uint64_t gi, uint32_t **gtp)
+{
+  uint64_t gdi = gi / e->gt_entries;
+  if (gdi >= e->ngd) {
+    ERR (EIO, "%s: grain %" PRIu64 " is beyond the grain directory of %s",
+         v->path, gi, e->file->name);
+    return -1;
+  }
+  if (get_gt (v, e, gdi, gtp) == -1)
+    return -1;
+  if (!*gtp)
+    return alloc_gt (v, e, gdi, gtp);
+  return 0;
+}
+
+/* Write into grains that are not allocated yet, starting at extent offset
+ * OFF: either one grain (partially covered: its old content is read from
+ * below and merged) or a run of wholly covered grains of one grain table,
+ * written contiguously in one request.  *DONE: bytes consumed.
+ */
+static int
+alloc_write (struct vmdk *v, struct extent *e, const uint8_t *buf,
+             uint64_t count, uint64_t off, uint64_t *done)
+{
+  uint64_t gi = off >> e->grain_shift, in = off & (e->grain - 1);
+  uint32_t *gt, gte;
+  uint8_t *gbuf = NULL;
+  int r = -1;
+
+  pthread_mutex_lock (&e->lock);
+  if (get_gte (v, e, gi, &gte) == -1)
+    goto out;
+  if (grain_state (e, gte) == G_DATA) {
+    /* Someone allocated it meanwhile. */
+    uint64_t n = e->grain - in < count ? e->grain - in : count;
+    pthread_mutex_unlock (&e->lock);
+    *done = n;
+    return bdev_pwrite (e->file, buf, n, (uint64_t) gte * SECTOR + in, 0);
+  }
+  if (gt_for_write (v, e, gi, &gt) == -1)
+    goto out;
+
+  uint32_t idx = gi % e->gt_entries;
+  size_t k = 1;
+  const uint8_t *src = buf;
+  if (in == 0 && count >= e->grain) {
+    /* Whole grains: as many as are unallocated in this table. */
+    while (k < 64 && idx + k < e->gt_entries &&
+           (k + 1) * e->grain <= count &&
+           grain_state (e, __atomic_load_n (&gt[idx + k], __ATOMIC_ACQUIRE))
+           != G_DATA)
+      k++;
+    *done = k * e->grain;
+  }
+  else {
+    uint64_t n = e->grain - in < count ? e->grain - in : count;
+    gbuf = malloc (e->grain);
+    if (!gbuf) {
+      ERR (ENOMEM, "%s: out of memory", v->path);
+      goto out;
+    }
+    if (grain_state (e, gte) == G_ZERO)
+      memset (gbuf, 0, e->grain);
+    else if (read_below (v, gbuf, e->grain,
+                         e->start + (gi << e->grain_shift)) == -1)
+      goto out;
+    memcpy (gbuf + in, buf, n);
+    src = gbuf;
+    *done = n;
+  }
+
+  uint64_t p, end;
+  if (!ck_round_up64 (e->alloc_end, SECTOR, &p) ||
+      !ck_add64 (p, k * e->grain, &end) || end / SECTOR > UINT32_MAX) {
+    ERR (ENOSPC, "%s: extent file %s is full (sector numbers are 32 bits)",
+         v->path, e->file->name);
+    goto out;
+  }
+  /* Data first, then the entries that point at it. */
+  if (bdev_pwrite (e->file, src, k * e->grain, p, 0) == -1)
+    goto out;
+  __atomic_store_n (&e->alloc_end, end, __ATOMIC_RELEASE);
+  uint32_t vals[64];
+  for (size_t i = 0; i < k; i++)
+    vals[i] = p / SECTOR + i * (e->grain / SECTOR);
+  r = set_gtes (v, e, gi / e->gt_entries, gt, idx, vals, k);
+ out:
+  pthread_mutex_unlock (&e->lock);
+  free (gbuf);
+  return r;
+}
+
+static int
+sparse_write (struct vmdk *v, struct extent *e, const uint8_t *buf,
+              uint64_t count, uint64_t off)
+{
+  if (e->readonly) {
+    ERR (EROFS, "%s: extent %s is read-only (%s)", v->path, e->file->name,
+         e->compressed ? "compressed grains: streamOptimized images cannot "
+         "be written" : e->cowd ? "VMFSSPARSE extents are read-only"
+         : "version 3 sparse extents are read-only");
+    return -1;
+  }
+  while (count) {
+    enum grain_state st;
+    uint64_t len, phys, done;
+    if (sparse_run (v, e, off, count, &st, &len, &phys) == -1)
+      return -1;
+    if (st == G_DATA) {
+      if (bdev_pwrite (e->file, buf, len, phys, 0) == -1)
+        return -1;
+      done = len;
+    }
+    else if (alloc_write (v, e, buf, count, off, &done) == -1)
+      return -1;
+    buf += done;
+    off += done;
+    count -= done;
+  }
+  return 0;
+}
+
+static int
+check_extent_writable (struct vmdk *v, struct extent *e)
+{
+  if (e->kind == EK_ZERO) {
+    ERR (EROFS, "%s: cannot write into a ZERO extent", v->path);
+    return -1;
+  }
+  return 0;
+}
+
+static int
+vmdk_pwrite (struct bdev *bd, const void *vbuf, size_t count,
+             uint64_t offset, uint32_t flags)
+{
+  struct vmdk *v = (struct vmdk *) bd;
+  const uint8_t *buf = vbuf;
+  if (update_cid (v) == -1)
+    return -1;
+  while (count) {
+    struct extent *e = find_extent (v, offset);
+    uint64_t rel = offset - e->start;
+    uint64_t n = e->size - rel < count ? e->size - rel : count;
+    int r;
+    if (check_extent_writable (v, e) == -1)
+      return -1;
+    if (e->kind == EK_FLAT)
+      r = bdev_pwrite (e->file, buf, n, e->flat_off + rel, 0);
+    else
+      r = sparse_write (v, e, buf, n, rel);
+    if (r == -1)
+      return -1;
+    buf += n;
+    offset += n;
+    count -= n;
+  }
+  if ((flags & BDEV_FUA) && bd->ops->flush (bd) == -1)
+    return -1;
+  return 0;
+}
+
+static int
+write_zeroes (struct vmdk *v, struct extent *e, uint64_t count, uint64_t off)
+{
+  static const uint8_t zeroes[65536];
+  while (count) {
+    uint64_t n = count < sizeof zeroes ? count : sizeof zeroes;
+    if (sparse_write (v, e, zeroes, n, off) == -1)
+      return -1;
+    off += n;
+    count -= n;
+  }
+  return 0;
+}
+
+/* Zero (TRIM false) or discard (TRIM true) a range of a sparse extent.
+ * Whole grains become zeroed-grain entries when the extent has them, or
+ * unallocated when nothing lies below; otherwise zeroes are written.
+ * A discard only ever changes whole grains.
+ */
+static int
+sparse_zero (struct vmdk *v, struct extent *e, uint64_t count, uint64_t off,
+             uint32_t flags, bool trim)
+{
+  if (e->readonly) {
+    if (trim)
+      return 0;
+    return sparse_write (v, e, NULL, count, off);       /* reports EROFS */
+  }
+  bool below = v->parent != NULL;
+  while (count) {
+    uint64_t gi = off >> e->grain_shift, in = off & (e->grain - 1);
+    uint64_t n = e->grain - in < count ? e->grain - in : count;
+    uint32_t gte;
+    if (get_gte (v, e, gi, &gte) == -1)
+      return -1;
+    enum grain_state st = grain_state (e, gte);
+    bool whole = n == e->grain;
+    bool reads_zero = st == G_ZERO || (st == G_UNALLOC && !below);
+
+    if (reads_zero && !(trim && st == G_ZERO && !below && whole))
+      ;                         /* already zero */
+    else if (whole && (trim || (flags & BDEV_MAY_TRIM) || st != G_DATA) &&
+             (e->zero_grain || !below)) {
+      uint32_t target = e->zero_grain ? GTE_ZERO : GTE_UNALLOC;
+      if (trim && !below)
+        target = GTE_UNALLOC;
+      uint32_t *gt;
+      pthread_mutex_lock (&e->lock);
+      int r = 0;
+      if (target == GTE_UNALLOC &&
+          (gi / e->gt_entries >= e->ngd ||
+           __atomic_load_n (&e->gd[gi / e->gt_entries],
+                            __ATOMIC_ACQUIRE) == 0))
+        ;                       /* no table: already unallocated */
+      else if ((r = gt_for_write (v, e, gi, &gt)) == 0)
+        r = set_gtes (v, e, gi / e->gt_entries, gt, gi % e->gt_entries,
+                      &target, 1);
+      pthread_mutex_unlock (&e->lock);
+      if (r == -1)
+        return -1;
+    }
+    else if (!trim && write_zeroes (v, e, n, off) == -1)
+      return -1;
+    off += n;
+    count -= n;
+  }
+  return 0;
+}
+
+static int
+zero_or_trim (struct bdev *bd, uint64_t count, uint64_t offset,
+              uint32_t flags, bool trim)
+{
+  struct vmdk *v = (struct vmdk *) bd;
+  if (update_cid (v) == -1)
+    return -1;
+  while (count) {
+    struct extent *e = find_extent (v, offset);
+    uint64_t rel = offset - e->start;
+    uint64_t n = e->size - rel < count ? e->size - rel : count;
+    int r = 0;
+    switch (e->kind) {
+    case EK_ZERO:
+      break;
+    case EK_FLAT:
+      if (!trim)
+        r = bdev_zero (e->file, n, e->flat_off + rel,
+                       flags & ~(BDEV_FUA | BDEV_FAST_ZERO));
+      else if (e->file->ops->trim)
+        r = bdev_trim (e->file, n, e->flat_off + rel, 0);
+      break;
+    case EK_SPARSE:
+      r = sparse_zero (v, e, n, rel, flags, trim);
+      break;
+    }
+    if (r == -1)
+      return -1;
+    offset += n;
+    count -= n;
+  }
+  if ((flags & BDEV_FUA) && bd->ops->flush (bd) == -1)
+    return -1;
+  return 0;
+}
+
+static int
+vmdk_zero (struct bdev *bd, uint64_t count, uint64_t offset, uint32_t flags)
+{
+  if (flags & BDEV_FAST_ZERO) {
+    errno = ENOTSUP;
+    return -1;
+  }
+  return zero_or_trim (bd, count, offset, flags, false);
+}
+
+static int
+vmdk_trim (struct bdev *bd, uint64_t count, uint64_t offset, uint32_t flags)
+{
+  return zero_or_trim (bd, count, offset, flags, true);
+}
+
+static int
+vmdk_flush (struct bdev *bd)
+{
+  struct vmdk *v = (struct vmdk *) bd;
+  struct bdev *last = NULL;
+  for (size_t i = 0; i < v->next; i++) {
+    struct extent *e = &v->ext[i];
+    if (!e->file || e->file == last || e->file->readonly)
+      continue;
+    last = e->file;
+    if (bdev_flush (e->file) == -1)
+      return -1;
+  }
+  if (v->desc_file && v->desc_file != last && !v->desc_file->readonly &&
+      bdev_flush (v->desc_file) == -1)
+    return -1;
+  return 0;
+}
+
+/* --- Block status ------------------------------------------------------ */
+
+struct shift_ctx {
+  bdev_extent_fn fn;
+  void *opaque;
+  uint64_t delta;               /* add to offsets */
+  uint64_t sub;
+};
+
+static int
+shifted (void *opaque, uint64_t offset, uint64_t length, uint32_t type)
+{
+  struct shift_ctx *c = opaque;
+  return c->fn (c->opaque, offset - c->sub + c->delta, length, type);
+}
+
+static int
+below_extents (struct vmdk *v, uint64_t count, uint64_t voff, uint32_t flags,
+               bdev_extent_fn fn, void *opaque)
+{
+  const uint32_t hole = BDEV_EXTENT_HOLE | BDEV_EXTENT_ZERO;
+  if (!v->parent || voff >= v->parent->size)
+    return fn (opaque, voff, count, hole);
+  uint64_t n = v->parent->size - voff < count ? v->parent->size - voff : count;
+  if (bdev_extents (v->parent, n, voff, flags, fn, opaque) == -1)
+    return -1;
+  if (n < count && !(flags & BDEV_REQ_ONE))
+    return fn (opaque, voff + n, count - n, hole);
+  return 0;
+}
+
+static int
+vmdk_extents (struct bdev *bd, uint64_t count, uint64_t offset,
+              uint32_t flags, bdev_extent_fn fn, void *opaque)
+{
+  struct vmdk *v = (struct vmdk *) bd;
+  const uint32_t hole = BDEV_EXTENT_HOLE | BDEV_EXTENT_ZERO;
+  while (count) {
+    struct extent *e = find_extent (v, offset);
+    uint64_t rel = offset - e->start;
+    uint64_t n = e->size - rel < count ? e->size - rel : count;
+    switch (e->kind) {
+    case EK_ZERO:
+      if (fn (opaque, offset, n, hole) == -1)
+        return -1;
+      break;
+    case EK_FLAT:
+      if (e->file->ops->extents && (e->file->caps & BDEV_CAN_EXTENTS) &&
+          ck_range_within (e->flat_off + rel, n, e->file->size)) {
+        struct shift_ctx c = { fn, opaque, e->start, e->flat_off };
+        if (bdev_extents (e->file, n, e->flat_off + rel, flags & BDEV_REQ_ONE,
+                          shifted, &c) == -1)
+          return -1;
+      }
+      else if (fn (opaque, offset, n, BDEV_EXTENT_DATA) == -1)
+        return -1;
+      break;
+    case EK_SPARSE: {
+      uint64_t done = 0;
+      while (done < n) {
+        enum grain_state st;
+        uint64_t len, phys;
+        if (sparse_run (v, e, rel + done, n - done, &st, &len, &phys) == -1)
+          return -1;
+        int r;
+        if (st == G_UNALLOC)
+          r = below_extents (v, len, offset + done, flags, fn, opaque);
+        else
+          r = fn (opaque, offset + done, len,
+                  st == G_ZERO ? hole : BDEV_EXTENT_DATA);
+        if (r == -1)
+          return -1;
+        done += len;
+        if (flags & BDEV_REQ_ONE)
+          return 0;
+      }
+      break;
+    }
+    }
+    if (flags & BDEV_REQ_ONE)
+      return 0;
+    offset += n;
+    count -= n;
+  }
+  return 0;
+}
+
+/* --- Opening ----------------------------------------------------------- */
+
+static void
+free_extent (struct extent *e)
+{
+  if (e->gt) {
+    for (uint64_t i = 0; i < e->ngd; i++)
+      free (e->gt[i]);
+    free (e->gt);
+  }
+  free (e->gd);
+  free (e->rgd);
+  if (e->kind == EK_SPARSE)
+    pthread_mutex_destroy (&e->lock);
+  if (e->own_file && e->file)
+    bdev_close (e->file);
+}
+
+static void
+vmdk_free (struct vmdk *v)
+{
+  for (size_t i = 0; i < v->next; i++)
+    free_extent (&v->ext[i]);
+  free (v->ext);
+  if (v->parent)
+    bdev_close (v->parent);
+  if (v->container)
+    bdev_close (v->container);
+  free (v->desc_text);
+  free (v->path);
+  pthread_mutex_destroy (&v->cid_lock);
+  bdev_free_common (&v->bd);
+}
+
+static void
+vmdk_close (struct bdev *bd)
+{
+  struct vmdk *v = (struct vmdk *) bd;
+  if (!bd->readonly)
+    vmdk_flush (bd);
+  vmdk_free (v);
+}
+
+/* Read a table of N little-endian u32 at OFF. */
+static uint32_t *
+read_u32_table (struct vmdk *v, struct extent *e, uint64_t off, uint64_t n,
+                const char *what)
+{
+  size_t bytes;
+  if (!ck_size_mul (n, 4, &bytes) || !ck_range_within (off, bytes,
+                                                       e->file->size)) {
+    ERR (EINVAL, "%s: the %s of %s lies past the end of the file",
+         v->path, what, e->file->name);
+    return NULL;
+  }
+  uint32_t *t = malloc (bytes ? bytes : 1);
+  if (!t) {
+    ERR (ENOMEM, "%s: out of memory", v->path);
+    return NULL;
+  }
+  if (bdev_pread (e->file, t, bytes, off) == -1) {
+    free (t);
+    return NULL;
+  }
+  for (uint64_t i = 0; i < n; i++)
+    t[i] = le32toh (t[i]);
+  return t;
+}
+
+/* Set up the grain directory of sparse extent E (capacity CAP bytes). */
+static int
+setup_gd (struct vmdk *v, struct extent *e, uint64_t cap, bool writable)
+{
+  uint64_t cover;
+  if (!ck_mul64 (e->grain, e->gt_entries, &cover)) {
+    ERR (EINVAL, "%s: invalid grain table geometry in %s", v->path,
+         e->file->name);
+    return -1;
+  }
+  e->ngd = div_round_up64 (cap, cover);
+  if (e->ngd > MAX_GD_ENTRIES) {
+    ERR (EINVAL, "%s: %s has an absurd number of grain tables (%" PRIu64 ")",
+         v->path, e->file->name, e->ngd);
+    return -1;
+  }
+  e->grain_shift = __builtin_ctzll (e->grain);
+  if (!(e->gd = read_u32_table (v, e, e->gd_off, e->ngd, "grain directory")))
+    return -1;
+  if (writable && e->has_rgd &&
+      !(e->rgd = read_u32_table (v, e, e->rgd_off, e->ngd,
+                                 "redundant grain directory")))
+    return -1;
+  e->gt = calloc (e->ngd ? e->ngd : 1, sizeof *e->gt);
+  if (!e->gt) {
+    ERR (ENOMEM, "%s: out of memory", v->path);
+    return -1;
+  }
+  if (!ck_round_up64 (e->file->size, SECTOR, &e->alloc_end)) {
+    ERR (EINVAL, "%s: file too large", v->path);
+    return -1;
+  }
+  return 0;
+}
+
+/* Parse the hosted sparse header H (one sector) of E's file.  *CAP: its
+ * capacity in bytes; *DOFF, *DSIZE: the embedded descriptor (bytes).
+ */
+static int
+parse_sparse (struct vmdk *v, struct extent *e, const uint8_t *hdr,
+              bool writable, uint64_t *cap, uint64_t *doff, uint64_t *dsize)
+{
+  const char *fn = e->file->name;
+  uint8_t foot[3 * SECTOR];
+  const uint8_t *h = hdr;
+
+  e->kind = EK_SPARSE;
+  e->version = load_le32 (h + H_VERSION);
+  if (e->version < 1 || e->version > 3) {
+    ERR (ENOTSUP, "%s: %s: unsupported sparse extent version %" PRIu32,
+         v->path, fn, e->version);
+    return -1;
+  }
+  if (load_le64 (h + H_GD_OFFSET) == GD_AT_END) {
+    /* streamOptimized: the real header is in the footer, followed by the
+     * end-of-stream marker.
+     */
+    uint64_t fs = e->file->size;
+    if (fs < 4 * SECTOR ||
+        bdev_pread (e->file, foot, sizeof foot, (fs & ~(uint64_t) 511)
+                    - sizeof foot) == -1 ||
+        load_le32 (foot + 12) != MARKER_FOOTER ||
+        load_le32 (foot + SECTOR) != SPARSE_MAGIC ||
+        load_le32 (foot + 2 * SECTOR + 12) != MARKER_EOS ||
+        load_le64 (foot + SECTOR + H_GD_OFFSET) == GD_AT_END) {
+      ERR (EINVAL, "%s: %s: the header says the grain directory is in the "
+           "footer, but there is no valid footer", v->path, fn);
+      return -1;
+    }
+    h = foot + SECTOR;
+  }
+  e->flags = load_le32 (h + H_FLAGS);
+  uint64_t capacity = load_le64 (h + H_CAPACITY);
+  uint64_t grain = load_le64 (h + H_GRAIN);
+  uint64_t gd = load_le64 (h + H_GD_OFFSET);
+  uint64_t rgd = load_le64 (h + H_RGD_OFFSET);
+  e->gt_entries = load_le32 (h + H_NUM_GTES);
+  *doff = load_le64 (hdr + H_DESC_OFFSET);
+  *dsize = load_le64 (hdr + H_DESC_SIZE);
+  if ((e->flags & FLAG_NL_TEST) &&
+      memcmp (hdr + H_NL_CHARS, "\n \r\n", 4) != 0) {
+    ERR (EINVAL, "%s: %s: the header's newline check failed (the file was "
+         "damaged by a text-mode transfer)", v->path, fn);
+    return -1;
+  }
+  e->compressed = (e->flags & FLAG_COMPRESSED) != 0;
+  e->markers = (e->flags & FLAG_MARKERS) != 0;
+  e->zero_grain = (e->flags & FLAG_ZERO_GRAIN) != 0;
+  if (e->compressed && load_le16 (hdr + H_COMPRESS_ALG) != 1) {
+    ERR (ENOTSUP, "%s: %s: unknown compression algorithm %u", v->path, fn,
+         load_le16 (hdr + H_COMPRESS_ALG));
+    return -1;
+  }
+  if (grain == 0 || grain > MAX_GRAIN_SECTORS || !is_power_of_2 (grain)) {
+    ERR (EINVAL, "%s: %s: invalid grain size %" PRIu64 " sectors", v->path,
+         fn, grain);
+    return -1;
+  }
+  if (e->gt_entries == 0 || e->gt_entries > MAX_GTES) {
+    ERR (EINVAL, "%s: %s: invalid number of grain table entries %" PRIu32,
+         v->path, fn, e->gt_entries);
+    return -1;
+  }
+  if (capacity > INT64_MAX / SECTOR || gd > UINT32_MAX ||
+      (rgd > UINT32_MAX && (e->flags & FLAG_RGD)) ||
+      *doff > UINT32_MAX || *dsize > VMDK_MAX_DESC / SECTOR) {
+    ERR (EINVAL, "%s: %s: invalid sparse extent header", v->path, fn);
+    return -1;
+  }
+  e->grain = grain * SECTOR;
+  e->gd_off = gd * SECTOR;
+  e->has_rgd = (e->flags & FLAG_RGD) && rgd != 0;
+  e->rgd_off = e->has_rgd ? rgd * SECTOR : 0;
+  *cap = capacity * SECTOR;
+  *doff *= SECTOR;
+  *dsize *= SECTOR;
+  if (e->version == 3 && writable) {
+    kvm_debug ("%s: %s: version 3 sparse extent: read-only (as in QEMU)",
+               v->path, fn);
+    e->readonly = true;
+  }
+  if (e->compressed)
+    e->readonly = true;
+  return setup_gd (v, e, *cap, writable && !e->readonly);
+}
+
+/* A VMFSSPARSE ("COWD") extent: read-only. */
+static int
+parse_cowd (struct vmdk *v, struct extent *e, const uint8_t *h,
+            uint64_t *cap)
+{
+  const char *fn = e->file->name;
+  uint64_t grain = load_le32 (h + C_GRAIN);
+  uint64_t gdn = load_le32 (h + C_GD_SIZE);
+  e->kind = EK_SPARSE;
+  e->cowd = true;
+  e->readonly = true;
+  e->version = load_le32 (h + C_VERSION);
+  e->gt_entries = COWD_GTES;
+  if (grain == 0 || grain > MAX_GRAIN_SECTORS || !is_power_of_2 (grain)) {
+    ERR (EINVAL, "%s: %s: invalid grain size %" PRIu64 " sectors", v->path,
+         fn, grain);
+    return -1;
+  }
+  e->grain = grain * SECTOR;
+  e->gd_off = (uint64_t) load_le32 (h + C_GD_OFFSET) * SECTOR;
+  *cap = (uint64_t) load_le32 (h + C_CAPACITY) * SECTOR;
+  uint64_t cover = e->grain * COWD_GTES;
+  uint64_t need = div_round_up64 (*cap, cover);
+  if (gdn < need) {
+    ERR (EINVAL, "%s: %s: grain directory too small for the capacity",
+         v->path, fn);
+    return -1;
+  }
+  return setup_gd (v, e, *cap, false);
+}
+
+/* Read the embedded or standalone descriptor text. */
+static char *
+read_text (struct vmdk *v, struct bdev *f, uint64_t off, uint64_t len)
+{
+  if (len > VMDK_MAX_DESC || !ck_range_within (off, len, f->size)) {
+    ERR (EINVAL, "%s: invalid descriptor location or size", v->path);
+    return NULL;
+  }
+  char *t = malloc (len + 1);
+  if (!t) {
+    ERR (ENOMEM, "%s: out of memory", v->path);
+    return NULL;
+  }
+  if (bdev_pread (f, t, len, off) == -1) {
+    free (t);
+    return NULL;
+  }
+  t[len] = 0;
+  return t;
+}
+
+static int
+add_extent (struct vmdk *v, struct extent **e)
+{
+  struct extent *n = realloc (v->ext, (v->next + 1) * sizeof *n);
+  if (!n) {
+    ERR (ENOMEM, "%s: out of memory", v->path);
+    return -1;
+  }
+  v->ext = n;
+  *e = &n[v->next++];
+  memset (*e, 0, sizeof **e);
+  pthread_mutex_init (&(*e)->lock, NULL);
+  (*e)->kind = EK_SPARSE;       /* so that free_extent destroys the lock */
+  return 0;
+}
+
+static const char *
+ext_type_name (enum vmdk_ext_type t)
+{
+  switch (t) {
+  case VMDK_EXT_SPARSE: return "SPARSE";
+  case VMDK_EXT_FLAT: return "FLAT";
+  case VMDK_EXT_ZERO: return "ZERO";
+  case VMDK_EXT_VMFS: return "VMFS";
+  case VMDK_EXT_VMFSSPARSE: return "VMFSSPARSE";
+  case VMDK_EXT_SESPARSE: return "SESPARSE";
+  }
+  return "?";
+}
+
+/* Open the extents a standalone (or descriptor-only) descriptor lists. */
+static int
+open_desc_extents (struct vmdk *v, const struct vmdk_desc *d,
+                   const struct bdev_open_opts *opts, bool writable)
+{
+  uint64_t start = 0;
+  for (size_t i = 0; i < d->next; i++) {
+    const struct vmdk_desc_extent *de = &d->ext[i];
+    struct extent *e;
+    uint8_t h[SECTOR];
+    if (add_extent (v, &e) == -1)
+      return -1;
+    e->start = start;
+    e->size = de->sectors * SECTOR;
+    start += e->size;           /* bounded by the parser */
+    if (de->type == VMDK_EXT_ZERO) {
+      e->kind = EK_ZERO;
+      continue;
+    }
+    if (de->type == VMDK_EXT_SESPARSE) {
+      ERR (ENOTSUP, "%s: SESPARSE extents ('%s') are not supported",
+           v->path, de->file);
+      return -1;
+    }
+    if (opts->no_paths) {
+      ERR (EPERM, "%s: the descriptor names the extent file '%s', which "
+           "cannot be opened from inside this container", v->path,
+           de->file);
+      return -1;
+    }
+    char *resolved = confine_resolve (v->path, de->file, opts->allowed_dirs,
+                                      opts->allow_any_path);
+    if (!resolved) {
+      kvm_error ("%s: refusing %s extent '%s'", v->path,
+                 ext_type_name (de->type), de->file);
+      return -1;
+    }
+    bool flat = de->type == VMDK_EXT_FLAT || de->type == VMDK_EXT_VMFS;
+    struct bdev_open_opts fo = *opts;
+    fo.backing = NULL;
+    fo.format_opts = NULL;
+    fo.readonly = !writable;
+    fo.growable = writable && !flat;
+    e->file = bdev_storage_open (resolved, &fo);
+    free (resolved);
+    if (!e->file)
+      return -1;
+    e->own_file = true;
+    if (flat) {
+      e->kind = EK_FLAT;
+      e->flat_off = de->offset * SECTOR;
+      if (!ck_range_within (e->flat_off, e->size, e->file->size)) {
+        ERR (EINVAL, "%s: flat extent '%s' is smaller than the descriptor "
+             "says (%" PRIu64 " bytes from offset %" PRIu64 ")", v->path,
+             de->file, e->size, e->flat_off);
+        return -1;
+      }
+      continue;
+    }
+    if (e->file->size < SECTOR ||
+        bdev_pread (e->file, h, SECTOR, 0) == -1) {
+      ERR (EINVAL, "%s: cannot read the header of extent '%s'", v->path,
+           de->file);
+      return -1;
+    }
+    uint64_t cap, doff, dsize;
+    if (de->type == VMDK_EXT_SPARSE && load_le32 (h) == SPARSE_MAGIC) {
+      if (parse_sparse (v, e, h, writable, &cap, &doff, &dsize) == -1)
+        return -1;
+    }
+    else if (de->type == VMDK_EXT_VMFSSPARSE && load_le32 (h) == COWD_MAGIC) {
+      if (parse_cowd (v, e, h, &cap) == -1)
+        return -1;
+    }
+    else {
+      ERR (EINVAL, "%s: extent '%s' is not a %s extent (bad magic)", v->path,
+           de->file, ext_type_name (de->type));
+      return -1;
+    }
+  }
+  return 0;
+}
+
+static int
+open_parent (struct vmdk *v, const struct vmdk_desc *d,
+             const struct bdev_open_opts *opts, unsigned depth)
+{
+  const char *bopt = bdev_open_opt (opts, "vmdk.backing");
+  if (v->parent || !d->parent_hint || !*d->parent_hint ||
+      (bopt && strcmp (bopt, "none") == 0))
+    return 0;
+  if (opts->no_paths) {
+    ERR (EPERM, "%s: the image names the parent '%s', which cannot be "
+         "resolved from inside this container: name the parent explicitly "
+         "(or none)", v->path, d->parent_hint);
+    return -1;
+  }
+  char *resolved = confine_resolve (v->path, d->parent_hint,
+                                    opts->allowed_dirs, opts->allow_any_path);
+  if (!resolved) {
+    kvm_error ("%s: refusing parent '%s'", v->path, d->parent_hint);
+    return -1;
+  }
+  struct bdev_open_opts po = *opts;
+  po.backing = NULL;
+  po.readonly = true;
+  po.growable = false;
+  po.format_opts = NULL;
+  v->parent = bdev_open (resolved, NULL, &po, depth + 1);
+  free (resolved);
+  if (!v->parent) {
+    kvm_error ("%s: cannot open parent '%s'", v->path, d->parent_hint);
+    return -1;
+  }
+  return 0;
+}
+
+struct bdev *
+vmdk_open_container (struct bdev *container, const char *name,
+                     const struct bdev_open_opts *opts, unsigned depth)
+{
+  struct vmdk *v = bdev_alloc (sizeof *v, &vmdk_ops, name);
+  struct vmdk_desc d = { .parent_cid = 0xffffffff };
+  bool have_desc = false;
+  uint8_t h[SECTOR] = { 0 };
+  char err[256];
+
+  if (!v) {
+    bdev_close (container);
+    bdev_close (opts->backing);
+    return NULL;
+  }
+  pthread_mutex_init (&v->cid_lock, NULL);
+  v->container = container;
+  v->parent = opts->backing;
+  bool writable = !opts->readonly && !container->readonly;
+  if (!(v->path = strdup (name))) {
+    ERR (ENOMEM, "%s: out of memory", name);
+    goto fail;
+  }
+  size_t hn = container->size < SECTOR ? container->size : SECTOR;
+  if (bdev_pread (container, h, hn, 0) == -1)
+    goto fail;
+
+  uint32_t magic = hn >= 4 ? load_le32 (h) : 0;
+  if (magic == SPARSE_MAGIC || magic == COWD_MAGIC) {
+    struct extent *e;
+    uint64_t cap, doff = 0, dsize = 0;
+    if (hn < SECTOR) {
+      ERR (EINVAL, "%s: truncated header", name);
+      goto fail;
+    }
+    if (add_extent (v, &e) == -1)
+      goto fail;
+    e->file = container;
+    if (magic == SPARSE_MAGIC
+        ? parse_sparse (v, e, h, writable, &cap, &doff, &dsize) == -1
+        : parse_cowd (v, e, h, &cap) == -1)
+      goto fail;
+    e->size = cap;
+    if (dsize) {
+      if (!(v->desc_text = read_text (v, container, doff, dsize)))
+        goto fail;
+      v->desc_len = strnlen (v->desc_text, dsize);
+      v->desc_file = container;
+      v->desc_off = doff;
+      v->desc_max = dsize;
+    }
+    if (v->desc_len == 0) {     /* room reserved, but no descriptor */
+      free (v->desc_text);
+      v->desc_text = NULL;
+      v->desc_file = NULL;
+    }
+    else {
+      if (vmdk_desc_parse (v->desc_text, v->desc_len, &d, err,
+                           sizeof err) == -1) {
+        ERR (EINVAL, "%s: embedded descriptor: %s", name, err);
+        goto fail;
+      }
+      have_desc = true;
+    }
+    if (cap == 0 && have_desc && d.next) {
+      /* A descriptor-only sparse file: the extents are elsewhere. */
+      free_extent (e);
+      v->next = 0;
+      if (open_desc_extents (v, &d, opts, writable) == -1)
+        goto fail;
+    }
+  }
+  else {
+    if (container->size > VMDK_MAX_DESC) {
+      ERR (EINVAL, "%s: not a VMDK (no sparse magic, and too large for a "
+           "descriptor)", name);
+      goto fail;
+    }
+    if (!(v->desc_text = read_text (v, container, 0, container->size)))
+      goto fail;
+    v->desc_len = container->size;
+    v->desc_file = container;
+    if (vmdk_desc_parse (v->desc_text, v->desc_len, &d, err,
+                         sizeof err) == -1) {
+      ERR (EINVAL, "%s: descriptor: %s", name, err);
+      goto fail;
+    }
+    have_desc = true;
+    if (d.next == 0) {
+      ERR (EINVAL, "%s: the descriptor lists no extents", name);
+      goto fail;
+    }
+    if (open_desc_extents (v, &d, opts, writable) == -1)
+      goto fail;
+  }
+  if (v->next == 0) {
+    ERR (EINVAL, "%s: no extents", name);
+    goto fail;
+  }
+  uint64_t size = 0;
+  bool ro = !writable;
+  for (size_t i = 0; i < v->next; i++) {
+    v->ext[i].start = size;
+    size += v->ext[i].size;     /* each bounded to INT64_MAX/512 sectors */
+    if (size > INT64_MAX) {
+      ERR (EINVAL, "%s: virtual size too large", name);
+      goto fail;
+    }
+    if (v->ext[i].kind == EK_SPARSE && v->ext[i].compressed && writable) {
+      kvm_debug ("%s: streamOptimized (compressed) extent: serving the "
+                 "image read-only", name);
+      ro = true;
+    }
+  }
+  /* An empty trailing extent would confuse find_extent: drop size-0 ones
+   * only at the end (sizes come from the descriptor, never 0, or from a
+   * header capacity).
+   */
+  while (v->next > 1 && v->ext[v->next - 1].size == 0) {
+    free_extent (&v->ext[v->next - 1]);
+    v->next--;
+  }
+  if (have_desc) {
+    v->cid = d.cid;
+    if (open_parent (v, &d, opts, depth) == -1)
+      goto fail;
+  }
+  v->bd.size = size;
+  v->bd.readonly = ro;
+  v->bd.block_size = 1;
+  v->bd.caps = BDEV_CAN_EXTENTS | BDEV_CAN_MULTI_CONN;
+  if (!ro)
+    v->bd.caps |= BDEV_CAN_TRIM | BDEV_CAN_ZERO;
+  if (!have_desc || !d.has_cid)
+    v->cid_done = true;
+  vmdk_desc_free (&d);
+  return &v->bd;
+
+ fail:
+  if (!errno)
+    errno = EINVAL;
+  int saved = errno;
+  vmdk_desc_free (&d);
+  vmdk_free (v);
+  errno = saved;
+  return NULL;
+}
+
+struct bdev *
+vmdk_open (const char *path, const struct bdev_open_opts *opts,
+           unsigned depth)
+{
+  struct bdev_open_opts fo = *opts;
+  fo.backing = NULL;
+  fo.format_opts = NULL;
+  fo.growable = !opts->readonly;
+  struct bdev *f = bdev_storage_open (path, &fo);
+  if (!f) {
+    bdev_close (opts->backing);
+    if (!errno)
+      errno = EINVAL;
+    return NULL;
+  }
+  return vmdk_open_container (f, path, opts, depth);
+}
+
+static const struct bdev_ops vmdk_ops = {
+  .format = "vmdk",
+  .close = vmdk_close,
+  .pread = vmdk_pread,
+  .pwrite = vmdk_pwrite,
+  .flush = vmdk_flush,
+  .trim = vmdk_trim,
+  .zero = vmdk_zero,
+  .extents = vmdk_extents,
+};

@@ -1,0 +1,100 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
+/* Internals of the VMDK engine shared by its source files. */
+#ifndef KVM_VMDK_INT_H
+#define KVM_VMDK_INT_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "vmdk.h"
+
+#define SECTOR 512u
+
+/* Hosted sparse extent header ("KDMV"), little-endian, one sector. */
+#define SPARSE_MAGIC     0x564d444bu    /* "KDMV" */
+#define COWD_MAGIC       0x44574f43u    /* "COWD" (VMFSSPARSE) */
+#define H_VERSION        4
+#define H_FLAGS          8
+#define H_CAPACITY       12
+#define H_GRAIN          20
+#define H_DESC_OFFSET    28
+#define H_DESC_SIZE      36
+#define H_NUM_GTES       44
+#define H_RGD_OFFSET     48
+#define H_GD_OFFSET      56
+#define H_OVERHEAD       64
+#define H_UNCLEAN        72
+#define H_NL_CHARS       73             /* '\n', ' ', '\r', '\n' */
+#define H_COMPRESS_ALG   77
+
+#define FLAG_NL_TEST     (1u << 0)
+#define FLAG_RGD         (1u << 1)
+#define FLAG_ZERO_GRAIN  (1u << 2)
+#define FLAG_COMPRESSED  (1u << 16)
+#define FLAG_MARKERS     (1u << 17)
+
+#define GD_AT_END        0xffffffffffffffffull
+
+/* Stream markers (streamOptimized): u64 value, u32 size, u32 type. */
+#define MARKER_EOS       0
+#define MARKER_GT        1
+#define MARKER_GD        2
+#define MARKER_FOOTER    3
+
+/* Grain table entries with a meaning of their own. */
+#define GTE_UNALLOC      0
+#define GTE_ZERO         1
+
+/* COWD header fields (after the magic), little-endian u32. */
+#define C_VERSION        4
+#define C_FLAGS          8
+#define C_CAPACITY       12
+#define C_GRAIN          16
+#define C_GD_OFFSET      20
+#define C_GD_SIZE        24
+#define COWD_GTES        4096
+
+enum ext_kind { EK_FLAT, EK_ZERO, EK_SPARSE };
+
+struct extent {
+  enum ext_kind kind;
+  uint64_t start, size;         /* virtual range, bytes */
+  struct bdev *file;            /* NULL for ZERO */
+  bool own_file;                /* closed with the engine */
+  bool readonly;
+  uint64_t flat_off;            /* FLAT: bytes into the file */
+
+  /* Sparse extents. */
+  bool cowd;                    /* VMFSSPARSE */
+  uint32_t version, flags;
+  bool compressed, markers, zero_grain, has_rgd;
+  uint64_t grain;               /* bytes, power of two */
+  unsigned grain_shift;
+  uint32_t gt_entries;          /* entries per grain table */
+  uint64_t ngd;                 /* grain directory entries */
+  uint64_t gd_off, rgd_off;     /* bytes (rgd_off 0: none) */
+  uint32_t *gd, *rgd;           /* in host order */
+  uint32_t **gt;                /* ngd lazily loaded tables (atomic) */
+  pthread_mutex_t lock;         /* allocation */
+  uint64_t alloc_end;           /* next free byte in the file */
+};
+
+struct vmdk {
+  struct bdev bd;
+  char *path;
+  struct bdev *container;       /* the opened file (descriptor or extent) */
+  struct bdev *parent;
+  struct extent *ext;
+  size_t next;
+  /* The descriptor, to update its CID on the first write. */
+  struct bdev *desc_file;       /* container or NULL (none) */
+  uint64_t desc_off, desc_max;  /* bytes; desc_max 0: standalone file */
+  char *desc_text;
+  size_t desc_len;
+  uint32_t cid;
+  bool cid_done;                /* atomic */
+  pthread_mutex_t cid_lock;
+};
+
+#endif
