@@ -17,6 +17,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,6 +35,20 @@
 
 /* Copy buffer for merges and commits. */
 #define COPY_CHUNK (1u << 20)
+
+/* Crash tests: KVM_SNAPSHOT_CRASH_AT=POINT makes the process kill itself
+ * (SIGKILL, as a power cut would stop it) when an operation reaches
+ * POINT, so that every step of every operation can be interrupted.
+ */
+static void
+crashpoint (const char *point)
+{
+  const char *at = getenv ("KVM_SNAPSHOT_CRASH_AT");
+  if (at && strcmp (at, point) == 0) {
+    kvm_debug ("snapshot: crash point %s reached", point);
+    kill (getpid (), SIGKILL);
+  }
+}
 
 /* ---- links ---------------------------------------------------------- */
 
@@ -597,15 +612,20 @@ runs_add (void *opaque, uint64_t off, uint64_t len, uint32_t type)
 /* Copy [off, off+len) from SRC to DST: zeroes as zero requests. */
 static int
 copy_range (struct bdev *src, struct bdev *dst, uint64_t off, uint64_t len,
-            uint32_t type, uint8_t *buf)
+            uint32_t type, uint8_t *buf, const char *point)
 {
-  if (type & BDEV_EXTENT_ZERO)
-    return bdev_zero (dst, len, off, BDEV_MAY_TRIM);
+  if (type & BDEV_EXTENT_ZERO) {
+    if (bdev_zero (dst, len, off, BDEV_MAY_TRIM) == -1)
+      return -1;
+    crashpoint (point);
+    return 0;
+  }
   while (len > 0) {
     size_t n = len < COPY_CHUNK ? len : COPY_CHUNK;
     if (bdev_pread (src, buf, n, off) == -1 ||
         bdev_pwrite (dst, buf, n, off, 0) == -1)
       return -1;
+    crashpoint (point);
     off += n;
     len -= n;
   }
@@ -642,7 +662,7 @@ merge_up (struct snap_chain *c, size_t i)
     for (size_t j = 0; j < rl.n; j++)
       if (rl.v[j].type != SNAP_EXT_BELOW &&
           copy_range (lo->bd, hi->bd, rl.v[j].off, rl.v[j].len,
-                      rl.v[j].type, buf) == -1)
+                      rl.v[j].type, buf, "delete-merge") == -1)
         goto out;
   }
   r = bdev_flush (hi->bd);
@@ -674,9 +694,11 @@ commit_copy (struct snap_chain *c)
   for (size_t k = 0; r == 0 && k < rs.n; k++)
     if (rs.v[k].type != SNAP_EXT_BELOW)
       r = copy_range (TOP (c).bd, c->below, rs.v[k].off, rs.v[k].len,
-                      rs.v[k].type, buf);
+                      rs.v[k].type, buf, "commit-copy");
   if (r == 0)
     r = bdev_flush (c->below);
+  if (r == 0)
+    crashpoint ("commit-copied");
   free (rs.v);
   free (buf);
   return r;
@@ -691,12 +713,16 @@ commit_finish (struct snap_chain *c)
   struct layer nl;
   if (commit_copy (c) == -1 || layer_create (c, &nl, c->below) == -1)
     return -1;
+  crashpoint ("commit-layer");
   if (write_layers (c, &nl, 1, false) == -1) {
     layer_drop (c, &nl);
     return -1;
   }
-  for (size_t i = c->n; i-- > 0; )
+  crashpoint ("commit-state");
+  for (size_t i = c->n; i-- > 0; ) {
     layer_drop (c, &c->layers[i]);
+    crashpoint ("commit-drop");
+  }
   c->layers[0] = nl;
   c->n = 1;
   c->committing = false;
@@ -990,6 +1016,7 @@ snap_create (struct snap_chain *c, const char *name)
   if (bdev_flush (TOP (c).bd) == -1 ||
       layer_create (c, &nl, TOP (c).bd) == -1)
     goto out;
+  crashpoint ("create-layer");
   TOP (c).name = strdup (name);
   TOP (c).time = time (NULL);
   if (!TOP (c).name) {
@@ -1003,6 +1030,7 @@ snap_create (struct snap_chain *c, const char *name)
     TOP (c).name = NULL;
     goto out;
   }
+  crashpoint ("create-state");
   c->n++;
   r = 0;
  out:
@@ -1024,6 +1052,7 @@ snap_revert (struct snap_chain *c, const char *name)
   }
   if (layer_create (c, &nl, c->layers[i].bd) == -1)
     goto out;
+  crashpoint ("revert-layer");
   /* The new state: snapshots up to NAME, a new empty top. */
   struct layer *keep = malloc ((i + 2) * sizeof *keep);
   if (!keep) {
@@ -1038,8 +1067,11 @@ snap_revert (struct snap_chain *c, const char *name)
     goto out;
   }
   free (keep);
-  for (size_t j = c->n; j-- > (size_t) i + 1; )
+  crashpoint ("revert-state");
+  for (size_t j = c->n; j-- > (size_t) i + 1; ) {
     layer_drop (c, &c->layers[j]);
+    crashpoint ("revert-drop");
+  }
   c->layers[i + 1] = nl;
   c->n = i + 2;
   fsync_dir (c);
@@ -1062,6 +1094,7 @@ snap_delete (struct snap_chain *c, const char *name)
   }
   if (merge_up (c, i) == -1)
     goto out;
+  crashpoint ("delete-merged");
   struct layer *keep = malloc ((c->n - 1) * sizeof *keep);
   if (!keep) {
     kvm_error ("%s: out of memory", c->dir);
@@ -1074,6 +1107,7 @@ snap_delete (struct snap_chain *c, const char *name)
     goto out;
   }
   free (keep);
+  crashpoint ("delete-state");
   /* The layer above now reads through to what was under NAME. */
   c->layers[i + 1].link->target = c->layers[i].link->target;
   layer_drop (c, &c->layers[i]);
@@ -1106,6 +1140,7 @@ snap_commit (struct snap_chain *c)
    */
   if (write_layers (c, c->layers, c->n, true) == -1)
     goto out;
+  crashpoint ("commit-marked");
   c->committing = true;
   r = commit_finish (c);
  out:
