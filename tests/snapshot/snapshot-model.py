@@ -239,8 +239,11 @@ def new_name():
     return "snap-%d" % counter[0]
 
 
-def check_layers():
-    """qemu-img check on every layer (server stopped)."""
+def check_layers(crashed=False):
+    """qemu-img check on every layer (server stopped).  After a crash,
+    leaked clusters (exit status 3: "waste of disk space, but no harm to
+    data", which the qcow2 engine's crash safety allows) are accepted;
+    corruption never is."""
     files = sorted(f for f in os.listdir(ovl) if f.endswith(".qcow2"))
     if not files:
         fail("no layer files")
@@ -248,7 +251,7 @@ def check_layers():
         p = subprocess.run(["qemu-img", "check", "-f", "qcow2",
                             os.path.join(ovl, f)], capture_output=True,
                            text=True)
-        if p.returncode != 0:
+        if p.returncode != 0 and not (crashed and p.returncode == 3):
             fail("qemu-img check %s: %d %s%s" % (f, p.returncode, p.stdout,
                                                   p.stderr))
 
@@ -432,7 +435,7 @@ def phase_crash_writes():
         h.shutdown()
         verify(what="chain after a crash during writes")
         stop_server()
-        check_layers()
+        check_layers(crashed=True)
         log("crash during writes %d ok (%d sectors in flight)" % (it, len(cand)))
 
 
@@ -535,7 +538,7 @@ def phase_crash_ops():
                   if state_matches(other) else ""))
         check_state(want, "chain after a crash at " + point)
         stop_server()
-        check_layers()
+        check_layers(crashed=True)
         log("crash at %s: %s state ok" % (point, when))
     # kill -9 at random times during operations.
     for it in range(a.crash_random):
@@ -564,7 +567,7 @@ def phase_crash_ops():
         else:
             fail("kill -9 during %s: the chain is neither before nor after" % op)
         stop_server()
-        check_layers()
+        check_layers(crashed=True)
         log("kill -9 during %s %s: %s state ok" % (op, name or "", res))
 
 

@@ -21,10 +21,15 @@ off=$(pvs --noheadings --units b --nosuffix -o pe_start "$pv_loop" | tr -d ' ')
 random_file "$tmpdir/lv.orig" $size
 dd if="$tmpdir/lv.orig" of="$tmpdir/pv.img" bs=1M oflag=seek_bytes \
    seek="$off" conv=notrunc status=none
-dump="dd if='$tmpdir/pv.img' bs=1M iflag=skip_bytes,count_bytes skip=$off count=$size status=none of="
-cat > "$tmpdir/lvcheck.sh" <<EOS
-${dump}'$tmpdir/lv.now' && cmp -s '$tmpdir/lv.now' '$tmpdir/lv.orig'
+# lvdump.sh OUT: the LV's bytes, read from the PV file.
+cat > "$tmpdir/lvdump.sh" <<EOS
+dd if='$tmpdir/pv.img' bs=1M iflag=skip_bytes,count_bytes skip=$off \\
+   count=$size status=none of="\$1"
 EOS
+cat > "$tmpdir/lvcheck.sh" <<EOS
+bash '$tmpdir/lvdump.sh' '$tmpdir/lv.now' && cmp -s '$tmpdir/lv.now' '$tmpdir/lv.orig'
+EOS
+dump="bash $tmpdir/lvdump.sh"
 
 snapshot_model --size $size --seed 15 --rounds "${SNAPSHOT_TEST_ROUNDS:-12}" \
   --commit --initial "$tmpdir/lv.orig" \
@@ -32,7 +37,7 @@ snapshot_model --size $size --seed 15 --rounds "${SNAPSHOT_TEST_ROUNDS:-12}" \
   -- "$(plugin_so lvm)" "pv=$tmpdir/pv.img" vg=svg lv=slv
 
 # Crash tests over the LV (from the data committed above).
-${dump}"$tmpdir/lv.now"
+bash "$tmpdir/lvdump.sh" "$tmpdir/lv.now"
 snapshot_model --size $size --seed 16 --initial "$tmpdir/lv.now" \
   --crash-writes 2 --crash-ops --crash-random 2 \
   -- "$(plugin_so lvm)" "pv=$tmpdir/pv.img" vg=svg lv=slv
