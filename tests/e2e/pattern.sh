@@ -2,7 +2,10 @@
 # The deterministic pattern the e2e guest writes.  Source this file
 # (bash); it defines:
 #
-#   E2E_PATTERN_OFFSET   byte offset on the guest disk (1 MiB)
+#   E2E_PATTERN_OFFSET   byte offset on the guest disk (1 MiB; another
+#                        multiple of 64 KiB with KVM_E2E_PATTERN_OFFSET,
+#                        for a test that boots several times on one disk:
+#                        the bytes stay the same, naming sectors from 2048)
 #   E2E_PATTERN_LENGTH   length in bytes (1 MiB)
 #   e2e_pattern          writes the E2E_PATTERN_LENGTH pattern bytes to stdout
 #   e2e_verify_backend_raw FILE [BASE]
@@ -19,7 +22,7 @@
 # sector names its own absolute disk sector, so a misplaced or stale sector
 # is visible in a hexdump.
 
-E2E_PATTERN_OFFSET=1048576
+E2E_PATTERN_OFFSET=${KVM_E2E_PATTERN_OFFSET:-1048576}
 E2E_PATTERN_LENGTH=1048576
 
 e2e_pattern () {
