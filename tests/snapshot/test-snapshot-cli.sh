@@ -1,0 +1,83 @@
+#!/bin/bash
+# SPDX-License-Identifier: BSD-3-Clause
+# The snapshot filter's edges, over nbdkit's file plugin: the control
+# socket's mode, nbdkit-snapshot-ctl's exit statuses and messages, the
+# export listing (nbdinfo --list), a commit with no client connected
+# (qemu-io checks the file afterwards), a second server on the same
+# overlay directory refused, a changed size below refused with a clear
+# error, other export names refused.
+source "$TOP_SRCDIR/tests/functions.sh"
+source "$TOP_SRCDIR/tests/snapshot/snapshot-lib.sh"
+requires qemu-io nbdinfo
+ctl=$snapshot_ctl
+
+truncate -s 8M "$tmpdir/below.raw"
+args=(--filter="$(filter_so snapshot)" file "file=$tmpdir/below.raw"
+      "overlay-dir=$tmpdir/ovl" "control=$tmpdir/ctl.sock")
+start_nbdkit "$tmpdir/nbd.sock" "${args[@]}"
+uri=$(uri_of "$tmpdir/nbd.sock")
+pid1=$nbdkit_pid
+
+[ "$(stat -c %a "$tmpdir/ctl.sock")" = 600 ] || fail "control socket is not mode 0600"
+"$ctl" --help | grep -q "create NAME" || fail "--help"
+rc=0; "$ctl" 2>/dev/null || rc=$?; [ $rc = 2 ] || fail "no arguments: exit $rc, not 2"
+rc=0; "$ctl" "$tmpdir/none.sock" list 2>/dev/null || rc=$?
+[ $rc = 2 ] || fail "missing socket: exit $rc, not 2"
+# Before the first client the chain is not open: a clear error.
+rc=0; err=$("$ctl" "$tmpdir/ctl.sock" list 2>&1) || rc=$?
+[ $rc = 1 ] && grep -q "first client" <<<"$err" || fail "list before a client: $rc $err"
+
+qemu-io -f raw -c 'write -P 0x11 0 1M' "$uri" >/dev/null || fail "write"
+"$ctl" "$tmpdir/ctl.sock" create one || fail "create one"
+qemu-io -f raw -c 'write -P 0x22 512k 1M' "$uri" >/dev/null || fail "write"
+"$ctl" "$tmpdir/ctl.sock" create two || fail "create two"
+rc=0; err=$("$ctl" "$tmpdir/ctl.sock" create one 2>&1) || rc=$?
+[ $rc = 1 ] && grep -q "exists already" <<<"$err" || fail "duplicate create: $rc $err"
+rc=0; err=$("$ctl" "$tmpdir/ctl.sock" revert nope 2>&1) || rc=$?
+[ $rc = 1 ] && grep -q "no snapshot named 'nope'" <<<"$err" || fail "revert nope: $rc $err"
+rc=0; err=$("$ctl" "$tmpdir/ctl.sock" delete 2>&1) || rc=$?
+[ $rc = 1 ] && grep -q "needs a snapshot name" <<<"$err" || fail "delete without name: $rc $err"
+"$ctl" "$tmpdir/ctl.sock" list > "$tmpdir/list" || fail "list"
+awk '{print $1}' "$tmpdir/list" | tr '\n' ' ' | grep -qx "one two " ||
+  fail "list: $(cat "$tmpdir/list")"
+grep -Eq '^one [0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:]{8}Z [0-9]+$' "$tmpdir/list" ||
+  fail "list line format: $(cat "$tmpdir/list")"
+nbdinfo --list "$uri" > "$tmpdir/exports" || fail "nbdinfo --list"
+for e in '""' '"@one"' '"@two"'; do
+  grep -q "^export=$e:" "$tmpdir/exports" || fail "export $e not listed"
+done
+rc=0; nbdinfo "$(uri_of "$tmpdir/nbd.sock" other)" >/dev/null 2>&1 || rc=$?
+[ $rc != 0 ] || fail "export 'other' was served"
+qemu-io -r -f raw -c 'read -P 0x11 0 512k' -c 'read -P 0x22 512k 1M' \
+  "$(uri_of "$tmpdir/nbd.sock" @two)" >/dev/null || fail "@two content"
+
+# A second server on the same directory is refused (the directory is
+# locked; the chain stays open after the first client, so this one fails
+# on its first connection).
+start_nbdkit "$tmpdir/nbd2.sock" --filter="$(filter_so snapshot)" file \
+  "file=$tmpdir/below.raw" "overlay-dir=$tmpdir/ovl" 2>"$tmpdir/second.log"
+pid2=$nbdkit_pid
+rc=0; nbdinfo "$(uri_of "$tmpdir/nbd2.sock")" >/dev/null 2>&1 || rc=$?
+[ $rc != 0 ] || fail "a second server used the same overlay directory"
+stop_nbdkit "$pid2"
+grep -q "in use by another process" "$tmpdir/second.log" ||
+  fail "no clear error for the locked directory: $(cat "$tmpdir/second.log")"
+
+# Commit with no client connected (every client above has gone).
+"$ctl" "$tmpdir/ctl.sock" commit || fail "commit without a client"
+[ -z "$("$ctl" "$tmpdir/ctl.sock" list)" ] || fail "snapshots left after commit"
+stop_nbdkit "$pid1"
+qemu-io -f raw -c 'read -P 0x11 0 512k' -c 'read -P 0x22 512k 1M' \
+  -c 'read -P 0 1536k 6656k' "$tmpdir/below.raw" >/dev/null ||
+  fail "the file does not hold the committed data"
+for l in "$tmpdir"/ovl/layer-*.qcow2; do qemu_img_check "$l"; done
+
+# A changed size below: refused with both sizes named.
+truncate -s 9M "$tmpdir/below.raw"
+start_nbdkit "$tmpdir/nbd3.sock" "${args[@]}" 2>"$tmpdir/size.log"
+rc=0; nbdinfo "$(uri_of "$tmpdir/nbd3.sock")" >/dev/null 2>&1 || rc=$?
+[ $rc != 0 ] || fail "a changed size was accepted"
+stop_nbdkit
+grep -q "9437184 bytes but the snapshot chain was made over 8388608" "$tmpdir/size.log" ||
+  fail "no clear error for the size change: $(cat "$tmpdir/size.log")"
+echo PASS
