@@ -12,7 +12,7 @@ source "$TOP_SRCDIR/tests/snapshot/snapshot-lib.sh"
 size=$((16 * 1024 * 1024))
 random_file "$tmpdir/below.raw" $size
 cp "$tmpdir/below.raw" "$tmpdir/below.orig"
-snapshot_model --size $size --seed 11 --rounds "${SNAPSHOT_TEST_ROUNDS:-20}" \
+snapshot_model --size $size --seed 11 --rounds "${SNAPSHOT_TEST_ROUNDS:-15}" \
   --commit --initial "$tmpdir/below.orig" \
   --below-check "cmp -s '$tmpdir/below.raw' '$tmpdir/below.orig'" \
   --below-dump "cp '$tmpdir/below.raw'" \

@@ -7,4 +7,4 @@ source "$TOP_SRCDIR/tests/functions.sh"
 source "$TOP_SRCDIR/tests/snapshot/snapshot-lib.sh"
 
 snapshot_model --size $((16 * 1024 * 1024)) --seed 12 \
-  --rounds "${SNAPSHOT_TEST_ROUNDS:-20}" --commit -- memory size=16M
+  --rounds "${SNAPSHOT_TEST_ROUNDS:-12}" --commit -- memory size=16M
