@@ -302,6 +302,70 @@ def concurrent_reader(name):
     w.shutdown()
 
 
+def atomic_create():
+    """create while another connection writes: every write acknowledged
+    before the create was sent is in the snapshot, none sent after the
+    create returned is; writes in between may be either (each write goes
+    to its own 4 KiB block)."""
+    name = new_name()
+    nblocks = SIZE // 4096
+    old = bytes(model)
+    log_ = []                            # (sent, acked, offset, data)
+    stop = threading.Event()
+    h = connect()
+
+    def writer():
+        for i in range(nblocks):
+            if stop.is_set():
+                return
+            off = i * 4096
+            data = (b"%08d" % i) * 512
+            t = time.monotonic()
+            h.pwrite(data, off)
+            log_.append((t, time.monotonic(), off, data))
+
+    t = threading.Thread(target=writer)
+    t.start()
+    time.sleep(0.1)
+    t0 = time.monotonic()
+    ctl("create", name)
+    t1 = time.monotonic()
+    time.sleep(0.1)
+    stop.set()
+    t.join()
+    h.shutdown()
+    v = connect("@" + name)
+    got = read_all(v)
+    v.shutdown()
+    before = after = between = 0
+    for sent, acked, off, data in log_:
+        blk = bytes(got[off:off + 4096])
+        if acked < t0:
+            before += 1
+            if blk != data:
+                fail("a write acknowledged before create is not in the "
+                     "snapshot (offset %d)" % off)
+        elif sent > t1:
+            after += 1
+            if blk != old[off:off + 4096]:
+                fail("a write sent after create returned is in the "
+                     "snapshot (offset %d)" % off)
+        else:
+            between += 1
+        model[off:off + 4096] = data
+    written = set(off for _, _, off, _ in log_)
+    for off in range(0, SIZE, 4096):
+        if off not in written and got[off:off + 4096] != old[off:off + 4096]:
+            fail("create: block %d changed without a write" % off)
+    snaps[name] = bytes(got)
+    order.append(name)
+    if before == 0 or after == 0:
+        fail("create during writes: %d writes before, %d after: the test "
+             "proved nothing" % (before, after))
+    log("create during writes: %d before, %d during, %d after: ok" %
+        (before, between, after))
+
+
 def phase_ops():
     start_server()
     verify(what="new chain")
@@ -311,6 +375,8 @@ def phase_ops():
     if not a.no_restart:
         restart()
     verify(what="chain after restart")
+    atomic_create()
+    verify(what="chain after create during writes")
     for r in range(a.rounds):
         h = connect()
         random_io(h, rng.randrange(5, 20))
