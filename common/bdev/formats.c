@@ -15,6 +15,7 @@
 #include "formats.h"
 #include "qcow2/qcow2.h"
 #include "vmdk/vmdk.h"
+#include "vhdx/vhdx.h"
 #include "util/log.h"
 
 static struct bdev *
@@ -56,6 +57,7 @@ raw_create (const char *path, uint64_t size, const char *const *options)
 const struct bdev_format bdev_formats[] = {
   { "qcow2", qcow2_probe, qcow2_open, qcow2_create_options },
   { "vmdk", vmdk_probe, vmdk_open, vmdk_create_options },
+  { "vhdx", vhdx_probe, vhdx_open, vhdx_create_options },
   { "raw", NULL, raw_open, raw_create },
   { NULL, NULL, NULL, NULL },
 };
