@@ -658,7 +658,15 @@ read_bat (struct vhdx *v, uint64_t file_size)
     return fail (ENOMEM, "%s: out of memory for the BAT", v->path);
   if (vhdx_file_read (v, v->bat, v->nbat * 8, v->bat_off) == -1)
     return -1;
-  v->file_end = file_size;
+  /* New blocks go after the last structure in use (not after the end
+   * of the container: a container inside an nbdkit export has unused room
+   * at its end, and a file may end in blocks leaked by a crash).
+   */
+  uint64_t used = v->log_off + v->log_len;
+  if (v->bat_off + v->bat_len > used)
+    used = v->bat_off + v->bat_len;
+  if (v->meta_off + v->meta_len > used)
+    used = v->meta_off + v->meta_len;
   for (uint64_t i = 0; i < v->nbat; i++) {
     uint64_t e = le64toh (v->bat[i]);
     v->bat[i] = e;
@@ -698,7 +706,11 @@ read_bat (struct vhdx *v, uint64_t file_size)
                    "+%" PRIu64 ", past the end of the file (%" PRIu64
                    " bytes) or into metadata", v->path, i, off, need,
                    file_size);
+    uint64_t full = sb ? VHDX_MiB : v->block_size;
+    if (off + full > used)
+      used = off + full;
   }
+  v->file_end = (used + VHDX_MiB - 1) & ~(VHDX_MiB - 1);
   return 0;
 }
 
@@ -885,7 +897,6 @@ vhdx_open_container (struct bdev *container, const char *name,
   if (read_regions (v) == -1 || read_metadata (v, &loc) == -1 ||
       read_bat (v, fsize) == -1)
     goto err;
-  v->file_end = (fsize + VHDX_MiB - 1) & ~(VHDX_MiB - 1);
   if (v->has_parent) {
     v->nsbm = div_round_up64 (v->nblocks, v->chunk_ratio);
     v->sbm = calloc (v->nsbm, sizeof *v->sbm);
@@ -1179,6 +1190,12 @@ alloc_block (struct vhdx *v, uint64_t blk, const uint8_t *buf, size_t n,
 
   if (!ck_add64 (at, blen, &newend) || newend > INT64_MAX)
     return fail (EFBIG, "%s: file would grow too large", v->path);
+  /* Room inside the container may hold stale data: zero it first. */
+  if (!need_old && at < v->file->size) {
+    uint64_t zl = v->file->size - at < blen ? v->file->size - at : blen;
+    if (bdev_zero (v->file, zl, at, 0) == -1)
+      return -1;
+  }
   if (need_old) {
     /* Copy-on-write: the whole block from the parent (and the sectors
      * the child has), so the block becomes fully present.

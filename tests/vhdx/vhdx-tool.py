@@ -333,12 +333,59 @@ def cmd_dirty(path, expect_path, scenario, seed):
             f.truncate(last)
 
 
+def cmd_partial(child, parent_raw, expect_raw, seed):
+    """Give differencing disk CHILD a PARTIALLY_PRESENT block (payload
+    block 1) with a sector bitmap ([MS-VHDX] 2.5.1) that marks a seeded
+    random set of its sectors present; write to EXPECT_RAW what the disk
+    must read as: PARENT_RAW with those sectors replaced."""
+    import random
+    import shutil
+    rng = random.Random(int(seed))
+    with open(child, "r+b") as f:
+        g = geometry(f)
+        assert g["has_parent"]
+        bs, lss, cr = g["block_size"], g["lss"], g["chunk_ratio"]
+        f.seek(0, 2)
+        end = -(-f.tell() // MiB) * MiB
+        blk = 1
+        data = bytes(rng.randrange(256) for _ in range(4096)) * (bs // 4096)
+        f.seek(end)
+        f.write(data)
+        sbm_off = end + bs
+        bits = bytearray(MiB)
+        present = []
+        nsec = bs // lss
+        k = 0
+        while k < nsec:
+            run = rng.choice([1, 1, 3, 8, 100])
+            on = rng.random() < 0.5
+            for j in range(k, min(nsec, k + run)):
+                if on:
+                    s = blk * nsec + j          # sector index in chunk 0
+                    bits[s >> 3] |= 1 << (s & 7)
+                    present.append(j)
+            k += run
+        f.seek(sbm_off)
+        f.write(bits)
+        f.seek(g["bat_off"] + 8 * (blk + blk // cr))
+        f.write(struct.pack("<Q", end | 7))
+        f.seek(g["bat_off"] + 8 * cr)
+        f.write(struct.pack("<Q", sbm_off | 6))
+    shutil.copyfile(parent_raw, expect_raw)
+    with open(expect_raw, "r+b") as f:
+        for j in present:
+            f.seek(blk * bs + j * lss)
+            f.write(data[j * lss:(j + 1) * lss])
+
+
 if __name__ == "__main__":
     c = sys.argv[1]
     if c == "info":
         cmd_info(sys.argv[2])
     elif c == "dirty":
         cmd_dirty(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5])
+    elif c == "partial":
+        cmd_partial(*sys.argv[2:6])
     elif c == "set-lss":
         cmd_set_lss(sys.argv[2], sys.argv[3])
     else:

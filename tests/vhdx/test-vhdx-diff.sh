@@ -1,0 +1,98 @@
+#!/bin/bash
+# SPDX-License-Identifier: BSD-3-Clause
+# Differencing disks.  A child created by the plugin (create=0
+# type=differencing parent=...) over a qemu-io-filled parent, written
+# through the plugin with a seeded workload, reads as parent + writes
+# (mirror: qemu-img convert of the parent + the same qemu-io commands); the
+# parent stays byte-identical.  A PARTIALLY_PRESENT block with a sector
+# bitmap (made from the specification by vhdx-tool.py partial) reads its
+# set sectors from the child and the others from the parent, also after a
+# write into that block.  A parent whose DataWriteGuid no longer matches
+# the child's parent_linkage is refused with a clear message unless
+# ignore-parent-linkage=true; a parent outside the child's directory is
+# refused unless allow-parent-path= names its directory.
+source "$TOP_SRCDIR/tests/functions.sh"
+source "$TOP_SRCDIR/tests/vhdx/vhdx-functions.sh"
+cd "$tmpdir"
+M=$((1024*1024))
+size=$((24*M))
+
+qemu-img create -q -f vhdx -o block_size=1M parent.vhdx $size
+gen_ops --mode fill --seed 5 --size $size --count 20 --cluster $M > fill.ops
+qemu_io_cmds -f vhdx parent.vhdx < fill.ops
+qemu-img convert -f vhdx -O raw parent.vhdx parent.raw
+psum=$(md5 parent.vhdx)
+
+# Create the child through the plugin and write into it.
+new_sock
+serve "$sock" child.vhdx create=0 type=differencing parent="$tmpdir/parent.vhdx" block-size=1M
+[ "$(nbdinfo --size "$(uri_of "$sock")")" = $size ] || fail "child size"
+nbdcopy "$(uri_of "$sock")" child0.got
+assert_same parent.raw child0.got "fresh child"
+cp parent.raw mirror.raw
+gen_ops --mode mirror --seed 7 --size $size --count 50 --cluster $M > w.ops
+qemu_io_cmds -f raw "$(uri_of "$sock")" < w.ops
+stop_nbdkit
+qemu_io_cmds -f raw mirror.raw < w.ops
+[ "$(md5 parent.vhdx)" = "$psum" ] || fail "writing the child changed the parent"
+new_sock
+serve "$sock" child.vhdx -r
+nbdcopy "$(uri_of "$sock")" child.got
+stop_nbdkit
+assert_same mirror.raw child.got "child = parent + writes"
+echo "ok child written"
+
+# Sector bitmaps: a fresh child with one partially present block.
+new_sock
+serve "$sock" part.vhdx create=0 parent="$tmpdir/parent.vhdx" block-size=1M -r
+stop_nbdkit
+vtool partial part.vhdx parent.raw part.want 11
+new_sock
+serve "$sock" part.vhdx
+nbdcopy "$(uri_of "$sock")" part.got
+assert_same part.want part.got "partially present block"
+# A write into the partially present block (copy-on-write of the rest).
+printf 'write -P 0x5a %d 3000\nflush\n' $((M + 1000)) > p.ops
+qemu_io_cmds -f raw "$(uri_of "$sock")" < p.ops
+stop_nbdkit
+qemu_io_cmds -f raw part.want < p.ops
+new_sock
+serve "$sock" part.vhdx -r
+nbdcopy "$(uri_of "$sock")" part2.got
+stop_nbdkit
+assert_same part.want part2.got "after writing into the partial block"
+echo "ok sector bitmap"
+
+# Linkage: change the parent (a write gives it a new DataWriteGuid).
+cp parent.vhdx parent.orig
+new_sock
+serve "$sock" parent.vhdx
+printf 'write -P 0x77 0 4096\n' | qemu_io_cmds -f raw "$(uri_of "$sock")"
+stop_nbdkit
+new_sock
+if nbdkit -U "$sock" "$VHDX_PLUGIN" file=child.vhdx -r --run 'nbdinfo --size "$uri"' > link.out 2>&1; then
+  fail "a child whose parent changed was opened"
+fi
+grep -q "DataWriteGuid" link.out || fail "no clear linkage message: $(cat link.out)"
+new_sock
+nbdkit -U "$sock" "$VHDX_PLUGIN" file=child.vhdx -r ignore-parent-linkage=true \
+  --run 'nbdinfo --size "$uri"' > /dev/null 2>&1 || fail "ignore-parent-linkage=true did not open"
+mv parent.orig parent.vhdx
+echo "ok linkage"
+
+# Confinement: the parent in another directory, named by absolute path.
+mkdir -p other kid
+cp parent.vhdx other/p.vhdx
+new_sock
+serve "$sock" kid/c.vhdx create=0 parent="$tmpdir/other/p.vhdx" -r
+stop_nbdkit
+new_sock
+if nbdkit -U "$sock" "$VHDX_PLUGIN" file=kid/c.vhdx -r --run 'nbdinfo --size "$uri"' > conf.out 2>&1; then
+  fail "a parent outside the child's directory was opened"
+fi
+grep -qi "parent" conf.out || fail "no clear message: $(cat conf.out)"
+new_sock
+nbdkit -U "$sock" "$VHDX_PLUGIN" file=kid/c.vhdx -r allow-parent-path="$tmpdir/other" \
+  --run 'nbdcopy "$uri" kid.got' || fail "allow-parent-path= did not allow the parent"
+assert_same parent.raw kid.got "child in another directory"
+echo "ok confinement"
