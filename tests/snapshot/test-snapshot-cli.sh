@@ -5,7 +5,8 @@
 # export listing (nbdinfo --list), a commit with no client connected
 # (qemu-io checks the file afterwards), a second server on the same
 # overlay directory refused, a changed size below refused with a clear
-# error, other export names refused.
+# error, other export names refused; the CLI and both man pages installed
+# by cmake --install.
 source "$TOP_SRCDIR/tests/functions.sh"
 source "$TOP_SRCDIR/tests/snapshot/snapshot-lib.sh"
 requires qemu-io nbdinfo
@@ -80,4 +81,14 @@ rc=0; nbdinfo "$(uri_of "$tmpdir/nbd3.sock")" >/dev/null 2>&1 || rc=$?
 stop_nbdkit
 grep -q "9437184 bytes but the snapshot chain was made over 8388608" "$tmpdir/size.log" ||
   fail "no clear error for the size change: $(cat "$tmpdir/size.log")"
+# Installed with the project (in a DESTDIR).
+if command -v cmake >/dev/null; then
+  DESTDIR=$tmpdir/dest cmake --install "$TOP_BUILDDIR" >/dev/null
+  bin=$(find "$tmpdir/dest" -path '*/bin/nbdkit-snapshot-ctl' | head -1)
+  [ -n "$bin" ] && "$bin" --help >/dev/null || fail "nbdkit-snapshot-ctl not installed"
+  for m in nbdkit-snapshot-ctl.1 nbdkit-snapshot-filter.1; do
+    found=$(find "$tmpdir/dest" -path "*/man1/$m" | head -1)
+    [ -n "$found" ] && man -l "$found" >/dev/null 2>&1 || fail "man page $m not installed"
+  done
+fi
 echo PASS
