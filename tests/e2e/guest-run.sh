@@ -245,10 +245,18 @@ run_libvirt () {
   </devices>
 </domain>
 XML
+  local validate=()
+  if [ -n "${KVM_E2E_DOMAIN_XML:-}" ]; then
+    # The user's domain, with its NBD disk as written (see merge-domain.py).
+    python3 "$here/merge-domain.py" "$KVM_E2E_DOMAIN_XML" "$tmpdir/domain.xml" \
+      "$tmpdir/domain-merged.xml" || fail "cannot use KVM_E2E_DOMAIN_XML=$KVM_E2E_DOMAIN_XML"
+    mv "$tmpdir/domain-merged.xml" "$tmpdir/domain.xml"
+    validate=(--validate)
+  fi
   log "creating transient libvirt domain $name (type $domtype)"
   cleanup_add "virsh -q -c '$libvirt_uri' destroy '$name'; rm -f '/var/log/libvirt/qemu/$name.log'"
   local start=$SECONDS i
-  virsh_ create "$tmpdir/domain.xml" >/dev/null ||
+  virsh_ create "${validate[@]}" "$tmpdir/domain.xml" >/dev/null ||
     { cat "/var/log/libvirt/qemu/$name.log" >&2 2>/dev/null || :; fail "virsh create failed"; }
   log "domain started after $((SECONDS - start)) s"
   # The domain disappears when the guest powers off (on_poweroff destroy).
