@@ -47,6 +47,12 @@ for _s in nbdkit qemu-system-x86_64; do
   chmod 0755 "$tmpdir/shim/$_s"
 done
 export PATH="$tmpdir/shim:$PATH"
+# The project's command-line tools (nbdkit-snapshot-ctl, ...), as
+# "cmake --install" would put them on PATH.
+for _t in "$TOP_BUILDDIR"/plugins/*/nbdkit-* "$TOP_BUILDDIR"/filters/*/nbdkit-*; do
+  [ -f "$_t" ] && [ -x "$_t" ] && [[ $_t != *.so ]] || continue
+  case ":$PATH:" in *":${_t%/*}:"*) ;; *) PATH="${_t%/*}:$PATH" ;; esac
+done
 
 export GUIDE_DIR=$tmpdir/guide
 mkdir -p "$GUIDE_DIR"

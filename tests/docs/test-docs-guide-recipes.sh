@@ -54,11 +54,11 @@ done < "$tmpdir/index"
 
 # The shims must have seen our plugins: a recipe that silently used
 # something else would prove nothing.
-for p in qcow2 lvm iscsi rbd; do
+for p in qcow2 lvm iscsi rbd vmdk; do
   grep -q "plugins/$p/nbdkit-$p-plugin.so" "$DOCS_LOG" ||
     fail "no recipe served anything with the $p plugin"
 done
-for f in qcow2 throttle; do
+for f in qcow2 throttle snapshot; do
   grep -q "filters/$f/nbdkit-$f-filter.so" "$DOCS_LOG" ||
     fail "no recipe used the $f filter"
 done
