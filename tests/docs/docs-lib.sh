@@ -47,6 +47,15 @@ for _s in nbdkit qemu-system-x86_64; do
   chmod 0755 "$tmpdir/shim/$_s"
 done
 export PATH="$tmpdir/shim:$PATH"
+# docs_path_without_shims: $PATH without the shims' directory.
+docs_path_without_shims () {
+  local out="" d
+  local IFS=:
+  for d in $PATH; do
+    [ "$d" = "$tmpdir/shim" ] || out=${out:+$out:}$d
+  done
+  printf '%s' "$out"
+}
 # The project's command-line tools (nbdkit-snapshot-ctl, ...), as
 # "cmake --install" would put them on PATH.
 for _t in "$TOP_BUILDDIR"/plugins/*/nbdkit-* "$TOP_BUILDDIR"/filters/*/nbdkit-*; do

@@ -145,7 +145,7 @@ for x in "$ex"/libvirt/*.xml; do
     # The one real libvirt boot: this domain's disk element as written.
     # (Without the shims on PATH: libvirtd would probe them as QEMU.)
     rc=0
-    PATH=${PATH#"$tmpdir/shim:"} KVM_E2E_DOMAIN_XML=$tmpdir/qcow2.xml \
+    PATH=$(docs_path_without_shims) KVM_E2E_DOMAIN_XML=$tmpdir/qcow2.xml \
       bash "$TOP_SRCDIR/tests/e2e/guest-run.sh" libvirt "nbd+unix:///?socket=$run/vm1.sock" || rc=$?
     [ $rc != 77 ] || skip "no guest kernel (tests/e2e/prepare.sh)"
     [ $rc = 0 ] || fail "$b: the guest run through libvirt failed ($rc)"
