@@ -18,7 +18,8 @@ usage () {
   cat <<EOF
 usage: bench/run.sh [--rounds N] [--size SIZE] [--runtime SECS] [--smoke]
                     [--workloads LIST] [--output FILE] [--results FILE]
-                    [--dir DIR] [--strict] [--keep] [--list] [SCENARIO...]
+                    [--charts DIR] [--dir DIR] [--strict] [--keep] [--list]
+                    [SCENARIO...]
 Scenarios: $(cd "$BENCH_DIR/scenarios" && ls -- *.sh 2>/dev/null | sed 's/\.sh$//' | tr '\n' ' ')
 See bench/README.md.
 EOF
@@ -33,6 +34,7 @@ strict=0
 keep=0
 output=""
 results_out=""
+charts=""
 wl_filter=""
 imgdir=${BENCH_TMPDIR:-}
 rounds_set="" size_set="" runtime_set=""
@@ -54,6 +56,8 @@ while [ $# -gt 0 ]; do
     --output=*) output=${1#*=}; shift ;;
     --results) need_arg "$@"; results_out=$2; shift 2 ;;
     --results=*) results_out=${1#*=}; shift ;;
+    --charts) need_arg "$@"; charts=$2; shift 2 ;;
+    --charts=*) charts=${1#*=}; shift ;;
     --dir) need_arg "$@"; imgdir=$2; shift 2 ;;
     --dir=*) imgdir=${1#*=}; shift ;;
     --strict) strict=1; shift ;;
@@ -426,6 +430,12 @@ for s in "${scenarios[@]}"; do
     echo
     if [ -f "$meta" ] && [ $st != 3 ]; then
       python3 "$BENCH_DIR/table.py" "$RESULTS" "$meta" "$s"
+      # The ratios as a chart (gnuplot): DIR/bench-SCENARIO.png.
+      if [ -n "$charts" ] && [ $st = 0 ]; then
+        mkdir -p -- "$charts"
+        python3 "$BENCH_DIR/chart.py" "$RESULTS" "$meta" "$s" "$charts/bench-$s.png" >&2 ||
+          { bench_log "$s: chart failed"; echo 1 > "$RUNROOT/chart-failed"; }
+      fi
     fi
     case $st in
       0) ;;
@@ -454,5 +464,6 @@ done
 cat "$md"
 [ -z "$output" ] || cp -- "$md" "$output"
 [ -z "$results_out" ] || cp -- "$RESULTS" "$results_out"
+[ ! -e "$RUNROOT/chart-failed" ] || status=1
 if [ $status = 0 ]; then bench_log "all runs succeeded"; else bench_log "some runs FAILED"; fi
 exit $status

@@ -19,6 +19,7 @@ test_pkgs=(
   libvirt-daemon-system libvirt-daemon-system-sysv libvirt-clients
   libvirt-daemon-driver-qemu
   clang libclang-rt-14-dev
+  gnuplot-nox
 )
 
 pkgs=("${build_pkgs[@]}")

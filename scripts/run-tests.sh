@@ -30,7 +30,8 @@ fi
 
 if [ -x bench/run.sh ]; then
   step "benchmark smoke run (1 round, not a measurement)"
-  BUILD="$top/build" bash bench/run.sh --smoke || failed+=("bench-smoke")
+  BUILD="$top/build" bash bench/run.sh --smoke --charts "$top/build/bench-charts" ||
+    failed+=("bench-smoke")
 fi
 
 jobs=${CTEST_JOBS:-2}
