@@ -35,6 +35,10 @@ pkg_check_modules(LIBNBD IMPORTED_TARGET libnbd)
 set(HAVE_LIBNBD ${LIBNBD_FOUND})
 pkg_check_modules(LIBISCSI IMPORTED_TARGET libiscsi)
 set(HAVE_LIBISCSI ${LIBISCSI_FOUND})
+# libnfs: the nfs:// storage backend of common/bdev and the nfs plugin.
+pkg_check_modules(LIBNFS IMPORTED_TARGET libnfs)
+set(HAVE_LIBNFS ${LIBNFS_FOUND})
+kvm_dependency(nfs HAVE_LIBNFS "libnfs (libnfs-dev)")
 
 # librbd ships no pkg-config file on Debian.  kvm_librbd: librbd + librados
 # (the rbd plugin's external libraries, not an engine of common/).

@@ -8,13 +8,14 @@ set -euo pipefail
 build_pkgs=(
   build-essential cmake pkg-config perl python3
   nbdkit nbdkit-plugin-dev libnbd-bin libnbd-dev
-  zlib1g-dev libzstd-dev librbd-dev libiscsi-dev
+  zlib1g-dev libzstd-dev librbd-dev libiscsi-dev libnfs-dev
   qemu-utils
 )
 test_pkgs=(
   qemu-block-extra qemu-system-x86 libiscsi-bin tgt lvm2 util-linux fio
   python3-libnbd
   ceph-mon ceph-osd ceph-common
+  nfs-ganesha nfs-ganesha-vfs rpcbind iproute2
   busybox-static cpio xz-utils zstd kmod
   libvirt-daemon-system libvirt-daemon-system-sysv libvirt-clients
   libvirt-daemon-driver-qemu

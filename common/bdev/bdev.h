@@ -128,10 +128,17 @@ const char *bdev_probe (const void *buf, size_t len);
 /* The storage PATH names, as a raw device: a local file or block device,
  * or a URL of a network storage backend.  Format engines open every file
  * (container, extent, data file) through this, never through a backend
- * directly.  opts->growable makes writes past the end extend it.
+ * directly.  opts->growable makes writes past the end extend it.  URLs:
+ * nfs://server/export/path[?options] (bdev_nfs.h; without libnfs at
+ * build time it fails with ENOTSUP).
  */
 struct bdev *bdev_storage_open (const char *path,
                                 const struct bdev_open_opts *opts);
+
+/* Is PATH a URL ("scheme://...") rather than a local path?  Plugins keep
+ * such a file= as it is (no realpath, no access()).
+ */
+bool bdev_storage_is_url (const char *path);
 
 /* The raw file/block-device backend. */
 struct bdev *bdev_file_open (const char *path, const struct bdev_open_opts *opts);

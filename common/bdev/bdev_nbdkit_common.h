@@ -39,9 +39,26 @@ bdev_flags_to_nbdkit (uint32_t b)
   return f;
 }
 
+/* The file= parameter of format plugins: a local path made absolute
+ * (nbdkit_realpath: it must exist), or a URL (nfs://...) kept as it is.
+ * NULL after nbdkit_error.
+ */
+static inline char *
+bdev_nbdkit_file_param (const char *value)
+{
+  if (bdev_storage_is_url (value)) {
+    char *u = strdup (value);
+    if (!u)
+      nbdkit_error ("strdup: %m");
+    return u;
+  }
+  return nbdkit_realpath (value);
+}
+
 /* The allow-backing-path=DIR|any parameter of format plugins and filters:
  * DIR (resolved) is appended to the NULL-terminated list *DIRS of *N
  * entries (for bdev_open_opts.allowed_dirs); "any" (or "*") sets *ANY.
+ * A URL prefix (nfs://server/export/dir) allows files below it there.
  */
 static inline int
 bdev_nbdkit_allow_path (const char *value, char ***dirs, size_t *n,
@@ -51,9 +68,14 @@ bdev_nbdkit_allow_path (const char *value, char ***dirs, size_t *n,
     *any = true;
     return 0;
   }
-  char *d = nbdkit_realpath (value);
-  if (!d)
+  /* A URL prefix (nfs://server/export/dir) is kept as it is. */
+  char *d = bdev_storage_is_url (value) ? strdup (value)
+    : nbdkit_realpath (value);
+  if (!d) {
+    if (bdev_storage_is_url (value))
+      nbdkit_error ("strdup: %m");
     return -1;
+  }
   char **nd = realloc (*dirs, (*n + 2) * sizeof *nd);
   if (!nd) {
     free (d);

@@ -26,6 +26,21 @@
 char *confine_resolve (const char *image_path, const char *ref,
                        const char *const *allowed_dirs, bool allow_any);
 
+/* URLs (nfs://server/export/dir/image.qcow2?options): an image whose
+ * path is a URL has a directory on its server.  A relative REF resolves
+ * lexically beside it, on the same server, and must stay in that
+ * directory ("..." may not climb out of it); the result keeps the image's
+ * query string (its connection options), and REF itself may not carry one.
+ * An absolute REF ("/x") is a local path, and a URL REF names its own
+ * server: both are refused unless inside ALLOWED_DIRS or ALLOW_ANY.
+ * ALLOWED_DIRS may hold URL prefixes ("nfs://server/export/dir"), matched
+ * lexically on whole path components; local entries never match a URL
+ * and URL entries never match a local path.
+ */
+
+/* Is P a URL ("scheme://...", scheme of letters, digits, "+-.")? */
+bool confine_is_url (const char *p);
+
 /* Is canonical PATH equal to or below canonical directory DIR? */
 bool confine_is_within (const char *path, const char *dir);
 

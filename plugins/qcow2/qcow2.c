@@ -86,7 +86,7 @@ qcow2_config (const char *key, const char *value)
 {
   if (strcmp (key, "file") == 0) {
     free (filename);
-    filename = nbdkit_realpath (value);
+    filename = bdev_nbdkit_file_param (value);
     if (!filename)
       return -1;
   }
@@ -250,6 +250,21 @@ qcow2_config_complete (void)
   /* Creating here rather than in .get_ready: an error then ends nbdkit
    * before it initialises TLS.
    */
+  if (bdev_storage_is_url (filename)) {
+    /* Storage on a server: check now that it opens (a clear error at
+     * start-up rather than at the first connection).
+     */
+    if (create_size >= 0) {
+      nbdkit_error ("%s: create= works only for local files", filename);
+      return -1;
+    }
+    struct bdev_open_opts ro = { .readonly = true };
+    struct bdev *bd = bdev_storage_open (filename, &ro);
+    if (!bd)
+      return -1;
+    bdev_close (bd);
+    return 0;
+  }
   if (access (filename, F_OK) == -1) {
     if (create_size < 0) {
       /* No strerror here: under the sanitizer runtimes a message built
@@ -287,7 +302,8 @@ qcow2_config_complete (void)
 static int
 qcow2_config_file (const char *key, const char *value)
 {
-  if (strcmp (key, "file") == 0 && access (value, F_OK) == -1 &&
+  if (strcmp (key, "file") == 0 && !bdev_storage_is_url (value) &&
+      access (value, F_OK) == -1 &&
       errno == ENOENT) {
     const char *slash = strrchr (value, '/');
     const char *base = slash ? slash + 1 : value;
@@ -319,9 +335,12 @@ qcow2_config_file (const char *key, const char *value)
 }
 
 #define qcow2_config_help \
-  "[file=]PATH                 qcow2 image (required).\n" \
+  "[file=]PATH|URL             qcow2 image (required); a URL\n" \
+  "                            nfs://SERVER/EXPORT/PATH[?uid=,gid=,\n" \
+  "                            version=,timeout=,conns=] opens it on NFS.\n" \
   "backing=none                Ignore the backing file.\n" \
-  "allow-backing-path=DIR|any  Backing/data files may also be in DIR.\n" \
+  "allow-backing-path=DIR|URL|any  Backing/data files may also be in\n" \
+  "                            DIR (or below the nfs:// URL prefix).\n" \
   "snapshot=NAME|ID            Serve an internal snapshot (read-only).\n" \
   "cache=SIZE                  L2 metadata cache size.\n" \
   "direct=true                 Use O_DIRECT.\n" \

@@ -100,6 +100,68 @@ main (void)
   CHECK (!confine_is_within ("/x/img2/a", "/x/img"));
   CHECK (confine_is_within ("/anything", "/"));
 
+  /* URLs: lexical resolution on the image's server and directory. */
+  const char *u = "nfs://h/exp/dir/top.qcow2?uid=7&timeout=5";
+  CHECK (confine_is_url (u));
+  CHECK (confine_is_url ("nfs+x.y://a"));
+  CHECK (!confine_is_url ("/a/nfs://b"));
+  CHECK (!confine_is_url ("base.qcow2"));
+  CHECK (!confine_is_url ("1nfs://a"));
+  r = confine_resolve (u, "base.qcow2", NULL, false);
+  CHECK (r && strcmp (r, "nfs://h/exp/dir/base.qcow2?uid=7&timeout=5") == 0);
+  free (r);
+  r = confine_resolve (u, "./sub/../sub//b.raw", NULL, false);
+  CHECK (r && strcmp (r, "nfs://h/exp/dir/sub/b.raw?uid=7&timeout=5") == 0);
+  free (r);
+  /* A URL on the same server and directory keeps the image's options. */
+  r = confine_resolve (u, "nfs://h/exp/dir/x/y.qcow2", NULL, false);
+  CHECK (r && strcmp (r, "nfs://h/exp/dir/x/y.qcow2?uid=7&timeout=5") == 0);
+  free (r);
+  /* Escapes: "..", above the root, other directories, exports, servers,
+   * local paths, options chosen by the image.
+   */
+  errno = 0;
+  CHECK (confine_resolve (u, "../base.qcow2", NULL, false) == NULL);
+  CHECK (errno == EACCES);
+  CHECK (confine_resolve (u, "../../../../../etc/passwd", NULL, false) == NULL);
+  CHECK (errno == EACCES);
+  CHECK (confine_resolve (u, "sub/../../dir2/b", NULL, false) == NULL);
+  CHECK (confine_resolve (u, "nfs://h/exp2/dir/b", NULL, false) == NULL);
+  CHECK (confine_resolve (u, "nfs://other/exp/dir/b", NULL, false) == NULL);
+  CHECK (confine_resolve (u, "nfs://h/exp/dir2/b", NULL, false) == NULL);
+  CHECK (confine_resolve (u, "nfs://h/exp/dir/b?uid=0", NULL, false) == NULL);
+  CHECK (errno == EACCES);
+  CHECK (confine_resolve (u, path ("img/base.raw"), NULL, false) == NULL);
+  CHECK (errno == EACCES);
+  CHECK (confine_resolve (u, "a?b", NULL, false) == NULL);
+  CHECK (errno == EINVAL);
+  /* A local image may not name a URL either. */
+  CHECK (confine_resolve (img, "nfs://h/exp/dir/base.qcow2", NULL,
+                          false) == NULL);
+  CHECK (errno == EACCES);
+  /* Allowed URL prefixes (whole components) and local directories. */
+  const char *uallowed[] = { "nfs://h/exp/shared", path ("img"), NULL };
+  r = confine_resolve (u, "../shared/b.qcow2", uallowed, false);
+  CHECK (r && strcmp (r, "nfs://h/exp/shared/b.qcow2?uid=7&timeout=5") == 0);
+  free (r);
+  CHECK (confine_resolve (u, "../shared2/b", uallowed, false) == NULL);
+  CHECK (confine_resolve (u, "nfs://h2/exp/shared/b", uallowed,
+                          false) == NULL);
+  r = confine_resolve (u, path ("img/base.raw"), uallowed, false);
+  CHECK (r && strcmp (r, path ("img/base.raw")) == 0);
+  free (r);
+  r = confine_resolve (img, "nfs://h/exp/shared/c", uallowed, false);
+  CHECK (r && strcmp (r, "nfs://h/exp/shared/c") == 0);
+  free (r);
+  /* URL entries never admit local paths. */
+  const char *uonly[] = { "nfs://h/", NULL };
+  CHECK (confine_resolve (img, "../outside.raw", uonly, false) == NULL);
+  /* allow-any admits everything but still normalises. */
+  r = confine_resolve (u, "../other/b", NULL, true);
+  CHECK (r && strcmp (r, "nfs://h/exp/other/b?uid=7&timeout=5") == 0);
+  free (r);
+  CHECK (confine_resolve (u, "../../../../x", NULL, true) == NULL);
+
   char cmd[PATH_MAX + 16];
   snprintf (cmd, sizeof cmd, "rm -rf '%s'", root);
   CHECK (system (cmd) == 0);
