@@ -10,6 +10,9 @@
 # oracle logic of a test accepts QEMU itself.  Parameters that only the
 # plugin knows are ignored then.
 #
+# QCOW2_TEST_SERVE=nfs serves them with the plugin from a private NFS
+# server exporting $tmpdir (file=nfs://...): see tests/nfs/.
+#
 # QCOW2_TEST_SERVE=filter-file or filter-lvm serves them with the qcow2
 # *filter* instead (the same engine over another plugin's export): over
 # nbdkit's file plugin, or over this project's lvm plugin with the image
@@ -27,6 +30,15 @@ if [ -n "${QCOW2_TEST_PEER:-}" ]; then
   :
 elif [ "$serve_mode" = plugin ]; then
   requires_plugin qcow2
+elif [ "$serve_mode" = nfs ]; then
+  # The whole $tmpdir is exported by a private NFS server and every image
+  # is served as file=nfs://127.0.0.1/export/... (tests/nfs/ runs the
+  # qcow2 tests this way, inside a private network namespace).
+  requires_plugin qcow2
+  [ "${KVM_NFS_NETNS:-}" = 1 ] ||
+    fail "QCOW2_TEST_SERVE=nfs: run the test through tests/nfs/ (network namespace)"
+  source "$TOP_SRCDIR/tests/nfs/nfs-server.sh"
+  nfs_server_start "$tmpdir"
 else
   requires_filter qcow2
   case $serve_mode in
@@ -52,7 +64,10 @@ else
 fi
 
 # qcow2_filter_mode: true when the images are served by the qcow2 filter.
-qcow2_filter_mode () { [ "$serve_mode" != plugin ] && [ -z "${QCOW2_TEST_PEER:-}" ]; }
+qcow2_filter_mode () {
+  [ "$serve_mode" != plugin ] && [ "$serve_mode" != nfs ] &&
+    [ -z "${QCOW2_TEST_PEER:-}" ]
+}
 
 # _filter_params IMAGE PARAMS...: the plugin's parameters as the filter's
 # (sets filter_args); the image's backing file, if any, is named with
@@ -106,6 +121,15 @@ serve_qcow2 () {
   case $serve_mode in
     plugin)
       start_nbdkit "$sock" "$(plugin_so qcow2)" "file=$img" "$@" ;;
+    nfs)
+      local abs
+      abs=$(realpath -m "$img")
+      case $abs in
+        "$NFS_DIR"/*) ;;
+        *) fail "$img is not inside the NFS export $NFS_DIR" ;;
+      esac
+      start_nbdkit "$sock" "$(plugin_so qcow2)" "file=$NFS_URL/${abs#"$NFS_DIR"/}" \
+        "$@" ;;
     filter-file)
       _filter_params "$img" "$@"
       _grow_container "$img"
