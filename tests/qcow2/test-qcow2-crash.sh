@@ -36,14 +36,28 @@ run_crashes () {
   for (( it=1; it<=iters; it++ )); do
     new_sock
     serve_qcow2 "$sock" "$img"
-    local pids=()
+    local pids=() sizes=()
+    for w in 0 1 2 3; do
+      sizes+=("$(stat -c %s "$tmpdir/$tag.log$w" 2>/dev/null || echo 0)")
+    done
     for w in 0 1 2 3; do
       "$writer" write "$(uri_of "$sock")" "$tmpdir/$tag.log$w" \
         $((w*4*M)) $((4*M)) "${slots[$w]}" $((it*10000000)) \
         $((seed*100 + it*10 + w)) 2>>"$tmpdir/$tag.writer.err" &
       pids+=($!)
     done
-    # Let them work for 0.2 .. 1.5 s, then kill the server hard.
+    # Once every writer has connected and logged its first request (the
+    # image opens on the first connection: slower on NFS or under the
+    # sanitizers), let them work for 0.2 .. 1.5 s, then kill the server.
+    local t
+    for (( t = 0; t < 600; t++ )); do
+      local all=1
+      for w in 0 1 2 3; do
+        [ "$(stat -c %s "$tmpdir/$tag.log$w" 2>/dev/null || echo 0)" -gt "${sizes[$w]}" ] || all=0
+      done
+      [ $all = 1 ] && break
+      sleep 0.05
+    done
     local ms=$(( 200 + RANDOM % 1300 ))
     sleep "$(printf '%d.%03d' $((ms/1000)) $((ms%1000)))"
     kill -9 "$nbdkit_pid"
