@@ -706,12 +706,26 @@ thin_pread (struct bdev *bd, void *buf, size_t count, uint64_t offset)
   struct thin *t = TH (bd);
   char *b = buf;
   while (count > 0) {
-    uint64_t v = offset / t->g.chunk, in = offset % t->g.chunk;
-    size_t n = t->g.chunk - in < count ? t->g.chunk - in : count;
+    const uint32_t C = t->g.chunk;
+    uint64_t v = offset / C, in = offset % C;
+    size_t n = C - in < count ? C - in : count;
     unsigned ep = epoch_enter (t);
     uint32_t e = atomic_load_explicit (&t->map[v], memory_order_acquire);
+    bool hole = e == 0 || e == THIN_BUSY;
+    /* One request for a run of chunks that are physically contiguous
+     * (or all holes).
+     */
+    for (uint32_t prev = e; n < count; ) {
+      uint32_t f = atomic_load_explicit (&t->map[v + 1], memory_order_acquire);
+      if (hole ? (f != 0 && f != THIN_BUSY)
+               : (f == 0 || f == THIN_BUSY || f != prev + 1))
+        break;
+      v++;
+      prev = f;
+      n += C < count - n ? C : count - n;
+    }
     int r = 0;
-    if (e == 0 || e == THIN_BUSY)
+    if (hole)
       memset (b, 0, n);
     else
       r = bdev_pread (t->pool, b, n, phys_off (t, e, in));
@@ -835,6 +849,7 @@ thin_pwrite (struct bdev *bd, const void *buf, size_t count, uint64_t offset,
     struct piece *q = &pc[i];
     if (q->newp >= 0) {
       const char *src = q->data;
+      size_t len = C, k;
       if (q->n != C) {
         if (!tmp && !(tmp = malloc (C))) {
           kvm_error ("thin: out of memory");
@@ -845,7 +860,11 @@ thin_pwrite (struct bdev *bd, const void *buf, size_t count, uint64_t offset,
         memcpy (tmp + q->in, q->data, q->n);
         src = tmp;
       }
-      if (bdev_pwrite (t->pool, src, C,
+      else                      /* merge whole new chunks that follow */
+        for (k = i + 1; k < np && pc[k].newp == pc[k - 1].newp + 1 &&
+               pc[k].n == C; k++, i++)
+          len += C;
+      if (bdev_pwrite (t->pool, src, len,
                        phys_off (t, q->newp + 1, 0), 0) == -1)
         goto undo;
       continue;
@@ -855,8 +874,21 @@ thin_pwrite (struct bdev *bd, const void *buf, size_t count, uint64_t offset,
     unsigned ep = epoch_enter (t);
     uint32_t e = atomic_load_explicit (&t->map[q->v], memory_order_acquire);
     int w = 0;
-    if (e != 0 && e != THIN_BUSY)
-      w = bdev_pwrite (t->pool, q->data, q->n, phys_off (t, e, q->in), 0);
+    if (e != 0 && e != THIN_BUSY) {
+      /* Merge following rewrites of physically contiguous chunks. */
+      size_t len = q->n;
+      uint32_t prev = e;
+      while (i + 1 < np && pc[i + 1].newp < 0 &&
+             !(pc[i + 1].zero && pc[i + 1].n == C)) {
+        uint32_t f = atomic_load_explicit (&t->map[pc[i + 1].v],
+                                           memory_order_acquire);
+        if (f == 0 || f == THIN_BUSY || f != prev + 1)
+          break;
+        prev = f;
+        len += pc[++i].n;
+      }
+      w = bdev_pwrite (t->pool, q->data, len, phys_off (t, e, q->in), 0);
+    }
     else if (!q->zero) {
       /* Released by a concurrent trim since we looked: allocate. */
       epoch_leave (t, ep);

@@ -37,8 +37,8 @@ h.flush()
 hooks () { wc -l < "$hooklog"; }
 warnings () { grep -c 'reached thin-warn=' "$tmpdir/nbdkit.log" || :; }
 
-start_nbdkit "$sock" --filter="$(filter_so thin)" file "$pool" thin-size=1G \
-  thin-warn=50% "thin-hook=echo \$THIN_USED_PERCENT \$THIN_USED_BYTES \$THIN_POOL_BYTES \$THIN_EXPORT >> '$hooklog'" \
+start_nbdkit "$sock" -v -D thin.stats=1 --filter="$(filter_so thin)" file "$pool" \
+  thin-size=1G thin-warn=50% "thin-hook=echo \$THIN_USED_PERCENT \$THIN_USED_BYTES \$THIN_POOL_BYTES \$THIN_EXPORT >> '$hooklog'" \
   2> "$tmpdir/nbdkit.log"
 thin_desc "$uri" >/dev/null   # the first connection formats the pool
 nphys=$("$thin_check_bin" "$pool" | sed -n 's/.* \([0-9]*\) physical chunks.*/\1/p')
@@ -65,6 +65,9 @@ h.flush()
 write_chunks 5000 300
 [ "$(hooks)" = 2 ] || fail "hook count $(hooks) after the second crossing, expected 2"
 [ "$(warnings)" = 2 ] || fail "warning count $(warnings), expected 2"
+# -D thin.stats=1: a usage line with counters at every flush.
+grep -q 'thin stats (flush.*used .*allocations [0-9]*, releases 300, commits' \
+  "$tmpdir/nbdkit.log" || fail "no thin.stats lines: $(tail -5 "$tmpdir/nbdkit.log")"
 stop_nbdkit
 thin_check "$pool"
 

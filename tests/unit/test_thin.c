@@ -225,6 +225,40 @@ run (bool external)
   CHECK (bdev_flush (bd) == 0);
   thin_get_stats (bd, &st);
   CHECK_EQ_U64 (st.used_chunks, 0);
+  /* Multi-chunk requests (merged into runs of contiguous physical
+   * chunks): allocate 4 chunks and a half in one write over a mix of
+   * mapped and unmapped chunks, rewrite across them, read them at once.
+   */
+  {
+    size_t len = 4 * C + C / 2;
+    unsigned char *big = malloc (len), *back = malloc (len + 2 * C);
+    CHECK (big && back);
+    for (size_t k = 0; k < len; k++)
+      big[k] = (unsigned char) (k * 7 + 3);
+    CHECK (bdev_trim (bd, 8 * C, 3000 * C, 0) == 0);
+    memset (buf, 0x66, 100);
+    CHECK (bdev_pwrite (bd, buf, 100, 3001 * C, 0) == 0);
+    CHECK (bdev_flush (bd) == 0);
+    CHECK (bdev_pwrite (bd, big, len, 3000 * C + 1000, 0) == 0);
+    CHECK (bdev_pwrite (bd, big + 5, 2 * C, 3001 * C + 17, 0) == 0);
+    CHECK (bdev_pread (bd, back, len + 2 * C, 2999 * C) == 0);
+    for (size_t k = 0; k < C + 1000; k++)
+      CHECK (back[k] == 0);
+    for (size_t k = 0; k < len; k++) {
+      size_t o = 3000 * C + 1000 + k;
+      unsigned char want = big[k];
+      if (o >= 3001 * C + 17 && o < 3001 * C + 17 + 2 * C)
+        want = big[5 + (o - (3001 * C + 17))];
+      CHECK (back[C + 1000 + k] == want);
+    }
+    for (size_t k = C + 1000 + len; k < len + 2 * C; k++)
+      CHECK (back[k] == 0);
+    CHECK (bdev_trim (bd, 8 * C, 3000 * C, 0) == 0);
+    CHECK (bdev_flush (bd) == 0);
+    free (big);
+    free (back);
+  }
+
   watermarks = 0;
   memset (buf, 0x55, C);
   uint64_t v = 2000;
