@@ -5,8 +5,8 @@
 #
 #   migrate.sh SOURCE DEST
 #
-# SOURCE  an image file: qcow2 or raw; vmdk and vhdx when nbdkit has the
-#         vmdk / vhdx plugins of this project (otherwise convert with
+# SOURCE  an image file: qcow2, raw, vmdk or vhdx (vmdk and vhdx need this
+#         project's vmdk / vhdx plugins; without them, convert with
 #         qemu-img convert first)
 # DEST    qcow2:PATH              a new qcow2 file (must not exist)
 #         lvm:PV[,PV...]:VG/LV    an existing LV at least as large as the

@@ -18,10 +18,10 @@
 #                          ListenStream, two clients (nbdinfo)
 #   qemu-qcow2.sh          a real QEMU boot of the e2e guest (QEMU shim's
 #                          boot mode) on a qcow2 image, checked after
-#   migrate.sh             qcow2 -> LV, raw -> qcow2, qcow2 -> RBD, checked
-#                          against lvs's layout, qemu-img and rbd export;
-#                          vmdk -> qcow2 needs the vmdk plugin (refused
-#                          with advice without it)
+#   migrate.sh             qcow2 -> LV, raw -> qcow2, qcow2 -> RBD, vmdk and
+#                          vhdx -> qcow2, checked against lvs's layout,
+#                          qemu-img and rbd export (vmdk/vhdx need their
+#                          plugins: refused with advice without them)
 #   iotune-to-throttle.sh  the lines for libvirt/rbd.xml's <iotune>, which
 #                          nbdkit's throttle filter must accept
 #   lvm-exports.sh         lists the LVs of a VG made by lvm2
@@ -236,17 +236,22 @@ cmp "$tmpdir/r.raw" "$tmpdir/mig.rbd" || fail "rbd export differs from the image
 if bash "$ex/migrate.sh" "$tmpdir/r.raw" "qcow2:$tmpdir/r.qcow2" 2>/dev/null; then
   fail "migrate.sh overwrote an existing qcow2"
 fi
-qemu-img create -q -f vmdk "$tmpdir/v.vmdk" 16M
-qemu-io -f vmdk -c 'write -P 0x33 1M 1M' "$tmpdir/v.vmdk" >/dev/null
-if [ -f "$(plugin_so vmdk)" ]; then
-  bash "$ex/migrate.sh" "$tmpdir/v.vmdk" "qcow2:$tmpdir/v.qcow2" || fail "migrate.sh vmdk -> qcow2 failed"
-  qemu-img compare -f vmdk -F qcow2 "$tmpdir/v.vmdk" "$tmpdir/v.qcow2" >/dev/null ||
-    fail "the qcow2 made from the vmdk differs"
-else
-  rc=0; err=$(bash "$ex/migrate.sh" "$tmpdir/v.vmdk" "qcow2:$tmpdir/v.qcow2" 2>&1) || rc=$?
-  [ $rc = 1 ] && grep -q 'qemu-img convert' <<<"$err" ||
-    fail "migrate.sh without a vmdk plugin: status $rc, $err"
-fi
+# vmdk and vhdx sources: copied when the plugin is built, refused with
+# advice when it is not.
+for fmt in vmdk vhdx; do
+  qemu-img create -q -f $fmt "$tmpdir/v.$fmt" 16M
+  qemu-io -f $fmt -c 'write -P 0x33 1M 1M' "$tmpdir/v.$fmt" >/dev/null
+  if [ -f "$(plugin_so $fmt)" ]; then
+    bash "$ex/migrate.sh" "$tmpdir/v.$fmt" "qcow2:$tmpdir/v-$fmt.qcow2" ||
+      fail "migrate.sh $fmt -> qcow2 failed"
+    qemu-img compare -f $fmt -F qcow2 "$tmpdir/v.$fmt" "$tmpdir/v-$fmt.qcow2" >/dev/null ||
+      fail "the qcow2 made from the $fmt image differs"
+  else
+    rc=0; err=$(bash "$ex/migrate.sh" "$tmpdir/v.$fmt" "qcow2:$tmpdir/v-$fmt.qcow2" 2>&1) || rc=$?
+    [ $rc = 1 ] && grep -q 'qemu-img convert' <<<"$err" ||
+      fail "migrate.sh without a $fmt plugin: status $rc, $err"
+  fi
+done
 checked migrate.sh
 
 # --- iotune-to-throttle.sh ------------------------------------------------------------------

@@ -54,7 +54,7 @@ done < "$tmpdir/index"
 
 # The shims must have seen our plugins: a recipe that silently used
 # something else would prove nothing.
-for p in qcow2 lvm iscsi rbd vmdk; do
+for p in qcow2 lvm iscsi rbd vmdk vhdx; do
   grep -q "plugins/$p/nbdkit-$p-plugin.so" "$DOCS_LOG" ||
     fail "no recipe served anything with the $p plugin"
 done
