@@ -25,6 +25,9 @@
  * chain (a rwlock: I/O shared, operations exclusive) and crash-safe (the
  * state file switches from before to after in one rename; a commit
  * interrupted by a crash is finished when the chain is next opened).
+ * For crash tests, KVM_SNAPSHOT_CRASH_AT=POINT in the environment makes
+ * the process SIGKILL itself at that step of an operation (the points are
+ * the crashpoint() calls in snapshot.c; tests/snapshot lists them).
  */
 #ifndef KVM_SNAPSHOT_H
 #define KVM_SNAPSHOT_H
