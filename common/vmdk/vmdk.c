@@ -137,6 +137,23 @@ get_gte (struct vmdk *v, struct extent *e, uint64_t gi, uint32_t *out)
 
 enum grain_state { G_UNALLOC, G_ZERO, G_DATA, G_COMPRESSED };
 
+/* A run of data grains at PHYS must start inside the file (the last grain
+ * may be cut short by the end of the file: it reads as zeroes there).
+ */
+static int
+check_data_run (struct vmdk *v, struct extent *e, uint64_t phys,
+                uint64_t len)
+{
+  uint64_t end = file_end (e);
+  if (phys >= end || phys + len > end + e->grain) {
+    ERR (EIO, "%s: a grain table entry of %s points past the end of the "
+         "file (byte %" PRIu64 ", file size %" PRIu64 ")", v->path,
+         e->file->name, phys, end);
+    return -1;
+  }
+  return 0;
+}
+
 static enum grain_state
 grain_state (struct extent *e, uint32_t gte)
 {
@@ -295,7 +312,8 @@ sparse_read (struct vmdk *v, struct extent *e, uint8_t *buf, uint64_t count,
       memset (buf, 0, len);
       break;
     case G_DATA:
-      if (bdev_pread_padded (e->file, buf, len, phys) == -1)
+      if (check_data_run (v, e, phys, len) == -1 ||
+          bdev_pread_padded (e->file, buf, len, phys) == -1)
         goto fail;
       break;
     case G_COMPRESSED:
@@ -639,7 +657,8 @@ sparse_write (struct vmdk *v, struct extent *e, const uint8_t *buf,
     if (sparse_run (v, e, off, count, &st, &len, &phys) == -1)
       return -1;
     if (st == G_DATA) {
-      if (bdev_pwrite (e->file, buf, len, phys, 0) == -1)
+      if (check_data_run (v, e, phys, len) == -1 ||
+          bdev_pwrite (e->file, buf, len, phys, 0) == -1)
         return -1;
       done = len;
     }

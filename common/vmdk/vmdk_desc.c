@@ -170,8 +170,8 @@ parse_extent (const char *p, const char *end, struct vmdk_desc *d,
       !ck_add64 (d->total_sectors, e.sectors, &total) ||
       total > INT64_MAX / 512) {
     free (e.file);
-    kvm_seterr (err, errlen, "descriptor: too many extents or total size "
-                "too large");
+    kvm_seterr (err, errlen, "too many extents (at most %d) or total size "
+                "too large", VMDK_MAX_EXTENTS);
     return -1;
   }
   if (d->next % 16 == 0) {

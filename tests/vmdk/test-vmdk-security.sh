@@ -1,0 +1,136 @@
+#!/bin/bash
+# SPDX-License-Identifier: BSD-3-Clause
+# Paths inside a VMDK stay inside its directory (the CVE-2024-32498
+# class): a FLAT extent naming an absolute path, a "../" path or a symlink
+# that leads out of the directory, and a parent outside it, are refused
+# with a message naming the reference; allow-path=DIR (or any) allows
+# them.  Then malformed images (vmdk-gen.py --hostile, and hostile
+# descriptors) give errors, never a crash.
+source "$TOP_SRCDIR/tests/functions.sh"
+source "$TOP_SRCDIR/tests/vmdk/vmdk-functions.sh"
+
+mkdir -p "$tmpdir/img" "$tmpdir/outside"
+secret="$tmpdir/outside/secret.raw"
+head -c 1048576 /dev/urandom > "$secret"
+
+# try IMAGE [PARAMS...]: serve IMAGE and copy it; sets $out (messages)
+# and $rc (0: the copy worked).  A crash fails the test.  One request at a
+# time: nbdkit 1.32 aborts when a client hangs up with replies queued
+# (fixed in nbdkit 1.33.10), which nbdcopy does on its
+# first read error.
+try () {
+  local img=$1; shift
+  rm -f "$tmpdir/copy.raw" "$tmpdir/t.sock"
+  rc=0
+  out=$(nbdkit -U "$tmpdir/t.sock" -r "$(plugin_so vmdk)" "file=$img" "$@" \
+        --run "nbdcopy --connections=1 --requests=1 \"\$uri\" '$tmpdir/copy.raw'" 2>&1) || rc=$?
+  if (( rc >= 128 )) || grep -qE 'Sanitizer|runtime error' <<<"$out"; then
+    fail "nbdkit crashed on $img ($*): rc $rc: $out"
+  fi
+}
+
+refused () {
+  local what=$1 img=$2 ref=$3
+  try "$img"
+  [ $rc != 0 ] || fail "$what: served without allow-path"
+  grep -q "refusing" <<<"$out" && grep -qF "$ref" <<<"$out" ||
+    fail "$what: unclear message: $out"
+  [ ! -s "$tmpdir/copy.raw" ] || ! cmp -s "$tmpdir/copy.raw" "$secret" ||
+    fail "$what: the secret leaked"
+  for allow in "allow-path=$tmpdir/outside" allow-path=any; do
+    try "$img" "$allow"
+    [ $rc = 0 ] || fail "$what: refused with $allow: $out"
+    cmp -s "$tmpdir/copy.raw" "${4:-$secret}" ||
+      fail "$what: wrong content with $allow"
+  done
+  echo "ok: $what refused, allowed with allow-path"
+}
+
+flat_desc () {
+  printf '# Disk DescriptorFile\nversion=1\nCID=12345678\nparentCID=ffffffff\ncreateType="monolithicFlat"\n\nRW 2048 FLAT "%s" 0\n' "$1"
+}
+flat_desc "$secret" > "$tmpdir/img/abs.vmdk"
+refused "absolute FLAT extent" "$tmpdir/img/abs.vmdk" "$secret"
+flat_desc ../outside/secret.raw > "$tmpdir/img/dotdot.vmdk"
+refused "../ FLAT extent" "$tmpdir/img/dotdot.vmdk" ../outside/secret.raw
+ln -s ../outside/secret.raw "$tmpdir/img/link.raw"
+flat_desc link.raw > "$tmpdir/img/link.vmdk"
+refused "symlink FLAT extent" "$tmpdir/img/link.vmdk" link.raw
+# A SPARSE extent and a parent outside the directory.
+qemu-img create -q -f vmdk "$tmpdir/outside/p.vmdk" 1M
+qemu-io -f vmdk -c "write -P 0x61 0 1M" "$tmpdir/outside/p.vmdk" >/dev/null
+qemu-img convert -O raw "$tmpdir/outside/p.vmdk" "$tmpdir/p.raw"
+printf '# Disk DescriptorFile\nversion=1\nCID=12345678\nparentCID=ffffffff\ncreateType="twoGbMaxExtentSparse"\n\nRW 2048 SPARSE "../outside/p.vmdk"\n' \
+  > "$tmpdir/img/sparse.vmdk"
+refused "../ SPARSE extent" "$tmpdir/img/sparse.vmdk" ../outside/p.vmdk \
+  "$tmpdir/p.raw"
+qemu-img create -q -f vmdk -b ../outside/p.vmdk -F vmdk "$tmpdir/img/child.vmdk"
+refused "parent ../outside/p.vmdk" "$tmpdir/img/child.vmdk" \
+  ../outside/p.vmdk "$tmpdir/p.raw"
+# Inside the directory, through a symlink that stays inside: fine.
+cp "$secret" "$tmpdir/img/in.raw"
+ln -s in.raw "$tmpdir/img/inlink.raw"
+flat_desc inlink.raw > "$tmpdir/img/ok.vmdk"
+try "$tmpdir/img/ok.vmdk"
+[ $rc = 0 ] && cmp -s "$tmpdir/copy.raw" "$secret" ||
+  fail "an extent inside the directory was refused: $out"
+echo "ok: symlink inside the directory allowed"
+
+# Malformed images: an error (no crash, no hang).
+hostile () {
+  local what=$1 img=$2
+  try "$img"
+  [ $rc != 0 ] || fail "$what: served without an error"
+  grep -qi "error" <<<"$out" || fail "$what: no error message: $out"
+  echo "ok: $what -> $(grep -i -m1 error <<<"$out" | cut -c1-150)"
+}
+for kind in truncated grain0 grain-huge gtes0 gtes-huge gd-past-eof \
+            capacity-huge bad-newline version9; do
+  python3 "$vdir/vmdk-gen.py" --out "$tmpdir/h.vmdk" --size 1048576 \
+    --hostile $kind
+  hostile "$kind" "$tmpdir/h.vmdk"
+done
+# These open, but reading the damaged grains fails.
+for kind in gt-past-eof gde-huge; do
+  python3 "$vdir/vmdk-gen.py" --out "$tmpdir/h.vmdk" --size 1048576 \
+    --hostile $kind --seed 3
+  hostile "$kind" "$tmpdir/h.vmdk"
+done
+for kind in stream-nofooter stream-badzlib marker-huge; do
+  python3 "$vdir/vmdk-gen.py" --out "$tmpdir/h.vmdk" --size 1048576 \
+    --stream --hostile $kind --seed 5
+  hostile "$kind" "$tmpdir/h.vmdk"
+done
+# Hostile descriptors.
+d="$tmpdir/img/d.vmdk"
+desc_head='# Disk DescriptorFile\nversion=1\nCID=1\nparentCID=ffffffff\ncreateType="monolithicFlat"\n'
+printf "$desc_head" > "$d"
+for ((k=0; k<5000; k++)); do echo 'RW 1 ZERO'; done >> "$d"
+hostile "5000 extents" "$d"
+printf "${desc_head}RW 18446744073709551615 ZERO\n" > "$d"
+hostile "extent size 2^64-1" "$d"
+printf "${desc_head}RW 9223372036854775807 ZERO\nRW 9223372036854775807 ZERO\n" > "$d"
+hostile "extent sizes overflowing" "$d"
+printf "${desc_head}RW 4096 FLAT \"in.raw\" 18446744073709551615\n" > "$d"
+hostile "FLAT offset 2^64-1" "$d"
+printf "${desc_head}RW 4096 FLAT \"in.raw\" 4096\n" > "$d"
+hostile "FLAT extent past the end of its file" "$d"
+printf "${desc_head}RW 4096 SPARSE \"in.raw\"\n" > "$d"
+hostile "SPARSE extent without a header" "$d"
+printf "${desc_head}RW 4096 FLAT \"\"\n" > "$d"
+hostile "empty extent file name" "$d"
+printf "${desc_head}RW 4096 FLAT \"in.raw\n" > "$d"
+hostile "unterminated file name" "$d"
+printf "${desc_head}RW 4096 WEIRD \"in.raw\"\n" > "$d"
+hostile "unknown extent type" "$d"
+printf '# Disk DescriptorFile\nversion=1\ncreateType="monolithicFlat"\n' > "$d"
+hostile "no extents" "$d"
+printf "${desc_head}RW 4096 SESPARSE \"in.raw\"\n" > "$d"
+hostile "SESPARSE (not supported)" "$d"
+qemu-img create -q -f vmdk "$tmpdir/img/loop.vmdk" 1M
+perl -pi -e 's/ddb.toolsVersion = "2147483647"/parentFileNameHint="loop.vmdk" /' \
+  "$tmpdir/img/loop.vmdk"
+grep -aq 'parentFileNameHint="loop.vmdk"' "$tmpdir/img/loop.vmdk" ||
+  fail "making a self-parent"
+hostile "an image that is its own parent" "$tmpdir/img/loop.vmdk"
+echo "all ok"
