@@ -1042,6 +1042,43 @@ setup_gd (struct vmdk *v, struct extent *e, uint64_t cap, bool writable)
   return 0;
 }
 
+/* The end of the data of a sparse extent whose file cannot grow (the
+ * filter's container, a block device): new grains go there, not at the
+ * end of the file.  Loads every grain table.
+ */
+static int
+find_data_end (struct vmdk *v, struct extent *e, uint64_t overhead)
+{
+  uint64_t end = overhead, t;
+  uint64_t gtbytes = (uint64_t) e->gt_entries * 4;
+#define UPTO(x) do { if ((x) > end) end = (x); } while (0)
+  UPTO (e->gd_off + e->ngd * 4);
+  if (e->has_rgd)
+    UPTO (e->rgd_off + e->ngd * 4);
+  for (uint64_t i = 0; i < e->ngd; i++) {
+    uint32_t *gt;
+    if (e->rgd && e->rgd[i])
+      UPTO ((uint64_t) e->rgd[i] * SECTOR + gtbytes);
+    if (get_gt (v, e, i, &gt) == -1)
+      return -1;
+    if (!gt)
+      continue;
+    UPTO ((uint64_t) e->gd[i] * SECTOR + gtbytes);
+    for (uint32_t j = 0; j < e->gt_entries; j++)
+      if (grain_state (e, gt[j]) == G_DATA &&
+          ck_muladd64 (e->grain, gt[j], SECTOR, &t))
+        UPTO (t);
+  }
+#undef UPTO
+  if (!ck_round_up64 (end, SECTOR, &e->alloc_end)) {
+    ERR (EINVAL, "%s: invalid metadata", v->path);
+    return -1;
+  }
+  kvm_debug ("%s: %s cannot grow: new grains from byte %" PRIu64, v->path,
+             e->file->name, e->alloc_end);
+  return 0;
+}
+
 /* Parse the hosted sparse header H (one sector) of E's file.  *CAP: its
  * capacity in bytes; *DOFF, *DSIZE: the embedded descriptor (bytes).
  */
@@ -1130,7 +1167,17 @@ parse_sparse (struct vmdk *v, struct extent *e, const uint8_t *hdr,
   }
   if (e->compressed)
     e->readonly = true;
-  return setup_gd (v, e, *cap, writable && !e->readonly);
+  if (setup_gd (v, e, *cap, writable && !e->readonly) == -1)
+    return -1;
+  if (writable && !e->readonly && !e->file->growable) {
+    uint64_t ov = load_le64 (h + H_OVERHEAD);
+    if (ov > UINT32_MAX) {
+      ERR (EINVAL, "%s: %s: invalid overhead in the header", v->path, fn);
+      return -1;
+    }
+    return find_data_end (v, e, ov * SECTOR);
+  }
+  return 0;
 }
 
 /* A VMFSSPARSE ("COWD") extent: read-only. */

@@ -1,0 +1,208 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
+/* nbdkit vmdk filter: the VMDK engine (common/vmdk) serving a monolithic
+ * image (monolithicSparse, streamOptimized, a VMFSSPARSE file) stored in
+ * the export of whatever plugin the filter sits on.  Descriptors that
+ * name extent files cannot be served this way (their files are not in
+ * the export); a delta disk's parent is named with vmdk-backing=.
+ *
+ * One engine per export name, shared by every connection to it, as in
+ * the qcow2 filter (bdev_nbdkit_filter.h).  The container cannot grow: an
+ * allocating write that needs more room than the export has fails with
+ * ENOSPC.
+ */
+#include <errno.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <nbdkit-filter.h>
+
+#include "bdev/bdev.h"
+#include "bdev/bdev_nbdkit_filter.h"
+#include "bdev/bdev_registry.h"
+#include "util/log.h"
+#include "vmdk/vmdk.h"
+
+static char *backing_path;      /* vmdk-backing=PATH */
+static bool backing_none;       /* vmdk-backing=none */
+static char **allowed;          /* vmdk-allow-path=DIR, NULL-ended */
+static size_t nallowed;
+static bool allow_any;
+
+static struct bdev_registry images = BDEV_REGISTRY_INIT;
+
+struct handle {
+  struct bdev_nbdkit_handle h;  /* first: the shared callbacks use it */
+  struct bdev_registry_entry *img;
+  char *export;
+};
+
+struct open_args {
+  nbdkit_next *next;
+  bool readonly;
+};
+
+static void
+vmdk_filter_load (void)
+{
+  kvm_log_set (nbdkit_verror, nbdkit_vdebug);
+}
+
+static void
+vmdk_filter_unload (void)
+{
+  bdev_registry_close_all (&images);
+  for (size_t i = 0; i < nallowed; i++)
+    free (allowed[i]);
+  free (allowed);
+  free (backing_path);
+}
+
+static int
+vmdk_filter_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
+                    const char *key, const char *value)
+{
+  if (strcmp (key, "vmdk-backing") == 0) {
+    free (backing_path);
+    backing_path = NULL;
+    backing_none = strcmp (value, "none") == 0;
+    if (!backing_none && !(backing_path = nbdkit_realpath (value)))
+      return -1;
+    return 0;
+  }
+  if (strcmp (key, "vmdk-allow-path") == 0)
+    return bdev_nbdkit_allow_path (value, &allowed, &nallowed, &allow_any);
+  return next (nxdata, key, value);
+}
+
+#define vmdk_filter_config_help \
+  "vmdk-backing=PATH|none      Parent of a delta disk (a local path), or\n" \
+  "                            none (unallocated grains read as zeroes).\n" \
+  "                            Required if the image names a parent.\n" \
+  "vmdk-allow-path=DIR|any     The parent's own extent and parent files\n" \
+  "                            may also be in DIR."
+
+static int
+vmdk_filter_thread_model (void)
+{
+  return NBDKIT_THREAD_MODEL_PARALLEL;
+}
+
+static struct bdev *
+open_image (const char *export, void *arg)
+{
+  struct open_args *a = arg;
+  struct bdev *container, *backing = NULL, *bd = NULL;
+  char *name;
+  const char *fopts[2] = { backing_none ? "vmdk.backing=none" : NULL, NULL };
+
+  if (asprintf (&name, "vmdk filter (export '%s')", export) == -1) {
+    nbdkit_error ("asprintf: %m");
+    return NULL;
+  }
+  container = bdev_next_routed (a->next, name, a->readonly);
+  if (!container)
+    goto out;
+  if (backing_path) {
+    struct bdev_open_opts bo = {
+      .readonly = true,
+      .allowed_dirs = (const char *const *) allowed,
+      .allow_any_path = allow_any,
+    };
+    backing = bdev_open (backing_path, NULL, &bo, 1);
+    if (!backing) {
+      bdev_close (container);
+      goto out;
+    }
+  }
+  struct bdev_open_opts o = {
+    .readonly = container->readonly,
+    .format_opts = fopts,
+    .backing = backing,
+    .no_paths = true,
+  };
+  /* Takes ownership of container and backing, also on failure. */
+  bd = vmdk_open_container (container, name, &o, 0);
+ out:
+  free (name);
+  return bd;
+}
+
+static void *
+vmdk_filter_open (nbdkit_next_open *next, nbdkit_context *context,
+                  int readonly, const char *exportname, int is_tls)
+{
+  struct handle *h;
+  (void) is_tls;
+
+  if (next (context, readonly, exportname) == -1)
+    return NULL;
+  h = calloc (1, sizeof *h);
+  if (!h || !(h->export = strdup (exportname))) {
+    nbdkit_error ("calloc: %m");
+    free (h);
+    return NULL;
+  }
+  h->h.readonly = readonly;
+  h->h.shared = true;
+  return h;
+}
+
+static int
+vmdk_filter_prepare (nbdkit_next *next, void *handle, int readonly)
+{
+  struct handle *h = handle;
+  struct open_args a = { .next = next, .readonly = readonly };
+
+  if (bdev_next_prime (next) == -1)
+    return -1;
+  bdev_next_enter (next);
+  h->img = bdev_registry_get (&images, h->export, open_image, &a);
+  bdev_next_leave ();
+  if (!h->img)
+    return -1;
+  h->h.bd = h->img->bd;
+  return 0;
+}
+
+static int
+vmdk_filter_finalize (nbdkit_next *next, void *handle)
+{
+  struct handle *h = handle;
+  int r;
+
+  if (!h->img)
+    return 0;
+  bdev_next_enter (next);
+  bdev_registry_put (&images, h->img);
+  r = bdev_next_connection_done (next);
+  bdev_next_leave ();
+  h->img = NULL;
+  return r;
+}
+
+static void
+vmdk_filter_close (void *handle)
+{
+  struct handle *h = handle;
+  free (h->export);
+  free (h);
+}
+
+static struct nbdkit_filter filter = {
+  .name = "vmdk",
+  .longname = "nbdkit vmdk filter",
+  .load = vmdk_filter_load,
+  .unload = vmdk_filter_unload,
+  .config = vmdk_filter_config,
+  .config_help = vmdk_filter_config_help,
+  .thread_model = vmdk_filter_thread_model,
+  .open = vmdk_filter_open,
+  .prepare = vmdk_filter_prepare,
+  .finalize = vmdk_filter_finalize,
+  .close = vmdk_filter_close,
+  BDEV_NBDKIT_FILTER_CALLBACKS,
+};
+
+NBDKIT_REGISTER_FILTER (filter)
