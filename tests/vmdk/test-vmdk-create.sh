@@ -35,11 +35,11 @@ assert i["format-specific"]["data"]["create-type"] == sys.argv[1]
       fail "$sub: adapter type $at not in the descriptor"
     check_image "$img"
     if [ $sub != streamOptimized ]; then
-      out=$(qemu-io -U -f vmdk -c "read -P 0x5a 1000 70000" \
+      out=$(qemu-io -r -U -f vmdk -c "read -P 0x5a 1000 70000" \
         -c "read -P 0xa5 $((size - 4096)) 4096" -c "read -P 0 0 1000" \
         "$img" 2>&1)
     else
-      out=$(qemu-io -U -f vmdk -c "read -P 0 0 $size" "$img" 2>&1)
+      out=$(qemu-io -r -U -f vmdk -c "read -P 0 0 $size" "$img" 2>&1)
     fi
     if grep -q 'Pattern verification failed' <<<"$out" ||
        ! grep -q '^read ' <<<"$out"; then
