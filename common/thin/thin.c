@@ -65,6 +65,7 @@ struct thin {
   _Atomic long inflight[2];
   bool above;                           /* usage at/over the watermark */
   bool full_logged;                     /* ENOSPC reported since last alloc */
+  uint64_t free_hint;                   /* no free chunk below this */
   unsigned warn;
   void *opaque;
   void (*watermark) (void *, const struct thin_stats *);
@@ -523,9 +524,12 @@ static int commit_locked (struct thin *t);
 static int64_t
 take_free_locked (struct thin *t)
 {
-  uint64_t p = bitmap_next (&t->alloc, 0, false);
-  if (p >= t->pool_chunks)
+  uint64_t p = bitmap_next (&t->alloc, t->free_hint, false);
+  if (p >= t->pool_chunks) {
+    t->free_hint = t->pool_chunks;
     return -1;
+  }
+  t->free_hint = p + 1;
   bitmap_set (&t->alloc, p, true);
   t->n_alloc++;
   t->allocs++;
@@ -564,6 +568,8 @@ unalloc_locked (struct thin *t, uint64_t p)
 {
   bitmap_set (&t->alloc, p, false);
   t->n_alloc--;
+  if (p < t->free_hint)
+    t->free_hint = p;
 }
 
 /* Release virtual chunk V if mapped (waits while it is being allocated);
