@@ -58,7 +58,7 @@ for p in qcow2 lvm iscsi rbd vmdk vhdx; do
   grep -q "plugins/$p/nbdkit-$p-plugin.so" "$DOCS_LOG" ||
     fail "no recipe served anything with the $p plugin"
 done
-for f in qcow2 throttle snapshot; do
+for f in qcow2 throttle snapshot thin; do
   grep -q "filters/$f/nbdkit-$f-filter.so" "$DOCS_LOG" ||
     fail "no recipe used the $f filter"
 done
