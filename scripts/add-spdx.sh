@@ -35,17 +35,29 @@ list_files () {
   fi
 }
 
-# The comment syntax for FILE, or nothing when it is not a source file.
+# style_of FILE: sets style to the comment syntax for FILE, or to nothing
+# when it is not a source file.  (No subshell or external command per
+# file: the tree has a thousand files, and forks are slow on a loaded
+# machine.)
 style_of () {
+  style=
   case "$1" in
     */corpus/*) ;;
-    *.c|*.h|*.h.in) echo c ;;
-    *.sh|*.py|*.cmake|CMakeLists.txt|*/CMakeLists.txt) echo hash ;;
-    *.pod) echo pod ;;
+    *.c|*.h|*.h.in) style=c ;;
+    *.sh|*.py|*.cmake|CMakeLists.txt|*/CMakeLists.txt) style=hash ;;
+    *.pod) style=pod ;;
   esac
 }
 
-has_id () { head -n 5 "$1" | grep -qF "$id"; }
+# has_id FILE: the SPDX line is in its first 5 lines.
+has_id () {
+  local line i
+  for (( i = 0; i < 5; i++ )); do
+    IFS= read -r line || [ -n "$line" ] || return 1
+    [[ $line == *"$id"* ]] && return 0
+  done < "$1"
+  return 1
+}
 
 add_id () {
   local f=$1 style=$2 line skip=0 tmp
@@ -74,7 +86,7 @@ add_id () {
 missing=0 added=0 checked=0
 while IFS= read -r f; do
   [ -f "$f" ] && [ ! -L "$f" ] || continue
-  style=$(style_of "$f")
+  style_of "$f"
   [ -n "$style" ] || continue
   checked=$((checked + 1))
   has_id "$f" && continue
