@@ -26,6 +26,7 @@ one () {
   local name=$1 size=$2 cs=$3 comp=$4 opts=$5
   local img="$tmpdir/$name.qcow2" sock
   n=$((n+1))
+  matrix_case || return 0
   qemu-img create -q -f qcow2 -o "$opts" "$img" "$size" ||
     fail "$name: qemu-img create -o $opts"
   local cflag=()
@@ -116,6 +117,7 @@ for ct in zlib zstd; do
       name="conv-$ct-c$cs-$compat"
       img="$tmpdir/$name.qcow2"
       n=$((n+1))
+      matrix_case || continue
       qemu-img convert -c -f raw -O qcow2 -o "$opts" "$tmpdir/src.raw" "$img" ||
         fail "qemu-img convert -c -o $opts"
       new_sock
@@ -138,6 +140,7 @@ for ct in zlib zstd; do
 done
 
 # Resized images: grown (the L1 table is reallocated) and shrunk.
+if matrix_case; then
 img="$tmpdir/resized.qcow2"
 qemu-img create -q -f qcow2 -o cluster_size=4096 "$img" 3M
 gen_ops --seed $((seed*1000+900)) --size $((3*1024*1024)) --cluster 4096 \
@@ -156,5 +159,7 @@ serve_qcow2 "$sock" "$img" -r
 check_export_read "$(uri_of "$sock")" "$tmpdir/shrunk"
 stop_server
 echo "ok: resized (grown, shrunk)"
+fi
 
-echo "read matrix: $n images OK"
+matrix_summary
+echo "read matrix: $((n - matrix_skipped)) images OK"
