@@ -94,10 +94,15 @@ function(kvm_add_unit_test name)
   set_tests_properties(${name} PROPERTIES TIMEOUT 120 SKIP_RETURN_CODE 77)
 endfunction()
 
-# kvm_add_shell_test(NAME SCRIPT [TIMEOUT s] [LABELS ...]): a shell test run
-# with the environment of tests/functions.sh (build dir, sanitizer preload).
+# kvm_add_shell_test(NAME SCRIPT [TIMEOUT s] [COST s] [LABELS ...]
+#                    [LOCKS ...]): a shell test run with the environment of
+# tests/functions.sh (build dir, sanitizer preload).  LOCKS: ctest
+# RESOURCE_LOCK names, for a test that uses something system-wide that
+# another test uses too; COST: its expected seconds on an idle 2-core
+# machine, for a test of more than ~20 s, so that ctest -j starts it early
+# (see the rules at the top of tests/CMakeLists.txt).
 function(kvm_add_shell_test name script)
-  cmake_parse_arguments(A "" "TIMEOUT" "LABELS" ${ARGN})
+  cmake_parse_arguments(A "" "TIMEOUT;COST" "LABELS;LOCKS" ${ARGN})
   if(NOT A_TIMEOUT)
     set(A_TIMEOUT 300)
   endif()
@@ -107,6 +112,12 @@ function(kvm_add_shell_test name script)
     SKIP_RETURN_CODE 77
     LABELS "${A_LABELS}"
     ENVIRONMENT "TOP_SRCDIR=${CMAKE_SOURCE_DIR};TOP_BUILDDIR=${CMAKE_BINARY_DIR};KVM_SANITIZE=$<BOOL:${SANITIZE}>;KVM_CC=${CMAKE_C_COMPILER};KVM_VERSION=${PROJECT_VERSION}")
+  if(A_LOCKS)
+    set_tests_properties(${name} PROPERTIES RESOURCE_LOCK "${A_LOCKS}")
+  endif()
+  if(A_COST)
+    set_tests_properties(${name} PROPERTIES COST ${A_COST})
+  endif()
 endfunction()
 
 function(kvm_print_summary)
