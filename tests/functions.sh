@@ -25,6 +25,26 @@ _run_cleanup () {
 }
 trap _run_cleanup EXIT
 
+# kill_at_exit PID [SIGNAL]: at exit, send SIGNAL (default KILL) to PID if
+# it is still the process it is now.  Never cleanup_add "kill -9 $pid":
+# when tests run in parallel, the PIDs of processes that ended long ago
+# come back as other tests' processes (pid_max is 32768 here: PIDs went
+# round in about 15 minutes on the loaded machine), and a blind kill at
+# exit takes down another test's server.
+_start_time () {
+  local s
+  s=$(cat "/proc/$1/stat" 2>/dev/null) || return 0
+  s=${s##*) }
+  set -- $s
+  echo "${20}"
+}
+_kill_same () {
+  if [ -n "$2" ] && [ "$(_start_time "$1")" = "$2" ]; then kill "-$3" "$1"; fi
+}
+kill_at_exit () {
+  cleanup_add "_kill_same $1 '$(_start_time "$1")' ${2:-KILL}"
+}
+
 # A fresh temporary directory, removed at exit.  Short path: unix socket
 # paths are limited to 108 bytes.
 tmpdir=$(mktemp -d /tmp/kvmt.XXXXXX)
@@ -122,8 +142,10 @@ start_nbdkit () {
   nbdkit -f -U "$sock" -P "$pidfile" "$@" &
   local bgpid=$!
   # $! is the subshell running the nbdkit () function: kill the server
-  # itself (from its PID file) too, or a failed test leaves it running.
-  cleanup_add "kill -9 $bgpid; [ -s '$pidfile' ] && kill -9 \$(cat '$pidfile')"
+  # itself (from its PID file) too, or a failed test leaves it running;
+  # only if it is still the server on this socket (see kill_at_exit).
+  kill_at_exit $bgpid
+  cleanup_add "_kill_server '$pidfile' '$sock'"
   for (( i=0; i<600; i++ )); do
     if [ -s "$pidfile" ] && [ -S "$sock" ]; then
       nbdkit_pid=$(cat "$pidfile")
@@ -133,6 +155,16 @@ start_nbdkit () {
     sleep 0.05
   done
   fail "nbdkit did not start: $*"
+}
+
+# _kill_server PIDFILE SOCKET: SIGKILL the nbdkit of PIDFILE if its
+# command line still names SOCKET.
+_kill_server () {
+  local pid
+  pid=$(cat "$1" 2>/dev/null) || return 0
+  if tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -qF -- " $2 "; then
+    kill -9 "$pid"
+  fi
 }
 
 # stop_nbdkit: SIGTERM and wait, failing if it crashed.

@@ -10,7 +10,7 @@ serve_file_tcp () {
   pidfile=$(mktemp -u "$tmpdir/nbdkit.XXXXXX.pid")
   nbdkit -f -i 127.0.0.1 -p "$tcp_port" -P "$pidfile" file "$file" &
   bgpid=$!
-  cleanup_add "kill -9 $bgpid"
+  kill_at_exit $bgpid
   for (( i=0; i<600; i++ )); do
     if [ -s "$pidfile" ] && nbdinfo --size "nbd://127.0.0.1:$tcp_port/" >/dev/null 2>&1; then
       nbdkit_pid=$(cat "$pidfile")

@@ -44,7 +44,7 @@ target () {
   python3 "$TOP_SRCDIR/tests/iscsi/fake-target.py" $d/port "$1" \
     2>$d/target-$1.log &
   local pid=$!
-  cleanup_add "kill $pid"
+  kill_at_exit $pid TERM
   for (( i=0; i<100; i++ )); do
     [ -s $d/port ] && break
     kill -0 $pid 2>/dev/null || fail "fake target ($1) did not start"

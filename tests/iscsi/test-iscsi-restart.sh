@@ -19,7 +19,7 @@ start_nbdkit $sock "$(plugin_so iscsi)" url=$(tgtd_url $IQN 1) \
 # Small requests keep many commands in flight for longer.
 nbdcopy --request-size=65536 --requests=8 $d/src.img "$(uri_of $sock)" &
 copy=$!
-cleanup_add "kill -9 $copy"
+kill_at_exit $copy
 # Restart as soon as data is arriving, and once more if still copying.
 for (( i = 0; i < 400; i++ )); do
   [ "$(du -k $d/lun.img | cut -f1)" -gt 1024 ] && break

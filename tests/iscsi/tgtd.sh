@@ -62,7 +62,9 @@ os.execvp("tgtd", ["tgtd", "-f", "-C", ctl, "--iscsi",
                    "portal=127.0.0.1:" + port])
 EOF
   TGTD_PID=$!
-  if declare -F cleanup_add >/dev/null; then
+  if declare -F kill_at_exit >/dev/null; then
+    kill_at_exit "$TGTD_PID"
+  elif declare -F cleanup_add >/dev/null; then
     cleanup_add "kill -9 $TGTD_PID"
   fi
   for (( i = 0; i < 100; i++ )); do

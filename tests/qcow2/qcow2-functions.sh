@@ -167,7 +167,7 @@ serve_qcow2 () {
     qemu-nbd -k "$sock" -f qcow2 -t -e 0 "${ro[@]}" --pid-file="$sock.pid" \
       "$img" &
     local bg=$! i
-    cleanup_add "kill -9 $bg"
+    kill_at_exit $bg
     for (( i=0; i<200; i++ )); do
       [ -S "$sock" ] && [ -s "$sock.pid" ] && { nbdkit_pid=$bg; return 0; }
       sleep 0.05

@@ -63,7 +63,7 @@ bitmap_map () {
   rm -f "$qs"
   qemu-nbd -r -B "$name" -k "$qs" -f qcow2 -t "$img" 2>"$out.err" &
   local p=$!
-  cleanup_add "kill -9 $p"
+  kill_at_exit $p
   for (( i=0; i<200; i++ )); do
     [ -S "$qs" ] && break
     kill -0 $p 2>/dev/null || fail "qemu-nbd -B $name $img: $(cat "$out.err")"
@@ -257,7 +257,7 @@ cp "$tmpdir/full.raw" "$tmpdir/restore.raw"
 qs="$tmpdir/qinc.sock"
 qemu-nbd -r -B inc -k "$qs" -f qcow2 -t "$img" &
 qinc=$!
-cleanup_add "kill -9 $qinc"
+kill_at_exit $qinc
 for (( i=0; i<200; i++ )); do [ -S "$qs" ] && break; sleep 0.05; done
 MAP="$tmpdir/inc.map" DEST="$tmpdir/restore.raw" \
   nbdsh -u "$(uri_of "$qs")" -c '

@@ -134,7 +134,7 @@ qemu_io_cmds -f qcow2 -c "write -P 0x11 0 4M" "$img"
 mkfifo "$tmpdir/qio.in"
 qemu-io -f qcow2 "$img" < "$tmpdir/qio.in" > "$tmpdir/qio.out" 2>&1 &
 qpid=$!
-cleanup_add "kill -9 $qpid 2>/dev/null"
+kill_at_exit $qpid
 exec 7>"$tmpdir/qio.in"
 # wrote_n N: wait until qemu-io has reported N completed writes (it
 # reads one command per arrival of data on the FIFO).

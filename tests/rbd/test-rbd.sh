@@ -307,7 +307,7 @@ new_sock; sock4=$sock
 nbdkit -U "$sock4" -P "$tmpdir/daemon.pid" "$plugin" pool=rbd image=img2 conf="$conf"
 for (( i=0; i<200; i++ )); do [ -s "$tmpdir/daemon.pid" ] && break; sleep 0.05; done
 dpid=$(cat "$tmpdir/daemon.pid")
-cleanup_add "kill -9 $dpid"
+kill_at_exit $dpid
 nbdcopy -- "$(uri_of "$sock4")" "$tmpdir/daemon.read"
 rbd_export img2 "$tmpdir/img2.export"
 assert_same "$tmpdir/img2.export" "$tmpdir/daemon.read" "daemonised read"

@@ -22,7 +22,7 @@ dead_client () {
   "$NBDPY" "$TOP_SRCDIR/tests/throttle/client.py" rate "$uri" read 4096 5 0-60 \
     > /dev/null 2>&1 &
   cpid=$!
-  cleanup_add "kill -9 $cpid"
+  kill_at_exit $cpid
   sleep 2
   kill -9 $cpid
   wait $cpid 2>/dev/null || :
@@ -54,7 +54,7 @@ serve pattern 1G bps-total=4K 2> "$tmpdir/log2"
 "$NBDPY" "$TOP_SRCDIR/tests/throttle/client.py" rate "$uri" read 65536 8 0-200 \
   > /dev/null 2>&1 &
 cpid=$!
-cleanup_add "kill -9 $cpid"
+kill_at_exit $cpid
 sleep 2
 kill -TERM "$nbdkit_pid"
 for (( i = 0; i < 150; i++ )); do
