@@ -10,7 +10,7 @@
 #   source "$TOP_SRCDIR/tests/functions.sh"
 #   nfs_server_start "$tmpdir/export"   # sets NFS_URL=nfs://127.0.0.1/export
 #   ... nbdkit qcow2 file="$NFS_URL/disk.qcow2" ...
-#   nfs_server_restart           # stop and start again (same export)
+#   nfs_server_restart           # kill -9 and start again (same export)
 #   nfs_server_stop
 #
 # The export directory is served as /export (NFSv3 and v4, root not
@@ -153,8 +153,11 @@ nfs_server_kill () {
   NFS_GANESHA_PID=""
 }
 
-# nfs_server_restart: stop everything, start again with the same export.
+# nfs_server_restart: the server crashes (SIGKILL; a clean stop of
+# ganesha takes seconds) and rpcbind stops, then both start again with the
+# same export.
 nfs_server_restart () {
+  nfs_server_kill
   nfs_server_stop
   _nfs_launch
 }
