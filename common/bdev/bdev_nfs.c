@@ -355,14 +355,18 @@ wait_error (const struct nfs_cfg *c, int w, const char *what)
 }
 
 /* Run one started call to completion.  0, or -1 with errno set: EIO for a
- * broken connection or a timeout (*BROKEN set), else the call's error.
+ * broken connection or a timeout (*BROKEN set, and the context destroyed
+ * and *NFSP cleared here, while CL is still alive: destroying a context
+ * completes its outstanding calls), else the call's error.
  */
 static int
-finish (const struct nfs_cfg *c, struct nfs_context *nfs, struct call *cl,
+finish (const struct nfs_cfg *c, struct nfs_context **nfsp, struct call *cl,
         const struct timespec *dl, const char *what, bool *broken, bool quiet)
 {
-  int w = wait_calls (nfs, cl, 1, dl);
+  int w = wait_calls (*nfsp, cl, 1, dl);
   if (w != WAIT_OK) {
+    nfs_destroy_context (*nfsp);
+    *nfsp = NULL;
     *broken = true;
     if (!quiet)
       wait_error (c, w, what);
@@ -379,9 +383,10 @@ finish (const struct nfs_cfg *c, struct nfs_context *nfs, struct call *cl,
 }
 
 static int
-do_mount (const struct nfs_cfg *c, struct nfs_context *nfs, const char *mnt,
+do_mount (const struct nfs_cfg *c, struct nfs_context **nfsp, const char *mnt,
           const struct timespec *dl, bool *broken, bool quiet)
 {
+  struct nfs_context *nfs = *nfsp;
   struct call cl = { 0 };
   if (nfs_mount_async (nfs, c->server, mnt, call_cb, &cl) != 0) {
     if (!quiet)
@@ -391,7 +396,7 @@ do_mount (const struct nfs_cfg *c, struct nfs_context *nfs, const char *mnt,
     errno = EIO;
     return -1;
   }
-  return finish (c, nfs, &cl, dl, "mount", broken, quiet);
+  return finish (c, nfsp, &cl, dl, "mount", broken, quiet);
 }
 
 /* Mount what holds PATH (a file or directory) on a new context: first its
@@ -417,7 +422,7 @@ mount_for (const struct nfs_cfg *c, const char *path, bool dir,
     if (!nfs && !(nfs = context_new (c)))
       break;
     bool last = strcmp (m, "/") == 0;
-    if (do_mount (c, nfs, m, dl, &broken, !last) == 0) {
+    if (do_mount (c, &nfs, m, dl, &broken, !last) == 0) {
       size_t ml = strcmp (m, "/") == 0 ? 0 : strlen (m);
       const char *rel = path + ml;
       pl->mount = m;
@@ -431,7 +436,8 @@ mount_for (const struct nfs_cfg *c, const char *path, bool dir,
     }
     int e = errno;
     /* A failed MNT may leave the context half set up: start afresh. */
-    nfs_destroy_context (nfs);
+    if (nfs)
+      nfs_destroy_context (nfs);
     nfs = NULL;
     if (broken && !last) {
       /* The server itself is not answering: no use trying parents. */
@@ -470,7 +476,7 @@ conn_open (const struct nfs_cfg *c, const struct place *pl, int flags,
     cn->nfs = mounted;
   else if (!(cn->nfs = context_new (c)))
     goto fail;
-  else if (do_mount (c, cn->nfs, pl->mount, dl, &broken, quiet) == -1)
+  else if (do_mount (c, &cn->nfs, pl->mount, dl, &broken, quiet) == -1)
     goto fail;
   struct call cl = { .out = (void *) 1 };
   if (nfs_open_async (cn->nfs, pl->rel, flags, call_cb, &cl) != 0) {
@@ -479,7 +485,7 @@ conn_open (const struct nfs_cfg *c, const struct place *pl, int flags,
     errno = EIO;
     goto fail;
   }
-  if (finish (c, cn->nfs, &cl, dl, "open", &broken, quiet) == -1)
+  if (finish (c, &cn->nfs, &cl, dl, "open", &broken, quiet) == -1)
     goto fail;
   cn->fh = cl.out;
   return cn;
@@ -498,10 +504,13 @@ noop_cb (int err, struct nfs_context *nfs, void *data, void *priv)
   (void) err; (void) nfs; (void) data; (void) priv;
 }
 
+/* Close the file and destroy the context (which completes every call
+ * still outstanding on it: do it while their struct call is alive).
+ */
 static void
-conn_close (struct conn *cn)
+conn_kill (struct conn *cn)
 {
-  if (!cn)
+  if (!cn->nfs)
     return;
   /* NFSv3 closes locally (frees the handle); v4 sends CLOSE, which the
    * context's destruction cancels.
@@ -509,6 +518,16 @@ conn_close (struct conn *cn)
   if (cn->fh)
     nfs_close_async (cn->nfs, cn->fh, noop_cb, NULL);
   nfs_destroy_context (cn->nfs);
+  cn->nfs = NULL;
+  cn->fh = NULL;
+}
+
+static void
+conn_close (struct conn *cn)
+{
+  if (!cn)
+    return;
+  conn_kill (cn);
   free (cn);
 }
 
@@ -618,8 +637,10 @@ attempt (struct nfs_bdev *nb, struct conn *cn, enum op op, char *buf,
     if (nfs_fsync_async (nfs, cn->fh, call_cb, &calls[0]) != 0)
       return -2;
     int w = wait_calls (nfs, calls, 1, dl);
-    if (w != WAIT_OK)
+    if (w != WAIT_OK) {
+      conn_kill (cn);
       return -2;
+    }
     if (calls[0].status < 0) {
       kvm_error ("%s: flush (COMMIT): %s", nb->bd.name, calls[0].msg);
       errno = -calls[0].status;
@@ -654,8 +675,10 @@ attempt (struct nfs_bdev *nb, struct conn *cn, enum op op, char *buf,
       off += len;
       left -= len;
     }
-    if (wait_calls (nfs, calls, n, dl) != WAIT_OK)
+    if (wait_calls (nfs, calls, n, dl) != WAIT_OK) {
+      conn_kill (cn);
       return -2;
+    }
     /* Done in order up to the first short transfer; the rest again. */
     size_t done = 0;
     for (size_t i = 0; i < n; i++) {
@@ -778,7 +801,7 @@ conn_fstat (const struct nfs_cfg *c, struct conn *cn, struct nfs_stat_64 *st,
     errno = EIO;
     return -1;
   }
-  return finish (c, cn->nfs, &cl, dl, "fstat", &broken, false);
+  return finish (c, &cn->nfs, &cl, dl, "fstat", &broken, false);
 }
 
 static uint64_t
@@ -873,7 +896,8 @@ tmp_mount (const char *url, struct nfs_cfg *c, struct place *pl, bool dir,
 static void
 tmp_done (struct nfs_context *nfs, struct nfs_cfg *c, struct place *pl)
 {
-  nfs_destroy_context (nfs);
+  if (nfs)
+    nfs_destroy_context (nfs);
   cfg_free (c);
   free (pl->mount);
   free (pl->rel);
@@ -898,17 +922,19 @@ bdev_nfs_create (const char *url, uint64_t size)
   struct call cl = { .out = (void *) 1 };
   if (nfs_create_async (nfs, pl.rel, O_RDWR | O_EXCL, 0644, call_cb,
                         &cl) != 0 ||
-      finish (&c, nfs, &cl, &dl, "create", &broken, false) == -1)
+      finish (&c, &nfs, &cl, &dl, "create", &broken, false) == -1)
     goto out;
   struct nfsfh *fh = cl.out;
   struct call tc = { 0 };
   if (nfs_ftruncate_async (nfs, fh, size, call_cb, &tc) != 0 ||
-      finish (&c, nfs, &tc, &dl, "setting the size", &broken, false) == -1) {
+      finish (&c, &nfs, &tc, &dl, "setting the size", &broken, false) == -1) {
     int e = errno;
     struct call uc = { 0 };
-    nfs_close_async (nfs, fh, noop_cb, NULL);
-    if (nfs_unlink_async (nfs, pl.rel, call_cb, &uc) == 0)
-      (void) wait_calls (nfs, &uc, 1, &dl);
+    if (nfs) {
+      nfs_close_async (nfs, fh, noop_cb, NULL);
+      if (nfs_unlink_async (nfs, pl.rel, call_cb, &uc) == 0)
+        (void) finish (&c, &nfs, &uc, &dl, "removing it", &broken, true);
+    }
     errno = e;
     goto out;
   }
@@ -936,7 +962,7 @@ bdev_nfs_stat (const char *url, uint64_t *size)
     kvm_error ("%s: stat: %s", url, nfs_get_error (nfs));
     errno = EIO;
   }
-  else if (finish (&c, nfs, &cl, &dl, "stat", &broken, true) == -1) {
+  else if (finish (&c, &nfs, &cl, &dl, "stat", &broken, true) == -1) {
     if (!broken && errno == ENOENT)
       r = 0;
     else
@@ -969,7 +995,7 @@ bdev_nfs_list (const char *url,
   int r = -1;
   struct call cl = { .out = (void *) 1 };
   if (nfs_opendir_async (nfs, pl.rel, call_cb, &cl) != 0 ||
-      finish (&c, nfs, &cl, &dl, "opendir", &broken, false) == -1)
+      finish (&c, &nfs, &cl, &dl, "opendir", &broken, false) == -1)
     goto out;
   struct nfsdir *d = cl.out;
   struct nfsdirent *e;
