@@ -68,6 +68,14 @@ os.execvp(sys.argv[2], sys.argv[2:])
 EOF
 }
 
+# Kill PID at exit if it is still that process (kill_at_exit of
+# tests/functions.sh; PIDs are reused by parallel tests).
+_nfs_at_exit () {
+  if declare -F kill_at_exit >/dev/null; then
+    kill_at_exit "$1"
+  fi
+}
+
 _nfs_wait_rpc () {   # PROGRAM VERSION PID
   local i
   for (( i = 0; i < 200; i++ )); do
@@ -81,14 +89,14 @@ _nfs_wait_rpc () {   # PROGRAM VERSION PID
 _nfs_launch () {
   _nfs_spawn "$NFS_STATE/rpcbind.log" rpcbind -f
   NFS_RPCBIND_PID=$!
-  declare -F cleanup_add >/dev/null && cleanup_add "kill -9 $NFS_RPCBIND_PID"
+  _nfs_at_exit "$NFS_RPCBIND_PID"
   _nfs_wait_rpc 100000 2 "$NFS_RPCBIND_PID" ||
     _nfs_fail "rpcbind did not start ($(cat "$NFS_STATE/rpcbind.log"))"
   rm -f "$NFS_STATE/ganesha.pid"
   _nfs_spawn "$NFS_STATE/ganesha.out" ganesha.nfsd -F -f "$NFS_STATE/ganesha.conf" \
     -L "$NFS_STATE/ganesha.log" -p "$NFS_STATE/ganesha.pid"
   NFS_GANESHA_PID=$!
-  declare -F cleanup_add >/dev/null && cleanup_add "kill -9 $NFS_GANESHA_PID"
+  _nfs_at_exit "$NFS_GANESHA_PID"
   _nfs_wait_rpc 100003 3 "$NFS_GANESHA_PID" ||
     _nfs_fail "ganesha did not start: $(tail -5 "$NFS_STATE/ganesha.log" 2>/dev/null)"
   _nfs_wait_rpc 100005 3 "$NFS_GANESHA_PID" ||
