@@ -191,7 +191,7 @@ rm -f "$listen"
 systemd-socket-activate -l "$listen" nbdkit "${cmd_words[@]}" \
   </dev/null >"$tmpdir/activate.log" 2>&1 &
 sa_pid=$!
-cleanup_add "kill -9 $sa_pid"
+kill_at_exit "$sa_pid"
 for (( i=0; i<100; i++ )); do [ -S "$listen" ] && break; sleep 0.1; done
 [ -S "$listen" ] || fail "systemd-socket-activate did not listen on $listen"
 for i in 1 2; do
