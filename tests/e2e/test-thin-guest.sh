@@ -37,7 +37,7 @@ accel=tcg cpu=max
 if [ -w /dev/kvm ] && grep -qwE 'vmx|svm' /proc/cpuinfo && [ ! -e /sys/module/kvm_pvm ]; then
   accel=kvm cpu=host
 fi
-cmdline="console=ttyS0 panic=-1 quiet e2e.offset=$E2E_PATTERN_OFFSET e2e.length=$E2E_PATTERN_LENGTH"
+cmdline="console=ttyS0 panic=-1 quiet no_timer_check e2e.offset=$E2E_PATTERN_OFFSET e2e.length=$E2E_PATTERN_LENGTH"
 timeout -k 5 240 qemu-system-x86_64 \
   -accel "$accel" -cpu "$cpu" -m 128 -smp 1 \
   -nodefaults -no-user-config -display none -no-reboot \
@@ -46,7 +46,7 @@ timeout -k 5 240 qemu-system-x86_64 \
   -drive "file=$uri,format=raw,if=virtio,cache=none,werror=enospc,rerror=report" \
   </dev/null >qemu.log 2>&1 &
 qemu_pid=$!
-cleanup_add "kill -9 $qemu_pid"
+kill_at_exit "$qemu_pid"
 
 # qmp CMD...: run QMP commands in order, print each reply's "return".
 qmp () {
