@@ -8,6 +8,8 @@ Every fenced block must carry one of the known info strings below, so
 that each kind is handled by the test and no block goes untested:
 
   ```sh recipe     a shell recipe, run as a script       -> NNN-recipe.sh
+  ```sh recipe nfs a shell recipe that needs $NFS_URL      -> NNN-recipe-nfs.sh
+                   (run by docs-guide-nfs, in a network namespace)
   ```xml domain    a complete libvirt domain             -> NNN-domain.xml
   ```xml disk      one libvirt <disk> element            -> NNN-disk.xml
   ```xml pool      a libvirt storage pool definition     -> NNN-pool.xml
@@ -24,6 +26,7 @@ import sys
 
 KINDS = {
     ("sh", "recipe"): ("recipe", "sh"),
+    ("sh", "recipe", "nfs"): ("recipe-nfs", "sh"),
     ("xml", "domain"): ("domain", "xml"),
     ("xml", "disk"): ("disk", "xml"),
     ("xml", "pool"): ("pool", "xml"),

@@ -44,6 +44,8 @@ while read -r n kind line path; do
       # Which nbdkit and QEMU lines it ran (through the shims).
       tail -n +"$((lines_before + 1))" "$DOCS_LOG" | cut -c1-160 | sed 's/^/    ran: /'
       echo "    ok ($((SECONDS - start)) s)" ;;
+    recipe-nfs)
+      echo "    (run by docs-guide-nfs)" ;;
     domain|disk|pool)
       docs_validate_xml "$path" "$kind"
       echo "    valid" ;;
