@@ -652,6 +652,13 @@ read_bat (struct vhdx *v, uint64_t file_size)
   if (v->nbat * 8 > v->bat_len)
     return fail (EINVAL, "%s: BAT region (%" PRIu64 " bytes) too small for "
                  "%" PRIu64 " entries", v->path, v->bat_len, v->nbat);
+  /* The BAT must be in the file: a small hostile file cannot make us
+   * allocate a large table.
+   */
+  if (!ck_range_within (v->bat_off, v->nbat * 8, file_size))
+    return fail (EINVAL, "%s: the BAT (%" PRIu64 " entries at %" PRIu64
+                 ") lies past the end of the file (%" PRIu64 " bytes)",
+                 v->path, v->nbat, v->bat_off, file_size);
   v->bat = malloc (v->nbat * 8);
   v->bat_dirty = calloc (div_round_up64 (v->nbat * 8, 4096), 1);
   if (!v->bat || !v->bat_dirty)

@@ -49,19 +49,13 @@ for sc in one several wrap bat meta zero stale badcrc; do
   # Read-only: replay into memory.
   cp $sc.vhdx $sc.ro.vhdx
   sum=$(md5 $sc.ro.vhdx)
-  new_sock
-  serve "$sock" $sc.ro.vhdx -r
-  nbdcopy "$(uri_of "$sock")" $sc.ro.got
-  stop_nbdkit
+  read_via $sc.ro.vhdx $sc.ro.got -r
   assert_same $sc.want $sc.ro.got "$sc: read-only replay"
   [ "$(md5 $sc.ro.vhdx)" = "$sum" ] || fail "$sc: read-only open changed the file"
 
   # Read-write: replay to disk.
   cp $sc.vhdx $sc.rw.vhdx
-  new_sock
-  serve "$sock" $sc.rw.vhdx
-  nbdcopy "$(uri_of "$sock")" $sc.rw.got
-  stop_nbdkit
+  read_via $sc.rw.vhdx $sc.rw.got
   assert_same $sc.want $sc.rw.got "$sc: read-write replay"
   vtool info $sc.rw.vhdx | python3 -c 'import json,sys; sys.exit(json.load(sys.stdin)["log_guid"] != "00000000-0000-0000-0000-000000000000")' ||
     fail "$sc: the log GUID was not cleared"

@@ -23,10 +23,10 @@ for sub in dynamic fixed; do
     for lss in 512 4096; do
       n=$((n+1))
       name=$sub-$bs-$lss
-      if [ "$bs" = 1M ]; then size=$((21*M + 4096*3)); else size=$((70*M)); fi
+      if [ "$bs" = 1M ]; then size=$((13*M + 4096*3)); else size=$((40*M)); fi
       img=$name.vhdx
       qemu-img create -q -f vhdx -o subformat=$sub,block_size=$bs "$img" $size
-      gen_ops --mode fill --seed $((n*31)) --size $size --count 25 \
+      gen_ops --mode fill --seed $((n*31)) --size $size --count 20 \
         --cluster $M > $name.ops
       qemu_io_cmds -f vhdx "$img" < $name.ops
       qemu-img convert -f vhdx -O raw "$img" $name.want

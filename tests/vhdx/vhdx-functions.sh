@@ -44,3 +44,11 @@ for line in open(sys.argv[1]):
             left -= len(b)
 PY
 }
+# read_via IMG OUT [ARGS...]: the whole export of the plugin on IMG into
+# OUT, with a one-shot server (nbdkit --run).
+read_via () {
+  local img=$1 out=$2; shift 2
+  new_sock
+  nbdkit -U "$sock" "$VHDX_PLUGIN" file="$img" "$@" --run "nbdcopy \"\$uri\" '$out'" ||
+    fail "reading $img through the plugin failed"
+}

@@ -378,6 +378,69 @@ def cmd_partial(child, parent_raw, expect_raw, seed):
             f.write(data[j * lss:(j + 1) * lss])
 
 
+def _rewrite_regions(f, fn):
+    """Apply FN(table bytearray) to both region tables, fix the CRCs."""
+    for off in (192 * 1024, 256 * 1024):
+        f.seek(off)
+        t = bytearray(f.read(64 * 1024))
+        fn(t)
+        t[4:8] = b"\0\0\0\0"
+        struct.pack_into("<I", t, 4, crc32c(t))
+        f.seek(off)
+        f.write(t)
+
+
+def cmd_corrupt(path, what):
+    """Damage IMG in one way (for the hostile-image tests)."""
+    with open(path, "r+b") as f:
+        h = read_headers(f)
+        g = geometry(f)
+        if what in ("hdr-both", "hdr-current"):
+            slots = (1, 2) if what == "hdr-both" else (h["slot"],)
+            for sl in slots:
+                f.seek(64 * 1024 * sl + 200)
+                b = f.read(1)
+                f.seek(64 * 1024 * sl + 200)
+                f.write(bytes([b[0] ^ 0xFF]))
+        elif what in ("region1", "region-both"):
+            for off in ((192,) if what == "region1" else (192, 256)):
+                f.seek(off * 1024 + 20)
+                b = f.read(1)
+                f.seek(off * 1024 + 20)
+                f.write(bytes([b[0] ^ 0xFF]))
+        elif what == "region-overlap":
+            def fn(t):
+                n = struct.unpack_from("<I", t, 8)[0]
+                for i in range(n):
+                    if t[16 + 32 * i:32 + 32 * i] == BAT_GUID:
+                        struct.pack_into("<Q", t, 32 + 32 * i, g["meta_off"])
+            _rewrite_regions(f, fn)
+        elif what == "bat-eof":
+            f.seek(g["bat_off"])
+            f.write(struct.pack("<Q", (1 << 40) | 6))
+        elif what == "bat-state":
+            f.seek(g["bat_off"])
+            f.write(struct.pack("<Q", 5))
+        elif what in ("lss", "block-size", "size-huge"):
+            item = {"lss": LSS, "block-size": FILE_PARAMS,
+                    "size-huge": DISK_SIZE}[what]
+            f.seek(g["items"][item][0])
+            f.write(struct.pack("<Q" if what == "size-huge" else "<I",
+                                {"lss": 1000, "block-size": 3 << 20,
+                                 "size-huge": 1 << 62}[what]))
+        elif what == "meta-oob":
+            f.seek(g["meta_off"])
+            t = bytearray(f.read(64 * 1024))
+            n = struct.unpack_from("<H", t, 10)[0]
+            for i in range(n):
+                if t[32 + 32 * i:48 + 32 * i] == DISK_SIZE:
+                    struct.pack_into("<I", t, 48 + 32 * i, g["meta_len"] - 4)
+            f.seek(g["meta_off"])
+            f.write(t)
+        else:
+            sys.exit("unknown damage " + what)
+
+
 if __name__ == "__main__":
     c = sys.argv[1]
     if c == "info":
@@ -386,6 +449,8 @@ if __name__ == "__main__":
         cmd_dirty(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5])
     elif c == "partial":
         cmd_partial(*sys.argv[2:6])
+    elif c == "corrupt":
+        cmd_corrupt(sys.argv[2], sys.argv[3])
     elif c == "set-lss":
         cmd_set_lss(sys.argv[2], sys.argv[3])
     else:
