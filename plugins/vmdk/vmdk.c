@@ -64,6 +64,10 @@ set_filename (const char *value)
 {
   free (filename);
   filename = NULL;
+  if (bdev_storage_is_url (value)) {      /* nfs://...: kept as it is */
+    filename = bdev_nbdkit_file_param (value);
+    return filename ? 0 : -1;
+  }
   if (access (value, F_OK) == 0 || errno != ENOENT) {
     filename = nbdkit_realpath (value);
     return filename ? 0 : -1;
@@ -139,6 +143,13 @@ vmdk_config_complete (void)
     nbdkit_error ("subformat=, adapter-type= and zeroed-grain= are "
                   "options of create=SIZE");
     return -1;
+  }
+  if (bdev_storage_is_url (filename)) {
+    if (create_size >= 0) {
+      nbdkit_error ("%s: create= works only for local files", filename);
+      return -1;
+    }
+    return 0;                   /* opened (and checked) at the first client */
   }
   if (access (filename, F_OK) == 0 || errno != ENOENT) {
     if (create_size >= 0)

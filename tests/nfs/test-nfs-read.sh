@@ -66,6 +66,18 @@ read_same options top.qcow2 "$NFS_URL/top.qcow2?conns=1&timeout=20&uid=0&gid=0"
 read_same nfsv4 top.qcow2 "$NFS_URL/top.qcow2?version=4"
 read_same ports top.qcow2 "$NFS_URL/top.qcow2?nfsport=2049&mountport=20048"
 
+# VMDK (when the vmdk plugin is built): a split sparse image, its extent
+# files found beside the descriptor on the export.
+if [ -f "$(plugin_so vmdk)" ]; then
+  qemu-img convert -O vmdk -o subformat=twoGbMaxExtentSparse top.qcow2 split.vmdk
+  new_sock
+  start_nbdkit "$sock" "$(plugin_so vmdk)" "file=$NFS_URL/split.vmdk" -r
+  ORACLE=(-f vmdk "$NFS_DIR/split.vmdk")
+  check_export_read "$(uri_of "$sock")" "$tmpdir/vmdk" --no-map
+  stop_nbdkit
+  echo "ok: vmdk with extent files ($NFS_URL/split.vmdk)"
+fi
+
 # NFSv4 is read-only even when nbdkit is not.
 new_sock
 start_nbdkit "$sock" "$(plugin_so qcow2)" "file=$NFS_URL/top.qcow2?version=4"
