@@ -34,6 +34,7 @@ write -q -P 0x33 9M 100k
 write -q -P 0x44 23M 1M
 OPS
 qemu_io_cmds -f vhdx base.vhdx < base.ops
+qemu-img convert -f vhdx -O raw base.vhdx base.raw
 
 n=0
 for sc in one several wrap bat meta zero stale badcrc; do
@@ -43,8 +44,7 @@ for sc in one several wrap bat meta zero stale badcrc; do
   [ "$(vtool info $sc.vhdx | python3 -c 'import json,sys; print(json.load(sys.stdin)["log_guid"])')" != 00000000-0000-0000-0000-000000000000 ] ||
     fail "$sc: generator left no log GUID"
   qemu-img convert -f vhdx -O raw $sc.expect.vhdx $sc.want
-  cmp -s $sc.want <(qemu-img convert -f vhdx -O raw base.vhdx /dev/stdout 2>/dev/null || :) &&
-    fail "$sc: the scenario changes nothing"
+  cmp -s $sc.want base.raw && fail "$sc: the scenario changes nothing"
 
   # Read-only: replay into memory.
   cp $sc.vhdx $sc.ro.vhdx
