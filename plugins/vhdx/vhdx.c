@@ -96,7 +96,9 @@ vhdx_config (const char *key, const char *value)
   int b;
   if (strcmp (key, "file") == 0) {
     free (filename);
-    if (access (value, F_OK) == -1 && errno == ENOENT)
+    if (bdev_storage_is_url (value))        /* nfs://...: kept as it is */
+      filename = bdev_nbdkit_file_param (value);
+    else if (access (value, F_OK) == -1 && errno == ENOENT)
       filename = absolute_new_path (value);
     else
       filename = nbdkit_realpath (value);
@@ -210,6 +212,13 @@ vhdx_config_complete (void)
     nbdkit_error ("you must supply the file=PATH parameter (an existing "
                   "file, or a new one with create=SIZE)");
     return -1;
+  }
+  if (bdev_storage_is_url (filename)) {
+    if (create_size >= 0) {
+      nbdkit_error ("%s: create= works only for local files", filename);
+      return -1;
+    }
+    return 0;                   /* opened (and checked) at the first client */
   }
   if (access (filename, F_OK) == -1) {
     if (create_size < 0) {

@@ -78,6 +78,17 @@ if [ -f "$(plugin_so vmdk)" ]; then
   echo "ok: vmdk with extent files ($NFS_URL/split.vmdk)"
 fi
 
+# VHDX (when the vhdx plugin is built): a dynamic image.
+if [ -f "$(plugin_so vhdx)" ]; then
+  qemu-img convert -O vhdx top.qcow2 dyn.vhdx
+  new_sock
+  start_nbdkit "$sock" "$(plugin_so vhdx)" "file=$NFS_URL/dyn.vhdx" -r
+  ORACLE=(-f vhdx "$NFS_DIR/dyn.vhdx")
+  check_export_read "$(uri_of "$sock")" "$tmpdir/vhdx" --no-map
+  stop_nbdkit
+  echo "ok: vhdx ($NFS_URL/dyn.vhdx)"
+fi
+
 # NFSv4 is read-only even when nbdkit is not.
 new_sock
 start_nbdkit "$sock" "$(plugin_so qcow2)" "file=$NFS_URL/top.qcow2?version=4"
