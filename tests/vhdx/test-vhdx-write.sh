@@ -8,7 +8,9 @@
 # qemu-img-made dynamic (1 MiB and 32 MiB blocks) and fixed, and ones the
 # plugin creates itself (create=, dynamic and fixed, 512 and 4096 logical
 # sectors; qemu-img info must report them as vhdx of the right size).
-# VHDX_TEST_ROUNDS=N repeats each case with N seeds (default 1).
+# Last, parallel allocating writes over 4 connections (nbdcopy) into an
+# empty image.  VHDX_TEST_ROUNDS=N repeats each case with N seeds
+# (default 1).
 source "$TOP_SRCDIR/tests/functions.sh"
 source "$TOP_SRCDIR/tests/vhdx/vhdx-functions.sh"
 cd "$tmpdir"
@@ -92,3 +94,16 @@ new_sock
 serve "$sock" c-dynamic-512.vhdx create=1M -r
 stop_nbdkit
 [ "$(md5 c-dynamic-512.vhdx)" = "$sum" ] || fail "create= changed an existing image"
+
+# Parallel allocating writes: nbdcopy writes random data over several
+# connections with many requests in flight (multi-conn, PARALLEL thread
+# model), into an empty dynamic image with 1 MiB blocks.
+random_file par.raw $((24*M))
+qemu-img create -q -f vhdx -o block_size=1M par.vhdx $((24*M))
+new_sock
+serve "$sock" par.vhdx
+nbdcopy --connections=4 --requests=32 --request-size=65536 par.raw "$(uri_of "$sock")"
+stop_nbdkit
+qemu_img_check -f vhdx par.vhdx
+out=$(qemu-img compare -f vhdx -F raw par.vhdx par.raw 2>&1) || fail "parallel writes: $out"
+echo "ok parallel writes"
