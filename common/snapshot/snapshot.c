@@ -29,6 +29,7 @@
 #include "qcow2/qcow2.h"
 #include "util/checked.h"
 #include "util/log.h"
+#include "util/progress.h"
 
 /* Extent type a link in probe mode reports (not an NBD type). */
 #define SNAP_EXT_BELOW (1u << 7)
@@ -612,12 +613,14 @@ runs_add (void *opaque, uint64_t off, uint64_t len, uint32_t type)
 /* Copy [off, off+len) from SRC to DST: zeroes as zero requests. */
 static int
 copy_range (struct bdev *src, struct bdev *dst, uint64_t off, uint64_t len,
-            uint32_t type, uint8_t *buf, const char *point)
+            uint32_t type, uint8_t *buf, const char *point,
+            struct kvm_progress *pr)
 {
   if (type & BDEV_EXTENT_ZERO) {
     if (bdev_zero (dst, len, off, BDEV_MAY_TRIM) == -1)
       return -1;
     crashpoint (point);
+    kvm_progress_set (pr, off + len);
     return 0;
   }
   while (len > 0) {
@@ -628,6 +631,7 @@ copy_range (struct bdev *src, struct bdev *dst, uint64_t off, uint64_t len,
     crashpoint (point);
     off += n;
     len -= n;
+    kvm_progress_set (pr, off);
   }
   return 0;
 }
@@ -643,12 +647,16 @@ merge_up (struct snap_chain *c, size_t i)
   struct layer *lo = &c->layers[i], *hi = &c->layers[i + 1];
   struct runs rh = { 0 }, rl = { 0 };
   uint8_t *buf = malloc (COPY_CHUNK);
+  struct kvm_progress pr;
+  char what[64];
   int r = -1;
 
   if (!buf) {
     kvm_error ("%s: out of memory", c->dir);
     return -1;
   }
+  snprintf (what, sizeof what, "snapshot delete: merging layer %zu", i);
+  kvm_progress_start (&pr, what, c->size);
   hi->link->probe = lo->link->probe = true;
   if (bdev_extents (hi->bd, c->size, 0, 0, runs_add, &rh) == -1)
     goto out;
@@ -662,10 +670,13 @@ merge_up (struct snap_chain *c, size_t i)
     for (size_t j = 0; j < rl.n; j++)
       if (rl.v[j].type != SNAP_EXT_BELOW &&
           copy_range (lo->bd, hi->bd, rl.v[j].off, rl.v[j].len,
-                      rl.v[j].type, buf, "delete-merge") == -1)
+                      rl.v[j].type, buf, "delete-merge", &pr) == -1)
         goto out;
+    kvm_progress_set (&pr, rh.v[k].off + rh.v[k].len);
   }
   r = bdev_flush (hi->bd);
+  if (r == 0)
+    kvm_progress_end (&pr);
  out:
   hi->link->probe = lo->link->probe = false;
   free (rh.v);
@@ -682,6 +693,7 @@ commit_copy (struct snap_chain *c)
 {
   struct runs rs = { 0 };
   uint8_t *buf = malloc (COPY_CHUNK);
+  struct kvm_progress pr;
   int r = -1;
 
   if (!buf) {
@@ -691,12 +703,15 @@ commit_copy (struct snap_chain *c)
   c->layers[0].link->probe = true;
   r = bdev_extents (TOP (c).bd, c->size, 0, 0, runs_add, &rs);
   c->layers[0].link->probe = false;
+  kvm_progress_start (&pr, "snapshot commit", c->size);
   for (size_t k = 0; r == 0 && k < rs.n; k++)
     if (rs.v[k].type != SNAP_EXT_BELOW)
       r = copy_range (TOP (c).bd, c->below, rs.v[k].off, rs.v[k].len,
-                      rs.v[k].type, buf, "commit-copy");
+                      rs.v[k].type, buf, "commit-copy", &pr);
   if (r == 0)
     r = bdev_flush (c->below);
+  if (r == 0)
+    kvm_progress_end (&pr);
   if (r == 0)
     crashpoint ("commit-copied");
   free (rs.v);

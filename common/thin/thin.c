@@ -27,11 +27,13 @@
 #include "util/crc32c.h"
 #include "util/endian.h"
 #include "util/log.h"
+#include "util/progress.h"
 
 #define TBLK 4096u
 #define TPB 1023u                       /* table entries per block */
 #define BPB (4092u * 8)                 /* bitmap bits per block */
 #define THIN_BUSY UINT32_MAX
+#define PROGRESS_STEP 4096u             /* chunks per progress update */
 #define THIN_MAX_VCHUNKS (1ull << 28)   /* 1 GiB of map in memory */
 static const char thin_magic[8] = "NBDKTHIN";
 
@@ -264,7 +266,8 @@ pool_chunks_of (const struct geom *g, uint64_t pool_size)
  */
 static long
 body_read (struct bdev *meta, const struct geom *g, unsigned slot,
-           uint32_t *entries, struct bitmap *bits, FILE *report)
+           uint32_t *entries, struct bitmap *bits, FILE *report,
+           struct kvm_progress *pr)
 {
   long bad = 0;
   uint8_t *buf = malloc (g->body_bytes);
@@ -293,6 +296,7 @@ body_read (struct bdev *meta, const struct geom *g, unsigned slot,
       if (v < g->nv)
         entries[v] = load_le32 (blk + 4 * k);
     }
+    kvm_progress_add (pr, 1);
   }
   for (uint32_t j = 0; j < g->bblocks; j++) {
     const uint8_t *blk = buf + ((uint64_t) g->tblocks + j) * TBLK;
@@ -310,6 +314,7 @@ body_read (struct bdev *meta, const struct geom *g, unsigned slot,
       if (p < g->nv)
         bitmap_set (bits, p, (blk[k >> 3] >> (k & 7)) & 1);
     }
+    kvm_progress_add (pr, 1);
   }
   free (buf);
   return bad;
@@ -325,7 +330,7 @@ struct verify_result {
 static int
 verify (const struct geom *g, const uint32_t *entries,
         const struct bitmap *bits, uint64_t pool_chunks, FILE *report,
-        struct verify_result *r)
+        struct verify_result *r, struct kvm_progress *pr)
 {
   struct bitmap seen;
   memset (r, 0, sizeof *r);
@@ -333,6 +338,8 @@ verify (const struct geom *g, const uint32_t *entries,
     return -1;
   for (uint64_t v = 0; v < g->nv; v++) {
     uint32_t e = entries[v];
+    if ((v & (PROGRESS_STEP - 1)) == 0)
+      kvm_progress_add (pr, v ? PROGRESS_STEP : 0);
     if (e == 0)
       continue;
     uint64_t p = (uint64_t) e - 1;
@@ -359,7 +366,10 @@ verify (const struct geom *g, const uint32_t *entries,
                  " is mapped but marked free\n", v, p);
     }
   }
-  for (uint64_t p = 0; p < g->nv; p++)
+  kvm_progress_add (pr, g->nv ? (g->nv - 1) % PROGRESS_STEP + 1 : 0);
+  for (uint64_t p = 0; p < g->nv; p++) {
+    if ((p & (PROGRESS_STEP - 1)) == 0)
+      kvm_progress_add (pr, p ? PROGRESS_STEP : 0);
     if (bitmap_get (bits, p) && !bitmap_get (&seen, p)) {
       r->leaks++;
       if (report)
@@ -367,6 +377,8 @@ verify (const struct geom *g, const uint32_t *entries,
                  "mapped (leak)%s\n", p,
                  p >= pool_chunks ? ", outside the pool" : "");
     }
+  }
+  kvm_progress_add (pr, g->nv ? (g->nv - 1) % PROGRESS_STEP + 1 : 0);
   bitmap_free (&seen);
   return 0;
 }
@@ -1230,9 +1242,9 @@ thin_open (struct bdev *pool, const struct thin_opts *o)
       errno = ENOMEM;
       goto fail;
     }
-    long bad = body_read (meta, &t->g, slot, entries, &bits, NULL);
+    long bad = body_read (meta, &t->g, slot, entries, &bits, NULL, NULL);
     if (bad != 0 ||
-        verify (&t->g, entries, &bits, t->pool_chunks, NULL, &vr) == -1) {
+        verify (&t->g, entries, &bits, t->pool_chunks, NULL, &vr, NULL) == -1) {
       bitmap_free (&bits);
       if (bad > 0)
         kvm_error ("thin: %s: metadata slot %d is damaged (run "
@@ -1334,7 +1346,12 @@ thin_check (struct bdev *pool, struct bdev *meta, FILE *out, bool verbose)
     fprintf (out, "out of memory\n");
     return -1;
   }
-  long bad = body_read (m, &g, slot, entries, &bits, out);
+  /* Progress: metadata blocks, then both passes over the chunks. */
+  struct kvm_progress pr;
+  char what[80];
+  snprintf (what, sizeof what, "%s: thin check", m->name);
+  kvm_progress_start (&pr, what, (uint64_t) g.tblocks + g.bblocks + 2 * g.nv);
+  long bad = body_read (m, &g, slot, entries, &bits, out, &pr);
   if (bad < 0) {
     free (entries);
     bitmap_free (&bits);
@@ -1342,11 +1359,12 @@ thin_check (struct bdev *pool, struct bdev *meta, FILE *out, bool verbose)
   }
   problems += bad;
   struct verify_result vr;
-  if (verify (&g, entries, &bits, pool_chunks, out, &vr) == -1) {
+  if (verify (&g, entries, &bits, pool_chunks, out, &vr, &pr) == -1) {
     free (entries);
     bitmap_free (&bits);
     return -1;
   }
+  kvm_progress_end (&pr);
   problems += vr.out_of_range + vr.doubles + vr.unmarked + vr.leaks;
   if (vr.mapped != used) {
     fprintf (out, "header says %" PRIu64 " chunks used, %" PRIu64

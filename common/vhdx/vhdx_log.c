@@ -20,6 +20,7 @@
 #include "util/crc32c.h"
 #include "util/endian.h"
 #include "util/log.h"
+#include "util/progress.h"
 #include "vhdx_int.h"
 
 /* The largest log we read into memory to replay. */
@@ -326,14 +327,20 @@ vhdx_log_replay (struct vhdx *v, uint64_t file_size)
     }
     o->size = limit;
   }
+  struct kvm_progress pr;
+  char what[160];
+  snprintf (what, sizeof what, "%s: vhdx log replay", v->path);
+  kvm_progress_start (&pr, what, head->seq - ents[best].seq + 1);
   for (int64_t i = best; ; i = ents[i].next) {
     struct entry e;
     check_entry (&c, i * VHDX_LOG_SECTOR, &e);
     if (apply_entry (&c, o, limit) == -1)
       goto out;
+    kvm_progress_add (&pr, 1);
     if (i == best_head)
       break;
   }
+  kvm_progress_end (&pr);
   if (o) {
     v->ovl = o;
     o = NULL;

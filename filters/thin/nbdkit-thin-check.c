@@ -8,10 +8,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "bdev/bdev.h"
 #include "thin/thin.h"
 #include "util/log.h"
+#include "util/progress.h"
 
 static void
 usage (FILE *f)
@@ -19,7 +21,8 @@ usage (FILE *f)
   fprintf (f, "usage: nbdkit-thin-check [-v] [-m METADATA-FILE] POOL\n"
            "  POOL: the file or device under nbdkit --filter=thin\n"
            "  -m, --metadata FILE   the metadata file (thin-metadata=FILE)\n"
-           "  -v, --verbose         also print both metadata headers\n");
+           "  -v, --verbose         also print both metadata headers\n"
+           "On a terminal, a progress line is drawn on stderr.\n");
 }
 
 int
@@ -55,6 +58,9 @@ main (int argc, char **argv)
     bdev_close (pool);
     return 2;
   }
+  /* A progress line on a terminal (the report itself goes to stdout). */
+  if (isatty (STDERR_FILENO))
+    kvm_progress_set_terminal (stderr);
   long n = thin_check (pool, meta, stdout, verbose);
   if (meta)
     bdev_close (meta);

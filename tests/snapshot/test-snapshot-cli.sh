@@ -3,7 +3,7 @@
 # The snapshot filter's edges, over nbdkit's file plugin: the control
 # socket's mode, nbdkit-snapshot-ctl's exit statuses and messages, the
 # export listing (nbdinfo --list), a commit with no client connected
-# (qemu-io checks the file afterwards), a second server on the same
+# (qemu-io checks the file afterwards; its progress in nbdkit -v output), a second server on the same
 # overlay directory refused, a changed size below refused with a clear
 # error, other export names refused; the CLI and both man pages installed
 # by cmake --install.
@@ -15,7 +15,7 @@ ctl=$snapshot_ctl
 truncate -s 8M "$tmpdir/below.raw"
 args=(--filter="$(filter_so snapshot)" file "file=$tmpdir/below.raw"
       "overlay-dir=$tmpdir/ovl" "control=$tmpdir/ctl.sock")
-start_nbdkit "$tmpdir/nbd.sock" "${args[@]}"
+start_nbdkit "$tmpdir/nbd.sock" -v "${args[@]}" 2>"$tmpdir/first.log"
 uri=$(uri_of "$tmpdir/nbd.sock")
 pid1=$nbdkit_pid
 
@@ -67,6 +67,11 @@ grep -q "in use by another process" "$tmpdir/second.log" ||
 # Commit with no client connected (every client above has gone).
 "$ctl" "$tmpdir/ctl.sock" commit || fail "commit without a client"
 [ -z "$("$ctl" "$tmpdir/ctl.sock" list)" ] || fail "snapshots left after commit"
+# The commit's progress reaches nbdkit's debug messages (-v): the copy
+# (1.5 MiB of 8 MiB, in 1 MiB pieces) passes a tenth, then 100%.
+grep -Eq 'debug: snapshot commit: [1-9][0-9]?% \([0-9]+/8388608\)' "$tmpdir/first.log" &&
+  grep -q 'debug: snapshot commit: 100% (8388608/8388608)' "$tmpdir/first.log" ||
+  fail "no commit progress in the debug output: $(grep -i progress\|commit "$tmpdir/first.log")"
 stop_nbdkit "$pid1"
 qemu-io -f raw -c 'read -P 0x11 0 512k' -c 'read -P 0x22 512k 1M' \
   -c 'read -P 0 1536k 6656k' "$tmpdir/below.raw" >/dev/null ||

@@ -83,6 +83,17 @@ m.close()
 "
 compare_mirror "full pool"
 thin_check "$(pool_image)"
+# Progress: on a terminal (script(1) from bsdutils provides one) the
+# checker redraws one "\r" line on stderr up to 100%; without a terminal
+# (thin_check above captures 2>&1) it draws none.
+out=$("$thin_check_bin" "$(pool_image)" 2>&1)
+! grep -q 'thin check:' <<<"$out" || fail "progress without a terminal: $out"
+out=$(script -qec "$(printf '%q ' "$thin_check_bin" "$(pool_image)")" /dev/null) ||
+  fail "nbdkit-thin-check on a terminal: $out"
+grep -q $'\r.*thin check: 100%' <<<"$out" || fail "no progress line on a terminal: $out"
+[ "$(grep -o 'thin check: *[0-9]*%' <<<"$out" | wc -l)" -ge 3 ] ||
+  fail "progress on a terminal: fewer than 3 updates: $out"
+grep -q ': clean' <<<"$out" || fail "nbdkit-thin-check on a terminal: $out"
 read -r _ mapped _ used _ <<<"$(thin_meta summary "$(pool_image)")"
 [ "$mapped" = "$nphys" ] && [ "$used" = "$nphys" ] ||
   fail "metadata: $mapped mapped, $used used, expected $nphys"
