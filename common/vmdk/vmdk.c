@@ -255,6 +255,95 @@ read_below (struct vmdk *v, void *buf, size_t count, uint64_t voff)
   return 0;
 }
 
+/* seSparse: grain table GDI (loaded if needed), NULL if unallocated. */
+static int
+get_se_gt (struct vmdk *v, struct extent *e, uint64_t gdi, uint64_t **gtp)
+{
+  uint64_t *gt = __atomic_load_n (&e->se_gt[gdi], __ATOMIC_ACQUIRE);
+  if (gt) {
+    *gtp = gt;
+    return 0;
+  }
+  uint64_t de = e->se_gd[gdi], off;
+  if (de == 0) {
+    *gtp = NULL;
+    return 0;
+  }
+  /* The top 32 bits mark an allocated table; the rest is its index. */
+  const size_t bytes = SE_GTES * 8;
+  if ((de >> 32) != 0x10000000u ||
+      !ck_muladd64 (e->se_gt_off, de & 0xffffffffu, bytes, &off) ||
+      !ck_range_within (off, bytes, e->file->size)) {
+    ERR (EIO, "%s: invalid seSparse grain directory entry %" PRIu64
+         " (0x%016" PRIx64 ") in %s", v->path, gdi, de, e->file->name);
+    return -1;
+  }
+  if (!(gt = malloc (bytes))) {
+    ERR (ENOMEM, "%s: out of memory", v->path);
+    return -1;
+  }
+  if (bdev_pread (e->file, gt, bytes, off) == -1) {
+    free (gt);
+    return -1;
+  }
+  for (size_t i = 0; i < SE_GTES; i++)
+    gt[i] = le64toh (gt[i]);
+  uint64_t *expected = NULL;
+  if (!__atomic_compare_exchange_n (&e->se_gt[gdi], &expected, gt, false,
+                                    __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+    free (gt);
+    gt = expected;
+  }
+  *gtp = gt;
+  return 0;
+}
+
+/* The state of grain GI and, for data, the file offset of its start. */
+static int
+grain_info (struct vmdk *v, struct extent *e, uint64_t gi,
+            enum grain_state *st, uint64_t *phys)
+{
+  *phys = 0;
+  if (!e->se) {
+    uint32_t gte;
+    if (get_gte (v, e, gi, &gte) == -1)
+      return -1;
+    *st = grain_state (e, gte);
+    *phys = (uint64_t) gte * SECTOR;
+    return 0;
+  }
+  uint64_t gdi = gi / SE_GTES, *gt, x;
+  *st = G_UNALLOC;
+  if (gdi >= e->ngd)
+    return 0;
+  if (get_se_gt (v, e, gdi, &gt) == -1)
+    return -1;
+  if (!gt)
+    return 0;
+  x = gt[gi % SE_GTES];
+  switch (x >> 60) {
+  case 0:                       /* unallocated: the whole entry is 0 */
+    if (x == 0)
+      return 0;
+    break;
+  case 1:                       /* unmapped */
+  case 2:                       /* zeroed */
+    *st = G_ZERO;
+    return 0;
+  case 3: {                     /* allocated: a 60-bit grain number */
+    uint64_t n = ((x >> 48) & 0xfff) | ((x & 0xffffffffffffull) << 12);
+    if (ck_muladd64 (e->se_grains_off, n, e->grain, phys)) {
+      *st = G_DATA;
+      return 0;
+    }
+    break;
+  }
+  }
+  ERR (EIO, "%s: invalid seSparse grain table entry 0x%016" PRIx64
+       " for grain %" PRIu64 " in %s", v->path, x, gi, e->file->name);
+  return -1;
+}
+
 /* Classify the run of grains starting at extent offset OFF (at most COUNT
  * bytes): its state, length and, for data, its file offset.  Runs of data
  * grains are contiguous in the file.
@@ -263,29 +352,26 @@ static int
 sparse_run (struct vmdk *v, struct extent *e, uint64_t off, uint64_t count,
             enum grain_state *st, uint64_t *len, uint64_t *phys)
 {
-  uint64_t gi = off >> e->grain_shift, in = off & (e->grain - 1);
-  uint32_t gte;
-  if (get_gte (v, e, gi, &gte) == -1)
+  uint64_t gi = off >> e->grain_shift, in = off & (e->grain - 1), gp;
+  if (grain_info (v, e, gi, st, &gp) == -1)
     return -1;
-  *st = grain_state (e, gte);
-  *phys = (uint64_t) gte * SECTOR + in;
+  *phys = gp + in;
   uint64_t n = e->grain - in;
   if (*st == G_COMPRESSED || n >= count) {
     *len = n < count ? n : count;
     return 0;
   }
-  uint64_t gsec = e->grain / SECTOR;
   while (n < count) {
-    uint32_t next;
+    enum grain_state s;
+    uint64_t next;
     gi++;
-    if (get_gte (v, e, gi, &next) == -1)
+    if (grain_info (v, e, gi, &s, &next) == -1)
       return -1;
-    enum grain_state s = grain_state (e, next);
     if (s != *st)
       break;
-    if (s == G_DATA && (uint64_t) next != (uint64_t) gte + gsec)
+    if (s == G_DATA && next != gp + e->grain)
       break;
-    gte = next;
+    gp = next;
     n += e->grain;
   }
   *len = n < count ? n : count;
@@ -648,6 +734,7 @@ sparse_write (struct vmdk *v, struct extent *e, const uint8_t *buf,
     ERR (EROFS, "%s: extent %s is read-only (%s)", v->path, e->file->name,
          e->compressed ? "compressed grains: streamOptimized images cannot "
          "be written" : e->cowd ? "VMFSSPARSE extents are read-only"
+         : e->se ? "SESPARSE extents have no write support"
          : "version 3 sparse extents are read-only");
     return -1;
   }
@@ -945,6 +1032,12 @@ free_extent (struct extent *e)
       free (e->gt[i]);
     free (e->gt);
   }
+  if (e->se_gt) {
+    for (uint64_t i = 0; i < e->ngd; i++)
+      free (e->se_gt[i]);
+    free (e->se_gt);
+  }
+  free (e->se_gd);
   free (e->gd);
   free (e->rgd);
   if (e->kind == EK_SPARSE)
@@ -1208,6 +1301,99 @@ parse_cowd (struct vmdk *v, struct extent *e, const uint8_t *h,
   return setup_gd (v, e, *cap, false);
 }
 
+/* A SESPARSE extent (constant header H, one sector): read-only.  The
+ * checks are as strict as QEMU's: the format is not documented, so
+ * anything unexpected is refused.
+ */
+static int
+parse_se (struct vmdk *v, struct extent *e, const uint8_t *h, uint64_t *cap)
+{
+  const char *fn = e->file->name;
+  uint64_t f[SE_H_FIELDS];
+  for (size_t i = 0; i < SE_H_FIELDS; i++)
+    f[i] = load_le64 (h + 8 * i);
+  e->kind = EK_SPARSE;
+  e->se = true;
+  e->readonly = true;
+  if (f[SE_H_MAGIC] != SE_CONST_MAGIC) {
+    ERR (EINVAL, "%s: extent '%s' is not a SESPARSE extent (bad magic)",
+         v->path, fn);
+    return -1;
+  }
+  if (f[SE_H_VERSION] != SE_VERSION || f[SE_H_GRAIN] != SE_GRAIN_SECTORS ||
+      f[SE_H_GT_SIZE] != SE_GT_SECTORS || f[SE_H_FLAGS] != 0 ||
+      f[6] || f[7] || f[8] || f[9]) {
+    ERR (ENOTSUP, "%s: %s: unsupported seSparse header (version 0x%016"
+         PRIx64 ", grain %" PRIu64 ", grain table %" PRIu64 " sectors, flags "
+         "0x%" PRIx64 ", or non-zero reserved fields)", v->path, fn,
+         f[SE_H_VERSION], f[SE_H_GRAIN], f[SE_H_GT_SIZE], f[SE_H_FLAGS]);
+    return -1;
+  }
+  for (size_t i = SE_H_FIELDS * 8; i < SECTOR; i++)
+    if (h[i]) {
+      ERR (ENOTSUP, "%s: %s: non-zero seSparse header padding", v->path, fn);
+      return -1;
+    }
+  uint8_t vh[SECTOR];
+  uint64_t voff, need, gdn;
+  if (!ck_mul64 (f[SE_H_VOL_OFF], SECTOR, &voff) ||
+      !ck_range_within (voff, SECTOR, e->file->size) ||
+      bdev_pread (e->file, vh, SECTOR, voff) == -1 ||
+      load_le64 (vh) != SE_VOL_MAGIC) {
+    ERR (EINVAL, "%s: %s: missing or invalid seSparse volatile header",
+         v->path, fn);
+    return -1;
+  }
+  if (load_le64 (vh + 8 * SE_V_REPLAY) != 0) {
+    ERR (ENOTSUP, "%s: %s: the seSparse journal needs replaying (the image "
+         "is dirty): not supported", v->path, fn);
+    return -1;
+  }
+  for (size_t i = SE_V_FIELDS * 8; i < SECTOR; i++)
+    if (vh[i]) {
+      ERR (ENOTSUP, "%s: %s: non-zero seSparse volatile header padding",
+           v->path, fn);
+      return -1;
+    }
+  e->grain = SE_GRAIN_SECTORS * SECTOR;
+  e->grain_shift = __builtin_ctzll (e->grain);
+  e->gt_entries = SE_GTES;
+  if (!ck_mul64 (f[SE_H_CAPACITY], SECTOR, cap) ||
+      !ck_mul64 (f[SE_H_GD_OFF], SECTOR, &e->gd_off) ||
+      !ck_mul64 (f[SE_H_GT_OFF], SECTOR, &e->se_gt_off) ||
+      !ck_mul64 (f[SE_H_GRAINS_OFF], SECTOR, &e->se_grains_off) ||
+      !ck_mul64 (f[SE_H_GD_SIZE], SECTOR / 8, &gdn)) {
+    ERR (EINVAL, "%s: %s: seSparse header fields out of range", v->path, fn);
+    return -1;
+  }
+  need = div_round_up64 (*cap, e->grain * SE_GTES);
+  if (need > gdn || need > MAX_GD_ENTRIES) {
+    ERR (EINVAL, "%s: %s: the seSparse grain directory (%" PRIu64 " entries)"
+         " does not cover the capacity (%" PRIu64 " needed)", v->path, fn,
+         gdn, need);
+    return -1;
+  }
+  e->ngd = need;
+  size_t bytes = (size_t) need * 8;
+  if (!ck_range_within (e->gd_off, bytes, e->file->size)) {
+    ERR (EINVAL, "%s: the grain directory of %s lies past the end of the "
+         "file", v->path, fn);
+    return -1;
+  }
+  e->se_gd = malloc (bytes ? bytes : 1);
+  e->se_gt = calloc (need ? need : 1, sizeof *e->se_gt);
+  if (!e->se_gd || !e->se_gt) {
+    ERR (ENOMEM, "%s: out of memory", v->path);
+    return -1;
+  }
+  if (bdev_pread (e->file, e->se_gd, bytes, e->gd_off) == -1)
+    return -1;
+  for (uint64_t i = 0; i < need; i++)
+    e->se_gd[i] = le64toh (e->se_gd[i]);
+  e->alloc_end = e->file->size;
+  return 0;
+}
+
 /* Read the embedded or standalone descriptor text. */
 static char *
 read_text (struct vmdk *v, struct bdev *f, uint64_t off, uint64_t len)
@@ -1278,11 +1464,6 @@ open_desc_extents (struct vmdk *v, const struct vmdk_desc *d,
       e->kind = EK_ZERO;
       continue;
     }
-    if (de->type == VMDK_EXT_SESPARSE) {
-      ERR (ENOTSUP, "%s: SESPARSE extents ('%s') are not supported",
-           v->path, de->file);
-      return -1;
-    }
     if (opts->no_paths) {
       ERR (EPERM, "%s: the descriptor names the extent file '%s', which "
            "cannot be opened from inside this container", v->path,
@@ -1300,8 +1481,9 @@ open_desc_extents (struct vmdk *v, const struct vmdk_desc *d,
     struct bdev_open_opts fo = *opts;
     fo.backing = NULL;
     fo.format_opts = NULL;
-    fo.readonly = !writable;
-    fo.growable = writable && !flat;
+    bool se = de->type == VMDK_EXT_SESPARSE;      /* read-only */
+    fo.readonly = !writable || se;
+    fo.growable = writable && !flat && !se;
     e->file = bdev_storage_open (resolved, &fo);
     free (resolved);
     if (!e->file)
@@ -1331,6 +1513,10 @@ open_desc_extents (struct vmdk *v, const struct vmdk_desc *d,
     }
     else if (de->type == VMDK_EXT_VMFSSPARSE && load_le32 (h) == COWD_MAGIC) {
       if (parse_cowd (v, e, h, &cap) == -1)
+        return -1;
+    }
+    else if (se) {
+      if (parse_se (v, e, h, &cap) == -1)
         return -1;
     }
     else {

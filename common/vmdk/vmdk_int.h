@@ -55,6 +55,34 @@
 #define C_GD_SIZE        24
 #define COWD_GTES        4096
 
+/* seSparse (vSphere "space-efficient sparse"): a 512-byte constant
+ * header of little-endian u64 fields at byte 0, a volatile header, a
+ * grain directory and grain tables of u64 entries.  Offsets and sizes are
+ * in sectors.
+ */
+#define SE_CONST_MAGIC   0xcafebabeull
+#define SE_VOL_MAGIC     0xcafecafeull
+#define SE_VERSION       0x0000000200000001ull
+#define SE_GRAIN_SECTORS 8
+#define SE_GT_SECTORS    64             /* 4096 entries */
+#define SE_GTES          (SE_GT_SECTORS * SECTOR / 8)
+/* u64 indexes into the constant header. */
+#define SE_H_MAGIC       0
+#define SE_H_VERSION     1
+#define SE_H_CAPACITY    2
+#define SE_H_GRAIN       3
+#define SE_H_GT_SIZE     4
+#define SE_H_FLAGS       5              /* 6..9: reserved, must be 0 */
+#define SE_H_VOL_OFF     10
+#define SE_H_GD_OFF      16
+#define SE_H_GD_SIZE     17
+#define SE_H_GT_OFF      18
+#define SE_H_GRAINS_OFF  24
+#define SE_H_FIELDS      26             /* then zero padding */
+/* Volatile header: magic, free GT number, next txn, replay_journal. */
+#define SE_V_REPLAY      3
+#define SE_V_FIELDS      4
+
 enum ext_kind { EK_FLAT, EK_ZERO, EK_SPARSE };
 
 struct extent {
@@ -67,6 +95,10 @@ struct extent {
 
   /* Sparse extents. */
   bool cowd;                    /* VMFSSPARSE */
+  bool se;                      /* SESPARSE: read-only, u64 tables below */
+  uint64_t se_gt_off, se_grains_off;    /* bytes */
+  uint64_t *se_gd;              /* ngd entries, host order */
+  uint64_t **se_gt;             /* ngd lazily loaded tables (atomic) */
   uint32_t version, flags;
   bool compressed, markers, zero_grain, has_rgd;
   uint64_t grain;               /* bytes, power of two */

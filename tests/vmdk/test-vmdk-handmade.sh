@@ -4,7 +4,8 @@
 # grain sizes other than 64 KiB, grain tables of other lengths, header
 # versions 1-3, zeroed-grain entries, a redundant grain directory that
 # disagrees with the primary one, streamOptimized images with other grain
-# sizes, and VMFSSPARSE ("COWD") files.  Each must read through the plugin
+# sizes, VMFSSPARSE ("COWD") files and seSparse (SESPARSE) extents, with
+# and without a parent.  Each must read through the plugin
 # exactly as the generator says, and QEMU (qemu-img convert -O raw), which
 # reads all of them, must agree.  Writes into a written grain of a
 # non-default image are checked against a mirror as well.
@@ -40,6 +41,25 @@ one --stream --version 3 --grain 16 --zero-grain
 one --stream --version 1 --grain 256
 one --cowd --grain 8
 one --cowd --grain 1
+
+# seSparse: 33 MiB, so that there are three grain tables, the second one
+# unallocated; then over a parent (unallocated grains read from it, zero
+# grains do not).
+size=$((33*1024*1024 + 7*512))
+one --sesparse
+python3 "$vdir/vmdk-gen.py" --out "$tmpdir/sep.vmdk" --raw "$tmpdir/sep.raw" \
+  --size $size --grain 16 --seed $((seed*100+98)) || fail "vmdk-gen.py parent"
+one --sesparse --parent sep.vmdk --parent-raw "$tmpdir/sep.raw"
+# Read-only: a write through a read-write export fails cleanly.
+serve_vmdk "$tmpdir/h$i.vmdk"
+out=$(qemu-io -f raw -c "write 0 4096" "$(uri_of "$sock")" 2>&1 || :)
+grep -qiE 'failed|error|denied|read-only' <<<"$out" ||
+  fail "a write into a seSparse image succeeded: $out"
+stop_server
+qemu-img convert -U -O raw -f vmdk "$tmpdir/h$i.vmdk" "$tmpdir/q.raw"
+assert_same "$tmpdir/h$i.raw" "$tmpdir/q.raw" "seSparse after a refused write"
+echo "ok: seSparse write refused"
+size=$((3*1024*1024 + 7*512))
 
 # Writing into a version 2 image with 8-sector grains, 64-entry tables and
 # zeroed grains, through the plugin and into a mirror.

@@ -126,7 +126,32 @@ hostile "unknown extent type" "$d"
 printf '# Disk DescriptorFile\nversion=1\ncreateType="monolithicFlat"\n' > "$d"
 hostile "no extents" "$d"
 printf "${desc_head}RW 4096 SESPARSE \"in.raw\"\n" > "$d"
-hostile "SESPARSE (not supported)" "$d"
+hostile "SESPARSE extent without a header" "$d"
+# seSparse images with one field spoiled (1 MiB: the grain directory at
+# sector 2, one grain table at sector 3, grains from sector 67).
+# se_poke OFFSET VALUE: a fresh image with the u64 at OFFSET set to VALUE.
+se_poke () {
+  python3 "$vdir/vmdk-gen.py" --sesparse --out "$tmpdir/se.vmdk" \
+    --size 1048576 --seed 3 || fail "vmdk-gen.py --sesparse"
+  python3 -c 'import struct, sys
+f = open(sys.argv[1], "r+b"); f.seek(int(sys.argv[2], 0))
+f.write(struct.pack("<Q", int(sys.argv[3], 0)))' \
+    "$tmpdir/se-sesparse.vmdk" "$1" "$2" || fail "se_poke $*"
+}
+for p in "16 0xffffffffffffffff:capacity 2^64-1 sectors" \
+         "24 16:grain size 16" "48 1:reserved field" \
+         "80 0x7fffffffffffffff:volatile header offset" \
+         "128 0x7fffffffffffffff:grain directory offset" \
+         "136 0:grain directory size 0" "300 1:header padding" \
+         "536 1:journal replay pending" \
+         "1024 0x20000000ffffffff:grain directory entry flags" \
+         "1024 0x10000000ffffffff:grain table index 2^32-1" \
+         "1536 0x4000000000000000:grain entry state 4" \
+         "1536 0x0000000000000001:unallocated grain entry with bits" \
+         "1536 0x3fffffffffffffff:grain number 2^60-1"; do
+  se_poke ${p%%:*}
+  hostile "seSparse: ${p#*:}" "$tmpdir/se.vmdk"
+done
 qemu-img create -q -f vmdk "$tmpdir/img/loop.vmdk" 1M
 perl -pi -e 's/ddb.toolsVersion = "2147483647"/parentFileNameHint="loop.vmdk" /' \
   "$tmpdir/img/loop.vmdk"

@@ -7,6 +7,8 @@ specification, for what qemu-img does not create.
               [--grain SECTORS] [--gtes N] [--version 1|2|3]
               [--zero-grain] [--bad-rgd] [--stream] [--cowd]
               [--hostile KIND]
+  vmdk-gen.py --sesparse --out IMG --raw RAW --size BYTES [--seed S]
+              [--parent P --parent-raw PRAW]
 
 IMG    the image (a monolithic sparse file; with --cowd a VMFSSPARSE
        "COWD" file)
@@ -21,6 +23,18 @@ use the primary).  --stream writes a streamOptimized image: deflate
 compressed grains behind grain markers, GT/GD/footer/end-of-stream
 markers and a header whose GD offset is -1 (the footer holds the real
 one).
+
+--sesparse writes a descriptor IMG (createType seSparse) and its SESPARSE
+extent IMG-without-.vmdk + "-sesparse.vmdk", laid out as QEMU reads the
+format (block/vmdk.c; VMware does not document it): a constant and a
+volatile header, a grain directory of u64 entries (0: no table, else
+0x10000000 << 32 | table index), 4096-entry tables of u64 grain entries
+(0: unallocated; top nibble 1 or 2: zeroes; 3: data, a 60-bit grain
+number with its low 12 bits in bits 48-59), 4 KiB grains.  Tables and
+grains are placed out of order; one grain number is above 4095 (sparse
+file).  The second table is left unallocated (directory entry 0).  With
+--parent, unallocated grains read from P (a VMDK whose content is PRAW,
+CID 12345678).
 
 --hostile KIND corrupts the result (for the security test): truncated,
 grain0, grain-huge, gtes0, gtes-huge, gd-past-eof, gt-past-eof,
@@ -229,6 +243,85 @@ def cowd(args, rng):
     struct.pack_into("<I", img, 28, sectors(len(img)))
     return img, raw
 
+def sesparse(args, rng):
+    gbytes = 8 * SECTOR
+    size = args.size
+    ngrains = (size + gbytes - 1) // gbytes
+    gtes = 4096
+    ngt = (ngrains + gtes - 1) // gtes
+    kinds = []
+    for g in range(ngrains):
+        r = rng.random()
+        if g // gtes == 1 or (g % gtes) >= 1024 or r < 0.35:
+            kinds.append(None)
+        elif r < 0.55:
+            kinds.append(rng.choice((0x1000000000000000, 0x2000000000000000)))
+        elif rng.random() < 0.3:
+            kinds.append(bytes([rng.randrange(1, 256)]) * gbytes)
+        else:
+            kinds.append(rng.randbytes(gbytes))
+    if args.parent_raw:
+        with open(args.parent_raw, "rb") as f:
+            raw = bytearray(f.read()[:size])
+        raw.extend(b"\0" * (size - len(raw)))
+    else:
+        raw = bytearray(size)
+    gdsec = max(1, sectors(ngt * 8))
+    gd, gt = 2, 2 + gdsec
+    grains = gt + ngt * 64
+    # Tables that hold anything, at shuffled table indexes.
+    used = [t for t in range(ngt)
+            if any(k is not None for k in kinds[t * gtes:(t + 1) * gtes])]
+    tidx = dict(zip(used, rng.sample(range(ngt), len(used))))
+    data = [g for g, k in enumerate(kinds) if isinstance(k, bytes)]
+    nums = rng.sample(range(2 * len(data) + 1), len(data))
+    if nums:
+        nums[rng.randrange(len(nums))] = 4096 + 77
+    pieces = []
+    gtab = [0] * (ngt * gtes)
+    for g, k in enumerate(kinds):
+        if isinstance(k, int):
+            gtab[g] = k
+    for g, n in zip(data, nums):
+        gtab[g] = 0x3000000000000000 | ((n & 0xfff) << 48) | (n >> 12)
+        pieces.append(((grains + n * 8) * SECTOR, kinds[g]))
+        lo = g * gbytes
+        raw[lo:lo + gbytes] = kinds[g][:max(0, min(gbytes, size - lo))]
+    for g, k in enumerate(kinds):
+        if isinstance(k, int):
+            lo = g * gbytes
+            raw[lo:lo + gbytes] = bytes(max(0, min(gbytes, size - lo)))
+    gdents = [0] * ngt
+    for t, i in tidx.items():
+        gdents[t] = (0x10000000 << 32) | i
+        pieces.append(((gt + i * 64) * SECTOR,
+                       struct.pack("<4096Q", *gtab[t * gtes:(t + 1) * gtes])))
+    pieces.append((gd * SECTOR, struct.pack("<%dQ" % ngt, *gdents)))
+    end = grains + (max(nums) + 1) * 8 if nums else grains
+    h = struct.pack("<26Q", 0xcafebabe, 0x0000000200000001, size // SECTOR,
+                    8, 64, 0, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0,
+                    gd, gdsec, gt, ngt * 64, 0, 0, 0, 0, grains, end - grains)
+    pieces.append((0, h + b"\0" * (SECTOR - len(h))))
+    v = struct.pack("<4Q", 0xcafecafe, len(used), 1, 0)
+    pieces.append((SECTOR, v + b"\0" * (SECTOR - len(v))))
+    base = args.out[:-5] if args.out.endswith(".vmdk") else args.out
+    ext = base + "-sesparse.vmdk"
+    with open(ext, "wb") as f:
+        f.truncate(end * SECTOR)
+        for off, b in pieces:
+            f.seek(off)
+            f.write(b)
+    parent = ""
+    if args.parent:
+        parent = "parentFileNameHint=\"%s\"\n" % args.parent
+    desc = ("# Disk DescriptorFile\nversion=1\nCID=%08x\nparentCID=%s\n"
+            "createType=\"seSparse\"\n%s\n# Extent description\n"
+            "RW %d SESPARSE \"%s\"\n\n# The Disk Data Base\n#DDB\n\n"
+            "ddb.virtualHWVersion = \"4\"\nddb.adapterType = \"ide\"\n"
+            % (rng.getrandbits(32), "12345678" if args.parent else "ffffffff",
+               parent, size // SECTOR, ext.rsplit("/", 1)[-1])).encode()
+    return desc, raw
+
 
 def corrupt(img, kind):
     def set64(off, v):
@@ -278,10 +371,16 @@ def main():
     ap.add_argument("--stream", action="store_true")
     ap.add_argument("--cowd", action="store_true")
     ap.add_argument("--hostile")
+    ap.add_argument("--sesparse", action="store_true")
+    ap.add_argument("--parent")
+    ap.add_argument("--parent-raw")
     args = ap.parse_args()
     args.size -= args.size % SECTOR
     rng = random.Random(args.seed)
-    img, raw = cowd(args, rng) if args.cowd else sparse(args, rng)
+    if args.sesparse:
+        img, raw = sesparse(args, rng)
+    else:
+        img, raw = cowd(args, rng) if args.cowd else sparse(args, rng)
     if args.hostile and args.hostile not in ("stream-nofooter",
                                              "stream-badzlib", "marker-huge"):
         corrupt(img, args.hostile)
