@@ -1,6 +1,8 @@
 #!/bin/bash
 # SPDX-License-Identifier: BSD-3-Clause
-# The vmdk filter over nbdkit's file plugin: a monolithicSparse image and
+# The vmdk filter over nbdkit's file plugin (and, for one read and one
+# write workload, over nbdkit's data plugin, which holds the image in RAM:
+# any plugin can carry the container): a monolithicSparse image and
 # a streamOptimized one read like qemu-img convert; a seeded write
 # workload into a monolithicSparse image (with room to grow in the file)
 # leaves an image that qemu-img compare finds equal to a raw mirror and
@@ -33,6 +35,27 @@ serve_filter "$so" -r
 check_read "$so" "$tmpdir/w"
 stop_server
 echo "ok: streamOptimized read through the filter"
+
+# Another plugin below the filter: nbdkit-data-plugin, the image loaded
+# into RAM with 4x its virtual size of room to grow; reads like QEMU, then
+# a seeded write workload reads back like a raw mirror (the RAM copy dies
+# with nbdkit, so the comparison is through the export).
+qemu-img convert -U -O raw -f vmdk "$img" "$tmpdir/dmirror.raw"
+new_sock
+start_nbdkit "$sock" --filter="$(filter_so vmdk)" data "data=<$img" \
+  size=$(( $(stat -c %s "$img") + 4*size ))
+check_read "$img" "$tmpdir/w"
+gen_ops --mode mirror --seed 13 --size $size --count 40 > "$tmpdir/d.ops"
+qemu_io_cmds -f raw "$(uri_of "$sock")" < "$tmpdir/d.ops"
+cp "$tmpdir/dmirror.raw" "$tmpdir/dorig.raw"
+qemu_io_cmds -f raw "$tmpdir/dmirror.raw" < "$tmpdir/d.ops"
+out=$(qemu-img compare -f raw -F raw "$(uri_of "$sock")" \
+      "$tmpdir/dmirror.raw" 2>&1) ||
+  fail "written through the filter over the data plugin: differs: $out"
+! cmp -s "$tmpdir/dmirror.raw" "$tmpdir/dorig.raw" ||
+  fail "the workload changed nothing"
+stop_server
+echo "ok: read and writes through the filter over the data plugin"
 
 # Writes: room to grow after the image (the filter cannot grow the file).
 qemu-img convert -U -O raw -f vmdk "$img" "$tmpdir/mirror.raw"
