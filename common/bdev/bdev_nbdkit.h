@@ -16,10 +16,13 @@
 #endif
 
 #include <errno.h>
+#include <stdbool.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 #include "bdev/bdev.h"
 #include "bdev/bdev_nbdkit_common.h"
+#include "bdev/bdev_registry.h"
 
 /* Pass a bdev result on, with its errno as the NBD error (ENOTSUP for a
  * fast zero that would be slow, ENOSPC, EIO, ...).
@@ -186,6 +189,67 @@ bdev_nbdkit_cb_extents (void *handle, uint32_t count, uint64_t offset,
 {
   return bdev_nbdkit_extents (BDEV_NBDKIT_H_ (handle)->bd, count, offset,
                               flags, extents);
+}
+
+/* ---- Opening: read-write, else read-only; one bdev per export ------ */
+
+/* BD is the result of opening NAME with O: if that failed only because
+ * the storage refuses writing (EACCES, EROFS, EPERM) and O asked for
+ * read-write, switch O to read-only and return true (open again, and the
+ * client sees a read-only export).
+ */
+static inline bool
+bdev_nbdkit_retry_readonly (const struct bdev *bd, struct bdev_open_opts *o,
+                            const char *name)
+{
+  if (bd || o->readonly ||
+      !(errno == EACCES || errno == EROFS || errno == EPERM))
+    return false;
+  nbdkit_debug ("%s: cannot open read-write, trying read-only", name);
+  o->readonly = true;
+  return true;
+}
+
+/* A plugin handle on a bdev shared by every connection to its export
+ * (bdev_registry.h).
+ */
+struct bdev_nbdkit_shared_handle {
+  struct bdev_nbdkit_handle h;  /* first: the shared callbacks use it */
+  struct bdev_registry_entry *img;
+};
+
+/* .open: the handle of a connection to EXPORT of registry R, the bdev
+ * opened with OPEN (its ARG points to a bool, the connection's readonly
+ * flag) if no other connection has it.  Close with
+ * bdev_nbdkit_shared_close.
+ */
+static inline void *
+bdev_nbdkit_shared_open (struct bdev_registry *r, const char *export,
+                         bdev_registry_open_fn open, int readonly)
+{
+  bool ro = readonly;
+  struct bdev_nbdkit_shared_handle *h = calloc (1, sizeof *h);
+  if (!h) {
+    nbdkit_error ("calloc: %m");
+    return NULL;
+  }
+  h->img = bdev_registry_get (r, export, open, &ro);
+  if (!h->img) {
+    free (h);
+    return NULL;
+  }
+  h->h.bd = h->img->bd;
+  h->h.readonly = readonly;
+  h->h.shared = true;
+  return h;
+}
+
+static inline void
+bdev_nbdkit_shared_close (struct bdev_registry *r, void *handle)
+{
+  struct bdev_nbdkit_shared_handle *h = handle;
+  bdev_registry_put (r, h->img);
+  free (h);
 }
 
 /* Designated initialisers for struct nbdkit_plugin: everything after

@@ -19,8 +19,7 @@
 #include <nbdkit-filter.h>
 
 #include "bdev/bdev.h"
-#include "bdev/bdev_nbdkit_filter.h"
-#include "bdev/bdev_registry.h"
+#include "bdev/bdev_nbdkit_format_filter.h"
 #include "qcow2/qcow2.h"
 #include "util/log.h"
 
@@ -34,20 +33,6 @@ static size_t nallowed;
 static bool allow_any;
 static int64_t cache_size = -1;
 
-static struct bdev_registry images = BDEV_REGISTRY_INIT;
-
-struct handle {
-  struct bdev_nbdkit_handle h;  /* first: the shared callbacks use it */
-  struct bdev_registry_entry *img;
-  char *export;
-};
-
-/* What .prepare passes to open_image. */
-struct open_args {
-  nbdkit_next *next;
-  bool readonly;
-};
-
 static void
 qcow2_filter_load (void)
 {
@@ -57,7 +42,7 @@ qcow2_filter_load (void)
 static void
 qcow2_filter_unload (void)
 {
-  bdev_registry_close_all (&images);
+  bdev_format_filter_close_all ();
   for (size_t i = 0; i < nallowed; i++)
     free (allowed[i]);
   free (allowed);
@@ -116,9 +101,9 @@ open_backing (void)
 }
 
 static struct bdev *
-open_image (const char *export, void *arg)
+bdev_format_filter_open_image (const char *export, nbdkit_next *next,
+                               bool readonly)
 {
-  struct open_args *a = arg;
   char cachebuf[64];
   const char *fopts[4];
   size_t n = 0;
@@ -129,7 +114,7 @@ open_image (const char *export, void *arg)
     nbdkit_error ("asprintf: %m");
     return NULL;
   }
-  container = bdev_next_routed (a->next, name, a->readonly);
+  container = bdev_next_routed (next, name, readonly);
   if (!container)
     goto out;
   if (backing_path && !(backing = open_backing ())) {
@@ -158,71 +143,6 @@ open_image (const char *export, void *arg)
   return bd;
 }
 
-static void *
-qcow2_filter_open (nbdkit_next_open *next, nbdkit_context *context,
-                   int readonly, const char *exportname, int is_tls)
-{
-  struct handle *h;
-  (void) is_tls;
-
-  if (next (context, readonly, exportname) == -1)
-    return NULL;
-  h = calloc (1, sizeof *h);
-  if (!h || !(h->export = strdup (exportname))) {
-    nbdkit_error ("calloc: %m");
-    free (h);
-    return NULL;
-  }
-  h->h.readonly = readonly;
-  h->h.shared = true;
-  return h;
-}
-
-/* The engine is opened (by the export's first connection) once the
- * connection's context into the plugin is usable.
- */
-static int
-qcow2_filter_prepare (nbdkit_next *next, void *handle, int readonly)
-{
-  struct handle *h = handle;
-  struct open_args a = { .next = next, .readonly = readonly };
-
-  if (bdev_next_prime (next) == -1)
-    return -1;
-  bdev_next_enter (next);
-  h->img = bdev_registry_get (&images, h->export, open_image, &a);
-  bdev_next_leave ();
-  if (!h->img)
-    return -1;
-  h->h.bd = h->img->bd;
-  return 0;
-}
-
-/* The last connection closes the engine while its context still works. */
-static int
-qcow2_filter_finalize (nbdkit_next *next, void *handle)
-{
-  struct handle *h = handle;
-  int r;
-
-  if (!h->img)
-    return 0;
-  bdev_next_enter (next);
-  bdev_registry_put (&images, h->img);
-  r = bdev_next_connection_done (next);
-  bdev_next_leave ();
-  h->img = NULL;
-  return r;
-}
-
-static void
-qcow2_filter_close (void *handle)
-{
-  struct handle *h = handle;
-  free (h->export);
-  free (h);
-}
-
 static struct nbdkit_filter filter = {
   .name = "qcow2",
   .longname = "nbdkit qcow2 filter",
@@ -231,10 +151,7 @@ static struct nbdkit_filter filter = {
   .config = qcow2_filter_config,
   .config_help = qcow2_filter_config_help,
   .thread_model = qcow2_filter_thread_model,
-  .open = qcow2_filter_open,
-  .prepare = qcow2_filter_prepare,
-  .finalize = qcow2_filter_finalize,
-  .close = qcow2_filter_close,
+  BDEV_NBDKIT_FORMAT_FILTER_LIFECYCLE,
   BDEV_NBDKIT_FILTER_CALLBACKS,
 };
 

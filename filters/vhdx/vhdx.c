@@ -18,8 +18,7 @@
 #include <nbdkit-filter.h>
 
 #include "bdev/bdev.h"
-#include "bdev/bdev_nbdkit_filter.h"
-#include "bdev/bdev_registry.h"
+#include "bdev/bdev_nbdkit_format_filter.h"
 #include "util/log.h"
 #include "vhdx/vhdx.h"
 
@@ -30,19 +29,6 @@ static size_t nallowed;
 static bool allow_any;
 static bool ignore_linkage;
 
-static struct bdev_registry images = BDEV_REGISTRY_INIT;
-
-struct handle {
-  struct bdev_nbdkit_handle h;  /* first: the shared callbacks use it */
-  struct bdev_registry_entry *img;
-  char *export;
-};
-
-struct open_args {
-  nbdkit_next *next;
-  bool readonly;
-};
-
 static void
 vhdx_filter_load (void)
 {
@@ -52,7 +38,7 @@ vhdx_filter_load (void)
 static void
 vhdx_filter_unload (void)
 {
-  bdev_registry_close_all (&images);
+  bdev_format_filter_close_all ();
   for (size_t i = 0; i < nallowed; i++)
     free (allowed[i]);
   free (allowed);
@@ -99,9 +85,9 @@ vhdx_filter_thread_model (void)
 }
 
 static struct bdev *
-open_image (const char *export, void *arg)
+bdev_format_filter_open_image (const char *export, nbdkit_next *next,
+                               bool readonly)
 {
-  struct open_args *a = arg;
   const char *fopts[3];
   size_t n = 0;
   struct bdev *container, *parent = NULL, *bd = NULL;
@@ -111,7 +97,7 @@ open_image (const char *export, void *arg)
     nbdkit_error ("asprintf: %m");
     return NULL;
   }
-  container = bdev_next_routed (a->next, name, a->readonly);
+  container = bdev_next_routed (next, name, readonly);
   if (!container)
     goto out;
   if (parent_path) {
@@ -144,73 +130,12 @@ open_image (const char *export, void *arg)
   return bd;
 }
 
-static void *
-vhdx_filter_open (nbdkit_next_open *next, nbdkit_context *context,
-                  int readonly, const char *exportname, int is_tls)
-{
-  struct handle *h;
-  (void) is_tls;
-
-  if (next (context, readonly, exportname) == -1)
-    return NULL;
-  h = calloc (1, sizeof *h);
-  if (!h || !(h->export = strdup (exportname))) {
-    nbdkit_error ("calloc: %m");
-    free (h);
-    return NULL;
-  }
-  h->h.readonly = readonly;
-  h->h.shared = true;
-  return h;
-}
-
-static int
-vhdx_filter_prepare (nbdkit_next *next, void *handle, int readonly)
-{
-  struct handle *h = handle;
-  struct open_args a = { .next = next, .readonly = readonly };
-
-  if (bdev_next_prime (next) == -1)
-    return -1;
-  bdev_next_enter (next);
-  h->img = bdev_registry_get (&images, h->export, open_image, &a);
-  bdev_next_leave ();
-  if (!h->img)
-    return -1;
-  h->h.bd = h->img->bd;
-  return 0;
-}
-
-static int
-vhdx_filter_finalize (nbdkit_next *next, void *handle)
-{
-  struct handle *h = handle;
-  int r;
-
-  if (!h->img)
-    return 0;
-  bdev_next_enter (next);
-  bdev_registry_put (&images, h->img);
-  r = bdev_next_connection_done (next);
-  bdev_next_leave ();
-  h->img = NULL;
-  return r;
-}
-
-static void
-vhdx_filter_close (void *handle)
-{
-  struct handle *h = handle;
-  free (h->export);
-  free (h);
-}
-
 /* The disk's logical sector size is the NBD minimum block size. */
 static int
 vhdx_filter_block_size (nbdkit_next *next, void *handle, uint32_t *minimum,
                         uint32_t *preferred, uint32_t *maximum)
 {
-  struct handle *h = handle;
+  struct bdev_format_filter_handle *h = handle;
   (void) next;
   bdev_nbdkit_block_size_of (&h->h, minimum, preferred, maximum);
   *minimum = h->h.bd->block_size;
@@ -225,10 +150,7 @@ static struct nbdkit_filter filter = {
   .config = vhdx_filter_config,
   .config_help = vhdx_filter_config_help,
   .thread_model = vhdx_filter_thread_model,
-  .open = vhdx_filter_open,
-  .prepare = vhdx_filter_prepare,
-  .finalize = vhdx_filter_finalize,
-  .close = vhdx_filter_close,
+  BDEV_NBDKIT_FORMAT_FILTER_LIFECYCLE,
   .get_size       = bdev_nbdkit_fcb_get_size,
   .block_size     = vhdx_filter_block_size,
   .can_write      = bdev_nbdkit_fcb_can_write,

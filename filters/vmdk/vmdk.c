@@ -19,8 +19,7 @@
 #include <nbdkit-filter.h>
 
 #include "bdev/bdev.h"
-#include "bdev/bdev_nbdkit_filter.h"
-#include "bdev/bdev_registry.h"
+#include "bdev/bdev_nbdkit_format_filter.h"
 #include "util/log.h"
 #include "vmdk/vmdk.h"
 
@@ -29,19 +28,6 @@ static bool backing_none;       /* vmdk-backing=none */
 static char **allowed;          /* vmdk-allow-path=DIR, NULL-ended */
 static size_t nallowed;
 static bool allow_any;
-
-static struct bdev_registry images = BDEV_REGISTRY_INIT;
-
-struct handle {
-  struct bdev_nbdkit_handle h;  /* first: the shared callbacks use it */
-  struct bdev_registry_entry *img;
-  char *export;
-};
-
-struct open_args {
-  nbdkit_next *next;
-  bool readonly;
-};
 
 static void
 vmdk_filter_load (void)
@@ -52,7 +38,7 @@ vmdk_filter_load (void)
 static void
 vmdk_filter_unload (void)
 {
-  bdev_registry_close_all (&images);
+  bdev_format_filter_close_all ();
   for (size_t i = 0; i < nallowed; i++)
     free (allowed[i]);
   free (allowed);
@@ -90,9 +76,9 @@ vmdk_filter_thread_model (void)
 }
 
 static struct bdev *
-open_image (const char *export, void *arg)
+bdev_format_filter_open_image (const char *export, nbdkit_next *next,
+                               bool readonly)
 {
-  struct open_args *a = arg;
   struct bdev *container, *backing = NULL, *bd = NULL;
   char *name;
   const char *fopts[2] = { backing_none ? "vmdk.backing=none" : NULL, NULL };
@@ -101,7 +87,7 @@ open_image (const char *export, void *arg)
     nbdkit_error ("asprintf: %m");
     return NULL;
   }
-  container = bdev_next_routed (a->next, name, a->readonly);
+  container = bdev_next_routed (next, name, readonly);
   if (!container)
     goto out;
   if (backing_path) {
@@ -129,67 +115,6 @@ open_image (const char *export, void *arg)
   return bd;
 }
 
-static void *
-vmdk_filter_open (nbdkit_next_open *next, nbdkit_context *context,
-                  int readonly, const char *exportname, int is_tls)
-{
-  struct handle *h;
-  (void) is_tls;
-
-  if (next (context, readonly, exportname) == -1)
-    return NULL;
-  h = calloc (1, sizeof *h);
-  if (!h || !(h->export = strdup (exportname))) {
-    nbdkit_error ("calloc: %m");
-    free (h);
-    return NULL;
-  }
-  h->h.readonly = readonly;
-  h->h.shared = true;
-  return h;
-}
-
-static int
-vmdk_filter_prepare (nbdkit_next *next, void *handle, int readonly)
-{
-  struct handle *h = handle;
-  struct open_args a = { .next = next, .readonly = readonly };
-
-  if (bdev_next_prime (next) == -1)
-    return -1;
-  bdev_next_enter (next);
-  h->img = bdev_registry_get (&images, h->export, open_image, &a);
-  bdev_next_leave ();
-  if (!h->img)
-    return -1;
-  h->h.bd = h->img->bd;
-  return 0;
-}
-
-static int
-vmdk_filter_finalize (nbdkit_next *next, void *handle)
-{
-  struct handle *h = handle;
-  int r;
-
-  if (!h->img)
-    return 0;
-  bdev_next_enter (next);
-  bdev_registry_put (&images, h->img);
-  r = bdev_next_connection_done (next);
-  bdev_next_leave ();
-  h->img = NULL;
-  return r;
-}
-
-static void
-vmdk_filter_close (void *handle)
-{
-  struct handle *h = handle;
-  free (h->export);
-  free (h);
-}
-
 static struct nbdkit_filter filter = {
   .name = "vmdk",
   .longname = "nbdkit vmdk filter",
@@ -198,10 +123,7 @@ static struct nbdkit_filter filter = {
   .config = vmdk_filter_config,
   .config_help = vmdk_filter_config_help,
   .thread_model = vmdk_filter_thread_model,
-  .open = vmdk_filter_open,
-  .prepare = vmdk_filter_prepare,
-  .finalize = vmdk_filter_finalize,
-  .close = vmdk_filter_close,
+  BDEV_NBDKIT_FORMAT_FILTER_LIFECYCLE,
   BDEV_NBDKIT_FILTER_CALLBACKS,
 };
 
