@@ -32,11 +32,6 @@ static bool is_dir;
 
 static struct bdev_registry files = BDEV_REGISTRY_INIT;
 
-struct handle {
-  struct bdev_nbdkit_handle h;  /* first: the shared callbacks use it */
-  struct bdev_registry_entry *e;
-};
-
 static void
 nfs_load (void)
 {
@@ -170,12 +165,8 @@ open_export (const char *export, void *arg)
     return NULL;
   struct bdev_open_opts o = { .readonly = readonly };
   struct bdev *bd = bdev_nfs_open (u, &o);
-  if (!bd && !readonly && (errno == EACCES || errno == EROFS ||
-                           errno == EPERM)) {
-    nbdkit_debug ("%s: cannot open read-write, trying read-only", u);
-    o.readonly = true;
+  if (bdev_nbdkit_retry_readonly (bd, &o, u))
     bd = bdev_nfs_open (u, &o);
-  }
   free (u);
   return bd;
 }
@@ -184,29 +175,14 @@ static void *
 nfs_open (int readonly)
 {
   const char *export = nbdkit_export_name ();
-  bool ro = readonly;
-  struct handle *h = calloc (1, sizeof *h);
-  if (!h) {
-    nbdkit_error ("calloc: %m");
-    return NULL;
-  }
-  h->e = bdev_registry_get (&files, export ? export : "", open_export, &ro);
-  if (!h->e) {
-    free (h);
-    return NULL;
-  }
-  h->h.bd = h->e->bd;
-  h->h.readonly = readonly;
-  h->h.shared = true;
-  return h;
+  return bdev_nbdkit_shared_open (&files, export ? export : "", open_export,
+                                  readonly);
 }
 
 static void
 nfs_close (void *handle)
 {
-  struct handle *h = handle;
-  bdev_registry_put (&files, h->e);
-  free (h);
+  bdev_nbdkit_shared_close (&files, handle);
 }
 
 struct list_ctx {

@@ -46,11 +46,6 @@ static bool create_ctype_set;   /* create-compression-type= given */
 /* One engine per export (the active image and each internal snapshot). */
 static struct bdev_registry images = BDEV_REGISTRY_INIT;
 
-struct handle {
-  struct bdev_nbdkit_handle h;  /* first: the shared callbacks use it */
-  struct bdev_registry_entry *img;
-};
-
 static void
 qcow2_load (void)
 {
@@ -398,12 +393,8 @@ open_engine (const char *snap, bool readonly)
   fopts[n] = NULL;
   o.format_opts = fopts;
   struct bdev *bd = bdev_open (filename, "qcow2", &o, 0);
-  if (!bd && !o.readonly && (errno == EACCES || errno == EROFS ||
-                             errno == EPERM)) {
-    nbdkit_debug ("%s: cannot open read-write, trying read-only", filename);
-    o.readonly = true;
+  if (bdev_nbdkit_retry_readonly (bd, &o, filename))
     bd = bdev_open (filename, "qcow2", &o, 0);
-  }
   free (snapopt);
   return bd;
 }
@@ -422,32 +413,14 @@ static void *
 plugin_open (int readonly)
 {
   const char *export = nbdkit_export_name ();
-  bool ro = readonly;
-  struct handle *h;
-
-  h = calloc (1, sizeof *h);
-  if (!h) {
-    nbdkit_error ("calloc: %m");
-    return NULL;
-  }
-  h->img = bdev_registry_get (&images, export ? export : "", open_export,
-                              &ro);
-  if (!h->img) {
-    free (h);
-    return NULL;
-  }
-  h->h.bd = h->img->bd;
-  h->h.readonly = readonly;
-  h->h.shared = true;
-  return h;
+  return bdev_nbdkit_shared_open (&images, export ? export : "", open_export,
+                                  readonly);
 }
 
 static void
 plugin_close (void *handle)
 {
-  struct handle *h = handle;
-  bdev_registry_put (&images, h->img);
-  free (h);
+  bdev_nbdkit_shared_close (&images, handle);
 }
 
 static int
@@ -494,7 +467,7 @@ qcow2_default_export (int readonly, int is_tls)
 static const char *
 qcow2_export_description (void *handle)
 {
-  struct handle *h = handle;
+  struct bdev_nbdkit_shared_handle *h = handle;
   if (!*h->img->export)
     return NULL;
   return nbdkit_printf_intern ("internal snapshot %s of %s", h->img->export,

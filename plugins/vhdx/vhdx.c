@@ -38,11 +38,6 @@ static char *create_parent;
 
 static struct bdev_registry images = BDEV_REGISTRY_INIT;
 
-struct handle {
-  struct bdev_nbdkit_handle h;  /* first: the shared callbacks use it */
-  struct bdev_registry_entry *img;
-};
-
 static void
 vhdx_load (void)
 {
@@ -263,41 +258,21 @@ open_engine (const char *export, void *arg)
   fopts[n] = NULL;
   o.format_opts = fopts;
   struct bdev *bd = bdev_open (filename, "vhdx", &o, 0);
-  if (!bd && !o.readonly && (errno == EACCES || errno == EROFS ||
-                             errno == EPERM)) {
-    nbdkit_debug ("%s: cannot open read-write, trying read-only", filename);
-    o.readonly = true;
+  if (bdev_nbdkit_retry_readonly (bd, &o, filename))
     bd = bdev_open (filename, "vhdx", &o, 0);
-  }
   return bd;
 }
 
 static void *
 plugin_open (int readonly)
 {
-  bool ro = readonly;
-  struct handle *h = calloc (1, sizeof *h);
-  if (!h) {
-    nbdkit_error ("calloc: %m");
-    return NULL;
-  }
-  h->img = bdev_registry_get (&images, "", open_engine, &ro);
-  if (!h->img) {
-    free (h);
-    return NULL;
-  }
-  h->h.bd = h->img->bd;
-  h->h.readonly = readonly;
-  h->h.shared = true;
-  return h;
+  return bdev_nbdkit_shared_open (&images, "", open_engine, readonly);
 }
 
 static void
 plugin_close (void *handle)
 {
-  struct handle *h = handle;
-  bdev_registry_put (&images, h->img);
-  free (h);
+  bdev_nbdkit_shared_close (&images, handle);
 }
 
 /* The disk's logical sector size is the minimum block size: a VHDX disk
@@ -308,7 +283,7 @@ static int
 vhdx_block_size (void *handle, uint32_t *minimum, uint32_t *preferred,
                  uint32_t *maximum)
 {
-  struct handle *h = handle;
+  struct bdev_nbdkit_shared_handle *h = handle;
   bdev_nbdkit_block_size_of (&h->h, minimum, preferred, maximum);
   *minimum = h->h.bd->block_size;
   return 0;

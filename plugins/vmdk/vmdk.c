@@ -35,11 +35,6 @@ static const char *subformat, *adapter_type, *zeroed_grain;
 
 static struct bdev_registry images = BDEV_REGISTRY_INIT;
 
-struct handle {
-  struct bdev_nbdkit_handle h;  /* first: the shared callbacks use it */
-  struct bdev_registry_entry *img;
-};
-
 static void
 vmdk_load (void)
 {
@@ -204,42 +199,22 @@ open_export (const char *export, void *arg)
     .format_opts = fopts,
   };
   struct bdev *bd = bdev_open (filename, "vmdk", &o, 0);
-  if (!bd && !o.readonly && (errno == EACCES || errno == EROFS ||
-                             errno == EPERM)) {
-    nbdkit_debug ("%s: cannot open read-write, trying read-only", filename);
-    o.readonly = true;
+  if (bdev_nbdkit_retry_readonly (bd, &o, filename))
     bd = bdev_open (filename, "vmdk", &o, 0);
-  }
   return bd;
 }
 
 static void *
 vmdk_open_handle (int readonly)
 {
-  bool ro = readonly;
-  struct handle *h = calloc (1, sizeof *h);
-  if (!h) {
-    nbdkit_error ("calloc: %m");
-    return NULL;
-  }
   /* One export: the disk. */
-  h->img = bdev_registry_get (&images, "", open_export, &ro);
-  if (!h->img) {
-    free (h);
-    return NULL;
-  }
-  h->h.bd = h->img->bd;
-  h->h.readonly = readonly;
-  h->h.shared = true;
-  return h;
+  return bdev_nbdkit_shared_open (&images, "", open_export, readonly);
 }
 
 static void
 vmdk_close_handle (void *handle)
 {
-  struct handle *h = handle;
-  bdev_registry_put (&images, h->img);
-  free (h);
+  bdev_nbdkit_shared_close (&images, handle);
 }
 
 static struct nbdkit_plugin plugin = {
