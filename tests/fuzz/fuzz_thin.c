@@ -18,36 +18,13 @@
 #include <unistd.h>
 
 #include "bdev/bdev.h"
+#include "fuzz_common.h"
 #include "thin/thin.h"
 #include "util/log.h"
 
 #define POOL_SIZE (1024 * 1024)
 
-static char dirpath[64];
-static char imgpath[96];
 static FILE *devnull;
-
-static void
-remove_dir (void)
-{
-  unlink (imgpath);
-  rmdir (dirpath);
-}
-
-static void
-quiet (const char *fmt, va_list args)
-{
-  (void) fmt; (void) args;
-}
-
-static int
-count_extent (void *opaque, uint64_t offset, uint64_t length, uint32_t type)
-{
-  (void) offset; (void) type;
-  if (length == 0)
-    abort ();
-  return ++*(uint64_t *) opaque > 100000 ? -1 : 0;
-}
 
 static long
 check (void)
@@ -66,14 +43,9 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
 {
   static uint8_t buf[3 * 65536];
 
-  if (!dirpath[0]) {
-    kvm_log_set (quiet, quiet);
-    strcpy (dirpath, "/tmp/fuzz-thin.XXXXXX");
-    if (!mkdtemp (dirpath) || !(devnull = fopen ("/dev/null", "w")))
-      abort ();
-    snprintf (imgpath, sizeof imgpath, "%s/pool", dirpath);
-    atexit (remove_dir);
-  }
+  fuzz_init ("thin", "pool");
+  if (!devnull && !(devnull = fopen ("/dev/null", "w")))
+    abort ();
   if (size > POOL_SIZE)
     size = POOL_SIZE;
   int fd = open (imgpath, O_WRONLY | O_CREAT | O_TRUNC, 0600);
@@ -97,7 +69,7 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
   bdev_pread (bd, buf, len, 0);
   bdev_pread (bd, buf, len, vs - len);
   bdev_extents (bd, vs < (64u << 20) ? vs : (64u << 20), 0, 0,
-                count_extent, &n);
+                fuzz_count_extent, &n);
   memset (buf, 0x5a, sizeof buf);
   for (unsigned i = 0; i < 8; i++) {
     uint64_t off = vs / 9 * i + 1000;

@@ -16,51 +16,28 @@
 #include <unistd.h>
 
 #include "bdev/bdev.h"
+#include "fuzz_common.h"
 #include "util/log.h"
 #include "vhdx/vhdx.h"
 #include "vhdx_sparse.h"
-
-static char dirpath[64];
-static char imgpath[96];
-static uint8_t buf[65536];
-
-static void
-remove_dir (void)
-{
-  unlink (imgpath);
-  rmdir (dirpath);
-}
-
-static void
-quiet (const char *fmt, va_list args)
-{
-  (void) fmt; (void) args;
-}
 
 static void
 read_some (struct bdev *bd)
 {
   uint64_t size = bd->size;
-  for (uint64_t off = 0; off < size && off < 4 * sizeof buf;
-       off += sizeof buf) {
-    size_t n = size - off < sizeof buf ? size - off : sizeof buf;
-    bdev_pread (bd, buf, n, off);
+  for (uint64_t off = 0; off < size && off < 4 * sizeof fuzz_buf;
+       off += sizeof fuzz_buf) {
+    size_t n = size - off < sizeof fuzz_buf ? size - off : sizeof fuzz_buf;
+    bdev_pread (bd, fuzz_buf, n, off);
   }
   if (size > 4096)
-    bdev_pread (bd, buf, 4096, size / 2 / 4096 * 4096);
+    bdev_pread (bd, fuzz_buf, 4096, size / 2 / 4096 * 4096);
 }
 
 int
 LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
 {
-  if (!dirpath[0]) {
-    kvm_log_set (quiet, quiet);
-    strcpy (dirpath, "/tmp/fuzz-vhdxlog.XXXXXX");
-    if (!mkdtemp (dirpath))
-      abort ();
-    snprintf (imgpath, sizeof imgpath, "%s/img.vhdx", dirpath);
-    atexit (remove_dir);
-  }
+  fuzz_init ("vhdxlog", "img.vhdx");
   if (vhdx_sparse_write (imgpath, data, size) == -1)
     abort ();
   struct stat before, after;

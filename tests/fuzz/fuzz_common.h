@@ -1,0 +1,159 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
+/* The harness shared by the fuzz targets of image engines (qcow2, vmdk,
+ * vhdx, vhdx_log, thin): a private temporary directory holding the input
+ * as a file (so any file name an image contains resolves there and
+ * nowhere else), quiet logging, and bounded reads, maps and writes over
+ * the bdev the target opened.
+ *
+ * Header only (tests/fuzz/CMakeLists.txt makes every fuzz_*.c a target).
+ */
+#ifndef KVM_FUZZ_COMMON_H
+#define KVM_FUZZ_COMMON_H
+
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "bdev/bdev.h"
+#include "util/log.h"
+
+static char dirpath[64];
+static char imgpath[96];
+static uint8_t fuzz_buf[65536];
+
+static void
+fuzz_remove_dir (void)
+{
+  unlink (imgpath);
+  rmdir (dirpath);
+}
+
+static void
+fuzz_quiet (const char *fmt, va_list args)
+{
+  (void) fmt; (void) args;
+}
+
+/* Once per process: /tmp/fuzz-TAG.XXXXXX/FILE is imgpath, removed at
+ * exit; engine messages silenced.
+ */
+static inline void
+fuzz_init (const char *tag, const char *file)
+{
+  if (dirpath[0])
+    return;
+  kvm_log_set (fuzz_quiet, fuzz_quiet);
+  snprintf (dirpath, sizeof dirpath, "/tmp/fuzz-%s.XXXXXX", tag);
+  if (!mkdtemp (dirpath))
+    abort ();
+  snprintf (imgpath, sizeof imgpath, "%s/%s", dirpath, file);
+  atexit (fuzz_remove_dir);
+}
+
+/* imgpath := the input, byte for byte. */
+static inline void
+fuzz_write_image (const uint8_t *data, size_t size)
+{
+  int fd = open (imgpath, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  if (fd == -1)
+    abort ();
+  if (size && write (fd, data, size) != (ssize_t) size)
+    abort ();
+  close (fd);
+}
+
+/* Counts extents into *OPAQUE (a uint64_t); stops after 100000. */
+static inline int
+fuzz_count_extent (void *opaque, uint64_t offset, uint64_t length,
+                   uint32_t type)
+{
+  (void) offset; (void) type;
+  uint64_t *n = opaque;
+  if (length == 0)
+    abort ();                   /* the engine must never report an empty extent */
+  (*n)++;
+  return *n > 100000 ? -1 : 0;
+}
+
+/* Bounds of fuzz_exercise_read/write, and the small ways the targets
+ * differ.
+ */
+struct fuzz_limits {
+  uint64_t max_read;            /* bytes read from the start */
+  uint64_t max_map;             /* bytes mapped from the start */
+  unsigned probes;              /* scattered reads across the size */
+  uint64_t max_file;            /* stop writing once the file is this big */
+  uint8_t fill;                 /* byte written */
+  bool map_tail;                /* also map the last 4 KiB, BDEV_REQ_ONE */
+  bool reread;                  /* read the first block after the writes */
+};
+
+static inline void
+fuzz_exercise_read (struct bdev *bd, const struct fuzz_limits *l)
+{
+  uint64_t size = bd->size;
+  uint64_t lim = size < l->max_read ? size : l->max_read;
+  for (uint64_t off = 0; off < lim; off += sizeof fuzz_buf) {
+    size_t n = lim - off < sizeof fuzz_buf ? lim - off : sizeof fuzz_buf;
+    bdev_pread (bd, fuzz_buf, n, off);
+  }
+  for (unsigned i = 1; i <= l->probes && size > 0; i++) {
+    uint64_t off = size / (l->probes + 1) * i;
+    size_t n = size - off < 4096 ? size - off : 4096;
+    if (n)
+      bdev_pread (bd, fuzz_buf, n, off);
+  }
+  if (size > 3)
+    bdev_pread (bd, fuzz_buf, 3, size - 3);     /* unaligned tail */
+  uint64_t count = 0;
+  uint64_t mlen = size < l->max_map ? size : l->max_map;
+  if (mlen)
+    bdev_extents (bd, mlen, 0, 0, fuzz_count_extent, &count);
+  if (l->map_tail && size > 4096) {
+    count = 0;
+    bdev_extents (bd, 4096, size - 4096, BDEV_REQ_ONE, fuzz_count_extent,
+                  &count);
+  }
+}
+
+/* A few writes, zero writes and trims at offsets taken from the input's
+ * last bytes (so the fuzzer can steer them), then a flush.
+ */
+static inline void
+fuzz_exercise_write (struct bdev *bd, const uint8_t *data, size_t size,
+                     const struct fuzz_limits *l)
+{
+  uint64_t vsize = bd->size;
+  if (vsize == 0)
+    return;
+  memset (fuzz_buf, l->fill, sizeof fuzz_buf);
+  for (unsigned i = 0; i < 6; i++) {
+    uint64_t seedv = 0;
+    memcpy (&seedv, data + (size > 8 * (i + 1) ? size - 8 * (i + 1) : 0),
+            size >= 8 ? 8 : 0);
+    uint64_t off = seedv % vsize;
+    size_t n = (seedv >> 40) % sizeof fuzz_buf + 1;
+    if (n > vsize - off)
+      n = vsize - off;
+    switch (i % 3) {
+    case 0: bdev_pwrite (bd, fuzz_buf, n, off, i == 3 ? BDEV_FUA : 0); break;
+    case 1: bdev_zero (bd, n, off, (seedv & 1) ? BDEV_MAY_TRIM : 0); break;
+    case 2: bdev_trim (bd, n, off, 0); break;
+    }
+    struct stat st;
+    if (stat (imgpath, &st) == 0 && (uint64_t) st.st_size > l->max_file)
+      break;
+  }
+  bdev_flush (bd);
+  if (l->reread)
+    bdev_pread (bd, fuzz_buf, vsize < sizeof fuzz_buf ? vsize : sizeof fuzz_buf,
+                0);
+}
+
+#endif
