@@ -174,9 +174,18 @@ bad_data compressed-in-header l2 5 $(( (1 << 62) | (15 << 58) | 16 ))
 grep -q "corrupt image" "$tmpdir/d-l2-past-eof.log" ||
   fail "an L2 table past the end of the file was not reported"
 
-# Encrypted with LUKS (made by qemu-img).
-qemu-img create -q -f qcow2 --object secret,id=sec0,data=x \
-  -o encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10 luks.qcow2 $M
+# Encrypted with LUKS (made by qemu-img).  qemu-img calibrates its PBKDF
+# by timing its own CPU use and gives up ("Unable to get accurate CPU
+# usage") when a sample measures 0 ms, which happens on a loaded machine:
+# try a few times.
+for try in 1 2 3 4 5; do
+  rm -f luks.qcow2
+  qemu-img create -q -f qcow2 --object secret,id=sec0,data=x \
+    -o encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10 \
+    luks.qcow2 $M 2>luks.err && break
+  grep -q "accurate CPU usage" luks.err && [ $try -lt 5 ] ||
+    { cat luks.err >&2; fail "qemu-img could not create a LUKS image"; }
+done
 refused luks luks.qcow2 "encrypted"
 
 # Backing loops: a -> b -> a, and an image that is its own backing file.
