@@ -14,8 +14,10 @@
  * chunk another connection allocated does the same before touching it.
  * nbdkit 1.32 allows a second context of a connection into a plugin only
  * as a *shared* one, which has no export name: plugins that choose their
- * content by export name (the lvm plugin) fail to open there, and then
- * the new space is seen by new connections only (.prepare).
+ * content by export name open their default export there (the lvm
+ * plugin: lv=), so such a context is used only if it shows the same pool
+ * (same_pool); otherwise the new space is seen by new connections only
+ * (.prepare).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -88,6 +90,46 @@ leave (int r, int *err)
   return bdev_nbdkit_filter_result (r, err);
 }
 
+/* A shared context has no export name: a plugin that chooses its content
+ * by export name opens its default there (the lvm plugin: the LV given
+ * by lv=), which may be another export than the connection's.  Use the
+ * new context only if it shows the same pool: the same first
+ * IDENTITY_BYTES (the metadata headers, or physical chunk 0 with
+ * thin-metadata=), not all zeroes.  Both contexts are at least that long
+ * (a pool is never shorter than its metadata header and one chunk).
+ */
+#define IDENTITY_BYTES 65536
+
+static bool
+same_pool (nbdkit_next *c, nbdkit_next *n)
+{
+  int64_t len = c->get_size (c);
+  if (len > IDENTITY_BYTES)
+    len = IDENTITY_BYTES;
+  if (len <= 0)
+    return false;
+  char *a = malloc (len), *b = malloc (len);
+  int err = 0;
+  bool same = a && b &&
+    c->pread (c, a, len, 0, 0, &err) == 0 &&
+    n->pread (n, b, len, 0, 0, &err) == 0 &&
+    memcmp (a, b, len) == 0;
+  if (same) {
+    same = false;
+    for (int64_t i = 0; i < len; i++)
+      if (a[i]) {
+        same = true;
+        break;
+      }
+  }
+  free (a);
+  free (b);
+  if (!same)
+    nbdkit_debug ("thin: a new context into the layer below shows another "
+                  "export (or cannot be compared): not used");
+  return same;
+}
+
 /* Open a fresh context into the plugin for handle H (a connection
  * thread), make it H's I/O context; its size, or -1.  FORCE: even if the
  * last refresh was less than a second ago.
@@ -112,10 +154,12 @@ refresh (struct handle *h, bool force)
   }
   size = n->get_size (n);
   nbdkit_next *c = bdev_next_current;
-  if (size == -1 || (c && size <= c->get_size (c))) {
-    /* Not grown: the context we have is as good. */
+  if (size == -1 || (c && size <= c->get_size (c)) ||
+      (c && !same_pool (c, n))) {
+    /* Not grown (the context we have is as good), or not our pool. */
     n->finalize (n);
     nbdkit_next_context_close (n);
+    size = -1;
     goto out;
   }
   h->extra[h->nextra++] = n;

@@ -235,6 +235,14 @@ lvm_open (int readonly)
   const char *name = nbdkit_export_name ();
   struct bdev_nbdkit_handle *h;
 
+  /* A context that a filter opened shared (the thin filter asking for
+   * the pool's size again) has no connection, hence no export name:
+   * nbdkit logs "no connection in this thread" and the default LV is
+   * opened; the thin filter checks that it is its pool before using it.
+   */
+  if (!name)
+    nbdkit_debug ("lvm: no export name (a shared context): the default "
+                  "LV %s", default_lv ? default_lv : "(none: lv= unset)");
   if (!name || !*name)
     name = default_lv;
   if (!name) {
