@@ -21,7 +21,7 @@ C=65536
 sock=$tmpdir/g.sock
 uri=$(uri_of "$sock")
 pv=$tmpdir/pv.img
-truncate -s 160M "$pv"
+truncate -s 96M "$pv"
 lvm_attach "$pv" loop
 lvm_q pvcreate -q "$loop"
 lvm_q vgcreate -q -s 4m tvg "$loop"
@@ -74,7 +74,7 @@ serve () {
 }
 
 # --- 1. grown by hand after ENOSPC -----------------------------------------
-lvm_q lvcreate -q -an -Zn -L 16M -n tlv tvg
+lvm_q lvcreate -q -an -Zn -L 8M -n tlv tvg
 serve tlv
 nbdsh -u "$uri" -c "
 import subprocess, time
@@ -95,7 +95,7 @@ try:
     raise SystemExit('no ENOSPC at chunk %d' % full1)
 except nbd.Error as e:
     assert e.errno in ('ENOSPC', 28), e
-subprocess.run(['lvextend', '-q', '-L', '+16M', 'tvg/tlv', '$loop'],
+subprocess.run(['lvextend', '-q', '-L', '+8M', 'tvg/tlv', '$loop'],
                check=True, stdout=subprocess.DEVNULL)
 time.sleep(1.1)   # the filter asks the layer below at most once a second
 full2 = fill(full1)
@@ -103,7 +103,7 @@ h.flush()
 grown = full2 - full1
 print('full at %d chunks; %d more on the same connection after lvextend'
       % (full1, grown))
-assert grown == 16 * 1024 * 1024 // C, grown
+assert grown == 8 * 1024 * 1024 // C, grown
 for v in range(0, full2):
     want = b'r' * C if v == 0 else bytes([v % 251 + 1]) * C
     assert h.pread(C, v * C) == want, v
@@ -117,19 +117,19 @@ for v in range(1, $full2):
     assert h.pread(C, v * C) == bytes([v % 251 + 1]) * C, v
 "
 echo "new connection: $(thin_desc "$uri")"
-[ "$(lv_bytes tlv)" = $((32 * M)) ] || fail "lvs: tlv is $(lv_bytes tlv) bytes"
+[ "$(lv_bytes tlv)" = $((16 * M)) ] || fail "lvs: tlv is $(lv_bytes tlv) bytes"
 after tlv
 stop_nbdkit
 
 # --- 2. grown by thin-hook -------------------------------------------------
-lvm_q lvcreate -q -an -Zn -L 16M -n hlv tvg
+lvm_q lvcreate -q -an -Zn -L 8M -n hlv tvg
 hooklog=$tmpdir/hook.log
 : > "$hooklog"
 serve hlv thin-warn=75% \
-  "thin-hook=lvextend -q -L +16M tvg/hlv '$loop' >/dev/null && echo \$THIN_POOL_BYTES >> '$hooklog'"
+  "thin-hook=lvextend -q -L +8M tvg/hlv '$loop' >/dev/null && echo \$THIN_POOL_BYTES >> '$hooklog'"
 nbdsh -u "$uri" -c "
 C = $C
-n = 32 * 1024 * 1024 // C      # twice the LV's first size
+n = 16 * 1024 * 1024 // C      # twice the LV's first size
 for v in range(n):
     h.pwrite(bytes([v % 249 + 7]) * C, v * C)
 h.flush()
@@ -140,7 +140,7 @@ print('%d chunks written without ENOSPC' % n)
 hooks=$(wc -l < "$hooklog")
 (( hooks >= 2 )) || fail "the hook ran $hooks times: $(cat "$hooklog")"
 echo "hook ran $hooks times (pool bytes seen: $(tr '\n' ' ' < "$hooklog"))"
-(( $(lv_bytes hlv) == (16 + 16 * hooks) * M )) ||
+(( $(lv_bytes hlv) == (8 + 8 * hooks) * M )) ||
   fail "lvs: hlv is $(lv_bytes hlv) bytes after $hooks hooks"
 after hlv
 stop_nbdkit
@@ -159,12 +159,12 @@ stop_nbdkit
 # which the lvm plugin opens its default LV (lv=), not the connection's.
 # With a larger default LV than the full pool of the connection's LV, the
 # filter must keep ENOSPC and leave the default LV untouched.
-lvm_q lvcreate -q -an -Zn -L 64M -n big tvg
+lvm_q lvcreate -q -an -Zn -L 32M -n big tvg
 serve big
 nbdsh -u "$(uri_of "$sock" hlv)" -c "
 import time
 C = $C
-v = 512
+v = 256
 while True:
     try:
         h.pwrite(b'h' * C, v * C)
@@ -183,7 +183,7 @@ print('hlv full at %d chunks, still ENOSPC' % v)
 " || logfail "another LV as the pool"
 grep -q 'shows another export' "$tmpdir/nbdkit.log" ||
   logfail "the filter did not refuse the default LV"
-cmp -n $((64 * M)) "$(lv_image big)" /dev/zero ||
+cmp -n $((32 * M)) "$(lv_image big)" /dev/zero ||
   fail "the default LV 'big' was written through the export hlv"
 stop_nbdkit
 echo PASS
