@@ -83,16 +83,20 @@ if [ "$SMOKE" = 1 ]; then
   # Explicit options still win over the smoke defaults.
   [ -n "$rounds_set" ] || ROUNDS=1
   [ -n "$size_set" ] || size_arg=16M
-  [ -n "$runtime_set" ] || RUNTIME=1
+  [ -n "$runtime_set" ] || RUNTIME=0.3
   strict=1
 fi
 
 case $ROUNDS in ''|*[!0-9]*|0) echo "bench/run.sh: bad --rounds '$ROUNDS'" >&2; exit 2 ;; esac
-case $RUNTIME in ''|*[!0-9]*|0) echo "bench/run.sh: bad --runtime '$RUNTIME' (whole seconds)" >&2; exit 2 ;; esac
+# Seconds, with up to 3 decimals (fio gets milliseconds).
+if ! [[ $RUNTIME =~ ^[0-9]+(\.[0-9]{1,3})?$ ]] ||
+   ! RUNTIME_MS=$(awk -v r="$RUNTIME" 'BEGIN { ms = int(r * 1000 + 0.5); print ms; exit !(ms > 0) }'); then
+  echo "bench/run.sh: bad --runtime '$RUNTIME' (seconds, up to 3 decimals)" >&2; exit 2
+fi
 SIZE=$(parse_size "$size_arg") || { echo "bench/run.sh: bad --size '$size_arg'" >&2; exit 2; }
 [ "$SIZE" -ge 1048576 ] && [ $((SIZE % 1048576)) = 0 ] ||
   { echo "bench/run.sh: --size must be a multiple of 1M" >&2; exit 2; }
-export SIZE RUNTIME ROUNDS SMOKE
+export SIZE RUNTIME RUNTIME_MS ROUNDS SMOKE
 
 if [ ${#scenarios[@]} = 0 ]; then
   for f in "$BENCH_DIR"/scenarios/*.sh; do
@@ -219,7 +223,7 @@ _run_workload () {
       local args=(--name="$wl" --ioengine=nbd --uri="$uri" --size="$esize"
                   --iodepth=16 --numjobs=1 --group_reporting
                   --output-format=json --output="$base.json")
-      [ "${_wl_kind[$wl]}" = fio ] && args+=(--time_based --runtime="$RUNTIME")
+      [ "${_wl_kind[$wl]}" = fio ] && args+=(--time_based --runtime="${RUNTIME_MS}ms")
       if ! fio "${args[@]}" "${extra[@]}" >"$base.fio.log" 2>&1; then
         bench_log "fio failed: fio ${args[*]} ${extra[*]}"
         _log_tail "$base.fio.log"
