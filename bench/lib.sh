@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: BSD-3-Clause
 # Helpers for the benchmark harness: sourced by bench/run.sh, used by
 # the scenario files in bench/scenarios/.  See bench/README.md for the
-# interface.  Not a test: nothing here is run by ctest.
+# interface.  Not a test: ctest runs only bench/run.sh --smoke
+# (tests/bench/test-bench-smoke.sh).
 
 # --- logging ----------------------------------------------------------------
 bench_log () { echo "bench: $*" >&2; }

@@ -91,18 +91,22 @@ function(kvm_add_unit_test name)
   target_link_libraries(${name} PRIVATE ${A_LIBS})
   add_test(NAME ${name} COMMAND ${name})
   # 77: the test cannot run here (it fails instead when CI=true).
-  set_tests_properties(${name} PROPERTIES TIMEOUT 120 SKIP_RETURN_CODE 77)
+  set_tests_properties(${name} PROPERTIES TIMEOUT 120 SKIP_RETURN_CODE 77
+    RESOURCE_GROUPS "cpu:1")
 endfunction()
 
-# kvm_add_shell_test(NAME SCRIPT [TIMEOUT s] [COST s] [LABELS ...]
+# kvm_add_shell_test(NAME SCRIPT [TIMEOUT s] [COST s] [IDLE] [LABELS ...]
 #                    [LOCKS ...]): a shell test run with the environment of
 # tests/functions.sh (build dir, sanitizer preload).  LOCKS: ctest
 # RESOURCE_LOCK names, for a test that uses something system-wide that
 # another test uses too; COST: its expected seconds on an idle 2-core
-# machine, for a test of more than ~20 s, so that ctest -j starts it early
-# (see the rules at the top of tests/CMakeLists.txt).
+# machine, for a test of more than ~20 s, so that ctest -j starts it early;
+# IDLE: a test that mostly waits (rate limits, timeouts, sleeps; measured
+# CPU time under a quarter of its wall time) and takes none of ctest's
+# "cpu" resource slots, so it runs beside the busy tests (see the rules
+# at the top of tests/CMakeLists.txt).
 function(kvm_add_shell_test name script)
-  cmake_parse_arguments(A "" "TIMEOUT;COST" "LABELS;LOCKS" ${ARGN})
+  cmake_parse_arguments(A "IDLE" "TIMEOUT;COST" "LABELS;LOCKS" ${ARGN})
   if(NOT A_TIMEOUT)
     set(A_TIMEOUT 300)
   endif()
@@ -117,6 +121,9 @@ function(kvm_add_shell_test name script)
   endif()
   if(A_COST)
     set_tests_properties(${name} PROPERTIES COST ${A_COST})
+  endif()
+  if(NOT A_IDLE)
+    set_tests_properties(${name} PROPERTIES RESOURCE_GROUPS "cpu:1")
   endif()
 endfunction()
 

@@ -2,17 +2,19 @@
 # SPDX-License-Identifier: BSD-3-Clause
 # The whole test suite, from a fresh Debian 12 machine (as root):
 # installs packages, builds, installs the plugins into nbdkit's directories,
-# prepares the guest kernel for the end-to-end tests, runs a 1-round smoke
-# of the benchmarks, then runs ctest on the normal build and again on an
-# AddressSanitizer + UBSan build.  Exits non-zero if anything fails.
+# prepares the guest kernel for the end-to-end tests, then runs ctest on
+# the normal build (with a 1-round smoke run of the benchmarks) and again
+# on an AddressSanitizer + UBSan build.  Exits non-zero if anything fails.
 #
 # Phases that do not compete for the CPU overlap (2 cores): the e2e guest
 # preparation (downloads, unpacking) runs in the background from the start
-# (e2e tests also wait for its lock themselves), and the benchmark smoke
-# run (time-based fio jobs of 1 s) runs beside the sanitizer build.  The
-# two ctest runs stay one after the other, each with -j$CTEST_JOBS (2): see
-# tests/CMakeLists.txt for what lets tests run in parallel.  Each phase's
-# wall time is printed at the end.
+# (e2e tests also wait for its lock themselves).  The benchmark smoke run
+# is a ctest test of the normal build (bench-smoke).  The two ctest runs
+# stay one after the other; in each, at most $CTEST_JOBS (2) tests that
+# keep a core busy run at once (ctest's "cpu" resource, one slot per job),
+# and as many tests that mostly wait (rate limits, timeouts: IDLE in
+# tests/*/CMakeLists.txt) run beside them: see tests/CMakeLists.txt.
+# Each phase's wall time is printed at the end.
 set -uo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
@@ -42,6 +44,16 @@ logdir=$(mktemp -d /tmp/kvm-ci.XXXXXX)
 # own servers) before their logs go.
 trap 'wait; rm -rf "$logdir"' EXIT
 
+# python3 is the system's (/usr/bin/python3, with python3-libnbd) even
+# when a version manager's shim comes first on PATH: the benchmark and
+# e2e scripts call it often, and a pyenv shim costs ~0.5 s of CPU per call
+# (tests/functions.sh does the same for the tests).
+if [ -x /usr/bin/python3 ] && [ "$(command -v python3)" != /usr/bin/python3 ]; then
+  mkdir "$logdir/python"
+  ln -s /usr/bin/python3 "$logdir/python/python3"
+  export PATH="$logdir/python:$PATH"
+fi
+
 step "install dependencies"
 bash scripts/install-deps.sh || exit 1
 
@@ -59,25 +71,8 @@ bash scripts/build.sh "$top/build" || exit 1
 step "install into nbdkit's plugin and filter directories"
 cmake --install "$top/build" || exit 1
 
-# The benchmark smoke run only needs the normal build: beside the
-# sanitizer build (its jobs are time-based, it is not a measurement).
-bench_pid=""
-if [ -x bench/run.sh ]; then
-  BUILD="$top/build" bash bench/run.sh --smoke --charts "$top/build/bench-charts" \
-    > "$logdir/bench.log" 2>&1 &
-  bench_pid=$!
-fi
-bench_t0=$SECONDS
-
-step "build (AddressSanitizer + UBSan), benchmark smoke run beside it"
+step "build (AddressSanitizer + UBSan)"
 bash scripts/build.sh "$top/build-asan" -DSANITIZE=ON -DCMAKE_BUILD_TYPE=Debug || exit 1
-
-if [ -n "$bench_pid" ]; then
-  step "benchmark smoke run (1 round, not a measurement): waiting for it"
-  wait "$bench_pid" || failed+=("bench-smoke")
-  cat "$logdir/bench.log"
-  echo "(benchmark smoke run: $((SECONDS - bench_t0)) s in all)"
-fi
 
 if [ -n "$prepare_pid" ]; then
   step "prepare the guest kernel and initramfs for e2e tests: waiting for it"
@@ -86,16 +81,22 @@ if [ -n "$prepare_pid" ]; then
   echo "(e2e preparation: $((SECONDS - prepare_t0)) s in all)"
 fi
 
+# ctest's resources: $jobs "cpu" slots.  Every test takes one, except the
+# IDLE ones; twice as many tests as slots run at once at most.
 jobs=${CTEST_JOBS:-2}
-step "ctest (normal build)"
-(cd build && ctest --output-on-failure -j"$jobs") || failed+=("ctest")
+printf '{"version": {"major": 1, "minor": 0}, "local": [{"cpu": [{"id": "0", "slots": %d}]}]}\n' \
+  "$jobs" > "$logdir/resources.json"
+ctest_args=(--output-on-failure -j"$((jobs * 2))" --resource-spec-file "$logdir/resources.json")
+
+step "ctest (normal build, with the benchmark smoke run: bench-smoke)"
+(cd build && ctest "${ctest_args[@]}") || failed+=("ctest")
 
 # Tests labelled normal-build-only either load none of the project's code
 # or repeat, over another plugin, engine paths that other tests run under
 # the sanitizers too (see tests/qcow2/CMakeLists.txt, tests/e2e/); they
 # run in the normal build only.
 step "ctest (sanitizer build)"
-(cd build-asan && ctest --output-on-failure -j"$jobs" -LE normal-build-only) ||
+(cd build-asan && ctest "${ctest_args[@]}" -LE normal-build-only) ||
   failed+=("ctest-asan")
 
 summary
