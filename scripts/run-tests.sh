@@ -8,7 +8,8 @@
 #
 # Phases that do not compete for the CPU overlap (2 cores): the e2e guest
 # preparation (downloads, unpacking) runs in the background from the start
-# (e2e tests also wait for its lock themselves).  The benchmark smoke run
+# (e2e tests also wait for its lock themselves), the sanitizer build at
+# nice 19 beside ctest on the normal build.  The benchmark smoke run
 # is a ctest test of the normal build (bench-smoke).  The two ctest runs
 # stay one after the other; in each, at most $CTEST_JOBS (2) tests that
 # keep a core busy run at once (ctest's "cpu" resource, one slot per job),
@@ -71,8 +72,14 @@ bash scripts/build.sh "$top/build" || exit 1
 step "install into nbdkit's plugin and filter directories"
 cmake --install "$top/build" || exit 1
 
-step "build (AddressSanitizer + UBSan)"
-bash scripts/build.sh "$top/build-asan" -DSANITIZE=ON -DCMAKE_BUILD_TYPE=Debug || exit 1
+# The sanitizer build runs in the background at the lowest priority
+# (nice 19) while ctest runs on the normal build: it takes only the CPU
+# time the tests leave idle (waits, sleeps, rate limits) and hardly
+# slows them; ctest on it waits for it below.
+nice -n 19 bash scripts/build.sh "$top/build-asan" -DSANITIZE=ON -DCMAKE_BUILD_TYPE=Debug \
+  > "$logdir/build-asan.log" 2>&1 &
+build_asan_pid=$!
+build_asan_t0=$SECONDS
 
 if [ -n "$prepare_pid" ]; then
   step "prepare the guest kernel and initramfs for e2e tests: waiting for it"
@@ -93,13 +100,21 @@ ctest_args=(--output-on-failure -j"$((jobs * 2))" --resource-spec-file "$logdir/
 step "ctest (normal build, with the benchmark smoke run: bench-smoke)"
 (cd build && ctest "${ctest_args[@]}" -LE sanitizer-build-only) || failed+=("ctest")
 
+step "build (AddressSanitizer + UBSan, nice 19 beside ctest): waiting for it"
+build_asan_ok=1
+wait "$build_asan_pid" || { build_asan_ok=0; failed+=("build-asan"); }
+cat "$logdir/build-asan.log"
+echo "(sanitizer build: $((SECONDS - build_asan_t0)) s in all)"
+
 # Tests labelled normal-build-only either load none of the project's code
 # or repeat, over another plugin, engine paths that other tests run under
 # the sanitizers too (see tests/qcow2/CMakeLists.txt, tests/e2e/); they
 # run in the normal build only.
-step "ctest (sanitizer build)"
-(cd build-asan && ctest "${ctest_args[@]}" -LE normal-build-only) ||
-  failed+=("ctest-asan")
+if [ $build_asan_ok = 1 ]; then
+  step "ctest (sanitizer build)"
+  (cd build-asan && ctest "${ctest_args[@]}" -LE normal-build-only) ||
+    failed+=("ctest-asan")
+fi
 
 summary
 if [ ${#failed[@]} -gt 0 ]; then
