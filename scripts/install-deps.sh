@@ -21,6 +21,7 @@ test_pkgs=(
   libvirt-daemon-driver-qemu
   clang libclang-rt-14-dev
   gnuplot-nox
+  gdb
 )
 
 pkgs=("${build_pkgs[@]}")

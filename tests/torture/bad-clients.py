@@ -31,13 +31,15 @@ SIGABRT, with no sanitizer report or other error in its log, is counted
 as a known nbdkit abort and restarted; any other death, a sanitizer
 report, a changed byte or a server that stops answering is a failure.
 
-Prints one summary line; exit 0 on success, 1 on failure.
+Prints one summary line and writes the count of known aborts to
+DIR/known-aborts; exit 0 on success, 1 on failure.
 """
 
 import argparse
 import os
 import random
 import re
+import resource
 import signal
 import socket
 import struct
@@ -89,6 +91,32 @@ server = None
 server_log = None
 server_starts = 0
 known_aborts = []       # scenario names
+core_checked = []       # those whose core's backtrace was checked
+
+
+def core_on():
+    resource.setrlimit(resource.RLIMIT_CORE,
+                       (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+
+
+def core_backtrace():
+    """The backtrace of the thread that got the signal, from the core
+    file the dead server left in DIR (None without a core or gdb)."""
+    cores = [f for f in os.listdir(args.dir)
+             if f == "core" or f.startswith("core.")]
+    if not cores:
+        return None
+    core = os.path.join(args.dir, cores[0])
+    try:
+        exe = subprocess.run(["sh", "-c", "command -v nbdkit"],
+                             capture_output=True, text=True).stdout.strip()
+        bt = subprocess.run(["gdb", "-batch", "-ex", "bt", exe, core],
+                            capture_output=True, text=True,
+                            timeout=300).stdout
+    except (FileNotFoundError, subprocess.TimeoutExpired):
+        bt = None
+    os.unlink(core)
+    return bt
 
 
 def start_server():
@@ -103,11 +131,17 @@ def start_server():
     if pre:
         env["LD_PRELOAD"] = pre + (":" + env["LD_PRELOAD"]
                                    if env.get("LD_PRELOAD") else "")
+    for f in os.listdir(args.dir):
+        if f == "core" or f.startswith("core."):
+            os.unlink(os.path.join(args.dir, f))
     with open(logname, "wb") as lf:
+        # A core file in DIR (kernel.core_pattern "core") for the
+        # backtrace of a death; the sanitizer runtimes disable it.
         server = subprocess.Popen(["nbdkit", "-f", "-U", sock_path]
                                   + args.nbdkit_args,
                                   stdin=subprocess.DEVNULL, stdout=lf,
-                                  stderr=lf, env=env)
+                                  stderr=lf, env=env, cwd=args.dir,
+                                  preexec_fn=core_on)
     for _ in range(1200):
         if os.path.exists(sock_path):
             try:
@@ -183,10 +217,29 @@ def classify_death(scenario):
     failure."""
     text = read_log()
     rc = server.returncode
+    bt = core_backtrace()
     if (rc == -signal.SIGABRT and KNOWN_ABORT.search(text)
             and not BAD_SIGNS.search(text)):
+        # The failing frame: nbdkit's raw_send_socket, and none of our
+        # modules (the .so files named on the command line) on the
+        # aborting thread's stack.
+        ours = [os.path.basename(a) for a in args.nbdkit_args
+                if a.endswith(".so") or "--filter=/" in a]
+        ours = [o.replace("--filter=", "") for o in ours]
+        if os.environ.get("TOP_SRCDIR"):
+            ours.append(os.environ["TOP_SRCDIR"] + "/")   # frames with source
+        if bt is not None:
+            frames = "\n".join(l for l in bt.splitlines()
+                               if l.startswith("#"))
+            if "raw_send_socket" not in frames or any(o in frames
+                                                      for o in ours):
+                die("nbdkit aborted with the known message, but the "
+                    "aborting thread's stack is not the known one:\n" + bt)
+            core_checked.append(scenario)
         known_aborts.append(scenario)
         return
+    if bt:
+        text += "\nbacktrace of the core:\n" + bt
     die("nbdkit died (exit status %s) after scenario %s; log %s:\n%s"
         % (rc, scenario, server_log, text[-4000:]))
 
@@ -444,11 +497,16 @@ by = {}
 for sc in known_aborts:
     by[sc] = by.get(sc, 0) + 1
 log("%d rounds, %d scenario runs in %.1f s; nbdkit 1.32's known abort "
-    "(raw_send_socket) %d times%s;%s no other failure"
+    "(raw_send_socket) %d times%s%s;%s no other failure"
     % (args.rounds, runs, time.monotonic() - t0, len(known_aborts),
        (" (" + ", ".join("%s %d" % kv for kv in sorted(by.items())) + ")")
        if by else "",
+       (" (%d checked in a core's backtrace)" % len(core_checked))
+       if core_checked else "",
        " the sanitizer-preload exit hang once;" if exit_hangs else ""))
+# For the caller's checks of the storage (a crash may leak clusters).
+with open(os.path.join(args.dir, "known-aborts"), "w") as f:
+    f.write("%d\n" % len(known_aborts))
 if args.max_known_aborts >= 0 and len(known_aborts) > args.max_known_aborts:
     die("the known nbdkit abort happened %d times (limit %d)"
         % (len(known_aborts), args.max_known_aborts))
