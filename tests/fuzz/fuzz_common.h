@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: BSD-3-Clause */
 /* The harness shared by the fuzz targets of image engines (qcow2, vmdk,
- * vhdx, vhdx_log, thin): a private temporary directory holding the input
- * as a file (so any file name an image contains resolves there and
- * nowhere else), quiet logging, and bounded reads, maps and writes over
+ * vhdx, vhdx_log, thin, snapshot): a private temporary directory, on
+ * tmpfs when there is one, holding the input as a file (so any file name
+ * an image contains resolves there and nowhere else), quiet logging, and bounded reads, maps and writes over
  * the bdev the target opened.
  *
  * Header only (tests/fuzz/CMakeLists.txt makes every fuzz_*.c a target).
@@ -23,8 +23,8 @@
 #include "bdev/bdev.h"
 #include "util/log.h"
 
-static char dirpath[64];
-static char imgpath[96];
+static char dirpath[256];
+static char imgpath[512];
 static uint8_t fuzz_buf[65536];
 
 static void
@@ -40,8 +40,23 @@ fuzz_quiet (const char *fmt, va_list args)
   (void) fmt; (void) args;
 }
 
-/* Once per process: /tmp/fuzz-TAG.XXXXXX/FILE is imgpath, removed at
- * exit; engine messages silenced.
+/* Where the private directories go: $FUZZ_TMPDIR, else /dev/shm (tmpfs:
+ * the engines' reads, writes and fdatasync stay in memory, which is most
+ * of the speed of the image targets), else /tmp.
+ */
+static inline const char *
+fuzz_tmpdir (void)
+{
+  const char *d = getenv ("FUZZ_TMPDIR");
+  if (d && *d)
+    return d;
+  if (access ("/dev/shm", W_OK | X_OK) == 0)
+    return "/dev/shm";
+  return "/tmp";
+}
+
+/* Once per process: DIR/fuzz-TAG.XXXXXX/FILE is imgpath (DIR from
+ * fuzz_tmpdir), removed at exit; engine messages silenced.
  */
 static inline void
 fuzz_init (const char *tag, const char *file)
@@ -49,7 +64,9 @@ fuzz_init (const char *tag, const char *file)
   if (dirpath[0])
     return;
   kvm_log_set (fuzz_quiet, fuzz_quiet);
-  snprintf (dirpath, sizeof dirpath, "/tmp/fuzz-%s.XXXXXX", tag);
+  if ((size_t) snprintf (dirpath, sizeof dirpath, "%s/fuzz-%s.XXXXXX",
+                         fuzz_tmpdir (), tag) >= sizeof dirpath)
+    abort ();
   if (!mkdtemp (dirpath))
     abort ();
   snprintf (imgpath, sizeof imgpath, "%s/%s", dirpath, file);
