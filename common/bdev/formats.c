@@ -112,19 +112,28 @@ bdev_open (const char *path, const char *format,
   if (depth > max) {
     kvm_error ("%s: backing chain longer than %u images", path, max);
     errno = ELOOP;
-    return NULL;
+    goto fail;
   }
   if (!format) {
     format = probe_file (path, opts, hdr, sizeof hdr);
     if (!format)
-      return NULL;
+      goto fail;
     kvm_debug ("%s: probed format %s", path, format);
   }
   const struct bdev_format *f = bdev_format_find (format);
   if (!f) {
     kvm_error ("%s: unknown or unsupported format '%s'", path, format);
     errno = ENOTSUP;
-    return NULL;
+    goto fail;
   }
   return f->open (path, opts, depth);
+
+ fail:
+  /* opts->backing is ours also on failure (bdev.h). */
+  if (opts->backing) {
+    int e = errno;
+    bdev_close (opts->backing);
+    errno = e;
+  }
+  return NULL;
 }

@@ -808,10 +808,12 @@ qcow2_open (const char *path, const struct bdev_open_opts *opts,
   fo.readonly = readonly;
   fo.growable = !readonly;
   fo.format_opts = NULL;
+  fo.backing = NULL;
   struct bdev *file = bdev_storage_open (path, &fo);
   if (!file) {
-    if (!errno)
-      errno = EINVAL;
+    int e = errno ? errno : EINVAL;
+    bdev_close (opts->backing);   /* ours also on failure (bdev.h) */
+    errno = e;
     return NULL;
   }
   return qcow2_open_container (file, path, opts, depth);
