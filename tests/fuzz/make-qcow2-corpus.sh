@@ -5,8 +5,9 @@
 # clusters, so each file stays under 64 KiB; the extended-L2 seeds need
 # 16 KiB clusters and are a little larger) covering both versions, all
 # refcount widths, compressed clusters (zlib, zstd), zero clusters,
-# discards, internal snapshots, a backing file name, an external data file
-# and the dirty/corrupt bits.  The names say what each seed is.
+# discards, internal snapshots (also over compressed and shared clusters),
+# persistent bitmaps, a backing file name, an external data file (also
+# data_file_raw), lazy refcounts and the dirty/corrupt bits.  The names say what each seed is.
 #   tests/fuzz/make-qcow2-corpus.sh [OUTDIR]
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
@@ -51,6 +52,48 @@ io -c 'write -P 0x11 0 6k' -c 'write -z 8k 2k' v3-c2k-snapshots.qcow2
 qemu-img snapshot -c first v3-c2k-snapshots.qcow2
 io -c 'write -P 0x88 0 4k' v3-c2k-snapshots.qcow2
 qemu-img snapshot -c second v3-c2k-snapshots.qcow2
+
+# Persistent dirty bitmaps (bitmap directory extension, bitmap tables,
+# bitmap data clusters): enabled ones that qemu-io's writes mark, a
+# disabled one with a larger granularity, one cleared, and one merged.
+qemu-img create -q -f qcow2 -o cluster_size=4096 v3-c4k-bitmaps.qcow2 1M
+qemu-img bitmap --add v3-c4k-bitmaps.qcow2 b1
+qemu-img bitmap --add -g 65536 v3-c4k-bitmaps.qcow2 b2
+io -c 'write -P 0x12 0 8k' -c 'write -P 0x13 600k 4k' v3-c4k-bitmaps.qcow2
+qemu-img bitmap --disable v3-c4k-bitmaps.qcow2 b2
+io -c 'write -P 0x14 900k 4k' v3-c4k-bitmaps.qcow2
+qemu-img bitmap --add v3-c4k-bitmaps.qcow2 b3
+qemu-img bitmap --merge b1 v3-c4k-bitmaps.qcow2 b3
+qemu-img bitmap --clear v3-c4k-bitmaps.qcow2 b1
+qemu-img create -q -f qcow2 -o cluster_size=512 v3-c512-bitmap.qcow2 1M
+qemu-img bitmap --add -g 512 v3-c512-bitmap.qcow2 small
+io -c 'write -P 0x15 0 3k' -c 'write -P 0x16 512k 1k' v3-c512-bitmap.qcow2
+
+# Snapshots over compressed and shared clusters (refcounts above 1, COW
+# of shared L2 tables and data), a deleted snapshot (a gap in the ids),
+# and a snapshot taken with a bitmap present.
+qemu-img create -q -f qcow2 -o cluster_size=1024 v3-c1k-snaps-compressed.qcow2 1M
+io -c 'write -c -P 0x21 0 8k' -c 'write -P 0x22 64k 4k' v3-c1k-snaps-compressed.qcow2
+qemu-img snapshot -c s1 v3-c1k-snaps-compressed.qcow2
+io -c 'write -P 0x23 2k 2k' -c 'write -z 64k 1k' v3-c1k-snaps-compressed.qcow2
+qemu-img snapshot -c s2 v3-c1k-snaps-compressed.qcow2
+qemu-img snapshot -c s3 v3-c1k-snaps-compressed.qcow2
+qemu-img snapshot -d s2 v3-c1k-snaps-compressed.qcow2
+io -c 'discard 0 4k' -c 'write -P 0x24 100k 1k' v3-c1k-snaps-compressed.qcow2
+cp v3-c4k-bitmaps.qcow2 v3-c4k-bitmaps-snap.qcow2
+qemu-img snapshot -c withbitmaps v3-c4k-bitmaps-snap.qcow2
+io -c 'write -P 0x25 4k 4k' v3-c4k-bitmaps-snap.qcow2
+
+# Header extensions: backing format name with an external data file in
+# raw mode (data_file_raw), and a long backing file name.
+qemu-img create -q -f qcow2 -o cluster_size=4096,data_file=data2.raw,data_file_raw=on \
+  v3-c4k-datafile-raw.qcow2 1M
+io -c 'write -P 0xab 0 8k' v3-c4k-datafile-raw.qcow2
+qemu-img create -q -f qcow2 -o cluster_size=4096 -b "$(printf 'b%.0s' $(seq 200)).raw" \
+  -F raw -u v3-c4k-long-backing.qcow2 1M
+# Lazy refcounts (compatible feature bit), written.
+qemu-img create -q -f qcow2 -o cluster_size=2048,lazy_refcounts=on v3-c2k-lazy.qcow2 1M
+io -c 'write -P 0x31 0 6k' v3-c2k-lazy.qcow2
 
 # A backing file name (raw, in the same directory) and a backing loop
 # onto the fuzz target's own file name.
