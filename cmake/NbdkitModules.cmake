@@ -102,7 +102,7 @@ endfunction()
 # another test uses too; COST: its expected seconds on an idle 2-core
 # machine, for a test of more than ~20 s, so that ctest -j starts it early;
 # IDLE: a test that mostly waits (rate limits, timeouts, sleeps; measured
-# CPU time under a quarter of its wall time) and takes none of ctest's
+# CPU time under about 45 % of its wall time) and takes none of ctest's
 # "cpu" resource slots, so it runs beside the busy tests (see the rules
 # at the top of tests/CMakeLists.txt).
 function(kvm_add_shell_test name script)
