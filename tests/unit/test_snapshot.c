@@ -150,7 +150,7 @@ model_drop (int i)
 static void
 check_all (struct snap_chain *c, const char *when)
 {
-  char what[128];
+  char what[320];
   snprintf (what, sizeof what, "chain %s", when);
   check_equal (snap_chain_bdev (c), model, what);
   for (int i = 0; i < nsnaps; i++) {
