@@ -45,10 +45,11 @@ bdev_close (struct bdev *bd)
 static int
 check_range (struct bdev *bd, uint64_t count, uint64_t offset, const char *op)
 {
-  if (!ck_range_within (offset, count, bd->size)) {
+  uint64_t size = bdev_size (bd);
+  if (!ck_range_within (offset, count, size)) {
     kvm_error ("%s: %s beyond end of device (offset %" PRIu64 " count %"
                PRIu64 " size %" PRIu64 ")", bd->name, op, offset, count,
-               bd->size);
+               size);
     errno = ENOSPC;
     return -1;
   }
@@ -80,8 +81,9 @@ int
 bdev_pread_padded (struct bdev *bd, void *buf, size_t count, uint64_t offset)
 {
   size_t inside = 0;
-  if (offset < bd->size)
-    inside = bd->size - offset < count ? bd->size - offset : count;
+  uint64_t size = bdev_size (bd);
+  if (offset < size)
+    inside = size - offset < count ? size - offset : count;
   if (inside && bd->ops->pread (bd, buf, inside, offset) == -1)
     return -1;
   memset ((char *) buf + inside, 0, count - inside);

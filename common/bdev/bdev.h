@@ -76,6 +76,29 @@ struct bdev {
   bool growable;                /* writes past the end extend the device */
 };
 
+/* The size of BD.  A growable device (a container file an engine
+ * extends) grows while other threads write to it (bdev_file.c keeps a
+ * lock-free maximum): its size is read and raised only through these two,
+ * atomically, never as a plain field (ThreadSanitizer finds the race:
+ * tests/unit/test_qcow2_threads.c).
+ */
+static inline uint64_t
+bdev_size (const struct bdev *bd)
+{
+  return __atomic_load_n (&bd->size, __ATOMIC_RELAXED);
+}
+
+/* Raise BD's size to at least END (never lowers it). */
+static inline void
+bdev_size_grow (struct bdev *bd, uint64_t end)
+{
+  uint64_t cur = __atomic_load_n (&bd->size, __ATOMIC_RELAXED);
+  while (end > cur &&
+         !__atomic_compare_exchange_n (&bd->size, &cur, end, true,
+                                       __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+    ;
+}
+
 /* How to open an image and whatever it refers to. */
 struct bdev_open_opts {
   bool readonly;

@@ -257,14 +257,8 @@ file_pwrite (struct bdev *bd, const void *buf, size_t count, uint64_t offset,
     kvm_error ("%s: write at %" PRIu64 ": %m", bd->name, offset);
     return -1;
   }
-  if (bd->growable) {           /* size only ever grows: lock-free max */
-    uint64_t end = offset + count;
-    uint64_t cur = __atomic_load_n (&bd->size, __ATOMIC_RELAXED);
-    while (end > cur &&
-           !__atomic_compare_exchange_n (&bd->size, &cur, end, true,
-                                         __ATOMIC_RELAXED, __ATOMIC_RELAXED))
-      ;
-  }
+  if (bd->growable)             /* size only ever grows: lock-free max */
+    bdev_size_grow (bd, offset + count);
   if (flags & BDEV_FUA)
     return file_flush (bd);
   return 0;

@@ -764,14 +764,8 @@ nfsb_pwrite (struct bdev *bd, const void *buf, size_t count, uint64_t offset,
   if (run ((struct nfs_bdev *) bd, OP_WRITE, (char *) buf, count,
            offset) == -1)
     return -1;
-  if (bd->growable) {           /* size only ever grows: lock-free max */
-    uint64_t end = offset + count;
-    uint64_t cur = __atomic_load_n (&bd->size, __ATOMIC_RELAXED);
-    while (end > cur &&
-           !__atomic_compare_exchange_n (&bd->size, &cur, end, true,
-                                         __ATOMIC_RELAXED, __ATOMIC_RELAXED))
-      ;
-  }
+  if (bd->growable)             /* size only ever grows: lock-free max */
+    bdev_size_grow (bd, offset + count);
   return 0;
 }
 

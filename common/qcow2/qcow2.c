@@ -179,7 +179,7 @@ metadata_preallocated (struct qcow2 *q)
     if (q->fd >= 0 && fstat (q->fd, &st) == 0) {
       uint64_t real = (uint64_t) st.st_blocks * 512 / q->cluster_size;
       uint64_t threshold = real * 10 / 9 > real + 2 ? real * 10 / 9 : real + 2;
-      uint64_t end = div_round_up64 (q->file->size, q->cluster_size);
+      uint64_t end = div_round_up64 (bdev_size (q->file), q->cluster_size);
       uint64_t per = 1ull << q->rb_bits, count = 0;
       for (uint64_t ri = 0; ri < q->rt_entries && ri * per < end &&
              count <= threshold; ri++) {

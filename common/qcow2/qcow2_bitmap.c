@@ -167,8 +167,8 @@ static uint64_t
 file_limit (struct qcow2 *q)
 {
   uint64_t limit;
-  if (!ck_round_up64 (q->file->size, q->cluster_size, &limit))
-    limit = q->file->size;
+  if (!ck_round_up64 (bdev_size (q->file), q->cluster_size, &limit))
+    limit = bdev_size (q->file);
   return limit;
 }
 

@@ -39,7 +39,7 @@ q2_table_load (void *opaque, uint64_t key, void *buf)
 int
 q2_check_table_offset (struct qcow2 *q, uint64_t off, const char *what)
 {
-  uint64_t limit = q->file->size;
+  uint64_t limit = bdev_size (q->file);
   if (q->alloc_end > limit)
     limit = q->alloc_end;
   if (off & (q->cluster_size - 1)) {

@@ -167,7 +167,7 @@ q2_read_compressed (struct qcow2 *q, uint64_t e, uint8_t *out)
 {
   uint64_t off, len;
   compressed_range (q, e, &off, &len);
-  if (!ck_range_within (off, 0, q->file->size) || off == 0) {
+  if (!ck_range_within (off, 0, bdev_size (q->file)) || off == 0) {
     ERR (q, EIO, "%s: corrupt image: compressed cluster offset %#" PRIx64
          " beyond the end of the file", q->path, off);
     return -1;
@@ -468,7 +468,7 @@ q2_compress_alloc (struct qcow2 *q, uint64_t len, uint64_t *off)
       uint64_t ri = (next >> q->cluster_bits) >> q->rb_bits, nrc = 1;
       bool ok = ri < q->rt_entries && (q->rt[ri] & REFT_OFFSET_MASK) &&
         next + cs <= (1ull << q->csize_shift) &&
-        (q->file->growable || next + cs <= q->file->size);
+        (q->file->growable || next + cs <= bdev_size (q->file));
       if (ok && q2_refcount_get (q, next, &nrc) == -1)
         return -1;
       if (!ok || nrc != 0)

@@ -89,7 +89,7 @@ q2_punch (struct qcow2 *q, uint64_t off, uint64_t len)
                       off, len);
     return;
   }
-  uint64_t size = q->file->size;
+  uint64_t size = bdev_size (q->file);
   if (!(q->file->caps & BDEV_CAN_TRIM) || off >= size)
     return;
   if (len > size - off)
@@ -138,12 +138,12 @@ q2_flush_locked (struct qcow2 *q)
    * without a descriptor is not extended here: it grows through the
    * writes themselves, or has a fixed size (qcow2_open_container).
    */
-  if (q->fd >= 0 && q->file->size < q->alloc_end) {
+  if (q->fd >= 0 && bdev_size (q->file) < q->alloc_end) {
     if (ftruncate (q->fd, q->alloc_end) == -1) {
       ERR (q, errno, "%s: extending the file: %m", q->path);
       return -1;
     }
-    q->file->size = q->alloc_end;
+    bdev_size_grow (q->file, q->alloc_end);
   }
   if (write_dirty (q, q->rbc, &q->drb) == -1 || q2_sync_file (q, q->file) == -1)
     return -1;

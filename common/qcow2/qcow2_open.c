@@ -85,8 +85,8 @@ load_table (struct qcow2 *q, uint64_t off, uint64_t n, const char *what)
 {
   uint64_t bytes, limit;
   /* QEMU does not always pad the file to a whole last cluster. */
-  if (!ck_round_up64 (q->file->size, q->cluster_size, &limit))
-    limit = q->file->size;
+  if (!ck_round_up64 (bdev_size (q->file), q->cluster_size, &limit))
+    limit = bdev_size (q->file);
   if (!ck_mul64 (n, 8, &bytes) || !ck_range_within (off, bytes, limit)) {
     ERR (q, EINVAL, "%s: %s (offset %#" PRIx64 ", %" PRIu64 " entries) "
          "extends beyond the end of the file", q->path, what, off, n);
@@ -141,7 +141,7 @@ parse_snapshots (struct qcow2 *q, uint32_t nb, uint64_t off)
   for (uint32_t i = 0; i < nb; i++) {
     uint8_t h[40];
     if (pos - off > MAX_SNAPSHOT_TABLE ||
-        !ck_range_within (pos, sizeof h, q->file->size)) {
+        !ck_range_within (pos, sizeof h, bdev_size (q->file))) {
       ERR (q, EINVAL, "%s: snapshot table extends beyond the end of the file",
            q->path);
       return -1;
@@ -168,7 +168,7 @@ parse_snapshots (struct qcow2 *q, uint32_t nb, uint64_t off)
       ERR (q, ENOMEM, "%s: out of memory", q->path);
       return -1;
     }
-    if (!ck_range_within (pos + 40, var, q->file->size) ||
+    if (!ck_range_within (pos + 40, var, bdev_size (q->file)) ||
         bdev_pread (q->file, v, var, pos + 40) == -1) {
       free (v);
       ERR (q, EINVAL, "%s: snapshot table extends beyond the end of the file",
@@ -318,11 +318,11 @@ read_header (struct qcow2 *q, struct open_ctx *c)
   const char *path = q->path;
   uint8_t *h = c->h;
 
-  if (q->file->size < H_V2_LENGTH) {
+  if (bdev_size (q->file) < H_V2_LENGTH) {
     ERR (q, EINVAL, "%s: file too short for a qcow2 header", path);
     return -1;
   }
-  if (bdev_pread (q->file, h, q->file->size < sizeof c->h ? q->file->size
+  if (bdev_pread (q->file, h, bdev_size (q->file) < sizeof c->h ? bdev_size (q->file)
                   : sizeof c->h, 0) == -1)
     return -1;
   if (load_be32 (h + H_MAGIC) != QCOW2_MAGIC) {
@@ -387,8 +387,8 @@ parse_extensions (struct qcow2 *q, struct open_ctx *c)
   uint64_t ext_end = q->cluster_size;
   if (c->backing_off && c->backing_off < ext_end)
     ext_end = c->backing_off;
-  if (ext_end > q->file->size)
-    ext_end = q->file->size;
+  if (ext_end > bdev_size (q->file))
+    ext_end = bdev_size (q->file);
   c->hc = malloc (q->cluster_size);
   if (!c->hc) {
     ERR (q, ENOMEM, "%s: out of memory", path);
@@ -396,8 +396,8 @@ parse_extensions (struct qcow2 *q, struct open_ctx *c)
   }
   uint8_t *hc = c->hc;
   memset (hc, 0, q->cluster_size);
-  if (bdev_pread (q->file, hc, q->file->size < q->cluster_size
-                  ? q->file->size : q->cluster_size, 0) == -1)
+  if (bdev_pread (q->file, hc, bdev_size (q->file) < q->cluster_size
+                  ? bdev_size (q->file) : q->cluster_size, 0) == -1)
     return -1;
   q->ext_area_end = ext_end;
   for (uint64_t p = c->header_length; p + 8 <= ext_end;) {
@@ -627,7 +627,7 @@ setup_caches (struct qcow2 *q, struct open_ctx *c)
     ERR (q, ENOMEM, "%s: out of memory", path);
     return -1;
   }
-  q->cursor = (q->file->size + q->cluster_size - 1) & ~(q->cluster_size - 1);
+  q->cursor = (bdev_size (q->file) + q->cluster_size - 1) & ~(q->cluster_size - 1);
   q->zero_from = q->alloc_end = q->cursor;
   /* A container of fixed size (an nbdkit export, not a file that grows):
    * the image ends where its refcounts say, the rest of the container is
@@ -652,7 +652,7 @@ open_backing (struct qcow2 *q, struct open_ctx *c)
     return 0;
   if (c->backing_len == 0 || c->backing_len > 1023 ||
       !ck_range_within (c->backing_off, c->backing_len, q->cluster_size) ||
-      !ck_range_within (c->backing_off, c->backing_len, q->file->size)) {
+      !ck_range_within (c->backing_off, c->backing_len, bdev_size (q->file))) {
     ERR (q, EINVAL, "%s: invalid backing file name offset/size", path);
     return -1;
   }

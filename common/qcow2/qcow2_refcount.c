@@ -110,9 +110,9 @@ reserve_clusters (struct qcow2 *q, uint64_t n, uint64_t *off)
            q->path);
       return -1;
     }
-    if (!q->file->growable && end > q->file->size) {
+    if (!q->file->growable && end > bdev_size (q->file)) {
       ERR (q, ENOSPC, "%s: no free cluster left in the container (%" PRIu64
-           " bytes)", q->path, q->file->size);
+           " bytes)", q->path, bdev_size (q->file));
       return -1;
     }
     for (i = 1; i < n; i++) {

@@ -244,7 +244,7 @@ snapshot_table_size (struct repair *r, uint64_t off, uint32_t nb,
   uint64_t pos = off;
   for (uint32_t i = 0; i < nb; i++) {
     uint8_t h[40];
-    if (!ck_range_within (pos, sizeof h, q->file->size) ||
+    if (!ck_range_within (pos, sizeof h, bdev_size (q->file)) ||
         bdev_pread (q->file, h, sizeof h, pos) == -1) {
       ERR (q, EIO, "%s: corrupt image: snapshot table beyond the end of "
            "the file", q->path);
@@ -403,7 +403,7 @@ log_changes (struct repair *r, uint64_t *low, uint64_t *high,
     if (bi < q->rt_entries) {
       uint64_t ob = q->rt[bi] & REFT_OFFSET_MASK;
       have = ob && !(ob & (r->cs - 1)) &&
-        ck_range_within (ob, r->cs, q->file->size) &&
+        ck_range_within (ob, r->cs, bdev_size (q->file)) &&
         bdev_pread (q->file, r->buf, r->cs, ob) == 0;
     }
     uint64_t end = (bi + 1) * per < r->n ? (bi + 1) * per : r->n;
@@ -626,12 +626,12 @@ q2_repair (struct qcow2 *q)
   bool drop_bitmaps = false;
 
   /* References end within the file's last (partial) cluster. */
-  if (!ck_round_up64 (q->file->size, r.cs, &r.ref_end)) {
+  if (!ck_round_up64 (bdev_size (q->file), r.cs, &r.ref_end)) {
     ERR (q, EFBIG, "%s: file too large", q->path);
     return -1;
   }
   r.alloc_max = q->file->growable ? REPAIR_MAX_CLUSTERS
-    : q->file->size / r.cs;
+    : bdev_size (q->file) / r.cs;
   r.hint = 1;
   r.buf = malloc (r.cs);
   if (!r.buf) {
@@ -710,7 +710,7 @@ q2_repair (struct qcow2 *q)
   /* The file may have grown: allocate after the new end. */
   if (q->file->growable) {
     uint64_t end;
-    if (ck_round_up64 (q->file->size, r.cs, &end) && end > q->cursor)
+    if (ck_round_up64 (bdev_size (q->file), r.cs, &end) && end > q->cursor)
       q->cursor = q->zero_from = q->alloc_end = end;
   }
   kvm_debug ("%s: repaired the refcounts of the dirty image: %" PRIu64

@@ -29,7 +29,8 @@ first_write (struct qcow2 *q, uint64_t offset, uint64_t count)
   if (!q->first_write_done) {
     if (q2_bitmap_first_write (q) == -1)
       return -1;
-    q->first_write_done = true;
+    /* Read without the lock by qcow2_pwrite's fast path. */
+    __atomic_store_n (&q->first_write_done, true, __ATOMIC_RELEASE);
   }
   if (q2_bitmap_mark (q) == -1)
     return -1;
@@ -445,7 +446,11 @@ qcow2_pwrite (struct bdev *bd, const void *buf, size_t count,
   int r;
   (void) flags;
 
-  if (q->first_write_done) {
+  /* A hint read without the lock (the fast path takes the shared lock,
+   * which orders everything it then reads): atomic, or it is a data race
+   * with first_write (ThreadSanitizer: test_qcow2_threads.c).
+   */
+  if (__atomic_load_n (&q->first_write_done, __ATOMIC_ACQUIRE)) {
     struct fast_ctx f = { .src = buf, .base = offset, .ok = true };
     pthread_rwlock_rdlock (&q->lock);
     r = q2_walk (q, q->l1, q->l1_size, offset, count, fast_check_run, &f);
