@@ -3,8 +3,9 @@
 # The whole test suite, from a fresh Debian 12 machine (as root):
 # installs packages, builds, installs the plugins into nbdkit's directories,
 # prepares the guest kernel for the end-to-end tests, then runs ctest on
-# the normal build (with a 1-round smoke run of the benchmarks) and again
-# on an AddressSanitizer + UBSan build.  Exits non-zero if anything fails.
+# the normal build (with a 1-round smoke run of the benchmarks), again
+# on an AddressSanitizer + UBSan build, and the tests labelled tsan on a
+# ThreadSanitizer build.  Exits non-zero if anything fails.
 #
 # Phases that do not compete for the CPU overlap (2 cores): the e2e guest
 # preparation (downloads, unpacking) runs in the background from the start
@@ -81,6 +82,20 @@ nice -n 19 bash scripts/build.sh "$top/build-asan" -DSANITIZE=ON -DCMAKE_BUILD_T
 build_asan_pid=$!
 build_asan_t0=$SECONDS
 
+# ---- ThreadSanitizer build (issue #22; docs/hardening.md) ----
+# Only the targets of the tests labelled tsan (tests/CMakeLists.txt: the
+# engines driven from several threads at once, multi-connection shell
+# tests), at nice 19 beside ctest too; its ctest runs at the end.
+tsan_targets=(qcow2-unit-threads vmdk-unit-threads vhdx-unit-threads
+              snapshot-unit-threads throttle-unit-threads lvm-unit-threads
+              thin-unit nbdkit-vhdx-plugin nbdkit-throttle-filter)
+( cmake -S "$top" -B "$top/build-tsan" -DREQUIRE_ALL=ON -DSANITIZE=thread &&
+  nice -n 19 cmake --build "$top/build-tsan" -j"$(nproc)" \
+    --target "${tsan_targets[@]}" ) > "$logdir/build-tsan.log" 2>&1 &
+build_tsan_pid=$!
+build_tsan_t0=$SECONDS
+# ---- end ThreadSanitizer build ----
+
 if [ -n "$prepare_pid" ]; then
   step "prepare the guest kernel and initramfs for e2e tests: waiting for it"
   wait "$prepare_pid" || failed+=("e2e-prepare")
@@ -115,6 +130,19 @@ if [ $build_asan_ok = 1 ]; then
   (cd build-asan && ctest "${ctest_args[@]}" -LE normal-build-only) ||
     failed+=("ctest-asan")
 fi
+
+# ---- ThreadSanitizer tests (issue #22; docs/hardening.md) ----
+# nbdkit gets libtsan preloaded (tests/functions.sh).
+step "build (ThreadSanitizer, tsan-labelled targets only): waiting for it"
+if wait "$build_tsan_pid"; then
+  echo "(ThreadSanitizer build: $((SECONDS - build_tsan_t0)) s in all)"
+  step "ctest (ThreadSanitizer build, -L tsan)"
+  (cd build-tsan && ctest "${ctest_args[@]}" -L tsan) || failed+=("ctest-tsan")
+else
+  cat "$logdir/build-tsan.log"
+  failed+=("build-tsan")
+fi
+# ---- end ThreadSanitizer tests ----
 
 summary
 if [ ${#failed[@]} -gt 0 ]; then
