@@ -30,7 +30,7 @@
 #include "../util/log.h"
 
 #define DEFAULT_TIMEOUT 60      /* seconds */
-#define DEFAULT_CONNS 8
+#define DEFAULT_CONNS 16      /* nbdkit's default thread count */
 #define MAX_CONNS 64
 #define MAX_IO (1024 * 1024)    /* bytes per READ/WRITE RPC at most */
 #define MAX_INFLIGHT 16         /* RPCs of one request in flight */
@@ -636,7 +636,8 @@ attempt (struct nfs_bdev *nb, struct conn *cn, enum op op, char *buf,
     memset (calls, 0, sizeof calls[0]);
     if (nfs_fsync_async (nfs, cn->fh, call_cb, &calls[0]) != 0)
       return -2;
-    int w = wait_calls (nfs, calls, 1, dl);
+    int w = nfs_service (nfs, POLLOUT) < 0 ? WAIT_BROKEN
+      : wait_calls (nfs, calls, 1, dl);
     if (w != WAIT_OK) {
       conn_kill (cn);
       return -2;
@@ -654,12 +655,11 @@ attempt (struct nfs_bdev *nb, struct conn *cn, enum op op, char *buf,
     size_t n = 0;
     uint64_t off = offset;
     size_t left = count;
-    memset (calls, 0, sizeof calls);
     while (n < MAX_INFLIGHT && left > 0) {
       size_t len = left < maxio ? left : maxio;
       char *p = buf + (off - offset);
       int r;
-      calls[n].cap = len;
+      calls[n] = (struct call) { .cap = len };
       if (op == OP_READ) {
         calls[n].copy = p;
         r = nfs_pread_async (nfs, cn->fh, off, len, call_cb, &calls[n]);
@@ -675,7 +675,12 @@ attempt (struct nfs_bdev *nb, struct conn *cn, enum op op, char *buf,
       off += len;
       left -= len;
     }
-    if (wait_calls (nfs, calls, n, dl) != WAIT_OK) {
+    /* Send at once: libnfs only queues the calls, and waiting for poll
+     * to report the socket writable first costs a system call per
+     * request.  What does not fit is sent by wait_calls.
+     */
+    if (nfs_service (nfs, POLLOUT) < 0 ||
+        wait_calls (nfs, calls, n, dl) != WAIT_OK) {
       conn_kill (cn);
       return -2;
     }
