@@ -1224,15 +1224,18 @@ alloc_block (struct vhdx *v, uint64_t blk, const uint8_t *buf, size_t n,
   }
   else {
     /* New space past the end of the file reads as zeroes: write the data
-     * and the block's last sector, so the file covers the whole block.
+     * and zeroes up to the block's end (at most its last 4 KiB), so the
+     * file covers the whole block.  The zeroes start after the data: a
+     * first write ending inside the last 4 KiB must not lose its tail.
      */
+    static const uint8_t z[4096];
+    uint64_t data_end = buf ? off + n - bstart : 0;
+    uint64_t zfrom = blen - sizeof z > data_end ? blen - sizeof z : data_end;
     if (buf && bdev_pwrite (v->file, buf, n, at + (off - bstart), 0) == -1)
       return -1;
-    if (!buf || off + n < bstart + blen) {
-      static const uint8_t z[4096];
-      if (bdev_pwrite (v->file, z, sizeof z, at + blen - sizeof z, 0) == -1)
-        return -1;
-    }
+    if (zfrom < blen &&
+        bdev_pwrite (v->file, z, blen - zfrom, at + zfrom, 0) == -1)
+      return -1;
   }
   v->file_end = newend;
   bat_set (v, bi, PB_FULLY_PRESENT | at);
