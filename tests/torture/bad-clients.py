@@ -110,7 +110,9 @@ def core_backtrace():
     try:
         exe = subprocess.run(["sh", "-c", "command -v nbdkit"],
                              capture_output=True, text=True).stdout.strip()
-        bt = subprocess.run(["gdb", "-batch", "-ex", "bt", exe, core],
+        bt = subprocess.run(["gdb", "-nx", "-batch", "-iex",
+                             "set debuginfod enabled off", "-ex", "bt",
+                             exe, core],
                             capture_output=True, text=True,
                             timeout=300).stdout
     except (FileNotFoundError, subprocess.TimeoutExpired):
@@ -178,7 +180,8 @@ def exit_hang_known(pid):
     if not os.environ.get("KVM_SANITIZER_PRELOAD"):
         return False
     try:
-        bt = subprocess.run(["gdb", "-p", str(pid), "-batch", "-ex",
+        bt = subprocess.run(["gdb", "-nx", "-p", str(pid), "-batch", "-iex",
+                             "set debuginfod enabled off", "-ex",
                              "thread apply all bt"], capture_output=True,
                             text=True, timeout=120).stdout
         return "__libc_setlocale_lock" in bt and "_dl_fini" in bt
@@ -326,6 +329,8 @@ def req(cmd, off, length, handle=1, flags=0, magic=REQ_MAGIC):
 
 
 def close_rudely(s):
+    if s is None:
+        return
     if rng.random() < 0.5:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
                      struct.pack("ii", 1, 0))
@@ -415,6 +420,7 @@ def sc_oversized():
               req(CMD_FLUSH, 0, 512, flags=0x8000), # unknown flag
               req(CMD_READ, 0, 512, magic=0xdeadbeef),  # bad magic
               req(CMD_WRITE, 0, 0xffffffff)):       # 4 GiB - 1, no payload
+        s = None
         try:
             s = raw_connect()
             s.sendall(r)
@@ -424,6 +430,7 @@ def sc_oversized():
             pass
         close_rudely(s)
     # Option phase: a huge option length, then nothing.
+    s = None
     try:
         s = raw_connect(handshake=False)
         recv_exact(s, 18)

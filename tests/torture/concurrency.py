@@ -56,6 +56,8 @@ p.add_argument("--no-zero", action="store_true")
 p.add_argument("--hang", type=float, default=120,
                help="fail when no request completes for this long")
 p.add_argument("--name", default="", help="label for the summary line")
+p.add_argument("--readback-all", action="store_true",
+               help="read every chunk back on every connection, not one")
 p.add_argument("--during", help="shell command to run (once, in the "
                "background) halfway through; it must exit 0")
 args = p.parse_args()
@@ -343,9 +345,9 @@ chunk = 1 << 20
 pending = []
 for i, off in enumerate(range(0, size, chunk)):
     n = min(chunk, size - off)
-    c = conns[i % len(conns)]
-    buf = nbd.Buffer(n)
-    pending.append((c, c.h.aio_pread(buf, off), off, n, buf))
+    for c in (conns if args.readback_all else [conns[i % len(conns)]]):
+        buf = nbd.Buffer(n)
+        pending.append((c, c.h.aio_pread(buf, off), off, n, buf))
     if len(pending) >= 4 * len(conns) or off + n == size:
         for c, cookie, o, n, b in pending:
             while not c.h.aio_command_completed(cookie):

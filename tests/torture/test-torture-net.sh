@@ -18,6 +18,7 @@ fi
 source "$TOP_SRCDIR/tests/functions.sh"
 source "$TOP_SRCDIR/tests/torture/torture-lib.sh"
 export TORTURE_ROUNDS=${TORTURE_ROUNDS:-1}
+export TORTURE_SECONDS=${TORTURE_SECONDS:-0.5}
 
 case $service in
   nfs)

@@ -21,18 +21,20 @@
 # tmpdisk plugin: a disk per connection).
 #
 # The stacks (tests/torture/torture-lib.sh): TORTURE_DEFAULT_STACKS, set
-# by ctest, or TORTURE_STACKS.  Knobs: TORTURE_SECONDS per stack (default 1),
+# by ctest, or TORTURE_STACKS.  Knobs: TORTURE_SECONDS per stack (default 0.5),
 # TORTURE_CONNS (4), TORTURE_DEPTH (8), TORTURE_ROUNDS of bad clients (1),
 # TORTURE_SIZE_MB (16), TORTURE_SEED, TORTURE_PARTS ("concurrency bad"),
 # TORTURE_SELFCHECK (1: the tmpdisk check first).
 source "$TOP_SRCDIR/tests/functions.sh"
 source "$TOP_SRCDIR/tests/torture/torture-lib.sh"
 export TORTURE_ROUNDS=${TORTURE_ROUNDS:-1}
+export TORTURE_SECONDS=${TORTURE_SECONDS:-0.5}
 
 if [ "${TORTURE_SELFCHECK:-1}" = 1 ]; then
   sock=$tmpdir/tmpdisk.sock
   start_nbdkit "$sock" tmpdisk 16M command='truncate -s $size "$disk"'
-  if concurrency "$(uri_of "$sock")" --seconds 0.5 --conns 2 --name tmpdisk \
+  if concurrency "$(uri_of "$sock")" --seconds 0.5 --conns 2 --readback-all \
+       --name tmpdisk \
        2>"$tmpdir/tmpdisk.err"; then
     fail "concurrency.py did not notice a disk per connection"
   fi
