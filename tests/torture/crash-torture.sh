@@ -189,7 +189,7 @@ run_target () {
     for w in 0 1 2 3; do
       "$writer" write "$uri" "$dir/log$w.$round" $((w * 4 * M)) $((4 * M)) \
         "${slots[$w]}" $((round * 10000000)) \
-        $((seed * 100000 + round * 10 + w)) 2>> "$dir/writer.err" &
+        $((seed * 100000 + round * 10 + w)) 2> "$dir/err$w.$round" &
       pids+=($!)
     done
     # Every writer connected and logged a request (the image opens on the
@@ -210,13 +210,13 @@ run_target () {
       fail "$target round $round: nbdkit died before the kill"
     for w in 0 1 2 3; do
       kill -0 "${pids[$w]}" 2>/dev/null ||
-        fail "$target round $round: writer $w ended before the kill: $(tail -3 "$dir/writer.err")"
+        fail "$target round $round: writer $w ended before the kill: $(cat "$dir/err$w.$round")"
     done
     kill -9 "$nbdkit_pid"
     nbdkit_pid=
     for w in 0 1 2 3; do
       wait "${pids[$w]}" ||
-        fail "$target round $round: writer $w failed: $(tail -3 "$dir/writer.err")"
+        fail "$target round $round: writer $w failed: $(cat "$dir/err$w.$round")"
     done
     "check_$target" "$dir"
     new_sock
