@@ -74,6 +74,30 @@ file_end (struct extent *e)
   return s > a ? s : a;
 }
 
+/* Charge BYTES of grain table to the image's budget (VMDK_MAX_GT_MEM);
+ * false (with the error set) when the budget is spent.  gt_release gives
+ * them back (a table that was not kept).
+ */
+static bool
+gt_charge (struct vmdk *v, uint64_t bytes)
+{
+  uint64_t now = __atomic_add_fetch (&v->gt_mem, bytes, __ATOMIC_RELAXED);
+  if (now > VMDK_MAX_GT_MEM) {
+    __atomic_sub_fetch (&v->gt_mem, bytes, __ATOMIC_RELAXED);
+    ERR (EFBIG, "%s: the grain tables in use would take more than %u MiB of "
+         "memory (the limit; a grain directory naming one table many times "
+         "is corrupt)", v->path, VMDK_MAX_GT_MEM >> 20);
+    return false;
+  }
+  return true;
+}
+
+static void
+gt_release (struct vmdk *v, uint64_t bytes)
+{
+  __atomic_sub_fetch (&v->gt_mem, bytes, __ATOMIC_RELAXED);
+}
+
 /* *GTP: grain table GDI, loaded if needed; NULL if its directory entry is
  * 0 (no table: every grain unallocated).
  */
@@ -97,13 +121,17 @@ get_gt (struct vmdk *v, struct extent *e, uint64_t gdi, uint32_t **gtp)
          "of the extent file %s", v->path, gdi, e->file->name);
     return -1;
   }
+  if (!gt_charge (v, bytes))
+    return -1;
   gt = malloc (bytes);
   if (!gt) {
+    gt_release (v, bytes);
     ERR (ENOMEM, "%s: out of memory", v->path);
     return -1;
   }
   if (bdev_pread_padded (e->file, gt, bytes, off) == -1) {
     free (gt);
+    gt_release (v, bytes);
     return -1;
   }
   for (uint32_t i = 0; i < e->gt_entries; i++)
@@ -112,6 +140,7 @@ get_gt (struct vmdk *v, struct extent *e, uint64_t gdi, uint32_t **gtp)
   if (!__atomic_compare_exchange_n (&e->gt[gdi], &expected, gt, false,
                                     __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
     free (gt);
+    gt_release (v, bytes);
     gt = expected;
   }
   *gtp = gt;
@@ -278,12 +307,16 @@ get_se_gt (struct vmdk *v, struct extent *e, uint64_t gdi, uint64_t **gtp)
          " (0x%016" PRIx64 ") in %s", v->path, gdi, de, e->file->name);
     return -1;
   }
+  if (!gt_charge (v, bytes))
+    return -1;
   if (!(gt = malloc (bytes))) {
+    gt_release (v, bytes);
     ERR (ENOMEM, "%s: out of memory", v->path);
     return -1;
   }
   if (bdev_pread (e->file, gt, bytes, off) == -1) {
     free (gt);
+    gt_release (v, bytes);
     return -1;
   }
   for (size_t i = 0; i < SE_GTES; i++)
@@ -292,6 +325,7 @@ get_se_gt (struct vmdk *v, struct extent *e, uint64_t gdi, uint64_t **gtp)
   if (!__atomic_compare_exchange_n (&e->se_gt[gdi], &expected, gt, false,
                                     __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
     free (gt);
+    gt_release (v, bytes);
     gt = expected;
   }
   *gtp = gt;
@@ -577,8 +611,11 @@ alloc_gt (struct vmdk *v, struct extent *e, uint64_t gdi, uint32_t **gtp)
          v->path, e->file->name);
     return -1;
   }
+  if (!gt_charge (v, bytes))
+    return -1;
   uint32_t *gt = calloc (1, bytes);
   if (!gt) {
+    gt_release (v, bytes);
     ERR (ENOMEM, "%s: out of memory", v->path);
     return -1;
   }
@@ -600,6 +637,7 @@ alloc_gt (struct vmdk *v, struct extent *e, uint64_t gdi, uint32_t **gtp)
   if (!__atomic_compare_exchange_n (&e->gt[gdi], &expected, gt, false,
                                     __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
     free (gt);
+    gt_release (v, bytes);
     gt = expected;
   }
   __atomic_store_n (&e->gd[gdi], sec, __ATOMIC_RELEASE);
@@ -607,6 +645,7 @@ alloc_gt (struct vmdk *v, struct extent *e, uint64_t gdi, uint32_t **gtp)
   return 0;
  fail:
   free (gt);
+  gt_release (v, bytes);
   return -1;
 }
 
@@ -1097,6 +1136,28 @@ read_u32_table (struct vmdk *v, struct extent *e, uint64_t off, uint64_t n,
   return t;
 }
 
+/* At open: the grain tables that E's directory names (GD or SE_GD), one
+ * table of TBYTES each, plus those of the extents before, must fit in
+ * VMDK_MAX_GT_MEM; fail fast rather than when a client has read that far.
+ */
+static bool
+gt_budget_check (struct vmdk *v, struct extent *e, const uint32_t *gd,
+                 const uint64_t *se_gd, uint64_t tbytes)
+{
+  uint64_t n = 0;
+  for (uint64_t i = 0; i < e->ngd; i++)
+    n += gd ? gd[i] != 0 : se_gd[i] != 0;
+  v->gt_open_bytes += n * tbytes;       /* n < 2^26, tbytes <= 32 KiB */
+  if (v->gt_open_bytes > VMDK_MAX_GT_MEM) {
+    ERR (EFBIG, "%s: the grain directories name %" PRIu64 " MiB of grain "
+         "tables (%s: %" PRIu64 " tables), more than the limit of %u MiB",
+         v->path, v->gt_open_bytes >> 20, e->file->name, n,
+         VMDK_MAX_GT_MEM >> 20);
+    return false;
+  }
+  return true;
+}
+
 /* Set up the grain directory of sparse extent E (capacity CAP bytes). */
 static int
 setup_gd (struct vmdk *v, struct extent *e, uint64_t cap, bool writable)
@@ -1109,12 +1170,14 @@ setup_gd (struct vmdk *v, struct extent *e, uint64_t cap, bool writable)
   }
   e->ngd = div_round_up64 (cap, cover);
   if (e->ngd > MAX_GD_ENTRIES) {
-    ERR (EINVAL, "%s: %s has an absurd number of grain tables (%" PRIu64 ")",
-         v->path, e->file->name, e->ngd);
+    ERR (EINVAL, "%s: %s has an absurd number of grain tables (%" PRIu64
+         "); the limit is %u", v->path, e->file->name, e->ngd, MAX_GD_ENTRIES);
     return -1;
   }
   e->grain_shift = __builtin_ctzll (e->grain);
   if (!(e->gd = read_u32_table (v, e, e->gd_off, e->ngd, "grain directory")))
+    return -1;
+  if (!gt_budget_check (v, e, e->gd, NULL, (uint64_t) e->gt_entries * 4))
     return -1;
   if (writable && e->has_rgd &&
       !(e->rgd = read_u32_table (v, e, e->rgd_off, e->ngd,
@@ -1237,7 +1300,12 @@ parse_sparse (struct vmdk *v, struct extent *e, const uint8_t *hdr,
          v->path, fn, e->gt_entries);
     return -1;
   }
-  if (capacity > INT64_MAX / SECTOR || gd > UINT32_MAX ||
+  if (capacity > INT64_MAX / SECTOR) {
+    ERR (EINVAL, "%s: %s: capacity of %" PRIu64 " sectors is too large (the "
+         "limit is 2^54 sectors, 2^63 bytes)", v->path, fn, capacity);
+    return -1;
+  }
+  if (gd > UINT32_MAX ||
       (rgd > UINT32_MAX && (e->flags & FLAG_RGD)) ||
       *doff > UINT32_MAX || *dsize > VMDK_MAX_DESC / SECTOR) {
     ERR (EINVAL, "%s: %s: invalid sparse extent header", v->path, fn);
@@ -1390,6 +1458,8 @@ parse_se (struct vmdk *v, struct extent *e, const uint8_t *h, uint64_t *cap)
     return -1;
   for (uint64_t i = 0; i < need; i++)
     e->se_gd[i] = le64toh (e->se_gd[i]);
+  if (!gt_budget_check (v, e, NULL, e->se_gd, SE_GTES * 8))
+    return -1;
   e->alloc_end = e->file->size;
   return 0;
 }
@@ -1636,8 +1706,9 @@ vmdk_open_container (struct bdev *container, const char *name,
   }
   else {
     if (container->size > VMDK_MAX_DESC) {
-      ERR (EINVAL, "%s: not a VMDK (no sparse magic, and too large for a "
-           "descriptor)", name);
+      ERR (EINVAL, "%s: not a VMDK (no sparse magic, and %" PRIu64 " bytes "
+           "is larger than a descriptor may be: the limit is %d bytes)", name,
+           container->size, VMDK_MAX_DESC);
       goto fail;
     }
     if (!(v->desc_text = read_text (v, container, 0, container->size)))

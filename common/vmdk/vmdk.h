@@ -76,6 +76,12 @@ struct vmdk_desc {
 
 #define VMDK_MAX_DESC (1024 * 1024)     /* bytes of descriptor text */
 #define VMDK_MAX_EXTENTS 4096
+/* Grain tables held in memory by one open image (all its extents): each
+ * table is loaded once and kept, so a grain directory whose entries all
+ * name the same table would otherwise cost one copy per entry.  256 MiB
+ * holds every table of a 4 TiB disk with the usual 64 KiB grains.
+ */
+#define VMDK_MAX_GT_MEM (256u << 20)
 
 /* Parse LEN bytes of descriptor text (need not be NUL-terminated).  0, or
  * -1 with errno EINVAL and the reason in ERR.

@@ -126,6 +126,8 @@ struct vmdk {
   size_t desc_len;
   uint32_t cid;
   bool cid_done;                /* atomic */
+  uint64_t gt_mem;              /* bytes of grain tables loaded (atomic) */
+  uint64_t gt_open_bytes;       /* bytes of tables the directories name */
   pthread_mutex_t cid_lock;
 };
 
