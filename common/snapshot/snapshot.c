@@ -265,6 +265,14 @@ state_read (int dirfd, const char *dir, struct state *s)
       char *f2 = NULL, *f3 = NULL;
       if (have_top)
         goto bad;
+      if (s->n >= SNAP_MAX_LAYERS) {
+        fclose (f);
+        state_free (s);
+        kvm_error ("%s/%s: more than %d layers (the limit) at line %u",
+                   dir, SNAP_STATE_FILE, SNAP_MAX_LAYERS, lineno);
+        errno = EFBIG;
+        return -1;
+      }
       if (!top) {               /* layer ID TIME NAME */
         if (!(f2 = strchr (arg, ' ')))
           goto bad;
@@ -1019,6 +1027,12 @@ snap_create (struct snap_chain *c, const char *name)
   if (find_snapshot (c, name) >= 0) {
     kvm_error ("%s: a snapshot named '%s' exists already", c->dir, name);
     errno = EEXIST;
+    goto out;
+  }
+  if (c->n >= SNAP_MAX_LAYERS) {
+    kvm_error ("%s: %zu layers: at most %d (delete or commit snapshots "
+               "first)", c->dir, c->n, SNAP_MAX_LAYERS);
+    errno = EFBIG;
     goto out;
   }
   struct layer *nv = realloc (c->layers, (c->n + 1) * sizeof *nv);

@@ -40,6 +40,11 @@
 
 #define SNAP_STATE_FILE "snapshot.state"
 #define SNAP_NAME_MAX 64
+/* Layers in a chain (the snapshots plus the top): each one is an open
+ * qcow2 image that reads of unwritten clusters look through, and the
+ * state file is parsed with a duplicate check per line.
+ */
+#define SNAP_MAX_LAYERS 256
 
 struct snap_chain;
 
