@@ -1207,6 +1207,18 @@ thin_open (struct bdev *pool, const struct thin_opts *o)
       goto fail;
     }
   }
+  /* Both slots must be there before the chunk map (sized from the
+   * header, up to THIN_MAX_VCHUNKS) is allocated: a short hostile file
+   * fails here, fast.
+   */
+  uint64_t meta_need = 2 * TBLK + 2 * t->g.body_bytes;
+  if (slot != -1 && meta->size < meta_need) {
+    kvm_error ("thin: %s: the metadata of %" PRIu64 " virtual chunks needs "
+               "%" PRIu64 " bytes, but the device has %" PRIu64, meta->name,
+               t->g.nv, meta_need, meta->size);
+    errno = EINVAL;
+    goto fail;
+  }
   if (pool->size < t->g.data_off) {
     kvm_error ("thin: %s: %" PRIu64 " bytes is too small for the metadata "
                "(%" PRIu64 " bytes)", pool->name, pool->size, t->g.data_off);
