@@ -123,7 +123,8 @@ parse_snapshots (struct qcow2 *q, uint32_t nb, uint64_t off)
   if (nb == 0)
     return 0;
   if (nb > MAX_SNAPSHOTS) {
-    ERR (q, EINVAL, "%s: too many snapshots (%" PRIu32 ")", q->path, nb);
+    ERR (q, EINVAL, "%s: too many snapshots (%" PRIu32 "; the limit is %d, "
+         "as in QEMU)", q->path, nb, MAX_SNAPSHOTS);
     return -1;
   }
   if (off & (q->cluster_size - 1)) {
@@ -140,8 +141,12 @@ parse_snapshots (struct qcow2 *q, uint32_t nb, uint64_t off)
   uint64_t pos = off;
   for (uint32_t i = 0; i < nb; i++) {
     uint8_t h[40];
-    if (pos - off > MAX_SNAPSHOT_TABLE ||
-        !ck_range_within (pos, sizeof h, bdev_size (q->file))) {
+    if (pos - off > MAX_SNAPSHOT_TABLE) {
+      ERR (q, EINVAL, "%s: the snapshot table is larger than the limit of "
+           "%u MiB", q->path, MAX_SNAPSHOT_TABLE >> 20);
+      return -1;
+    }
+    if (!ck_range_within (pos, sizeof h, bdev_size (q->file))) {
       ERR (q, EINVAL, "%s: snapshot table extends beyond the end of the file",
            q->path);
       return -1;
@@ -499,8 +504,8 @@ check_tables (struct qcow2 *q, struct open_ctx *c)
 {
   const char *path = q->path;
   if (c->size > (1ull << 62) / 2) {
-    ERR (q, EINVAL, "%s: virtual size %" PRIu64 " is too large", path,
-         c->size);
+    ERR (q, EINVAL, "%s: virtual size %" PRIu64 " is too large (the limit "
+         "is 2^61 bytes)", path, c->size);
     return -1;
   }
   q->bd.size = c->size;
@@ -509,8 +514,8 @@ check_tables (struct qcow2 *q, struct open_ctx *c)
   uint64_t l2_span_bits = q->l2_bits + q->cluster_bits;
   c->l1_needed = div_round_up64 (c->size, 1ull << l2_span_bits);
   if (q->l1_size * 8 > MAX_L1_BYTES) {
-    ERR (q, EINVAL, "%s: L1 table is too large (%" PRIu64 " entries)", path,
-         q->l1_size);
+    ERR (q, EINVAL, "%s: L1 table is too large (%" PRIu64 " entries; the "
+         "limit is %u MiB, as in QEMU)", path, q->l1_size, MAX_L1_BYTES >> 20);
     return -1;
   }
   if (q->l1_size < c->l1_needed) {
@@ -523,8 +528,13 @@ check_tables (struct qcow2 *q, struct open_ctx *c)
   }
   q->rt_offset = load_be64 (c->h + H_RT_OFFSET);
   q->rt_clusters = load_be32 (c->h + H_RT_CLUSTERS);
-  if (q->rt_clusters * q->cluster_size > MAX_RT_BYTES ||
-      (q->rt_offset & (q->cluster_size - 1)) || q->rt_clusters == 0) {
+  if (q->rt_clusters * q->cluster_size > MAX_RT_BYTES) {
+    ERR (q, EINVAL, "%s: refcount table of %" PRIu64 " clusters is too large "
+         "(the limit is %u MiB, as in QEMU)", path, q->rt_clusters,
+         MAX_RT_BYTES >> 20);
+    return -1;
+  }
+  if ((q->rt_offset & (q->cluster_size - 1)) || q->rt_clusters == 0) {
     ERR (q, EINVAL, "%s: invalid refcount table (offset %#" PRIx64
          ", %" PRIu64 " clusters)", path, q->rt_offset, q->rt_clusters);
     return -1;

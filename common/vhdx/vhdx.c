@@ -647,8 +647,9 @@ read_bat (struct vhdx *v, uint64_t file_size)
   else
     v->nbat = v->nblocks + (v->nblocks - 1) / v->chunk_ratio;
   if (v->nbat > MAX_BAT_ENTRIES)
-    return fail (EFBIG, "%s: BAT of %" PRIu64 " entries is too large",
-                 v->path, v->nbat);
+    return fail (EFBIG, "%s: BAT of %" PRIu64 " entries is too large (the "
+                 "limit is %" PRIu64 " entries, %" PRIu64 " MiB)", v->path,
+                 v->nbat, MAX_BAT_ENTRIES, MAX_BAT_ENTRIES * 8 >> 20);
   if (v->nbat * 8 > v->bat_len)
     return fail (EINVAL, "%s: BAT region (%" PRIu64 " bytes) too small for "
                  "%" PRIu64 " entries", v->path, v->bat_len, v->nbat);
