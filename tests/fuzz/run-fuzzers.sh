@@ -66,7 +66,9 @@ for n in "${names[@]}"; do
   line="fuzz_$n: executions=${execs:-?} exec/s=${rate:-?} ${last:-} rc=$rc"
   echo "$line"
   summary+=("$line")
-  if [ $rc != 0 ]; then
+  if [ $rc = 72 ]; then
+    echo "fuzz_$n: interrupted (SIGINT), no finding"
+  elif [ $rc != 0 ]; then
     status=1
     grep -E 'ERROR|SUMMARY|Test unit written' "$log" | head -5 || :
   fi
