@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: BSD-3-Clause
 # Shared helpers for the shell tests.  Source it first:
-#   source "$TOP_SRCDIR/tests/functions.sh"
+#   source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 # ctest sets TOP_SRCDIR, TOP_BUILDDIR and KVM_SANITIZE (see
 # cmake/NbdkitModules.cmake); running a test by hand works too from the
 # source tree with the default build directory "build".

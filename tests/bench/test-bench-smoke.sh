@@ -8,7 +8,7 @@
 # for it between the builds and ctest); with CI=true (--strict) a skipped
 # scenario is a failure.  Normal build only: the servers are the normal
 # build's plugins and filters.
-source "$TOP_SRCDIR/tests/functions.sh"
+source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 requires fio nbdcopy nbdinfo
 
 out=$TOP_BUILDDIR/bench-smoke

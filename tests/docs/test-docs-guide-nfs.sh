@@ -9,7 +9,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 : "${TOP_SRCDIR:=$(cd "$here/../.." && pwd)}"
 source "$TOP_SRCDIR/tests/nfs/nfs-server.sh"
 nfs_netns "$0" "$@"
-source "$TOP_SRCDIR/tests/functions.sh" || exit 1
+source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh" || exit 1
 source "$TOP_SRCDIR/tests/docs/docs-lib.sh"
 requires_root
 requires_plugin nfs

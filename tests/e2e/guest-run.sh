@@ -14,7 +14,7 @@
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 PATH=$PATH:/usr/sbin:/sbin        # modinfo, libvirtd, virtlogd
 : "${TOP_SRCDIR:=$(cd "$here/../.." && pwd)}"
-source "$TOP_SRCDIR/tests/functions.sh"
+source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 source "$here/pattern.sh"
 
 usage () { echo "usage: $0 qemu|libvirt nbd+unix:///EXPORT?socket=PATH|nbd://HOST:PORT/EXPORT" >&2; exit 2; }

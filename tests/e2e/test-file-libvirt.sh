@@ -4,7 +4,7 @@
 # 127.0.0.1 is the network disk of a transient libvirt domain.  The
 # non-empty export name (ignored by the file plugin) exercises the name
 # path of libvirt and QEMU.
-source "$TOP_SRCDIR/tests/functions.sh"
+source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 source "$TOP_SRCDIR/tests/e2e/pattern.sh"
 source "$TOP_SRCDIR/tests/e2e/lib-file.sh"
 requires_root

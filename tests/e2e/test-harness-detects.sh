@@ -4,7 +4,7 @@
 # plugin accepts writes and discards them, so the guest's O_DIRECT
 # read-back cannot match the pattern: guest-run.sh must fail (status 1,
 # neither success nor skip).  Also checks the argument checks.
-source "$TOP_SRCDIR/tests/functions.sh"
+source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 requires nbdkit qemu-system-x86_64 nbdcopy nbdinfo
 
 run="$TOP_SRCDIR/tests/e2e/guest-run.sh"

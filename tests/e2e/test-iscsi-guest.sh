@@ -4,7 +4,7 @@
 # disk served from an iSCSI LUN (tgtd, 4096-byte blocks) through the iscsi
 # plugin.  Afterwards the LUN's backing file holds the guest's pattern and
 # every other byte is unchanged.
-source "$TOP_SRCDIR/tests/functions.sh"
+source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 source "$TOP_SRCDIR/tests/iscsi/common.sh"
 source "$TOP_SRCDIR/tests/e2e/pattern.sh"
 requires qemu-system-x86_64

@@ -10,7 +10,7 @@
 # whole script runs in a private network namespace (tests/nfs/nfs-server.sh).
 source "$TOP_SRCDIR/tests/nfs/nfs-server.sh"
 nfs_netns "$0" "$@"
-source "$TOP_SRCDIR/tests/functions.sh"
+source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 source "$TOP_SRCDIR/tests/e2e/pattern.sh"
 requires nbdkit qemu-system-x86_64 qemu-img nbdcopy nbdinfo
 requires_plugin qcow2

@@ -7,7 +7,7 @@
 # guest's view; afterwards QEMU reads the qcow2 file itself: qemu-img
 # check is clean, the pattern is in the image (qemu-img convert), every
 # other byte is unchanged, and the base image was not touched.
-source "$TOP_SRCDIR/tests/functions.sh"
+source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 source "$TOP_SRCDIR/tests/e2e/pattern.sh"
 requires nbdkit qemu-system-x86_64 qemu-img nbdcopy nbdinfo
 requires_plugin qcow2

@@ -4,7 +4,7 @@
 # rbd plugin (throwaway one-node Ceph cluster started here).  The guest
 # writes the e2e pattern; "rbd export" must then show the pattern and,
 # everywhere else, exactly the data that "rbd import" put there.
-source "$TOP_SRCDIR/tests/functions.sh"
+source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 source "$TOP_SRCDIR/tests/e2e/pattern.sh"
 
 requires ceph-mon ceph-osd ceph rbd ceph-authtool monmaptool \

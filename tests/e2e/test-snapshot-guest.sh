@@ -7,7 +7,7 @@
 # the disk exactly as it was at s1 (the guest's own checksum of the whole
 # disk equals that of s1).  The raw image is untouched throughout, every
 # layer passes qemu-img check.
-source "$TOP_SRCDIR/tests/functions.sh"
+source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 source "$TOP_SRCDIR/tests/e2e/pattern.sh"
 requires nbdkit qemu-system-x86_64 qemu-img nbdcopy
 requires_filter snapshot

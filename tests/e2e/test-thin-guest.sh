@@ -9,7 +9,7 @@
 # its writes complete, it reads them back (O_DIRECT) and powers off; the
 # pattern is in the export (nbdcopy) and nbdkit-thin-check finds the pool
 # clean.  Runs QEMU itself (guest-run.sh has no QMP and no werror=).
-source "$TOP_SRCDIR/tests/functions.sh"
+source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 source "$TOP_SRCDIR/tests/e2e/pattern.sh"
 requires qemu-system-x86_64 nbdcopy nbdinfo python3 sha256sum timeout
 requires_filter thin

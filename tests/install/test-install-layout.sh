@@ -2,7 +2,7 @@
 # SPDX-License-Identifier: BSD-3-Clause
 # `cmake --install` puts plugins and filters in nbdkit's own directories and
 # man pages in section 1 (checked in a DESTDIR, so this needs no root).
-source "$TOP_SRCDIR/tests/functions.sh"
+source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 requires cmake pkg-config
 : "${KVM_VERSION:=$(sed -n 's/^#define KVM_VERSION "\(.*\)"$/\1/p' "$TOP_BUILDDIR/include/kvm_version.h")}"
 

@@ -2,7 +2,7 @@
 # SPDX-License-Identifier: BSD-3-Clause
 # After `cmake --install` (done by scripts/run-tests.sh and the README's
 # set-up command), nbdkit finds each plugin and filter by its short name.
-source "$TOP_SRCDIR/tests/functions.sh"
+source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 requires nbdkit pkg-config
 
 plugindir=$(pkg-config --variable=plugindir nbdkit)

@@ -2,7 +2,7 @@
 # SPDX-License-Identifier: BSD-3-Clause
 # CHAP and mutual CHAP against tgtd: right credentials work, wrong ones
 # fail with a clear error; passwords from a file (password=+FILE).
-source "$TOP_SRCDIR/tests/functions.sh"
+source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 source "$TOP_SRCDIR/tests/iscsi/common.sh"
 
 d=$tmpdir

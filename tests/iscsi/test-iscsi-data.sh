@@ -3,7 +3,7 @@
 # Data path against a real tgtd: aligned and unaligned reads and writes on
 # 512- and 4096-byte-block LUNs land at the right offsets of the backing
 # files; exports are listed; trim/zero follow what the target advertises.
-source "$TOP_SRCDIR/tests/functions.sh"
+source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 source "$TOP_SRCDIR/tests/iscsi/common.sh"
 
 d=$tmpdir

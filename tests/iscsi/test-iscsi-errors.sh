@@ -11,7 +11,7 @@
 # Last, a LUN that shrinks under a connected client (tgtd replaces it with
 # a smaller one): a write past the new end gets ILLEGAL REQUEST / LBA OUT
 # OF RANGE, which must arrive as ENOSPC; writes inside still work.
-source "$TOP_SRCDIR/tests/functions.sh"
+source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 source "$TOP_SRCDIR/tests/iscsi/common.sh"
 
 d=$tmpdir

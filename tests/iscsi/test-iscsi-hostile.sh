@@ -20,7 +20,7 @@
 #     LUN addresses.
 # The "good" profile first shows that the fake target itself works, so
 # the failures below are the plugin's reaction to the lies alone.
-source "$TOP_SRCDIR/tests/functions.sh"
+source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 
 requires_plugin iscsi
 requires python3 nbdinfo nbdcopy nbdsh timeout cmp

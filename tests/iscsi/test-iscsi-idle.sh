@@ -19,7 +19,7 @@
 # 10 s: the target's I_T nexuses (one per session) must be exactly the
 # same before and after, and the plugin must not have had to reconnect
 # any of them.
-source "$TOP_SRCDIR/tests/functions.sh"
+source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 source "$TOP_SRCDIR/tests/iscsi/common.sh"
 
 d=$tmpdir

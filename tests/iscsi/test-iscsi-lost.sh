@@ -4,7 +4,7 @@
 # reconnect-timeout the plugin fails the request in flight and every later
 # request on that connection with EIO (no hang), nbdkit stays up and stops
 # cleanly, and once the target is back a new connection works again.
-source "$TOP_SRCDIR/tests/functions.sh"
+source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 source "$TOP_SRCDIR/tests/iscsi/common.sh"
 
 d=$tmpdir

@@ -3,7 +3,7 @@
 # Kill and restart tgtd while nbdcopy writes through the plugin: the
 # session reconnects, in-flight commands are re-issued, the copy succeeds
 # and the backing file holds exactly the source data.
-source "$TOP_SRCDIR/tests/functions.sh"
+source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 source "$TOP_SRCDIR/tests/iscsi/common.sh"
 
 d=$tmpdir

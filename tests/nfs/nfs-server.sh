@@ -7,7 +7,7 @@
 #
 #   source "$(dirname "$0")/nfs-server.sh"
 #   nfs_netns "$0" "$@"          # re-exec under `unshare -n`, lo up
-#   source "$TOP_SRCDIR/tests/functions.sh"
+#   source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 #   nfs_server_start "$tmpdir/export"   # sets NFS_URL=nfs://127.0.0.1/export
 #   ... nbdkit qcow2 file="$NFS_URL/disk.qcow2" ...
 #   nfs_server_restart           # kill -9 and start again (same export)

@@ -10,7 +10,7 @@
 #   test-nfs-plugin.sh [SEED]
 source "$(dirname "$0")/nfs-server.sh"
 nfs_netns "$0" "$@"
-source "$TOP_SRCDIR/tests/functions.sh"
+source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 requires_plugin nfs
 requires qemu-io nbdcopy nbdinfo python3 cmp
 

@@ -11,7 +11,7 @@
 # missing file, a bad option and an unknown scheme.
 source "$(dirname "$0")/nfs-server.sh"
 nfs_netns "$0" "$@"
-source "$TOP_SRCDIR/tests/functions.sh"
+source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 source "$TOP_SRCDIR/tests/qcow2/qcow2-functions.sh"
 
 M=$((1024*1024))

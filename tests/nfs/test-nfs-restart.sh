@@ -14,7 +14,7 @@
 # middle of them.
 source "$(dirname "$0")/nfs-server.sh"
 nfs_netns "$0" "$@"
-source "$TOP_SRCDIR/tests/functions.sh"
+source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 requires_plugin qcow2
 requires qemu-img qemu-io nbdcopy cmp
 

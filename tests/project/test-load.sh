@@ -5,7 +5,7 @@
 # module links defines fails the load here.  (The link cannot check it: the
 # nbdkit_* API is defined by the nbdkit executable, not by a library.)
 # Every plugin reports the project's one version, from project(VERSION).
-source "$TOP_SRCDIR/tests/functions.sh"
+source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 requires nbdkit
 : "${KVM_VERSION:=$(sed -n 's/^#define KVM_VERSION "\(.*\)"$/\1/p' "$TOP_BUILDDIR/include/kvm_version.h")}"
 [ -n "$KVM_VERSION" ] || fail "no KVM_VERSION (and no $TOP_BUILDDIR/include/kvm_version.h)"

@@ -10,7 +10,7 @@
 #   block-device code.
 # (Under ASan, an exported variable comes with its ODR indicator
 # __odr_asan.NAME.)
-source "$TOP_SRCDIR/tests/functions.sh"
+source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 requires nm ldd
 
 # only_exports SO ENTRY PREFIX

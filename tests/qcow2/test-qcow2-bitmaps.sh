@@ -18,7 +18,7 @@
 #      preserved; an "auto" one with unknown flags clears the autoclear bit;
 #      a table entry pointing at the L1 table is never written through.
 #   test-qcow2-bitmaps.sh [SEED]
-source "$TOP_SRCDIR/tests/functions.sh"
+source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 source "$TOP_SRCDIR/tests/qcow2/qcow2-functions.sh"
 requires qemu-nbd
 requires_nbdsh

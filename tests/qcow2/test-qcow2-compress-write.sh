@@ -11,7 +11,7 @@
 # write path over compressed clusters) against the same qemu-io commands
 # on a raw mirror.  A compress= that contradicts the image's compression
 # type is refused.
-source "$TOP_SRCDIR/tests/functions.sh"
+source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 source "$TOP_SRCDIR/tests/qcow2/qcow2-functions.sh"
 
 [ -n "${QCOW2_TEST_PEER:-}" ] && skip "compress= is specific to the plugin"

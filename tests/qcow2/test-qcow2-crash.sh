@@ -13,7 +13,7 @@
 # qcow2 backing file full of data (COW from the backing under crashes);
 # 512-byte clusters with 64-bit refcounts (refcount table growth).
 #   test-qcow2-crash.sh [SEED] [ITERATIONS]
-source "$TOP_SRCDIR/tests/functions.sh"
+source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 source "$TOP_SRCDIR/tests/qcow2/qcow2-functions.sh"
 
 writer="$TOP_BUILDDIR/tests/qcow2/qcow2-crashwriter"

@@ -5,7 +5,7 @@
 # in qemu-img info --output=json, and hold what was written through the
 # plugin when read by qemu-io / qemu-img convert.  An existing file is
 # never overwritten by create=; bad create options are refused clearly.
-source "$TOP_SRCDIR/tests/functions.sh"
+source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 source "$TOP_SRCDIR/tests/qcow2/qcow2-functions.sh"
 
 [ -n "${QCOW2_TEST_PEER:-}" ] && skip "create= is specific to the plugin"

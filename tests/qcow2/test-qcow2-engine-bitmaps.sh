@@ -5,7 +5,7 @@
 # is still listed, none is left in use, the image checks clean and the
 # data is right.  Oracle: qemu-img info/check/compare.  Their content is
 # checked by test-qcow2-bitmaps.sh.
-source "$TOP_SRCDIR/tests/functions.sh"
+source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 source "$TOP_SRCDIR/tests/qcow2/qcow2-functions.sh"
 
 img=$tmpdir/bm.qcow2

@@ -9,7 +9,7 @@
 # - several connections writing at once (nbdcopy) into one image;
 # - backing files: refused unless named, qcow2-backing=PATH and =none;
 # - a read-only plugin gives a read-only export.
-source "$TOP_SRCDIR/tests/functions.sh"
+source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 source "$TOP_SRCDIR/tests/qcow2/qcow2-functions.sh"
 source "$TOP_SRCDIR/tests/lvm/lvm-lib.sh"
 requires_filter qcow2

@@ -6,7 +6,7 @@
 # off) and internal snapshots (export list, snapshot=NAME|ID).  The oracle
 # is qemu-img (convert, compare, map) on the same files.
 #   test-qcow2-read-chains.sh [SEED]
-source "$TOP_SRCDIR/tests/functions.sh"
+source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 source "$TOP_SRCDIR/tests/qcow2/qcow2-functions.sh"
 
 seed=${1:-${QCOW2_SEED:-1}}

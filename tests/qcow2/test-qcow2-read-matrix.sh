@@ -12,7 +12,7 @@
 #
 # Chains, data files and snapshots: test-qcow2-read-chains.sh.
 #   test-qcow2-read-matrix.sh [SEED]
-source "$TOP_SRCDIR/tests/functions.sh"
+source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 source "$TOP_SRCDIR/tests/qcow2/qcow2-functions.sh"
 
 seed=${1:-${QCOW2_SEED:-1}}

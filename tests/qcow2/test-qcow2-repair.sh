@@ -14,7 +14,7 @@
 # After a repair: the content is what qemu-img convert read before it,
 # qemu-img check is clean, the dirty bit is clear, the snapshot is intact,
 # and writes through the plugin land (qemu-img compare with a raw mirror).
-source "$TOP_SRCDIR/tests/functions.sh"
+source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 source "$TOP_SRCDIR/tests/qcow2/qcow2-functions.sh"
 
 qcow2_filter_mode && skip "plugin only (the filter shares the engine)"

@@ -14,7 +14,7 @@
 #    region ever written.
 # Cases: 64K clusters, 4K clusters, 64K clusters with extended L2; and a
 # freed L2 table's cluster reused for a new L2 table (see the end).
-source "$TOP_SRCDIR/tests/functions.sh"
+source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 source "$TOP_SRCDIR/tests/qcow2/qcow2-functions.sh"
 requires nbdsh
 

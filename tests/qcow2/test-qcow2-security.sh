@@ -7,7 +7,7 @@
 # incompatible features, encryption, the corrupt bit, backing loops,
 # metadata pointing outside the file) give a clear error: never a crash,
 # a hang or data from elsewhere.
-source "$TOP_SRCDIR/tests/functions.sh"
+source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 source "$TOP_SRCDIR/tests/qcow2/qcow2-functions.sh"
 
 M=$((1024*1024))

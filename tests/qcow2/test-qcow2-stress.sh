@@ -12,7 +12,7 @@
 #     workloads.
 # Done for 64K clusters (default cache) and for 4K clusters with extended
 # L2 off and a tiny metadata cache (constant eviction).
-source "$TOP_SRCDIR/tests/functions.sh"
+source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 source "$TOP_SRCDIR/tests/qcow2/qcow2-functions.sh"
 
 seed=${1:-${QCOW2_SEED:-1}}

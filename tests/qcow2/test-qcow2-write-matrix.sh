@@ -16,7 +16,7 @@
 # an external data file, and an image with internal snapshots (their
 # content must not change).
 #   test-qcow2-write-matrix.sh [SEED]
-source "$TOP_SRCDIR/tests/functions.sh"
+source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 source "$TOP_SRCDIR/tests/qcow2/qcow2-functions.sh"
 
 seed=${1:-${QCOW2_SEED:-1}}

@@ -3,7 +3,7 @@
 # Acceptance test of the rbd plugin against a real throwaway Ceph cluster
 # (one monitor, one memstore OSD, cephx; started here, stopped by PID).
 # Ground truth comes from the rbd CLI (rbd import/export/diff/info/ls).
-source "$TOP_SRCDIR/tests/functions.sh"
+source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 
 requires ceph-mon ceph-osd ceph rbd ceph-authtool monmaptool \
   nbdinfo nbdcopy nbdsh qemu-io python3 timeout
@@ -319,7 +319,7 @@ stop_nbdkit "$dpid"
 expect_failure () {
   local label=$1 pattern=$2 rc=0; shift 2
   rm -rf "$tmpdir/f"; mkdir "$tmpdir/f"
-  timeout -k 5 60 bash -c 'source "$TOP_SRCDIR/tests/functions.sh"; nbdkit "$@"' _ \
+  timeout -k 5 60 bash -c 'source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"; nbdkit "$@"' _ \
     -f -U "$tmpdir/f/sock" "$plugin" "$@" > "$tmpdir/f/out" 2>&1 || rc=$?
   [ $rc -ne 0 ] || fail "$label: nbdkit started"
   [ $rc -ne 124 ] || fail "$label: nbdkit hung (killed after 60 s)"

@@ -7,7 +7,7 @@
 # overlay directory refused, a changed size below refused with a clear
 # error, other export names refused; the CLI and both man pages installed
 # by cmake --install.
-source "$TOP_SRCDIR/tests/functions.sh"
+source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 source "$TOP_SRCDIR/tests/snapshot/snapshot-lib.sh"
 requires qemu-io nbdinfo
 ctl=$snapshot_ctl

@@ -6,7 +6,7 @@
 # (KVM_SNAPSHOT_CRASH_AT) reopens to the state before or after the
 # operation as designed; kill -9 at random times during operations
 # reopens to one of the two.  qemu-img check on every layer each time.
-source "$TOP_SRCDIR/tests/functions.sh"
+source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 source "$TOP_SRCDIR/tests/snapshot/snapshot-lib.sh"
 
 size=$((16 * 1024 * 1024))

@@ -6,7 +6,7 @@
 # byte with the model in snapshot-model.py; the file untouched until the
 # commit (cmp) and equal to the model after it; qemu-img check on every
 # layer at every restart.
-source "$TOP_SRCDIR/tests/functions.sh"
+source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 source "$TOP_SRCDIR/tests/snapshot/snapshot-lib.sh"
 
 size=$((16 * 1024 * 1024))

@@ -5,7 +5,7 @@
 # tests/lvm/lvm-lib.sh): operations and commit against the model, the
 # LV's bytes in the PV file untouched until commit and equal to the model
 # after it; then kill -9 during writes and at the commit's crash points.
-source "$TOP_SRCDIR/tests/functions.sh"
+source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 source "$TOP_SRCDIR/tests/snapshot/snapshot-lib.sh"
 source "$TOP_SRCDIR/tests/lvm/lvm-lib.sh"
 

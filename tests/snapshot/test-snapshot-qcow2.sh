@@ -4,7 +4,7 @@
 # random data below): operations and commit against the model; the image
 # unchanged until commit (qemu-img compare with the original data) and
 # holding the model's data after it (qemu-img convert).
-source "$TOP_SRCDIR/tests/functions.sh"
+source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 source "$TOP_SRCDIR/tests/snapshot/snapshot-lib.sh"
 requires_plugin qcow2
 

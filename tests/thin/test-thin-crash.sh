@@ -6,7 +6,7 @@
 # nbdkit-thin-check finds no double mapping, leak or bad block.
 # THIN_TEST_SERVE=file (default) or lvm (the pool is an LV served by this
 # project's lvm plugin).  THIN_CRASH_ROUNDS (default 3) kills.
-source "$TOP_SRCDIR/tests/functions.sh"
+source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 source "$TOP_SRCDIR/tests/thin/thin-lib.sh"
 
 rounds=${THIN_CRASH_ROUNDS:-3}

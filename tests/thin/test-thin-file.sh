@@ -7,7 +7,7 @@
 # nothing while rewrites work, trim frees chunks that later writes reuse,
 # zero writes allocate nothing, the metadata survives a restart, and
 # nbdkit-thin-check finds the metadata clean -- and finds planted faults.
-source "$TOP_SRCDIR/tests/functions.sh"
+source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 source "$TOP_SRCDIR/tests/thin/thin-lib.sh"
 
 mirror=$tmpdir/mirror.raw

@@ -11,7 +11,7 @@
 # Each time: data written before the growth reads back, nbdkit-thin-check
 # finds the metadata clean, vgck accepts the VG and lvs reports the LV
 # size that the filter reports as its pool.
-source "$TOP_SRCDIR/tests/functions.sh"
+source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 source "$TOP_SRCDIR/tests/thin/thin-lib.sh"
 source "$TOP_SRCDIR/tests/lvm/lvm-lib.sh"
 requires vgck

@@ -4,7 +4,7 @@
 # of the watermark (again after usage fell below it and a commit made
 # that final); a hook that grows the file below makes the new space usable
 # on the same connection; a pool grown by hand after ENOSPC is used too.
-source "$TOP_SRCDIR/tests/functions.sh"
+source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 source "$TOP_SRCDIR/tests/thin/thin-lib.sh"
 
 pool=$tmpdir/pool.img

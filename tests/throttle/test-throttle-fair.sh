@@ -7,7 +7,7 @@
 # scope=connection gives each connection the whole limit; group-by=export
 # and export-group split or share limits between exports.  Statistics
 # appear with -D throttle.stats=1.
-source "$TOP_SRCDIR/tests/functions.sh"
+source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 source "$TOP_SRCDIR/tests/throttle/throttle-functions.sh"
 
 # --- four connections in one group ---------------------------------------

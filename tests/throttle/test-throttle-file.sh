@@ -5,7 +5,7 @@
 # malformed content keeps the previous limits and logs an error, removing
 # the file returns to the command-line limits; [GROUP] sections give
 # groups their own limits.  A malformed file at start is a start-up error.
-source "$TOP_SRCDIR/tests/functions.sh"
+source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 source "$TOP_SRCDIR/tests/throttle/throttle-functions.sh"
 
 limits=$tmpdir/limits

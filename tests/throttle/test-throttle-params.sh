@@ -4,7 +4,7 @@
 # nbdkit with a clear error; libvirt <iotune> names are accepted; data
 # passes through unchanged (reads and writes, with and without limits);
 # plugin parameters still reach the plugin.
-source "$TOP_SRCDIR/tests/functions.sh"
+source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 source "$TOP_SRCDIR/tests/throttle/throttle-functions.sh"
 
 # expect_error "MESSAGE REGEX" FILTER-ARGS...

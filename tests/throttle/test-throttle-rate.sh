@@ -5,7 +5,7 @@
 # with generous bounds (±15%): bps-total, bps-read, bps-write, iops-total,
 # iops-size, bursts, and zero requests counted as I/Os only.  Limits are
 # low so that the CPU never limits, even under the sanitizers.
-source "$TOP_SRCDIR/tests/functions.sh"
+source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 source "$TOP_SRCDIR/tests/throttle/throttle-functions.sh"
 requires fio
 

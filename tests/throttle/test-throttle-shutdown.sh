@@ -4,7 +4,7 @@
 # A client that disconnects while its requests wait leaves the server
 # healthy (its waits are abandoned, not served), and SIGTERM stops a
 # server with requests waiting instead of waiting for the buckets.
-source "$TOP_SRCDIR/tests/functions.sh"
+source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 source "$TOP_SRCDIR/tests/throttle/throttle-functions.sh"
 
 # --- a client dies with requests waiting ---------------------------------

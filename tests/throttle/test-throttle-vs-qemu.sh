@@ -6,7 +6,7 @@
 # filter and the same limits: sustained rate, burst (max, max-length),
 # and iops with iops-size.  Compared as a ratio of the two durations,
 # with generous bounds.
-source "$TOP_SRCDIR/tests/functions.sh"
+source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 source "$TOP_SRCDIR/tests/throttle/throttle-functions.sh"
 requires qemu-io
 

@@ -28,7 +28,7 @@
 #                          qcow2-filter thin snapshot snapshot-thin
 #   CRASH_TORTURE_MAX_MS   kill delay upper bound after the writers have
 #                          started, in ms (default 700)
-source "$TOP_SRCDIR/tests/functions.sh"
+source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 
 requires qemu-img nbdcopy nbdinfo
 requires_plugin qcow2

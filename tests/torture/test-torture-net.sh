@@ -15,7 +15,7 @@ if [ "$service" = nfs ]; then
   source "$(dirname "$0")/../nfs/nfs-server.sh"
   nfs_netns "$0" "$@"
 fi
-source "$TOP_SRCDIR/tests/functions.sh"
+source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 source "$TOP_SRCDIR/tests/torture/torture-lib.sh"
 export TORTURE_ROUNDS=${TORTURE_ROUNDS:-1}
 export TORTURE_SECONDS=${TORTURE_SECONDS:-0.5}

@@ -25,7 +25,7 @@
 # TORTURE_CONNS (4), TORTURE_DEPTH (8), TORTURE_ROUNDS of bad clients (1),
 # TORTURE_SIZE_MB (16), TORTURE_SEED, TORTURE_PARTS ("concurrency bad"),
 # TORTURE_SELFCHECK (1: the tmpdisk check first).
-source "$TOP_SRCDIR/tests/functions.sh"
+source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 source "$TOP_SRCDIR/tests/torture/torture-lib.sh"
 export TORTURE_ROUNDS=${TORTURE_ROUNDS:-1}
 export TORTURE_SECONDS=${TORTURE_SECONDS:-0.5}

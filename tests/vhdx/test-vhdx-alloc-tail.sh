@@ -7,7 +7,7 @@
 # filter (a container with room, where new blocks are zeroed first),
 # 1 MiB blocks, writes through qemu-io vs a raw mirror (qemu-img compare,
 # qemu-img check).
-source "$TOP_SRCDIR/tests/functions.sh"
+source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 source "$TOP_SRCDIR/tests/vhdx/vhdx-functions.sh"
 requires_filter vhdx
 cd "$tmpdir"

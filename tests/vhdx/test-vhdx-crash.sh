@@ -7,7 +7,7 @@
 # and every region of every flushed round must read back (through the
 # plugin and through qemu-img) with its pattern.  Two runs: a dynamic
 # image made by qemu-img (1 MiB blocks) and one the plugin creates.
-source "$TOP_SRCDIR/tests/functions.sh"
+source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 source "$TOP_SRCDIR/tests/vhdx/vhdx-functions.sh"
 /usr/bin/python3 -c "import nbd" 2>/dev/null || skip "python3-libnbd not installed"
 cd "$tmpdir"

@@ -11,7 +11,7 @@
 # the child's parent_linkage is refused with a clear message unless
 # ignore-parent-linkage=true; a parent outside the child's directory is
 # refused unless allow-parent-path= names its directory.
-source "$TOP_SRCDIR/tests/functions.sh"
+source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 source "$TOP_SRCDIR/tests/vhdx/vhdx-functions.sh"
 cd "$tmpdir"
 M=$((1024*1024))

@@ -9,7 +9,7 @@
 #  - data plugin (an in-memory export loaded from the image): reads, and
 #    writes read back through the filter equal to the mirror.
 #  - a container without room: an allocating write fails (no crash).
-source "$TOP_SRCDIR/tests/functions.sh"
+source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 source "$TOP_SRCDIR/tests/vhdx/vhdx-functions.sh"
 requires_filter vhdx
 F=$(filter_so vhdx)

@@ -20,7 +20,7 @@
 #            entry past the end of the file).
 #      wrap: QEMU stops at an entry that runs over the end of the log and
 #            applies only the entries before it.
-source "$TOP_SRCDIR/tests/functions.sh"
+source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 source "$TOP_SRCDIR/tests/vhdx/vhdx-functions.sh"
 cd "$tmpdir"
 M=$((1024*1024))

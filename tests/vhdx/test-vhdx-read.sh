@@ -13,7 +13,7 @@
 # logical sector size metadata item ([MS-VHDX] 2.6.2.4) with vhdx-tool.py:
 # the payload block layout does not depend on the sector size for disks
 # smaller than one chunk, so the bytes must not change.
-source "$TOP_SRCDIR/tests/functions.sh"
+source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 source "$TOP_SRCDIR/tests/vhdx/vhdx-functions.sh"
 cd "$tmpdir"
 M=$((1024*1024))

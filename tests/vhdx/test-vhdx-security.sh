@@ -5,7 +5,7 @@
 # structure (one header, one region table) must not matter.  Also a log
 # whose only entry has a bad checksum (nothing valid to replay) and a
 # parent locator pointing outside the child's directory.
-source "$TOP_SRCDIR/tests/functions.sh"
+source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 source "$TOP_SRCDIR/tests/vhdx/vhdx-functions.sh"
 cd "$tmpdir"
 M=$((1024*1024))

@@ -11,7 +11,7 @@
 # Last, parallel allocating writes over 4 connections (nbdcopy) into an
 # empty image.  VHDX_TEST_ROUNDS=N repeats each case with N seeds
 # (default 1).
-source "$TOP_SRCDIR/tests/functions.sh"
+source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 source "$TOP_SRCDIR/tests/vhdx/vhdx-functions.sh"
 cd "$tmpdir"
 M=$((1024*1024))

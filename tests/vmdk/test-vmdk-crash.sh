@@ -10,7 +10,7 @@
 # vmdk parent full of data (partial grains copied from the parent), and
 # twoGbMaxExtentSparse.
 #   test-vmdk-crash.sh [SEED] [ITERATIONS]
-source "$TOP_SRCDIR/tests/functions.sh"
+source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 source "$TOP_SRCDIR/tests/vmdk/vmdk-functions.sh"
 
 writer="$TOP_BUILDDIR/tests/qcow2/qcow2-crashwriter"

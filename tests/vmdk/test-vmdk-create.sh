@@ -4,7 +4,7 @@
 # qemu-img info (format, size, subformat in the format-specific data) and
 # qemu-img check; data written through the plugin reads back identically
 # through QEMU.  Bad options are refused.
-source "$TOP_SRCDIR/tests/functions.sh"
+source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 source "$TOP_SRCDIR/tests/vmdk/vmdk-functions.sh"
 
 size=$((5*1024*1024 + 512))

@@ -9,7 +9,7 @@
 # qemu-img check accepts; a delta disk needs vmdk-backing= (then reads like
 # QEMU's chain); a descriptor naming extent files is refused; a container
 # without room refuses allocating writes (ENOSPC) and stays consistent.
-source "$TOP_SRCDIR/tests/functions.sh"
+source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 source "$TOP_SRCDIR/tests/vmdk/vmdk-functions.sh"
 requires_filter vmdk
 

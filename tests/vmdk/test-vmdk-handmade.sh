@@ -9,7 +9,7 @@
 # exactly as the generator says, and QEMU (qemu-img convert -O raw), which
 # reads all of them, must agree.  Writes into a written grain of a
 # non-default image are checked against a mirror as well.
-source "$TOP_SRCDIR/tests/functions.sh"
+source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 source "$TOP_SRCDIR/tests/vmdk/vmdk-functions.sh"
 
 seed=${VMDK_SEED:-1}

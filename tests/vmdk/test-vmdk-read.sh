@@ -9,7 +9,7 @@
 # read-only by the plugin reads exactly like qemu-img convert -O raw, with
 # a block status consistent with qemu-img map.
 #   test-vmdk-read.sh [SEED]
-source "$TOP_SRCDIR/tests/functions.sh"
+source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 source "$TOP_SRCDIR/tests/vmdk/vmdk-functions.sh"
 
 seed=${1:-${VMDK_SEED:-1}}

@@ -6,7 +6,7 @@
 # with a message naming the reference; allow-path=DIR (or any) allows
 # them.  Then malformed images (vmdk-gen.py --hostile, and hostile
 # descriptors) give errors, never a crash.
-source "$TOP_SRCDIR/tests/functions.sh"
+source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 source "$TOP_SRCDIR/tests/vmdk/vmdk-functions.sh"
 
 mkdir -p "$tmpdir/img" "$tmpdir/outside"

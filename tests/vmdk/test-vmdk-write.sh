@@ -9,7 +9,7 @@
 # Then qemu-img compare finds the image equal to the mirror, qemu-img
 # check accepts it, and the descriptor's CID has changed (once).
 #   test-vmdk-write.sh [SEED]    VMDK_TEST_ROUNDS=N for more rounds
-source "$TOP_SRCDIR/tests/functions.sh"
+source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 source "$TOP_SRCDIR/tests/vmdk/vmdk-functions.sh"
 
 seed=${1:-${VMDK_SEED:-1}}
