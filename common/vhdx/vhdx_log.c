@@ -10,6 +10,15 @@
  * where the previous ended (circularly) with the next sequence number;
  * among the chains whose last entry (the head) names the chain's first
  * entry as its Tail, the one with the highest head sequence number.
+ *
+ * The log is scanned through a small window and each candidate entry is
+ * read on its own (the log is mostly stale sectors, and two log-sized
+ * buffers per open cost more than the whole scan).  Entries are written
+ * one after the other around the ring, so the headers still on disk
+ * belong to at most the last two laps and their lengths add up to at
+ * most about twice the log: checksumming more than CRC_BUDGET_LAPS
+ * times the log means a forged log (every sector a header claiming the
+ * whole log would cost sectors x length), which is refused.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -23,8 +32,12 @@
 #include "util/progress.h"
 #include "vhdx_int.h"
 
-/* The largest log we read into memory to replay. */
+/* The largest log we replay. */
 #define MAX_LOG (64 * VHDX_MiB)
+/* Bytes of candidate entries checksummed while scanning, in logs. */
+#define CRC_BUDGET_LAPS 4
+/* The scan window. */
+#define WINDOW (64 * 1024)
 
 #define LE_SIG     0
 #define LE_CKSUM   4
@@ -47,9 +60,10 @@ struct entry {
 
 struct ctx {
   struct vhdx *v;
-  const uint8_t *log;           /* the whole log */
-  uint64_t len;                 /* its length */
+  uint64_t len;                 /* the log's length */
   uint8_t *ebuf;                /* one entry, contiguous */
+  uint64_t ebuf_cap;
+  uint64_t crc_left;            /* scan budget, bytes */
 };
 
 void
@@ -63,40 +77,75 @@ vhdx_overlay_free (struct vhdx_overlay *o)
   free (o);
 }
 
-/* Copy LEN bytes of the circular log from OFF. */
-static void
-log_copy (const struct ctx *c, uint8_t *dst, uint64_t off, uint64_t len)
-{
-  off %= c->len;
-  uint64_t first = c->len - off < len ? c->len - off : len;
-  memcpy (dst, c->log + off, first);
-  if (first < len)
-    memcpy (dst + first, c->log, len - first);
-}
-
-/* Validate the entry at log offset OFF; fills E.  Leaves the entry's
- * bytes in c->ebuf.
- */
-static bool
-check_entry (struct ctx *c, uint64_t off, struct entry *e)
+/* Read LEN bytes of the circular log from OFF. */
+static int
+log_read (const struct ctx *c, uint8_t *dst, uint64_t off, uint64_t len)
 {
   struct vhdx *v = c->v;
-  uint8_t h[LE_HDR];
+  off %= c->len;
+  uint64_t first = c->len - off < len ? c->len - off : len;
+  if (bdev_pread (v->file, dst, first, v->log_off + off) == -1 ||
+      (first < len &&
+       bdev_pread (v->file, dst + first, len - first, v->log_off) == -1)) {
+    kvm_error ("%s: reading the log: %m", v->path);
+    return -1;
+  }
+  return 0;
+}
 
-  log_copy (c, h, off, LE_HDR);
-  if (memcmp (h + LE_SIG, "loge", 4) != 0 ||
-      memcmp (h + LE_GUID, v->hdr + H_LOG_GUID, 16) != 0)
-    return false;
+/* Is the header H one of this log's entries, with sane fields? */
+static bool
+header_plausible (const struct ctx *c, const uint8_t *h)
+{
   uint64_t len = load_le32 (h + LE_LEN), tail = load_le32 (h + LE_TAIL);
   uint64_t seq = load_le64 (h + LE_SEQ), nd = load_le32 (h + LE_NDESC);
-  if (len == 0 || len % VHDX_LOG_SECTOR || len > c->len ||
-      tail % VHDX_LOG_SECTOR || tail >= c->len || seq == 0 ||
-      seq == UINT64_MAX)
-    return false;
+  return memcmp (h + LE_SIG, "loge", 4) == 0 &&
+    memcmp (h + LE_GUID, c->v->hdr + H_LOG_GUID, 16) == 0 &&
+    len != 0 && len % VHDX_LOG_SECTOR == 0 && len <= c->len &&
+    tail % VHDX_LOG_SECTOR == 0 && tail < c->len &&
+    seq != 0 && seq != UINT64_MAX &&
+    div_round_up64 (LE_HDR + 32 * nd, VHDX_LOG_SECTOR) * VHDX_LOG_SECTOR
+      <= len;
+}
+
+/* Read and validate the entry whose header H is at log offset OFF;
+ * fills E and leaves the entry's bytes in c->ebuf.  BUDGET: count its
+ * length against the scan's checksum budget.  Returns 1 if valid, 0 if
+ * not, -1 on an I/O error or an exhausted budget.
+ */
+static int
+check_entry (struct ctx *c, const uint8_t *h, uint64_t off, struct entry *e,
+             bool budget)
+{
+  struct vhdx *v = c->v;
+
+  if (!header_plausible (c, h))
+    return 0;
+  uint64_t len = load_le32 (h + LE_LEN), seq = load_le64 (h + LE_SEQ);
+  uint64_t nd = load_le32 (h + LE_NDESC);
   uint64_t dsec = div_round_up64 (LE_HDR + 32 * nd, VHDX_LOG_SECTOR);
-  if (dsec * VHDX_LOG_SECTOR > len)
-    return false;
-  log_copy (c, c->ebuf, off, len);
+  if (budget) {
+    if (len > c->crc_left) {
+      kvm_error ("%s: the log holds more entry headers than a log written "
+                 "in order can (over %d times its size to check): refused",
+                 v->path, CRC_BUDGET_LAPS);
+      errno = EINVAL;
+      return -1;
+    }
+    c->crc_left -= len;
+  }
+  if (len > c->ebuf_cap) {
+    uint8_t *n = realloc (c->ebuf, len);
+    if (!n) {
+      errno = ENOMEM;
+      kvm_error ("%s: out of memory for a log entry", v->path);
+      return -1;
+    }
+    c->ebuf = n;
+    c->ebuf_cap = len;
+  }
+  if (log_read (c, c->ebuf, off, len) == -1)
+    return -1;
   uint32_t ck = load_le32 (c->ebuf + LE_CKSUM);
   memset (c->ebuf + LE_CKSUM, 0, 4);
   uint32_t got = crc32c (0, c->ebuf, len);
@@ -104,39 +153,39 @@ check_entry (struct ctx *c, uint64_t off, struct entry *e)
   if (got != ck) {
     kvm_debug ("%s: log entry at %" PRIu64 " (sequence %" PRIu64
                "): bad CRC-32C", v->path, off, seq);
-    return false;
+    return 0;
   }
   uint64_t ndata = 0;
   for (uint64_t i = 0; i < nd; i++) {
     const uint8_t *d = c->ebuf + LE_HDR + 32 * i;
     if (load_le64 (d + 24) != seq || load_le64 (d + 16) % VHDX_LOG_SECTOR)
-      return false;
+      return 0;
     if (memcmp (d, "desc", 4) == 0) {
       uint64_t ds = dsec + ndata++;
       if ((ds + 1) * VHDX_LOG_SECTOR > len)
-        return false;
+        return 0;
       const uint8_t *s = c->ebuf + ds * VHDX_LOG_SECTOR;
       if (memcmp (s, "data", 4) != 0 ||
           ((uint64_t) load_le32 (s + 4) << 32 | load_le32 (s + 4092)) != seq)
-        return false;
+        return 0;
     }
     else if (memcmp (d, "zero", 4) == 0) {
       uint64_t zl = load_le64 (d + 8);
       if (zl == 0 || zl % VHDX_LOG_SECTOR)
-        return false;
+        return 0;
     }
     else
-      return false;
+      return 0;
   }
   e->valid = true;
   e->len = len;
-  e->tail = tail;
+  e->tail = load_le32 (h + LE_TAIL);
   e->seq = seq;
   e->flushed = load_le64 (h + LE_FLUSHED);
   e->last = load_le64 (h + LE_LAST);
   e->next = -1;
   e->head = -1;
-  return true;
+  return 1;
 }
 
 static int
@@ -234,7 +283,7 @@ vhdx_log_replay (struct vhdx *v, uint64_t file_size)
 {
   struct ctx c = { .v = v, .len = v->log_len };
   struct entry *ents = NULL;
-  uint8_t *log = NULL;
+  uint8_t *window = NULL;
   struct vhdx_overlay *o = NULL;
   int r = -1;
 
@@ -252,20 +301,24 @@ vhdx_log_replay (struct vhdx *v, uint64_t file_size)
     return -1;
   }
   uint64_t nsec = v->log_len / VHDX_LOG_SECTOR;
-  log = malloc (v->log_len);
-  c.ebuf = malloc (v->log_len);
+  c.crc_left = CRC_BUDGET_LAPS * v->log_len;
+  window = malloc (WINDOW);
   ents = calloc (nsec, sizeof *ents);
-  if (!log || !c.ebuf || !ents) {
+  if (!window || !ents) {
     errno = ENOMEM;
     kvm_error ("%s: out of memory for the log", v->path);
     goto out;
   }
-  if (bdev_pread (v->file, log, v->log_len, v->log_off) == -1)
-    goto out;
-  c.log = log;
-
-  for (uint64_t i = 0; i < nsec; i++)
-    check_entry (&c, i * VHDX_LOG_SECTOR, &ents[i]);
+  for (uint64_t w = 0; w < v->log_len; w += WINDOW) {
+    uint64_t n = v->log_len - w < WINDOW ? v->log_len - w : WINDOW;
+    if (log_read (&c, window, w, n) == -1)
+      goto out;
+    for (uint64_t k = 0; k < n; k += VHDX_LOG_SECTOR) {
+      if (check_entry (&c, window + k, w + k,
+                       &ents[(w + k) / VHDX_LOG_SECTOR], true) == -1)
+        goto out;
+    }
+  }
   for (uint64_t i = 0; i < nsec; i++) {
     if (!ents[i].valid)
       continue;
@@ -332,8 +385,19 @@ vhdx_log_replay (struct vhdx *v, uint64_t file_size)
   snprintf (what, sizeof what, "%s: vhdx log replay", v->path);
   kvm_progress_start (&pr, what, head->seq - ents[best].seq + 1);
   for (int64_t i = best; ; i = ents[i].next) {
-    struct entry e;
-    check_entry (&c, i * VHDX_LOG_SECTOR, &e);
+    struct entry e = { 0 };
+    uint8_t h[LE_HDR];
+    int ok = log_read (&c, h, i * VHDX_LOG_SECTOR, LE_HDR);
+    if (ok == 0)
+      ok = check_entry (&c, h, i * VHDX_LOG_SECTOR, &e, false);
+    if (ok != 1) {
+      if (ok == 0) {      /* replay writes only outside the log */
+        kvm_error ("%s: log entry at %" PRIu64 " changed during replay",
+                   v->path, (uint64_t) i * VHDX_LOG_SECTOR);
+        errno = EIO;
+      }
+      goto out;
+    }
     if (apply_entry (&c, o, limit) == -1)
       goto out;
     kvm_progress_add (&pr, 1);
@@ -360,6 +424,6 @@ vhdx_log_replay (struct vhdx *v, uint64_t file_size)
   vhdx_overlay_free (o);
   free (ents);
   free (c.ebuf);
-  free (log);
+  free (window);
   return r;
 }

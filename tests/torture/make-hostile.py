@@ -136,22 +136,36 @@ def vhdx(case, d, base):
         if case == "vhdx-bat":
             off, _ = g["items"][vt.FILE_PARAMS]
             patch(p, off, "<I", 1 << 20)
-    elif case == "vhdx-log":
-        # A log to replay of 128 MiB (the limit is 64 MiB).
+    elif case in ("vhdx-log", "vhdx-logheaders"):
+        # A log to replay of 128 MiB (the limit is 64 MiB); or one of
+        # 64 MiB whose first 1024 sectors are each an entry header
+        # claiming the whole log, with a wrong checksum: checking them
+        # all would checksum 64 GiB.
+        log_len = (128 << 20) if case == "vhdx-log" else (64 << 20)
+        guid = bytes(range(1, 17))
         with open(p, "r+b") as f:
             for slot_off in (64 * 1024, 128 * 1024):
                 f.seek(slot_off)
                 hb = bytearray(f.read(4096))
                 if hb[:4] != b"head":
                     continue
-                hb[48:64] = bytes(range(1, 17))          # log GUID
-                struct.pack_into("<I", hb, 68, 128 << 20)  # log length
-                struct.pack_into("<Q", hb, 72, 8 << 20)    # log offset
+                hb[48:64] = guid                         # log GUID
+                struct.pack_into("<I", hb, 68, log_len)  # log length
+                struct.pack_into("<Q", hb, 72, 8 << 20)  # log offset
                 hb[4:8] = bytes(4)
                 struct.pack_into("<I", hb, 4, crc32c(hb))
                 f.seek(slot_off)
                 f.write(hb)
-            f.truncate(max(os.path.getsize(p), (8 << 20) + (128 << 20)))
+            f.truncate(max(os.path.getsize(p), (8 << 20) + log_len))
+            if case == "vhdx-logheaders":
+                for i in range(1024):
+                    e = bytearray(64)
+                    e[0:4] = b"loge"
+                    struct.pack_into("<IIIQI", e, 4, 0xdeadbeef, log_len,
+                                     0, 1000 + i, 0)
+                    e[32:48] = guid
+                    f.seek((8 << 20) + i * 4096)
+                    f.write(e)
     else:
         raise SystemExit("unknown case " + case)
     del h

@@ -96,6 +96,7 @@ run_case vmdk-total 'total size too large' "$vmdkp" file=@disk.vmdk
 run_case vhdx-size 'virtual disk size 9223372036854775808 .*at most 64 TiB' "$vhdxp" file=@disk.vhdx
 run_case vhdx-bat 'BAT of [0-9]+ entries is too large \(the limit is 67108864 entries' "$vhdxp" file=@disk.vhdx
 run_case vhdx-log 'the log must be replayed but is 134217728 bytes \(at most 67108864\)' "$vhdxp" file=@disk.vhdx
+run_case vhdx-logheaders 'more entry headers than a log written in order can \(over 4 times its size' "$vhdxp" file=@disk.vhdx
 run_case thin-size 'chunks of 4096 bytes \(at most 268435456' "$thinf" file @pool.img thin-metadata=@meta.thin
 run_case thin-short 'the metadata of 268435456 virtual chunks needs [0-9]+ bytes, but the device has 8192' "$thinf" file @pool.img thin-metadata=@meta.thin
 run_case snapshot-layers 'more than 256 layers \(the limit\)' "$snapf" file @base.raw overlay-dir=@ov
