@@ -5,6 +5,7 @@
 # nbdkit-thin-check must find.
 #   thin-meta.py summary POOL      -> "mapped N used M seq S slot K"
 #   thin-meta.py plant POOL double|leak|range
+import os
 import struct
 import sys
 
@@ -12,19 +13,8 @@ BLK = 4096
 TPB = 1023
 BPB = 4092 * 8
 
-_table = []
-for i in range(256):
-    c = i
-    for _ in range(8):
-        c = (c >> 1) ^ (0x82F63B78 if c & 1 else 0)
-    _table.append(c)
-
-
-def crc32c(data, crc=0):
-    crc ^= 0xFFFFFFFF
-    for b in data:
-        crc = (crc >> 8) ^ _table[(crc ^ b) & 0xFF]
-    return crc ^ 0xFFFFFFFF
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from crc32c import crc32c  # noqa: E402
 
 
 def block_crc(seed, blk):

@@ -12,25 +12,14 @@ implementation), used as an independent oracle beside QEMU.
 
 import json
 import struct
+import os
 import sys
 import uuid
 
 MiB = 1 << 20
 
-# CRC-32C (Castagnoli), reflected polynomial 0x82F63B78.
-_T = []
-for _i in range(256):
-    _c = _i
-    for _ in range(8):
-        _c = (_c >> 1) ^ (0x82F63B78 if _c & 1 else 0)
-    _T.append(_c)
-
-
-def crc32c(data, crc=0):
-    crc ^= 0xFFFFFFFF
-    for b in data:
-        crc = (crc >> 8) ^ _T[(crc ^ b) & 0xFF]
-    return crc ^ 0xFFFFFFFF
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from crc32c import crc32c  # noqa: E402
 
 
 def guid(s):
