@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: BSD-3-Clause */
 /* VHDX engine internals: on-disk constants ([MS-VHDX] section 2) and the
- * engine state shared by vhdx.c, vhdx_log.c and vhdx_create.c.
+ * engine state shared by vhdx.c, vhdx_meta.c, vhdx_io.c, vhdx_log.c and
+ * vhdx_create.c.
  */
 #ifndef KVM_VHDX_INT_H
 #define KVM_VHDX_INT_H
@@ -23,6 +24,9 @@
 #define VHDX_REGION_SIZE  (64 * VHDX_KiB)
 #define VHDX_METATAB_SIZE (64 * VHDX_KiB)
 #define VHDX_LOG_SECTOR   4096
+
+/* The largest virtual disk we open. */
+#define VHDX_MAX_VSIZE (UINT64_C (64) << 40)
 
 /* Header fields (offsets in the 4 KiB header). */
 #define H_SIG        0          /* "head" */
@@ -115,6 +119,44 @@ struct vhdx {
   uint8_t **sbm;
   uint64_t nsbm;
 };
+
+/* Do [A, A+ALEN) and [B, B+BLEN) overlap? */
+static inline bool
+vhdx_overlaps (uint64_t a, uint64_t alen, uint64_t b, uint64_t blen)
+{
+  return a < b + blen && b < a + alen;
+}
+
+/* Report "FMT..." (kvm_error), set errno = ERR, return -1. */
+int vhdx_fail (int err, const char *fmt, ...)
+  __attribute__ ((format (printf, 2, 3)));
+
+/* The parent locator of a differencing disk (UTF-8 copies). */
+struct vhdx_locator {
+  char *linkage, *linkage2, *relative, *volume, *absolute;
+};
+void vhdx_locator_free (struct vhdx_locator *l);
+
+/* Open steps (vhdx_meta.c), each 0 or -1 with a message: the current
+ * header into v->hdr; the region table (BAT and metadata regions); the
+ * metadata items (sizes, sector sizes, parent locator into LOC).
+ */
+int vhdx_read_headers (struct vhdx *v);
+int vhdx_read_regions (struct vhdx *v);
+int vhdx_read_metadata (struct vhdx *v, struct vhdx_locator *loc);
+
+/* bdev operations (vhdx_io.c); vhdx_flush_locked with v->lock held. */
+int vhdx_pread (struct bdev *bd, void *buf, size_t count, uint64_t offset);
+int vhdx_pwrite (struct bdev *bd, const void *buf, size_t count,
+                 uint64_t offset, uint32_t flags);
+int vhdx_zero (struct bdev *bd, uint64_t count, uint64_t offset,
+               uint32_t flags);
+int vhdx_trim (struct bdev *bd, uint64_t count, uint64_t offset,
+               uint32_t flags);
+int vhdx_extents (struct bdev *bd, uint64_t count, uint64_t offset,
+                  uint32_t flags, bdev_extent_fn fn, void *opaque);
+int vhdx_flush (struct bdev *bd);
+int vhdx_flush_locked (struct vhdx *v);
 
 /* Read the container as the log replay left it. */
 int vhdx_file_read (struct vhdx *v, void *buf, size_t n, uint64_t off);
