@@ -182,7 +182,10 @@ _kill_server () {
 # sanitizer report at shutdown (abort_on_error) fails the test.  One that
 # is still there after 10 s is killed with a message (under the sanitizer
 # preload, nbdkit 1.32's exit can deadlock in libp11-kit's destructor:
-# docs/fuzzing.md).
+# docs/fuzzing.md).  Tests that make clients hang up with replies queued
+# set KVM_NBDKIT_ABORT_OK=1: there nbdkit 1.32.5 may abort in its own
+# socket code while it shuts down (README "Known limits"), so SIGABRT is
+# reported but not failed; they check the server's deaths themselves.
 stop_nbdkit () {
   local pid=${1:-$nbdkit_pid} i job st=0
   [ -n "$pid" ] || return 0
@@ -203,6 +206,11 @@ stop_nbdkit () {
   wait "$job" 2>/dev/null || st=$?
   case $st in
     0|127) ;;
+    134) if [ "${KVM_NBDKIT_ABORT_OK:-}" = 1 ]; then
+           echo "stop_nbdkit: nbdkit $pid aborted at shutdown (KVM_NBDKIT_ABORT_OK: nbdkit 1.32.5's known abort after client hang-ups)" >&2
+         else
+           fail "nbdkit (pid $pid) exited with status $st after SIGTERM: a crash or a sanitizer report at shutdown (see its output above)"
+         fi ;;
     *) fail "nbdkit (pid $pid) exited with status $st after SIGTERM: a crash or a sanitizer report at shutdown (see its output above)" ;;
   esac
 }

@@ -40,4 +40,19 @@ stop_and_catch
 grep -q "exited with status 3 after SIGTERM" <<< "$failed" ||
   fail "no clear message: $failed"
 echo "ok: a bad exit fails the test: $failed"
+
+# Status 134 (SIGABRT) fails too, unless the test declared that nbdkit
+# 1.32.5's known abort may happen (KVM_NBDKIT_ABORT_OK=1).
+printf '#!/bin/bash\n"%s" "$@"\nexit 134\n' "$real" > "$tmpdir/bin/nbdkit"
+start_nbdkit "$tmpdir/c.sock" null size=1M
+stop_and_catch
+grep -q "exited with status 134" <<< "$failed" ||
+  fail "an abort at shutdown did not fail the test: '$failed'"
+KVM_NBDKIT_ABORT_OK=1
+start_nbdkit "$tmpdir/d.sock" null size=1M
+stop_and_catch 2> "$tmpdir/d.err"
+[ -z "$failed" ] || fail "KVM_NBDKIT_ABORT_OK=1 but an abort failed the test: $failed"
+grep -q "aborted at shutdown" "$tmpdir/d.err" ||
+  fail "the tolerated abort was not reported: $(cat "$tmpdir/d.err")"
+echo "ok: an abort fails, unless KVM_NBDKIT_ABORT_OK=1 (then it is reported)"
 echo PASS
