@@ -17,8 +17,8 @@
 #    1.33.10) is recognised and counted apart; any other death or a
 #    sanitizer report fails (README "Known limits", docs/hardening.md).
 #
-# Before that, the model must catch a server that loses writes (nbdkit's
-# tmpdisk plugin: a disk per connection).
+# Before that, the model's self-test, and the model must catch a server
+# that loses writes (nbdkit's tmpdisk plugin: a disk per connection).
 #
 # The stacks (tests/torture/torture-lib.sh): TORTURE_DEFAULT_STACKS, set
 # by ctest, or TORTURE_STACKS.  Knobs: TORTURE_SECONDS per stack (default 0.5),
@@ -31,6 +31,9 @@ export TORTURE_ROUNDS=${TORTURE_ROUNDS:-1}
 export TORTURE_SECONDS=${TORTURE_SECONDS:-0.5}
 
 if [ "${TORTURE_SELFCHECK:-1}" = 1 ]; then
+  # The model's rules on made-up sectors (a torn sector is accepted, a
+  # byte from nowhere is not), then on a server that loses writes.
+  concurrency --self-test || fail "concurrency.py --self-test"
   sock=$tmpdir/tmpdisk.sock
   start_nbdkit "$sock" tmpdisk 16M command='truncate -s $size "$disk"'
   if concurrency "$(uri_of "$sock")" --seconds 0.5 --conns 2 --readback-all \
