@@ -71,7 +71,7 @@ read_run (struct qcow2 *q, void *opaque, enum utype type, uint64_t guest,
       return q2_read_compressed (q, entry, p);
     uint8_t *tmp = malloc (q->cluster_size);
     if (!tmp) {
-      ERR (q, ENOMEM, "%s: out of memory", q->path);
+      kvm_fail (ENOMEM, "%s: out of memory", q->path);
       return -1;
     }
     int r = q2_read_compressed (q, entry, tmp);

@@ -394,7 +394,7 @@ q2_bitmap_open (struct qcow2 *q)
     return 0;                   /* nothing consistent to keep */
   b = calloc (1, sizeof *b);
   if (!b) {
-    ERR (q, ENOMEM, "%s: out of memory", q->path);
+    kvm_fail (ENOMEM, "%s: out of memory", q->path);
     return -1;
   }
   q->bitmaps = b;
@@ -578,7 +578,7 @@ q2_bitmap_commit (struct qcow2 *q)
     uint64_t bytes = (uint64_t) t->table_size * 8;
     uint8_t *buf = malloc (bytes);
     if (!buf) {
-      ERR (q, ENOMEM, "%s: out of memory", q->path);
+      kvm_fail (ENOMEM, "%s: out of memory", q->path);
       return -1;
     }
     for (uint64_t j = 0; j < t->table_size; j++)

@@ -43,13 +43,13 @@ q2_check_table_offset (struct qcow2 *q, uint64_t off, const char *what)
   if (q->alloc_end > limit)
     limit = q->alloc_end;
   if (off & (q->cluster_size - 1)) {
-    ERR (q, EIO, "%s: corrupt image: %s offset %#" PRIx64
-         " is not cluster aligned", q->path, what, off);
+    kvm_fail (EIO, "%s: corrupt image: %s offset %#" PRIx64
+              " is not cluster aligned", q->path, what, off);
     return -1;
   }
   if (!ck_range_within (off, q->cluster_size, limit)) {
-    ERR (q, EIO, "%s: corrupt image: %s offset %#" PRIx64
-         " is beyond the end of the file", q->path, what, off);
+    kvm_fail (EIO, "%s: corrupt image: %s offset %#" PRIx64
+              " is beyond the end of the file", q->path, what, off);
     return -1;
   }
   return 0;
@@ -68,9 +68,9 @@ q2_check_no_overlap (struct qcow2 *q, uint64_t off, uint64_t len,
        end > q->l1_offset) ||
       (off < q->rt_offset + q->rt_clusters * q->cluster_size &&
        end > q->rt_offset)) {
-    ERR (q, EIO, "%s: corrupt image: %s at %#" PRIx64 " overlaps the "
-         "header, L1 table or refcount table; refusing to write", q->path,
-         what, off);
+    kvm_fail (EIO, "%s: corrupt image: %s at %#" PRIx64 " overlaps the "
+              "header, L1 table or refcount table; refusing to write", q->path,
+              what, off);
     return -1;
   }
   return 0;
@@ -118,12 +118,12 @@ q2_mark_dirty (struct qcow2 *q, struct lru *c, struct dirty_list *d, void *buf)
   void *again = lru_get (c, m->key, q2_table_load, &ctx);   /* extra pin */
   if (again != buf) {
     lru_put (c, again);
-    ERR (q, EIO, "%s: internal error: cache entry moved", q->path);
+    kvm_fail (EIO, "%s: internal error: cache entry moved", q->path);
     return -1;
   }
   if (dirty_add (d, buf) == -1) {
     lru_put (c, buf);
-    ERR (q, ENOMEM, "%s: out of memory", q->path);
+    kvm_fail (ENOMEM, "%s: out of memory", q->path);
     return -1;
   }
   m->dirty = 1;

@@ -99,7 +99,7 @@ decompress (struct qcow2 *q, struct dctx *d, const uint8_t *in, size_t inlen,
     if (!d->z_ready) {
       memset (s, 0, sizeof *s);
       if (inflateInit2 (s, -12) != Z_OK) {
-        ERR (q, ENOMEM, "%s: cannot set up zlib", q->path);
+        kvm_fail (ENOMEM, "%s: cannot set up zlib", q->path);
         return -1;
       }
       d->z_ready = true;
@@ -114,7 +114,7 @@ decompress (struct qcow2 *q, struct dctx *d, const uint8_t *in, size_t inlen,
     if ((r == Z_STREAM_END || r == Z_BUF_ERROR) && s->avail_out == 0)
       return 0;
 #else
-    ERR (q, ENOTSUP, "%s: zlib support not compiled in", q->path);
+    kvm_fail (ENOTSUP, "%s: zlib support not compiled in", q->path);
     return -1;
 #endif
   }
@@ -123,7 +123,7 @@ decompress (struct qcow2 *q, struct dctx *d, const uint8_t *in, size_t inlen,
     if (d->zstd == NULL) {
       d->zstd = ZSTD_createDCtx ();
       if (d->zstd == NULL) {
-        ERR (q, ENOMEM, "%s: cannot set up zstd", q->path);
+        kvm_fail (ENOMEM, "%s: cannot set up zstd", q->path);
         return -1;
       }
     }
@@ -141,14 +141,14 @@ decompress (struct qcow2 *q, struct dctx *d, const uint8_t *in, size_t inlen,
     if (ob.pos == ob.size)
       return 0;
 #else
-    ERR (q, ENOTSUP, "%s: zstd support not compiled in", q->path);
+    kvm_fail (ENOTSUP, "%s: zstd support not compiled in", q->path);
     return -1;
 #endif
   }
 #ifdef HAVE_ZLIB
  bad:
 #endif
-  ERR (q, EIO, "%s: corrupt compressed cluster", q->path);
+  kvm_fail (EIO, "%s: corrupt compressed cluster", q->path);
   return -1;
 }
 
@@ -168,8 +168,8 @@ q2_read_compressed (struct qcow2 *q, uint64_t e, uint8_t *out)
   uint64_t off, len;
   compressed_range (q, e, &off, &len);
   if (!ck_range_within (off, 0, bdev_size (q->file)) || off == 0) {
-    ERR (q, EIO, "%s: corrupt image: compressed cluster offset %#" PRIx64
-         " beyond the end of the file", q->path, off);
+    kvm_fail (EIO, "%s: corrupt image: compressed cluster offset %#" PRIx64
+              " beyond the end of the file", q->path, off);
     return -1;
   }
   struct dctx *d = thread_dctx ();
@@ -181,7 +181,7 @@ q2_read_compressed (struct qcow2 *q, uint64_t e, uint8_t *out)
     }
   }
   if (!d || d->in_cap < len) {
-    ERR (q, ENOMEM, "%s: out of memory", q->path);
+    kvm_fail (ENOMEM, "%s: out of memory", q->path);
     return -1;
   }
   if (bdev_pread_padded (q->file, d->in, len, off) == -1)
@@ -288,36 +288,36 @@ q2_setup_compress (struct qcow2 *q, const char *opt, bool readonly)
   else if (strcmp (opt, "zstd") == 0)
     type = 1;
   else {
-    ERR (q, EINVAL, "%s: compress=%s: must be zlib or zstd", q->path, opt);
+    kvm_fail (EINVAL, "%s: compress=%s: must be zlib or zstd", q->path, opt);
     return -1;
   }
   if (readonly)                 /* nothing will be written */
     return 0;
 #ifndef HAVE_ZLIB
   if (type == 0) {
-    ERR (q, ENOTSUP, "%s: compress=zlib: zlib support not compiled in",
-         q->path);
+    kvm_fail (ENOTSUP, "%s: compress=zlib: zlib support not compiled in",
+              q->path);
     return -1;
   }
 #endif
 #ifndef HAVE_ZSTD
   if (type == 1) {
-    ERR (q, ENOTSUP, "%s: compress=zstd: zstd support not compiled in",
-         q->path);
+    kvm_fail (ENOTSUP, "%s: compress=zstd: zstd support not compiled in",
+              q->path);
     return -1;
   }
 #endif
   if (type != q->compression_type) {
-    ERR (q, EINVAL, "%s: compress=%s, but the image's compression type is "
-         "%s (fixed when the image was created): use compress=%s, or "
-         "create the image with compression_type=%s", q->path, opt,
-         q->compression_type ? "zstd" : "zlib",
-         q->compression_type ? "zstd" : "zlib", opt);
+    kvm_fail (EINVAL, "%s: compress=%s, but the image's compression type is "
+              "%s (fixed when the image was created): use compress=%s, or "
+              "create the image with compression_type=%s", q->path, opt,
+              q->compression_type ? "zstd" : "zlib",
+              q->compression_type ? "zstd" : "zlib", opt);
     return -1;
   }
   if (q->external_data) {
-    ERR (q, ENOTSUP, "%s: compress=: an image with an external data file "
-         "cannot hold compressed clusters", q->path);
+    kvm_fail (ENOTSUP, "%s: compress=: an image with an external data file "
+              "cannot hold compressed clusters", q->path);
     return -1;
   }
   q->compress = true;
@@ -341,13 +341,13 @@ compress_cluster (struct qcow2 *q, struct cctx *x, const uint8_t *in,
       /* Raw deflate with a 4 KiB window, the stream qcow2 readers expect. */
       if (deflateInit2 (s, Z_DEFAULT_COMPRESSION, Z_DEFLATED, -12, 9,
                         Z_DEFAULT_STRATEGY) != Z_OK) {
-        ERR (q, ENOMEM, "%s: cannot set up zlib", q->path);
+        kvm_fail (ENOMEM, "%s: cannot set up zlib", q->path);
         return -1;
       }
       x->z_ready = true;
     }
     else if (deflateReset (s) != Z_OK) {
-      ERR (q, EIO, "%s: zlib: cannot reset the compressor", q->path);
+      kvm_fail (EIO, "%s: zlib: cannot reset the compressor", q->path);
       return -1;
     }
     s->next_in = (Bytef *) in;
@@ -359,7 +359,7 @@ compress_cluster (struct qcow2 *q, struct cctx *x, const uint8_t *in,
       return room - s->avail_out;
     if (r == Z_OK || r == Z_BUF_ERROR)
       return CB_RAW;
-    ERR (q, EIO, "%s: zlib: compression failed (%d)", q->path, r);
+    kvm_fail (EIO, "%s: zlib: compression failed (%d)", q->path, r);
     return -1;
 #endif
   }
@@ -368,7 +368,7 @@ compress_cluster (struct qcow2 *q, struct cctx *x, const uint8_t *in,
     if (x->zstd == NULL) {
       x->zstd = ZSTD_createCCtx ();
       if (x->zstd == NULL) {
-        ERR (q, ENOMEM, "%s: cannot set up zstd", q->path);
+        kvm_fail (ENOMEM, "%s: cannot set up zstd", q->path);
         return -1;
       }
     }
@@ -377,12 +377,12 @@ compress_cluster (struct qcow2 *q, struct cctx *x, const uint8_t *in,
       return r;
     if (ZSTD_getErrorCode (r) == ZSTD_error_dstSize_tooSmall)
       return CB_RAW;
-    ERR (q, EIO, "%s: zstd: compression failed: %s", q->path,
-         ZSTD_getErrorName (r));
+    kvm_fail (EIO, "%s: zstd: compression failed: %s", q->path,
+              ZSTD_getErrorName (r));
     return -1;
 #endif
   }
-  ERR (q, ENOTSUP, "%s: compression not compiled in", q->path);
+  kvm_fail (ENOTSUP, "%s: compression not compiled in", q->path);
   return -1;
 }
 
@@ -420,7 +420,7 @@ q2_compress_batch (struct qcow2 *q, struct q2_cbatch *cb, const uint8_t *buf,
   cb->out = malloc (n * (cs - 1));
   if (!x || !cb->len || !cb->pos || !cb->out) {
     q2_cbatch_free (cb);
-    ERR (q, ENOMEM, "%s: out of memory", q->path);
+    kvm_fail (ENOMEM, "%s: out of memory", q->path);
     return -1;
   }
   cb->first = first;
@@ -487,8 +487,8 @@ q2_compress_alloc (struct qcow2 *q, uint64_t len, uint64_t *off)
     if (q2_alloc_clusters (q, 1, &cur) == -1)
       return -1;
     if (cur + cs > (1ull << q->csize_shift)) {
-      ERR (q, ENOSPC, "%s: compressed cluster offset %#" PRIx64 " too "
-           "large for the L2 entry", q->path, cur);
+      kvm_fail (ENOSPC, "%s: compressed cluster offset %#" PRIx64 " too "
+                "large for the L2 entry", q->path, cur);
       return -1;
     }
   }

@@ -49,7 +49,7 @@ write_table (struct qcow2 *q, const uint64_t *t, uint64_t n, uint64_t off,
 {
   uint8_t *buf = calloc (1, bytes);
   if (!buf) {
-    ERR (q, ENOMEM, "%s: out of memory", q->path);
+    kvm_fail (ENOMEM, "%s: out of memory", q->path);
     return -1;
   }
   for (uint64_t i = 0; i < n; i++)
@@ -140,7 +140,7 @@ q2_flush_locked (struct qcow2 *q)
    */
   if (q->fd >= 0 && bdev_size (q->file) < q->alloc_end) {
     if (ftruncate (q->fd, q->alloc_end) == -1) {
-      ERR (q, errno, "%s: extending the file: %m", q->path);
+      kvm_fail (errno, "%s: extending the file: %m", q->path);
       return -1;
     }
     bdev_size_grow (q->file, q->alloc_end);

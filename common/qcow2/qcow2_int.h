@@ -183,9 +183,6 @@ struct qcow2 {
   int meta_prealloc;            /* -1 unknown, 0 no, 1 yes */
 };
 
-#define ERR(q, err, ...) \
-  do { kvm_error (__VA_ARGS__); errno = (err); } while (0)
-
 struct load_ctx {
   struct qcow2 *q;
   const char *what;

@@ -90,8 +90,8 @@ q2_classify (struct qcow2 *q, uint64_t e, uint64_t bm, unsigned sc,
   *host = 0;
   if (e & OFLAG_COMPRESSED) {
     if (q->external_data) {
-      ERR (q, EIO, "%s: corrupt image: compressed cluster with an "
-           "external data file", q->path);
+      kvm_fail (EIO, "%s: corrupt image: compressed cluster with an "
+                "external data file", q->path);
       return -1;
     }
     *type = U_COMPRESSED;
@@ -101,15 +101,15 @@ q2_classify (struct qcow2 *q, uint64_t e, uint64_t bm, unsigned sc,
   if (q->ext_l2) {
     bool alloc = bm & (1ull << sc), zero = bm & (1ull << (32 + sc));
     if (alloc && zero) {
-      ERR (q, EIO, "%s: corrupt image: subcluster both allocated and zero",
-           q->path);
+      kvm_fail (EIO, "%s: corrupt image: subcluster both allocated and zero",
+                q->path);
       return -1;
     }
     if (zero) { *type = U_ZERO; return 0; }
     if (!alloc) { *type = U_UNALLOC; return 0; }
     if (off == 0 && !q->external_data) {
-      ERR (q, EIO, "%s: corrupt image: allocated subcluster without "
-           "host cluster", q->path);
+      kvm_fail (EIO, "%s: corrupt image: allocated subcluster without "
+                "host cluster", q->path);
       return -1;
     }
     *type = U_DATA;
@@ -125,8 +125,8 @@ q2_classify (struct qcow2 *q, uint64_t e, uint64_t bm, unsigned sc,
     *host = off;
   }
   if (off & (q->cluster_size - 1)) {
-    ERR (q, EIO, "%s: corrupt image: data cluster offset %#" PRIx64
-         " is not cluster aligned", q->path, off);
+    kvm_fail (EIO, "%s: corrupt image: data cluster offset %#" PRIx64
+              " is not cluster aligned", q->path, off);
     return -1;
   }
   return 0;

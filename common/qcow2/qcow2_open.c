@@ -88,8 +88,8 @@ load_table (struct qcow2 *q, uint64_t off, uint64_t n, const char *what)
   if (!ck_round_up64 (bdev_size (q->file), q->cluster_size, &limit))
     limit = bdev_size (q->file);
   if (!ck_mul64 (n, 8, &bytes) || !ck_range_within (off, bytes, limit)) {
-    ERR (q, EINVAL, "%s: %s (offset %#" PRIx64 ", %" PRIu64 " entries) "
-         "extends beyond the end of the file", q->path, what, off, n);
+    kvm_fail (EINVAL, "%s: %s (offset %#" PRIx64 ", %" PRIu64 " entries) "
+              "extends beyond the end of the file", q->path, what, off, n);
     return NULL;
   }
   return q2_read_u64_table (q, off, n, what);
@@ -105,7 +105,7 @@ q2_read_u64_table (struct qcow2 *q, uint64_t off, uint64_t n,
   uint64_t bytes = n * 8;
   uint64_t *t = malloc (bytes ? bytes : 8);
   if (!t) {
-    ERR (q, ENOMEM, "%s: out of memory for %s", q->path, what);
+    kvm_fail (ENOMEM, "%s: out of memory for %s", q->path, what);
     return NULL;
   }
   if (bytes && bdev_pread_padded (q->file, t, bytes, off) == -1) {
@@ -123,32 +123,32 @@ parse_snapshots (struct qcow2 *q, uint32_t nb, uint64_t off)
   if (nb == 0)
     return 0;
   if (nb > MAX_SNAPSHOTS) {
-    ERR (q, EINVAL, "%s: too many snapshots (%" PRIu32 "; the limit is %d, "
-         "as in QEMU)", q->path, nb, MAX_SNAPSHOTS);
+    kvm_fail (EINVAL, "%s: too many snapshots (%" PRIu32 "; the limit is %d, "
+              "as in QEMU)", q->path, nb, MAX_SNAPSHOTS);
     return -1;
   }
   if (off & (q->cluster_size - 1)) {
-    ERR (q, EINVAL, "%s: snapshot table offset is not cluster aligned",
-         q->path);
+    kvm_fail (EINVAL, "%s: snapshot table offset is not cluster aligned",
+              q->path);
     return -1;
   }
   q->snaps = calloc (nb, sizeof *q->snaps);
   q->snapinfo = calloc (nb, sizeof *q->snapinfo);
   if (!q->snaps || !q->snapinfo) {
-    ERR (q, ENOMEM, "%s: out of memory", q->path);
+    kvm_fail (ENOMEM, "%s: out of memory", q->path);
     return -1;
   }
   uint64_t pos = off;
   for (uint32_t i = 0; i < nb; i++) {
     uint8_t h[40];
     if (pos - off > MAX_SNAPSHOT_TABLE) {
-      ERR (q, EINVAL, "%s: the snapshot table is larger than the limit of "
-           "%u MiB", q->path, MAX_SNAPSHOT_TABLE >> 20);
+      kvm_fail (EINVAL, "%s: the snapshot table is larger than the limit of "
+                "%u MiB", q->path, MAX_SNAPSHOT_TABLE >> 20);
       return -1;
     }
     if (!ck_range_within (pos, sizeof h, bdev_size (q->file))) {
-      ERR (q, EINVAL, "%s: snapshot table extends beyond the end of the file",
-           q->path);
+      kvm_fail (EINVAL, "%s: snapshot table extends beyond the end of the "
+                "file", q->path);
       return -1;
     }
     if (bdev_pread (q->file, h, sizeof h, pos) == -1)
@@ -164,20 +164,20 @@ parse_snapshots (struct qcow2 *q, uint32_t nb, uint64_t off)
     uint32_t extra = load_be32 (h + 36);
     s->disk_size = q->bd.size;
     if (extra > 1024) {
-      ERR (q, EINVAL, "%s: snapshot extra data too large", q->path);
+      kvm_fail (EINVAL, "%s: snapshot extra data too large", q->path);
       return -1;
     }
     uint64_t var = (uint64_t) extra + idlen + namelen;
     uint8_t *v = malloc (var + 1);
     if (!v) {
-      ERR (q, ENOMEM, "%s: out of memory", q->path);
+      kvm_fail (ENOMEM, "%s: out of memory", q->path);
       return -1;
     }
     if (!ck_range_within (pos + 40, var, bdev_size (q->file)) ||
         bdev_pread (q->file, v, var, pos + 40) == -1) {
       free (v);
-      ERR (q, EINVAL, "%s: snapshot table extends beyond the end of the file",
-           q->path);
+      kvm_fail (EINVAL, "%s: snapshot table extends beyond the end of the "
+                "file", q->path);
       return -1;
     }
     if (extra >= 16)
@@ -186,7 +186,7 @@ parse_snapshots (struct qcow2 *q, uint32_t nb, uint64_t off)
     s->name = strndup ((char *) v + extra + idlen, namelen);
     free (v);
     if (!s->id || !s->name) {
-      ERR (q, ENOMEM, "%s: out of memory", q->path);
+      kvm_fail (ENOMEM, "%s: out of memory", q->path);
       return -1;
     }
     pos += 40 + var;
@@ -309,7 +309,7 @@ engine_new (struct bdev *container, const char *name,
   q->fd = bdev_file_fd (container);
   q->path = strdup (name);
   if (!q->path) {
-    ERR (q, ENOMEM, "%s: out of memory", name);
+    kvm_fail (ENOMEM, "%s: out of memory", name);
     open_fail (q);
     return NULL;
   }
@@ -324,26 +324,26 @@ read_header (struct qcow2 *q, struct open_ctx *c)
   uint8_t *h = c->h;
 
   if (bdev_size (q->file) < H_V2_LENGTH) {
-    ERR (q, EINVAL, "%s: file too short for a qcow2 header", path);
+    kvm_fail (EINVAL, "%s: file too short for a qcow2 header", path);
     return -1;
   }
   if (bdev_pread (q->file, h, bdev_size (q->file) < sizeof c->h ? bdev_size (q->file)
                   : sizeof c->h, 0) == -1)
     return -1;
   if (load_be32 (h + H_MAGIC) != QCOW2_MAGIC) {
-    ERR (q, EINVAL, "%s: not a qcow2 image (bad magic)", path);
+    kvm_fail (EINVAL, "%s: not a qcow2 image (bad magic)", path);
     return -1;
   }
   q->version = load_be32 (h + H_VERSION);
   if (q->version != 2 && q->version != 3) {
-    ERR (q, ENOTSUP, "%s: unsupported qcow2 version %" PRIu32, path,
-         q->version);
+    kvm_fail (ENOTSUP, "%s: unsupported qcow2 version %" PRIu32, path,
+              q->version);
     return -1;
   }
   q->cluster_bits = load_be32 (h + H_CLUSTER_BITS);
   if (q->cluster_bits < 9 || q->cluster_bits > 21) {
-    ERR (q, EINVAL, "%s: unsupported cluster size 2^%u (must be 512 B to "
-         "2 MiB)", path, q->cluster_bits);
+    kvm_fail (EINVAL, "%s: unsupported cluster size 2^%u (must be 512 B to "
+              "2 MiB)", path, q->cluster_bits);
     return -1;
   }
   q->cluster_size = 1ull << q->cluster_bits;
@@ -359,8 +359,8 @@ read_header (struct qcow2 *q, struct open_ctx *c)
     c->header_length = load_be32 (h + H_HEADER_LENGTH);
     if (c->header_length < H_V3_LENGTH ||
         c->header_length > q->cluster_size || c->header_length % 8) {
-      ERR (q, EINVAL, "%s: invalid header length %" PRIu32, path,
-           c->header_length);
+      kvm_fail (EINVAL, "%s: invalid header length %" PRIu32, path,
+                c->header_length);
       return -1;
     }
     if (c->header_length > H_COMPRESSION)
@@ -370,13 +370,14 @@ read_header (struct qcow2 *q, struct open_ctx *c)
   q->header_write_len = c->header_length < sizeof c->h ? c->header_length
     : sizeof c->h;
   if (q->refcount_order > 6) {
-    ERR (q, EINVAL, "%s: invalid refcount order %u", path, q->refcount_order);
+    kvm_fail (EINVAL, "%s: invalid refcount order %u", path,
+              q->refcount_order);
     return -1;
   }
   if (crypt != 0) {
-    ERR (q, ENOTSUP, "%s: image is encrypted (%s); encrypted qcow2 is not "
-         "supported", path, crypt == 1 ? "AES" : crypt == 2 ? "LUKS"
-         : "unknown method");
+    kvm_fail (ENOTSUP, "%s: image is encrypted (%s); encrypted qcow2 is not "
+              "supported", path, crypt == 1 ? "AES" : crypt == 2 ? "LUKS"
+              : "unknown method");
     return -1;
   }
   return 0;
@@ -396,7 +397,7 @@ parse_extensions (struct qcow2 *q, struct open_ctx *c)
     ext_end = bdev_size (q->file);
   c->hc = malloc (q->cluster_size);
   if (!c->hc) {
-    ERR (q, ENOMEM, "%s: out of memory", path);
+    kvm_fail (ENOMEM, "%s: out of memory", path);
     return -1;
   }
   uint8_t *hc = c->hc;
@@ -410,8 +411,8 @@ parse_extensions (struct qcow2 *q, struct open_ctx *c)
     if (type == EXT_END)
       break;
     if (len > ext_end - p - 8) {
-      ERR (q, EINVAL, "%s: header extension %#" PRIx32 " is too long", path,
-           type);
+      kvm_fail (EINVAL, "%s: header extension %#" PRIx32 " is too long", path,
+                type);
       return -1;
     }
     const uint8_t *d = hc + p + 8;
@@ -433,8 +434,8 @@ parse_extensions (struct qcow2 *q, struct open_ctx *c)
       c->featlen = len;
       break;
     case EXT_CRYPTO:
-      ERR (q, ENOTSUP, "%s: image is encrypted (LUKS); encrypted qcow2 is "
-           "not supported", path);
+      kvm_fail (ENOTSUP, "%s: image is encrypted (LUKS); encrypted qcow2 is "
+                "not supported", path);
       return -1;
     }
     p += 8 + (((uint64_t) len + 7) & ~7ull);
@@ -452,8 +453,8 @@ check_features (struct qcow2 *q, struct open_ctx *c)
     unsigned bit = __builtin_ctzll (unknown);
     char fname[64];
     feature_name (c->feat, c->featlen, bit, fname, sizeof fname);
-    ERR (q, ENOTSUP, "%s: unsupported incompatible feature bit %u%s", path,
-         bit, fname);
+    kvm_fail (ENOTSUP, "%s: unsupported incompatible feature bit %u%s", path,
+              bit, fname);
     return -1;
   }
   if (q->incompat & INCOMPAT_CORRUPT) {
@@ -467,18 +468,19 @@ check_features (struct qcow2 *q, struct open_ctx *c)
   if ((q->incompat & INCOMPAT_DIRTY) && !c->readonly)
     c->repair = true;
   if (!(q->incompat & INCOMPAT_COMPRESSION) && q->compression_type != 0) {
-    ERR (q, EINVAL, "%s: compression type set without its feature bit", path);
+    kvm_fail (EINVAL, "%s: compression type set without its feature bit",
+              path);
     return -1;
   }
   if (q->compression_type > 1) {
-    ERR (q, ENOTSUP, "%s: unsupported compression type %d", path,
-         q->compression_type);
+    kvm_fail (ENOTSUP, "%s: unsupported compression type %d", path,
+              q->compression_type);
     return -1;
   }
   q->ext_l2 = q->incompat & INCOMPAT_EXTL2;
   if (q->ext_l2 && q->cluster_bits < 14) {
-    ERR (q, EINVAL, "%s: extended L2 entries need clusters of at least "
-         "16 KiB", path);
+    kvm_fail (EINVAL, "%s: extended L2 entries need clusters of at least "
+              "16 KiB", path);
     return -1;
   }
   return 0;
@@ -504,8 +506,8 @@ check_tables (struct qcow2 *q, struct open_ctx *c)
 {
   const char *path = q->path;
   if (c->size > (1ull << 62) / 2) {
-    ERR (q, EINVAL, "%s: virtual size %" PRIu64 " is too large (the limit "
-         "is 2^61 bytes)", path, c->size);
+    kvm_fail (EINVAL, "%s: virtual size %" PRIu64 " is too large (the limit "
+              "is 2^61 bytes)", path, c->size);
     return -1;
   }
   q->bd.size = c->size;
@@ -514,29 +516,30 @@ check_tables (struct qcow2 *q, struct open_ctx *c)
   uint64_t l2_span_bits = q->l2_bits + q->cluster_bits;
   c->l1_needed = div_round_up64 (c->size, 1ull << l2_span_bits);
   if (q->l1_size * 8 > MAX_L1_BYTES) {
-    ERR (q, EINVAL, "%s: L1 table is too large (%" PRIu64 " entries; the "
-         "limit is %u MiB, as in QEMU)", path, q->l1_size, MAX_L1_BYTES >> 20);
+    kvm_fail (EINVAL, "%s: L1 table is too large (%" PRIu64 " entries; the "
+              "limit is %u MiB, as in QEMU)", path, q->l1_size,
+              MAX_L1_BYTES >> 20);
     return -1;
   }
   if (q->l1_size < c->l1_needed) {
-    ERR (q, EINVAL, "%s: L1 table is too small for the virtual size", path);
+    kvm_fail (EINVAL, "%s: L1 table is too small for the virtual size", path);
     return -1;
   }
   if (q->l1_size && (q->l1_offset & (q->cluster_size - 1))) {
-    ERR (q, EINVAL, "%s: L1 table offset is not cluster aligned", path);
+    kvm_fail (EINVAL, "%s: L1 table offset is not cluster aligned", path);
     return -1;
   }
   q->rt_offset = load_be64 (c->h + H_RT_OFFSET);
   q->rt_clusters = load_be32 (c->h + H_RT_CLUSTERS);
   if (q->rt_clusters * q->cluster_size > MAX_RT_BYTES) {
-    ERR (q, EINVAL, "%s: refcount table of %" PRIu64 " clusters is too large "
-         "(the limit is %u MiB, as in QEMU)", path, q->rt_clusters,
-         MAX_RT_BYTES >> 20);
+    kvm_fail (EINVAL, "%s: refcount table of %" PRIu64 " clusters is too "
+              "large (the limit is %u MiB, as in QEMU)", path, q->rt_clusters,
+              MAX_RT_BYTES >> 20);
     return -1;
   }
   if ((q->rt_offset & (q->cluster_size - 1)) || q->rt_clusters == 0) {
-    ERR (q, EINVAL, "%s: invalid refcount table (offset %#" PRIx64
-         ", %" PRIu64 " clusters)", path, q->rt_offset, q->rt_clusters);
+    kvm_fail (EINVAL, "%s: invalid refcount table (offset %#" PRIx64
+              ", %" PRIu64 " clusters)", path, q->rt_offset, q->rt_clusters);
     return -1;
   }
   q->rt_entries = q->rt_clusters * q->cluster_size / 8;
@@ -569,14 +572,14 @@ load_snapshots (struct qcow2 *q, struct open_ctx *c)
     if (strcmp (q->snaps[i].id, snapname) == 0)
       s = &q->snaps[i];
   if (!s) {
-    ERR (q, ENOENT, "%s: no internal snapshot named '%s'", path, snapname);
+    kvm_fail (ENOENT, "%s: no internal snapshot named '%s'", path, snapname);
     return -1;
   }
   if (s->l1_size * 8ull > MAX_L1_BYTES ||
       (s->l1_offset & (q->cluster_size - 1)) ||
       s->disk_size > (1ull << 62) / 2) {
-    ERR (q, EINVAL, "%s: snapshot '%s' has an invalid L1 table", path,
-         snapname);
+    kvm_fail (EINVAL, "%s: snapshot '%s' has an invalid L1 table", path,
+              snapname);
     return -1;
   }
   q->l1_offset = s->l1_offset;
@@ -607,7 +610,7 @@ setup_caches (struct qcow2 *q, struct open_ctx *c)
     errno = 0;
     cache_bytes = strtoull (cache_opt, &endp, 10);
     if (errno || *endp) {
-      ERR (q, EINVAL, "%s: invalid cache size '%s'", path, cache_opt);
+      kvm_fail (EINVAL, "%s: invalid cache size '%s'", path, cache_opt);
       return -1;
     }
   }
@@ -634,7 +637,7 @@ setup_caches (struct qcow2 *q, struct open_ctx *c)
   q->l2ptr_max = q->l2c_capacity - q->l2c_capacity / 4;
   q->rbc = lru_new (esz, q->rbc_capacity);
   if (!q->l2c || !q->rbc || !q->l2ptr) {
-    ERR (q, ENOMEM, "%s: out of memory", path);
+    kvm_fail (ENOMEM, "%s: out of memory", path);
     return -1;
   }
   q->cursor = (bdev_size (q->file) + q->cluster_size - 1) & ~(q->cluster_size - 1);
@@ -663,19 +666,19 @@ open_backing (struct qcow2 *q, struct open_ctx *c)
   if (c->backing_len == 0 || c->backing_len > 1023 ||
       !ck_range_within (c->backing_off, c->backing_len, q->cluster_size) ||
       !ck_range_within (c->backing_off, c->backing_len, bdev_size (q->file))) {
-    ERR (q, EINVAL, "%s: invalid backing file name offset/size", path);
+    kvm_fail (EINVAL, "%s: invalid backing file name offset/size", path);
     return -1;
   }
   char *backing_name = strndup ((const char *) c->hc + c->backing_off,
                                 c->backing_len);
   if (!backing_name) {
-    ERR (q, ENOMEM, "%s: out of memory", path);
+    kvm_fail (ENOMEM, "%s: out of memory", path);
     return -1;
   }
   if (opts->no_paths) {
-    ERR (q, EPERM, "%s: the image names the backing file '%s', which "
-         "cannot be resolved from inside this container: name the backing "
-         "file explicitly (or none)", path, backing_name);
+    kvm_fail (EPERM, "%s: the image names the backing file '%s', which cannot "
+              "be resolved from inside this container: name the backing file "
+              "explicitly (or none)", path, backing_name);
     free (backing_name);
     return -1;
   }
@@ -717,14 +720,14 @@ open_data_file (struct qcow2 *q, struct open_ctx *c)
     return 0;
   }
   if (!c->data_name || !*c->data_name) {
-    ERR (q, EINVAL, "%s: image needs an external data file but names none",
-         path);
+    kvm_fail (EINVAL, "%s: image needs an external data file but names none",
+              path);
     return -1;
   }
   if (opts->no_paths) {
-    ERR (q, EPERM, "%s: the image needs the external data file '%s', "
-         "which cannot be opened from inside this container", path,
-         c->data_name);
+    kvm_fail (EPERM, "%s: the image needs the external data file '%s', "
+              "which cannot be opened from inside this container", path,
+              c->data_name);
     return -1;
   }
   char *resolved = confine_resolve (path, c->data_name, opts->allowed_dirs,

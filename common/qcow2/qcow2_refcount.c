@@ -106,13 +106,13 @@ reserve_clusters (struct qcow2 *q, uint64_t n, uint64_t *off)
       return -1;
     if (!ck_mul64 (n, q->cluster_size, &len) ||
         !ck_add64 (start, len, &end) || end > (1ull << 56)) {
-      ERR (q, ENOSPC, "%s: image file would exceed the qcow2 size limit",
-           q->path);
+      kvm_fail (ENOSPC, "%s: image file would exceed the qcow2 size limit",
+                q->path);
       return -1;
     }
     if (!q->file->growable && end > bdev_size (q->file)) {
-      ERR (q, ENOSPC, "%s: no free cluster left in the container (%" PRIu64
-           " bytes)", q->path, bdev_size (q->file));
+      kvm_fail (ENOSPC, "%s: no free cluster left in the container (%" PRIu64
+                " bytes)", q->path, bdev_size (q->file));
       return -1;
     }
     for (i = 1; i < n; i++) {
@@ -144,14 +144,14 @@ grow_reftable (struct qcow2 *q, uint64_t need)
   want += 4;                    /* room for the table's own blocks */
   uint64_t nclusters = div_round_up64 (want, per);
   if (nclusters * q->cluster_size > MAX_RT_BYTES) {
-    ERR (q, ENOSPC, "%s: refcount table would exceed %u MiB", q->path,
-         MAX_RT_BYTES >> 20);
+    kvm_fail (ENOSPC, "%s: refcount table would exceed %u MiB", q->path,
+              MAX_RT_BYTES >> 20);
     return -1;
   }
   uint64_t entries = nclusters * per;
   uint64_t *nrt = calloc (entries, 8);
   if (!nrt) {
-    ERR (q, ENOMEM, "%s: out of memory", q->path);
+    kvm_fail (ENOMEM, "%s: out of memory", q->path);
     return -1;
   }
   memcpy (nrt, q->rt, q->rt_entries * 8);
@@ -197,8 +197,8 @@ q2_refcount_update (struct qcow2 *q, uint64_t off, int delta, uint64_t *newval)
   uint64_t ri = idx >> q->rb_bits;
   if (ri >= q->rt_entries) {
     if (delta < 0) {
-      ERR (q, EIO, "%s: corrupt image: freeing cluster %#" PRIx64
-           " without refcount block", q->path, off);
+      kvm_fail (EIO, "%s: corrupt image: freeing cluster %#" PRIx64
+                " without refcount block", q->path, off);
       return -1;
     }
     if (grow_reftable (q, ri) == -1)
@@ -209,8 +209,8 @@ q2_refcount_update (struct qcow2 *q, uint64_t off, int delta, uint64_t *newval)
   bool fresh = false;
   if (rb == 0) {
     if (delta < 0) {
-      ERR (q, EIO, "%s: corrupt image: freeing cluster %#" PRIx64
-           " without refcount block", q->path, off);
+      kvm_fail (EIO, "%s: corrupt image: freeing cluster %#" PRIx64
+                " without refcount block", q->path, off);
       return -1;
     }
     if (reserve_clusters (q, 1, &rb) == -1)
@@ -237,14 +237,14 @@ q2_refcount_update (struct qcow2 *q, uint64_t off, int delta, uint64_t *newval)
   uint64_t v = rc_get (q, b, i);
   if (delta < 0 && v == 0) {
     lru_put (q->rbc, b);
-    ERR (q, EIO, "%s: corrupt image: refcount of cluster %#" PRIx64
-         " would become negative", q->path, off);
+    kvm_fail (EIO, "%s: corrupt image: refcount of cluster %#" PRIx64
+              " would become negative", q->path, off);
     return -1;
   }
   if (delta > 0 && v == q->refcount_max) {
     lru_put (q->rbc, b);
-    ERR (q, ENOSPC, "%s: refcount of cluster %#" PRIx64 " would overflow "
-         "(refcount_bits=%u)", q->path, off, 1u << q->refcount_order);
+    kvm_fail (ENOSPC, "%s: refcount of cluster %#" PRIx64 " would overflow "
+              "(refcount_bits=%u)", q->path, off, 1u << q->refcount_order);
     return -1;
   }
   v += delta;
@@ -277,7 +277,7 @@ q2_defer_free (struct qcow2 *q, uint64_t off)
     size_t nc = q->cappending ? q->cappending * 2 : 256;
     uint64_t *nv = realloc (q->pending_free, nc * sizeof *nv);
     if (!nv) {
-      ERR (q, ENOMEM, "%s: out of memory", q->path);
+      kvm_fail (ENOMEM, "%s: out of memory", q->path);
       return -1;
     }
     q->pending_free = nv;

@@ -81,9 +81,9 @@ cover (struct repair *r, uint64_t need)
   if (need <= r->n)
     return 0;
   if (need > REPAIR_MAX_CLUSTERS) {
-    ERR (q, EFBIG, "%s: the image has more than %llu clusters: too large "
-         "to repair its refcounts here; run 'qemu-img check -r all'",
-         q->path, REPAIR_MAX_CLUSTERS);
+    kvm_fail (EFBIG, "%s: the image has more than %llu clusters: too large "
+              "to repair its refcounts here; run 'qemu-img check -r all'",
+              q->path, REPAIR_MAX_CLUSTERS);
     return -1;
   }
   if (need > r->cap) {
@@ -98,7 +98,7 @@ cover (struct repair *r, uint64_t need)
     if (k)
       r->keep = k;
     if (!c || !k) {
-      ERR (q, ENOMEM, "%s: out of memory counting references", q->path);
+      kvm_fail (ENOMEM, "%s: out of memory counting references", q->path);
       return -1;
     }
     memset (r->cnt + r->cap, 0, (nc - r->cap) * sizeof *c);
@@ -120,9 +120,9 @@ ref (struct repair *r, uint64_t off, uint64_t len, const char *what)
   if (len == 0)
     return 0;
   if (!ck_add64 (off, len, &end) || end > r->ref_end) {
-    ERR (q, EIO, "%s: corrupt image: %s at %#" PRIx64 " (%" PRIu64
-         " bytes) is beyond the end of the file; cannot repair the "
-         "refcounts, run 'qemu-img check -r all'", q->path, what, off, len);
+    kvm_fail (EIO, "%s: corrupt image: %s at %#" PRIx64 " (%" PRIu64 " bytes) "
+              "is beyond the end of the file; cannot repair the refcounts, "
+              "run 'qemu-img check -r all'", q->path, what, off, len);
     r->corrupt = true;
     return -1;
   }
@@ -140,9 +140,9 @@ aligned (struct repair *r, uint64_t off, const char *what)
 {
   struct qcow2 *q = r->q;
   if (off & (r->cs - 1)) {
-    ERR (q, EIO, "%s: corrupt image: %s offset %#" PRIx64 " is not cluster "
-         "aligned; cannot repair the refcounts, run 'qemu-img check -r all'",
-         q->path, what, off);
+    kvm_fail (EIO, "%s: corrupt image: %s offset %#" PRIx64 " is not cluster "
+              "aligned; cannot repair the refcounts, run 'qemu-img check -r "
+              "all'", q->path, what, off);
     r->corrupt = true;
     return -1;
   }
@@ -157,9 +157,9 @@ read_u64s (struct repair *r, uint64_t off, uint64_t n, const char *what)
   uint64_t bytes;
   if (!ck_mul64 (n, 8, &bytes) || bytes > MAX_L1_BYTES ||
       !ck_range_within (off, bytes, r->ref_end)) {
-    ERR (q, EIO, "%s: corrupt image: %s at %#" PRIx64 " (%" PRIu64
-         " entries) is invalid; cannot repair the refcounts", q->path, what,
-         off, n);
+    kvm_fail (EIO, "%s: corrupt image: %s at %#" PRIx64 " (%" PRIu64 " "
+              "entries) is invalid; cannot repair the refcounts", q->path,
+              what, off, n);
     r->corrupt = true;
     return NULL;
   }
@@ -177,8 +177,8 @@ count_l2 (struct repair *r)
     uint64_t e = l2_entry (q, r->buf, i);
     if (e & OFLAG_COMPRESSED) {
       if (external) {
-        ERR (q, EIO, "%s: corrupt image: compressed cluster with an "
-             "external data file; cannot repair the refcounts", q->path);
+        kvm_fail (EIO, "%s: corrupt image: compressed cluster with an "
+                  "external data file; cannot repair the refcounts", q->path);
         r->corrupt = true;
         return -1;
       }
@@ -208,9 +208,9 @@ count_l1 (struct repair *r, uint64_t l1_off, uint64_t l1_size,
   if (l1_size == 0)
     return 0;
   if (l1_size > r->l1_budget) {
-    ERR (q, EFBIG, "%s: the L1 tables of the image and its snapshots have "
-         "too many entries to repair the refcounts here; run 'qemu-img "
-         "check -r all'", q->path);
+    kvm_fail (EFBIG, "%s: the L1 tables of the image and its snapshots have "
+              "too many entries to repair the refcounts here; run 'qemu-img "
+              "check -r all'", q->path);
     return -1;
   }
   r->l1_budget -= l1_size;
@@ -246,15 +246,15 @@ snapshot_table_size (struct repair *r, uint64_t off, uint32_t nb,
     uint8_t h[40];
     if (!ck_range_within (pos, sizeof h, bdev_size (q->file)) ||
         bdev_pread (q->file, h, sizeof h, pos) == -1) {
-      ERR (q, EIO, "%s: corrupt image: snapshot table beyond the end of "
-           "the file", q->path);
+      kvm_fail (EIO, "%s: corrupt image: snapshot table beyond the end of "
+                "the file", q->path);
       return -1;
     }
     uint64_t var = (uint64_t) load_be32 (h + 36) + load_be16 (h + 12) +
       load_be16 (h + 14);
     if (var > 1024 + 2 * 65535) {
-      ERR (q, EIO, "%s: corrupt image: snapshot table entry too large",
-           q->path);
+      kvm_fail (EIO, "%s: corrupt image: snapshot table entry too large",
+                q->path);
       return -1;
     }
     pos = (pos + 40 + var + 7) & ~7ull;
@@ -342,8 +342,8 @@ alloc_run (struct repair *r, uint64_t k, uint64_t from, uint64_t *first)
   uint64_t c = from, run = 0;
   for (;;) {
     if (c >= r->alloc_max) {
-      ERR (q, ENOSPC, "%s: no room left in the container for new refcount "
-           "blocks; cannot repair the refcounts", q->path);
+      kvm_fail (ENOSPC, "%s: no room left in the container for new refcount "
+                "blocks; cannot repair the refcounts", q->path);
       return -1;
     }
     if (c >= r->n || (r->cnt[c] == 0 && !keep_get (r, c))) {
@@ -480,7 +480,7 @@ fix_copied (struct repair *r, uint64_t *fixed)
     uint64_t bytes = q->l1_size * 8;
     uint8_t *t = malloc (bytes);
     if (!t) {
-      ERR (q, ENOMEM, "%s: out of memory", q->path);
+      kvm_fail (ENOMEM, "%s: out of memory", q->path);
       return -1;
     }
     for (uint64_t i = 0; i < q->l1_size; i++)
@@ -515,7 +515,7 @@ write_refcounts (struct repair *r)
     if (nb > nblk) {
       uint64_t *nbk = realloc (blk, nb * sizeof *nbk);
       if (!nbk) {
-        ERR (q, ENOMEM, "%s: out of memory", q->path);
+        kvm_fail (ENOMEM, "%s: out of memory", q->path);
         goto out;
       }
       memset (nbk + nblk, 0, (nb - nblk) * sizeof *nbk);
@@ -546,8 +546,8 @@ write_refcounts (struct repair *r)
           r->cnt[rt_off / r->cs + i]--;
       rt_cl = need + 1;         /* room to grow */
       if (rt_cl * r->cs > MAX_RT_BYTES) {
-        ERR (q, EFBIG, "%s: the refcount table would exceed %u MiB",
-             q->path, MAX_RT_BYTES >> 20);
+        kvm_fail (EFBIG, "%s: the refcount table would exceed %u MiB",
+                  q->path, MAX_RT_BYTES >> 20);
         goto out;
       }
       uint64_t c;
@@ -566,10 +566,10 @@ write_refcounts (struct repair *r)
     uint64_t end = (bi + 1) * per < r->n ? (bi + 1) * per : r->n;
     for (uint64_t c = bi * per; c < end; c++) {
       if (r->cnt[c] > q->refcount_max || r->cnt[c] == UINT32_MAX) {
-        ERR (q, EIO, "%s: cluster %#" PRIx64 " has %" PRIu32 " references, "
-             "more than refcount_bits=%u can count; cannot repair the "
-             "refcounts", q->path, c * r->cs, r->cnt[c],
-             1u << q->refcount_order);
+        kvm_fail (EIO, "%s: cluster %#" PRIx64 " has %" PRIu32 " references, "
+                  "more than refcount_bits=%u can count; cannot repair the "
+                  "refcounts", q->path, c * r->cs, r->cnt[c],
+                  1u << q->refcount_order);
         goto out;
       }
       put_rc (q->refcount_order, r->buf, c - bi * per, r->cnt[c]);
@@ -582,7 +582,7 @@ write_refcounts (struct repair *r)
   uint8_t *t = calloc (rt_cl, r->cs);
   if (!nrt || !t) {
     free (t);
-    ERR (q, ENOMEM, "%s: out of memory", q->path);
+    kvm_fail (ENOMEM, "%s: out of memory", q->path);
     goto out;
   }
   for (uint64_t bi = 0; bi < nblk; bi++) {
@@ -627,7 +627,7 @@ q2_repair (struct qcow2 *q)
 
   /* References end within the file's last (partial) cluster. */
   if (!ck_round_up64 (bdev_size (q->file), r.cs, &r.ref_end)) {
-    ERR (q, EFBIG, "%s: file too large", q->path);
+    kvm_fail (EFBIG, "%s: file too large", q->path);
     return -1;
   }
   r.alloc_max = q->file->growable ? REPAIR_MAX_CLUSTERS
@@ -635,7 +635,7 @@ q2_repair (struct qcow2 *q)
   r.hint = 1;
   r.buf = malloc (r.cs);
   if (!r.buf) {
-    ERR (q, ENOMEM, "%s: out of memory", q->path);
+    kvm_fail (ENOMEM, "%s: out of memory", q->path);
     return -1;
   }
   if (cover (&r, r.ref_end / r.cs) == -1)

@@ -45,7 +45,7 @@ static uint8_t *
 l2_get_write (struct qcow2 *q, uint64_t i)
 {
   if (i >= q->l1_size) {
-    ERR (q, EIO, "%s: L1 table too small for the virtual size", q->path);
+    kvm_fail (EIO, "%s: L1 table too small for the virtual size", q->path);
     return NULL;
   }
   uint64_t e = q->l1[i], off = e & L1E_OFFSET_MASK, noff;
@@ -215,7 +215,7 @@ merge_write (struct qcow2 *q, struct wrun *w, uint64_t guest, uint64_t len,
     return -1;
   uint8_t *tmp = malloc (len);
   if (!tmp) {
-    ERR (q, ENOMEM, "%s: out of memory", q->path);
+    kvm_fail (ENOMEM, "%s: out of memory", q->path);
     return -1;
   }
   if (q2_read_locked (q, tmp, len, guest) == -1)
@@ -386,8 +386,8 @@ write_cluster (struct qcow2 *q, uint64_t cl, uint64_t a, uint64_t b,
   c.host = c.e & L2E_OFFSET_MASK;
 
   if (in_place (q, c.e) && c.host % q->cluster_size) {
-    ERR (q, EIO, "%s: corrupt image: data cluster offset %#" PRIx64
-         " is not cluster aligned", q->path, c.host);
+    kvm_fail (EIO, "%s: corrupt image: data cluster offset %#" PRIx64
+              " is not cluster aligned", q->path, c.host);
     r = -1;
   }
   else if ((r = write_compressed (q, &c)) != 1)
@@ -646,7 +646,7 @@ zero_or_trim (struct qcow2 *q, uint64_t count, uint64_t offset,
         uint8_t *z = calloc (1, b - a);
         struct wrun w = { 0 };
         if (!z) {
-          ERR (q, ENOMEM, "%s: out of memory", q->path);
+          kvm_fail (ENOMEM, "%s: out of memory", q->path);
           r = -1;
         }
         else {

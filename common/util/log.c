@@ -39,6 +39,17 @@ kvm_error (const char *fmt, ...)
   errno = saved;
 }
 
+int
+kvm_fail (int err, const char *fmt, ...)
+{
+  va_list args;
+  va_start (args, fmt);
+  error_fn (fmt, args);
+  va_end (args);
+  errno = err;
+  return -1;
+}
+
 void
 kvm_debug (const char *fmt, ...)
 {

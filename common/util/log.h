@@ -22,6 +22,12 @@ void kvm_log_set (kvm_log_fn error_fn, kvm_log_fn debug_fn);
  *   whether it becomes a kvm_error(), a debug line or nothing.
  */
 void kvm_error (const char *fmt, ...) __attribute__ ((format (printf, 1, 2)));
+
+/* kvm_error(), then errno = ERR; returns -1, so that a failing path can
+ * be one statement: return kvm_fail (EINVAL, "%s: bad header", path);
+ */
+int kvm_fail (int err, const char *fmt, ...)
+  __attribute__ ((format (printf, 2, 3)));
 void kvm_debug (const char *fmt, ...) __attribute__ ((format (printf, 1, 2)));
 
 /* Format a message into ERR (ERRLEN bytes, may be 0); preserves errno,

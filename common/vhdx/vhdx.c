@@ -86,19 +86,6 @@ vhdx_is (struct bdev *bd)
   return bd && bd->ops == &vhdx_ops;
 }
 
-int
-vhdx_fail (int err, const char *fmt, ...)
-{
-  char msg[512];
-  va_list ap;
-  va_start (ap, fmt);
-  vsnprintf (msg, sizeof msg, fmt, ap);
-  va_end (ap);
-  kvm_error ("%s", msg);
-  errno = err;
-  return -1;
-}
-
 void
 vhdx_guid_str (const uint8_t g[16], char out[39])
 {
@@ -174,23 +161,23 @@ read_bat (struct vhdx *v, uint64_t file_size)
   else
     v->nbat = v->nblocks + (v->nblocks - 1) / v->chunk_ratio;
   if (v->nbat > MAX_BAT_ENTRIES)
-    return vhdx_fail (EFBIG, "%s: BAT of %" PRIu64 " entries is too large (the "
-                 "limit is %" PRIu64 " entries, %" PRIu64 " MiB)", v->path,
-                 v->nbat, MAX_BAT_ENTRIES, MAX_BAT_ENTRIES * 8 >> 20);
+    return kvm_fail (EFBIG, "%s: BAT of %" PRIu64 " entries is too large (the "
+                     "limit is %" PRIu64 " entries, %" PRIu64 " MiB)", v->path,
+                     v->nbat, MAX_BAT_ENTRIES, MAX_BAT_ENTRIES * 8 >> 20);
   if (v->nbat * 8 > v->bat_len)
-    return vhdx_fail (EINVAL, "%s: BAT region (%" PRIu64 " bytes) too small for "
-                 "%" PRIu64 " entries", v->path, v->bat_len, v->nbat);
+    return kvm_fail (EINVAL, "%s: BAT region (%" PRIu64 " bytes) too small "
+                     "for %" PRIu64 " entries", v->path, v->bat_len, v->nbat);
   /* The BAT must be in the file: a small hostile file cannot make us
    * allocate a large table.
    */
   if (!ck_range_within (v->bat_off, v->nbat * 8, file_size))
-    return vhdx_fail (EINVAL, "%s: the BAT (%" PRIu64 " entries at %" PRIu64
-                 ") lies past the end of the file (%" PRIu64 " bytes)",
-                 v->path, v->nbat, v->bat_off, file_size);
+    return kvm_fail (EINVAL, "%s: the BAT (%" PRIu64 " entries at %" PRIu64
+                     ") lies past the end of the file (%" PRIu64 " bytes)",
+                     v->path, v->nbat, v->bat_off, file_size);
   v->bat = malloc (v->nbat * 8);
   v->bat_dirty = calloc (div_round_up64 (v->nbat * 8, 4096), 1);
   if (!v->bat || !v->bat_dirty)
-    return vhdx_fail (ENOMEM, "%s: out of memory for the BAT", v->path);
+    return kvm_fail (ENOMEM, "%s: out of memory for the BAT", v->path);
   if (vhdx_file_read (v, v->bat, v->nbat * 8, v->bat_off) == -1)
     return -1;
   /* New blocks go after the last structure in use (not after the end
@@ -211,8 +198,8 @@ read_bat (struct vhdx *v, uint64_t file_size)
     uint64_t need;
     if (sb) {
       if (st != SB_NOT_PRESENT && st != SB_PRESENT)
-        return vhdx_fail (EINVAL, "%s: sector bitmap BAT entry %" PRIu64
-                     " has state %u", v->path, i, st);
+        return kvm_fail (EINVAL, "%s: sector bitmap BAT entry %" PRIu64
+                         " has state %u", v->path, i, st);
       if (st != SB_PRESENT)
         continue;
       if (!v->has_parent)
@@ -221,11 +208,11 @@ read_bat (struct vhdx *v, uint64_t file_size)
     }
     else {
       if (st == 4 || st == 5)
-        return vhdx_fail (EINVAL, "%s: BAT entry %" PRIu64 " has unknown state %u",
-                     v->path, i, st);
+        return kvm_fail (EINVAL, "%s: BAT entry %" PRIu64 " has unknown state "
+                         "%u", v->path, i, st);
       if (st == PB_PARTIALLY_PRESENT && !v->has_parent)
-        return vhdx_fail (EINVAL, "%s: BAT entry %" PRIu64 " is partially present "
-                     "in a disk without parent", v->path, i);
+        return kvm_fail (EINVAL, "%s: BAT entry %" PRIu64 " is partially "
+                         "present in a disk without parent", v->path, i);
       if (st != PB_FULLY_PRESENT && st != PB_PARTIALLY_PRESENT)
         continue;
       uint64_t blk = i - i / (v->chunk_ratio + 1);
@@ -237,10 +224,10 @@ read_bat (struct vhdx *v, uint64_t file_size)
         vhdx_overlaps (off, need, v->log_off, v->log_len) ||
         vhdx_overlaps (off, need, v->bat_off, v->bat_len) ||
         vhdx_overlaps (off, need, v->meta_off, v->meta_len))
-      return vhdx_fail (EINVAL, "%s: BAT entry %" PRIu64 " points to %" PRIu64
-                   "+%" PRIu64 ", past the end of the file (%" PRIu64
-                   " bytes) or into metadata", v->path, i, off, need,
-                   file_size);
+      return kvm_fail (EINVAL, "%s: BAT entry %" PRIu64 " points to %" PRIu64
+                       "+%" PRIu64 ", past the end of the file (%" PRIu64
+                       " bytes) or into metadata", v->path, i, off, need,
+                       file_size);
     uint64_t full = sb ? VHDX_MiB : v->block_size;
     if (off + full > used)
       used = off + full;
@@ -294,9 +281,9 @@ open_parent (struct vhdx *v, const char *path, struct vhdx_locator *l,
   else if (pn && strcmp (pn, "none") == 0)
     return 0;
   else if (opts->no_paths || !path)
-    return vhdx_fail (EINVAL, "%s: differencing disk: its parent must be given "
-                 "explicitly (the image has no directory to find it in)",
-                 v->path);
+    return kvm_fail (EINVAL, "%s: differencing disk: its parent must be given "
+                     "explicitly (the image has no directory to find it in)",
+                     v->path);
   else {
     /* The spec's order: relative, volume, absolute. */
     const char *cand[3] = { l->relative, l->volume, l->absolute };
@@ -310,7 +297,7 @@ open_parent (struct vhdx *v, const char *path, struct vhdx_locator *l,
         continue;
       char *ref = win_to_posix (cand[i]);
       if (!ref)
-        return vhdx_fail (ENOMEM, "%s: out of memory", v->path);
+        return kvm_fail (ENOMEM, "%s: out of memory", v->path);
       char *r = ref;
       if (i == 1) {
         /* \\?\Volume{GUID}\dir\file: no Linux meaning. */
@@ -334,11 +321,11 @@ open_parent (struct vhdx *v, const char *path, struct vhdx_locator *l,
         return -1;
     }
     if (!p)
-      return vhdx_fail (ENOENT, "%s: cannot find the parent disk (relative_path "
-                   "%s, absolute_win32_path %s; paths are confined to the "
-                   "image's directory unless allowed)", v->path,
-                   l->relative ? l->relative : "-",
-                   l->absolute ? l->absolute : "-");
+      return kvm_fail (ENOENT, "%s: cannot find the parent disk "
+                       "(relative_path %s, absolute_win32_path %s; paths are "
+                       "confined to the image's directory unless allowed)",
+                       v->path, l->relative ? l->relative : "-",
+                       l->absolute ? l->absolute : "-");
   }
   if (vhdx_is (p)) {
     struct vhdx *pv = (struct vhdx *) p;
@@ -348,10 +335,10 @@ open_parent (struct vhdx *v, const char *path, struct vhdx_locator *l,
       char g[39];
       vhdx_guid_str (pv->data_guid, g);
       if (!ignore) {
-        vhdx_fail (EINVAL, "%s: parent %s has DataWriteGuid %s but the child "
-              "expects parent_linkage %s: the parent changed after the "
-              "child was made (override with ignore-parent-linkage)",
-              v->path, p->name, g, lk);
+        kvm_fail (EINVAL, "%s: parent %s has DataWriteGuid %s but the child "
+                  "expects parent_linkage %s: the parent changed after the "
+                  "child was made (override with ignore-parent-linkage)",
+                  v->path, p->name, g, lk);
         bdev_close (p);
         errno = EINVAL;
         return -1;
@@ -414,7 +401,7 @@ vhdx_open_container (struct bdev *container, const char *name,
   v->bd.readonly = opts->readonly || container->readonly;
   v->path = strdup (name);
   if (!v->path) {
-    vhdx_fail (ENOMEM, "%s: out of memory", name);
+    kvm_fail (ENOMEM, "%s: out of memory", name);
     goto err;
   }
   uint64_t fsize = container->size;
@@ -434,7 +421,7 @@ vhdx_open_container (struct bdev *container, const char *name,
     v->nsbm = div_round_up64 (v->nblocks, v->chunk_ratio);
     v->sbm = calloc (v->nsbm, sizeof *v->sbm);
     if (!v->sbm) {
-      vhdx_fail (ENOMEM, "%s: out of memory", v->path);
+      kvm_fail (ENOMEM, "%s: out of memory", v->path);
       goto err;
     }
     v->parent_linkage = loc.linkage;

@@ -127,10 +127,6 @@ vhdx_overlaps (uint64_t a, uint64_t alen, uint64_t b, uint64_t blen)
   return a < b + blen && b < a + alen;
 }
 
-/* Report "FMT..." (kvm_error), set errno = ERR, return -1. */
-int vhdx_fail (int err, const char *fmt, ...)
-  __attribute__ ((format (printf, 2, 3)));
-
 /* The parent locator of a differencing disk (UTF-8 copies). */
 struct vhdx_locator {
   char *linkage, *linkage2, *relative, *volume, *absolute;

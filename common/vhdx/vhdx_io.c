@@ -248,7 +248,7 @@ alloc_block (struct vhdx *v, uint64_t blk, const uint8_t *buf, size_t n,
     (st == PB_NOT_PRESENT || st == PB_PARTIALLY_PRESENT);
 
   if (!ck_add64 (at, blen, &newend) || newend > INT64_MAX)
-    return vhdx_fail (EFBIG, "%s: file would grow too large", v->path);
+    return kvm_fail (EFBIG, "%s: file would grow too large", v->path);
   /* Room inside the container may hold stale data: zero it first. */
   if (!need_old && at < v->file->size) {
     uint64_t zl = v->file->size - at < blen ? v->file->size - at : blen;
@@ -262,7 +262,7 @@ alloc_block (struct vhdx *v, uint64_t blk, const uint8_t *buf, size_t n,
     uint64_t vlen = v->vsize - bstart < blen ? v->vsize - bstart : blen;
     tmp = calloc (1, blen);
     if (!tmp)
-      return vhdx_fail (ENOMEM, "%s: out of memory", v->path);
+      return kvm_fail (ENOMEM, "%s: out of memory", v->path);
     if (read_in_block (v, blk, e, tmp, vlen, bstart) == -1)
       goto err;
     if (buf)

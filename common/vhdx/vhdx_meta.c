@@ -44,8 +44,8 @@ vhdx_read_headers (struct vhdx *v)
   if (bdev_pread_padded (v->file, ident, 8, 0) == -1)
     return -1;
   if (memcmp (ident, "vhdxfile", 8) != 0)
-    return vhdx_fail (EINVAL, "%s: not a VHDX file (no 'vhdxfile' identifier)",
-                 v->path);
+    return kvm_fail (EINVAL, "%s: not a VHDX file (no 'vhdxfile' identifier)",
+                     v->path);
   if (bdev_pread_padded (v->file, h[0], VHDX_HEADER_SIZE,
                          VHDX_HEADER1_OFF) == -1 ||
       bdev_pread_padded (v->file, h[1], VHDX_HEADER_SIZE,
@@ -59,8 +59,8 @@ vhdx_read_headers (struct vhdx *v)
   else if (ok[0] || ok[1])
     cur = ok[1];
   else
-    return vhdx_fail (EINVAL, "%s: neither VHDX header is valid (signature, "
-                 "CRC-32C or version)", v->path);
+    return kvm_fail (EINVAL, "%s: neither VHDX header is valid (signature, "
+                     "CRC-32C or version)", v->path);
   memcpy (v->hdr, h[cur], VHDX_HEADER_SIZE);
   v->seq = load_le64 (v->hdr + H_SEQ);
   v->log_len = load_le32 (v->hdr + H_LOG_LEN);
@@ -68,13 +68,13 @@ vhdx_read_headers (struct vhdx *v)
   kvm_debug ("%s: header %d current (sequence %" PRIu64 "), log %" PRIu64
              "+%" PRIu64, v->path, cur + 1, v->seq, v->log_off, v->log_len);
   if (load_le16 (v->hdr + H_LOG_VER) != 0)
-    return vhdx_fail (ENOTSUP, "%s: unsupported VHDX log version %u", v->path,
-                 load_le16 (v->hdr + H_LOG_VER));
+    return kvm_fail (ENOTSUP, "%s: unsupported VHDX log version %u", v->path,
+                     load_le16 (v->hdr + H_LOG_VER));
   if (v->log_off % VHDX_MiB || v->log_len % VHDX_MiB ||
       v->log_off < VHDX_MiB || v->log_len == 0 ||
       !ck_range_within (v->log_off, v->log_len, INT64_MAX))
-    return vhdx_fail (EINVAL, "%s: bad log location %" PRIu64 "+%" PRIu64,
-                 v->path, v->log_off, v->log_len);
+    return kvm_fail (EINVAL, "%s: bad log location %" PRIu64 "+%" PRIu64,
+                     v->path, v->log_off, v->log_len);
   return 0;
 }
 
@@ -108,7 +108,8 @@ vhdx_write_headers (struct vhdx *v, const uint8_t *file_guid,
     int slot = (cur + 1 + i) % 2;
     uint64_t seq;
     if (!ck_add64 (v->seq, 1, &seq))
-      return vhdx_fail (EOVERFLOW, "%s: header sequence number overflow", v->path);
+      return kvm_fail (EOVERFLOW, "%s: header sequence number overflow",
+                       v->path);
     store_le64 (h + H_SEQ, seq);
     memset (h + H_CKSUM, 0, 4);
     store_le32 (h + H_CKSUM, crc32c (0, h, sizeof h));
@@ -215,7 +216,7 @@ vhdx_read_regions (struct vhdx *v)
   int r = -1;
 
   if (!t)
-    return vhdx_fail (ENOMEM, "%s: out of memory", v->path);
+    return kvm_fail (ENOMEM, "%s: out of memory", v->path);
   for (int i = 0; i < 2 && r == -1; i++) {
     if (vhdx_file_read (v, t, VHDX_REGION_SIZE,
                         i ? VHDX_REGION2_OFF : VHDX_REGION1_OFF) == -1) {
@@ -228,8 +229,8 @@ vhdx_read_regions (struct vhdx *v)
   }
   free (t);
   if (r == -1)
-    return vhdx_fail (EINVAL, "%s: no valid region table (1: %s; 2: %s)",
-                 v->path, why[0], why[1]);
+    return kvm_fail (EINVAL, "%s: no valid region table (1: %s; 2: %s)",
+                     v->path, why[0], why[1]);
   return 0;
 }
 
@@ -296,27 +297,28 @@ parse_locator (struct vhdx *v, const uint8_t *p, uint32_t len,
                struct vhdx_locator *l)
 {
   if (len < 20)
-    return vhdx_fail (EINVAL, "%s: parent locator too short", v->path);
+    return kvm_fail (EINVAL, "%s: parent locator too short", v->path);
   if (memcmp (p, vhdx_guid_locator_type, 16) != 0)
-    return vhdx_fail (ENOTSUP, "%s: unknown parent locator type", v->path);
+    return kvm_fail (ENOTSUP, "%s: unknown parent locator type", v->path);
   uint32_t n = load_le16 (p + 18);
   if ((uint64_t) 20 + (uint64_t) n * 12 > len)
-    return vhdx_fail (EINVAL, "%s: parent locator entries past its end", v->path);
+    return kvm_fail (EINVAL, "%s: parent locator entries past its end",
+                     v->path);
   for (uint32_t i = 0; i < n; i++) {
     const uint8_t *e = p + 20 + 12 * i;
     uint32_t ko = load_le32 (e), vo = load_le32 (e + 4);
     uint32_t kl = load_le16 (e + 8), vl = load_le16 (e + 10);
     if (!ck_range_within (ko, kl, len) || !ck_range_within (vo, vl, len) ||
         kl == 0 || vl == 0)
-      return vhdx_fail (EINVAL, "%s: parent locator entry %" PRIu32
-                   " out of bounds", v->path, i);
+      return kvm_fail (EINVAL, "%s: parent locator entry %" PRIu32
+                       " out of bounds", v->path, i);
     char *k = utf16_to_utf8 (p + ko, kl);
     char *val = utf16_to_utf8 (p + vo, vl);
     if (!k || !val) {
       free (k);
       free (val);
-      return vhdx_fail (EINVAL, "%s: parent locator entry %" PRIu32
-                   " is not valid UTF-16", v->path, i);
+      return kvm_fail (EINVAL, "%s: parent locator entry %" PRIu32
+                       " is not valid UTF-16", v->path, i);
     }
     char **dst = NULL;
     if (strcmp (k, "parent_linkage") == 0) dst = &l->linkage;
@@ -327,7 +329,7 @@ parse_locator (struct vhdx *v, const uint8_t *p, uint32_t len,
     free (k);
     if (dst && *dst) {
       free (val);
-      return vhdx_fail (EINVAL, "%s: duplicate parent locator key", v->path);
+      return kvm_fail (EINVAL, "%s: duplicate parent locator key", v->path);
     }
     if (dst)
       *dst = val;
@@ -335,8 +337,8 @@ parse_locator (struct vhdx *v, const uint8_t *p, uint32_t len,
       free (val);
   }
   if (!l->linkage)
-    return vhdx_fail (EINVAL, "%s: parent locator has no parent_linkage",
-                 v->path);
+    return kvm_fail (EINVAL, "%s: parent locator has no parent_linkage",
+                     v->path);
   return 0;
 }
 
@@ -351,17 +353,18 @@ vhdx_read_metadata (struct vhdx *v, struct vhdx_locator *loc)
   int r = -1;
 
   if (!t)
-    return vhdx_fail (ENOMEM, "%s: out of memory", v->path);
+    return kvm_fail (ENOMEM, "%s: out of memory", v->path);
   if (vhdx_file_read (v, t, VHDX_METATAB_SIZE, v->meta_off) == -1)
     goto out;
   if (memcmp (t, "metadata", 8) != 0) {
-    vhdx_fail (EINVAL, "%s: metadata table has no 'metadata' signature", v->path);
+    kvm_fail (EINVAL, "%s: metadata table has no 'metadata' signature",
+              v->path);
     goto out;
   }
   uint32_t n = load_le16 (t + 10);
   if (n > 2047) {
-    vhdx_fail (EINVAL, "%s: metadata table has %" PRIu32 " entries (at most 2047)",
-          v->path, n);
+    kvm_fail (EINVAL, "%s: metadata table has %" PRIu32 " entries (at most "
+              "2047)", v->path, n);
     goto out;
   }
   for (uint32_t i = 0; i < n; i++) {
@@ -373,18 +376,19 @@ vhdx_read_metadata (struct vhdx *v, struct vhdx_locator *loc)
 
     if (len == 0 ? off != 0
         : (off < VHDX_METATAB_SIZE || !ck_range_within (off, len, v->meta_len))) {
-      vhdx_fail (EINVAL, "%s: metadata item %" PRIu32 " at %" PRIu32 "+%" PRIu32
-            " outside the metadata region", v->path, i, off, len);
+      kvm_fail (EINVAL, "%s: metadata item %" PRIu32 " at %" PRIu32 "+%" PRIu32
+                " outside the metadata region", v->path, i, off, len);
       goto out;
     }
     for (uint32_t j = 0; j < i; j++)
       if (memcmp (t + 32 + 32 * j, e, 16) == 0) {
-        vhdx_fail (EINVAL, "%s: duplicate metadata item %" PRIu32, v->path, i);
+        kvm_fail (EINVAL, "%s: duplicate metadata item %" PRIu32, v->path, i);
         goto out;
       }
 #define GET(sz)                                                         \
     if (len < (sz)) {                                                   \
-      vhdx_fail (EINVAL, "%s: metadata item %" PRIu32 " too short", v->path, i); \
+      kvm_fail (EINVAL, "%s: metadata item %" PRIu32 " too short",    \
+                v->path, i);                                            \
       goto out;                                                         \
     }                                                                   \
     if (vhdx_file_read (v, item, (sz), v->meta_off + off) == -1)        \
@@ -418,13 +422,13 @@ vhdx_read_metadata (struct vhdx *v, struct vhdx_locator *loc)
     }
     else if (memcmp (e, vhdx_guid_parent_locator, 16) == 0) {
       if (len < 20 || len > 64 * VHDX_KiB) {
-        vhdx_fail (EINVAL, "%s: parent locator of %" PRIu32 " bytes", v->path,
-              len);
+        kvm_fail (EINVAL, "%s: parent locator of %" PRIu32 " bytes", v->path,
+                  len);
         goto out;
       }
       locbuf = malloc (len);
       if (!locbuf) {
-        vhdx_fail (ENOMEM, "%s: out of memory", v->path);
+        kvm_fail (ENOMEM, "%s: out of memory", v->path);
         goto out;
       }
       if (vhdx_file_read (v, locbuf, len, v->meta_off + off) == -1)
@@ -435,39 +439,41 @@ vhdx_read_metadata (struct vhdx *v, struct vhdx_locator *loc)
     else if (required) {
       char g[39];
       vhdx_guid_str (e, g);
-      vhdx_fail (ENOTSUP, "%s: unknown required metadata item %s", v->path, g);
+      kvm_fail (ENOTSUP, "%s: unknown required metadata item %s", v->path, g);
       goto out;
     }
 #undef GET
   }
   if (!have_fp || !have_size || !have_lss || !have_pss || !have_p83) {
-    vhdx_fail (EINVAL, "%s: a required metadata item is missing (file parameters,"
-          " virtual disk size, sector sizes or page 83 data)", v->path);
+    kvm_fail (EINVAL, "%s: a required metadata item is missing (file "
+              "parameters, virtual disk size, sector sizes or page 83 data)",
+              v->path);
     goto out;
   }
   if (!is_power_of_2 (v->block_size) || v->block_size < VHDX_MiB ||
       v->block_size > 256 * VHDX_MiB) {
-    vhdx_fail (EINVAL, "%s: block size %" PRIu32 " is not a power of 2 between "
-          "1 MiB and 256 MiB", v->path, v->block_size);
+    kvm_fail (EINVAL, "%s: block size %" PRIu32 " is not a power of 2 between "
+              "1 MiB and 256 MiB", v->path, v->block_size);
     goto out;
   }
   if (v->lss != 512 && v->lss != 4096) {
-    vhdx_fail (EINVAL, "%s: logical sector size %" PRIu32 " (512 or 4096)",
-          v->path, v->lss);
+    kvm_fail (EINVAL, "%s: logical sector size %" PRIu32 " (512 or 4096)",
+              v->path, v->lss);
     goto out;
   }
   if (v->pss != 512 && v->pss != 4096) {
-    vhdx_fail (EINVAL, "%s: physical sector size %" PRIu32 " (512 or 4096)",
-          v->path, v->pss);
+    kvm_fail (EINVAL, "%s: physical sector size %" PRIu32 " (512 or 4096)",
+              v->path, v->pss);
     goto out;
   }
   if (v->vsize == 0 || v->vsize % v->lss || v->vsize > VHDX_MAX_VSIZE) {
-    vhdx_fail (EINVAL, "%s: virtual disk size %" PRIu64 " (a multiple of the "
-          "logical sector size, at most 64 TiB)", v->path, v->vsize);
+    kvm_fail (EINVAL, "%s: virtual disk size %" PRIu64 " (a multiple of the "
+              "logical sector size, at most 64 TiB)", v->path, v->vsize);
     goto out;
   }
   if (v->has_parent && !have_loc) {
-    vhdx_fail (EINVAL, "%s: differencing disk without a parent locator", v->path);
+    kvm_fail (EINVAL, "%s: differencing disk without a parent locator",
+              v->path);
     goto out;
   }
   if (v->has_parent && parse_locator (v, locbuf, loclen, loc) == -1)

@@ -30,8 +30,6 @@
 #include "util/endian.h"
 #include "util/log.h"
 
-#define ERR(err, ...) do { kvm_error (__VA_ARGS__); errno = (err); } while (0)
-
 #define MAX_GRAIN_SECTORS 4096u         /* 2 MiB */
 #define MAX_GTES          4096u
 #define MAX_GD_ENTRIES    (1u << 26)
@@ -84,9 +82,9 @@ gt_charge (struct vmdk *v, uint64_t bytes)
   uint64_t now = __atomic_add_fetch (&v->gt_mem, bytes, __ATOMIC_RELAXED);
   if (now > VMDK_MAX_GT_MEM) {
     __atomic_sub_fetch (&v->gt_mem, bytes, __ATOMIC_RELAXED);
-    ERR (EFBIG, "%s: the grain tables in use would take more than %u MiB of "
-         "memory (the limit; a grain directory naming one table many times "
-         "is corrupt)", v->path, VMDK_MAX_GT_MEM >> 20);
+    kvm_fail (EFBIG, "%s: the grain tables in use would take more than %u MiB "
+              "of memory (the limit; a grain directory naming one table many "
+              "times is corrupt)", v->path, VMDK_MAX_GT_MEM >> 20);
     return false;
   }
   return true;
@@ -117,8 +115,8 @@ get_gt (struct vmdk *v, struct extent *e, uint64_t gdi, uint32_t **gtp)
   uint64_t off = (uint64_t) sec * SECTOR;
   size_t bytes = (size_t) e->gt_entries * 4;
   if (!ck_range_within (off, bytes, file_end (e))) {
-    ERR (EIO, "%s: grain directory entry %" PRIu64 " points past the end "
-         "of the extent file %s", v->path, gdi, e->file->name);
+    kvm_fail (EIO, "%s: grain directory entry %" PRIu64 " points past the end "
+              "of the extent file %s", v->path, gdi, e->file->name);
     return -1;
   }
   if (!gt_charge (v, bytes))
@@ -126,7 +124,7 @@ get_gt (struct vmdk *v, struct extent *e, uint64_t gdi, uint32_t **gtp)
   gt = malloc (bytes);
   if (!gt) {
     gt_release (v, bytes);
-    ERR (ENOMEM, "%s: out of memory", v->path);
+    kvm_fail (ENOMEM, "%s: out of memory", v->path);
     return -1;
   }
   if (bdev_pread_padded (e->file, gt, bytes, off) == -1) {
@@ -175,9 +173,9 @@ check_data_run (struct vmdk *v, struct extent *e, uint64_t phys,
 {
   uint64_t end = file_end (e);
   if (phys >= end || phys + len > end + e->grain) {
-    ERR (EIO, "%s: a grain table entry of %s points past the end of the "
-         "file (byte %" PRIu64 ", file size %" PRIu64 ")", v->path,
-         e->file->name, phys, end);
+    kvm_fail (EIO, "%s: a grain table entry of %s points past the end of the "
+              "file (byte %" PRIu64 ", file size %" PRIu64 ")", v->path,
+              e->file->name, phys, end);
     return -1;
   }
   return 0;
@@ -202,7 +200,7 @@ inflate_grain (struct vmdk *v, struct extent *e, const uint8_t *in,
 #ifdef HAVE_ZLIB
   z_stream z = { 0 };
   if (inflateInit (&z) != Z_OK) {
-    ERR (ENOMEM, "%s: inflateInit failed", v->path);
+    kvm_fail (ENOMEM, "%s: inflateInit failed", v->path);
     return -1;
   }
   z.next_in = (Bytef *) in;
@@ -213,15 +211,16 @@ inflate_grain (struct vmdk *v, struct extent *e, const uint8_t *in,
   size_t got = e->grain - z.avail_out;
   inflateEnd (&z);
   if (r != Z_STREAM_END && !(r == Z_BUF_ERROR && got == e->grain)) {
-    ERR (EIO, "%s: corrupt compressed grain in %s", v->path, e->file->name);
+    kvm_fail (EIO, "%s: corrupt compressed grain in %s", v->path,
+              e->file->name);
     return -1;
   }
   memset (out + got, 0, e->grain - got);
   return 0;
 #else
   (void) in; (void) inlen; (void) out;
-  ERR (ENOTSUP, "%s: compressed grains need zlib, which this build lacks",
-       v->path);
+  kvm_fail (ENOTSUP, "%s: compressed grains need zlib, which this build lacks",
+            v->path);
   return -1;
 #endif
 }
@@ -236,24 +235,24 @@ read_compressed (struct vmdk *v, struct extent *e, uint32_t gte,
   uint64_t off = (uint64_t) gte * SECTOR, end = file_end (e);
   uint64_t len;
   if (off >= end) {
-    ERR (EIO, "%s: compressed grain at sector %" PRIu32 " is past the end "
-         "of %s", v->path, gte, e->file->name);
+    kvm_fail (EIO, "%s: compressed grain at sector %" PRIu32 " is past the "
+              "end of %s", v->path, gte, e->file->name);
     return -1;
   }
   if (e->markers) {
     uint8_t m[12];
     if (!ck_range_within (off, sizeof m, end) ||
         bdev_pread (e->file, m, sizeof m, off) == -1) {
-      ERR (EIO, "%s: cannot read the grain marker at sector %" PRIu32,
-           v->path, gte);
+      kvm_fail (EIO, "%s: cannot read the grain marker at sector %" PRIu32,
+                v->path, gte);
       return -1;
     }
     len = load_le32 (m + 8);
     off += sizeof m;
     if (len == 0 || len > 2 * e->grain + 4096 ||
         !ck_range_within (off, len, end)) {
-      ERR (EIO, "%s: invalid compressed grain size %" PRIu64 " at sector %"
-           PRIu32, v->path, len, gte);
+      kvm_fail (EIO, "%s: invalid compressed grain size %" PRIu64 " at sector "
+                "%" PRIu32, v->path, len, gte);
       return -1;
     }
   }
@@ -264,7 +263,7 @@ read_compressed (struct vmdk *v, struct extent *e, uint32_t gte,
   }
   uint8_t *in = malloc (len);
   if (!in) {
-    ERR (ENOMEM, "%s: out of memory", v->path);
+    kvm_fail (ENOMEM, "%s: out of memory", v->path);
     return -1;
   }
   int r = bdev_pread (e->file, in, len, off);
@@ -303,15 +302,15 @@ get_se_gt (struct vmdk *v, struct extent *e, uint64_t gdi, uint64_t **gtp)
   if ((de >> 32) != 0x10000000u ||
       !ck_muladd64 (e->se_gt_off, de & 0xffffffffu, bytes, &off) ||
       !ck_range_within (off, bytes, e->file->size)) {
-    ERR (EIO, "%s: invalid seSparse grain directory entry %" PRIu64
-         " (0x%016" PRIx64 ") in %s", v->path, gdi, de, e->file->name);
+    kvm_fail (EIO, "%s: invalid seSparse grain directory entry %" PRIu64
+              " (0x%016" PRIx64 ") in %s", v->path, gdi, de, e->file->name);
     return -1;
   }
   if (!gt_charge (v, bytes))
     return -1;
   if (!(gt = malloc (bytes))) {
     gt_release (v, bytes);
-    ERR (ENOMEM, "%s: out of memory", v->path);
+    kvm_fail (ENOMEM, "%s: out of memory", v->path);
     return -1;
   }
   if (bdev_pread (e->file, gt, bytes, off) == -1) {
@@ -373,8 +372,8 @@ grain_info (struct vmdk *v, struct extent *e, uint64_t gi,
     break;
   }
   }
-  ERR (EIO, "%s: invalid seSparse grain table entry 0x%016" PRIx64
-       " for grain %" PRIu64 " in %s", v->path, x, gi, e->file->name);
+  kvm_fail (EIO, "%s: invalid seSparse grain table entry 0x%016" PRIx64
+            " for grain %" PRIu64 " in %s", v->path, x, gi, e->file->name);
   return -1;
 }
 
@@ -438,7 +437,7 @@ sparse_read (struct vmdk *v, struct extent *e, uint8_t *buf, uint64_t count,
       break;
     case G_COMPRESSED:
       if (!tmp && !(tmp = malloc (e->grain))) {
-        ERR (ENOMEM, "%s: out of memory", v->path);
+        kvm_fail (ENOMEM, "%s: out of memory", v->path);
         goto fail;
       }
       if (read_compressed (v, e, (phys - (off & (e->grain - 1))) / SECTOR,
@@ -541,7 +540,7 @@ update_cid (struct vmdk *v)
   size_t newlen = oldlen - oldv + 8;
   char *t = malloc (newlen + 1 + oldv);
   if (!t) {
-    ERR (ENOMEM, "%s: out of memory", v->path);
+    kvm_fail (ENOMEM, "%s: out of memory", v->path);
     r = -1;
     goto done;
   }
@@ -607,8 +606,8 @@ alloc_gt (struct vmdk *v, struct extent *e, uint64_t gdi, uint32_t **gtp)
       !ck_round_up64 (e->alloc_end, SECTOR, &p) ||
       !ck_add64 (p, bytes * (e->has_rgd ? 2 : 1), &end) ||
       end / SECTOR > UINT32_MAX) {
-    ERR (ENOSPC, "%s: extent file %s is full (sector numbers are 32 bits)",
-         v->path, e->file->name);
+    kvm_fail (ENOSPC, "%s: extent file %s is full (sector numbers are 32 "
+              "bits)", v->path, e->file->name);
     return -1;
   }
   if (!gt_charge (v, bytes))
@@ -616,7 +615,7 @@ alloc_gt (struct vmdk *v, struct extent *e, uint64_t gdi, uint32_t **gtp)
   uint32_t *gt = calloc (1, bytes);
   if (!gt) {
     gt_release (v, bytes);
-    ERR (ENOMEM, "%s: out of memory", v->path);
+    kvm_fail (ENOMEM, "%s: out of memory", v->path);
     return -1;
   }
   if (bdev_pwrite (e->file, gt, bytes, p, 0) == -1)
@@ -677,8 +676,8 @@ gt_for_write (struct vmdk *v, struct extent *e, uint64_t gi, uint32_t **gtp)
 {
   uint64_t gdi = gi / e->gt_entries;
   if (gdi >= e->ngd) {
-    ERR (EIO, "%s: grain %" PRIu64 " is beyond the grain directory of %s",
-         v->path, gi, e->file->name);
+    kvm_fail (EIO, "%s: grain %" PRIu64 " is beyond the grain directory of %s",
+              v->path, gi, e->file->name);
     return -1;
   }
   if (get_gt (v, e, gdi, gtp) == -1)
@@ -731,7 +730,7 @@ alloc_write (struct vmdk *v, struct extent *e, const uint8_t *buf,
     uint64_t n = e->grain - in < count ? e->grain - in : count;
     gbuf = malloc (e->grain);
     if (!gbuf) {
-      ERR (ENOMEM, "%s: out of memory", v->path);
+      kvm_fail (ENOMEM, "%s: out of memory", v->path);
       goto out;
     }
     if (grain_state (e, gte) == G_ZERO)
@@ -747,8 +746,8 @@ alloc_write (struct vmdk *v, struct extent *e, const uint8_t *buf,
   uint64_t p, end;
   if (!ck_round_up64 (e->alloc_end, SECTOR, &p) ||
       !ck_add64 (p, k * e->grain, &end) || end / SECTOR > UINT32_MAX) {
-    ERR (ENOSPC, "%s: extent file %s is full (sector numbers are 32 bits)",
-         v->path, e->file->name);
+    kvm_fail (ENOSPC, "%s: extent file %s is full (sector numbers are 32 "
+              "bits)", v->path, e->file->name);
     goto out;
   }
   /* Data first, then the entries that point at it. */
@@ -770,11 +769,13 @@ sparse_write (struct vmdk *v, struct extent *e, const uint8_t *buf,
               uint64_t count, uint64_t off)
 {
   if (e->readonly) {
-    ERR (EROFS, "%s: extent %s is read-only (%s)", v->path, e->file->name,
-         e->compressed ? "compressed grains: streamOptimized images cannot "
-         "be written" : e->cowd ? "VMFSSPARSE extents are read-only"
-         : e->se ? "SESPARSE extents have no write support"
-         : "version 3 sparse extents are read-only");
+    kvm_fail (EROFS, "%s: extent %s is read-only (%s)", v->path,
+              e->file->name,
+              e->compressed ? "compressed grains: streamOptimized images "
+                              "cannot be written"
+              : e->cowd ? "VMFSSPARSE extents are read-only"
+              : e->se ? "SESPARSE extents have no write support"
+              : "version 3 sparse extents are read-only");
     return -1;
   }
   while (count) {
@@ -801,7 +802,7 @@ static int
 check_extent_writable (struct vmdk *v, struct extent *e)
 {
   if (e->kind == EK_ZERO) {
-    ERR (EROFS, "%s: cannot write into a ZERO extent", v->path);
+    kvm_fail (EROFS, "%s: cannot write into a ZERO extent", v->path);
     return -1;
   }
   return 0;
@@ -1118,13 +1119,13 @@ read_u32_table (struct vmdk *v, struct extent *e, uint64_t off, uint64_t n,
   size_t bytes;
   if (!ck_size_mul (n, 4, &bytes) || !ck_range_within (off, bytes,
                                                        e->file->size)) {
-    ERR (EINVAL, "%s: the %s of %s lies past the end of the file",
-         v->path, what, e->file->name);
+    kvm_fail (EINVAL, "%s: the %s of %s lies past the end of the file",
+              v->path, what, e->file->name);
     return NULL;
   }
   uint32_t *t = malloc (bytes ? bytes : 1);
   if (!t) {
-    ERR (ENOMEM, "%s: out of memory", v->path);
+    kvm_fail (ENOMEM, "%s: out of memory", v->path);
     return NULL;
   }
   if (bdev_pread (e->file, t, bytes, off) == -1) {
@@ -1149,10 +1150,10 @@ gt_budget_check (struct vmdk *v, struct extent *e, const uint32_t *gd,
     n += gd ? gd[i] != 0 : se_gd[i] != 0;
   v->gt_open_bytes += n * tbytes;       /* n < 2^26, tbytes <= 32 KiB */
   if (v->gt_open_bytes > VMDK_MAX_GT_MEM) {
-    ERR (EFBIG, "%s: the grain directories name %" PRIu64 " MiB of grain "
-         "tables (%s: %" PRIu64 " tables), more than the limit of %u MiB",
-         v->path, v->gt_open_bytes >> 20, e->file->name, n,
-         VMDK_MAX_GT_MEM >> 20);
+    kvm_fail (EFBIG, "%s: the grain directories name %" PRIu64 " MiB of grain "
+              "tables (%s: %" PRIu64 " tables), more than the limit of %u MiB",
+              v->path, v->gt_open_bytes >> 20, e->file->name, n,
+              VMDK_MAX_GT_MEM >> 20);
     return false;
   }
   return true;
@@ -1164,14 +1165,15 @@ setup_gd (struct vmdk *v, struct extent *e, uint64_t cap, bool writable)
 {
   uint64_t cover;
   if (!ck_mul64 (e->grain, e->gt_entries, &cover)) {
-    ERR (EINVAL, "%s: invalid grain table geometry in %s", v->path,
-         e->file->name);
+    kvm_fail (EINVAL, "%s: invalid grain table geometry in %s", v->path,
+              e->file->name);
     return -1;
   }
   e->ngd = div_round_up64 (cap, cover);
   if (e->ngd > MAX_GD_ENTRIES) {
-    ERR (EINVAL, "%s: %s has an absurd number of grain tables (%" PRIu64
-         "); the limit is %u", v->path, e->file->name, e->ngd, MAX_GD_ENTRIES);
+    kvm_fail (EINVAL, "%s: %s has an absurd number of grain tables (%" PRIu64
+              "); the limit is %u", v->path, e->file->name, e->ngd,
+              MAX_GD_ENTRIES);
     return -1;
   }
   e->grain_shift = __builtin_ctzll (e->grain);
@@ -1185,11 +1187,11 @@ setup_gd (struct vmdk *v, struct extent *e, uint64_t cap, bool writable)
     return -1;
   e->gt = calloc (e->ngd ? e->ngd : 1, sizeof *e->gt);
   if (!e->gt) {
-    ERR (ENOMEM, "%s: out of memory", v->path);
+    kvm_fail (ENOMEM, "%s: out of memory", v->path);
     return -1;
   }
   if (!ck_round_up64 (e->file->size, SECTOR, &e->alloc_end)) {
-    ERR (EINVAL, "%s: file too large", v->path);
+    kvm_fail (EINVAL, "%s: file too large", v->path);
     return -1;
   }
   return 0;
@@ -1224,7 +1226,7 @@ find_data_end (struct vmdk *v, struct extent *e, uint64_t overhead)
   }
 #undef UPTO
   if (!ck_round_up64 (end, SECTOR, &e->alloc_end)) {
-    ERR (EINVAL, "%s: invalid metadata", v->path);
+    kvm_fail (EINVAL, "%s: invalid metadata", v->path);
     return -1;
   }
   kvm_debug ("%s: %s cannot grow: new grains from byte %" PRIu64, v->path,
@@ -1246,8 +1248,8 @@ parse_sparse (struct vmdk *v, struct extent *e, const uint8_t *hdr,
   e->kind = EK_SPARSE;
   e->version = load_le32 (h + H_VERSION);
   if (e->version < 1 || e->version > 3) {
-    ERR (ENOTSUP, "%s: %s: unsupported sparse extent version %" PRIu32,
-         v->path, fn, e->version);
+    kvm_fail (ENOTSUP, "%s: %s: unsupported sparse extent version %" PRIu32,
+              v->path, fn, e->version);
     return -1;
   }
   if (load_le64 (h + H_GD_OFFSET) == GD_AT_END) {
@@ -1262,8 +1264,8 @@ parse_sparse (struct vmdk *v, struct extent *e, const uint8_t *hdr,
         load_le32 (foot + SECTOR) != SPARSE_MAGIC ||
         load_le32 (foot + 2 * SECTOR + 12) != MARKER_EOS ||
         load_le64 (foot + SECTOR + H_GD_OFFSET) == GD_AT_END) {
-      ERR (EINVAL, "%s: %s: the header says the grain directory is in the "
-           "footer, but there is no valid footer", v->path, fn);
+      kvm_fail (EINVAL, "%s: %s: the header says the grain directory is in "
+                "the footer, but there is no valid footer", v->path, fn);
       return -1;
     }
     h = foot + SECTOR;
@@ -1278,37 +1280,38 @@ parse_sparse (struct vmdk *v, struct extent *e, const uint8_t *hdr,
   *dsize = load_le64 (hdr + H_DESC_SIZE);
   if ((e->flags & FLAG_NL_TEST) &&
       memcmp (hdr + H_NL_CHARS, "\n \r\n", 4) != 0) {
-    ERR (EINVAL, "%s: %s: the header's newline check failed (the file was "
-         "damaged by a text-mode transfer)", v->path, fn);
+    kvm_fail (EINVAL, "%s: %s: the header's newline check failed (the file "
+              "was damaged by a text-mode transfer)", v->path, fn);
     return -1;
   }
   e->compressed = (e->flags & FLAG_COMPRESSED) != 0;
   e->markers = (e->flags & FLAG_MARKERS) != 0;
   e->zero_grain = (e->flags & FLAG_ZERO_GRAIN) != 0;
   if (e->compressed && load_le16 (hdr + H_COMPRESS_ALG) != 1) {
-    ERR (ENOTSUP, "%s: %s: unknown compression algorithm %u", v->path, fn,
-         load_le16 (hdr + H_COMPRESS_ALG));
+    kvm_fail (ENOTSUP, "%s: %s: unknown compression algorithm %u", v->path, fn,
+              load_le16 (hdr + H_COMPRESS_ALG));
     return -1;
   }
   if (grain == 0 || grain > MAX_GRAIN_SECTORS || !is_power_of_2 (grain)) {
-    ERR (EINVAL, "%s: %s: invalid grain size %" PRIu64 " sectors", v->path,
-         fn, grain);
+    kvm_fail (EINVAL, "%s: %s: invalid grain size %" PRIu64 " sectors",
+              v->path, fn, grain);
     return -1;
   }
   if (e->gt_entries == 0 || e->gt_entries > MAX_GTES) {
-    ERR (EINVAL, "%s: %s: invalid number of grain table entries %" PRIu32,
-         v->path, fn, e->gt_entries);
+    kvm_fail (EINVAL, "%s: %s: invalid number of grain table entries %" PRIu32,
+              v->path, fn, e->gt_entries);
     return -1;
   }
   if (capacity > INT64_MAX / SECTOR) {
-    ERR (EINVAL, "%s: %s: capacity of %" PRIu64 " sectors is too large (the "
-         "limit is 2^54 sectors, 2^63 bytes)", v->path, fn, capacity);
+    kvm_fail (EINVAL, "%s: %s: capacity of %" PRIu64 " sectors is too large "
+              "(the limit is 2^54 sectors, 2^63 bytes)", v->path, fn,
+              capacity);
     return -1;
   }
   if (gd > UINT32_MAX ||
       (rgd > UINT32_MAX && (e->flags & FLAG_RGD)) ||
       *doff > UINT32_MAX || *dsize > VMDK_MAX_DESC / SECTOR) {
-    ERR (EINVAL, "%s: %s: invalid sparse extent header", v->path, fn);
+    kvm_fail (EINVAL, "%s: %s: invalid sparse extent header", v->path, fn);
     return -1;
   }
   e->grain = grain * SECTOR;
@@ -1330,7 +1333,7 @@ parse_sparse (struct vmdk *v, struct extent *e, const uint8_t *hdr,
   if (writable && !e->readonly && !e->file->growable) {
     uint64_t ov = load_le64 (h + H_OVERHEAD);
     if (ov > UINT32_MAX) {
-      ERR (EINVAL, "%s: %s: invalid overhead in the header", v->path, fn);
+      kvm_fail (EINVAL, "%s: %s: invalid overhead in the header", v->path, fn);
       return -1;
     }
     return find_data_end (v, e, ov * SECTOR);
@@ -1352,8 +1355,8 @@ parse_cowd (struct vmdk *v, struct extent *e, const uint8_t *h,
   e->version = load_le32 (h + C_VERSION);
   e->gt_entries = COWD_GTES;
   if (grain == 0 || grain > MAX_GRAIN_SECTORS || !is_power_of_2 (grain)) {
-    ERR (EINVAL, "%s: %s: invalid grain size %" PRIu64 " sectors", v->path,
-         fn, grain);
+    kvm_fail (EINVAL, "%s: %s: invalid grain size %" PRIu64 " sectors",
+              v->path, fn, grain);
     return -1;
   }
   e->grain = grain * SECTOR;
@@ -1362,8 +1365,8 @@ parse_cowd (struct vmdk *v, struct extent *e, const uint8_t *h,
   uint64_t cover = e->grain * COWD_GTES;
   uint64_t need = div_round_up64 (*cap, cover);
   if (gdn < need) {
-    ERR (EINVAL, "%s: %s: grain directory too small for the capacity",
-         v->path, fn);
+    kvm_fail (EINVAL, "%s: %s: grain directory too small for the capacity",
+              v->path, fn);
     return -1;
   }
   return setup_gd (v, e, *cap, false);
@@ -1384,22 +1387,23 @@ parse_se (struct vmdk *v, struct extent *e, const uint8_t *h, uint64_t *cap)
   e->se = true;
   e->readonly = true;
   if (f[SE_H_MAGIC] != SE_CONST_MAGIC) {
-    ERR (EINVAL, "%s: extent '%s' is not a SESPARSE extent (bad magic)",
-         v->path, fn);
+    kvm_fail (EINVAL, "%s: extent '%s' is not a SESPARSE extent (bad magic)",
+              v->path, fn);
     return -1;
   }
   if (f[SE_H_VERSION] != SE_VERSION || f[SE_H_GRAIN] != SE_GRAIN_SECTORS ||
       f[SE_H_GT_SIZE] != SE_GT_SECTORS || f[SE_H_FLAGS] != 0 ||
       f[6] || f[7] || f[8] || f[9]) {
-    ERR (ENOTSUP, "%s: %s: unsupported seSparse header (version 0x%016"
-         PRIx64 ", grain %" PRIu64 ", grain table %" PRIu64 " sectors, flags "
-         "0x%" PRIx64 ", or non-zero reserved fields)", v->path, fn,
-         f[SE_H_VERSION], f[SE_H_GRAIN], f[SE_H_GT_SIZE], f[SE_H_FLAGS]);
+    kvm_fail (ENOTSUP, "%s: %s: unsupported seSparse header (version 0x%016"
+              PRIx64 ", grain %" PRIu64 ", grain table %" PRIu64 " sectors, "
+              "flags 0x%" PRIx64 ", or non-zero reserved fields)", v->path, fn,
+              f[SE_H_VERSION], f[SE_H_GRAIN], f[SE_H_GT_SIZE], f[SE_H_FLAGS]);
     return -1;
   }
   for (size_t i = SE_H_FIELDS * 8; i < SECTOR; i++)
     if (h[i]) {
-      ERR (ENOTSUP, "%s: %s: non-zero seSparse header padding", v->path, fn);
+      kvm_fail (ENOTSUP, "%s: %s: non-zero seSparse header padding", v->path,
+                fn);
       return -1;
     }
   uint8_t vh[SECTOR];
@@ -1408,19 +1412,19 @@ parse_se (struct vmdk *v, struct extent *e, const uint8_t *h, uint64_t *cap)
       !ck_range_within (voff, SECTOR, e->file->size) ||
       bdev_pread (e->file, vh, SECTOR, voff) == -1 ||
       load_le64 (vh) != SE_VOL_MAGIC) {
-    ERR (EINVAL, "%s: %s: missing or invalid seSparse volatile header",
-         v->path, fn);
+    kvm_fail (EINVAL, "%s: %s: missing or invalid seSparse volatile header",
+              v->path, fn);
     return -1;
   }
   if (load_le64 (vh + 8 * SE_V_REPLAY) != 0) {
-    ERR (ENOTSUP, "%s: %s: the seSparse journal needs replaying (the image "
-         "is dirty): not supported", v->path, fn);
+    kvm_fail (ENOTSUP, "%s: %s: the seSparse journal needs replaying (the "
+              "image is dirty): not supported", v->path, fn);
     return -1;
   }
   for (size_t i = SE_V_FIELDS * 8; i < SECTOR; i++)
     if (vh[i]) {
-      ERR (ENOTSUP, "%s: %s: non-zero seSparse volatile header padding",
-           v->path, fn);
+      kvm_fail (ENOTSUP, "%s: %s: non-zero seSparse volatile header padding",
+                v->path, fn);
       return -1;
     }
   e->grain = SE_GRAIN_SECTORS * SECTOR;
@@ -1431,27 +1435,28 @@ parse_se (struct vmdk *v, struct extent *e, const uint8_t *h, uint64_t *cap)
       !ck_mul64 (f[SE_H_GT_OFF], SECTOR, &e->se_gt_off) ||
       !ck_mul64 (f[SE_H_GRAINS_OFF], SECTOR, &e->se_grains_off) ||
       !ck_mul64 (f[SE_H_GD_SIZE], SECTOR / 8, &gdn)) {
-    ERR (EINVAL, "%s: %s: seSparse header fields out of range", v->path, fn);
+    kvm_fail (EINVAL, "%s: %s: seSparse header fields out of range", v->path,
+              fn);
     return -1;
   }
   need = div_round_up64 (*cap, e->grain * SE_GTES);
   if (need > gdn || need > MAX_GD_ENTRIES) {
-    ERR (EINVAL, "%s: %s: the seSparse grain directory (%" PRIu64 " entries)"
-         " does not cover the capacity (%" PRIu64 " needed)", v->path, fn,
-         gdn, need);
+    kvm_fail (EINVAL, "%s: %s: the seSparse grain directory (%" PRIu64 " "
+              "entries) does not cover the capacity (%" PRIu64 " needed)",
+              v->path, fn, gdn, need);
     return -1;
   }
   e->ngd = need;
   size_t bytes = (size_t) need * 8;
   if (!ck_range_within (e->gd_off, bytes, e->file->size)) {
-    ERR (EINVAL, "%s: the grain directory of %s lies past the end of the "
-         "file", v->path, fn);
+    kvm_fail (EINVAL, "%s: the grain directory of %s lies past the end of the "
+              "file", v->path, fn);
     return -1;
   }
   e->se_gd = malloc (bytes ? bytes : 1);
   e->se_gt = calloc (need ? need : 1, sizeof *e->se_gt);
   if (!e->se_gd || !e->se_gt) {
-    ERR (ENOMEM, "%s: out of memory", v->path);
+    kvm_fail (ENOMEM, "%s: out of memory", v->path);
     return -1;
   }
   if (bdev_pread (e->file, e->se_gd, bytes, e->gd_off) == -1)
@@ -1469,12 +1474,12 @@ static char *
 read_text (struct vmdk *v, struct bdev *f, uint64_t off, uint64_t len)
 {
   if (len > VMDK_MAX_DESC || !ck_range_within (off, len, f->size)) {
-    ERR (EINVAL, "%s: invalid descriptor location or size", v->path);
+    kvm_fail (EINVAL, "%s: invalid descriptor location or size", v->path);
     return NULL;
   }
   char *t = malloc (len + 1);
   if (!t) {
-    ERR (ENOMEM, "%s: out of memory", v->path);
+    kvm_fail (ENOMEM, "%s: out of memory", v->path);
     return NULL;
   }
   if (bdev_pread (f, t, len, off) == -1) {
@@ -1490,7 +1495,7 @@ add_extent (struct vmdk *v, struct extent **e)
 {
   struct extent *n = realloc (v->ext, (v->next + 1) * sizeof *n);
   if (!n) {
-    ERR (ENOMEM, "%s: out of memory", v->path);
+    kvm_fail (ENOMEM, "%s: out of memory", v->path);
     return -1;
   }
   v->ext = n;
@@ -1535,9 +1540,9 @@ open_desc_extents (struct vmdk *v, const struct vmdk_desc *d,
       continue;
     }
     if (opts->no_paths) {
-      ERR (EPERM, "%s: the descriptor names the extent file '%s', which "
-           "cannot be opened from inside this container", v->path,
-           de->file);
+      kvm_fail (EPERM, "%s: the descriptor names the extent file '%s', which "
+                "cannot be opened from inside this container", v->path,
+                de->file);
       return -1;
     }
     char *resolved = confine_resolve (v->path, de->file, opts->allowed_dirs,
@@ -1563,17 +1568,17 @@ open_desc_extents (struct vmdk *v, const struct vmdk_desc *d,
       e->kind = EK_FLAT;
       e->flat_off = de->offset * SECTOR;
       if (!ck_range_within (e->flat_off, e->size, e->file->size)) {
-        ERR (EINVAL, "%s: flat extent '%s' is smaller than the descriptor "
-             "says (%" PRIu64 " bytes from offset %" PRIu64 ")", v->path,
-             de->file, e->size, e->flat_off);
+        kvm_fail (EINVAL, "%s: flat extent '%s' is smaller than the "
+                  "descriptor says (%" PRIu64 " bytes from offset %" PRIu64
+                  ")", v->path, de->file, e->size, e->flat_off);
         return -1;
       }
       continue;
     }
     if (e->file->size < SECTOR ||
         bdev_pread (e->file, h, SECTOR, 0) == -1) {
-      ERR (EINVAL, "%s: cannot read the header of extent '%s'", v->path,
-           de->file);
+      kvm_fail (EINVAL, "%s: cannot read the header of extent '%s'", v->path,
+                de->file);
       return -1;
     }
     uint64_t cap, doff, dsize;
@@ -1590,8 +1595,8 @@ open_desc_extents (struct vmdk *v, const struct vmdk_desc *d,
         return -1;
     }
     else {
-      ERR (EINVAL, "%s: extent '%s' is not a %s extent (bad magic)", v->path,
-           de->file, ext_type_name (de->type));
+      kvm_fail (EINVAL, "%s: extent '%s' is not a %s extent (bad magic)",
+                v->path, de->file, ext_type_name (de->type));
       return -1;
     }
   }
@@ -1607,9 +1612,9 @@ open_parent (struct vmdk *v, const struct vmdk_desc *d,
       (bopt && strcmp (bopt, "none") == 0))
     return 0;
   if (opts->no_paths) {
-    ERR (EPERM, "%s: the image names the parent '%s', which cannot be "
-         "resolved from inside this container: name the parent explicitly "
-         "(or none)", v->path, d->parent_hint);
+    kvm_fail (EPERM, "%s: the image names the parent '%s', which cannot be "
+              "resolved from inside this container: name the parent "
+              "explicitly (or none)", v->path, d->parent_hint);
     return -1;
   }
   char *resolved = confine_resolve (v->path, d->parent_hint,
@@ -1652,7 +1657,7 @@ vmdk_open_container (struct bdev *container, const char *name,
   v->parent = opts->backing;
   bool writable = !opts->readonly && !container->readonly;
   if (!(v->path = strdup (name))) {
-    ERR (ENOMEM, "%s: out of memory", name);
+    kvm_fail (ENOMEM, "%s: out of memory", name);
     goto fail;
   }
   size_t hn = container->size < SECTOR ? container->size : SECTOR;
@@ -1664,7 +1669,7 @@ vmdk_open_container (struct bdev *container, const char *name,
     struct extent *e;
     uint64_t cap, doff = 0, dsize = 0;
     if (hn < SECTOR) {
-      ERR (EINVAL, "%s: truncated header", name);
+      kvm_fail (EINVAL, "%s: truncated header", name);
       goto fail;
     }
     if (add_extent (v, &e) == -1)
@@ -1691,7 +1696,7 @@ vmdk_open_container (struct bdev *container, const char *name,
     else {
       if (vmdk_desc_parse (v->desc_text, v->desc_len, &d, err,
                            sizeof err) == -1) {
-        ERR (EINVAL, "%s: embedded descriptor: %s", name, err);
+        kvm_fail (EINVAL, "%s: embedded descriptor: %s", name, err);
         goto fail;
       }
       have_desc = true;
@@ -1706,9 +1711,9 @@ vmdk_open_container (struct bdev *container, const char *name,
   }
   else {
     if (container->size > VMDK_MAX_DESC) {
-      ERR (EINVAL, "%s: not a VMDK (no sparse magic, and %" PRIu64 " bytes "
-           "is larger than a descriptor may be: the limit is %d bytes)", name,
-           container->size, VMDK_MAX_DESC);
+      kvm_fail (EINVAL, "%s: not a VMDK (no sparse magic, and %" PRIu64 " "
+                "bytes is larger than a descriptor may be: the limit is %d "
+                "bytes)", name, container->size, VMDK_MAX_DESC);
       goto fail;
     }
     if (!(v->desc_text = read_text (v, container, 0, container->size)))
@@ -1717,19 +1722,19 @@ vmdk_open_container (struct bdev *container, const char *name,
     v->desc_file = container;
     if (vmdk_desc_parse (v->desc_text, v->desc_len, &d, err,
                          sizeof err) == -1) {
-      ERR (EINVAL, "%s: descriptor: %s", name, err);
+      kvm_fail (EINVAL, "%s: descriptor: %s", name, err);
       goto fail;
     }
     have_desc = true;
     if (d.next == 0) {
-      ERR (EINVAL, "%s: the descriptor lists no extents", name);
+      kvm_fail (EINVAL, "%s: the descriptor lists no extents", name);
       goto fail;
     }
     if (open_desc_extents (v, &d, opts, writable) == -1)
       goto fail;
   }
   if (v->next == 0) {
-    ERR (EINVAL, "%s: no extents", name);
+    kvm_fail (EINVAL, "%s: no extents", name);
     goto fail;
   }
   uint64_t size = 0;
@@ -1738,7 +1743,7 @@ vmdk_open_container (struct bdev *container, const char *name,
     v->ext[i].start = size;
     size += v->ext[i].size;     /* each bounded to INT64_MAX/512 sectors */
     if (size > INT64_MAX) {
-      ERR (EINVAL, "%s: virtual size too large", name);
+      kvm_fail (EINVAL, "%s: virtual size too large", name);
       goto fail;
     }
     if (v->ext[i].kind == EK_SPARSE && v->ext[i].compressed && writable) {

@@ -1,12 +1,19 @@
 /* SPDX-License-Identifier: BSD-3-Clause */
-/* Checked arithmetic, endian helpers, CRC-32C, bitmap and LRU cache. */
+/* Checked arithmetic, endian helpers, CRC-32C, bitmap, LRU cache and the
+ * error reporting of common/.
+ */
+#include <errno.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <string.h>
 
 #include "util/bitmap.h"
 #include "util/checked.h"
 #include "util/crc32c.h"
 #include "util/endian.h"
+#include "util/log.h"
 #include "util/lru.h"
 #include "check.h"
 
@@ -136,6 +143,31 @@ test_lru (void)
   lru_free (c);
 }
 
+static char logged[256];
+
+static void
+capture (const char *fmt, va_list args)
+{
+  vsnprintf (logged, sizeof logged, fmt, args);
+}
+
+static void
+test_log (void)
+{
+  kvm_log_set (capture, NULL);
+  errno = EINTR;
+  kvm_error ("reported %d", 1);
+  CHECK (errno == EINTR && strcmp (logged, "reported 1") == 0);
+  errno = 0;
+  CHECK (kvm_fail (EFBIG, "%s: too large (%u)", "img", 7u) == -1);
+  CHECK (errno == EFBIG && strcmp (logged, "img: too large (7)") == 0);
+  char buf[8];
+  errno = ENOENT;
+  kvm_seterr (buf, sizeof buf, "truncated %s", "here");
+  CHECK (errno == ENOENT && strcmp (buf, "truncat") == 0);
+  kvm_log_set (NULL, NULL);
+}
+
 int
 main (void)
 {
@@ -144,6 +176,7 @@ main (void)
   test_crc32c ();
   test_bitmap ();
   test_lru ();
+  test_log ();
   printf ("util: ok\n");
   return 0;
 }
