@@ -131,4 +131,38 @@ struct vmdk {
   pthread_mutex_t cid_lock;
 };
 
+/* Shared by vmdk.c (open), vmdk_read.c (grain tables, reads, block
+ * status) and vmdk_write.c (writes, zeroes, trims, flush).
+ */
+enum grain_state { G_UNALLOC, G_ZERO, G_DATA, G_COMPRESSED };
+
+uint64_t vmdk_file_end (struct extent *e);
+bool vmdk_gt_charge (struct vmdk *v, uint64_t bytes);
+void vmdk_gt_release (struct vmdk *v, uint64_t bytes);
+int vmdk_get_gt (struct vmdk *v, struct extent *e, uint64_t gdi,
+                 uint32_t **gtp);
+int vmdk_get_gte (struct vmdk *v, struct extent *e, uint64_t gi,
+                  uint32_t *out);
+int vmdk_check_data_run (struct vmdk *v, struct extent *e, uint64_t phys,
+                         uint64_t len);
+enum grain_state vmdk_grain_state (struct extent *e, uint32_t gte);
+int vmdk_read_below (struct vmdk *v, void *buf, size_t count,
+                     uint64_t voff);
+int vmdk_sparse_run (struct vmdk *v, struct extent *e, uint64_t off,
+                     uint64_t count, enum grain_state *st, uint64_t *len,
+                     uint64_t *phys);
+struct extent *vmdk_find_extent (struct vmdk *v, uint64_t off);
+
+/* The bdev operations (vmdk.c's vmdk_ops). */
+int vmdk_pread (struct bdev *bd, void *vbuf, size_t count, uint64_t offset);
+int vmdk_pwrite (struct bdev *bd, const void *vbuf, size_t count,
+                 uint64_t offset, uint32_t flags);
+int vmdk_zero (struct bdev *bd, uint64_t count, uint64_t offset,
+               uint32_t flags);
+int vmdk_trim (struct bdev *bd, uint64_t count, uint64_t offset,
+               uint32_t flags);
+int vmdk_flush (struct bdev *bd);
+int vmdk_extents (struct bdev *bd, uint64_t count, uint64_t offset,
+                  uint32_t flags, bdev_extent_fn fn, void *opaque);
+
 #endif
