@@ -259,7 +259,7 @@ def regions_thin(im, rng, base=0):
         return
     tb, bb = u(b, p + 56, "<I"), u(b, p + 60, "<I")
     # Header blocks at 0 and 4096; the body of slot k at 8192 + k * body
-    # (common/thin/thin.c: body_off).
+    # (common/thin/thin_meta.c: thin_body_off).
     body = (tb + bb) * 4096
     for h in (0, 4096):
         for off, w in [(8, 4), (12, 4), (16, 8), (24, 8), (32, 4), (36, 4),
