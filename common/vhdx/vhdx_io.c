@@ -344,7 +344,23 @@ vhdx_pwrite (struct bdev *bd, const void *buf, size_t count, uint64_t offset,
   return 0;
 }
 
-/* Zero (or trim) [offset, offset+count): whole blocks change state, the
+/* Trim or zero (with FLAGS' BDEV_MAY_TRIM) the payload block at file
+ * offset AT in the file, as far as the file reaches.
+ */
+static int
+discard_block (struct vhdx *v, uint64_t at, bool trim, uint32_t flags)
+{
+  uint64_t size = bdev_size (v->file);
+  if (at >= size)
+    return 0;
+  uint64_t n = size - at < v->block_size ? size - at : v->block_size;
+  if (trim)
+    return bdev_trim (v->file, n, at, 0);
+  return bdev_zero (v->file, n, at, flags & BDEV_MAY_TRIM);
+}
+
+/* Zero (or trim) [offset, offset+count): whole blocks that hold data are
+ * zeroed or trimmed in the file, other whole blocks change state, the
  * parts of others are written with zeroes where they may hold data.
  */
 static int
@@ -367,6 +383,22 @@ zero_or_trim (struct vhdx *v, uint64_t count, uint64_t offset, bool trim,
 
     if (reads_zero) {
       /* nothing to do */
+    }
+    else if (whole && st == PB_FULLY_PRESENT && !v->leave_alloc &&
+             !(flags & BDEV_FAST_ZERO)) {
+      /* In place: a block whose entry changes to ZERO or UNMAPPED loses
+       * its file offset, and its space is never allocated again, so a
+       * guest that trims and rewrites would grow the file by a block each
+       * time.  Its bytes in the file are trimmed or zeroed instead (a hole
+       * where the file can punch one), and the block stays mapped.
+       */
+      pthread_mutex_lock (&v->lock);
+      int r = start_writing (v);
+      pthread_mutex_unlock (&v->lock);
+      if (r == 0)
+        r = discard_block (v, BAT_OFFSET (e), trim, flags);
+      if (r == -1)
+        return -1;
     }
     else if (whole && !v->leave_alloc) {
       pthread_mutex_lock (&v->lock);

@@ -375,6 +375,27 @@ write_zeroes (struct vmdk *v, struct extent *e, uint64_t count, uint64_t off)
  * unallocated when nothing lies below; otherwise zeroes are written.
  * A discard only ever changes whole grains.
  */
+/* Zero or trim, in place, the whole data grain at PHYS.  A sparse extent
+ * has no free list: a grain taken out of its table is never allocated
+ * again, so a guest that trims and rewrites the same range would grow the
+ * file by a grain each time, without bound.  The grain stays mapped, and
+ * its bytes in the file are zeroed (a hole where the file can punch one)
+ * or trimmed.
+ */
+static int
+discard_in_place (struct vmdk *v, struct extent *e, uint64_t phys, bool trim)
+{
+  if (vmdk_check_data_run (v, e, phys, e->grain) == -1)
+    return -1;
+  uint64_t size = bdev_size (e->file);
+  if (phys >= size)
+    return 0;                   /* past the end of the file: zeroes */
+  uint64_t n = size - phys < e->grain ? size - phys : e->grain;
+  if (trim)
+    return bdev_trim (e->file, n, phys, 0);
+  return bdev_zero (e->file, n, phys, BDEV_MAY_TRIM);
+}
+
 static int
 sparse_zero (struct vmdk *v, struct extent *e, uint64_t count, uint64_t off,
              uint32_t flags, bool trim)
@@ -397,6 +418,12 @@ sparse_zero (struct vmdk *v, struct extent *e, uint64_t count, uint64_t off,
 
     if (reads_zero && !(trim && st == G_ZERO && !below && whole))
       ;                         /* already zero */
+    else if (whole && st == G_DATA &&
+             (trim || ((flags & BDEV_MAY_TRIM) &&
+                       !(flags & BDEV_FAST_ZERO)))) {
+      if (discard_in_place (v, e, (uint64_t) gte * SECTOR, trim) == -1)
+        return -1;
+    }
     else if (whole && (trim || (flags & BDEV_MAY_TRIM) || st != G_DATA) &&
              (e->zero_grain || !below)) {
       uint32_t target = e->zero_grain ? GTE_ZERO : GTE_UNALLOC;
