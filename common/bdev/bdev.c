@@ -169,6 +169,20 @@ bdev_zero (struct bdev *bd, uint64_t count, uint64_t offset, uint32_t flags)
 }
 
 int
+bdev_discard_within (struct bdev *bd, uint64_t count, uint64_t offset,
+                     bool trim, uint32_t flags)
+{
+  uint64_t size = bdev_size (bd);
+  if (offset >= size)
+    return 0;
+  if (count > size - offset)
+    count = size - offset;
+  if (trim)
+    return bdev_trim (bd, count, offset, flags);
+  return bdev_zero (bd, count, offset, flags);
+}
+
+int
 bdev_extents (struct bdev *bd, uint64_t count, uint64_t offset,
               uint32_t flags, bdev_extent_fn fn, void *opaque)
 {

@@ -185,6 +185,13 @@ int bdev_zero (struct bdev *bd, uint64_t count, uint64_t offset,
 int bdev_extents (struct bdev *bd, uint64_t count, uint64_t offset,
                   uint32_t flags, bdev_extent_fn fn, void *opaque);
 
+/* Trim (TRIM) or zero with FLAGS the part of [OFFSET, OFFSET+COUNT) that
+ * lies inside BD: for engines giving back the bytes of a grain or block
+ * that may end past the end of its container (which reads as zeroes).
+ */
+int bdev_discard_within (struct bdev *bd, uint64_t count, uint64_t offset,
+                         bool trim, uint32_t flags);
+
 /* Zero by writing a buffer of zeroes through BD's own pwrite (no checks):
  * bdev_zero's fallback, for engines whose zero cannot always be native.
  */

@@ -344,21 +344,6 @@ vhdx_pwrite (struct bdev *bd, const void *buf, size_t count, uint64_t offset,
   return 0;
 }
 
-/* Trim or zero (with FLAGS' BDEV_MAY_TRIM) the payload block at file
- * offset AT in the file, as far as the file reaches.
- */
-static int
-discard_block (struct vhdx *v, uint64_t at, bool trim, uint32_t flags)
-{
-  uint64_t size = bdev_size (v->file);
-  if (at >= size)
-    return 0;
-  uint64_t n = size - at < v->block_size ? size - at : v->block_size;
-  if (trim)
-    return bdev_trim (v->file, n, at, 0);
-  return bdev_zero (v->file, n, at, flags & BDEV_MAY_TRIM);
-}
-
 /* Zero (or trim) [offset, offset+count): whole blocks that hold data are
  * zeroed or trimmed in the file, other whole blocks change state, the
  * parts of others are written with zeroes where they may hold data.
@@ -396,7 +381,8 @@ zero_or_trim (struct vhdx *v, uint64_t count, uint64_t offset, bool trim,
       int r = start_writing (v);
       pthread_mutex_unlock (&v->lock);
       if (r == 0)
-        r = discard_block (v, BAT_OFFSET (e), trim, flags);
+        r = bdev_discard_within (v->file, v->block_size, BAT_OFFSET (e),
+                                 trim, trim ? 0 : flags & BDEV_MAY_TRIM);
       if (r == -1)
         return -1;
     }

@@ -387,13 +387,8 @@ discard_in_place (struct vmdk *v, struct extent *e, uint64_t phys, bool trim)
 {
   if (vmdk_check_data_run (v, e, phys, e->grain) == -1)
     return -1;
-  uint64_t size = bdev_size (e->file);
-  if (phys >= size)
-    return 0;                   /* past the end of the file: zeroes */
-  uint64_t n = size - phys < e->grain ? size - phys : e->grain;
-  if (trim)
-    return bdev_trim (e->file, n, phys, 0);
-  return bdev_zero (e->file, n, phys, BDEV_MAY_TRIM);
+  return bdev_discard_within (e->file, e->grain, phys, trim,
+                              trim ? 0 : BDEV_MAY_TRIM);
 }
 
 static int

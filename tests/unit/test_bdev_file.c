@@ -117,6 +117,21 @@ test_holes (const char *path)
   /* Fast zero is either done fast or refused with ENOTSUP. */
   int r = bdev_zero (bd, 4096, 0, BDEV_FAST_ZERO);
   CHECK (r == 0 || errno == ENOTSUP);
+
+  /* A discard running past the end is cut at the end; wholly past the
+   * end it does nothing, and the size never changes.
+   */
+  uint64_t size = bdev_size (bd);
+  memset (data, 0xcd, 64 << 10);
+  CHECK (bdev_pwrite (bd, data, 64 << 10, size - (64 << 10), 0) == 0);
+  CHECK (bdev_discard_within (bd, 128 << 10, size - (64 << 10), false,
+                              BDEV_MAY_TRIM) == 0);
+  CHECK (bdev_pread (bd, data, 64 << 10, size - (64 << 10)) == 0);
+  for (int i = 0; i < (64 << 10); i++)
+    CHECK (data[i] == 0);
+  CHECK (bdev_discard_within (bd, 4096, size, true, 0) == 0);
+  CHECK (bdev_discard_within (bd, 4096, size + 4096, false, 0) == 0);
+  CHECK (bdev_size (bd) == size);
   free (data);
   bdev_close (bd);
 }
