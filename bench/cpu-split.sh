@@ -6,7 +6,7 @@
 # cores are shared by the client, the NBD server and the backend, IOPS
 # follow the sum of all three, so this splits it:
 #
-#   bench/cpu-split.sh [--rounds N] [--runtime SECS] SETUP...
+#   bench/cpu-split.sh [--rounds N] [--runtime SECS] [--pin-backend] SETUP...
 #
 #   nfs       our qcow2 plugin on nfs://  vs  qemu-nbd on nfs:// (QEMU's
 #             libnfs driver); backend: nfs-ganesha (tests/nfs/nfs-server.sh)
@@ -23,13 +23,18 @@
 # getrusage) and the context switches of the whole machine (perf stat
 # -a).  Servers alternate within each round; medians are printed.
 # Nothing is asserted: it is a measurement (docs/benchmarks.md).
+#
+# --pin-backend gives the backend server (nfs-ganesha, the upstream
+# nbdkit) CPU 0 and the NBD server and fio CPU 1, as if the backend were
+# another machine: its CPU no longer competes with the NBD server's.
 set -euo pipefail
-rounds=3 runtime=5
+rounds=3 runtime=5 pin=
 while [ $# -gt 0 ]; do
   case $1 in
     --rounds) rounds=$2; shift 2 ;;
     --runtime) runtime=$2; shift 2 ;;
-    -*) echo "usage: $0 [--rounds N] [--runtime SECS] SETUP..." >&2; exit 2 ;;
+    --pin-backend) pin=1; shift ;;
+    -*) echo "usage: $0 [--rounds N] [--runtime SECS] [--pin-backend] SETUP..." >&2; exit 2 ;;
     *) break ;;
   esac
 done
@@ -47,12 +52,20 @@ results=$work/results.tsv
 
 cputicks () { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
+# With --pin-backend: the NBD server and fio on CPU 1, a backend on CPU 0.
+front=()
+if [ -n "$pin" ]; then
+  [ "$(nproc)" -ge 2 ] || { echo "$0: --pin-backend needs 2 CPUs" >&2; exit 1; }
+  front=(taskset -c 1)
+fi
+pin_backend () { [ -z "$pin" ] || taskset -a -p -c 0 "$1" >/dev/null; }
+
 # measure SETUP NAME BACKEND-PID CMD...: serve on $work/s.sock, run fio.
 measure () {
   local setup=$1 name=$2 backend=$3; shift 3
   local sock=$work/s.sock i wl
   rm -f "$sock"
-  "$@" &
+  "${front[@]}" "$@" &
   local srv=$!
   for (( i = 0; i < 200; i++ )); do [ -S "$sock" ] && break; sleep 0.05; done
   [ -S "$sock" ] || { echo "$0: $name did not start" >&2; exit 1; }
@@ -61,7 +74,7 @@ measure () {
     s0=$(cputicks $srv); [ "$backend" = 0 ] || b0=$(cputicks "$backend")
     perf stat -a -e context-switches -x, -o "$work/perf.txt" \
       /usr/bin/time -f "%U %S" -o "$work/fio.time" \
-      fio --name=x --ioengine=nbd --uri="nbd+unix:///?socket=$sock" \
+      "${front[@]}" fio --name=x --ioengine=nbd --uri="nbd+unix:///?socket=$sock" \
         --rw=$wl --bs=4k --iodepth=16 --numjobs=1 --size=256M \
         --time_based --runtime="$runtime" --output-format=json \
         --output="$work/fio.json" > "$work/fio.log" 2>&1
@@ -102,6 +115,7 @@ setup_nfs () {
     echo "$NFS_GANESHA_PID $NFS_RPCBIND_PID" > "$W/daemons.pid"'
   read -r ganesha rpcbind < "$work/daemons.pid"
   pids+=($ganesha $rpcbind)
+  pin_backend $ganesha
   local url=nfs://127.0.0.1/export/data.qcow2 ns=(nsenter -t $anchor -n -m --)
   for (( r = 1; r <= rounds; r++ )); do
     measure nfs nbdkit-qcow2-nfs $ganesha "${ns[@]}" nbdkit -f -U "$work/s.sock" \
@@ -115,6 +129,7 @@ setup_netfloor () {
   nbdkit -f -U "$work/up.sock" memory size=256M &
   local up=$!
   pids+=($up)
+  pin_backend $up
   local i
   for (( i = 0; i < 200; i++ )); do [ -S "$work/up.sock" ] && break; sleep 0.05; done
   nbdcopy -- [ nbdkit pattern size=256M ] "nbd+unix:///?socket=$work/up.sock"
