@@ -41,6 +41,8 @@ done
 [ $# -gt 0 ] || set -- nfs netfloor null
 top=$(cd "$(dirname "$0")/.." && pwd)
 build=${BUILD:-$top/build}
+# shellcheck source=bench/nfs-ns.sh
+source "$top/bench/nfs-ns.sh"
 for c in fio nbdkit qemu-nbd perf python3 nbdcopy; do
   command -v $c >/dev/null || { echo "$0: $c is needed" >&2; exit 1; }
 done
@@ -102,19 +104,14 @@ setup_nfs () {
   head -c 256M /dev/urandom > "$work/data.raw"
   qemu-img convert -f raw -O qcow2 "$work/data.raw" "$work/export/data.qcow2"
   rm "$work/data.raw"
-  # The servers run in the namespace of the NFS server (see
-  # bench/scenarios/nfs.sh): an anchor process holds it.
-  unshare -n -m --propagation private -- sleep 1000000 &
-  local anchor=$!
-  pids+=($anchor)
-  sleep 0.3
-  nsenter -t $anchor -n -m -- env KVM_NFS_NETNS=1 SRCDIR="$top" W="$work" bash -c '
-    source "$SRCDIR/tests/nfs/nfs-server.sh"
-    nfs_netns
-    tmpdir=$W nfs_server_start "$W/export" >/dev/null
-    echo "$NFS_GANESHA_PID $NFS_RPCBIND_PID" > "$W/daemons.pid"'
+  # The servers run in the namespace of the NFS server (bench/nfs-ns.sh).
+  nfs_ns_start "$work" || {
+    echo "$0: nfs server did not start: $(cat "$work/nfs-start.log")" >&2
+    nfs_ns_stop "$work"; exit 1; }
+  local anchor ganesha rpcbind
+  anchor=$(cat "$work/anchor.pid")
   read -r ganesha rpcbind < "$work/daemons.pid"
-  pids+=($ganesha $rpcbind)
+  pids+=($anchor $ganesha $rpcbind)
   pin_backend $ganesha
   local url=nfs://127.0.0.1/export/data.qcow2 ns=(nsenter -t $anchor -n -m --)
   for (( r = 1; r <= rounds; r++ )); do
