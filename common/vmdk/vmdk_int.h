@@ -139,6 +139,8 @@ enum grain_state { G_UNALLOC, G_ZERO, G_DATA, G_COMPRESSED };
 uint64_t vmdk_file_end (struct extent *e);
 bool vmdk_gt_charge (struct vmdk *v, uint64_t bytes);
 void vmdk_gt_release (struct vmdk *v, uint64_t bytes);
+uint32_t *vmdk_gt_publish (struct vmdk *v, struct extent *e, uint64_t gdi,
+                           uint32_t *gt, uint64_t bytes);
 int vmdk_get_gt (struct vmdk *v, struct extent *e, uint64_t gdi,
                  uint32_t **gtp);
 int vmdk_get_gte (struct vmdk *v, struct extent *e, uint64_t gi,

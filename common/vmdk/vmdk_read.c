@@ -57,6 +57,23 @@ vmdk_gt_release (struct vmdk *v, uint64_t bytes)
 /* *GTP: grain table GDI, loaded if needed; NULL if its directory entry is
  * 0 (no table: every grain unallocated).
  */
+/* Publish GT (BYTES charged) as grain table GDI of extent E, unless
+ * another thread published one first: then GT is dropped and that one
+ * returned.
+ */
+uint32_t *
+vmdk_gt_publish (struct vmdk *v, struct extent *e, uint64_t gdi,
+                 uint32_t *gt, uint64_t bytes)
+{
+  uint32_t *expected = NULL;
+  if (__atomic_compare_exchange_n (&e->gt[gdi], &expected, gt, false,
+                                   __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+    return gt;
+  free (gt);
+  vmdk_gt_release (v, bytes);
+  return expected;
+}
+
 int
 vmdk_get_gt (struct vmdk *v, struct extent *e, uint64_t gdi, uint32_t **gtp)
 {
@@ -92,14 +109,7 @@ vmdk_get_gt (struct vmdk *v, struct extent *e, uint64_t gdi, uint32_t **gtp)
   }
   for (uint32_t i = 0; i < e->gt_entries; i++)
     gt[i] = le32toh (gt[i]);
-  uint32_t *expected = NULL;
-  if (!__atomic_compare_exchange_n (&e->gt[gdi], &expected, gt, false,
-                                    __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
-    free (gt);
-    vmdk_gt_release (v, bytes);
-    gt = expected;
-  }
-  *gtp = gt;
+  *gtp = vmdk_gt_publish (v, e, gdi, gt, bytes);
   return 0;
 }
 

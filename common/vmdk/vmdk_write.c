@@ -151,13 +151,7 @@ alloc_gt (struct vmdk *v, struct extent *e, uint64_t gdi, uint32_t **gtp)
     goto fail;
   if (e->rgd)
     e->rgd[gdi] = rsec;
-  uint32_t *expected = NULL;
-  if (!__atomic_compare_exchange_n (&e->gt[gdi], &expected, gt, false,
-                                    __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
-    free (gt);
-    vmdk_gt_release (v, bytes);
-    gt = expected;
-  }
+  gt = vmdk_gt_publish (v, e, gdi, gt, bytes);
   __atomic_store_n (&e->gd[gdi], sec, __ATOMIC_RELEASE);
   *gtp = gt;
   return 0;
