@@ -6,11 +6,16 @@
 # cores are shared by the client, the NBD server and the backend, IOPS
 # follow the sum of all three, so this splits it:
 #
-#   bench/cpu-split.sh [--rounds N] [--runtime SECS] [--pin-backend] SETUP...
+#   bench/cpu-split.sh [--rounds N] [--runtime SECS] [--pin-backend]
+#                      [--syscalls] SETUP...
 #
 #   nfs       our qcow2 plugin on nfs://  vs  qemu-nbd on nfs:// (QEMU's
 #             libnfs driver); backend: nfs-ganesha (tests/nfs/nfs-server.sh)
 #             in a private network namespace (root only)
+#   nfsfloor  nbdkit's own nbd plugin  vs  qemu-nbd's nbd driver, both
+#             forwarding to one upstream qemu-nbd that serves nfs's image
+#             through QEMU's libnfs driver; backend: that qemu-nbd and
+#             nfs-ganesha (both on CPU 0 with --pin-backend)
 #   netfloor  nbdkit's own nbd plugin  vs  qemu-nbd's nbd driver, both
 #             forwarding to one upstream `nbdkit memory`: the cost of the
 #             two servers' designs for any plugin with a network backend,
@@ -27,14 +32,20 @@
 # --pin-backend gives the backend server (nfs-ganesha, the upstream
 # nbdkit) CPU 0 and the NBD server and fio CPU 1, as if the backend were
 # another machine: its CPU no longer competes with the NBD server's.
+#
+# --syscalls also counts, per I/O, the context switches and the system
+# calls (futex, sends, receives, polls) of the NBD server and of fio,
+# through perf's syscall tracepoints.  They slow both sides down, so the
+# IOPS and CPU of such a run are not comparable with one without it.
 set -euo pipefail
-rounds=3 runtime=5 pin=
+rounds=3 runtime=5 pin= syscalls=
 while [ $# -gt 0 ]; do
   case $1 in
     --rounds) rounds=$2; shift 2 ;;
     --runtime) runtime=$2; shift 2 ;;
     --pin-backend) pin=1; shift ;;
-    -*) echo "usage: $0 [--rounds N] [--runtime SECS] [--pin-backend] SETUP..." >&2; exit 2 ;;
+    --syscalls) syscalls=1; shift ;;
+    -*) echo "usage: $0 [--rounds N] [--runtime SECS] [--pin-backend] [--syscalls] SETUP..." >&2; exit 2 ;;
     *) break ;;
   esac
 done
@@ -49,10 +60,37 @@ done
 work=$(mktemp -d /dev/shm/cpusplit.XXXXXX)
 pids=()
 trap 'for p in "${pids[@]}"; do kill -9 $p 2>/dev/null || :; done; rm -rf "$work"' EXIT
-results=$work/results.tsv
-: > "$results"
+results=$work/results.tsv sysresults=$work/syscalls.tsv
+: > "$results"; : > "$sysresults"
 
-cputicks () { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# Events of --syscalls, per process.
+sysevents=context-switches
+for c in futex sendto sendmsg write writev recvfrom recvmsg read readv \
+         poll ppoll epoll_wait epoll_pwait io_uring_enter; do
+  sysevents+=,syscalls:sys_enter_$c
+done
+
+# syscount PERF-OUTPUT IOS: "switches futex sends receives polls" per I/O.
+syscount () {
+  python3 - "$@" <<'EOF'
+import sys
+n = {}
+for l in open(sys.argv[1]):
+    f = l.split(",")
+    if len(f) > 3 and f[0].replace(".", "").isdigit():
+        n[f[2].replace("syscalls:sys_enter_", "")] = float(f[0])
+ios = float(sys.argv[2])
+group = lambda *names: sum(n.get(x, 0) for x in names) / ios
+print("\t".join("%.2f" % x for x in (
+    group("context-switches"), group("futex"),
+    group("sendto", "sendmsg", "write", "writev"),
+    group("recvfrom", "recvmsg", "read", "readv"),
+    group("poll", "ppoll", "epoll_wait", "epoll_pwait", "io_uring_enter"))))
+EOF
+}
+
+# cputicks PID...: user + system clock ticks of the processes, summed.
+cputicks () { local p t=0; for p; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo $t; }
 
 # With --pin-backend: the NBD server and fio on CPU 1, a backend on CPU 0.
 front=()
@@ -60,9 +98,11 @@ if [ -n "$pin" ]; then
   [ "$(nproc)" -ge 2 ] || { echo "$0: --pin-backend needs 2 CPUs" >&2; exit 1; }
   front=(taskset -c 1)
 fi
-pin_backend () { [ -z "$pin" ] || taskset -a -p -c 0 "$1" >/dev/null; }
+pin_backend () { local p; [ -z "$pin" ] || for p; do taskset -a -p -c 0 "$p" >/dev/null; done; }
 
-# measure SETUP NAME BACKEND-PID CMD...: serve on $work/s.sock, run fio.
+# measure SETUP NAME BACKEND-PIDS CMD...: serve on $work/s.sock, run fio.
+# BACKEND-PIDS: the backend's processes (one word, PIDs separated by
+# commas), or 0 for none.
 measure () {
   local setup=$1 name=$2 backend=$3; shift 3
   local sock=$work/s.sock i wl
@@ -72,15 +112,29 @@ measure () {
   for (( i = 0; i < 200; i++ )); do [ -S "$sock" ] && break; sleep 0.05; done
   [ -S "$sock" ] || { echo "$0: $name did not start" >&2; exit 1; }
   for wl in randread randwrite; do
-    local s0 b0=0 s1 b1=0
-    s0=$(cputicks $srv); [ "$backend" = 0 ] || b0=$(cputicks "$backend")
+    local s0 b0=0 s1 b1=0 fioperf=() sp=
+    s0=$(cputicks $srv); [ "$backend" = 0 ] || b0=$(cputicks ${backend//,/ })
+    if [ -n "$syscalls" ]; then
+      perf stat -x, -e "$sysevents" -o "$work/srv-sys.txt" -p $srv &
+      sp=$!
+      fioperf=(perf stat -x, -e "$sysevents" -o "$work/fio-sys.txt")
+    fi
     perf stat -a -e context-switches -x, -o "$work/perf.txt" \
       /usr/bin/time -f "%U %S" -o "$work/fio.time" \
-      "${front[@]}" fio --name=x --ioengine=nbd --uri="nbd+unix:///?socket=$sock" \
+      "${fioperf[@]}" "${front[@]}" fio --name=x --ioengine=nbd --uri="nbd+unix:///?socket=$sock" \
         --rw=$wl --bs=4k --iodepth=16 --numjobs=1 --size=256M \
         --time_based --runtime="$runtime" --output-format=json \
         --output="$work/fio.json" > "$work/fio.log" 2>&1
-    s1=$(cputicks $srv); [ "$backend" = 0 ] || b1=$(cputicks "$backend")
+    s1=$(cputicks $srv); [ "$backend" = 0 ] || b1=$(cputicks ${backend//,/ })
+    if [ -n "$sp" ]; then
+      kill -INT $sp; wait $sp 2>/dev/null || :
+      local ios
+      ios=$(python3 -c 'import json, sys; j = json.load(open(sys.argv[1]))["jobs"][0]
+print(j["read"]["total_ios"] + j["write"]["total_ios"])' "$work/fio.json")
+      printf '%s\t%s\t%s\t%s\t%s\n' "$setup" "$name" "$wl" \
+        "$(syscount "$work/srv-sys.txt" "$ios")" \
+        "$(syscount "$work/fio-sys.txt" "$ios")" >> "$sysresults"
+    fi
     python3 - "$work" "$setup" "$name" "$wl" "$runtime" "$((s1 - s0))" \
       "$((b1 - b0))" "$(getconf CLK_TCK)" >> "$results" <<'EOF'
 import json, sys
@@ -98,28 +152,54 @@ EOF
   kill $srv; wait $srv 2>/dev/null || :
 }
 
-setup_nfs () {
+# start_nfs: the qcow2 image in a private nfs-ganesha (bench/nfs-ns.sh);
+# sets anchor and ganesha.  The servers run in its namespace (ns).
+start_nfs () {
   [ "$(id -u)" = 0 ] || { echo "$0: nfs needs root" >&2; exit 1; }
+  [ -z "${ganesha:-}" ] || return 0
   mkdir -p "$work/export"
   head -c 256M /dev/urandom > "$work/data.raw"
   qemu-img convert -f raw -O qcow2 "$work/data.raw" "$work/export/data.qcow2"
   rm "$work/data.raw"
-  # The servers run in the namespace of the NFS server (bench/nfs-ns.sh).
   nfs_ns_start "$work" || {
     echo "$0: nfs server did not start: $(cat "$work/nfs-start.log")" >&2
     nfs_ns_stop "$work"; exit 1; }
-  local anchor ganesha rpcbind
+  local rpcbind
   anchor=$(cat "$work/anchor.pid")
   read -r ganesha rpcbind < "$work/daemons.pid"
   pids+=($anchor $ganesha $rpcbind)
   pin_backend $ganesha
-  local url=nfs://127.0.0.1/export/data.qcow2 ns=(nsenter -t $anchor -n -m --)
+  ns=(nsenter -t $anchor -n -m --)
+}
+
+setup_nfs () {
+  start_nfs
+  local url=nfs://127.0.0.1/export/data.qcow2
   for (( r = 1; r <= rounds; r++ )); do
     measure nfs nbdkit-qcow2-nfs $ganesha "${ns[@]}" nbdkit -f -U "$work/s.sock" \
       "$build/plugins/qcow2/nbdkit-qcow2-plugin.so" file=$url
     measure nfs qemu-nbd $ganesha "${ns[@]}" qemu-nbd -t -e 0 -k "$work/s.sock" \
       -f qcow2 $url
   done
+}
+
+# nfsfloor: as the bench scenario of that name.  The backend is the
+# upstream qemu-nbd on nfs:// and nfs-ganesha together.
+setup_nfsfloor () {
+  start_nfs
+  local up=$work/up.sock i
+  "${ns[@]}" qemu-nbd -t -e 0 -k "$up" -f qcow2 nfs://127.0.0.1/export/data.qcow2 &
+  local upid=$!
+  pids+=($upid)
+  pin_backend $upid
+  for (( i = 0; i < 200; i++ )); do [ -S "$up" ] && break; sleep 0.05; done
+  [ -S "$up" ] || { echo "$0: upstream qemu-nbd did not start" >&2; exit 1; }
+  for (( r = 1; r <= rounds; r++ )); do
+    measure nfsfloor nbdkit-nbd $upid,$ganesha nbdkit -f -U "$work/s.sock" nbd socket="$up"
+    measure nfsfloor qemu-nbd $upid,$ganesha qemu-nbd -t -e 0 -k "$work/s.sock" -f raw \
+      "nbd+unix:///?socket=$up"
+  done
+  kill $upid; wait $upid 2>/dev/null || :
 }
 
 setup_netfloor () {
@@ -147,8 +227,8 @@ setup_null () {
 
 for s in "$@"; do
   case $s in
-    nfs|netfloor|null) echo "cpu-split: $s ($rounds rounds of ${runtime} s)" >&2; setup_$s ;;
-    *) echo "$0: unknown setup '$s' (nfs, netfloor, null)" >&2; exit 2 ;;
+    nfs|nfsfloor|netfloor|null) echo "cpu-split: $s ($rounds rounds of ${runtime} s)" >&2; setup_$s ;;
+    *) echo "$0: unknown setup '$s' (nfs, nfsfloor, netfloor, null)" >&2; exit 2 ;;
   esac
 done
 
@@ -168,4 +248,21 @@ for key in seen:
     tot = statistics.median(v[1] + v[2] + v[3] for v in vals)
     print("| %s | %s | %s | %.0f | %.1f | %.1f | %.1f | %.1f | %.2f |"
           % (key + (med[0], med[1], med[2], med[3], tot, med[4])))
+EOF
+[ -z "$syscalls" ] || python3 - "$sysresults" <<'EOF'
+import statistics, sys
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
+print("\nPer I/O (medians), with syscall tracing on: context switches and system calls")
+print("(sends: sendto, sendmsg, write, writev; receives: recvfrom, recvmsg, read,")
+print("readv; polls: poll, ppoll, epoll_wait, epoll_pwait, io_uring_enter)\n")
+print("| setup | server | workload | server switches | server futex | server sends | server receives | server polls | fio switches | fio futex | fio sends | fio receives | fio polls |")
+print("|---|---|---|" + "---:|" * 10)
+seen = []
+for r in rows:
+    if tuple(r[:3]) not in seen:
+        seen.append(tuple(r[:3]))
+for key in seen:
+    vals = [list(map(float, r[3:])) for r in rows if tuple(r[:3]) == key]
+    med = [statistics.median(v[i] for v in vals) for i in range(10)]
+    print("| %s | %s | %s | " % key + " | ".join("%.2f" % x for x in med) + " |")
 EOF
