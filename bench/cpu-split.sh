@@ -232,37 +232,37 @@ for s in "$@"; do
   esac
 done
 
-python3 - "$results" "$rounds" <<'EOF'
+# The tables: medians over the rounds of each setup, server and workload.
+python3 - "$rounds" "$results" "${syscalls:+$sysresults}" <<'EOF'
 import statistics, sys
-rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
-print("%s rounds; medians; CPU and context switches per I/O\n" % sys.argv[2])
+
+def medians(path):
+    """Rows of PATH grouped by (setup, server, workload), in first-seen
+    order, with the median of each numeric column (and the rows)."""
+    rows = [l.rstrip("\n").split("\t") for l in open(path) if l.strip()]
+    keys = []
+    for r in rows:
+        if tuple(r[:3]) not in keys:
+            keys.append(tuple(r[:3]))
+    for key in keys:
+        vals = [list(map(float, r[3:])) for r in rows if tuple(r[:3]) == key]
+        yield key, vals, [statistics.median(v[i] for v in vals)
+                          for i in range(len(vals[0]))]
+
+print("%s rounds; medians; CPU and context switches per I/O\n" % sys.argv[1])
 print("| setup | server | workload | IOPS | server µs | backend µs | fio µs | all three µs | context switches (machine) |")
 print("|---|---|---|---:|---:|---:|---:|---:|---:|")
-seen = []
-for r in rows:
-    if tuple(r[:3]) not in seen:
-        seen.append(tuple(r[:3]))
-for key in seen:
-    vals = [list(map(float, r[3:])) for r in rows if tuple(r[:3]) == key]
-    med = [statistics.median(v[i] for v in vals) for i in range(5)]
+for key, vals, med in medians(sys.argv[2]):
     tot = statistics.median(v[1] + v[2] + v[3] for v in vals)
     print("| %s | %s | %s | %.0f | %.1f | %.1f | %.1f | %.1f | %.2f |"
           % (key + (med[0], med[1], med[2], med[3], tot, med[4])))
-EOF
-[ -z "$syscalls" ] || python3 - "$sysresults" <<'EOF'
-import statistics, sys
-rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
-print("\nPer I/O (medians), with syscall tracing on: context switches and system calls")
-print("(sends: sendto, sendmsg, write, writev; receives: recvfrom, recvmsg, read,")
-print("readv; polls: poll, ppoll, epoll_wait, epoll_pwait, io_uring_enter)\n")
-print("| setup | server | workload | server switches | server futex | server sends | server receives | server polls | fio switches | fio futex | fio sends | fio receives | fio polls |")
-print("|---|---|---|" + "---:|" * 10)
-seen = []
-for r in rows:
-    if tuple(r[:3]) not in seen:
-        seen.append(tuple(r[:3]))
-for key in seen:
-    vals = [list(map(float, r[3:])) for r in rows if tuple(r[:3]) == key]
-    med = [statistics.median(v[i] for v in vals) for i in range(10)]
-    print("| %s | %s | %s | " % key + " | ".join("%.2f" % x for x in med) + " |")
+
+if sys.argv[3]:
+    print("\nPer I/O (medians), with syscall tracing on: context switches and system calls")
+    print("(sends: sendto, sendmsg, write, writev; receives: recvfrom, recvmsg, read,")
+    print("readv; polls: poll, ppoll, epoll_wait, epoll_pwait, io_uring_enter)\n")
+    print("| setup | server | workload | server switches | server futex | server sends | server receives | server polls | fio switches | fio futex | fio sends | fio receives | fio polls |")
+    print("|---|---|---|" + "---:|" * 10)
+    for key, vals, med in medians(sys.argv[3]):
+        print("| %s | %s | %s | " % key + " | ".join("%.2f" % x for x in med) + " |")
 EOF
