@@ -220,15 +220,21 @@ read_bat (struct vhdx *v, uint64_t file_size)
       need = v->vsize - start < v->block_size ? v->vsize - start
         : v->block_size;
     }
-    if (off < VHDX_MiB || !ck_range_within (off, need, file_size) ||
-        vhdx_overlaps (off, need, v->log_off, v->log_len) ||
-        vhdx_overlaps (off, need, v->bat_off, v->bat_len) ||
-        vhdx_overlaps (off, need, v->meta_off, v->meta_len))
+    /* The file must hold the part inside the disk (NEED); the whole
+     * block's space (FULL) must not overlap metadata, as in QEMU.
+     */
+    uint64_t full = sb ? VHDX_MiB : v->block_size;
+    if (off < VHDX_MiB || !ck_range_within (off, need, file_size))
       return kvm_fail (EINVAL, "%s: BAT entry %" PRIu64 " points to %" PRIu64
                        "+%" PRIu64 ", past the end of the file (%" PRIu64
-                       " bytes) or into metadata", v->path, i, off, need,
+                       " bytes) or into the header", v->path, i, off, need,
                        file_size);
-    uint64_t full = sb ? VHDX_MiB : v->block_size;
+    if (vhdx_overlaps (off, full, v->log_off, v->log_len) ||
+        vhdx_overlaps (off, full, v->bat_off, v->bat_len) ||
+        vhdx_overlaps (off, full, v->meta_off, v->meta_len))
+      return kvm_fail (EINVAL, "%s: BAT entry %" PRIu64 " points to %" PRIu64
+                       "+%" PRIu64 ", which overlaps the log, the BAT or the "
+                       "metadata", v->path, i, off, full);
     if (off + full > used)
       used = off + full;
   }

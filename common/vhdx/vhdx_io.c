@@ -375,13 +375,15 @@ zero_or_trim (struct vhdx *v, uint64_t count, uint64_t offset, bool trim,
        * its file offset, and its space is never allocated again, so a
        * guest that trims and rewrites would grow the file by a block each
        * time.  Its bytes in the file are trimmed or zeroed instead (a hole
-       * where the file can punch one), and the block stays mapped.
+       * where the file can punch one), and the block stays mapped.  Only
+       * N bytes: of the last block, the part inside the disk, which is
+       * all the open checked the file holds.
        */
       pthread_mutex_lock (&v->lock);
       int r = start_writing (v);
       pthread_mutex_unlock (&v->lock);
       if (r == 0)
-        r = bdev_discard_within (v->file, v->block_size, BAT_OFFSET (e),
+        r = bdev_discard_within (v->file, n, BAT_OFFSET (e),
                                  trim, trim ? 0 : flags & BDEV_MAY_TRIM);
       if (r == -1)
         return -1;

@@ -4,7 +4,8 @@
 # error naming the problem, never a crash; a damaged copy of a redundant
 # structure (one header, one region table) must not matter.  Also a log
 # whose only entry has a bad checksum (nothing valid to replay) and a
-# parent locator pointing outside the child's directory.
+# parent locator pointing outside the child's directory, and metadata
+# placed in the last payload block's space past the disk's end.
 source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 source "$TOP_SRCDIR/tests/vhdx/vhdx-functions.sh"
 cd "$tmpdir"
@@ -46,6 +47,14 @@ cp good.vhdx bs.vhdx;         vtool corrupt bs.vhdx block-size;        refused b
 cp good.vhdx huge.vhdx;       vtool corrupt huge.vhdx size-huge;       refused huge.vhdx 'virtual disk size'
 cp good.vhdx metaoob.vhdx;    vtool corrupt metaoob.vhdx meta-oob;     refused metaoob.vhdx 'outside the metadata region'
 printf 'not a vhdx file' > junk.vhdx; truncate -s 1M junk.vhdx; refused junk.vhdx "not a VHDX file"
+
+# The metadata region placed in the space of the last payload block past
+# the disk's end: refused (as QEMU does), so that no write to that block
+# can reach the metadata.
+qemu-img create -q -f vhdx -o block_size=2M tail.vhdx 3M
+qemu_io_cmds -f vhdx -c 'write -P 0x63 0 3M' tail.vhdx
+vtool corrupt tail.vhdx meta-in-tail
+refused tail.vhdx 'overlaps the log, the BAT or the metadata'
 
 # A log with nothing valid in it: the header names a log, its only entry
 # has a bad checksum.  Refused read-only and read-write, file untouched.

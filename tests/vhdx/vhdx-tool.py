@@ -417,6 +417,29 @@ def cmd_corrupt(path, what):
             f.write(struct.pack("<Q" if what == "size-huge" else "<I",
                                 {"lss": 1000, "block-size": 3 << 20,
                                  "size-huge": 1 << 62}[what]))
+        elif what == "meta-in-tail":
+            # The metadata region moved into the space of the last payload
+            # block that lies past the end of the disk (QEMU refuses it:
+            # a block's space is the whole block).
+            bs, size = g["block_size"], g["size"]
+            last = (size - 1) // bs
+            f.seek(g["bat_off"] + 8 * (last + last // g["chunk_ratio"]))
+            e = struct.unpack("<Q", f.read(8))[0]
+            need = size - last * bs
+            assert e & 7 == 6 and need < bs and need % MiB == 0, \
+                "needs a fully present last block that ends mid-block"
+            dest = (e >> 20 << 20) + need
+            f.seek(g["meta_off"])
+            meta = f.read(g["meta_len"])
+            f.seek(dest)
+            f.write(meta)
+
+            def fn(t):
+                n = struct.unpack_from("<I", t, 8)[0]
+                for i in range(n):
+                    if t[16 + 32 * i:32 + 32 * i] == META_GUID:
+                        struct.pack_into("<Q", t, 32 + 32 * i, dest)
+            _rewrite_regions(f, fn)
         elif what == "meta-oob":
             f.seek(g["meta_off"])
             t = bytearray(f.read(64 * 1024))
