@@ -16,8 +16,12 @@
  * sectors, then flushes again.  After a crash each on-disk BAT entry is
  * either its old value (the write was never flushed, so nothing was
  * promised) or points to a block whose data was durable before the entry
- * was written.  BAT entries are 8-byte aligned within 4 KiB sectors, so
- * no entry is torn.  Freed blocks (ZERO/UNMAPPED) are never reused, so a
+ * was written.  A partially present block is completed (or zeroed) in
+ * place instead: until its new entry is written, the old entry and the
+ * sector bitmap still hide the sectors filled from the parent, and its
+ * present sectors hold their old data or that of the unflushed request.
+ * BAT entries are 8-byte aligned within 4 KiB sectors, so no entry is
+ * torn.  Freed blocks (ZERO/UNMAPPED) are never reused, so a
  * stale entry can never expose another block's data.  The log GUID stays
  * zero, so Hyper-V and QEMU open such a file without replay.
  */

@@ -231,8 +231,12 @@ bat_set (struct vhdx *v, uint64_t i, uint64_t e)
   v->any_dirty = true;
 }
 
-/* Allocate payload block BLK (v->lock held), its content the current one
- * with BUF (N bytes at OFF; BUF NULL: zeroes) applied.
+/* Make payload block BLK fully present (v->lock held), its content the
+ * current one with BUF (N bytes at OFF; BUF NULL: zeroes) applied.  A new
+ * block goes at the end of the file.  A partially present one is
+ * completed where it is: moving it would leave its old space unused for
+ * good, and a crash before the BAT is written leaves its bitmap, which
+ * hides the sectors filled from the parent.
  */
 static int
 alloc_block (struct vhdx *v, uint64_t blk, const uint8_t *buf, size_t n,
@@ -241,13 +245,15 @@ alloc_block (struct vhdx *v, uint64_t blk, const uint8_t *buf, size_t n,
   uint64_t bi = bat_index (v, blk);
   uint64_t bstart = blk * v->block_size;
   uint64_t blen = v->block_size;
-  uint64_t at = v->file_end, newend;
-  uint8_t *tmp = NULL;
   unsigned st = BAT_STATE (e);
+  bool in_place = st == PB_PARTIALLY_PRESENT;
+  uint64_t at = in_place ? BAT_OFFSET (e) : v->file_end;
+  uint64_t newend = v->file_end;
+  uint8_t *tmp = NULL;
   bool need_old = v->has_parent &&
     (st == PB_NOT_PRESENT || st == PB_PARTIALLY_PRESENT);
 
-  if (!ck_add64 (at, blen, &newend) || newend > INT64_MAX)
+  if (!in_place && (!ck_add64 (at, blen, &newend) || newend > INT64_MAX))
     return kvm_fail (EFBIG, "%s: file would grow too large", v->path);
   /* Room inside the container may hold stale data: zero it first. */
   if (!need_old && at < v->file->size) {
@@ -269,7 +275,10 @@ alloc_block (struct vhdx *v, uint64_t blk, const uint8_t *buf, size_t n,
       memcpy (tmp + (off - bstart), buf, n);
     else
       memset (tmp + (off - bstart), 0, n);
-    if (bdev_pwrite (v->file, tmp, blen, at, 0) == -1)
+    /* In place, only the part inside the disk: the open checked no more
+     * of the last block's space.
+     */
+    if (bdev_pwrite (v->file, tmp, in_place ? vlen : blen, at, 0) == -1)
       goto err;
     free (tmp);
     tmp = NULL;
@@ -387,6 +396,28 @@ zero_or_trim (struct vhdx *v, uint64_t count, uint64_t offset, bool trim,
                                  trim, trim ? 0 : flags & BDEV_MAY_TRIM);
       if (r == -1)
         return -1;
+    }
+    else if (whole && st == PB_PARTIALLY_PRESENT && !v->leave_alloc &&
+             !(flags & BDEV_FAST_ZERO)) {
+      /* The same for a partially present block, which then becomes fully
+       * present: zeroed even for a trim, as its sectors that were not
+       * present hold whatever the file had there.  Under the lock, so a
+       * write cannot complete the block from the parent in between.
+       */
+      pthread_mutex_lock (&v->lock);
+      int r = start_writing (v);
+      bool changed = r == 0 && bat_get (v, bi) != e;
+      if (r == 0 && !changed) {
+        r = bdev_discard_within (v->file, n, BAT_OFFSET (e), false,
+                                 trim ? BDEV_MAY_TRIM : flags & BDEV_MAY_TRIM);
+        if (r == 0)
+          bat_set (v, bi, PB_FULLY_PRESENT | BAT_OFFSET (e));
+      }
+      pthread_mutex_unlock (&v->lock);
+      if (r == -1)
+        return -1;
+      if (changed)
+        continue;               /* again, with the block's new state */
     }
     else if (whole && !v->leave_alloc) {
       pthread_mutex_lock (&v->lock);

@@ -7,12 +7,14 @@
 # parent stays byte-identical.  A PARTIALLY_PRESENT block with a sector
 # bitmap (made from the specification by vhdx-tool.py partial) reads its
 # set sectors from the child and the others from the parent, also after a
-# write into that block.  A parent whose DataWriteGuid no longer matches
+# write into that block, and it keeps its place in the file when written,
+# zeroed or trimmed.  A parent whose DataWriteGuid no longer matches
 # the child's parent_linkage is refused with a clear message unless
 # ignore-parent-linkage=true; a parent outside the child's directory is
 # refused unless allow-parent-path= names its directory.
 source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 source "$TOP_SRCDIR/tests/vhdx/vhdx-functions.sh"
+requires_nbdsh
 cd "$tmpdir"
 M=$((1024*1024))
 size=$((24*M))
@@ -62,6 +64,42 @@ nbdcopy "$(uri_of "$sock")" part2.got
 stop_nbdkit
 assert_same part.want part2.got "after writing into the partial block"
 echo "ok sector bitmap"
+
+# A partially present block keeps its place in the file when it is
+# written into, zeroed or trimmed whole, and then written again: the file
+# does not grow (completing it elsewhere, or dropping its entry, would
+# leave its old space unused for good).  Zeroed or trimmed, it reads as
+# zeroes, not as the parent.
+for op in write zero trim; do
+  rm -f "pz-$op.vhdx"
+  new_sock
+  serve "$sock" "pz-$op.vhdx" create=0 parent="$tmpdir/parent.vhdx" block-size=1M -r
+  stop_nbdkit
+  vtool partial "pz-$op.vhdx" parent.raw "pz-$op.want" 13
+  size0=$(stat -c %s "pz-$op.vhdx")
+  case $op in
+    write) sent="h.pwrite(b'\x5a' * 3072, $((M + 1024)))"
+           want="write -P 0x5a $((M + 1024)) 3072" ;;
+    zero)  sent="h.zero($M, $M)"; want="write -z $M $M" ;;
+    trim)  sent="h.trim($M, $M)"; want="write -z $M $M" ;;
+  esac
+  new_sock
+  serve "$sock" "pz-$op.vhdx"
+  nbdsh -u "$(uri_of "$sock")" -c "$sent" \
+    -c "h.pwrite(b'\x3c' * 4096, $((M + 512)))" -c "h.flush()" ||
+    fail "$op into the partially present block"
+  stop_nbdkit
+  printf '%s\nwrite -P 0x3c %d 4096\n' "$want" $((M + 512)) |
+    qemu_io_cmds -f raw "pz-$op.want"
+  [ "$(stat -c %s "pz-$op.vhdx")" = "$size0" ] ||
+    fail "$op: the file grew from $size0 to $(stat -c %s "pz-$op.vhdx") bytes"
+  new_sock
+  serve "$sock" "pz-$op.vhdx" -r
+  nbdcopy "$(uri_of "$sock")" "pz-$op.got"
+  stop_nbdkit
+  assert_same "pz-$op.want" "pz-$op.got" "partially present block after $op"
+done
+echo "ok partially present blocks stay in place"
 
 # Linkage: change the parent (a write gives it a new DataWriteGuid).
 cp parent.vhdx parent.orig
