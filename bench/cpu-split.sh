@@ -70,25 +70,6 @@ for c in futex sendto sendmsg write writev recvfrom recvmsg read readv \
   sysevents+=,syscalls:sys_enter_$c
 done
 
-# syscount PERF-OUTPUT IOS: "switches futex sends receives polls" per I/O.
-syscount () {
-  python3 - "$@" <<'EOF'
-import sys
-n = {}
-for l in open(sys.argv[1]):
-    f = l.split(",")
-    if len(f) > 3 and f[0].replace(".", "").isdigit():
-        n[f[2].replace("syscalls:sys_enter_", "")] = float(f[0])
-ios = float(sys.argv[2])
-group = lambda *names: sum(n.get(x, 0) for x in names) / ios
-print("\t".join("%.2f" % x for x in (
-    group("context-switches"), group("futex"),
-    group("sendto", "sendmsg", "write", "writev"),
-    group("recvfrom", "recvmsg", "read", "readv"),
-    group("poll", "ppoll", "epoll_wait", "epoll_pwait", "io_uring_enter"))))
-EOF
-}
-
 # cputicks PID...: user + system clock ticks of the processes, summed.
 cputicks () { local p t=0; for p; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo $t; }
 
@@ -126,27 +107,41 @@ measure () {
         --time_based --runtime="$runtime" --output-format=json \
         --output="$work/fio.json" > "$work/fio.log" 2>&1
     s1=$(cputicks $srv); [ "$backend" = 0 ] || b1=$(cputicks ${backend//,/ })
-    if [ -n "$sp" ]; then
-      kill -INT $sp; wait $sp 2>/dev/null || :
-      local ios
-      ios=$(python3 -c 'import json, sys; j = json.load(open(sys.argv[1]))["jobs"][0]
-print(j["read"]["total_ios"] + j["write"]["total_ios"])' "$work/fio.json")
-      printf '%s\t%s\t%s\t%s\t%s\n' "$setup" "$name" "$wl" \
-        "$(syscount "$work/srv-sys.txt" "$ios")" \
-        "$(syscount "$work/fio-sys.txt" "$ios")" >> "$sysresults"
-    fi
+    [ -z "$sp" ] || { kill -INT $sp; wait $sp 2>/dev/null || :; }
+    # A row of $results and, with --syscalls, one of $sysresults: per I/O
+    # "switches futex sends receives polls" of the server, then of fio.
     python3 - "$work" "$setup" "$name" "$wl" "$runtime" "$((s1 - s0))" \
-      "$((b1 - b0))" "$(getconf CLK_TCK)" >> "$results" <<'EOF'
+      "$((b1 - b0))" "$(getconf CLK_TCK)" "$results" \
+      "${sp:+$sysresults}" <<'EOF'
 import json, sys
-work, setup, name, wl, runtime, sticks, bticks, hz = sys.argv[1:]
+work, setup, name, wl, runtime, sticks, bticks, hz, res, sysres = sys.argv[1:]
 j = json.load(open(work + "/fio.json"))["jobs"][0]
 ios = j["read"]["total_ios"] + j["write"]["total_ios"]
 u, s = open(work + "/fio.time").read().split()[:2]
 cs = [l.split(",")[0] for l in open(work + "/perf.txt") if "context-switches" in l][0]
 us = lambda ticks: float(ticks) / float(hz) * 1e6 / ios
-print("\t".join(str(x) for x in (setup, name, wl, ios / float(runtime),
-      us(sticks), us(bticks), (float(u) + float(s)) * 1e6 / ios,
-      float(cs) / ios)))
+with open(res, "a") as out:
+    print("\t".join(str(x) for x in (setup, name, wl, ios / float(runtime),
+          us(sticks), us(bticks), (float(u) + float(s)) * 1e6 / ios,
+          float(cs) / ios)), file=out)
+
+def syscalls(path):
+    n = {}
+    for l in open(path):
+        f = l.split(",")
+        if len(f) > 3 and f[0].replace(".", "").isdigit():
+            n[f[2].replace("syscalls:sys_enter_", "")] = float(f[0])
+    group = lambda *names: sum(n.get(x, 0) for x in names) / ios
+    return [group("context-switches"), group("futex"),
+            group("sendto", "sendmsg", "write", "writev"),
+            group("recvfrom", "recvmsg", "read", "readv"),
+            group("poll", "ppoll", "epoll_wait", "epoll_pwait", "io_uring_enter")]
+
+if sysres:
+    with open(sysres, "a") as out:
+        print("\t".join([setup, name, wl] + ["%.2f" % x for x in
+              syscalls(work + "/srv-sys.txt") + syscalls(work + "/fio-sys.txt")]),
+              file=out)
 EOF
   done
   kill $srv; wait $srv 2>/dev/null || :
@@ -157,11 +152,8 @@ EOF
 start_nfs () {
   [ "$(id -u)" = 0 ] || { echo "$0: nfs needs root" >&2; exit 1; }
   [ -z "${ganesha:-}" ] || return 0
-  mkdir -p "$work/export"
   head -c 256M /dev/urandom > "$work/data.raw"
-  qemu-img convert -f raw -O qcow2 "$work/data.raw" "$work/export/data.qcow2"
-  rm "$work/data.raw"
-  nfs_ns_start "$work" || {
+  nfs_ns_serve_qcow2 "$work" "$work/data.raw" || {
     echo "$0: nfs server did not start: $(cat "$work/nfs-start.log")" >&2
     nfs_ns_stop "$work"; exit 1; }
   local rpcbind

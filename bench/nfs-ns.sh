@@ -31,6 +31,16 @@ nfs_ns_start () {
     > "$dir/nfs-start.log" 2>&1
 }
 
+# nfs_ns_serve_qcow2 DIR RAW: RAW converted to DIR/export/data.qcow2 (RAW
+# removed) and served by nfs_ns_start DIR as
+# nfs://127.0.0.1/export/data.qcow2; non-zero if either step failed.
+nfs_ns_serve_qcow2 () {
+  mkdir -p "$1/export"
+  qemu-img convert -f raw -O qcow2 "$2" "$1/export/data.qcow2" || return 1
+  rm -f "$2"
+  nfs_ns_start "$1"
+}
+
 # nfs_ns_stop DIR: kill what nfs_ns_start started.
 nfs_ns_stop () {
   local p

@@ -29,11 +29,8 @@ source "$BENCH_DIR/nfs-ns.sh"
 NFS_URL=nfs://127.0.0.1/export
 
 prepare () {
-  mkdir -p "$WORKDIR/export"
   make_random_raw "$WORKDIR/data.raw"
-  qemu-img convert -f raw -O qcow2 "$WORKDIR/data.raw" "$WORKDIR/export/data.qcow2"
-  rm -f "$WORKDIR/data.raw"
-  nfs_ns_start "$WORKDIR" ||
+  nfs_ns_serve_qcow2 "$WORKDIR" "$WORKDIR/data.raw" ||
     bench_die "nfs server did not start: $(cat "$WORKDIR/nfs-start.log")"
   bench_log "nfs: ganesha and rpcbind (pids $(cat "$WORKDIR/daemons.pid")) in the namespace of pid $(cat "$WORKDIR/anchor.pid")"
 }

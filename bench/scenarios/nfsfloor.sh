@@ -25,11 +25,8 @@ scenario_requires () {
 source "$BENCH_DIR/nfs-ns.sh"
 
 prepare () {
-  mkdir -p "$WORKDIR/export"
   make_random_raw "$WORKDIR/data.raw"
-  qemu-img convert -f raw -O qcow2 "$WORKDIR/data.raw" "$WORKDIR/export/data.qcow2"
-  rm -f "$WORKDIR/data.raw"
-  nfs_ns_start "$WORKDIR" ||
+  nfs_ns_serve_qcow2 "$WORKDIR" "$WORKDIR/data.raw" ||
     bench_die "nfs server did not start: $(cat "$WORKDIR/nfs-start.log")"
   UPSOCK=$WORKDIR/upstream.sock
   bench_daemon upstream nsenter -t "$(cat "$WORKDIR/anchor.pid")" -n -m -- \

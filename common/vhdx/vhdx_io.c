@@ -275,8 +275,8 @@ alloc_block (struct vhdx *v, uint64_t blk, const uint8_t *buf, size_t n,
       memcpy (tmp + (off - bstart), buf, n);
     else
       memset (tmp + (off - bstart), 0, n);
-    /* In place, only the part inside the disk: the open checked no more
-     * of the last block's space.
+    /* In place, only the part inside the disk (of the last block, that
+     * is all the open checked the file holds).
      */
     if (bdev_pwrite (v->file, tmp, in_place ? vlen : blen, at, 0) == -1)
       goto err;

@@ -54,9 +54,6 @@ vmdk_gt_release (struct vmdk *v, uint64_t bytes)
   __atomic_sub_fetch (&v->gt_mem, bytes, __ATOMIC_RELAXED);
 }
 
-/* *GTP: grain table GDI, loaded if needed; NULL if its directory entry is
- * 0 (no table: every grain unallocated).
- */
 /* Publish GT (BYTES charged) as grain table GDI of extent E, unless
  * another thread published one first: then GT is dropped and that one
  * returned.
@@ -74,6 +71,9 @@ vmdk_gt_publish (struct vmdk *v, struct extent *e, uint64_t gdi,
   return expected;
 }
 
+/* *GTP: grain table GDI, loaded if needed; NULL if its directory entry is
+ * 0 (no table: every grain unallocated).
+ */
 int
 vmdk_get_gt (struct vmdk *v, struct extent *e, uint64_t gdi, uint32_t **gtp)
 {
