@@ -20,6 +20,10 @@
 #             forwarding to one upstream `nbdkit memory`: the cost of the
 #             two servers' designs for any plugin with a network backend,
 #             with no code of this project involved
+#   waitfloor netfloor with an upstream qemu-nbd null-co that answers
+#             each request after WAIT_US µs (default 50: about what
+#             nfs-ganesha spends per request here), without code of this
+#             project: a backend that makes both servers wait as nfs does
 #   null      nbdkit null  vs  qemu-nbd null-co: no backend at all
 #
 # For each server, workload (randread, randwrite; fio nbd engine, 4 KiB,
@@ -209,6 +213,26 @@ setup_netfloor () {
   done
 }
 
+# waitfloor: netfloor with an upstream that answers each request after
+# WAIT_US microseconds (default 50, about nfs-ganesha's time per request
+# here) without spending that CPU: qemu-nbd's null-co with latency-ns.
+setup_waitfloor () {
+  local up=$work/up.sock i
+  qemu-nbd -t -e 0 -k "$up" --image-opts \
+    driver=null-co,size=256M,read-zeroes=off,latency-ns=$(( ${WAIT_US:-50} * 1000 )) &
+  local upid=$!
+  pids+=($upid)
+  pin_backend $upid
+  for (( i = 0; i < 200; i++ )); do [ -S "$up" ] && break; sleep 0.05; done
+  [ -S "$up" ] || { echo "$0: upstream qemu-nbd did not start" >&2; exit 1; }
+  for (( r = 1; r <= rounds; r++ )); do
+    measure waitfloor nbdkit-nbd $upid nbdkit -f -U "$work/s.sock" nbd socket="$up"
+    measure waitfloor qemu-nbd $upid qemu-nbd -t -e 0 -k "$work/s.sock" -f raw \
+      "nbd+unix:///?socket=$up"
+  done
+  kill $upid; wait $upid 2>/dev/null || :
+}
+
 setup_null () {
   for (( r = 1; r <= rounds; r++ )); do
     measure null nbdkit-null 0 nbdkit -f -U "$work/s.sock" null size=256M
@@ -219,8 +243,8 @@ setup_null () {
 
 for s in "$@"; do
   case $s in
-    nfs|nfsfloor|netfloor|null) echo "cpu-split: $s ($rounds rounds of ${runtime} s)" >&2; setup_$s ;;
-    *) echo "$0: unknown setup '$s' (nfs, nfsfloor, netfloor, null)" >&2; exit 2 ;;
+    nfs|nfsfloor|netfloor|waitfloor|null) echo "cpu-split: $s ($rounds rounds of ${runtime} s)" >&2; setup_$s ;;
+    *) echo "$0: unknown setup '$s' (nfs, nfsfloor, netfloor, waitfloor, null)" >&2; exit 2 ;;
   esac
 done
 

@@ -16,6 +16,7 @@ nfs_ns_start () {
   local dir=$1 anchor i
   unshare -n -m --propagation private -- sleep 1000000 </dev/null >/dev/null 2>&1 &
   anchor=$!
+  disown "$anchor"              # killed by nfs_ns_stop: no "Killed" notice
   echo "$anchor" > "$dir/anchor.pid"
   for (( i = 0; i < 100; i++ )); do
     [ "$(readlink "/proc/$anchor/ns/net")" != "$(readlink /proc/self/ns/net)" ] && break
