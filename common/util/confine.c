@@ -54,12 +54,16 @@ struct url_parts {
   char *origin, *path, *query;
 };
 
+/* Frees and clears, so that freeing again (a failed url_split, then the
+ * caller's cleanup) is harmless.
+ */
 static void
 url_parts_free (struct url_parts *u)
 {
   free (u->origin);
   free (u->path);
   free (u->query);
+  memset (u, 0, sizeof *u);
 }
 
 /* Normalise absolute path P of length N lexically.  NULL with errno EACCES

@@ -30,6 +30,7 @@ mk up.qcow2 ../secret.raw
 mk root.qcow2 ../../outside.raw
 mk deep.qcow2 ../../../../../../../etc/passwd
 mk other-export.qcow2 nfs://127.0.0.1/other/secret.raw
+mk url-above-root.qcow2 nfs://127.0.0.1/../etc/passwd
 mk other-server.qcow2 nfs://127.0.0.2/export/secret.raw
 mk options.qcow2 "nfs://127.0.0.1/export/vm/x.raw?uid=0"
 mk sideways.qcow2 ../shared/base.raw
@@ -70,6 +71,8 @@ refused local-path abs.qcow2 "refusing file '$tmpdir/local/secret.raw'.*a local 
 refused up-in-export up.qcow2 "refusing file '../secret.raw'.*outside the image's directory $NFS_URL/vm"
 refused above-export root.qcow2 "refusing file '../../outside.raw'"
 refused above-root deep.qcow2 "refusing file '.*etc/passwd'.*above the server's root"
+# (This one once freed the parsed URL twice: nbdkit died.)
+refused url-above-root url-above-root.qcow2 "refusing file 'nfs://127.0.0.1/../etc/passwd'.*above the server's root"
 refused other-export other-export.qcow2 "refusing file 'nfs://127.0.0.1/other/secret.raw'"
 refused other-server other-server.qcow2 "refusing file 'nfs://127.0.0.2/export/secret.raw'"
 refused image-options options.qcow2 "may not set connection options"

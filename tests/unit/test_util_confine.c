@@ -135,6 +135,20 @@ main (void)
   CHECK (errno == EACCES);
   CHECK (confine_resolve (u, "a?b", NULL, false) == NULL);
   CHECK (errno == EINVAL);
+  /* A URL whose own path climbs above its root, named by a URL image, by
+   * a local image, or as the image itself: refused (this once freed the
+   * URL's parts twice).
+   */
+  errno = 0;
+  CHECK (confine_resolve (u, "nfs://h/../etc/passwd", NULL, false) == NULL);
+  CHECK (errno == EACCES);
+  errno = 0;
+  CHECK (confine_resolve (img, "C://///../x", NULL, false) == NULL);
+  CHECK (errno == EACCES);
+  errno = 0;
+  CHECK (confine_resolve ("nfs://h/../top.qcow2", "base.qcow2", NULL,
+                          false) == NULL);
+  CHECK (errno == EACCES);
   /* A local image may not name a URL either. */
   CHECK (confine_resolve (img, "nfs://h/exp/dir/base.qcow2", NULL,
                           false) == NULL);
