@@ -55,6 +55,7 @@ cfg_free (struct nfs_cfg *c)
   free (c->server);
   free (c->path);
   free (c->args);
+  memset (c, 0, sizeof *c);     /* freeing twice is harmless */
 }
 
 bool
@@ -429,6 +430,8 @@ mount_for (const struct nfs_cfg *c, const char *path, bool dir,
       pl->rel = strdup (*rel ? rel : "/");
       if (!pl->rel) {
         nfs_destroy_context (nfs);
+        free (m);
+        pl->mount = NULL;
         errno = ENOMEM;
         return NULL;
       }
