@@ -179,57 +179,53 @@ setup_nfs () {
   done
 }
 
+# start_upstream CMD...: run the upstream NBD server CMD (serving on
+# $work/up.sock) in the background, pinned as a backend; sets upid.
+start_upstream () {
+  local i
+  rm -f "$work/up.sock"
+  "$@" &
+  upid=$!
+  pids+=($upid)
+  pin_backend $upid
+  for (( i = 0; i < 200; i++ )); do [ -S "$work/up.sock" ] && break; sleep 0.05; done
+  [ -S "$work/up.sock" ] || { echo "$0: the upstream server did not start: $*" >&2; exit 1; }
+}
+
+# floor_rounds SETUP BACKEND-PIDS: nbdkit's nbd plugin and qemu-nbd's nbd
+# driver, each forwarding to the upstream on $work/up.sock.
+floor_rounds () {
+  for (( r = 1; r <= rounds; r++ )); do
+    measure "$1" nbdkit-nbd "$2" nbdkit -f -U "$work/s.sock" nbd socket="$work/up.sock"
+    measure "$1" qemu-nbd "$2" qemu-nbd -t -e 0 -k "$work/s.sock" -f raw \
+      "nbd+unix:///?socket=$work/up.sock"
+  done
+}
+
 # nfsfloor: as the bench scenario of that name.  The backend is the
 # upstream qemu-nbd on nfs:// and nfs-ganesha together.
 setup_nfsfloor () {
   start_nfs
-  local up=$work/up.sock i
-  "${ns[@]}" qemu-nbd -t -e 0 -k "$up" -f qcow2 nfs://127.0.0.1/export/data.qcow2 &
-  local upid=$!
-  pids+=($upid)
-  pin_backend $upid
-  for (( i = 0; i < 200; i++ )); do [ -S "$up" ] && break; sleep 0.05; done
-  [ -S "$up" ] || { echo "$0: upstream qemu-nbd did not start" >&2; exit 1; }
-  for (( r = 1; r <= rounds; r++ )); do
-    measure nfsfloor nbdkit-nbd $upid,$ganesha nbdkit -f -U "$work/s.sock" nbd socket="$up"
-    measure nfsfloor qemu-nbd $upid,$ganesha qemu-nbd -t -e 0 -k "$work/s.sock" -f raw \
-      "nbd+unix:///?socket=$up"
-  done
+  start_upstream "${ns[@]}" qemu-nbd -t -e 0 -k "$work/up.sock" -f qcow2 \
+    nfs://127.0.0.1/export/data.qcow2
+  floor_rounds nfsfloor $upid,$ganesha
   kill $upid; wait $upid 2>/dev/null || :
 }
 
 setup_netfloor () {
-  nbdkit -f -U "$work/up.sock" memory size=256M &
-  local up=$!
-  pids+=($up)
-  pin_backend $up
-  local i
-  for (( i = 0; i < 200; i++ )); do [ -S "$work/up.sock" ] && break; sleep 0.05; done
+  start_upstream nbdkit -f -U "$work/up.sock" memory size=256M
   nbdcopy -- [ nbdkit pattern size=256M ] "nbd+unix:///?socket=$work/up.sock"
-  for (( r = 1; r <= rounds; r++ )); do
-    measure netfloor nbdkit-nbd $up nbdkit -f -U "$work/s.sock" nbd socket="$work/up.sock"
-    measure netfloor qemu-nbd $up qemu-nbd -t -e 0 -k "$work/s.sock" -f raw \
-      "nbd+unix:///?socket=$work/up.sock"
-  done
+  floor_rounds netfloor $upid
+  kill $upid; wait $upid 2>/dev/null || :
 }
 
 # waitfloor: netfloor with an upstream that answers each request after
 # WAIT_US microseconds (default 50, about nfs-ganesha's time per request
 # here) without spending that CPU: qemu-nbd's null-co with latency-ns.
 setup_waitfloor () {
-  local up=$work/up.sock i
-  qemu-nbd -t -e 0 -k "$up" --image-opts \
-    driver=null-co,size=256M,read-zeroes=off,latency-ns=$(( ${WAIT_US:-50} * 1000 )) &
-  local upid=$!
-  pids+=($upid)
-  pin_backend $upid
-  for (( i = 0; i < 200; i++ )); do [ -S "$up" ] && break; sleep 0.05; done
-  [ -S "$up" ] || { echo "$0: upstream qemu-nbd did not start" >&2; exit 1; }
-  for (( r = 1; r <= rounds; r++ )); do
-    measure waitfloor nbdkit-nbd $upid nbdkit -f -U "$work/s.sock" nbd socket="$up"
-    measure waitfloor qemu-nbd $upid qemu-nbd -t -e 0 -k "$work/s.sock" -f raw \
-      "nbd+unix:///?socket=$up"
-  done
+  start_upstream qemu-nbd -t -e 0 -k "$work/up.sock" --image-opts \
+    driver=null-co,size=256M,read-zeroes=off,latency-ns=$(( ${WAIT_US:-50} * 1000 ))
+  floor_rounds waitfloor $upid
   kill $upid; wait $upid 2>/dev/null || :
 }
 
