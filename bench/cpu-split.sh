@@ -193,13 +193,15 @@ start_upstream () {
 }
 
 # floor_rounds SETUP BACKEND-PIDS: nbdkit's nbd plugin and qemu-nbd's nbd
-# driver, each forwarding to the upstream on $work/up.sock.
+# driver, each forwarding to the upstream on $work/up.sock; then the
+# upstream is stopped.
 floor_rounds () {
   for (( r = 1; r <= rounds; r++ )); do
     measure "$1" nbdkit-nbd "$2" nbdkit -f -U "$work/s.sock" nbd socket="$work/up.sock"
     measure "$1" qemu-nbd "$2" qemu-nbd -t -e 0 -k "$work/s.sock" -f raw \
       "nbd+unix:///?socket=$work/up.sock"
   done
+  kill $upid; wait $upid 2>/dev/null || :
 }
 
 # nfsfloor: as the bench scenario of that name.  The backend is the
@@ -209,24 +211,21 @@ setup_nfsfloor () {
   start_upstream "${ns[@]}" qemu-nbd -t -e 0 -k "$work/up.sock" -f qcow2 \
     nfs://127.0.0.1/export/data.qcow2
   floor_rounds nfsfloor $upid,$ganesha
-  kill $upid; wait $upid 2>/dev/null || :
 }
 
 setup_netfloor () {
   start_upstream nbdkit -f -U "$work/up.sock" memory size=256M
   nbdcopy -- [ nbdkit pattern size=256M ] "nbd+unix:///?socket=$work/up.sock"
   floor_rounds netfloor $upid
-  kill $upid; wait $upid 2>/dev/null || :
 }
 
 # waitfloor: netfloor with an upstream that answers each request after
 # WAIT_US microseconds (default 50, about nfs-ganesha's time per request
-# here) without spending that CPU: qemu-nbd's null-co with latency-ns.
+# here) on a timer, not by computing: qemu-nbd's null-co with latency-ns.
 setup_waitfloor () {
   start_upstream qemu-nbd -t -e 0 -k "$work/up.sock" --image-opts \
     driver=null-co,size=256M,read-zeroes=off,latency-ns=$(( ${WAIT_US:-50} * 1000 ))
   floor_rounds waitfloor $upid
-  kill $upid; wait $upid 2>/dev/null || :
 }
 
 setup_null () {
