@@ -22,6 +22,16 @@ static struct bdev *
 raw_open (const char *path, const struct bdev_open_opts *opts, unsigned depth)
 {
   (void) depth;
+  /* A raw image names no backing file, so a backing given by the caller
+   * could only be ignored: refuse it rather than serve the raw bytes
+   * alone, and close it, as every engine does on a failed open.
+   */
+  if (opts->backing) {
+    kvm_error ("%s: a raw image cannot have a backing file", path);
+    bdev_close (opts->backing);
+    errno = EINVAL;
+    return NULL;
+  }
   return bdev_storage_open (path, opts);
 }
 

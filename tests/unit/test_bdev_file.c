@@ -150,6 +150,17 @@ test_readonly_and_probe (const char *path)
   CHECK (bdev_open (path, "nosuchformat", &o, 0) == NULL && errno == ENOTSUP);
   CHECK (bdev_open (path, NULL, &o, BDEV_MAX_CHAIN + 1) == NULL);
   CHECK (bdev_open ("/nonexistent/x", NULL, &o, 0) == NULL);
+
+  /* A raw image has no backing: one given is refused and closed (a leak
+   * under ASan otherwise), whether the format is named or probed.
+   */
+  for (int probed = 0; probed <= 1; probed++) {
+    struct bdev_open_opts b = { .readonly = true };
+    b.backing = bdev_file_open (path, &o);
+    CHECK (b.backing != NULL);
+    CHECK (bdev_open (path, probed ? NULL : "raw", &b, 0) == NULL);
+    CHECK (errno == EINVAL);
+  }
 }
 
 static void
