@@ -1,0 +1,75 @@
+#!/bin/bash
+# SPDX-License-Identifier: BSD-3-Clause
+# Each built plugin's and filter's man page and its parameters agree:
+# - every parameter the PARAMETERS section names in bold is one nbdkit
+#   passes to the module and the module accepts as a key: given with a
+#   junk value, it is never reported as an unknown parameter (a filter's
+#   unknown key would fall through to the null plugin, which says so);
+# - every key the module's source compares a parameter name with is named
+#   in that section (synonyms included).
+# A made-up key must be reported as unknown, so the first check can fail.
+source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
+requires nbdkit
+requires python3
+
+pp="$TOP_SRCDIR/tests/project/pod-params.py"
+work=$(mktemp -d /tmp/kvm-params.XXXXXX)
+cleanup_add rm -rf "$work"
+# Modules start for real when a junk value happens to be accepted (the
+# filters over null): run them in a scratch directory, exiting at once.
+cd "$work" || fail "cd $work"
+
+# Run the module's command line (the array modcmd) with KEY=VALUE; print
+# what nbdkit said.  (The timeout only guards against a hang: what counts
+# is printed while the configuration is read.)
+try_key () {
+  timeout -s KILL 20 \
+    env ${KVM_SANITIZER_PRELOAD:+LD_PRELOAD="$KVM_SANITIZER_PRELOAD"} \
+    nbdkit -U - --run true "${modcmd[@]}" "$1=$2" </dev/null 2>&1 || :
+}
+
+n=0
+for so in "$TOP_BUILDDIR"/plugins/*/nbdkit-*-plugin.so \
+          "$TOP_BUILDDIR"/filters/*/nbdkit-*-filter.so; do
+  [ -f "$so" ] || continue
+  base=$(basename "$so" .so)                 # nbdkit-NAME-plugin
+  dir=$(basename "$(dirname "$so")")
+  kind=${base##*-}
+  srcdir="$TOP_SRCDIR/${kind}s/$dir"
+  pod="$srcdir/$base.pod"
+  [ -f "$pod" ] || fail "$base: no man page source $pod"
+  if [ "$kind" = plugin ]; then
+    modcmd=("$so")
+  else
+    modcmd=(--filter="$so" null size=1M)
+  fi
+
+  out=$(try_key kvm-no-such-key 1)
+  grep -qF "unknown parameter 'kvm-no-such-key'" <<<"$out" ||
+    fail "$base: a made-up key was not reported as unknown: $out"
+
+  keys=$(python3 "$pp" documented "$pod") || fail "$pod: $keys"
+  [ -n "$keys" ] || fail "$pod: no parameter found in its PARAMETERS section"
+  for key in $keys; do
+    out=$(try_key "$key" kvm-junk)
+    if grep -qF "unknown parameter '$key'" <<<"$out"; then
+      fail "$base: its man page documents $key=, which it does not accept: $out"
+    fi
+  done
+
+  # The module's own sources; its command-line tools (nbdkit-*-ctl.c,
+  # nbdkit-*-check.c) take no nbdkit parameters.
+  srcs=()
+  for c in "$srcdir"/*.c; do
+    case $(basename "$c") in nbdkit-*) continue ;; esac
+    srcs+=("$c")
+  done
+  missing=$(python3 "$pp" undocumented "$pod" "${srcs[@]}") ||
+    fail "$pod: $missing"
+  [ -z "$missing" ] ||
+    fail "$base: accepts keys its man page does not name:" $missing
+
+  echo "ok: $base ($(wc -w <<<"$keys") documented parameters)"
+  n=$((n+1))
+done
+[ $n -gt 0 ] || fail "no plugin or filter was built"
