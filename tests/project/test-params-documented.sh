@@ -6,11 +6,13 @@
 #   junk value, it is never reported as an unknown parameter (a filter's
 #   unknown key would fall through to the null plugin, which says so);
 # - every key the module's source compares a parameter name with is named
-#   in that section (synonyms included).
+#   in that section (synonyms included);
+# - its -D debug flags (the exported NAME_debug_FLAG variables) are the
+#   ones its man page names as -D NAME.FLAG=.
 # A made-up key must be reported as unknown, so the first check can fail.
 source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 requires nbdkit
-requires python3
+requires python3 nm
 
 pp="$TOP_SRCDIR/tests/project/pod-params.py"
 work=$(mktemp -d /tmp/kvm-params.XXXXXX)
@@ -69,7 +71,15 @@ for so in "$TOP_BUILDDIR"/plugins/*/nbdkit-*-plugin.so \
   [ -z "$missing" ] ||
     fail "$base: accepts keys its man page does not name:" $missing
 
-  echo "ok: $base ($(wc -w <<<"$keys") documented parameters)"
+  flags=$(nm -D --defined-only "$so" | awk '{ print $NF }' |
+          sed -n 's/^\([a-z0-9]*\)_debug_\([a-z0-9_]*\)$/\1.\2/p' | sort -u)
+  docflags=$(grep -oE -- '-D [a-z0-9_]+\.[a-z0-9_]+=' "$pod" |
+             sed 's/^-D //; s/=$//' | sort -u || :)
+  [ "$flags" = "$docflags" ] ||
+    fail "$base: debug flags exported: [$(echo $flags)], in its man page: [$(echo $docflags)]"
+
+  echo "ok: $base ($(wc -w <<<"$keys") documented parameters," \
+       "debug flags: $(echo ${flags:-none}))"
   n=$((n+1))
 done
 [ $n -gt 0 ] || fail "no plugin or filter was built"
