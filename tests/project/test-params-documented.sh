@@ -8,7 +8,9 @@
 # - every key the module's source compares a parameter name with is named
 #   in that section (synonyms included);
 # - its -D debug flags (the exported NAME_debug_FLAG variables) are the
-#   ones its man page names as -D NAME.FLAG=.
+#   ones its man page names as -D NAME.FLAG=;
+# - a plugin's own --dump-plugin fields (NAME_...=) are the ones its DUMP
+#   PLUGIN OUTPUT section names.
 # A made-up key must be reported as unknown, so the first check can fail.
 source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 requires nbdkit
@@ -77,6 +79,17 @@ for so in "$TOP_BUILDDIR"/plugins/*/nbdkit-*-plugin.so \
              sed 's/^-D //; s/=$//' | sort -u || :)
   [ "$flags" = "$docflags" ] ||
     fail "$base: debug flags exported: [$(echo $flags)], in its man page: [$(echo $docflags)]"
+
+  if [ "$kind" = plugin ]; then
+    name=${base#nbdkit-}; name=${name%-plugin}
+    dump=$(nbdkit "$so" --dump-plugin) || fail "$base: --dump-plugin failed"
+    fields=$(sed -n "s/^\(${name}_[a-z0-9_]*\)=.*/\1/p" <<<"$dump" | sort -u)
+    docfields=$(sed -n '/^=head1 DUMP PLUGIN OUTPUT/,/^=head1 /p' "$pod" |
+                grep -oE "C<${name}_[a-z0-9_]+=" | sed 's/^C<//; s/=$//' |
+                sort -u || :)
+    [ "$fields" = "$docfields" ] ||
+      fail "$base: --dump-plugin prints [$(echo $fields)], its man page's DUMP PLUGIN OUTPUT names [$(echo $docfields)]"
+  fi
 
   echo "ok: $base ($(wc -w <<<"$keys") documented parameters," \
        "debug flags: $(echo ${flags:-none}))"
