@@ -856,7 +856,7 @@ thin_open (struct bdev *pool, const struct thin_opts *o)
    * header, up to THIN_MAX_VCHUNKS) is allocated: a short hostile file
    * fails here, fast.
    */
-  uint64_t meta_need = 2 * TBLK + 2 * t->g.body_bytes;
+  uint64_t meta_need = thin_meta_bytes (&t->g);
   if (slot != -1 && meta->size < meta_need) {
     kvm_error ("thin: %s: the metadata of %" PRIu64 " virtual chunks needs "
                "%" PRIu64 " bytes, but the device has %" PRIu64, meta->name,

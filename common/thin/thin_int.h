@@ -73,6 +73,8 @@ struct verify_result {
 int thin_geom_compute (struct geom *g, uint64_t vsize, uint32_t chunk,
                        bool external, char *err, size_t errlen);
 uint64_t thin_body_off (const struct geom *g, unsigned slot);
+/* Bytes of metadata (at the start of the pool, or the separate file). */
+uint64_t thin_meta_bytes (const struct geom *g);
 uint32_t thin_block_crc (uint32_t seed, const uint8_t *blk);
 void thin_header_encode (uint8_t *b, const struct geom *g, uint64_t seq,
                          uint64_t used, uint64_t pool_chunks);

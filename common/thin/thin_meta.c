@@ -47,8 +47,7 @@ thin_geom_compute (struct geom *g, uint64_t vsize, uint32_t chunk,
   g->body_bytes = ((uint64_t) g->tblocks + g->bblocks) * TBLK;
   if (external)
     g->data_off = 0;
-  else if (!ck_round_up64 (2 * TBLK + 2 * g->body_bytes, chunk,
-                           &g->data_off)) {
+  else if (!ck_round_up64 (thin_meta_bytes (g), chunk, &g->data_off)) {
     kvm_seterr (err, errlen, "metadata size overflows");
     return -1;
   }
@@ -59,6 +58,12 @@ uint64_t
 thin_body_off (const struct geom *g, unsigned slot)
 {
   return 2 * TBLK + slot * g->body_bytes;
+}
+
+uint64_t
+thin_meta_bytes (const struct geom *g)
+{
+  return thin_body_off (g, 2);          /* both headers, both bodies */
 }
 
 uint32_t
@@ -346,6 +351,16 @@ thin_check (struct bdev *pool, struct bdev *meta, FILE *out, bool verbose)
            " virtual chunks, %" PRIu64 " physical chunks, current slot %d "
            "(seq %" PRIu64 ")\n", g.vsize, g.chunk, g.nv, pool_chunks, slot,
            seq);
+  /* As in thin_open: the chunk map is sized from the header (up to
+   * THIN_MAX_VCHUNKS), so a metadata area cut short is reported before
+   * it is allocated, not read as gigabytes of zeroes.
+   */
+  if (m->size < thin_meta_bytes (&g)) {
+    fprintf (out, "the metadata of %" PRIu64 " virtual chunks needs %" PRIu64
+             " bytes, but %s has %" PRIu64 " (truncated): PROBLEMS FOUND\n",
+             g.nv, thin_meta_bytes (&g), m->name, m->size);
+    return 1;
+  }
   if (pool->size < g.data_off) {
     fprintf (out, "pool too small for its metadata\n");
     problems++;

@@ -5,6 +5,8 @@
 # nbdkit-thin-check must find.
 #   thin-meta.py summary POOL      -> "mapped N used M seq S slot K"
 #   thin-meta.py plant POOL double|leak|range
+#   thin-meta.py forge POOL NV  -> a new 8 KiB POOL: only a header, valid
+#                                  and consistent, claiming NV chunks of 4 KiB
 import os
 import struct
 import sys
@@ -74,8 +76,25 @@ def bits(f, h):
     return out[:h["nv"]]
 
 
+def forge(path, nv):
+    tb = -(-nv // TPB)
+    bb = -(-nv // BPB)
+    body = (tb + bb) * BLK
+    doff = -(-(2 * BLK + 2 * body) // BLK) * BLK
+    h = bytearray(BLK)
+    h[:8] = b"NBDKTHIN"
+    struct.pack_into("<IIQQIIQQIIQQQ", h, 8, 1, BLK, 1, nv * BLK, BLK, 0,
+                     nv, doff, tb, bb, body, 0, 0)
+    struct.pack_into("<I", h, BLK - 4, crc32c(bytes(h[:BLK - 4])))
+    with open(path, "wb") as f:
+        f.write(h + bytes(BLK))
+
+
 def main():
     cmd, path = sys.argv[1], sys.argv[2]
+    if cmd == "forge":
+        forge(path, int(sys.argv[3]))
+        return
     with open(path, "r+b") as f:
         h = headers(f)
         e = entries(f, h)
