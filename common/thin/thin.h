@@ -7,19 +7,22 @@
  * The metadata lives at the start of the pool (then the data chunks start
  * at data_offset, a multiple of the chunk size), or in a separate
  * metadata device (then data_offset is 0).  It holds two copies ("slots")
- * of the whole metadata, at byte offsets 0 and slot_bytes; a commit
- * writes the slot not holding the newest transaction and then its header,
- * so one slot is always complete (dm-thin's two superblocks, simplified).
+ * of the whole metadata; a commit writes the slot not holding the newest
+ * transaction and then its header, so one slot is always complete
+ * (dm-thin's two superblocks, simplified).  Transaction T is always
+ * written to slot T & 1, so that the next one never overwrites the
+ * current slot: a header whose seq does not match its slot is invalid.
  *
- * Slot = 1 header block, table_blocks table blocks, bitmap_blocks bitmap
- * blocks, in that order.
+ * Layout: header of slot 0 at byte 0, header of slot 1 at 4096, then the
+ * body of slot 0 at 8192 and the body of slot 1 at 8192 + body_bytes.  A
+ * body is table_blocks table blocks, then bitmap_blocks bitmap blocks.
  *
  * Header block:
  *   0   char[8] magic "NBDKTHIN"
  *   8   u32 version (1)
  *   12  u32 block size (4096)
  *   16  u64 seq: transaction number (the valid slot with the higher
- *       seq is current)
+ *       seq is current; seq & 1 is the slot's index)
  *   24  u64 virtual size in bytes
  *   32  u32 chunk size in bytes (power of 2, 4 KiB .. 64 MiB)
  *   36  u32 flags (bit 0: metadata in a separate device)
@@ -27,7 +30,7 @@
  *   48  u64 data_offset: byte offset of physical chunk 0 in the pool
  *   56  u32 table_blocks = ceil(nr_virtual / 1023)
  *   60  u32 bitmap_blocks = ceil(nr_virtual / 32736)
- *   64  u64 slot_bytes = (1 + table_blocks + bitmap_blocks) * 4096
+ *   64  u64 body_bytes = (table_blocks + bitmap_blocks) * 4096
  *   72  u64 used chunks at the commit (must equal the bits set)
  *   80  u64 pool chunks at the commit (informational)
  *   4092 u32 crc32c of bytes 0..4091

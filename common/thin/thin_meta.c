@@ -96,12 +96,13 @@ thin_header_encode (uint8_t *b, const struct geom *g, uint64_t seq,
   store_le32 (b + TBLK - 4, crc32c (0, b, TBLK - 4));
 }
 
-/* Decode and validate one header block; every field is checked against
- * the geometry recomputed from the virtual size and chunk size.
+/* Decode and validate the header block of slot SLOT; every field is
+ * checked against the geometry recomputed from the virtual size and chunk
+ * size.
  */
 static int
-header_decode (const uint8_t *b, struct geom *g, uint64_t *seq,
-               uint64_t *used, char *err, size_t errlen)
+header_decode (const uint8_t *b, unsigned slot, struct geom *g,
+               uint64_t *seq, uint64_t *used, char *err, size_t errlen)
 {
   struct geom c;
   if (memcmp (b, thin_magic, 8) != 0) {
@@ -137,7 +138,16 @@ header_decode (const uint8_t *b, struct geom *g, uint64_t *seq,
                 *used);
     return -1;
   }
+  /* Commits write transaction T to slot T & 1 and never touch the
+   * current slot; a header elsewhere would make the next commit overwrite
+   * the current slot and then publish the other one with stale blocks.
+   */
   *seq = load_le64 (b + 16);
+  if ((*seq & 1) != slot) {
+    kvm_seterr (err, errlen, "sequence number %" PRIu64 " does not belong "
+                "in slot %u", *seq, slot);
+    return -1;
+  }
   *g = c;
   return 0;
 }
@@ -173,7 +183,8 @@ thin_headers_read (struct bdev *meta, struct geom *g, uint64_t *seq,
   for (unsigned s = 0; s < 2; s++) {
     struct geom gs;
     uint64_t q, u;
-    if (header_decode (b + s * TBLK, &gs, &q, &u, e[s], sizeof e[s]) == -1) {
+    if (header_decode (b + s * TBLK, s, &gs, &q, &u, e[s],
+                       sizeof e[s]) == -1) {
       if (report)
         fprintf (report, "slot %u: header invalid: %s\n", s, e[s]);
       continue;

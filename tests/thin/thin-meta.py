@@ -4,7 +4,7 @@
 # common/thin/thin.h), for the tests: summarise it, or plant a fault that
 # nbdkit-thin-check must find.
 #   thin-meta.py summary POOL      -> "mapped N used M seq S slot K"
-#   thin-meta.py plant POOL double|leak|range
+#   thin-meta.py plant POOL double|leak|range|wrongslot
 #   thin-meta.py forge POOL NV  -> a new 8 KiB POOL: only a header, valid
 #                                  and consistent, claiming NV chunks of 4 KiB
 import os
@@ -83,7 +83,7 @@ def forge(path, nv):
     doff = -(-(2 * BLK + 2 * body) // BLK) * BLK
     h = bytearray(BLK)
     h[:8] = b"NBDKTHIN"
-    struct.pack_into("<IIQQIIQQIIQQQ", h, 8, 1, BLK, 1, nv * BLK, BLK, 0,
+    struct.pack_into("<IIQQIIQQIIQQQ", h, 8, 1, BLK, 2, nv * BLK, BLK, 0,
                      nv, doff, tb, bb, body, 0, 0)
     struct.pack_into("<I", h, BLK - 4, crc32c(bytes(h[:BLK - 4])))
     with open(path, "wb") as f:
@@ -104,6 +104,16 @@ def main():
                   (sum(1 for x in e if x), sum(b), h["seq"], h["slot"]))
             return
         kind = sys.argv[3]
+        if kind == "wrongslot":
+            # The current header, its seq raised by one: transaction T
+            # belongs in slot T & 1, so this one is in the wrong slot.
+            f.seek(h["slot"] * BLK)
+            hb = bytearray(f.read(BLK))
+            struct.pack_into("<Q", hb, 16, h["seq"] + 1)
+            struct.pack_into("<I", hb, BLK - 4, crc32c(bytes(hb[:BLK - 4])))
+            f.seek(h["slot"] * BLK)
+            f.write(hb)
+            return
         mapped = [v for v, x in enumerate(e) if x]
         free_v = [v for v, x in enumerate(e) if not x]
         if kind == "double":
