@@ -4,7 +4,8 @@
  * BAT and sector bitmaps.  The input (vhdx_sparse.h) becomes a file in a
  * private directory; it is opened read-only with the parent ignored, read
  * and mapped across its virtual size (bounded), then opened read-write
- * and given a few writes, zero writes, trims and a flush.
+ * and given a few writes, zero writes, trims and a flush.  Inputs of even
+ * length get their checksums repaired first (vhdx_fix.h).
  *
  * Seeds: tests/fuzz/corpus/vhdx/, made by tests/fuzz/make-vhdx-corpus.sh.
  */
@@ -13,6 +14,7 @@
 #include "bdev/bdev.h"
 #include "fuzz_common.h"
 #include "vhdx/vhdx.h"
+#include "vhdx_fix.h"
 #include "vhdx_sparse.h"
 
 static const struct fuzz_limits limits = {
@@ -31,6 +33,8 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
   fuzz_init ("vhdx", "img.vhdx");
   if (vhdx_sparse_write (imgpath, data, size) == -1)
     abort ();
+  if (size % 2 == 0)
+    vhdx_fix_checksums (imgpath);
   static const char *const noparent[] = { "vhdx.parent=none", NULL };
   struct bdev_open_opts opts = {
     .readonly = true,
