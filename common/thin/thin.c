@@ -927,6 +927,15 @@ thin_open (struct bdev *pool, const struct thin_opts *o)
         t->bgen[j] = t->seq + 1;
       t->dirty = true;
     }
+    /* The header's count is a summary of the table: a wrong one is
+     * rewritten (with the header of the next commit), not trusted.
+     */
+    if (vr.mapped != used) {
+      kvm_error ("thin: %s: the header says %" PRIu64 " chunks are used, "
+                 "but %" PRIu64 " are mapped: correcting it", meta->name,
+                 used, vr.mapped);
+      t->dirty = true;
+    }
     bitmap_free (&bits);
     /* Which blocks the other slot lacks is not known: the first commit
      * writes every block (gen >= seq), later ones only changed blocks.
@@ -944,7 +953,7 @@ thin_open (struct bdev *pool, const struct thin_opts *o)
         t->n_alloc++;
         t->n_mapped++;
       }
-    if (vr.leaks && !t->bd.readonly && commit_locked (t) == -1)
+    if (t->dirty && !t->bd.readonly && commit_locked (t) == -1)
       goto fail;
   }
   free (entries);

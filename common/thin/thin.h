@@ -47,7 +47,8 @@
  * pool, two virtual chunks mapped to one physical chunk or a mapped chunk
  * whose bit is clear make the open fail (nbdkit-thin-check(1) reports
  * them).  A bit set for an unmapped chunk (a leak) is reported and
- * reclaimed.
+ * reclaimed, and a header whose used count differs from the mapped
+ * chunks is corrected.
  *
  * Crash safety: data is written into a newly allocated chunk before its
  * mapping is published; a commit (on flush and FUA) flushes the pool,

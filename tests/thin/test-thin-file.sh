@@ -211,6 +211,19 @@ start_nbdkit "$tmpdir/l.sock" --filter="$(filter_so thin)" file "$tmpdir/leak.im
 nbdinfo "$(uri_of "$tmpdir/l.sock")" >/dev/null
 thin_check "$tmpdir/leak.img"
 
+# A header whose count of used chunks is wrong: the checker reports it,
+# the filter corrects it.
+cp --sparse=always "$pool" "$tmpdir/used.img"
+thin_meta plant "$tmpdir/used.img" used
+set +e
+out=$("$thin_check_bin" "$tmpdir/used.img" 2>&1); rc=$?
+set -e
+[ $rc = 1 ] && grep -qF "header says" <<<"$out" ||
+  fail "checker exit $rc on a wrong used count: $out"
+start_nbdkit "$tmpdir/u.sock" --filter="$(filter_so thin)" file "$tmpdir/used.img"
+nbdinfo "$(uri_of "$tmpdir/u.sock")" >/dev/null
+thin_check "$tmpdir/used.img"
+
 # A hostile 8 KiB pool whose header (valid, checksummed) claims 2^28
 # chunks: the checker reports the metadata cut short without allocating
 # the 2 GiB its map would take (bounded here in the normal build; ASan

@@ -4,7 +4,7 @@
 # common/thin/thin.h), for the tests: summarise it, or plant a fault that
 # nbdkit-thin-check must find.
 #   thin-meta.py summary POOL      -> "mapped N used M seq S slot K"
-#   thin-meta.py plant POOL double|leak|range|wrongslot
+#   thin-meta.py plant POOL double|leak|range|wrongslot|used
 #   thin-meta.py forge POOL NV  -> a new 8 KiB POOL: only a header, valid
 #                                  and consistent, claiming NV chunks of 4 KiB
 import os
@@ -104,12 +104,17 @@ def main():
                   (sum(1 for x in e if x), sum(b), h["seq"], h["slot"]))
             return
         kind = sys.argv[3]
-        if kind == "wrongslot":
-            # The current header, its seq raised by one: transaction T
-            # belongs in slot T & 1, so this one is in the wrong slot.
+        if kind in ("wrongslot", "used"):
+            # The current header, its seq raised by one (transaction T
+            # belongs in slot T & 1, so this one is in the wrong slot), or
+            # its count of used chunks raised by 3.
             f.seek(h["slot"] * BLK)
             hb = bytearray(f.read(BLK))
-            struct.pack_into("<Q", hb, 16, h["seq"] + 1)
+            if kind == "wrongslot":
+                struct.pack_into("<Q", hb, 16, h["seq"] + 1)
+            else:
+                used = struct.unpack_from("<Q", hb, 72)[0]
+                struct.pack_into("<Q", hb, 72, used + 3)
             struct.pack_into("<I", hb, BLK - 4, crc32c(bytes(hb[:BLK - 4])))
             f.seek(h["slot"] * BLK)
             f.write(hb)
