@@ -2,6 +2,13 @@
 /* libFuzzer target: the LVM2 label, PV header and metadata area reader
  * (lvm_disk.c) over an in-memory device holding the fuzz input, followed
  * by the text parser and model on whatever metadata text it finds.
+ *
+ * The label, each metadata area header and the metadata text carry a
+ * checksum, so a mutation of the PV header, of an area header or of the
+ * text almost never gets past them.  Inputs of even length are therefore
+ * repaired first (fix_pv): every checksum is recomputed over what it
+ * covers, text first, so that the mutated fields reach the parsers.  Odd
+ * lengths are used as they are, and test the checksums themselves.
  */
 #include <errno.h>
 #include <stddef.h>
@@ -12,6 +19,9 @@
 #include "bdev/bdev.h"
 #include "lvm/lvm_disk.h"
 #include "lvm/lvm_meta.h"
+#include "util/endian.h"
+
+
 
 struct mem_bdev {
   struct bdev bd;
@@ -53,15 +63,75 @@ static const struct bdev_ops mem_ops = {
   .pwrite = mem_pwrite, .flush = mem_flush,
 };
 
+/* Give the metadata area header at OFF in P[0..LEN) the checksum of the
+ * text its first location names (if that lies inside the area and P) and
+ * then its own.
+ */
+static void
+fix_mda (uint8_t *p, size_t len, uint64_t off)
+{
+  if (off > len || len - off < LVM_MDA_HEADER_SIZE)
+    return;
+  uint8_t *h = p + off, *rl = h + 40;
+  uint64_t size = load_le64 (h + 32);
+  uint64_t toff = load_le64 (rl), tsize = load_le64 (rl + 8);
+  if (size > LVM_MDA_HEADER_SIZE && size <= len - off &&
+      toff >= LVM_MDA_HEADER_SIZE && toff < size && tsize &&
+      tsize <= size - LVM_MDA_HEADER_SIZE) {
+    uint64_t first = size - toff < tsize ? size - toff : tsize;
+    uint32_t crc = lvm_crc (LVM_INITIAL_CRC, h + toff, first);
+    crc = lvm_crc (crc, h + LVM_MDA_HEADER_SIZE, tsize - first);
+    store_le32 (rl + 16, crc);
+  }
+  store_le32 (h, lvm_crc (LVM_INITIAL_CRC, h + 4, LVM_MDA_HEADER_SIZE - 4));
+}
+
+/* Repair P[0..LEN): each label candidate's metadata areas, then the label. */
+static void
+fix_pv (uint8_t *p, size_t len)
+{
+  for (size_t s = 0;
+       s < LVM_LABEL_SCAN_SECTORS && (s + 1) * LVM_SECTOR <= len; s++) {
+    uint8_t *sec = p + s * LVM_SECTOR;
+    if (memcmp (sec, "LABELONE", 8) != 0)
+      continue;
+    uint32_t off = load_le32 (sec + 20);
+    if (off >= 32 && off <= LVM_SECTOR - 40) {
+      /* After the UUID and size: data areas, then metadata areas, each
+       * list ended by a zero offset.
+       */
+      const uint8_t *a = sec + off + 40;
+      for (int list = 0; list < 2; list++)
+        while (a + 16 <= sec + LVM_SECTOR) {
+          uint64_t o = load_le64 (a);
+          a += 16;
+          if (o == 0)
+            break;
+          if (list == 1)
+            fix_mda (p, len, o);
+        }
+    }
+    store_le32 (sec + 16, lvm_crc (LVM_INITIAL_CRC, sec + 20, LVM_SECTOR - 20));
+  }
+}
+
 int
 LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
 {
   char err[512];
   struct lvm_label l;
+  uint8_t *copy = malloc (size ? size : 1);
+  if (!copy)
+    abort ();
+  memcpy (copy, data, size);
+  if (size % 2 == 0)
+    fix_pv (copy, size);
   struct mem_bdev *m = bdev_alloc (sizeof *m, &mem_ops, "fuzz");
-  if (!m)
+  if (!m) {
+    free (copy);
     return 0;
-  m->data = data;
+  }
+  m->data = copy;
   m->bd.size = size;
   m->bd.readonly = true;
   if (lvm_read_label (&m->bd, &l, err, sizeof err) == 1) {
@@ -77,5 +147,6 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
     }
   }
   bdev_close (&m->bd);
+  free (copy);
   return 0;
 }
