@@ -70,5 +70,11 @@ for sc in one several wrap bat meta zero stale badcrc; do
   python3 "$tool" dirty l-$sc.vhdx l-$sc.expect $sc 1
   encode l-$sc.vhdx "$out/vhdx_log/$sc"
 done
+# The targets repair the checksums of even-length inputs (vhdx_fix.h): an
+# odd length keeps this seed's bad entry checksum (a trailing byte shorter
+# than a record is ignored).
+if [ $(( $(stat -c %s "$out/vhdx_log/badcrc") % 2 )) = 0 ]; then
+  printf '\0' >> "$out/vhdx_log/badcrc"
+fi
 cp "$out/vhdx_log/several" "$out/vhdx/dirty-several"
 ls -l "$out/vhdx" "$out/vhdx_log"
