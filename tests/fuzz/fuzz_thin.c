@@ -15,6 +15,10 @@
  * entries, bitmaps and sizes reach the engine.  Odd lengths are used as
  * they are, and test the checksums themselves.
  *
+ * A pool whose first header says its metadata is separate (flags bit 0)
+ * is opened as such: the input is then the metadata file, and the data
+ * goes to an empty 1 MiB file beside it.
+ *
  * Seeds: tests/fuzz/corpus/thin/, made by tests/fuzz/make-thin-corpus.sh.
  */
 #include <fcntl.h>
@@ -36,15 +40,28 @@
 #define POOL_SIZE (1024 * 1024)
 
 static FILE *devnull;
+static char datapath[600];      /* the data of a pool with separate metadata */
+static bool external;
+
+/* Open the pool (and its separate metadata file) as the input says. */
+static void
+open_devs (bool readonly, struct bdev **pool, struct bdev **meta)
+{
+  struct bdev_open_opts o = { .readonly = readonly };
+  *pool = bdev_file_open (external ? datapath : imgpath, &o);
+  *meta = external ? bdev_file_open (imgpath, &o) : NULL;
+  if (!*pool || (external && !*meta))
+    abort ();
+}
 
 static long
 check (void)
 {
-  struct bdev_open_opts o = { .readonly = true };
-  struct bdev *pool = bdev_file_open (imgpath, &o);
-  if (!pool)
-    abort ();
-  long n = thin_check (pool, NULL, devnull, true);
+  struct bdev *pool, *meta;
+  open_devs (true, &pool, &meta);
+  long n = thin_check (pool, meta, devnull, true);
+  if (meta)
+    bdev_close (meta);
   bdev_close (pool);
   return n;
 }
@@ -109,17 +126,25 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
       ftruncate (fd, POOL_SIZE) == -1)
     abort ();
   close (fd);
+  snprintf (datapath, sizeof datapath, "%s/data", dirpath);
+  external = size >= 40 && (load_le32 (image + 36) & 1);
+  if (external) {
+    fd = open (datapath, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    if (fd == -1 || ftruncate (fd, POOL_SIZE) == -1)
+      abort ();
+    close (fd);
+  }
 
   check ();
 
-  struct bdev_open_opts o = { 0 };
-  struct bdev *pool = bdev_file_open (imgpath, &o);
-  if (!pool)
-    abort ();
-  struct thin_opts t = { .format = false };
+  struct bdev *pool, *meta;
+  open_devs (false, &pool, &meta);
+  struct thin_opts t = { .format = false, .meta = meta };
   struct bdev *bd = thin_open (pool, &t);
-  if (!bd)
+  if (!bd) {
+    unlink (datapath);
     return 0;
+  }
   uint64_t vs = bd->size, n = 0;
   size_t len = vs < sizeof buf ? vs : sizeof buf;
   bdev_pread (bd, buf, len, 0);
@@ -141,5 +166,6 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
   bdev_close (bd);
   if (check () != 0)
     abort ();                   /* the engine left inconsistent metadata */
+  unlink (datapath);
   return 0;
 }
