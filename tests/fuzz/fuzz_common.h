@@ -173,4 +173,20 @@ fuzz_exercise_write (struct bdev *bd, const uint8_t *data, size_t size,
                 0);
 }
 
+/* Whatever the input, an image the engine accepted read-write and wrote
+ * to must open again (read-only, with the same options): the engine must
+ * never leave behind metadata it would refuse.  abort () otherwise.
+ */
+static inline void
+fuzz_reopen (const char *format, const struct bdev_open_opts *opts)
+{
+  struct bdev_open_opts ro = *opts;
+  ro.readonly = true;
+  struct bdev *bd = bdev_open (imgpath, format, &ro, 0);
+  if (!bd)
+    abort ();
+  bdev_pread (bd, fuzz_buf, bd->size < 4096 ? bd->size : 4096, 0);
+  bdev_close (bd);
+}
+
 #endif

@@ -5,7 +5,8 @@
  * opened with bdev_open(path, "qcow2", readonly), read and mapped across
  * its virtual size (bounded), and closed.  Then the same file is opened
  * read-write and gets a few writes, zero writes, trims and a flush, which
- * exercises allocation and refcount updates on hostile metadata.
+ * exercises allocation and refcount updates on hostile metadata.  The
+ * image it wrote must open again (fuzz_reopen).
  *
  * Seeds: tests/fuzz/corpus/qcow2/, made by tests/fuzz/make-qcow2-corpus.sh.
  */
@@ -70,10 +71,13 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
   opts.readonly = false;
   bd = bdev_open (imgpath, "qcow2", &opts, 0);
   if (bd) {
-    if (!bd->readonly)
+    bool wrote = !bd->readonly;
+    if (wrote)
       fuzz_exercise_write (bd, data, size, &limits);
     fuzz_exercise_read (bd, &limits);
     bdev_close (bd);
+    if (wrote)
+      fuzz_reopen ("qcow2", &opts);
   }
   unlink (imgpath);
   return 0;

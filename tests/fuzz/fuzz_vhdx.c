@@ -5,7 +5,8 @@
  * private directory; it is opened read-only with the parent ignored, read
  * and mapped across its virtual size (bounded), then opened read-write
  * and given a few writes, zero writes, trims and a flush.  Inputs of even
- * length get their checksums repaired first (vhdx_fix.h).
+ * length get their checksums repaired first (vhdx_fix.h).  The image it
+ * wrote must open again (fuzz_reopen).
  *
  * Seeds: tests/fuzz/corpus/vhdx/, made by tests/fuzz/make-vhdx-corpus.sh.
  */
@@ -49,10 +50,13 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
   opts.readonly = false;
   bd = bdev_open (imgpath, "vhdx", &opts, 0);
   if (bd) {
-    if (!bd->readonly && bd->size)
+    bool wrote = !bd->readonly && bd->size;
+    if (wrote)
       fuzz_exercise_write (bd, data, size, &limits);
     fuzz_exercise_read (bd, &limits);
     bdev_close (bd);
+    if (wrote)
+      fuzz_reopen ("vhdx", &opts);
   }
   unlink (imgpath);
   return 0;

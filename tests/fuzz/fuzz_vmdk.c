@@ -6,6 +6,7 @@
  * with bdev_open(path, "vmdk"), read and mapped across its virtual size
  * (bounded), then opened read-write for a few writes, zero writes, trims
  * and a flush (grain and grain table allocation on hostile metadata).
+ * The image it wrote must open again (fuzz_reopen).
  *
  * Seeds: tests/fuzz/corpus/vmdk/, made by tests/fuzz/make-vmdk-corpus.sh.
  */
@@ -45,10 +46,13 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
   opts.readonly = false;
   bd = bdev_open (imgpath, "vmdk", &opts, 0);
   if (bd) {
-    if (!bd->readonly)
+    bool wrote = !bd->readonly;
+    if (wrote)
       fuzz_exercise_write (bd, data, size, &limits);
     fuzz_exercise_read (bd, &limits);
     bdev_close (bd);
+    if (wrote)
+      fuzz_reopen ("vmdk", &opts);
   }
   unlink (imgpath);
   return 0;
