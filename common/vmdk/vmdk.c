@@ -741,9 +741,16 @@ vmdk_open_container (struct bdev *container, const char *name,
       kvm_fail (EINVAL, "%s: virtual size too large", name);
       goto fail;
     }
-    if (v->ext[i].kind == EK_SPARSE && v->ext[i].compressed && writable) {
-      kvm_debug ("%s: streamOptimized (compressed) extent: serving the "
-                 "image read-only", name);
+    /* An extent we cannot write (compressed, VMFSSPARSE, SESPARSE,
+     * version 3) makes the whole image read-only, so that clients see it
+     * at once rather than in an error on every write.
+     */
+    if (v->ext[i].readonly && writable && !ro) {
+      struct extent *e = &v->ext[i];
+      kvm_debug ("%s: %s extent: serving the image read-only", name,
+                 e->compressed ? "streamOptimized (compressed)"
+                 : e->cowd ? "VMFSSPARSE" : e->se ? "SESPARSE"
+                 : "version 3 sparse");
       ro = true;
     }
   }

@@ -27,6 +27,16 @@ one () {
   nbdcopy -- "$(uri_of "$sock")" "$tmpdir/o.raw" || fail "nbdcopy ($*)"
   assert_same "$raw" "$tmpdir/o.raw" "plugin vs generator ($*)"
   stop_server
+  # Extents that cannot be written (compressed, COWD, seSparse, version 3)
+  # make the export read-only even without -r; the others stay writable.
+  local want=false
+  case " $* " in
+    *" --stream "*|*" --cowd "*|*" --sesparse "*|*" --version 3 "*) want=true ;;
+  esac
+  serve_vmdk "$img"
+  nbdinfo "$(uri_of "$sock")" | grep -q "is_read_only: $want" ||
+    fail "($*) served without -r: not is_read_only: $want"
+  stop_server
   echo "ok: $*"
 }
 
