@@ -10,7 +10,9 @@
 #ifndef KVM_FUZZ_COMMON_H
 #define KVM_FUZZ_COMMON_H
 
+#include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -139,6 +141,40 @@ fuzz_exercise_read (struct bdev *bd, const struct fuzz_limits *l)
   }
 }
 
+/* FUZZ_KEEP=PREFIX, for tools that check what a target wrote against
+ * QEMU (differential.sh): fuzz_exercise_write records its requests in
+ * PREFIX.ops as qemu-io commands (a failed one followed by a "# failed"
+ * line), and fuzz_keep_image (WHAT) copies the image to PREFIX.WHAT: the
+ * targets keep it as "orig" before any open and as "written" after their
+ * writes.
+ */
+static inline FILE *
+fuzz_keep_ops (void)
+{
+  const char *k = getenv ("FUZZ_KEEP");
+  char path[600];
+  if (!k || !*k)
+    return NULL;
+  snprintf (path, sizeof path, "%s.ops", k);
+  FILE *f = fopen (path, "w");
+  if (!f)
+    abort ();
+  return f;
+}
+
+static inline void
+fuzz_keep_image (const char *what)
+{
+  const char *k = getenv ("FUZZ_KEEP");
+  char cmd[2048];
+  if (!k || !*k)
+    return;
+  snprintf (cmd, sizeof cmd, "cp --sparse=always '%s' '%s.%s'",
+            imgpath, k, what);
+  if (system (cmd) != 0)
+    abort ();
+}
+
 /* A few writes, zero writes and trims at offsets taken from the input's
  * last bytes (so the fuzzer can steer them), then a flush.
  */
@@ -149,6 +185,7 @@ fuzz_exercise_write (struct bdev *bd, const uint8_t *data, size_t size,
   uint64_t vsize = bd->size;
   if (vsize == 0)
     return;
+  FILE *ops = fuzz_keep_ops ();
   memset (fuzz_buf, l->fill, sizeof fuzz_buf);
   for (unsigned i = 0; i < 6; i++) {
     uint64_t seedv = 0;
@@ -158,16 +195,36 @@ fuzz_exercise_write (struct bdev *bd, const uint8_t *data, size_t size,
     size_t n = (seedv >> 40) % sizeof fuzz_buf + 1;
     if (n > vsize - off)
       n = vsize - off;
+    int r = 0;
     switch (i % 3) {
-    case 0: bdev_pwrite (bd, fuzz_buf, n, off, i == 3 ? BDEV_FUA : 0); break;
-    case 1: bdev_zero (bd, n, off, (seedv & 1) ? BDEV_MAY_TRIM : 0); break;
-    case 2: bdev_trim (bd, n, off, 0); break;
+    case 0:
+      r = bdev_pwrite (bd, fuzz_buf, n, off, i == 3 ? BDEV_FUA : 0);
+      if (ops)
+        fprintf (ops, "write -q%s -P 0x%02x %" PRIu64 " %zu\n",
+                 i == 3 ? " -f" : "", l->fill, off, n);
+      break;
+    case 1:
+      r = bdev_zero (bd, n, off, (seedv & 1) ? BDEV_MAY_TRIM : 0);
+      if (ops)
+        fprintf (ops, "write -q -z%s %" PRIu64 " %zu\n",
+                 (seedv & 1) ? " -u" : "", off, n);
+      break;
+    case 2:
+      r = bdev_trim (bd, n, off, 0);
+      if (ops)
+        fprintf (ops, "discard -q %" PRIu64 " %zu\n", off, n);
+      break;
     }
+    if (ops && r == -1)
+      fprintf (ops, "# failed: %s\n", strerror (errno));
     struct stat st;
     if (stat (imgpath, &st) == 0 && (uint64_t) st.st_size > l->max_file)
       break;
   }
-  bdev_flush (bd);
+  if (bdev_flush (bd) == -1 && ops)
+    fprintf (ops, "# flush failed: %s\n", strerror (errno));
+  if (ops)
+    fclose (ops);
   if (l->reread)
     bdev_pread (bd, fuzz_buf, vsize < sizeof fuzz_buf ? vsize : sizeof fuzz_buf,
                 0);

@@ -33,6 +33,7 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
 {
   fuzz_init ("qcow2", "img.qcow2");
   fuzz_write_image (data, size);
+  fuzz_keep_image ("orig");
 
   struct bdev_open_opts opts = {
     .readonly = true,
@@ -76,8 +77,10 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
       fuzz_exercise_write (bd, data, size, &limits);
     fuzz_exercise_read (bd, &limits);
     bdev_close (bd);
-    if (wrote)
+    if (wrote) {
+      fuzz_keep_image ("written");
       fuzz_reopen ("qcow2", &opts);
+    }
   }
   unlink (imgpath);
   return 0;

@@ -36,6 +36,7 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
     abort ();
   if (size % 2 == 0)
     vhdx_fix_checksums (imgpath);
+  fuzz_keep_image ("orig");
   static const char *const noparent[] = { "vhdx.parent=none", NULL };
   struct bdev_open_opts opts = {
     .readonly = true,
@@ -55,8 +56,10 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
       fuzz_exercise_write (bd, data, size, &limits);
     fuzz_exercise_read (bd, &limits);
     bdev_close (bd);
-    if (wrote)
+    if (wrote) {
+      fuzz_keep_image ("written");
       fuzz_reopen ("vhdx", &opts);
+    }
   }
   unlink (imgpath);
   return 0;

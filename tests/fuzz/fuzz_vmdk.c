@@ -31,6 +31,7 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
 {
   fuzz_init ("vmdk", "img.vmdk");
   fuzz_write_image (data, size);
+  fuzz_keep_image ("orig");
 
   static const char *const noparent[] = { "vmdk.backing=none", NULL };
   struct bdev_open_opts opts = {
@@ -51,8 +52,10 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
       fuzz_exercise_write (bd, data, size, &limits);
     fuzz_exercise_read (bd, &limits);
     bdev_close (bd);
-    if (wrote)
+    if (wrote) {
+      fuzz_keep_image ("written");
       fuzz_reopen ("vmdk", &opts);
+    }
   }
   unlink (imgpath);
   return 0;

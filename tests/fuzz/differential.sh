@@ -1,0 +1,116 @@
+#!/bin/bash
+# SPDX-License-Identifier: BSD-3-Clause
+# Differential check of a format engine against QEMU on fuzz inputs:
+#   tests/fuzz/differential.sh [-b BUILDDIR] FORMAT [INPUT-FILE-OR-DIR...]
+# FORMAT is qcow2, vmdk or vhdx; the inputs default to the seed corpus and
+# the corpus grown by run.sh (BUILDDIR/../build-fuzz/new-corpus/FORMAT).
+#
+# Each input goes through the format's fuzz target (its replay binary in
+# BUILDDIR, with FUZZ_KEEP: see fuzz_common.h), which keeps the image it
+# made from the input, the writes, zero writes and trims it sent through
+# our engine (as qemu-io commands) and the image they left.  An input
+# counts when QEMU finds the image clean (qemu-img check), it names no
+# backing or data file, and our engine opened it read-write.  Then:
+# - every request must have succeeded in our engine;
+# - qemu-img check must find the image our engine wrote clean;
+# - the same requests sent by qemu-io to a copy of the image must leave
+#   an image that reads the same as ours, except where a trim left the
+#   content unspecified (NBD, like QEMU, lets a trimmed range read as its
+#   old data or as zeroes): such ranges, unless written again, are masked.
+# Exits 1 if an input fails one of these (its files are kept and named).
+set -uo pipefail
+top=$(cd "$(dirname "$0")/../.." && pwd)
+build=$top/build
+if [ "${1:-}" = -b ]; then build=$2; shift 2; fi
+fmt=${1:?usage: $0 [-b BUILDDIR] qcow2|vmdk|vhdx [INPUT...]}
+shift
+case $fmt in qcow2|vmdk|vhdx) ;; *) echo "$0: unknown format $fmt" >&2; exit 2 ;; esac
+replay=$build/tests/fuzz-replay/replay_$fmt
+[ -x "$replay" ] || { echo "$0: no $replay (build first)" >&2; exit 2; }
+[ $# -gt 0 ] || set -- "$top/tests/fuzz/corpus/$fmt" "$top/build-fuzz/new-corpus/$fmt"
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/kvm-differential.XXXXXX")
+keep=$work/failures
+mkdir -p "$keep"
+n=0 counted=0 unclean=0 chained=0 refused=0 bigtrim=0 failures=0
+
+fail_input () {   # INPUT WHY
+  failures=$((failures + 1))
+  local d=$keep/$failures
+  mkdir -p "$d"
+  cp "$1" "$d/input"
+  cp --sparse=always "$work"/x.* "$work/q.img" "$d/" 2>/dev/null
+  echo "FAIL: $1: $2 (files in $d)"
+}
+
+check_one () {
+  local in=$1
+  n=$((n + 1))
+  rm -f "$work"/x.* "$work/q.img"
+  FUZZ_KEEP=$work/x timeout 120 "$replay" "$in" >/dev/null 2>&1 ||
+    { fail_input "$in" "the fuzz target failed"; return; }
+  [ -f "$work/x.orig" ] || return
+  if ! qemu-img check -q -f "$fmt" "$work/x.orig" >/dev/null 2>&1; then
+    unclean=$((unclean + 1)); return
+  fi
+  if qemu-img info --output=json -f "$fmt" "$work/x.orig" 2>/dev/null |
+      grep -q '"backing-filename"\|"data-file"'; then
+    chained=$((chained + 1)); return
+  fi
+  if [ ! -f "$work/x.written" ]; then
+    refused=$((refused + 1)); return
+  fi
+  counted=$((counted + 1))
+  if grep -q '^#' "$work/x.ops"; then
+    fail_input "$in" "a request failed in our engine: $(grep '^#' "$work/x.ops" | head -1)"
+    return
+  fi
+  local out
+  if ! out=$(qemu-img check -f "$fmt" "$work/x.written" 2>&1); then
+    fail_input "$in" "qemu-img check of the image we wrote: $(tail -3 <<<"$out" | tr '\n' ' ')"
+    return
+  fi
+  cp --sparse=always "$work/x.orig" "$work/q.img"
+  local args=()
+  while IFS= read -r line; do args+=(-c "$line"); done < "$work/x.ops"
+  if ! out=$(qemu-io -f "$fmt" "${args[@]}" "$work/q.img" 2>&1) ||
+      grep -qi "error\|failed" <<<"$out"; then
+    # QEMU refusing a request is not ours to judge; say so.
+    echo "note: $in: qemu-io: $(head -2 <<<"$out" | tr '\n' ' ')"
+    return
+  fi
+  if ! grep -q '^discard' "$work/x.ops"; then
+    out=$(qemu-img compare -f "$fmt" -F "$fmt" "$work/x.written" "$work/q.img" 2>&1) ||
+      fail_input "$in" "differs from QEMU's result: $out"
+    return
+  fi
+  local vsize
+  vsize=$(qemu-img info --output=json -f "$fmt" "$work/q.img" |
+          sed -n 's/.*"virtual-size": \([0-9]*\).*/\1/p' | head -1)
+  if [ "${vsize:-0}" -gt $((1 << 30)) ]; then
+    bigtrim=$((bigtrim + 1)); return   # masked compare reads it all
+  fi
+  qemu-img convert -f "$fmt" -O raw "$work/x.written" "$work/x.raw" &&
+    qemu-img convert -f "$fmt" -O raw "$work/q.img" "$work/q.raw" ||
+    { fail_input "$in" "qemu-img convert failed"; return; }
+  out=$(python3 "$top/tests/fuzz/masked-compare.py" "$work/x.raw" "$work/q.raw" "$work/x.ops") ||
+    fail_input "$in" "differs from QEMU's result: $out"
+  rm -f "$work/x.raw" "$work/q.raw"
+}
+
+for arg in "$@"; do
+  if [ -d "$arg" ]; then
+    for f in "$arg"/*; do [ -f "$f" ] && check_one "$f"; done
+  elif [ -f "$arg" ]; then
+    check_one "$arg"
+  fi
+done
+echo "$fmt: $n inputs; $counted compared with QEMU; skipped: $unclean not" \
+     "clean for qemu-img check, $chained with a backing or data file," \
+     "$refused not opened read-write by our engine, $bigtrim trimmed over" \
+     "1 GiB (not compared); $failures failed"
+if [ $failures -gt 0 ]; then
+  echo "failing inputs kept in $keep"
+  exit 1
+fi
+rm -rf "$work"
