@@ -56,7 +56,8 @@ q2_check_table_offset (struct qcow2 *q, uint64_t off, const char *what)
 }
 
 /* A write of [off, off+len) in the image file must not hit the header,
- * the active L1 table or the refcount table (hostile or corrupt tables).
+ * the active L1 table or the refcount table (hostile or corrupt tables),
+ * and a table entry naming them must not drop their reference.
  */
 int
 q2_check_no_overlap (struct qcow2 *q, uint64_t off, uint64_t len,
@@ -69,8 +70,8 @@ q2_check_no_overlap (struct qcow2 *q, uint64_t off, uint64_t len,
       (off < q->rt_offset + q->rt_clusters * q->cluster_size &&
        end > q->rt_offset)) {
     kvm_fail (EIO, "%s: corrupt image: %s at %#" PRIx64 " overlaps the "
-              "header, L1 table or refcount table; refusing to write", q->path,
-              what, off);
+              "header, L1 table or refcount table; refused", q->path, what,
+              off);
     return -1;
   }
   return 0;

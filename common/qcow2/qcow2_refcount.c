@@ -269,10 +269,18 @@ q2_alloc_clusters (struct qcow2 *q, uint64_t n, uint64_t *off)
   return 0;
 }
 
-/* Drop one reference after the next flush. */
+/* Drop one reference after the next flush.  An entry of a hostile or
+ * corrupt table may name the header, the L1 table or the refcount table:
+ * their reference must stay, else at zero the cluster would be punched
+ * and handed out again (seen: a compressed entry at offset 0 whose
+ * overwrite punched the header).
+ */
 int
 q2_defer_free (struct qcow2 *q, uint64_t off)
 {
+  if (q2_check_no_overlap (q, off, q->cluster_size, "cluster to release")
+      == -1)
+    return -1;
   if (q->npending == q->cappending) {
     size_t nc = q->cappending ? q->cappending * 2 : 256;
     uint64_t *nv = realloc (q->pending_free, nc * sizeof *nv);

@@ -174,6 +174,31 @@ bad_data compressed-in-header l2 5 $(( (1 << 62) | (15 << 58) | 16 ))
 grep -q "corrupt image" "$tmpdir/d-l2-past-eof.log" ||
   fail "an L2 table past the end of the file was not reported"
 
+# Overwriting a cluster whose entry names the header or the L1 table
+# (without a reference of its own) must not drop their reference: at zero
+# they would be punched and reused (found by fuzz_qcow2: the header of
+# such an image was zeroed).  The write may fail; the rest of the image
+# must read as before, for QEMU too.
+# bad_write NAME GUEST-OFFSET hostile-args...
+bad_write () {
+  local name=$1 goff=$2; shift 2
+  local img="w-$name.qcow2" log="$tmpdir/w-$name.log"
+  cp good.qcow2 "$img"
+  python3 "$hostile" "$img" "$@"
+  new_sock
+  serve_qcow2 "$sock" "$img" 2>"$log"
+  timeout 60 qemu-io -f raw -c "write -P 0x33 $goff 4096" -c flush \
+    "$(uri_of "$sock")" >/dev/null 2>&1 || :
+  kill -0 "$nbdkit_pid" 2>/dev/null || fail "write-$name: nbdkit died: $(tail -5 "$log")"
+  stop_server
+  qemu-io -f qcow2 -r -c 'read -P 0x11 0 16k' -c 'read -P 0x22 512k 4k' \
+    "$img" >/dev/null 2>&1 ||
+    fail "write-$name: the rest of the image was damaged: $(grep error "$log" | head -3)"
+  echo "ok: write-$name: $(grep -m1 -E "corrupt image" "$log" | sed "s/.*error: //")"
+}
+bad_write compressed-in-header $((5 * 4096)) l2 5 $(( (1 << 62) | (15 << 58) | 16 ))
+bad_write shares-l1 $((4 * 4096)) l2 4 $l1
+
 # Encrypted with LUKS (made by qemu-img).  qemu-img calibrates its PBKDF
 # by timing its own CPU use and gives up ("Unable to get accurate CPU
 # usage") when a sample measures 0 ms, which happens on a loaded machine:
