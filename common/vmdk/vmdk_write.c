@@ -114,6 +114,36 @@ write_le32 (struct extent *e, uint64_t off, const uint32_t *vals, size_t n)
   return 0;
 }
 
+static bool
+overlaps (uint64_t a, uint64_t a_end, uint64_t b, uint64_t b_len)
+{
+  return b_len && a < b + b_len && b < a_end;
+}
+
+/* A write of [OFF, OFF+LEN) into sparse extent E's file, for a grain or a
+ * grain table entry, must not hit the header, the embedded descriptor or
+ * the grain directories: a hostile or corrupt grain table (or redundant
+ * directory) can point there.  (QEMU writes there, and then cannot open
+ * the image.)
+ */
+static int
+check_no_overlap (struct vmdk *v, struct extent *e, uint64_t off,
+                  uint64_t len, const char *what)
+{
+  uint64_t end, gdbytes = e->ngd * 4;
+  if (!ck_add64 (off, len, &end) || off < SECTOR ||
+      overlaps (off, end, e->gd_off, gdbytes) ||
+      (e->has_rgd && overlaps (off, end, e->rgd_off, gdbytes)) ||
+      (v->desc_file == e->file &&
+       overlaps (off, end, v->desc_off, v->desc_max))) {
+    kvm_fail (EIO, "%s: corrupt image: %s at byte %" PRIu64 " of %s "
+              "overlaps its header, descriptor or grain directory; refused",
+              v->path, what, off, e->file->name);
+    return -1;
+  }
+  return 0;
+}
+
 /* Allocate grain table GDI (and its redundant copy): zeroed tables at the
  * end of the file, then the directory entries.  Under e->lock.
  */
@@ -169,15 +199,19 @@ set_gtes (struct vmdk *v, struct extent *e, uint64_t gdi, uint32_t *gt,
           uint32_t idx, const uint32_t *vals, size_t n)
 {
   uint64_t p = (uint64_t) e->gd[gdi] * SECTOR + idx * 4;
-  if (write_le32 (e, p, vals, n) == -1)
-    return -1;
-  if (e->has_rgd && e->rgd && e->rgd[gdi]) {
-    uint64_t rp = (uint64_t) e->rgd[gdi] * SECTOR + idx * 4;
-    if (ck_range_within (rp, n * 4, vmdk_file_end (e)) &&
-        write_le32 (e, rp, vals, n) == -1)
-      return -1;
+  uint64_t rp = 0;
+  bool redundant = e->has_rgd && e->rgd && e->rgd[gdi];
+  if (redundant) {
+    rp = (uint64_t) e->rgd[gdi] * SECTOR + idx * 4;
+    redundant = ck_range_within (rp, n * 4, vmdk_file_end (e));
   }
-  (void) v;
+  if (check_no_overlap (v, e, p, n * 4, "grain table") == -1 ||
+      (redundant &&
+       check_no_overlap (v, e, rp, n * 4, "redundant grain table") == -1))
+    return -1;
+  if (write_le32 (e, p, vals, n) == -1 ||
+      (redundant && write_le32 (e, rp, vals, n) == -1))
+    return -1;
   for (size_t i = 0; i < n; i++)
     __atomic_store_n (&gt[idx + i], vals[i], __ATOMIC_RELEASE);
   return 0;
@@ -220,9 +254,13 @@ alloc_write (struct vmdk *v, struct extent *e, const uint8_t *buf,
   if (vmdk_grain_state (e, gte) == G_DATA) {
     /* Someone allocated it meanwhile. */
     uint64_t n = e->grain - in < count ? e->grain - in : count;
+    uint64_t phys = (uint64_t) gte * SECTOR;
     pthread_mutex_unlock (&e->lock);
     *done = n;
-    return bdev_pwrite (e->file, buf, n, (uint64_t) gte * SECTOR + in, 0);
+    if (vmdk_check_data_run (v, e, phys, e->grain) == -1 ||
+        check_no_overlap (v, e, phys, e->grain, "data grain") == -1)
+      return -1;
+    return bdev_pwrite (e->file, buf, n, phys + in, 0);
   }
   if (gt_for_write (v, e, gi, &gt) == -1)
     goto out;
@@ -298,6 +336,7 @@ sparse_write (struct vmdk *v, struct extent *e, const uint8_t *buf,
       return -1;
     if (st == G_DATA) {
       if (vmdk_check_data_run (v, e, phys, len) == -1 ||
+          check_no_overlap (v, e, phys, len, "data grain") == -1 ||
           bdev_pwrite (e->file, buf, len, phys, 0) == -1)
         return -1;
       done = len;
@@ -379,7 +418,8 @@ write_zeroes (struct vmdk *v, struct extent *e, uint64_t count, uint64_t off)
 static int
 discard_in_place (struct vmdk *v, struct extent *e, uint64_t phys, bool trim)
 {
-  if (vmdk_check_data_run (v, e, phys, e->grain) == -1)
+  if (vmdk_check_data_run (v, e, phys, e->grain) == -1 ||
+      check_no_overlap (v, e, phys, e->grain, "data grain") == -1)
     return -1;
   return bdev_discard_within (e->file, e->grain, phys, trim,
                               trim ? 0 : BDEV_MAY_TRIM);

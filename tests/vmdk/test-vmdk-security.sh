@@ -101,6 +101,43 @@ for kind in stream-nofooter stream-badzlib marker-huge; do
     --stream --hostile $kind --seed 5
   hostile "$kind" "$tmpdir/h.vmdk"
 done
+# Grain tables that point into the image's own metadata: the writes that
+# would land there are refused, so the header, the embedded descriptor and
+# the grain directories survive (QEMU writes there, and then cannot open
+# the image).  poke IMAGE WHAT: the redundant directory's first table, or
+# the first table's grain 1, made to point at sector 1 (the descriptor).
+poke () {
+  python3 - "$1" "$2" <<'PY'
+import struct, sys
+path, what = sys.argv[1], sys.argv[2]
+with open(path, "r+b") as f:
+    h = f.read(512)
+    rgd, gd = struct.unpack_from("<QQ", h, 48)
+    if what == "rgd":
+        f.seek(rgd * 512)
+    else:
+        f.seek(gd * 512)
+        gt = struct.unpack("<I", f.read(4))[0]
+        f.seek(gt * 512 + 4)
+    f.write(struct.pack("<I", 1))
+PY
+}
+for what in rgd gte; do
+  python3 "$vdir/vmdk-gen.py" --out "$tmpdir/w.vmdk" --raw "$tmpdir/w.raw" \
+    --size 1048576 --seed 3
+  poke "$tmpdir/w.vmdk" $what
+  serve_vmdk "$tmpdir/w.vmdk"
+  out=$(qemu-io -f raw -c "write -P 0x77 0 128k" "$(uri_of "$sock")" 2>&1 || :)
+  stop_server
+  grep -qiE "error|failed" <<<"$out" ||
+    fail "$what into the descriptor: the write succeeded: $out"
+  qemu-img info -f vmdk "$tmpdir/w.vmdk" >/dev/null 2>&1 ||
+    fail "$what into the descriptor: the image no longer opens in QEMU"
+  try "$tmpdir/w.vmdk"
+  [ $rc = 0 ] || fail "$what into the descriptor: the plugin no longer opens it: $out"
+  echo "ok: a $what pointing into the descriptor: write refused, image intact"
+done
+
 # Hostile descriptors.
 d="$tmpdir/img/d.vmdk"
 desc_head='# Disk DescriptorFile\nversion=1\nCID=1\nparentCID=ffffffff\ncreateType="monolithicFlat"\n'
