@@ -177,6 +177,7 @@ struct qcow2 {
   struct snap *snaps;
   struct qcow2_snapshot_info *snapinfo;
   size_t nsnaps;
+  uint64_t snap_offset, snap_bytes;     /* the snapshot table (no writes) */
 
   pthread_rwlock_t lock;
   pthread_mutex_t detect_lock;

@@ -196,6 +196,14 @@ parse_snapshots (struct qcow2 *q, uint32_t nb, uint64_t off)
       .date_sec = s->date_sec, .vm_clock_nsec = s->vm_clock,
     };
   }
+  /* A table inside the header, the L1 table or the refcount table would
+   * change under the engine's own writes (seen: one at offset 0, which
+   * after a write no longer parsed); from now on nothing writes into it.
+   */
+  if (q2_check_no_overlap (q, off, pos - off, "snapshot table") == -1)
+    return -1;
+  q->snap_offset = off;
+  q->snap_bytes = pos - off;
   return 0;
 }
 

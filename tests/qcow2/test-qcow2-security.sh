@@ -130,6 +130,8 @@ hdr huge-size "too large|L1 table" size $((1 << 62))
 hdr refcount-past-eof "refcount table" refcount_table_offset $((1 << 50))
 hdr snapshots-past-eof "snapshot" nb_snapshots 1000 snapshots_offset $((1 << 40))
 hdr snapshots-too-many "snapshot" nb_snapshots 0xffffffff snapshots_offset 4096
+# A snapshot table in the header: the engine's writes would change it.
+hdr snapshots-in-header "snapshot table at 0 overlaps" nb_snapshots 1 snapshots_offset 0
 
 # Metadata pointing outside the file or into the header: reading those
 # ranges either fails with a "corrupt image" error, or (where QEMU itself
