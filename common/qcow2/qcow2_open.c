@@ -551,6 +551,23 @@ check_tables (struct qcow2 *q, struct open_ctx *c)
     return -1;
   }
   q->rt_entries = q->rt_clusters * q->cluster_size / 8;
+  /* The engine writes both tables: neither may lie in the header cluster
+   * or in the other (seen: an L1 table at offset 0, whose updates wrote
+   * over the header's fields).
+   */
+  uint64_t l1_end, rt_end;
+  if (!ck_add64 (q->l1_offset, q->l1_size * 8, &l1_end))
+    l1_end = UINT64_MAX;
+  if (!ck_add64 (q->rt_offset, q->rt_clusters * q->cluster_size, &rt_end))
+    rt_end = UINT64_MAX;
+  if (q->rt_offset < q->cluster_size ||
+      (q->l1_size && (q->l1_offset < q->cluster_size ||
+                      (q->l1_offset < rt_end && q->rt_offset < l1_end)))) {
+    kvm_fail (EINVAL, "%s: corrupt image: the L1 table (at %#" PRIx64
+              ") or the refcount table (at %#" PRIx64 ") overlaps the header "
+              "or the other", path, q->l1_offset, q->rt_offset);
+    return -1;
+  }
   return 0;
 }
 

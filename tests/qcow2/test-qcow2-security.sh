@@ -131,6 +131,11 @@ hdr refcount-past-eof "refcount table" refcount_table_offset $((1 << 50))
 hdr snapshots-past-eof "snapshot" nb_snapshots 1000 snapshots_offset $((1 << 40))
 hdr snapshots-too-many "snapshot" nb_snapshots 0xffffffff snapshots_offset 4096
 # A snapshot table in the header: the engine's writes would change it.
+# So would L1 updates an L1 table in the header or in the refcount table.
+hdr l1-in-header "L1 table .* overlaps the header" l1_table_offset 0
+hdr l1-in-refcount-table "L1 table .* overlaps the header" l1_table_offset \
+  "$(python3 -c 'import struct,sys; f=open(sys.argv[1],"rb"); f.seek(48); print(struct.unpack(">Q",f.read(8))[0])' good.qcow2)"
+hdr refcount-table-in-header "refcount table .* overlaps the header" refcount_table_offset 0
 hdr snapshots-in-header "snapshot table at 0 overlaps" nb_snapshots 1 snapshots_offset 0
 
 # Metadata pointing outside the file or into the header: reading those
