@@ -325,6 +325,23 @@ parse_sparse (struct vmdk *v, struct extent *e, const uint8_t *hdr,
     e->readonly = true;
   if (setup_gd (v, e, *cap, writable && !e->readonly) == -1)
     return -1;
+  /* New grain tables are entered in both directories: a directory in the
+   * header, the embedded descriptor or the other directory would be
+   * written over.  Such an extent is only read.
+   */
+  uint64_t gdb = e->ngd * 4, gd_end = e->gd_off + gdb;
+  uint64_t rgd_end = e->rgd_off + (e->has_rgd ? gdb : 0);
+  if (writable && !e->readonly &&
+      (e->gd_off < SECTOR ||
+       vmdk_overlaps (e->gd_off, gd_end, *doff, *dsize) ||
+       (e->has_rgd &&
+        (e->rgd_off < SECTOR ||
+         vmdk_overlaps (e->rgd_off, rgd_end, *doff, *dsize) ||
+         vmdk_overlaps (e->rgd_off, rgd_end, e->gd_off, gdb))))) {
+    kvm_error ("%s: %s: its grain directories overlap the header, the "
+               "descriptor or each other: serving it read-only", v->path, fn);
+    e->readonly = true;
+  }
   if (writable && !e->readonly && !e->file->growable) {
     uint64_t ov = load_le64 (h + H_OVERHEAD);
     if (ov > UINT32_MAX) {
@@ -742,15 +759,16 @@ vmdk_open_container (struct bdev *container, const char *name,
       goto fail;
     }
     /* An extent we cannot write (compressed, VMFSSPARSE, SESPARSE,
-     * version 3) makes the whole image read-only, so that clients see it
-     * at once rather than in an error on every write.
+     * version 3, overlapping directories) makes the whole image read-only,
+     * so that clients see it at once rather than in an error on every
+     * write.
      */
     if (v->ext[i].readonly && writable && !ro) {
       struct extent *e = &v->ext[i];
       kvm_debug ("%s: %s extent: serving the image read-only", name,
                  e->compressed ? "streamOptimized (compressed)"
                  : e->cowd ? "VMFSSPARSE" : e->se ? "SESPARSE"
-                 : "version 3 sparse");
+                 : e->version == 3 ? "version 3 sparse" : "damaged");
       ro = true;
     }
   }

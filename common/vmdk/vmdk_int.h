@@ -167,4 +167,13 @@ int vmdk_flush (struct bdev *bd);
 int vmdk_extents (struct bdev *bd, uint64_t count, uint64_t offset,
                   uint32_t flags, bdev_extent_fn fn, void *opaque);
 
+/* [A, A_END) and [B, B + B_LEN) share a byte (offsets in a file, far below
+ * 2^64).
+ */
+static inline bool
+vmdk_overlaps (uint64_t a, uint64_t a_end, uint64_t b, uint64_t b_len)
+{
+  return b_len && a < b + b_len && b < a_end;
+}
+
 #endif

@@ -114,12 +114,6 @@ write_le32 (struct extent *e, uint64_t off, const uint32_t *vals, size_t n)
   return 0;
 }
 
-static bool
-overlaps (uint64_t a, uint64_t a_end, uint64_t b, uint64_t b_len)
-{
-  return b_len && a < b + b_len && b < a_end;
-}
-
 /* A write of [OFF, OFF+LEN) into sparse extent E's file, for a grain or a
  * grain table entry, must not hit the header, the embedded descriptor or
  * the grain directories: a hostile or corrupt grain table (or redundant
@@ -132,10 +126,10 @@ check_no_overlap (struct vmdk *v, struct extent *e, uint64_t off,
 {
   uint64_t end, gdbytes = e->ngd * 4;
   if (!ck_add64 (off, len, &end) || off < SECTOR ||
-      overlaps (off, end, e->gd_off, gdbytes) ||
-      (e->has_rgd && overlaps (off, end, e->rgd_off, gdbytes)) ||
+      vmdk_overlaps (off, end, e->gd_off, gdbytes) ||
+      (e->has_rgd && vmdk_overlaps (off, end, e->rgd_off, gdbytes)) ||
       (v->desc_file == e->file &&
-       overlaps (off, end, v->desc_off, v->desc_max))) {
+       vmdk_overlaps (off, end, v->desc_off, v->desc_max))) {
     kvm_fail (EIO, "%s: corrupt image: %s at byte %" PRIu64 " of %s "
               "overlaps its header, descriptor or grain directory; refused",
               v->path, what, off, e->file->name);

@@ -113,6 +113,10 @@ path, what = sys.argv[1], sys.argv[2]
 with open(path, "r+b") as f:
     h = f.read(512)
     rgd, gd = struct.unpack_from("<QQ", h, 48)
+    if what == "rgd-in-descriptor":
+        f.seek(48)
+        f.write(struct.pack("<Q", 1))
+        sys.exit(0)
     if what == "rgd":
         f.seek(rgd * 512)
     else:
@@ -137,6 +141,17 @@ for what in rgd gte; do
   [ $rc = 0 ] || fail "$what into the descriptor: the plugin no longer opens it: $out"
   echo "ok: a $what pointing into the descriptor: write refused, image intact"
 done
+# The redundant directory itself in the descriptor: served read-only.
+python3 "$vdir/vmdk-gen.py" --out "$tmpdir/w.vmdk" --raw "$tmpdir/w.raw" \
+  --size 1048576 --seed 3
+poke "$tmpdir/w.vmdk" rgd-in-descriptor
+serve_vmdk "$tmpdir/w.vmdk" 2>"$tmpdir/w.log"
+nbdinfo "$(uri_of "$sock")" | grep -q "is_read_only: true" ||
+  fail "a redundant directory in the descriptor: not served read-only"
+stop_server
+grep -q "overlap the header, the descriptor or each other" "$tmpdir/w.log" ||
+  fail "a redundant directory in the descriptor: no message: $(cat "$tmpdir/w.log")"
+echo "ok: a redundant directory in the descriptor: served read-only"
 
 # Hostile descriptors.
 d="$tmpdir/img/d.vmdk"
