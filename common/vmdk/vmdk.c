@@ -316,6 +316,8 @@ parse_sparse (struct vmdk *v, struct extent *e, const uint8_t *hdr,
   *cap = capacity * SECTOR;
   *doff *= SECTOR;
   *dsize *= SECTOR;
+  e->desc_off = *doff;
+  e->desc_size = *dsize;
   if (e->version == 3 && writable) {
     kvm_debug ("%s: %s: version 3 sparse extent: read-only (as in QEMU)",
                v->path, fn);

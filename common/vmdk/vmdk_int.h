@@ -106,6 +106,8 @@ struct extent {
   uint32_t gt_entries;          /* entries per grain table */
   uint64_t ngd;                 /* grain directory entries */
   uint64_t gd_off, rgd_off;     /* bytes (rgd_off 0: none) */
+  uint64_t desc_off, desc_size; /* the header's embedded descriptor area,
+                                 * bytes (text or not: never written) */
   uint32_t *gd, *rgd;           /* in host order */
   uint32_t **gt;                /* ngd lazily loaded tables (atomic) */
   pthread_mutex_t lock;         /* allocation */

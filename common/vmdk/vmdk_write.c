@@ -128,8 +128,7 @@ check_no_overlap (struct vmdk *v, struct extent *e, uint64_t off,
   if (!ck_add64 (off, len, &end) || off < SECTOR ||
       vmdk_overlaps (off, end, e->gd_off, gdbytes) ||
       (e->has_rgd && vmdk_overlaps (off, end, e->rgd_off, gdbytes)) ||
-      (v->desc_file == e->file &&
-       vmdk_overlaps (off, end, v->desc_off, v->desc_max))) {
+      vmdk_overlaps (off, end, e->desc_off, e->desc_size)) {
     kvm_fail (EIO, "%s: corrupt image: %s at byte %" PRIu64 " of %s "
               "overlaps its header, descriptor or grain directory; refused",
               v->path, what, off, e->file->name);

@@ -117,6 +117,10 @@ with open(path, "r+b") as f:
         f.seek(48)
         f.write(struct.pack("<Q", 1))
         sys.exit(0)
+    if what == "blank-descriptor":
+        f.seek(512)
+        f.write(b"\0")
+        sys.exit(0)
     if what == "rgd":
         f.seek(rgd * 512)
     else:
@@ -141,6 +145,21 @@ for what in rgd gte; do
   [ $rc = 0 ] || fail "$what into the descriptor: the plugin no longer opens it: $out"
   echo "ok: a $what pointing into the descriptor: write refused, image intact"
 done
+# The same with the descriptor area holding no text (it starts with a NUL):
+# the header still reserves it, and nothing may be written there (else a
+# text would appear that does not parse).  Grains of one sector, so that
+# the grain poked to sector 1 covers only the descriptor area.
+python3 "$vdir/vmdk-gen.py" --out "$tmpdir/w.vmdk" --raw "$tmpdir/w.raw" \
+  --size 1048576 --seed 3 --grain 1
+poke "$tmpdir/w.vmdk" blank-descriptor
+poke "$tmpdir/w.vmdk" gte
+serve_vmdk "$tmpdir/w.vmdk"
+qemu-io -f raw -c "write -P 0x77 0 128k" "$(uri_of "$sock")" >/dev/null 2>&1 || :
+stop_server
+try "$tmpdir/w.vmdk"
+[ $rc = 0 ] || fail "a gte into a blank descriptor area: the plugin no longer opens it: $out"
+echo "ok: a gte pointing into a blank descriptor area: image intact"
+
 # The redundant directory itself in the descriptor: served read-only.
 python3 "$vdir/vmdk-gen.py" --out "$tmpdir/w.vmdk" --raw "$tmpdir/w.raw" \
   --size 1048576 --seed 3
