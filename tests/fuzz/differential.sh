@@ -10,7 +10,8 @@
 # made from the input, the writes, zero writes and trims it sent through
 # our engine (as qemu-io commands) and the image they left.  An input
 # counts when QEMU finds the image clean (qemu-img check), it names no
-# backing or data file, and our engine opened it read-write.  Then:
+# backing or data file, and our engine opened it read-write (and the image
+# it left could be copied: a hostile one can be too sparse).  Then:
 # - every request must have succeeded in our engine;
 # - qemu-img check must find the image our engine wrote clean;
 # - the same requests sent by qemu-io to a copy of the image must leave
@@ -32,7 +33,8 @@ replay=$build/tests/fuzz-replay/replay_$fmt
 work=$(mktemp -d "${TMPDIR:-/tmp}/kvm-differential.XXXXXX")
 keep=$work/failures
 mkdir -p "$keep"
-n=0 counted=0 unclean=0 chained=0 refused=0 bigtrim=0 failures=0
+n=0 counted=0 unclean=0 chained=0 refused=0 bigtrim=0 unreadable=0 failures=0
+bothfailed=0 qemurefused=0
 
 fail_input () {   # INPUT WHY
   failures=$((failures + 1))
@@ -60,23 +62,33 @@ check_one () {
   if [ ! -f "$work/x.written" ]; then
     refused=$((refused + 1)); return
   fi
-  counted=$((counted + 1))
-  if grep -q '^#' "$work/x.ops"; then
-    fail_input "$in" "a request failed in our engine: $(grep '^#' "$work/x.ops" | head -1)"
-    return
-  fi
-  local out
-  if ! out=$(qemu-img check -f "$fmt" "$work/x.written" 2>&1); then
-    fail_input "$in" "qemu-img check of the image we wrote: $(tail -3 <<<"$out" | tr '\n' ' ')"
-    return
-  fi
+  local out qemu_ok=true
   cp --sparse=always "$work/x.orig" "$work/q.img"
   local args=()
-  while IFS= read -r line; do args+=(-c "$line"); done < "$work/x.ops"
+  while IFS= read -r line; do
+    [[ $line == \#* ]] || args+=(-c "$line")
+  done < "$work/x.ops"
   if ! out=$(qemu-io -f "$fmt" "${args[@]}" "$work/q.img" 2>&1) ||
       grep -qi "error\|failed" <<<"$out"; then
-    # QEMU refusing a request is not ours to judge; say so.
-    echo "note: $in: qemu-io: $(head -2 <<<"$out" | tr '\n' ' ')"
+    qemu_ok=false
+  fi
+  if grep -q '^#' "$work/x.ops"; then
+    if $qemu_ok; then
+      fail_input "$in" "a request failed in our engine, not in QEMU: $(grep '^#' "$work/x.ops" | head -1)"
+    else
+      bothfailed=$((bothfailed + 1))   # damage both refuse to write over
+    fi
+    return
+  fi
+  if ! $qemu_ok; then
+    # QEMU refused a request ours served: not ours to judge; say so.
+    echo "note: $in: only QEMU refused a request: $(grep -i -m1 "error\|failed" <<<"$out")"
+    qemurefused=$((qemurefused + 1))
+    return
+  fi
+  counted=$((counted + 1))
+  if ! out=$(qemu-img check -f "$fmt" "$work/x.written" 2>&1); then
+    fail_input "$in" "qemu-img check of the image we wrote: $(tail -3 <<<"$out" | tr '\n' ' ')"
     return
   fi
   if ! grep -q '^discard' "$work/x.ops"; then
@@ -90,9 +102,13 @@ check_one () {
   if [ "${vsize:-0}" -gt $((1 << 30)) ]; then
     bigtrim=$((bigtrim + 1)); return   # masked compare reads it all
   fi
-  qemu-img convert -f "$fmt" -O raw "$work/x.written" "$work/x.raw" &&
-    qemu-img convert -f "$fmt" -O raw "$work/q.img" "$work/q.raw" ||
-    { fail_input "$in" "qemu-img convert failed"; return; }
+  qemu-img convert -f "$fmt" -O raw "$work/x.written" "$work/x.raw" ||
+    { fail_input "$in" "QEMU cannot read the image we wrote"; return; }
+  if ! qemu-img convert -f "$fmt" -O raw "$work/q.img" "$work/q.raw" 2>/dev/null; then
+    # Damage qemu-img check does not see (a compressed cluster that does
+    # not decompress): QEMU cannot read even its own result.
+    unreadable=$((unreadable + 1)); return
+  fi
   out=$(python3 "$top/tests/fuzz/masked-compare.py" "$work/x.raw" "$work/q.raw" "$work/x.ops") ||
     fail_input "$in" "differs from QEMU's result: $out"
   rm -f "$work/x.raw" "$work/q.raw"
@@ -105,10 +121,13 @@ for arg in "$@"; do
     check_one "$arg"
   fi
 done
-echo "$fmt: $n inputs; $counted compared with QEMU; skipped: $unclean not" \
+echo "$fmt: $n inputs; $counted compared with QEMU; skipped: $bothfailed" \
+     "where a request failed in both, $qemurefused where only QEMU refused" \
+     "one, $unclean not" \
      "clean for qemu-img check, $chained with a backing or data file," \
-     "$refused not opened read-write by our engine, $bigtrim trimmed over" \
-     "1 GiB (not compared); $failures failed"
+     "$refused not opened read-write by our engine (or not kept)," \
+     "$bigtrim trimmed over 1 GiB and $unreadable unreadable by QEMU" \
+     "after its own writes (not compared); $failures failed"
 if [ $failures -gt 0 ]; then
   echo "failing inputs kept in $keep"
   exit 1
