@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: BSD-3-Clause
-"""masked-compare.py A.raw B.raw OPS: compare two raw images except in the
+"""masked-compare.py A.raw B.raw OPS: compare two raw images (an image as
+read, and its raw mirror) except in the
 ranges that the qemu-io requests in OPS trimmed ("discard OFF LEN") and did
 not write again ("write ... OFF LEN"): there NBD and QEMU leave the
 content unspecified.  Exit 0 if equal elsewhere, else 1, naming the first

@@ -1,10 +1,12 @@
 #!/bin/bash
 # SPDX-License-Identifier: BSD-3-Clause
 # The writes, zero writes and trims the qcow2, vmdk and vhdx fuzz targets
-# send through our engines, replayed by qemu-io on the same seed images,
-# must leave images that read the same (trimmed ranges aside) and that
-# qemu-img check finds clean (tests/fuzz/differential.sh).  Long runs: the
-# same script over the corpus grown by tests/fuzz/run.sh.
+# send through our engines must leave, on each seed image that qemu-img
+# check finds clean, an image that qemu-img check finds clean and that
+# reads like a raw mirror of the same requests (trimmed ranges aside), and
+# every request must succeed where QEMU's succeeds
+# (tests/fuzz/differential.sh).  Long runs: the same script over the
+# corpus grown by tests/fuzz/run.sh.
 source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 requires qemu-img qemu-io python3
 
