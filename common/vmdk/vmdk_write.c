@@ -75,6 +75,12 @@ update_cid (struct vmdk *v)
     memset (t + newlen, v->desc_max ? 0 : '\n', oldlen - newlen);
     wlen = oldlen;
   }
+  /* Inside a sparse extent the text ends at a NUL (or at the end of its
+   * area): write one after it, else a longer text would run on into
+   * whatever followed the old one's NUL.
+   */
+  if (v->desc_max && wlen < v->desc_max)
+    t[wlen++] = 0;
   if (v->desc_max && wlen > v->desc_max) {
     kvm_debug ("%s: no room to update the descriptor's CID", v->path);
     free (t);

@@ -160,6 +160,35 @@ try "$tmpdir/w.vmdk"
 [ $rc = 0 ] || fail "a gte into a blank descriptor area: the plugin no longer opens it: $out"
 echo "ok: a gte pointing into a blank descriptor area: image intact"
 
+# A CID shorter than 8 digits, and other bytes after the text's NUL: the
+# first write rewrites the CID with 8 digits, and the longer text must
+# still end where it should (it ran on into those bytes).
+python3 "$vdir/vmdk-gen.py" --out "$tmpdir/w.vmdk" --raw "$tmpdir/w.raw" \
+  --size 1048576 --seed 3
+python3 - "$tmpdir/w.vmdk" <<'PY'
+import re, struct, sys
+with open(sys.argv[1], "r+b") as f:
+    h = f.read(512)
+    doff, dsize = struct.unpack_from("<QQ", h, 28)
+    f.seek(doff * 512)
+    area = f.read(dsize * 512)
+    text = area.split(b"\0")[0]
+    text = re.sub(rb"\nCID=[0-9a-fA-F]+\n", b"\nCID=12c\n", text)
+    f.seek(doff * 512)
+    # Past the NUL, a line that would not parse were the text to run on.
+    f.write(text + b"\0XXXX\nRW 64 SPARSE \"bad\n")
+PY
+qemu-img info -f vmdk "$tmpdir/w.vmdk" >/dev/null || fail "short CID: not an image QEMU opens"
+serve_vmdk "$tmpdir/w.vmdk"
+qemu-io -f raw -c "write -P 0x77 0 4k" "$(uri_of "$sock")" >/dev/null ||
+  fail "short CID: the write failed"
+stop_server
+try "$tmpdir/w.vmdk"
+[ $rc = 0 ] || fail "short CID: the plugin no longer opens the image: $out"
+qemu-img info -f vmdk "$tmpdir/w.vmdk" >/dev/null ||
+  fail "short CID: QEMU no longer opens the image"
+echo "ok: a short CID is rewritten in place, and the text still ends"
+
 # The redundant directory itself in the descriptor: served read-only.
 python3 "$vdir/vmdk-gen.py" --out "$tmpdir/w.vmdk" --raw "$tmpdir/w.raw" \
   --size 1048576 --seed 3
