@@ -312,12 +312,18 @@ def atomic_create():
     old = bytes(model)
     log_ = []                            # (sent, acked, offset, data)
     stop = threading.Event()
+    created = threading.Event()
     h = connect()
 
+    # The create starts once an eighth of the blocks are written; the
+    # last quarter waits for it to return.  (With a fixed delay instead, a
+    # fast machine wrote every block before the create: nothing after.)
     def writer():
         for i in range(nblocks):
             if stop.is_set():
                 return
+            if i == nblocks * 3 // 4:
+                created.wait(60)
             off = i * 4096
             data = (b"%08d" % i) * 512
             t = time.monotonic()
@@ -326,11 +332,16 @@ def atomic_create():
 
     t = threading.Thread(target=writer)
     t.start()
-    time.sleep(0.1)
+    deadline = time.monotonic() + 60
+    while len(log_) < nblocks // 8 and time.monotonic() < deadline:
+        time.sleep(0.001)
     t0 = time.monotonic()
     ctl("create", name)
     t1 = time.monotonic()
-    time.sleep(0.1)
+    created.set()
+    while (sum(1 for sent, _, _, _ in list(log_) if sent > t1) < 16 and
+           t.is_alive() and time.monotonic() < deadline):
+        time.sleep(0.001)
     stop.set()
     t.join()
     h.shutdown()
