@@ -334,11 +334,9 @@ parse_sparse (struct vmdk *v, struct extent *e, const uint8_t *hdr,
   uint64_t gdb = e->ngd * 4, gd_end = e->gd_off + gdb;
   uint64_t rgd_end = e->rgd_off + (e->has_rgd ? gdb : 0);
   if (writable && !e->readonly &&
-      (e->gd_off < SECTOR ||
-       vmdk_overlaps (e->gd_off, gd_end, *doff, *dsize) ||
+      (vmdk_hits_head (e, e->gd_off, gd_end) ||
        (e->has_rgd &&
-        (e->rgd_off < SECTOR ||
-         vmdk_overlaps (e->rgd_off, rgd_end, *doff, *dsize) ||
+        (vmdk_hits_head (e, e->rgd_off, rgd_end) ||
          vmdk_overlaps (e->rgd_off, rgd_end, e->gd_off, gdb))))) {
     kvm_error ("%s: %s: its grain directories overlap the header, the "
                "descriptor or each other: serving it read-only", v->path, fn);

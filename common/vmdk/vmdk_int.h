@@ -178,4 +178,13 @@ vmdk_overlaps (uint64_t a, uint64_t a_end, uint64_t b, uint64_t b_len)
   return b_len && a < b + b_len && b < a_end;
 }
 
+/* [OFF, END) of sparse extent E's file meets its header or the descriptor
+ * area the header reserves.
+ */
+static inline bool
+vmdk_hits_head (const struct extent *e, uint64_t off, uint64_t end)
+{
+  return off < SECTOR || vmdk_overlaps (off, end, e->desc_off, e->desc_size);
+}
+
 #endif

@@ -131,15 +131,27 @@ check_no_overlap (struct vmdk *v, struct extent *e, uint64_t off,
                   uint64_t len, const char *what)
 {
   uint64_t end, gdbytes = e->ngd * 4;
-  if (!ck_add64 (off, len, &end) || off < SECTOR ||
+  if (!ck_add64 (off, len, &end) || vmdk_hits_head (e, off, end) ||
       vmdk_overlaps (off, end, e->gd_off, gdbytes) ||
-      (e->has_rgd && vmdk_overlaps (off, end, e->rgd_off, gdbytes)) ||
-      vmdk_overlaps (off, end, e->desc_off, e->desc_size)) {
+      (e->has_rgd && vmdk_overlaps (off, end, e->rgd_off, gdbytes))) {
     kvm_fail (EIO, "%s: corrupt image: %s at byte %" PRIu64 " of %s "
               "overlaps its header, descriptor or grain directory; refused",
               v->path, what, off, e->file->name);
     return -1;
   }
+  return 0;
+}
+
+/* A data grain's run [PHYS, PHYS+LEN) that may be written in place: in
+ * the file, and clear of the extent's metadata.
+ */
+static int
+check_grain_run (struct vmdk *v, struct extent *e, uint64_t phys,
+                 uint64_t len)
+{
+  if (vmdk_check_data_run (v, e, phys, len) == -1 ||
+      check_no_overlap (v, e, phys, len, "data grain") == -1)
+    return -1;
   return 0;
 }
 
@@ -256,8 +268,7 @@ alloc_write (struct vmdk *v, struct extent *e, const uint8_t *buf,
     uint64_t phys = (uint64_t) gte * SECTOR;
     pthread_mutex_unlock (&e->lock);
     *done = n;
-    if (vmdk_check_data_run (v, e, phys, e->grain) == -1 ||
-        check_no_overlap (v, e, phys, e->grain, "data grain") == -1)
+    if (check_grain_run (v, e, phys, e->grain) == -1)
       return -1;
     return bdev_pwrite (e->file, buf, n, phys + in, 0);
   }
@@ -334,8 +345,7 @@ sparse_write (struct vmdk *v, struct extent *e, const uint8_t *buf,
     if (vmdk_sparse_run (v, e, off, count, &st, &len, &phys) == -1)
       return -1;
     if (st == G_DATA) {
-      if (vmdk_check_data_run (v, e, phys, len) == -1 ||
-          check_no_overlap (v, e, phys, len, "data grain") == -1 ||
+      if (check_grain_run (v, e, phys, len) == -1 ||
           bdev_pwrite (e->file, buf, len, phys, 0) == -1)
         return -1;
       done = len;
@@ -417,8 +427,7 @@ write_zeroes (struct vmdk *v, struct extent *e, uint64_t count, uint64_t off)
 static int
 discard_in_place (struct vmdk *v, struct extent *e, uint64_t phys, bool trim)
 {
-  if (vmdk_check_data_run (v, e, phys, e->grain) == -1 ||
-      check_no_overlap (v, e, phys, e->grain, "data grain") == -1)
+  if (check_grain_run (v, e, phys, e->grain) == -1)
     return -1;
   return bdev_discard_within (e->file, e->grain, phys, trim,
                               trim ? 0 : BDEV_MAY_TRIM);
