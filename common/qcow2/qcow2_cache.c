@@ -55,31 +55,6 @@ q2_check_table_offset (struct qcow2 *q, uint64_t off, const char *what)
   return 0;
 }
 
-/* A write of [off, off+len) in the image file must not hit the header,
- * the active L1 table, the refcount table or the snapshot table (hostile
- * or corrupt tables), and a table entry naming them must not drop their
- * reference.
- */
-int
-q2_check_no_overlap (struct qcow2 *q, uint64_t off, uint64_t len,
-                     const char *what)
-{
-  uint64_t end;
-  if (!ck_add64 (off, len, &end) || off < q->cluster_size ||
-      (q->l1_size && off < q->l1_offset + q->l1_size * 8 &&
-       end > q->l1_offset) ||
-      (off < q->rt_offset + q->rt_clusters * q->cluster_size &&
-       end > q->rt_offset) ||
-      (q->snap_bytes && off < q->snap_offset + q->snap_bytes &&
-       end > q->snap_offset)) {
-    kvm_fail (EIO, "%s: corrupt image: %s at %#" PRIx64 " overlaps the "
-              "header, L1 table, refcount table or snapshot table; refused",
-              q->path, what, off);
-    return -1;
-  }
-  return 0;
-}
-
 void *
 q2_table_get (struct qcow2 *q, struct lru *c, uint64_t off, const char *what,
               bool zero)

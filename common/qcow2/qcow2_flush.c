@@ -65,8 +65,8 @@ write_dirty (struct qcow2 *q, struct lru *c, struct dirty_list *d)
   for (size_t i = 0; i < d->n; i++) {
     void *buf = d->v[i];
     struct tmeta *m = tmeta_of (q, buf);
-    if (q2_check_no_overlap (q, m->key, q->cluster_size,
-                             "metadata table") == -1 ||
+    if (q2_check_table_write (q, m->key, c == q->l2c ? Q2_META_L2
+                              : Q2_META_REFBLOCK) == -1 ||
         bdev_pwrite (q->file, buf, q->cluster_size, m->key, 0) == -1)
       return -1;
   }
@@ -148,7 +148,10 @@ q2_flush_locked (struct qcow2 *q)
   if (write_dirty (q, q->rbc, &q->drb) == -1 || q2_sync_file (q, q->file) == -1)
     return -1;
   if (q->rt_dirty) {
-    if (write_table (q, q->rt, q->rt_entries, q->rt_offset,
+    if (q2_check_fixed_table_write (q, q->rt_offset,
+                                    q->rt_clusters * q->cluster_size,
+                                    "refcount table") == -1 ||
+        write_table (q, q->rt, q->rt_entries, q->rt_offset,
                      q->rt_clusters * q->cluster_size) == -1 ||
         q2_sync_file (q, q->file) == -1)
       return -1;
@@ -169,8 +172,10 @@ q2_flush_locked (struct qcow2 *q)
   }
   if (q->l1_dirty || q->header_dirty) {
     if (q->l1_dirty &&
-        write_table (q, q->l1, q->l1_size, q->l1_offset,
-                     q->l1_size * 8) == -1)
+        (q2_check_fixed_table_write (q, q->l1_offset, q->l1_size * 8,
+                                     "L1 table") == -1 ||
+         write_table (q, q->l1, q->l1_size, q->l1_offset,
+                      q->l1_size * 8) == -1))
       return -1;
     if (q->header_dirty && q2_write_header (q) == -1)
       return -1;

@@ -3,6 +3,7 @@
  *   qcow2.c           design notes, read and block status
  *   qcow2_map.c       L1/L2 lookup and the walk over a guest range
  *   qcow2_cache.c     table caches and dirty tracking
+ *   qcow2_overlap.c   no write lands in metadata it does not mean to change
  *   qcow2_refcount.c  refcounts and cluster allocation
  *   qcow2_flush.c     write-back in dependency order
  *   qcow2_compress.c  compressed clusters
@@ -103,6 +104,19 @@ struct snap {
   uint64_t vm_clock;
 };
 
+/* Tables named by other tables, for the overlap checks (qcow2_overlap.c). */
+enum q2_meta { Q2_META_NONE, Q2_META_L2, Q2_META_REFBLOCK, Q2_META_SNAP_L1 };
+struct q2_mentry {
+  uint64_t off;
+  uint32_t len;                 /* at most MAX_L1_BYTES */
+  uint32_t kind;                /* enum q2_meta */
+};
+struct q2_metaset {
+  struct q2_mentry *v;          /* sorted by off; duplicates allowed */
+  size_t n, cap;
+  uint64_t maxlen;              /* of any entry */
+};
+
 struct dirty_list {
   void **v;
   size_t n, cap;
@@ -178,6 +192,7 @@ struct qcow2 {
   struct qcow2_snapshot_info *snapinfo;
   size_t nsnaps;
   uint64_t snap_offset, snap_bytes;     /* the snapshot table (no writes) */
+  struct q2_metaset meta;       /* empty unless writable */
 
   pthread_rwlock_t lock;
   pthread_mutex_t detect_lock;
@@ -230,9 +245,21 @@ l2_bitmap (const struct qcow2 *q, const uint8_t *t, uint64_t i)
   return q->ext_l2 ? load_be64 (t + (i << q->l2_entry_shift) + 8) : 0;
 }
 
-/* qcow2_cache.c */
+/* qcow2_overlap.c: q2_check_no_overlap for data and everything else that
+ * is not a table below; q2_check_table_write for an L2 table or refcount
+ * block; q2_check_fixed_table_write for the L1 and refcount tables.
+ */
 int q2_check_no_overlap (struct qcow2 *q, uint64_t off, uint64_t len,
                          const char *what);
+int q2_check_table_write (struct qcow2 *q, uint64_t off, enum q2_meta kind);
+int q2_check_fixed_table_write (struct qcow2 *q, uint64_t off, uint64_t len,
+                                const char *what);
+int q2_meta_build (struct qcow2 *q);
+void q2_meta_free (struct qcow2 *q);
+int q2_meta_add (struct qcow2 *q, uint64_t off, enum q2_meta kind);
+void q2_meta_remove (struct qcow2 *q, uint64_t off, enum q2_meta kind);
+
+/* qcow2_cache.c */
 int q2_check_table_offset (struct qcow2 *q, uint64_t off, const char *what);
 int q2_mark_dirty (struct qcow2 *q, struct lru *c, struct dirty_list *d,
                   void *buf);

@@ -66,6 +66,7 @@ qcow2_close (struct bdev *bd)
   q2_bitmap_close (q);
   free (q->l1);
   free (q->rt);
+  q2_meta_free (q);
   free_snaps (q);
   if (q->backing)
     bdev_close (q->backing);
@@ -821,7 +822,7 @@ qcow2_open_container (struct bdev *container, const char *name,
     goto fail;
   if (c.repair && q2_repair (q) == -1)
     goto fail;
-  if (!c.readonly && q2_bitmap_open (q) == -1)
+  if (!c.readonly && (q2_meta_build (q) == -1 || q2_bitmap_open (q) == -1))
     goto fail;
   set_caps (q, &c);
   if (q->verbose)

@@ -219,6 +219,10 @@ q2_refcount_update (struct qcow2 *q, uint64_t off, int delta, uint64_t *newval)
     if (!b)
       return -1;
     fresh = true;
+    if (q2_meta_add (q, rb, Q2_META_REFBLOCK) == -1) {
+      lru_put (q->rbc, b);
+      return -1;
+    }
     q->rt[ri] = rb;
     q->rt_dirty = true;
   }

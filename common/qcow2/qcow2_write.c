@@ -69,12 +69,19 @@ l2_get_write (struct qcow2 *q, uint64_t i)
     }
     memcpy (t, old, q->cluster_size);
     lru_put (q->l2c, old);
+    /* Replaced, so no longer an active table: its reference may go
+     * unless it is also another kind of table.  (Adding it back after a
+     * removal cannot fail.)
+     */
+    q2_meta_remove (q, off, Q2_META_L2);
     if (q2_defer_free (q, off) == -1) {
+      (void) q2_meta_add (q, off, Q2_META_L2);
       lru_put (q->l2c, t);
       return NULL;
     }
   }
-  if (q2_mark_dirty (q, q->l2c, &q->dl2, t) == -1) {
+  if (q2_mark_dirty (q, q->l2c, &q->dl2, t) == -1 ||
+      q2_meta_add (q, noff, Q2_META_L2) == -1) {
     lru_put (q->l2c, t);
     return NULL;
   }

@@ -12,6 +12,11 @@ autoclear_features, refcount_order, header_length), or:
   set-incompat-bit N        OR bit N into incompatible_features
   l1 INDEX                  set L1 entry INDEX to VALUE (raw 64-bit)
   l2 INDEX                  set entry INDEX of the first L2 table to VALUE
+
+  qcow2-hostile.py IMAGE --show WHAT
+
+prints the offset of the first L2 table (l2), the first refcount block
+(refblock) or the first internal snapshot's L1 table (snapshot-l1).
 Values are integers (0x... accepted).  Fields are big-endian as in the
 qcow2 specification.
 """
@@ -52,9 +57,27 @@ def put(f, name, value):
     f.write(struct.pack(fmt, value))
 
 
+def show(f, what):
+    if what == "l2":
+        f.seek(get(f, "l1_table_offset"))
+    elif what == "refblock":
+        f.seek(get(f, "refcount_table_offset"))
+    elif what == "snapshot-l1":
+        if get(f, "nb_snapshots") == 0:
+            sys.exit("the image has no internal snapshot")
+        f.seek(get(f, "snapshots_offset"))
+    else:
+        sys.exit("unknown --show " + what)
+    print(struct.unpack(">Q", f.read(8))[0] & 0x00fffffffffffe00)
+
+
 def main():
     path = sys.argv[1]
     args = sys.argv[2:]
+    if args[:1] == ["--show"]:
+        with open(path, "rb") as f:
+            show(f, args[1])
+        return
     with open(path, "r+b") as f:
         while args:
             name = args.pop(0)

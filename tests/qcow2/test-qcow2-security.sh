@@ -206,6 +206,72 @@ bad_write () {
 bad_write compressed-in-header $((5 * 4096)) l2 5 $(( (1 << 62) | (15 << 58) | 16 ))
 bad_write shares-l1 $((4 * 4096)) l2 4 $l1
 
+# A data entry naming other metadata as its own cluster (with the copied
+# flag, so the engine may write in place): an active L2 table, a refcount
+# block, an internal snapshot's L1 table.  QEMU's overlap checks refuse
+# such writes; so must the engine, or the guest's data lands in the
+# tables.  A discard must not release the table's cluster either.
+# meta_hit NAME IMAGE QEMU-IO-CMD META-OFFSET hostile-args...
+cluster_sum () { dd if="$1" bs=4096 skip=$(($2 / 4096)) count=1 status=none | sha256sum; }
+meta_hit () {
+  local name=$1 img="m-$1.qcow2" cmd=$3 meta=$4 log="$tmpdir/m-$1.log"
+  cp "$2" "$img"; shift 4
+  python3 "$hostile" "$img" "$@"
+  local before; before=$(cluster_sum "$img" "$meta")
+  new_sock
+  serve_qcow2 "$sock" "$img" 2>"$log"
+  timeout 60 qemu-io -f raw -c "$cmd" -c flush "$(uri_of "$sock")" \
+    >/dev/null 2>&1 || :
+  kill -0 "$nbdkit_pid" 2>/dev/null || fail "meta-$name: nbdkit died: $(tail -5 "$log")"
+  stop_server
+  grep -qE "corrupt image: .* overlaps" "$log" ||
+    fail "meta-$name: '$cmd' was not refused: $(grep error "$log" | head -3)"
+  if [[ $cmd == write* ]]; then
+    [ "$(cluster_sum "$img" "$meta")" = "$before" ] ||
+      fail "meta-$name: '$cmd' changed the metadata cluster at $meta"
+  fi
+  qemu-io -f qcow2 -r -c 'read -P 0x11 0 16k' -c 'read -P 0x22 512k 4k' \
+    "$img" >/dev/null 2>&1 ||
+    fail "meta-$name: the rest of the image was damaged"
+  echo "ok: meta-$name: $(grep -m1 -E "overlaps" "$log" | sed "s/.*error: //")"
+}
+l2=$(python3 "$hostile" good.qcow2 --show l2)
+rb=$(python3 "$hostile" good.qcow2 --show refblock)
+cp good.qcow2 snap.qcow2
+qemu-img snapshot -c s1 snap.qcow2
+sl1=$(python3 "$hostile" snap.qcow2 --show snapshot-l1)
+copied=$((1 << 63))
+meta_hit write-l2 good.qcow2 "write -P 0x33 16k 4k" $l2 l2 4 $((copied | l2))
+meta_hit write-refblock good.qcow2 "write -P 0x33 16k 4k" $rb l2 4 $((copied | rb))
+meta_hit write-snapshot-l1 snap.qcow2 "write -P 0x33 16k 4k" $sl1 \
+  l2 4 $((copied | sl1))
+# Where the snapshot's L1 table spans two clusters (2 GiB of 2 MiB L2
+# ranges), a hit on its second cluster.
+qemu-img create -q -f qcow2 -o cluster_size=4096 snap2.qcow2 2G
+qemu-io -f qcow2 -c 'write -P 0x11 0 64k' -c 'write -P 0x22 512k 4k' \
+  snap2.qcow2 >/dev/null
+qemu-img snapshot -c s1 snap2.qcow2
+sl1=$(( $(python3 "$hostile" snap2.qcow2 --show snapshot-l1) + 4096 ))
+meta_hit write-snapshot-l1-second snap2.qcow2 "write -P 0x33 16k 4k" $sl1 \
+  l2 4 $((copied | sl1))
+meta_hit discard-l2 good.qcow2 "discard 16k 4k" $l2 l2 4 $((copied | l2))
+meta_hit discard-refblock good.qcow2 "discard 16k 4k" $rb l2 4 $((copied | rb))
+# An L1 entry naming the refcount block as its L2 table: the engine's
+# update of that "L2 table" and of the refcounts must not be written over
+# each other.
+cp good.qcow2 m-l2-is-refblock.qcow2
+python3 "$hostile" m-l2-is-refblock.qcow2 l1 0 $((copied | rb))
+new_sock
+serve_qcow2 "$sock" m-l2-is-refblock.qcow2 2>"$tmpdir/m-l2-is-refblock.log"
+timeout 60 qemu-io -f raw -c "write -P 0x33 600k 4k" -c flush \
+  "$(uri_of "$sock")" >/dev/null 2>&1 || :
+kill -0 "$nbdkit_pid" 2>/dev/null || fail "meta-l2-is-refblock: nbdkit died"
+stop_server
+grep -qE "corrupt image: (L2 table|refcount block) at $(printf %#x $rb) overlaps (a refcount block|an L2 table)" \
+  "$tmpdir/m-l2-is-refblock.log" ||
+  fail "meta-l2-is-refblock: not refused: $(grep error "$tmpdir/m-l2-is-refblock.log" | head -3)"
+echo "ok: meta-l2-is-refblock refused"
+
 # Encrypted with LUKS (made by qemu-img).  qemu-img calibrates its PBKDF
 # by timing its own CPU use and gives up ("Unable to get accurate CPU
 # usage") when a sample measures 0 ms, which happens on a loaded machine:
