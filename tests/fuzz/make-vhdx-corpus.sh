@@ -22,18 +22,22 @@ M=$((1024*1024))
 
 encode () {   # encode IMG OUT: the non-zero 4 KiB sectors as records
   # (at most 12 per MiB, to keep seeds small: payload data is cut short,
-  # the structures all fit)
+  # the structures all fit), and the last sector whole, so that the file
+  # has its length (QEMU refuses a block that ends past the end of file)
   python3 - "$1" "$2" <<'PY'
 import struct, sys
 data = open(sys.argv[1], "rb").read()
 out = bytearray()
 per_mib = {}
+last = (len(data) - 1) // 4096
 for i in range(0, len(data), 4096):
     s = data[i:i + 4096].rstrip(b"\0")
+    if i // 4096 == last:
+        s = data[i:i + 4096]
     if s:
         m = i >> 20
         per_mib[m] = per_mib.get(m, 0) + 1
-        if per_mib[m] > 12:
+        if per_mib[m] > 12 and i // 4096 != last:
             continue
         out += struct.pack("<HH", i // 4096, len(s)) + s
 open(sys.argv[2], "wb").write(out)
