@@ -75,6 +75,7 @@ free_extent (struct extent *e)
   free (e->se_gd);
   free (e->gd);
   free (e->rgd);
+  free (e->gt_at);
   if (e->kind == EK_SPARSE)
     pthread_mutex_destroy (&e->lock);
   if (e->own_file && e->file)
@@ -154,6 +155,45 @@ gt_budget_check (struct vmdk *v, struct extent *e, const uint32_t *gd,
   return true;
 }
 
+static int
+cmp_u64 (const void *a, const void *b)
+{
+  uint64_t x = *(const uint64_t *) a, y = *(const uint64_t *) b;
+  return x < y ? -1 : x > y;
+}
+
+/* For writing: a redundant table that lies past the end of the file is
+ * dropped (its updates would land in grains allocated later), and the
+ * tables of both directories are indexed, so that no grain is written
+ * over one (vmdk_write.c).  Tables allocated later lie past open_end,
+ * where no entry read from the file can point (GTE_PAST_END).
+ */
+static int
+index_grain_tables (struct vmdk *v, struct extent *e)
+{
+  uint64_t gtbytes = (uint64_t) e->gt_entries * 4;
+  e->gt_at = malloc ((e->ngd ? e->ngd : 1) * 2 * sizeof *e->gt_at);
+  if (!e->gt_at) {
+    kvm_fail (ENOMEM, "%s: out of memory", v->path);
+    return -1;
+  }
+  for (uint64_t i = 0; i < e->ngd; i++) {
+    if (e->rgd && e->rgd[i] &&
+        !ck_range_within ((uint64_t) e->rgd[i] * SECTOR, gtbytes,
+                          e->open_end)) {
+      kvm_debug ("%s: %s: redundant grain table %" PRIu64 " lies past the "
+                 "end of the file: not updated", v->path, e->file->name, i);
+      e->rgd[i] = 0;
+    }
+    if (e->gd[i])
+      e->gt_at[e->ngt_at++] = (uint64_t) e->gd[i] * SECTOR;
+    if (e->rgd && e->rgd[i])
+      e->gt_at[e->ngt_at++] = (uint64_t) e->rgd[i] * SECTOR;
+  }
+  qsort (e->gt_at, e->ngt_at, sizeof *e->gt_at, cmp_u64);
+  return 0;
+}
+
 /* Set up the grain directory of sparse extent E (capacity CAP bytes). */
 static int
 setup_gd (struct vmdk *v, struct extent *e, uint64_t cap, bool writable)
@@ -180,15 +220,24 @@ setup_gd (struct vmdk *v, struct extent *e, uint64_t cap, bool writable)
       !(e->rgd = read_u32_table (v, e, e->rgd_off, e->ngd,
                                  "redundant grain directory")))
     return -1;
+  e->open_end = e->file->size;
+  if (writable && index_grain_tables (v, e) == -1)
+    return -1;
   e->gt = calloc (e->ngd ? e->ngd : 1, sizeof *e->gt);
   if (!e->gt) {
     kvm_fail (ENOMEM, "%s: out of memory", v->path);
     return -1;
   }
-  if (!ck_round_up64 (e->file->size, SECTOR, &e->alloc_end)) {
+  /* New grains go at the end of the file, rounded up to a whole grain as
+   * QEMU does: a file whose last grain is cut short (grains lie at
+   * multiples of the grain size in images QEMU writes) then has its new
+   * grains after that grain, not in its tail.
+   */
+  if (!ck_round_up64 (e->file->size, e->grain, &e->alloc_end)) {
     kvm_fail (EINVAL, "%s: file too large", v->path);
     return -1;
   }
+  e->claimed_end = e->alloc_end;
   return 0;
 }
 
@@ -215,7 +264,7 @@ find_data_end (struct vmdk *v, struct extent *e, uint64_t overhead)
       continue;
     UPTO ((uint64_t) e->gd[i] * SECTOR + gtbytes);
     for (uint32_t j = 0; j < e->gt_entries; j++)
-      if (vmdk_grain_state (e, gt[j]) == G_DATA &&
+      if (vmdk_grain_state (e, gt[j]) == G_DATA && gt[j] != GTE_PAST_END &&
           ck_muladd64 (e->grain, gt[j], SECTOR, &t))
         UPTO (t);
   }

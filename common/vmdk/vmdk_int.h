@@ -45,6 +45,11 @@
 /* Grain table entries with a meaning of their own. */
 #define GTE_UNALLOC      0
 #define GTE_ZERO         1
+/* In memory only: an entry read from the file that named a grain at or
+ * past the end of the file as opened (vmdk_get_gt).  Grains allocated
+ * later go there, so such an entry must never start to name them.
+ */
+#define GTE_PAST_END     UINT32_MAX
 
 /* COWD header fields (after the magic), little-endian u32. */
 #define C_VERSION        4
@@ -108,10 +113,21 @@ struct extent {
   uint64_t gd_off, rgd_off;     /* bytes (rgd_off 0: none) */
   uint64_t desc_off, desc_size; /* the header's embedded descriptor area,
                                  * bytes (text or not: never written) */
-  uint32_t *gd, *rgd;           /* in host order */
+  uint32_t *gd, *rgd;           /* in host order; rgd entries naming a
+                                 * table past open_end are cleared */
+  uint64_t open_end;            /* file size at open (bytes): what the
+                                 * file's tables may name lies below it */
+  uint64_t *gt_at;              /* writable: the sorted offsets of the
+                                 * grain tables named at open (both
+                                 * directories), never changed after */
+  size_t ngt_at;
   uint32_t **gt;                /* ngd lazily loaded tables (atomic) */
   pthread_mutex_t lock;         /* allocation */
   uint64_t alloc_end;           /* next free byte in the file */
+  uint64_t claimed_end;         /* where allocations past the end of the
+                                 * file began: the first alloc_end, or the
+                                 * end of a cut-short last grain written
+                                 * (vmdk_write.c) */
 };
 
 struct vmdk {

@@ -89,7 +89,11 @@ vmdk_get_gt (struct vmdk *v, struct extent *e, uint64_t gdi, uint32_t **gtp)
   }
   uint64_t off = (uint64_t) sec * SECTOR;
   size_t bytes = (size_t) e->gt_entries * 4;
-  if (!ck_range_within (off, bytes, vmdk_file_end (e))) {
+  /* A table loaded here was named by the file as opened (the tables the
+   * engine allocates are published at once): past its end are only
+   * grains and tables allocated since.
+   */
+  if (!ck_range_within (off, bytes, e->open_end)) {
     kvm_fail (EIO, "%s: grain directory entry %" PRIu64 " points past the end "
               "of the extent file %s", v->path, gdi, e->file->name);
     return -1;
@@ -107,8 +111,12 @@ vmdk_get_gt (struct vmdk *v, struct extent *e, uint64_t gdi, uint32_t **gtp)
     vmdk_gt_release (v, bytes);
     return -1;
   }
-  for (uint32_t i = 0; i < e->gt_entries; i++)
+  for (uint32_t i = 0; i < e->gt_entries; i++) {
     gt[i] = le32toh (gt[i]);
+    if (vmdk_grain_state (e, gt[i]) == G_DATA &&
+        (uint64_t) gt[i] * SECTOR >= e->open_end)
+      gt[i] = GTE_PAST_END;
+  }
   *gtp = vmdk_gt_publish (v, e, gdi, gt, bytes);
   return 0;
 }
@@ -138,6 +146,11 @@ vmdk_check_data_run (struct vmdk *v, struct extent *e, uint64_t phys,
                      uint64_t len)
 {
   uint64_t end = vmdk_file_end (e);
+  if (phys >= (uint64_t) GTE_PAST_END * SECTOR) {
+    kvm_fail (EIO, "%s: a grain table entry of %s points past the end of the "
+              "file (as it was opened)", v->path, e->file->name);
+    return -1;
+  }
   if (phys >= end || phys + len > end + e->grain) {
     kvm_fail (EIO, "%s: a grain table entry of %s points past the end of the "
               "file (byte %" PRIu64 ", file size %" PRIu64 ")", v->path,

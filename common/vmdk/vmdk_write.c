@@ -142,16 +142,74 @@ check_no_overlap (struct vmdk *v, struct extent *e, uint64_t off,
   return 0;
 }
 
-/* A data grain's run [PHYS, PHYS+LEN) that may be written in place: in
- * the file, and clear of the extent's metadata.
+/* The grain table named at open that [OFF, END) meets, if any (-1). */
+static int64_t
+hits_grain_table (const struct extent *e, uint64_t off, uint64_t end)
+{
+  uint64_t gtbytes = (uint64_t) e->gt_entries * 4;
+  size_t lo = 0, hi = e->ngt_at;
+  while (lo < hi) {             /* the first table ending after OFF */
+    size_t mid = lo + (hi - lo) / 2;
+    if (e->gt_at[mid] + gtbytes <= off)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  return lo < e->ngt_at && e->gt_at[lo] < end ? (int64_t) e->gt_at[lo] : -1;
+}
+
+/* The file's last grain, cut short by the end of the file as opened (at
+ * OPEN_END, ending at GEND past it), is written: new grains and tables
+ * must go after it from now on.  Refused if some were already allocated
+ * at the end of the file, in what is now that grain's tail.
  */
 static int
-check_grain_run (struct vmdk *v, struct extent *e, uint64_t phys,
-                 uint64_t len)
+claim_cut_short_grain (struct vmdk *v, struct extent *e, uint64_t gend)
+{
+  int r = 0;
+  pthread_mutex_lock (&e->lock);
+  if (!e->file->growable ||
+      (e->alloc_end > e->claimed_end && e->claimed_end < gend)) {
+    kvm_fail (EIO, "%s: corrupt image: the last grain of %s runs past the end "
+              "of the file%s; refused", v->path, e->file->name,
+              e->file->growable ? ", into grains allocated since" : "");
+    r = -1;
+  }
+  else if (e->alloc_end < gend) {
+    e->claimed_end = gend;
+    __atomic_store_n (&e->alloc_end, gend, __ATOMIC_RELEASE);
+  }
+  pthread_mutex_unlock (&e->lock);
+  return r;
+}
+
+/* [PHYS, PHYS+LEN), in a run of data grains contiguous in the file from
+ * the grain at GRAIN0, that may be written in place: in the file, and
+ * clear of the extent's metadata: its header, descriptor and directories,
+ * the grain tables named at open (tables allocated since lie past
+ * open_end, where no entry read from the file points).  A grain that the
+ * end of the file as opened cuts short grows the file when written
+ * (claim_cut_short_grain).
+ */
+static int
+check_grain_run (struct vmdk *v, struct extent *e, uint64_t grain0,
+                 uint64_t phys, uint64_t len)
 {
   if (vmdk_check_data_run (v, e, phys, len) == -1 ||
       check_no_overlap (v, e, phys, len, "data grain") == -1)
     return -1;
+  int64_t gt = hits_grain_table (e, phys, phys + len);
+  if (gt >= 0) {
+    kvm_fail (EIO, "%s: corrupt image: data grain at byte %" PRIu64 " of %s "
+              "overlaps the grain table at byte %" PRId64 "; refused",
+              v->path, phys, e->file->name, gt);
+    return -1;
+  }
+  if (grain0 < e->open_end && phys + len > e->open_end &&
+      (e->open_end - grain0) % e->grain) {
+    uint64_t n = (e->open_end - grain0 + e->grain - 1) / e->grain;
+    return claim_cut_short_grain (v, e, grain0 + n * e->grain);
+  }
   return 0;
 }
 
@@ -268,7 +326,7 @@ alloc_write (struct vmdk *v, struct extent *e, const uint8_t *buf,
     uint64_t phys = (uint64_t) gte * SECTOR;
     pthread_mutex_unlock (&e->lock);
     *done = n;
-    if (check_grain_run (v, e, phys, e->grain) == -1)
+    if (check_grain_run (v, e, phys, phys, e->grain) == -1)
       return -1;
     return bdev_pwrite (e->file, buf, n, phys + in, 0);
   }
@@ -345,7 +403,8 @@ sparse_write (struct vmdk *v, struct extent *e, const uint8_t *buf,
     if (vmdk_sparse_run (v, e, off, count, &st, &len, &phys) == -1)
       return -1;
     if (st == G_DATA) {
-      if (check_grain_run (v, e, phys, len) == -1 ||
+      if (check_grain_run (v, e, phys - (off & (e->grain - 1)), phys,
+                           len) == -1 ||
           bdev_pwrite (e->file, buf, len, phys, 0) == -1)
         return -1;
       done = len;
@@ -427,7 +486,7 @@ write_zeroes (struct vmdk *v, struct extent *e, uint64_t count, uint64_t off)
 static int
 discard_in_place (struct vmdk *v, struct extent *e, uint64_t phys, bool trim)
 {
-  if (check_grain_run (v, e, phys, e->grain) == -1)
+  if (check_grain_run (v, e, phys, phys, e->grain) == -1)
     return -1;
   return bdev_discard_within (e->file, e->grain, phys, trim,
                               trim ? 0 : BDEV_MAY_TRIM);

@@ -160,6 +160,110 @@ try "$tmpdir/w.vmdk"
 [ $rc = 0 ] || fail "a gte into a blank descriptor area: the plugin no longer opens it: $out"
 echo "ok: a gte pointing into a blank descriptor area: image intact"
 
+# Tables that point at other tables or past the end of the file, in an
+# image made by qemu-img (64 KiB grains; the file ends after grain 0's
+# data): a grain table entry naming its own table (a write there would
+# replace the table with guest data), a grain table entry and a redundant
+# directory entry naming the end of the file, where the engine puts the
+# next grain it allocates (the write through the entry, or the redundant
+# table's update, would land in that grain).
+# gt_poke IMAGE WHAT: set grain table 0's entry 1 to its own sector
+# (gte-own-table), its entry 2 to the end of the file (gte-past-end), or
+# the redundant directory's entry 0 to the end of the file (rgd-past-end).
+gt_poke () {
+  python3 - "$1" "$2" <<'PY'
+import os, struct, sys
+path, what = sys.argv[1], sys.argv[2]
+end = os.path.getsize(path) // 512
+with open(path, "r+b") as f:
+    rgd, gd = struct.unpack_from("<QQ", f.read(512), 48)
+    f.seek(gd * 512)
+    gt = struct.unpack("<I", f.read(4))[0]
+    if what == "gte-own-table":
+        f.seek(gt * 512 + 4)
+        f.write(struct.pack("<I", gt))
+    elif what == "gte-past-end":
+        f.seek(gt * 512 + 8)
+        f.write(struct.pack("<I", end))
+    else:
+        f.seek(rgd * 512)
+        f.write(struct.pack("<I", end))
+PY
+}
+gt_case () {   # gt_case WHAT QEMU-IO-ARGS...: write through the plugin
+  local what=$1; shift
+  qemu-img create -q -f vmdk "$tmpdir/g.vmdk" 1M
+  qemu-io -f vmdk -c "write -P 0x44 0 64k" "$tmpdir/g.vmdk" >/dev/null
+  gt_poke "$tmpdir/g.vmdk" "$what"
+  serve_vmdk "$tmpdir/g.vmdk" 2>"$tmpdir/g.log"
+  qemu-io -f raw "$@" "$(uri_of "$sock")" >/dev/null 2>&1 || :
+  stop_server
+}
+gt_case gte-own-table -c "write -P 0x77 64k 64k"
+grep -q "data grain at byte .* overlaps the grain table" "$tmpdir/g.log" ||
+  fail "a gte naming its own table: the write was not refused: $(cat "$tmpdir/g.log")"
+qemu-io -f vmdk -r -c "read -P 0x44 0 64k" "$tmpdir/g.vmdk" >/dev/null ||
+  fail "a gte naming its own table: the table was written over"
+echo "ok: a gte naming its own grain table: write refused, table intact"
+gt_case gte-past-end -c "write -P 0x11 512k 64k" -c "write -P 0x22 128k 4k"
+grep -q "points past the end of the file (as it was opened)" "$tmpdir/g.log" ||
+  fail "a gte past the end: the write was not refused: $(cat "$tmpdir/g.log")"
+qemu-io -f vmdk -r -c "read -P 0x11 512k 64k" "$tmpdir/g.vmdk" >/dev/null ||
+  fail "a gte past the end: the write through it landed in a new grain"
+echo "ok: a gte naming the end of the file never names a new grain"
+gt_case rgd-past-end -c "write -P 0x11 512k 64k"
+qemu-io -f vmdk -r -c "read -P 0x11 512k 64k" -c "read -P 0x44 0 64k" \
+  "$tmpdir/g.vmdk" >/dev/null ||
+  fail "a redundant table past the end: its update landed in a new grain"
+echo "ok: a redundant grain table past the end of the file is not updated"
+
+# The file cut in the middle of its last grain (grain 0's data): new
+# grains go at the end of the file rounded up to a whole grain (as in
+# QEMU), after that grain, so writing it in place (which grows the file)
+# before or after them lands in no other grain.  Where the grain does not
+# lie at a multiple of the grain size (moved one sector on), a new grain
+# does land in its tail: written after that, it is refused.
+cut_case () {   # cut_case MISALIGN QEMU-IO-ARGS...
+  local misalign=$1; shift
+  qemu-img create -q -f vmdk "$tmpdir/c.vmdk" 1M
+  qemu-io -f vmdk -c "write -P 0x44 0 64k" "$tmpdir/c.vmdk" >/dev/null
+  [ "$misalign" = 0 ] || python3 - "$tmpdir/c.vmdk" <<'PY'
+import struct, sys
+with open(sys.argv[1], "r+b") as f:
+    rgd, gd = struct.unpack_from("<QQ", f.read(512), 48)
+    for d in (gd, rgd):
+        f.seek(d * 512)
+        gt = struct.unpack("<I", f.read(4))[0]
+        f.seek(gt * 512)
+        sec = struct.unpack("<I", f.read(4))[0]
+        f.seek(gt * 512)
+        f.write(struct.pack("<I", sec + 1))
+    f.seek(sec * 512)
+    data = f.read(65536)
+    f.seek((sec + 1) * 512)
+    f.write(data)
+PY
+  truncate -s -32k "$tmpdir/c.vmdk"
+  serve_vmdk "$tmpdir/c.vmdk" 2>"$tmpdir/c.log"
+  qemu-io -f raw "$@" "$(uri_of "$sock")" >/dev/null 2>&1 || :
+  stop_server
+}
+for order in "0 512k" "512k 0"; do
+  set -- $order
+  cut_case 0 -c "write -P 0x55 $1 64k" -c "write -P 0x66 $2 64k"
+  qemu-io -f vmdk -r -c "read -P 0x55 $1 64k" -c "read -P 0x66 $2 64k" \
+    "$tmpdir/c.vmdk" >/dev/null ||
+    fail "a cut-short last grain ($order): a grain landed in another: $(cat "$tmpdir/c.log")"
+done
+echo "ok: a cut-short last grain grows the file, new grains go after it"
+cut_case 1 -c "write -P 0x11 512k 64k" -c "write -P 0x55 0 64k"
+grep -q "last grain of .* runs past the end of the file, into grains" \
+  "$tmpdir/c.log" ||
+  fail "a misaligned cut-short last grain written last: not refused: $(cat "$tmpdir/c.log")"
+qemu-io -f vmdk -r -c "read -P 0x11 512k 64k" "$tmpdir/c.vmdk" >/dev/null ||
+  fail "a misaligned cut-short last grain written last: it overwrote the new grain"
+echo "ok: a misaligned cut-short last grain, written after a new grain, is refused"
+
 # A CID shorter than 8 digits, and other bytes after the text's NUL: the
 # first write rewrites the CID with 8 digits, and the longer text must
 # still end where it should (it ran on into those bytes).
