@@ -660,6 +660,21 @@ open_desc_extents (struct vmdk *v, const struct vmdk_desc *d,
                 v->path, de->file, ext_type_name (de->type));
       return -1;
     }
+    /* A sparse extent is as large as its header says, whatever the
+     * descriptor's line says (as in QEMU, so that both read the same
+     * disk; seen: a line claiming 512 TiB for a 16 MiB extent).
+     */
+    if (cap != e->size) {
+      kvm_debug ("%s: extent '%s': the descriptor says %" PRIu64 " sectors, "
+                 "its header %" PRIu64 ": using the header's", v->path,
+                 de->file, e->size / SECTOR, cap / SECTOR);
+      e->size = cap;
+      if (!ck_add64 (e->start, cap, &start) || start > INT64_MAX) {
+        kvm_fail (EINVAL, "%s: the extents add up to more than 2^63 bytes",
+                  v->path);
+        return -1;
+      }
+    }
   }
   return 0;
 }

@@ -264,6 +264,26 @@ qemu-io -f vmdk -r -c "read -P 0x11 512k 64k" "$tmpdir/c.vmdk" >/dev/null ||
   fail "a misaligned cut-short last grain written last: it overwrote the new grain"
 echo "ok: a misaligned cut-short last grain, written after a new grain, is refused"
 
+# A descriptor line whose size is not its sparse extent's capacity (found
+# by test-server-fuzz.sh: 2^40 sectors for a 16 MiB extent, a 512 TiB
+# disk that no client could map in time): the header's capacity counts,
+# as in QEMU, so both read the same disk.
+for claim in 1099511627776 2048; do
+  qemu-img create -q -f vmdk -o subformat=twoGbMaxExtentSparse \
+    "$tmpdir/img/split.vmdk" 16M
+  qemu-io -f vmdk -c "write -P 0x66 1M 64k" -c "write -P 0x67 15M 64k" \
+    "$tmpdir/img/split.vmdk" >/dev/null
+  sed -i "s/^RW 32768 SPARSE/RW $claim SPARSE/" "$tmpdir/img/split.vmdk"
+  grep -q "^RW $claim SPARSE" "$tmpdir/img/split.vmdk" ||
+    fail "making a descriptor line of $claim sectors"
+  qemu-img convert -f vmdk -O raw "$tmpdir/img/split.vmdk" "$tmpdir/split.qemu"
+  try "$tmpdir/img/split.vmdk"
+  [ $rc = 0 ] || fail "a line of $claim sectors: not served: $out"
+  cmp "$tmpdir/copy.raw" "$tmpdir/split.qemu" ||
+    fail "a line of $claim sectors: reads unlike QEMU ($(stat -c %s "$tmpdir/copy.raw") bytes, QEMU $(stat -c %s "$tmpdir/split.qemu"))"
+done
+echo "ok: a descriptor line unlike its sparse extent's capacity reads as in QEMU"
+
 # A CID shorter than 8 digits, and other bytes after the text's NUL: the
 # first write rewrites the CID with 8 digits, and the longer text must
 # still end where it should (it ran on into those bytes).
