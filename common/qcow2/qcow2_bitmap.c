@@ -67,6 +67,7 @@
 #include "util/checked.h"
 #include "util/endian.h"
 #include "util/log.h"
+#include "util/sort.h"
 
 /* Directory entry flags and fields. */
 #define BMF_IN_USE      (1u << 0)
@@ -195,20 +196,13 @@ clist_add (struct clist *c, uint64_t off)
   return 0;
 }
 
-static int
-cmp_u64 (const void *a, const void *b)
-{
-  uint64_t x = *(const uint64_t *) a, y = *(const uint64_t *) b;
-  return x < y ? -1 : x > y;
-}
-
 /* Are the clusters of C each referenced once, by nothing else we know of?
  * 1 yes, 0 no (reason in B), -1 on error.
  */
 static int
 check_clusters (struct qcow2 *q, struct q2_bitmaps *b, struct clist *c)
 {
-  qsort (c->v, c->n, sizeof *c->v, cmp_u64);
+  qsort (c->v, c->n, sizeof *c->v, kvm_cmp_u64);
   for (size_t i = 0; i < c->n; i++) {
     uint64_t rc, off = c->v[i];
     if (i > 0 && c->v[i - 1] == off) {

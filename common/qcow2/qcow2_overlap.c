@@ -19,6 +19,7 @@
 #include "qcow2_int.h"
 #include "util/checked.h"
 #include "util/log.h"
+#include "util/sort.h"
 
 static const char *
 kind_name (enum q2_meta kind)
@@ -63,10 +64,11 @@ meta_hit (const struct q2_metaset *s, uint64_t off, uint64_t len,
   return NULL;
 }
 
-static int
-meta_insert (struct qcow2 *q, uint64_t off, uint32_t len, enum q2_meta kind)
+int
+q2_meta_add (struct qcow2 *q, uint64_t off, enum q2_meta kind)
 {
   struct q2_metaset *s = &q->meta;
+  uint32_t len = q->cluster_size;
   if (s->n == s->cap) {
     size_t nc = s->cap ? s->cap * 2 : 64;
     struct q2_mentry *nv = realloc (s->v, nc * sizeof *nv);
@@ -89,9 +91,8 @@ meta_insert (struct qcow2 *q, uint64_t off, uint32_t len, enum q2_meta kind)
 static int
 cmp_entry (const void *a, const void *b)
 {
-  uint64_t x = ((const struct q2_mentry *) a)->off;
-  uint64_t y = ((const struct q2_mentry *) b)->off;
-  return x < y ? -1 : x > y;
+  return kvm_cmp_u64 (&((const struct q2_mentry *) a)->off,
+                      &((const struct q2_mentry *) b)->off);
 }
 
 int
@@ -142,12 +143,6 @@ q2_meta_free (struct qcow2 *q)
 {
   free (q->meta.v);
   q->meta = (struct q2_metaset) { 0 };
-}
-
-int
-q2_meta_add (struct qcow2 *q, uint64_t off, enum q2_meta kind)
-{
-  return meta_insert (q, off, q->cluster_size, kind);
 }
 
 void

@@ -25,6 +25,7 @@
 #include "util/confine.h"
 #include "util/endian.h"
 #include "util/log.h"
+#include "util/sort.h"
 
 #define MAX_GRAIN_SECTORS 4096u         /* 2 MiB */
 #define MAX_GTES          4096u
@@ -155,13 +156,6 @@ gt_budget_check (struct vmdk *v, struct extent *e, const uint32_t *gd,
   return true;
 }
 
-static int
-cmp_u64 (const void *a, const void *b)
-{
-  uint64_t x = *(const uint64_t *) a, y = *(const uint64_t *) b;
-  return x < y ? -1 : x > y;
-}
-
 /* For writing: a redundant table that lies past the end of the file is
  * dropped (its updates would land in grains allocated later), and the
  * tables of both directories are indexed, so that no grain is written
@@ -190,7 +184,7 @@ index_grain_tables (struct vmdk *v, struct extent *e)
     if (e->rgd && e->rgd[i])
       e->gt_at[e->ngt_at++] = (uint64_t) e->rgd[i] * SECTOR;
   }
-  qsort (e->gt_at, e->ngt_at, sizeof *e->gt_at, cmp_u64);
+  qsort (e->gt_at, e->ngt_at, sizeof *e->gt_at, kvm_cmp_u64);
   return 0;
 }
 

@@ -7,6 +7,7 @@
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "util/bitmap.h"
@@ -15,6 +16,7 @@
 #include "util/endian.h"
 #include "util/log.h"
 #include "util/lru.h"
+#include "util/sort.h"
 #include "check.h"
 
 static void
@@ -75,6 +77,19 @@ test_bitmap (void)
   CHECK (bitmap_get (&bm, 999) && !bitmap_get (&bm, 1000));
   bitmap_set (&bm, 5000, true);             /* ignored */
   bitmap_free (&bm);
+}
+
+static void
+test_sort (void)
+{
+  /* Values far apart: a comparator returning their difference as an int
+   * would get the order wrong.
+   */
+  uint64_t v[] = { UINT64_MAX, 3, 1ull << 63, 0, 3, 1ull << 32 };
+  qsort (v, 6, sizeof *v, kvm_cmp_u64);
+  CHECK (v[0] == 0 && v[1] == 3 && v[2] == 3 && v[3] == 1ull << 32);
+  CHECK (v[4] == 1ull << 63 && v[5] == UINT64_MAX);
+  CHECK (kvm_cmp_u64 (&v[1], &v[2]) == 0);
 }
 
 static int loads;
@@ -175,6 +190,7 @@ main (void)
   test_endian ();
   test_crc32c ();
   test_bitmap ();
+  test_sort ();
   test_lru ();
   test_log ();
   printf ("util: ok\n");
