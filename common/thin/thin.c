@@ -228,16 +228,15 @@ unalloc_locked (struct thin *t, uint64_t p)
     t->free_hint = p;
 }
 
-/* Release virtual chunk V if mapped (waits while it is being allocated);
- * the physical chunk stays allocated until the next commit.  Lock held.
+/* Release virtual chunk V if it is mapped; nothing if it is unmapped or
+ * being allocated.  The physical chunk stays allocated until the next
+ * commit.  Lock held.
  */
 static int
-release_locked (struct thin *t, uint64_t v)
+release_mapped_locked (struct thin *t, uint64_t v)
 {
-  uint32_t e;
-  while ((e = atomic_load (&t->map[v])) == THIN_BUSY)
-    pthread_cond_wait (&t->cond, &t->lock);
-  if (e == 0)
+  uint32_t e = atomic_load (&t->map[v]);
+  if (e == 0 || e == THIN_BUSY)
     return 0;
   if (t->npend == t->cappend) {
     size_t nc = t->cappend ? t->cappend * 2 : 64;
@@ -261,6 +260,18 @@ release_locked (struct thin *t, uint64_t v)
   return 0;
 }
 
+/* Release virtual chunk V, waiting while it is being allocated.  Only
+ * for callers that hold no reservation (THIN_BUSY) themselves: one that
+ * does could wait for a writer that waits for it.  Lock held.
+ */
+static int
+release_locked (struct thin *t, uint64_t v)
+{
+  while (atomic_load (&t->map[v]) == THIN_BUSY)
+    pthread_cond_wait (&t->cond, &t->lock);
+  return release_mapped_locked (t, v);
+}
+
 /* ---- commit -------------------------------------------------------- */
 
 static int
@@ -271,6 +282,10 @@ commit_locked (struct thin *t)
   unsigned s = T & 1;
   uint8_t blk[TBLK];
 
+  if (atomic_load (&t->stopped)) {
+    errno = EIO;
+    return -1;
+  }
   if (!t->dirty) {
     if (bdev_flush (t->pool) == -1)
       return -1;
@@ -319,11 +334,24 @@ commit_locked (struct thin *t)
   }
   if (bdev_flush (t->meta) == -1)
     return -1;
-  /* 3. The header makes the slot current. */
+  /* 3. The header makes the slot current.  Once it has been sent, this
+   * slot may be the current one on disk even if the write or the flush
+   * failed, and a retry of transaction T would rewrite its body under
+   * it (and T+1 the other slot's, current if it was not): a crash then
+   * would leave a torn state.  So the pool stops taking writes; it is
+   * consistent again when reopened, whichever header won.
+   */
   thin_header_encode (blk, g, T, t->n_mapped, t->pool_chunks);
   if (bdev_pwrite (t->meta, blk, TBLK, (uint64_t) s * TBLK, 0) == -1 ||
-      bdev_flush (t->meta) == -1)
+      bdev_flush (t->meta) == -1) {
+    int err = errno;
+    atomic_store (&t->stopped, true);
+    kvm_error ("thin: %s: writing the metadata header failed: %s; writes "
+               "are refused until the pool is opened again",
+               t->meta->name, strerror (err));
+    errno = err;
     return -1;
+  }
   t->seq = T;
   t->dirty = false;
   t->commits++;
@@ -422,6 +450,10 @@ thin_pwrite (struct bdev *bd, const void *buf, size_t count, uint64_t offset,
              uint32_t flags)
 {
   struct thin *t = TH (bd);
+  if (atomic_load (&t->stopped)) {
+    errno = EIO;
+    return -1;
+  }
   const uint32_t C = t->g.chunk;
   size_t np = div_round_up64 ((offset % C) + count, C);
   struct piece stackp[8], *pc = np <= 8 ? stackp : calloc (np, sizeof *pc);
@@ -551,20 +583,24 @@ thin_pwrite (struct bdev *bd, const void *buf, size_t count, uint64_t offset,
       }
       w = bdev_pwrite (t->pool, q->data, len, phys_off (t, e, q->in), 0);
     }
-    else if (!q->zero) {
-      /* Released by a concurrent trim since we looked: allocate. */
-      epoch_leave (t, ep);
-      int rr = thin_pwrite (bd, q->data, q->n, q->v * C + q->in, 0);
-      if (rr == -1)
-        goto undo;
-      continue;
-    }
+    /* Otherwise a trim, a zero or another write's zero chunk released
+     * this chunk since phase 1 (and maybe a third request is allocating
+     * it now).  All of them were in flight with this write, so serving
+     * it as if this piece came first and was then released is correct,
+     * and the piece is dropped.  Allocating here instead would wait for
+     * chunks while holding this write's reservations (a deadlock with a
+     * writer waiting for ours) and could fail with ENOSPC half-way.
+     */
     epoch_leave (t, ep);
     if (w == -1)
       goto undo;
   }
 
-  /* Phase 3: publish the new mappings, release all-zero chunks. */
+  /* Phase 3: publish the new mappings, then release all-zero chunks.
+   * A zero chunk being allocated by another request is left to it, for
+   * the reason given in phase 2: no waiting here either.
+   */
+  r = 0;
   if (need_lock) {
     pthread_mutex_lock (&t->lock);
     for (i = 0; i < np; i++) {
@@ -577,16 +613,13 @@ thin_pwrite (struct bdev *bd, const void *buf, size_t count, uint64_t offset,
         mark_table (t, q->v);
         mark_bitmap (t, q->newp);
       }
-      else if (q->zero && q->n == C && release_locked (t, q->v) == -1) {
-        pthread_cond_broadcast (&t->cond);
-        pthread_mutex_unlock (&t->lock);
-        goto out;
-      }
     }
+    for (i = 0; i < np && r == 0; i++)
+      if (pc[i].newp < 0 && pc[i].zero && pc[i].n == C)
+        r = release_mapped_locked (t, pc[i].v);
     pthread_cond_broadcast (&t->cond);
     pthread_mutex_unlock (&t->lock);
   }
-  r = 0;
   goto out;
 
  undo:
@@ -620,6 +653,10 @@ discard (struct thin *t, uint64_t count, uint64_t offset, bool zero)
 {
   const uint32_t C = t->g.chunk;
   int r = 0;
+  if (atomic_load (&t->stopped)) {
+    errno = EIO;
+    return -1;
+  }
   while (count > 0) {
     uint64_t v = offset / C, in = offset % C;
     uint64_t n = C - in < count ? C - in : count;
@@ -828,6 +865,24 @@ thin_open (struct bdev *pool, const struct thin_opts *o)
                            o->meta != NULL, err, sizeof err) == -1) {
       kvm_error ("thin: %s", err);
       errno = EINVAL;
+      goto fail;
+    }
+    /* The headers were zero: so must be everything the format writes
+     * (a filesystem or volume whose first 8 KiB are zero is no pool).
+     */
+    uint64_t at = 0, area = thin_meta_bytes (&t->g);
+    int z = thin_area_is_zero (meta, area, &at);
+    if (z != 1) {
+      int err = z == -1 ? errno : EINVAL;
+      if (z == -1)
+        kvm_error ("thin: %s: cannot read the metadata area: %m",
+                   meta->name);
+      else
+        kvm_error ("thin: %s: no thin metadata, and its metadata area "
+                   "(the first %" PRIu64 " bytes) is not all zeroes: the "
+                   "MiB at %" PRIu64 " holds data; refusing to format it",
+                   meta->name, area, at);
+      errno = err;
       goto fail;
     }
   }

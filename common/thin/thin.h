@@ -83,7 +83,7 @@ struct thin_opts {
   uint64_t virtual_size;        /* 0: take it from the metadata */
   uint32_t chunk_size;          /* 0: from the metadata, or the default */
   unsigned warn_percent;        /* 0: no watermark */
-  bool format;                  /* may format a pool whose start is zero */
+  bool format;                  /* may format a zeroed metadata area */
   /* Metadata in a separate device (the engine owns it), or NULL. */
   struct bdev *meta;
   void *opaque;

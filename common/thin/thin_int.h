@@ -46,6 +46,7 @@ struct thin {
   uint64_t seq;                         /* last committed transaction */
   uint64_t *tgen, *bgen;                /* txn that last changed each block */
   bool dirty;
+  _Atomic bool stopped;                 /* a commit failed after its header */
   uint64_t *pend;                       /* freed since the last commit */
   size_t npend, cappend;
   _Atomic uint64_t epoch;
@@ -82,6 +83,10 @@ int thin_headers_read (struct bdev *meta, struct geom *g, uint64_t *seq,
                        uint64_t *used, bool *allzero, char *err,
                        size_t errlen, FILE *report);
 uint64_t thin_pool_chunks_of (const struct geom *g, uint64_t pool_size);
+/* 1 if the first LEN bytes of BD read as zeroes (past its end they do),
+ * 0 if not (*NONZERO: where the first non-zero MiB starts), -1 on error.
+ */
+int thin_area_is_zero (struct bdev *bd, uint64_t len, uint64_t *nonzero);
 long thin_body_read (struct bdev *meta, const struct geom *g, unsigned slot,
                      uint32_t *entries, struct bitmap *bits, FILE *report,
                      struct kvm_progress *pr);

@@ -417,3 +417,48 @@ thin_check (struct bdev *pool, struct bdev *meta, FILE *out, bool verbose)
   bitmap_free (&bits);
   return problems;
 }
+
+static int
+note_data (void *opaque, uint64_t offset, uint64_t len, uint32_t type)
+{
+  (void) offset;
+  (void) len;
+  if (!(type & BDEV_EXTENT_ZERO))
+    *(bool *) opaque = true;
+  return 0;
+}
+
+int
+thin_area_is_zero (struct bdev *bd, uint64_t len, uint64_t *nonzero)
+{
+  const size_t W = 1u << 20;
+  uint64_t end = len < bd->size ? len : bd->size;
+  uint8_t *buf = NULL;
+  int r = 1;
+  for (uint64_t off = 0; off < end && r == 1; off += W) {
+    size_t n = end - off < W ? end - off : W;
+    bool data = true;
+    if (bd->caps & BDEV_CAN_EXTENTS) {
+      data = false;
+      if (bdev_extents (bd, n, off, 0, note_data, &data) == -1)
+        data = true;            /* cannot tell: read it */
+    }
+    if (!data)
+      continue;
+    if (!buf && !(buf = malloc (W))) {
+      errno = ENOMEM;
+      return -1;
+    }
+    if (bdev_pread (bd, buf, n, off) == -1)
+      r = -1;
+    else
+      for (size_t i = 0; i < n; i++)
+        if (buf[i]) {
+          *nonzero = off;
+          r = 0;
+          break;
+        }
+  }
+  free (buf);
+  return r;
+}

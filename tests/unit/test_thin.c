@@ -2,7 +2,10 @@
 /* The thin engine over bdev_file: concurrent writers, rewriters, zeroes
  * and trims against per-thread mirrors; racing allocations of the same
  * chunks; ENOSPC; watermark once per crossing; reopen (internal and
- * separate metadata); thin_check finds the result clean.
+ * separate metadata); thin_check finds the result clean.  Through a
+ * pool that can hold a write or fail a flush: a write racing a trim and
+ * another write never deadlocks; a failed header commit stops writes.
+ * A device that is not a pool is not formatted.
  */
 #include <fcntl.h>
 #include <pthread.h>
@@ -311,6 +314,253 @@ run (bool external)
     free (w[i].mirror);
 }
 
+/* A pool device over bdev_file that can hold its next write until
+ * released, and fail its Nth flush from now.
+ */
+struct gate {
+  struct bdev bd;
+  struct bdev *in;
+};
+static int gate_armed, gate_held, gate_open, gate_fail_flush;
+
+static int
+gate_pread (struct bdev *bd, void *buf, size_t n, uint64_t off)
+{
+  struct bdev *in = ((struct gate *) bd)->in;
+  return in->ops->pread (in, buf, n, off);
+}
+
+static int
+gate_pwrite (struct bdev *bd, const void *buf, size_t n, uint64_t off,
+             uint32_t flags)
+{
+  struct bdev *in = ((struct gate *) bd)->in;
+  if (__atomic_exchange_n (&gate_armed, 0, __ATOMIC_SEQ_CST)) {
+    __atomic_store_n (&gate_held, 1, __ATOMIC_SEQ_CST);
+    while (!__atomic_load_n (&gate_open, __ATOMIC_SEQ_CST))
+      usleep (1000);
+  }
+  return in->ops->pwrite (in, buf, n, off, flags);
+}
+
+static int
+gate_flush (struct bdev *bd)
+{
+  struct bdev *in = ((struct gate *) bd)->in;
+  if (gate_fail_flush && --gate_fail_flush == 0) {
+    errno = EIO;
+    return -1;
+  }
+  return in->ops->flush (in);
+}
+
+static void
+gate_close (struct bdev *bd)
+{
+  bdev_close (((struct gate *) bd)->in);
+  bdev_free_common (bd);
+}
+
+static const struct bdev_ops gate_ops = {
+  .format = "gate", .close = gate_close, .pread = gate_pread,
+  .pwrite = gate_pwrite, .flush = gate_flush,
+};
+
+static struct bdev *
+open_gated_thin (uint64_t vsize)
+{
+  struct bdev_open_opts o = { 0 };
+  struct bdev *in = bdev_file_open (pool_path, &o);
+  CHECK (in);
+  struct gate *g = bdev_alloc (sizeof *g, &gate_ops, "gate");
+  CHECK (g);
+  g->in = in;
+  g->bd.size = in->size;
+  g->bd.block_size = 512;
+  struct thin_opts t = {
+    .virtual_size = vsize, .chunk_size = C, .format = true,
+  };
+  struct bdev *bd = thin_open (&g->bd, &t);
+  CHECK (bd);
+  return bd;
+}
+
+static void
+new_pool (void)
+{
+  unlink (pool_path);
+  int fd = open (pool_path, O_CREAT | O_RDWR, 0644);
+  CHECK (fd >= 0 && ftruncate (fd, POOL) == 0);
+  close (fd);
+}
+
+struct req {
+  struct bdev *bd;
+  const unsigned char *buf;
+  size_t n;
+  uint64_t off;
+  int r, done;
+  pthread_t th;
+};
+
+static void *
+req_run (void *arg)
+{
+  struct req *q = arg;
+  q->r = bdev_pwrite (q->bd, q->buf, q->n, q->off, 0);
+  __atomic_store_n (&q->done, 1, __ATOMIC_SEQ_CST);
+  return NULL;
+}
+
+static void
+chunk_is (struct bdev *bd, uint64_t v, unsigned char want)
+{
+  unsigned char *b = malloc (C);
+  CHECK (b && bdev_pread (bd, b, C, v * C) == 0);
+  for (unsigned k = 0; k < C; k++)
+    CHECK (b[k] == want);
+  free (b);
+}
+
+/* Write A covers chunks 0..2 and is held writing chunk 0 with chunks 0
+ * and 2 reserved; chunk 1 (mapped when A looked) is trimmed, and write B
+ * over 1..2 reserves chunk 1 and waits for chunk 2.  A then meets chunk
+ * 1 reserved by B.  With ZERO_FIRST, A's chunk 0 is zeroes and mapped
+ * (released at A's end), the trim hits chunk 0, B covers 0..1.  Before
+ * the fix, A waited for B while holding what B waited for.
+ */
+static void
+race_write_trim_write (bool zero_first)
+{
+  new_pool ();
+  struct bdev *bd = open_gated_thin (16 * C);
+  unsigned char *a = malloc (3 * C), *b = malloc (2 * C), *x = malloc (C);
+  CHECK (a && b && x);
+  memset (a, 'A', 3 * C);
+  memset (b, 'B', 2 * C);
+  memset (x, 'x', C);
+  uint64_t mapped = zero_first ? 0 : 1;
+  if (zero_first)
+    memset (a, 0, C);
+  CHECK (bdev_pwrite (bd, x, C, mapped * C, 0) == 0);
+  CHECK (bdev_flush (bd) == 0);
+
+  struct req ra = { .bd = bd, .buf = a, .n = zero_first ? 2 * C : 3 * C };
+  struct req rb = { .bd = bd, .buf = b, .n = 2 * C,
+                    .off = zero_first ? 0 : C };
+  gate_open = gate_held = 0;
+  gate_armed = 1;
+  CHECK (pthread_create (&ra.th, NULL, req_run, &ra) == 0);
+  while (!__atomic_load_n (&gate_held, __ATOMIC_SEQ_CST))
+    usleep (1000);
+  CHECK (bdev_trim (bd, C, mapped * C, 0) == 0);
+  CHECK (pthread_create (&rb.th, NULL, req_run, &rb) == 0);
+  usleep (200000);                      /* B is waiting for A's chunk */
+  __atomic_store_n (&gate_open, 1, __ATOMIC_SEQ_CST);
+  for (int i = 0; i < 1000 && !(__atomic_load_n (&ra.done, __ATOMIC_SEQ_CST)
+                                && __atomic_load_n (&rb.done,
+                                                    __ATOMIC_SEQ_CST)); i++)
+    usleep (10000);
+  if (!ra.done || !rb.done) {
+    fprintf (stderr, "thin: writes deadlocked (A %s, B %s)\n",
+             ra.done ? "done" : "stuck", rb.done ? "done" : "stuck");
+    exit (1);
+  }
+  pthread_join (ra.th, NULL);
+  pthread_join (rb.th, NULL);
+  CHECK (ra.r == 0 && rb.r == 0);
+  /* Both were in flight together: B's chunks are B's, A's own chunk 0
+   * is A's (data or, released after B, zeroes).
+   */
+  if (zero_first) {
+    chunk_is (bd, 1, 'B');
+    unsigned char *c0 = malloc (C);
+    CHECK (c0 && bdev_pread (bd, c0, C, 0) == 0);
+    CHECK (c0[0] == 0 || c0[0] == 'B');
+    for (unsigned k = 1; k < C; k++)
+      CHECK (c0[k] == c0[0]);
+    free (c0);
+  }
+  else {
+    chunk_is (bd, 0, 'A');
+    chunk_is (bd, 1, 'B');
+    chunk_is (bd, 2, 'B');
+  }
+  CHECK (bdev_flush (bd) == 0);
+  bdev_close (bd);
+  CHECK_EQ_U64 (check_pool (false), 0);
+  free (a);
+  free (b);
+  free (x);
+}
+
+/* The flush after a commit's header write fails: that header may or may
+ * not be on disk, so no later commit may write either slot; writes fail
+ * until the pool is reopened, which finds it consistent.
+ */
+static void
+header_flush_fails (void)
+{
+  new_pool ();
+  struct bdev *bd = open_gated_thin (16 * C);
+  unsigned char *x = malloc (C);
+  CHECK (x);
+  memset (x, 'x', C);
+  CHECK (bdev_pwrite (bd, x, C, 3 * C, 0) == 0);
+  CHECK (bdev_flush (bd) == 0);
+  memset (x, 'y', C);
+  CHECK (bdev_pwrite (bd, x, C, 4 * C, 0) == 0);
+  /* A commit flushes the pool, then the body, then the header. */
+  gate_fail_flush = 3;
+  CHECK (bdev_flush (bd) == -1 && errno == EIO);
+  gate_fail_flush = 0;
+  CHECK (bdev_pwrite (bd, x, C, 5 * C, 0) == -1 && errno == EIO);
+  CHECK (bdev_pwrite (bd, x, 100, 3 * C, 0) == -1 && errno == EIO);
+  CHECK (bdev_trim (bd, C, 3 * C, 0) == -1 && errno == EIO);
+  CHECK (bdev_flush (bd) == -1 && errno == EIO);
+  chunk_is (bd, 3, 'x');                /* reads go on */
+  bdev_close (bd);
+  CHECK_EQ_U64 (check_pool (false), 0);
+  bd = open_gated_thin (16 * C);
+  chunk_is (bd, 3, 'x');
+  chunk_is (bd, 5, 0);
+  CHECK (bdev_pwrite (bd, x, C, 5 * C, 0) == 0);
+  CHECK (bdev_flush (bd) == 0);
+  bdev_close (bd);
+  CHECK_EQ_U64 (check_pool (false), 0);
+  free (x);
+}
+
+/* A device whose first 8 KiB are zero but whose metadata area is not
+ * (here: a btrfs superblock at 64 KiB) is refused, and left as it was.
+ */
+static void
+no_format_over_data (void)
+{
+  static const char magic[] = "_BHRfS_M";
+  char back[8];
+  unlink (pool_path);
+  int fd = open (pool_path, O_CREAT | O_RDWR, 0644);
+  CHECK (fd >= 0 && ftruncate (fd, 64 << 20) == 0);
+  CHECK (pwrite (fd, magic, 8, 65536 + 0x40) == 8);
+  close (fd);
+  struct bdev_open_opts o = { 0 };
+  struct bdev *pool = bdev_file_open (pool_path, &o);
+  CHECK (pool);
+  struct thin_opts t = {
+    .virtual_size = 64ull << 30, .chunk_size = C, .format = true,
+  };
+  errno = 0;
+  CHECK (thin_open (pool, &t) == NULL && errno == EINVAL);
+  CHECK ((fd = open (pool_path, O_RDONLY)) >= 0);
+  CHECK (pread (fd, back, 8, 65536 + 0x40) == 8);
+  CHECK (memcmp (back, magic, 8) == 0);
+  char head[8192], zero[8192] = { 0 };
+  CHECK (pread (fd, head, sizeof head, 0) == sizeof head);
+  CHECK (memcmp (head, zero, sizeof head) == 0);
+  close (fd);
+}
+
 int
 main (void)
 {
@@ -319,6 +569,10 @@ main (void)
   snprintf (meta_path, sizeof meta_path, "%s/meta", dir);
   run (false);
   run (true);
+  race_write_trim_write (false);
+  race_write_trim_write (true);
+  header_flush_fails ();
+  no_format_over_data ();
   unlink (pool_path);
   unlink (meta_path);
   rmdir (dir);
