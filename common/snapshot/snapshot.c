@@ -194,6 +194,12 @@ static int
 layer_create (struct snap_chain *c, struct layer *l, struct bdev *target)
 {
   memset (l, 0, sizeof *l);
+  if (c->next_id > SNAP_MAX_ID) {
+    kvm_error ("%s: no layer ids are left (next-id %u in the state file)",
+               c->dir, c->next_id);
+    errno = EOVERFLOW;
+    return -1;
+  }
   l->id = c->next_id;
   char *path = layer_path (c, l->id);
   if (!path)
@@ -221,13 +227,14 @@ layer_create (struct snap_chain *c, struct layer *l, struct bdev *target)
   return 0;
 }
 
-/* Close layer L and remove its file (it is no longer in the state). */
+/* Close layer L and remove its file (it is no longer in the state),
+ * unless a state may not be durable (keep_files). */
 static void
 layer_drop (struct snap_chain *c, struct layer *l)
 {
   bdev_close (l->bd);
   l->bd = NULL;
-  char *p = layer_path (c, l->id);
+  char *p = c->keep_files ? NULL : layer_path (c, l->id);
   if (p && unlink (p) == -1 && errno != ENOENT)
     kvm_error ("%s: cannot remove: %m", p);
   free (p);
@@ -684,6 +691,22 @@ snap_chain_open (const char *dir, struct bdev *below,
 
 /* ---- operations ------------------------------------------------------ */
 
+/* After a commit that failed, the device below holds part of the chain's
+ * data: the snapshots no longer read as they were, and only a commit
+ * (finishing the copy) may follow.  Lock held.
+ */
+static int
+refuse_if_committing (struct snap_chain *c)
+{
+  if (!c->committing)
+    return 0;
+  kvm_error ("%s: a commit started and did not finish, and the device "
+             "below is partly written: the snapshots cannot be used; "
+             "commit again", c->dir);
+  errno = EBUSY;
+  return -1;
+}
+
 static ssize_t
 find_snapshot (struct snap_chain *c, const char *name)
 {
@@ -715,6 +738,8 @@ snap_create (struct snap_chain *c, const char *name)
     return -1;
   }
   pthread_rwlock_wrlock (&c->lock);
+  if (refuse_if_committing (c) == -1)
+    goto out;
   if (find_snapshot (c, name) >= 0) {
     kvm_error ("%s: a snapshot named '%s' exists already", c->dir, name);
     errno = EEXIST;
@@ -765,6 +790,8 @@ snap_revert (struct snap_chain *c, const char *name)
   int r = -1;
 
   pthread_rwlock_wrlock (&c->lock);
+  if (refuse_if_committing (c) == -1)
+    goto out;
   ssize_t i = find_snapshot (c, name);
   if (i < 0) {
     no_such (c, name);
@@ -807,6 +834,8 @@ snap_delete (struct snap_chain *c, const char *name)
   int r = -1;
 
   pthread_rwlock_wrlock (&c->lock);
+  if (refuse_if_committing (c) == -1)
+    goto out;
   ssize_t i = find_snapshot (c, name);
   if (i < 0) {
     no_such (c, name);
@@ -901,6 +930,8 @@ static struct bdev *
 view_layer (struct view *v)
 {
   struct snap_chain *c = v->c;
+  if (refuse_if_committing (c) == -1)
+    return NULL;
   for (size_t i = 0; i + 1 < c->n; i++)
     if (c->layers[i].id == v->id)
       return c->layers[i].bd;
@@ -975,10 +1006,10 @@ snap_view_open (struct snap_chain *c, const char *name)
     return NULL;
   }
   pthread_rwlock_rdlock (&c->lock);
-  ssize_t i = find_snapshot (c, name);
-  if (i < 0)
+  ssize_t i = -1;
+  if (refuse_if_committing (c) == 0 && (i = find_snapshot (c, name)) < 0)
     no_such (c, name);
-  else if ((v = bdev_alloc (sizeof *v, &view_ops, desc))) {
+  if (i >= 0 && (v = bdev_alloc (sizeof *v, &view_ops, desc))) {
     v->c = c;
     v->id = c->layers[i].id;
     v->bd.size = c->size;

@@ -15,6 +15,9 @@
 
 struct link;
 
+/* Layer ids (in file names and the state file) stay below 2^30. */
+#define SNAP_MAX_ID ((1u << 30) - 1)
+
 struct layer {
   unsigned id;
   char *name;                   /* snapshot name; NULL for the top layer */
@@ -35,6 +38,7 @@ struct snap_chain {
   unsigned next_id;
   uint64_t size;
   bool committing;
+  bool keep_files;              /* a state's rename may not be durable */
 };
 
 /* The state file's content (snapshot_state.c). */

@@ -82,7 +82,7 @@ snap_state_read (int dirfd, const char *dir, struct state *s)
       have_size = true;
     }
     else if (strcmp (line, "next-id") == 0) {
-      if (parse_uint (arg, 1u << 30, &v) == -1)
+      if (parse_uint (arg, SNAP_MAX_ID + 1, &v) == -1)
         goto bad;
       s->next_id = v;
     }
@@ -122,7 +122,7 @@ snap_state_read (int dirfd, const char *dir, struct state *s)
       }
       s->layers = nl;
       struct layer *l = memset (&nl[s->n], 0, sizeof *l);
-      if (parse_uint (arg, (1u << 30) - 1, &v) == -1)
+      if (parse_uint (arg, SNAP_MAX_ID, &v) == -1)
         goto bad;
       l->id = v;
       if (!top) {
@@ -235,7 +235,17 @@ state_write (struct snap_chain *c, const struct state *s)
     kvm_error ("%s: rename %s: %m", c->dir, tmp);
     return -1;
   }
-  return snap_fsync_dir (c);
+  /* From here the new state is the state: undoing the operation now
+   * would remove the layer it names.  If the directory cannot be synced,
+   * a crash may bring back the old state, whose layers must then still
+   * exist: no layer file is removed until the chain is opened again.
+   */
+  if (snap_fsync_dir (c) == -1) {
+    kvm_error ("%s: the new state may not survive a crash; layer files "
+               "are kept until the next open", c->dir);
+    c->keep_files = true;
+  }
+  return 0;
  fail:
   close (fd);
   free (buf);

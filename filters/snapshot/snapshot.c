@@ -238,8 +238,9 @@ ctl_list_line (void *opaque, const struct snap_info *info)
   int fd = *(int *) opaque;
   char line[SNAP_NAME_MAX + 100], when[32];
   struct tm tm;
-  gmtime_r (&info->time, &tm);
-  strftime (when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  if (!gmtime_r (&info->time, &tm) ||
+      strftime (when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
+    snprintf (when, sizeof when, "@%lld", (long long) info->time);
   snprintf (line, sizeof line, "%s %s %" PRIu64 "\n", info->name, when,
             info->bytes);
   ctl_send (fd, line);

@@ -5,8 +5,8 @@
 # export listing (nbdinfo --list), a commit with no client connected
 # (qemu-io checks the file afterwards; its progress in nbdkit -v output), a second server on the same
 # overlay directory refused, a changed size below refused with a clear
-# error, other export names refused; the CLI and both man pages installed
-# by cmake --install.
+# error, other export names refused, a snapshot time out of range listed
+# as a number; the CLI and both man pages installed by cmake --install.
 source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 source "$TOP_SRCDIR/tests/snapshot/snapshot-lib.sh"
 requires qemu-io nbdinfo
@@ -86,6 +86,28 @@ rc=0; nbdinfo "$(uri_of "$tmpdir/nbd3.sock")" >/dev/null 2>&1 || rc=$?
 stop_nbdkit
 grep -q "9437184 bytes but the snapshot chain was made over 8388608" "$tmpdir/size.log" ||
   fail "no clear error for the size change: $(cat "$tmpdir/size.log")"
+# A snapshot time that is no date (a damaged or hand-edited state file)
+# is listed as the raw number of seconds.
+truncate -s 1M "$tmpdir/b4.raw"
+args4=(--filter="$(filter_so snapshot)" file "file=$tmpdir/b4.raw"
+       "overlay-dir=$tmpdir/ovl4" "control=$tmpdir/ctl4.sock")
+start_nbdkit "$tmpdir/nbd4.sock" "${args4[@]}"
+qemu-io -f raw -c 'write -P 0x33 0 64k' "$(uri_of "$tmpdir/nbd4.sock")" >/dev/null ||
+  fail "write (4)"
+"$ctl" "$tmpdir/ctl4.sock" create old || fail "create old"
+stop_nbdkit
+sed -i -E 's/^(layer [0-9]+ )[0-9]+( old)$/\19223372036854775807\2/' \
+  "$tmpdir/ovl4/snapshot.state"
+grep -q ' 9223372036854775807 old$' "$tmpdir/ovl4/snapshot.state" ||
+  fail "state not edited: $(cat "$tmpdir/ovl4/snapshot.state")"
+args4[-1]=control=$tmpdir/ctl5.sock
+start_nbdkit "$tmpdir/nbd5.sock" "${args4[@]}"
+nbdinfo "$(uri_of "$tmpdir/nbd5.sock")" >/dev/null || fail "open (4)"
+"$ctl" "$tmpdir/ctl5.sock" list > "$tmpdir/list4" || fail "list (4)"
+grep -Eq '^old @9223372036854775807 [0-9]+$' "$tmpdir/list4" ||
+  fail "a time out of range listed as: $(cat "$tmpdir/list4")"
+stop_nbdkit
+
 # Installed with the project (in a DESTDIR).
 if command -v cmake >/dev/null; then
   DESTDIR=$tmpdir/dest cmake --install "$TOP_BUILDDIR" >/dev/null

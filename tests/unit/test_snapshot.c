@@ -2,13 +2,17 @@
 /* The snapshot engine (common/snapshot) over a raw file, against a model
  * kept in memory: writes, zeroes and trims, create / revert / delete /
  * commit, snapshot views, reopening the directory, a changed size
- * refused, the device below untouched until commit.
+ * refused, the device below untouched until commit.  Failures: a commit
+ * that fails half-way allows nothing but another commit; a directory
+ * sync that fails after the state's rename keeps the operation; layer
+ * ids running out are refused before the state file is written.
  */
 #include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -32,6 +36,96 @@ rnd (void)
 {
   rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
   return rng;
+}
+
+/* Linked with --wrap=fsync: fail the FAIL_DIR_FSYNC-th fsync of a
+ * directory from now (0: none).
+ */
+int __real_fsync (int fd);
+int __wrap_fsync (int fd);
+static int fail_dir_fsync;
+
+int
+__wrap_fsync (int fd)
+{
+  struct stat st;
+  if (fail_dir_fsync && fstat (fd, &st) == 0 && S_ISDIR (st.st_mode) &&
+      --fail_dir_fsync == 0) {
+    errno = EIO;
+    return -1;
+  }
+  return __real_fsync (fd);
+}
+
+/* The device below, whose writes fail at and past FAIL_FROM. */
+struct failing {
+  struct bdev bd;
+  struct bdev *in;
+};
+static uint64_t fail_from = UINT64_MAX;
+
+static int
+failing_pread (struct bdev *bd, void *buf, size_t n, uint64_t off)
+{
+  struct bdev *in = ((struct failing *) bd)->in;
+  return in->ops->pread (in, buf, n, off);
+}
+
+static int
+failing_pwrite (struct bdev *bd, const void *buf, size_t n, uint64_t off,
+                uint32_t flags)
+{
+  struct bdev *in = ((struct failing *) bd)->in;
+  if (off + n > fail_from) {
+    errno = EIO;
+    return -1;
+  }
+  return in->ops->pwrite (in, buf, n, off, flags);
+}
+
+static int
+failing_flush (struct bdev *bd)
+{
+  struct bdev *in = ((struct failing *) bd)->in;
+  return in->ops->flush (in);
+}
+
+static void
+failing_close (struct bdev *bd)
+{
+  bdev_close (((struct failing *) bd)->in);
+  bdev_free_common (bd);
+}
+
+static const struct bdev_ops failing_ops = {
+  .format = "failing", .close = failing_close, .pread = failing_pread,
+  .pwrite = failing_pwrite, .flush = failing_flush,
+};
+
+static struct bdev *open_below (uint64_t size);
+
+static struct bdev *
+open_failing_below (void)
+{
+  struct failing *f = bdev_alloc (sizeof *f, &failing_ops, "failing");
+  CHECK (f);
+  f->in = open_below (SIZE);
+  f->bd.size = SIZE;
+  f->bd.block_size = 512;
+  return &f->bd;
+}
+
+static int
+count_layer_files (void)
+{
+  DIR *d = opendir (dir);
+  struct dirent *e;
+  int n = 0;
+  CHECK (d);
+  while ((e = readdir (d)))
+    n += strncmp (e->d_name, "layer-", 6) == 0;
+  closedir (d);
+  return n;
 }
 
 static struct bdev *
@@ -277,6 +371,85 @@ main (void)
   check_below_untouched ();
   c = open_chain ();
   check_all (c, "reopened after commit");
+  snap_chain_close (c);
+
+  /* A commit that fails half-way (the device below refuses writes past
+   * 4 MiB) has written part of the chain below: the snapshots no longer
+   * read as they were, so nothing but another commit may follow, and
+   * the chain itself still reads as before.
+   */
+  c = snap_chain_open (dir, open_failing_below (), NULL);
+  CHECK (c);
+  model_create (c, "f1");
+  {
+    uint8_t x[65536];
+    memset (x, 'X', sizeof x);
+    CHECK (bdev_pwrite (snap_chain_bdev (c), x, sizeof x, 0, 0) == 0);
+    CHECK (bdev_pwrite (snap_chain_bdev (c), x, sizeof x, 6 << 20, 0) == 0);
+    memcpy (model, x, sizeof x);
+    memcpy (model + (6 << 20), x, sizeof x);
+  }
+  fail_from = 4 << 20;
+  CHECK (snap_commit (c) == -1);
+  CHECK (snap_create (c, "f2") == -1 && errno == EBUSY);
+  CHECK (snap_revert (c, "f1") == -1 && errno == EBUSY);
+  CHECK (snap_delete (c, "f1") == -1 && errno == EBUSY);
+  CHECK (snap_view_open (c, "f1") == NULL && errno == EBUSY);
+  check_equal (snap_chain_bdev (c), model, "chain after a failed commit");
+  fail_from = UINT64_MAX;
+  CHECK (snap_commit (c) == 0);
+  while (nsnaps)
+    model_drop (0);
+  check_all (c, "after the commit again");
+  snap_chain_close (c);
+  memcpy (below_orig, model, SIZE);
+  check_below_untouched ();
+
+  /* The directory sync after the state's rename fails (the first sync
+   * is for the new layer's file): the snapshot exists all the same, and
+   * the files of layers dropped later stay until the next open.
+   */
+  c = open_chain ();
+  random_io (snap_chain_bdev (c), 10);
+  fail_dir_fsync = 2;
+  model_create (c, "k1");
+  CHECK (fail_dir_fsync == 0);
+  random_io (snap_chain_bdev (c), 10);
+  int files = count_layer_files ();
+  CHECK (snap_revert (c, "k1") == 0);
+  memcpy (model, snaps[find_snap ("k1")], SIZE);
+  CHECK (count_layer_files () == files + 1);    /* new top; old one kept */
+  check_all (c, "after a failed directory sync");
+  snap_chain_close (c);
+  c = open_chain ();
+  CHECK (count_layer_files () == files);
+  check_all (c, "reopened after a failed directory sync");
+  CHECK (snap_delete (c, "k1") == 0);
+  model_drop (find_snap ("k1"));
+  snap_chain_close (c);
+
+  /* No layer ids left: refused, and the state file still opens. */
+  {
+    char sp[300], *text = malloc (1 << 16), *at;
+    snprintf (sp, sizeof sp, "%s/%s", dir, SNAP_STATE_FILE);
+    FILE *f = fopen (sp, "r");
+    CHECK (f && text);
+    size_t len = fread (text, 1, (1 << 16) - 1, f);
+    fclose (f);
+    text[len] = '\0';
+    CHECK ((at = strstr (text, "next-id ")));
+    f = fopen (sp, "w");
+    CHECK (f);
+    fprintf (f, "%.*snext-id 1073741824%s", (int) (at - text), text,
+             strchr (at, '\n'));
+    CHECK (fclose (f) == 0);
+    free (text);
+  }
+  c = open_chain ();
+  CHECK (snap_create (c, "late") == -1 && errno == EOVERFLOW);
+  snap_chain_close (c);
+  c = open_chain ();
+  check_all (c, "with no layer ids left");
   snap_chain_close (c);
 
   /* A changed size below is refused. */
