@@ -113,7 +113,20 @@ cfg_parse (const char *url, struct nfs_cfg *c)
   const char *q = strchr (host, '?');
   if (!slash || slash == host || (q && q < slash))
     goto bad;
-  if (!(c->server = strndup (host, slash - host)))
+  size_t hl = slash - host;
+  const char *colon = memchr (host, ':', hl);
+  if (host[0] == '[') {                 /* [IPv6 address] */
+    if (hl < 3 || host[hl - 1] != ']')
+      goto bad;
+    host++;
+    hl -= 2;
+  }
+  else if (colon && !memchr (colon + 1, ':', hl - (colon + 1 - host))) {
+    kvm_error ("%s: a port in the URL is not supported: use the URL "
+               "parameters nfsport=PORT and mountport=PORT", url);
+    goto inval;
+  }
+  if (!(c->server = strndup (host, hl)))
     goto nomem;
   size_t plen = q ? (size_t) (q - slash) : strlen (slash);
   if (!(c->path = strndup (slash, plen)))
@@ -402,7 +415,9 @@ do_mount (const struct nfs_cfg *c, struct nfs_context **nfsp, const char *mnt,
 
 /* Mount what holds PATH (a file or directory) on a new context: first its
  * directory (or itself if DIR), then each parent, as servers differ in
- * which directories of an export they let a client mount.  Fills *PL.
+ * which directories of an export they let a client mount; if PATH may be
+ * a file (!DIR) and no parent can be mounted, PATH itself at last (the
+ * root of an export is a directory that only it can mount).  Fills *PL.
  */
 static struct nfs_context *
 mount_for (const struct nfs_cfg *c, const char *path, bool dir,
@@ -410,6 +425,7 @@ mount_for (const struct nfs_cfg *c, const char *path, bool dir,
 {
   struct nfs_context *nfs = NULL;
   char *m = strdup (path);
+  bool self_left = !dir && strcmp (path, "/") != 0, self_now = false;
   if (!m) {
     errno = ENOMEM;
     return NULL;
@@ -422,7 +438,7 @@ mount_for (const struct nfs_cfg *c, const char *path, bool dir,
     bool broken = false;
     if (!nfs && !(nfs = context_new (c)))
       break;
-    bool last = strcmp (m, "/") == 0;
+    bool last = self_now || (!self_left && strcmp (m, "/") == 0);
     if (do_mount (c, &nfs, m, dl, &broken, !last) == 0) {
       size_t ml = strcmp (m, "/") == 0 ? 0 : strlen (m);
       const char *rel = path + ml;
@@ -452,6 +468,16 @@ mount_for (const struct nfs_cfg *c, const char *path, bool dir,
     if (last) {
       errno = e;
       break;
+    }
+    if (strcmp (m, "/") == 0) {         /* parents tried: PATH itself */
+      free (m);
+      if (!(m = strdup (path))) {
+        errno = ENOMEM;
+        return NULL;
+      }
+      self_left = false;
+      self_now = true;
+      continue;
     }
     char *s = strrchr (m, '/');
     s[s == m ? 1 : 0] = '\0';
@@ -595,7 +621,15 @@ borrow (struct nfs_bdev *nb, const struct timespec *dl)
       errno = e;
       return NULL;
     }
-    pthread_cond_wait (&nb->returned, &nb->lock);
+    /* All connections busy: wait for one, but not past the deadline
+     * (a slow server with a long queue must not hold a request longer
+     * than timeout=).
+     */
+    if (pthread_cond_timedwait (&nb->returned, &nb->lock, dl) == ETIMEDOUT) {
+      pthread_mutex_unlock (&nb->lock);
+      errno = ETIMEDOUT;
+      return NULL;
+    }
   }
 }
 
@@ -732,6 +766,13 @@ run (struct nfs_bdev *nb, enum op op, char *buf, size_t count,
   unsigned tries = 0;
   for (;;) {
     struct conn *cn = borrow (nb, &dl);
+    if (!cn && errno == ETIMEDOUT) {
+      kvm_error ("%s: %s at %" PRIu64 ": every connection (conns=%u) was "
+                 "busy for %d s (timeout=)", nb->bd.name, op_name (op),
+                 offset, nb->cfg.conns, nb->cfg.timeout);
+      errno = EIO;
+      return -1;
+    }
     if (cn) {
       int r = attempt (nb, cn, op, buf, count, offset, &dl);
       give_back (nb, cn, r == -2);
@@ -821,7 +862,11 @@ bdev_nfs_open (const char *url, const struct bdev_open_opts *opts)
   if (!nb)
     return NULL;
   pthread_mutex_init (&nb->lock, NULL);
-  pthread_cond_init (&nb->returned, NULL);
+  pthread_condattr_t ca;                /* deadlines are CLOCK_MONOTONIC */
+  pthread_condattr_init (&ca);
+  pthread_condattr_setclock (&ca, CLOCK_MONOTONIC);
+  pthread_cond_init (&nb->returned, &ca);
+  pthread_condattr_destroy (&ca);
   if (cfg_parse (url, &nb->cfg) == -1) {
     int e = errno;
     pthread_cond_destroy (&nb->returned);

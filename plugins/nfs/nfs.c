@@ -140,10 +140,12 @@ export_url (const char *export)
     errno = ENOENT;
     return NULL;
   }
-  if (strchr (export, '/') || strchr (export, '?') ||
-      strcmp (export, ".") == 0 || strcmp (export, "..") == 0) {
-    nbdkit_error ("export '%s': only a file name of the directory %s",
-                  export, url);
+  /* The names the listing offers: no path, no query, nothing hidden
+   * (which also rules out "." and "..").
+   */
+  if (strchr (export, '/') || strchr (export, '?') || export[0] == '.') {
+    nbdkit_error ("export '%s': only a file name of the directory %s, "
+                  "not hidden", export, url);
     errno = EINVAL;
     return NULL;
   }

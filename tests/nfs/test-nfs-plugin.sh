@@ -5,7 +5,8 @@
 # writes (some FUA), zero writes, trims and flushes applied with qemu-io
 # through the plugin and to a local raw mirror leaves the file equal to
 # the mirror; create=SIZE makes a sparse file that a multi-connection
-# nbdcopy fills; a directory URL lists its files as exports; NFSv4 reads
+# nbdcopy fills; a directory URL (also the export's root) lists its
+# files as exports, hidden ones neither listed nor served; NFSv4 reads
 # (read-only); clear errors.
 #   test-nfs-plugin.sh [SEED]
 source "$(dirname "$0")/nfs-server.sh"
@@ -78,8 +79,24 @@ nbdinfo "nbd+unix:///?socket=$sock" >/dev/null 2>&1 &&
   fail "the default export of a directory was served"
 nbdinfo "nbd+unix:///..?socket=$sock" >/dev/null 2>&1 &&
   fail "export '..' was served"
+nbdinfo "nbd+unix:///.hidden?socket=$sock" >/dev/null 2>&1 &&
+  fail "the hidden file .hidden was served"
 stop_nbdkit
 echo "ok: directory listed as exports ($list)"
+
+# The export's root itself (with and without a final /): its files.
+for u in "$NFS_URL" "$NFS_URL/"; do
+  new_sock
+  start_nbdkit "$sock" "$plugin" "url=$u?timeout=20"
+  list=$(nbdinfo --list --json "$(uri_of "$sock")" |
+         python3 -c 'import json,sys; print(" ".join(sorted(e["export-name"] for e in json.load(sys.stdin)["exports"])))') ||
+    fail "listing the export root $u"
+  [ "$list" = "disk.raw new.raw" ] || fail "exports of the root $u: '$list'"
+  nbdcopy -- "nbd+unix:///disk.raw?socket=$sock" "$tmpdir/root.out"
+  assert_same disk.raw "$tmpdir/root.out" "disk.raw served from the root $u"
+  stop_nbdkit
+done
+echo "ok: the export root as a directory"
 
 # 5. NFSv4: read-only, same bytes.
 new_sock

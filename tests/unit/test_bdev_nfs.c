@@ -57,6 +57,17 @@ main (void)
   bad ("nfs://h/e/f?readahead=1");
   bad ("nfs://h/e/f?uid=1&&gid=2");
   bad ("nfs://h/e/f?aVeryLongKeyThatIsLongerThanThirtyTwoBytes=1");
+  bad ("nfs://h:2049/e/f");             /* ports go in nfsport= */
+  bad ("nfs://[::1/e/f");
+  bad ("nfs://[]/e/f");
+
+  /* A bracketed IPv6 address is a server name (no EINVAL): it fails
+   * only when connecting.
+   */
+  errno = 0;
+  CHECK (bdev_storage_open ("nfs://[::1]/e/f?nfsport=9&mountport=9"
+                            "&timeout=5", &o) == NULL);
+  CHECK (errno != 0 && errno != EINVAL);
 
   /* Nothing listens on port 9 of loopback: a prompt error, not a hang. */
   time_t t0 = time (NULL);
