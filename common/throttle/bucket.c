@@ -209,9 +209,10 @@ trim (char *s)
 }
 
 /* One pass over the file text.  Top-level lines go to *top.  Lines of
- * each section go to a copy of *top_final made at the section header
- * (when top_final is NULL, i.e. in the first pass, they are only
- * syntax-checked); each section is checked for consistency at its end;
+ * each section go over a copy of *top_final together with the lines of
+ * earlier sections of the same name (when top_final is NULL, i.e. in the
+ * first pass, they are only syntax-checked): that sum is what a group of
+ * that name gets, and is checked for consistency at each section's end;
  * lines of sections named `group' also go to *group_out.
  */
 static int
@@ -224,7 +225,9 @@ parse_pass (char *copy, thr_parse_size_fn parse_size,
   const char *section = "";             /* points into copy */
   bool in_section = false;
   struct thr_limits sec;
-  int lineno = 0;
+  int lineno = 0, ret = -1;
+  struct named { const char *name; struct thr_limits lim; } *acc = NULL;
+  size_t nacc = 0, cur = 0;             /* sums per section name */
 
   for (;;) {
     char *nl = strchr (line, '\n');
@@ -240,21 +243,37 @@ parse_pass (char *copy, thr_parse_size_fn parse_size,
     s = trim (s);
     if (*s == '[') {
       char *close = strrchr (s, ']');
-      if (in_section && top_final &&
-          thr_limits_check (&sec, msg, sizeof msg) == -1) {
-        kvm_seterr (err, errlen, "section [%s]: %s", section, msg);
-        return -1;
+      if (in_section && top_final) {
+        if (thr_limits_check (&sec, msg, sizeof msg) == -1) {
+          kvm_seterr (err, errlen, "section [%s]: %s", section, msg);
+          goto out;
+        }
+        acc[cur].lim = sec;
       }
       if (close == NULL || close[1] != '\0' || close == s + 1) {
         kvm_seterr (err, errlen, "line %d: expected [GROUP], got '%s'",
                   lineno, s);
-        return -1;
+        goto out;
       }
       *close = '\0';
       section = s + 1;
       in_section = true;
-      if (top_final)
-        sec = *top_final;
+      if (top_final) {
+        for (cur = 0; cur < nacc; cur++)
+          if (strcmp (acc[cur].name, section) == 0)
+            break;
+        if (cur == nacc) {
+          struct named *na = realloc (acc, (nacc + 1) * sizeof *na);
+          if (na == NULL) {
+            kvm_seterr (err, errlen, "out of memory");
+            goto out;
+          }
+          acc = na;
+          acc[nacc].name = section;
+          acc[nacc++].lim = *top_final;
+        }
+        sec = acc[cur].lim;
+      }
       else
         memset (&sec, 0, sizeof sec);
     }
@@ -264,7 +283,7 @@ parse_pass (char *copy, thr_parse_size_fn parse_size,
       if (eq == NULL) {
         kvm_seterr (err, errlen, "line %d: expected key=value, got '%s'",
                   lineno, s);
-        return -1;
+        goto out;
       }
       *eq = '\0';
       key = trim (s);
@@ -278,11 +297,11 @@ parse_pass (char *copy, thr_parse_size_fn parse_size,
                             msg, sizeof msg);
       if (r == 0) {
         kvm_seterr (err, errlen, "line %d: unknown key '%s'", lineno, key);
-        return -1;
+        goto out;
       }
       if (r == -1) {
         kvm_seterr (err, errlen, "line %d: %s", lineno, msg);
-        return -1;
+        goto out;
       }
     }
     if (!nl)
@@ -292,9 +311,12 @@ parse_pass (char *copy, thr_parse_size_fn parse_size,
   if (in_section && top_final &&
       thr_limits_check (&sec, msg, sizeof msg) == -1) {
     kvm_seterr (err, errlen, "section [%s]: %s", section, msg);
-    return -1;
+    goto out;
   }
-  return 0;
+  ret = 0;
+ out:
+  free (acc);
+  return ret;
 }
 
 int

@@ -41,6 +41,7 @@ struct queue {
 struct thr_member {
   struct thr_group *g;
   struct queue q[NR_CLASSES];
+  int abort_errno;                      /* a sleep failed: going away */
 };
 
 struct thr_group {
@@ -244,6 +245,12 @@ thr_admit (struct thr_member *m, enum thr_op op, uint64_t bytes,
   }
 
   pthread_mutex_lock (&g->lock);
+  if (m->abort_errno) {
+    ADD (aborted_ops, 1);
+    pthread_mutex_unlock (&g->lock);
+    errno = m->abort_errno;
+    return -1;
+  }
   t0 = now = g->clock.now (g->clock.opaque);
   if (g->cur[c] == NULL &&
       thr_buckets_wait (&g->b, &g->lim, op, count_bytes, now) == 0) {
@@ -265,8 +272,13 @@ thr_admit (struct thr_member *m, enum thr_op op, uint64_t bytes,
     ring_insert (g, c, m);
 
   for (;;) {
-    while (g->cur[c] != m || q->head != &w)
+    while (!m->abort_errno && (g->cur[c] != m || q->head != &w))
       pthread_cond_wait (&w.cond, &g->lock);
+    if (m->abort_errno) {               /* another request's sleep failed */
+      r = -1;
+      saved_errno = m->abort_errno;
+      break;
+    }
 
     /* We are the head of this class. */
     if (!g->limited)
@@ -283,8 +295,16 @@ thr_admit (struct thr_member *m, enum thr_op op, uint64_t bytes,
     if (g->clock.poll)
       g->clock.poll (g->clock.opaque);
     pthread_mutex_lock (&g->lock);
-    if (r == -1)
+    if (r == -1) {
+      /* The connection is going away (or the server): every request of
+       * it waiting behind this one leaves now, not when its turn comes.
+       */
+      m->abort_errno = saved_errno ? saved_errno : ESHUTDOWN;
+      for (int k = 0; k < NR_CLASSES; k++)
+        for (struct waiter *x = m->q[k].head; x; x = x->next)
+          pthread_cond_signal (&x->cond);
       break;
+    }
   }
 
   if (r == 0) {
@@ -299,13 +319,21 @@ thr_admit (struct thr_member *m, enum thr_op op, uint64_t bytes,
   else
     ADD (aborted_ops, 1);
 
-  /* Leave the queue, pass the turn to the next member. */
-  q->head = w.next;
-  if (q->head == NULL) {
-    q->tail = NULL;
-    ring_remove (g, c, m);
+  /* Leave the queue (from its middle if aborted), and pass the turn to
+   * the next member if it was ours.
+   */
+  bool had_turn = g->cur[c] == m && q->head == &w;
+  struct waiter **pp = &q->head, *prev = NULL;
+  while (*pp != &w) {
+    prev = *pp;
+    pp = &(*pp)->next;
   }
-  else
+  *pp = w.next;
+  if (q->tail == &w)
+    q->tail = prev;
+  if (q->head == NULL)
+    ring_remove (g, c, m);
+  else if (had_turn)
     g->cur[c] = q->rr_next;
   if (g->cur[c])
     pthread_cond_signal (&g->cur[c]->q[c].head->cond);

@@ -269,7 +269,10 @@ read_throttle_file (char **textp, struct stat *st, bool startup)
   ssize_t n;
   size_t len = 0;
 
-  fd = open (throttle_file, O_RDONLY | O_CLOEXEC);
+  /* O_NONBLOCK: a FIFO put there must not block the request (or the
+   * start-up) that reads the file; it is refused below.
+   */
+  fd = open (throttle_file, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd == -1) {
     if (errno == ENOENT)
       return 0;
@@ -278,6 +281,10 @@ read_throttle_file (char **textp, struct stat *st, bool startup)
   }
   if (fstat (fd, st) == -1) {
     nbdkit_error ("throttle: fstat: %s: %m", throttle_file);
+    goto out;
+  }
+  if (!S_ISREG (st->st_mode)) {
+    nbdkit_error ("throttle: %s: not a regular file%s", throttle_file, keep);
     goto out;
   }
   text = malloc (FILE_MAX + 1);
@@ -329,10 +336,17 @@ limits_for (const char *group, struct thr_limits *out)
 {
   char err[512];
 
-  if (file_text == NULL ||
-      thr_limits_parse_text (&cmdline_limits, file_text, group,
-                             nbdkit_parse_size, out, err, sizeof err) == -1)
-    *out = cmdline_limits;      /* (the text was checked when read) */
+  if (file_text == NULL)
+    *out = cmdline_limits;
+  else if (thr_limits_parse_text (&cmdline_limits, file_text, group,
+                                  nbdkit_parse_size, out, err,
+                                  sizeof err) == -1) {
+    /* Not expected: the text was checked as a whole when read. */
+    nbdkit_error ("throttle: %s: %s: using the command line's limits%s%s",
+                  throttle_file, err, group ? " for group " : "",
+                  group ? group : "");
+    *out = cmdline_limits;
+  }
 }
 
 /* Install a new throttle file text (owned; NULL: no file) and apply the

@@ -4,9 +4,11 @@
 # connection stays open and busy: new limits take effect within a second,
 # malformed content keeps the previous limits and logs an error, removing
 # the file returns to the command-line limits; [GROUP] sections give
-# groups their own limits.  A malformed file at start is a start-up error.
+# groups their own limits.  A malformed file at start is a start-up error;
+# a FIFO at the path is refused and never blocks.
 source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 source "$TOP_SRCDIR/tests/throttle/throttle-functions.sh"
+requires qemu-io nbdinfo
 
 limits=$tmpdir/limits
 printf 'bps-total=4M\n' > "$limits"
@@ -57,4 +59,29 @@ fi
 grep -q "bps-total-max .* cannot be lower than bps-total" "$tmpdir/err" ||
   fail "unclear start-up error: $(cat "$tmpdir/err")"
 echo "ok: start-up error: $(grep throttle "$tmpdir/err")"
+
+# A FIFO at the path (no writer) is refused, at start-up and when it
+# appears later, without blocking the request that looks at it or the
+# shutdown.
+rm -f "$limits"
+mkfifo "$limits"
+if timeout 10 nbdkit -U "$tmpdir/fifo.sock" --filter="$THROTTLE" pattern 1G \
+     throttle-file="$limits" --run true 2> "$tmpdir/err"; then
+  fail "nbdkit started with a FIFO as its throttle file"
+fi
+grep -q "throttle: $limits: not a regular file" "$tmpdir/err" ||
+  fail "unclear start-up error for a FIFO: $(cat "$tmpdir/err")"
+rm -f "$limits"
+serve pattern 1G throttle-file="$limits" 2> "$tmpdir/log4"
+mkfifo "$limits"
+sleep 1.2                               # past the file's check interval
+timeout 10 nbdinfo --size "$uri" > /dev/null ||
+  fail "a request hung on the FIFO"
+timeout 10 qemu-io -r -f raw -c 'read 0 1M' "$uri" > /dev/null ||
+  fail "reads hung on the FIFO"
+grep -q "not a regular file" "$tmpdir/log4" ||
+  fail "no error for the FIFO: $(cat "$tmpdir/log4")"
+stop_nbdkit
+rm -f "$limits"
+echo "ok: a FIFO as the throttle file is refused"
 echo PASS

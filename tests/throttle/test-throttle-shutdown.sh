@@ -2,7 +2,8 @@
 # SPDX-License-Identifier: BSD-3-Clause
 # Throttle filter: requests waiting for a long time do not hold nbdkit.
 # A client that disconnects while its requests wait leaves the server
-# healthy (its waits are abandoned, not served), and SIGTERM stops a
+# healthy (its waits are abandoned, not served), all of them at once even
+# while another client holds the turn, and SIGTERM stops a
 # server with requests waiting instead of waiting for the buckets.
 source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 source "$TOP_SRCDIR/tests/throttle/throttle-functions.sh"
@@ -46,6 +47,36 @@ echo "ok: $(grep 'stats (connection closed)' "$tmpdir/log1")"
 [ "$(nbdinfo --size "$uri")" = 1073741824 ] || fail "server unhealthy after a client died"
 read -r bps iops < <(client rate "$uri" read 4096 1 0-3)
 between "reads after the dead client (IOPS)" "$iops" 0.3 3
+stop_nbdkit
+
+# --- a client dies while another one's request holds the turn -----------
+# 16 KiB/s and 64 KiB requests: each admission waits 4 s, and the two
+# clients take turns.  Client B (6 in flight) is killed; only one of its
+# requests at a time can notice (the one whose turn it is), and the rest
+# must leave with it, not one per turn (6 turns: over 20 s).
+serve -v -D nbdkit.backend.datapath=0 -D throttle.stats=1 \
+  pattern 1G bps-total=16K 2> "$tmpdir/log3"
+"$NBDPY" "$TOP_SRCDIR/tests/throttle/client.py" rate "$uri" read 65536 2 0-60 \
+  > /dev/null 2>&1 &
+apid=$!
+kill_at_exit $apid
+sleep 0.5
+"$NBDPY" "$TOP_SRCDIR/tests/throttle/client.py" rate "$uri" read 65536 6 0-60 \
+  > /dev/null 2>&1 &
+bpid=$!
+kill_at_exit $bpid
+sleep 2
+kill -9 $bpid
+wait $bpid 2>/dev/null || :
+for (( i = 0; i < 120; i++ )); do
+  grep -q 'stats (connection closed)' "$tmpdir/log3" && break
+  sleep 0.1
+done
+grep -Eq 'stats \(connection closed\).* [1-9][0-9]* waits abandoned' "$tmpdir/log3" ||
+  fail "the dead client's waits did not end within 12 s: $(grep 'throttle: stats' "$tmpdir/log3")"
+echo "ok: after $((i / 10)).$((i % 10)) s: $(grep 'stats (connection closed)' "$tmpdir/log3")"
+kill -9 $apid 2>/dev/null || :
+wait $apid 2>/dev/null || :
 stop_nbdkit
 
 # --- SIGTERM with requests waiting ---------------------------------------

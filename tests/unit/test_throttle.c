@@ -166,6 +166,13 @@ test_parse (void)
                                   err, sizeof err) == -1);
     CHECK (strstr (err, "section [a]: iops-read-max (5) cannot be lower")
            != NULL);
+    /* So does a group whose sections are each fine but not together. */
+    CHECK (thr_limits_parse_text (&lim, "bps-total=10M\n[db1]\n"
+                                  "bps-total-max=20M\n[db1]\n"
+                                  "bps-total=30M\n", NULL,
+                                  thr_parse_size_simple, &out,
+                                  err, sizeof err) == -1);
+    CHECK (strstr (err, "section [db1]: bps-total-max") != NULL);
     CHECK (thr_limits_parse_text (&lim, "[a\nbps-total=1\n", NULL,
                                   thr_parse_size_simple, &out,
                                   err, sizeof err) == -1);
