@@ -200,6 +200,11 @@ scan_devices (struct lvm_vgset *set, bool want_text, struct fp **fpp,
                                  true, true };
         continue;
       }
+      /* A PV header may record an area's size as 0: its own header
+       * tells, and every mapped byte must stay out of it.
+       */
+      if (dv->label.mda[m].size == 0)
+        dv->label.mda[m].size = mt.mda_size;
       fp[nf++] = (struct fp) { d, mt.mda_offset, mt.text_offset,
                                mt.text_size, mt.checksum, mt.ignored,
                                mt.empty };
@@ -650,7 +655,8 @@ check_map_bounds (struct lvm_vgset *set, struct snap *s, const char *lv,
       }
       for (size_t a = 0; a < dv->label.mda_count; a++) {
         uint64_t mo = dv->label.mda[a].offset;
-        uint64_t me = mo + dv->label.mda[a].size;
+        uint64_t ms = dv->label.mda[a].size;
+        uint64_t me = mo + (ms ? ms : LVM_MDA_HEADER_SIZE);  /* unreadable */
         if (me < mo)
           me = UINT64_MAX;
         if (lo < me && mo < hi) {
@@ -740,6 +746,7 @@ struct lv_dev {
   pthread_mutex_t lock;         /* revalidation */
   atomic_uint_fast64_t gen;     /* metadata generation checked against */
   atomic_bool stale;
+  atomic_bool became_readonly;  /* newer metadata: no more writes */
 };
 
 static const void *
@@ -771,6 +778,16 @@ revalidate (struct lv_dev *l)
                  "reconnect", l->lvname, s->vg->seqno,
                  i < 0 ? "removed" : !m ? err : "reduced or moved");
       atomic_store (&l->stale, true);
+    }
+    else if (m->readonly && !l->bd.readonly &&
+             !atomic_load (&l->became_readonly)) {
+      /* Made read-only (lvchange -pr), or now a snapshot origin or a
+       * mirror leg, whose writes must go through dm: reads go on.
+       */
+      kvm_error ("LV %s: read-only from metadata seqno %" PRIu64 " on; "
+                 "refusing further writes on this connection",
+                 l->lvname, s->vg->seqno);
+      atomic_store (&l->became_readonly, true);
     }
     else
       kvm_debug ("LV %s: still valid at metadata seqno %" PRIu64,
@@ -806,6 +823,12 @@ lv_io (struct lv_dev *l, enum op op, void *buf, uint64_t count,
   char *b = buf;
   if (lv_check (l) == -1)
     return -1;
+  if (op != OP_READ && atomic_load (&l->became_readonly)) {
+    kvm_error ("LV %s: read-only in the current metadata; reconnect",
+               l->lvname);
+    errno = EROFS;
+    return -1;
+  }
   while (count > 0) {
     const struct lvm_piece *p = lvm_map_find (l->map, offset);
     size_t pv;
@@ -965,6 +988,7 @@ lvm_lv_open (struct lvm_vgset *set, const char *name, bool readonly)
   pthread_mutex_init (&l->lock, NULL);
   atomic_init (&l->gen, s->gen);
   atomic_init (&l->stale, false);
+  atomic_init (&l->became_readonly, false);
   l->lvname = strdup (name);
   l->used = calloc (set->ndev, sizeof *l->used);
   if (!l->lvname || !l->used) {

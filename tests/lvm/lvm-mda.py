@@ -15,6 +15,8 @@ checksums.  Written from the on-disk format description (label in sectors
                                      if it does not fit)
   lvm-mda.py break-header PV         corrupt the first mda header (checksum
                                      left stale)
+  lvm-mda.py zero-mda-size PV        record every mda's size as 0 in the PV
+                                     header (label checksum recomputed)
 """
 import struct
 import sys
@@ -66,6 +68,28 @@ def label(f):
                     areas.append((o, sz))
                 lists.append(areas)
             return uuid, lists[0], lists[1]
+    raise SystemExit("no LVM2 label")
+
+
+def zero_mda_sizes(f):
+    for s in range(4):
+        sec = bytearray(read_at(f, s * SECTOR, SECTOR))
+        if sec[:8] != b"LABELONE":
+            continue
+        p = struct.unpack_from("<I", sec, 20)[0] + 40
+        for lst in range(2):
+            while True:
+                o, _ = struct.unpack_from("<QQ", sec, p)
+                if o == 0:
+                    p += 16
+                    break
+                if lst == 1:
+                    struct.pack_into("<Q", sec, p + 8, 0)
+                p += 16
+        struct.pack_into("<I", sec, 16, crc(bytes(sec[20:])))
+        f.seek(s * SECTOR)
+        f.write(bytes(sec))
+        return
     raise SystemExit("no LVM2 label")
 
 
@@ -138,6 +162,8 @@ def main():
                     raise SystemExit("unknown option " + a)
             for start, size in mdas:
                 write_text(f, start, text, offset, bad)
+        elif cmd == "zero-mda-size":
+            zero_mda_sizes(f)
         elif cmd == "break-header":
             start = mdas[0][0]
             f.seek(start + 30)

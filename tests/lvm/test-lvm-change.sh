@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: BSD-3-Clause
-# Metadata changes while serving: lvextend, lvreduce, lvrename on the host
-# (real lvm2 tools) while connections are open.  New connections see the
-# current metadata; an open connection keeps its size, keeps working while
-# its extents still belong to its LV, and fails once they do not.
+# Metadata changes while serving: lvextend, lvreduce, lvrename, lvchange
+# -pr on the host (real lvm2 tools) while connections are open.  New
+# connections see the current metadata; an open connection keeps its
+# size, keeps working while its extents still belong to its LV, and fails
+# once they do not; it stops writing once the LV is read-only.
 source "${TOP_SRCDIR:-$(dirname "$0")/../..}/tests/functions.sh"
 source "$TOP_SRCDIR/tests/lvm/lvm-lib.sh"
 requires /usr/bin/python3
@@ -64,6 +65,25 @@ h2 = conn("a")
 assert h2.get_size() == 12 << 20, h2.get_size()
 assert read_all(h2)[:8 << 20] == data, "new connection after lvextend"
 print("ok: lvextend")
+
+# lvchange -pr: an open connection stops writing (reads go on), a new
+# one is read-only.
+hb = conn("b")
+assert not hb.is_read_only()
+hb.pwrite(b"x" * 4096, 0)
+lvm("lvchange", "-q", "-pr", "vgc/b")
+time.sleep(0.3)
+try:
+    hb.pwrite(b"y" * 4096, 0)
+    sys.exit("FAIL: a write after lvchange -pr succeeded")
+except nbd.Error as e:
+    print("ok: write after lvchange -pr ->", e.string)
+assert hb.pread(4096, 0) == b"x" * 4096, "read after lvchange -pr"
+hb2 = conn("b")
+assert hb2.is_read_only(), "new connection after lvchange -pr"
+hb.shutdown()
+hb2.shutdown()
+print("ok: lvchange -pr")
 
 # lvrename keeps the LV (same UUID): open connections continue.
 lvm("lvrename", "-q", "vgc", "a", "c")

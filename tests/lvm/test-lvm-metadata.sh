@@ -111,6 +111,18 @@ expect_fail "segment past PV end" "lie past the end of .*a.img" lv=good
 serve lv=other --run 'nbdinfo --size "$uri"' > size.txt
 [ "$(cat size.txt)" = 4194304 ] || fail "other LV not served next to a bad one"
 
+# Extents over a metadata area (pe_start 8 sectors: the area's start) are
+# refused, also when the PV header records the area's size as 0 (the
+# size is then the one in the area's own header).
+vg_edit mdaov.vg 're.sub(r"pe_start = \d+", "pe_start = 8", t)'
+grep -q 'pe_start = 8$' mdaov.vg || fail "edit failed"
+store mdaov.vg
+expect_fail "extents over the metadata area" "extents overlap the metadata area" lv=good
+lvm_mda zero-mda-size a.img; lvm_mda zero-mda-size b.img
+lvm_mda info a.img > /dev/null
+expect_fail "extents over a metadata area of size 0 in the PV header" \
+  "extents overlap the metadata area" lv=good
+
 # --- inconsistent copies ----------------------------------------------------
 vg_edit other.vg 're.sub(r"creation_host = \"[^\"]*\"", "creation_host = \"elsewhere\"", t, 1)'
 cp a0.img a.img; cp b0.img b.img
