@@ -260,8 +260,8 @@ parse_url (void)
   }
   u = iscsi_parse_full_url (tmp, have_lun ? copy : withlun);
   if (u == NULL) {
-    nbdkit_error ("cannot parse url: %s (syntax: %s)",
-                  iscsi_get_error (tmp), ISCSI_URL_SYNTAX);
+    /* libiscsi's message quotes the whole URL, CHAP password included. */
+    nbdkit_error ("cannot parse url= (syntax: %s)", ISCSI_URL_SYNTAX);
     goto out;
   }
   if (portal || target || (have_lun && lun >= 0)) {
@@ -547,11 +547,15 @@ iscsi_can_flush (void *handle)
   return 1;
 }
 
+/* Native FUA only where MODE SENSE says the target honours it (DPOFUA):
+ * Linux LIO, for one, rejects WRITE with FUA on a LUN without a write
+ * cache.  Otherwise nbdkit flushes after the write.
+ */
 static int
 iscsi_can_fua (void *handle)
 {
-  (void) handle;
-  return NBDKIT_FUA_NATIVE;
+  struct handle *h = handle;
+  return h->p->info.dpofua ? NBDKIT_FUA_NATIVE : NBDKIT_FUA_EMULATE;
 }
 
 /* SYNCHRONIZE CACHE acts on the logical unit, not the I_T nexus: a flush
@@ -605,6 +609,8 @@ max_xfer (const struct pool *p)
   return __atomic_load_n (&p->info.max_xfer_blocks, __ATOMIC_RELAXED);
 }
 
+static int flush_lun (struct handle *h);
+
 /* READ or WRITE of whole blocks, split at the transfer limit. */
 static int
 rw_blocks (struct handle *h, enum cmd_op op, void *buf, uint64_t lba,
@@ -612,6 +618,7 @@ rw_blocks (struct handle *h, enum cmd_op op, void *buf, uint64_t lba,
 {
   struct pool *p = h->p;
   uint32_t bs = p->info.block_size;
+  bool flush_after = false;
 
   while (nblocks > 0) {
     uint32_t n = nblocks > max_xfer (p) ? max_xfer (p) : (uint32_t) nblocks;
@@ -623,12 +630,23 @@ rw_blocks (struct handle *h, enum cmd_op op, void *buf, uint64_t lba,
                     op == OP_READ ? "READ" : "WRITE", lba, n,
                     fua ? " FUA" : "");
     if (pool_run (p, &c) == -1) {
-      /* A target without READ(16)/WRITE(16): fall back to 10-byte CDBs
-       * while the addresses fit.
+      /* A WRITE with FUA rejected although DPOFUA was reported: write
+       * without it, then flush (before the caller's request completes).
+       */
+      if (c.unsupported && fua) {
+        nbdkit_debug ("iscsi: WRITE with FUA rejected, writing without "
+                      "and flushing");
+        fua = false;
+        flush_after = true;
+        continue;
+      }
+      /* A target without READ(16)/WRITE(16): fall back to 10-byte CDBs,
+       * for good, only if every LBA of the LUN fits in them (else later
+       * requests past 2^32 blocks would be cut to 32 bits).
        */
       if (c.unsupported &&
           __atomic_load_n (&p->info.use_16, __ATOMIC_RELAXED) &&
-          lba + n <= UINT32_MAX && n <= 0xffff) {
+          p->info.num_blocks <= (uint64_t) UINT32_MAX + 1 && n <= 0xffff) {
         nbdkit_debug ("iscsi: 16-byte READ/WRITE rejected, "
                       "using 10-byte CDBs");
         /* Idempotent: threads falling back at once store the same. */
@@ -648,7 +666,7 @@ rw_blocks (struct handle *h, enum cmd_op op, void *buf, uint64_t lba,
     lba += n;
     nblocks -= n;
   }
-  return 0;
+  return flush_after ? flush_lun (h) : 0;
 }
 
 static int
@@ -659,10 +677,16 @@ flush_lun (struct handle *h)
   if (iscsi_debug_requests)
     nbdkit_debug ("iscsi: SYNCHRONIZE CACHE");
   if (pool_run (h->p, &c) == -1) {
-    if (c.unsupported) {
-      /* No volatile cache to flush (and nothing to sync). */
-      nbdkit_debug ("iscsi: SYNCHRONIZE CACHE not supported, ignored");
+    if (c.unsupported && h->p->info.no_wce) {
+      /* The caching page says there is no volatile cache. */
+      nbdkit_debug ("iscsi: SYNCHRONIZE CACHE not supported, and no "
+                    "write cache (WCE=0): nothing to flush");
       return 0;
+    }
+    if (c.unsupported) {
+      nbdkit_error ("iscsi: the target rejects SYNCHRONIZE CACHE and does "
+                    "not report that it has no write cache: cannot flush");
+      errno = EIO;
     }
     return -1;
   }

@@ -294,12 +294,27 @@ probe_lun (struct session *s)
       scsi_free_scsi_task (task);
   }
 
-  /* Write protect: MODE SENSE(6) device-specific parameter, WP bit. */
+  /* MODE SENSE(6), all pages: the device-specific parameter's WP and
+   * DPOFUA bits, and the caching page's WCE bit (SBC-4 6.5).  A target
+   * that does not tell keeps the safe defaults: FUA emulated by a
+   * flush, and a volatile cache assumed.
+   */
   task = iscsi_modesense6_sync (iscsi, s->lun, 1, SCSI_MODESENSE_PC_CURRENT,
                                 SCSI_MODEPAGE_RETURN_ALL_PAGES, 0, 255);
   if (sync_ok (iscsi, task, "MODE SENSE(6)", true) &&
-      task->datain.size >= 3)
-    li->readonly = (task->datain.data[2] & 0x80) != 0;
+      task->datain.size >= 4) {
+    const unsigned char *d = task->datain.data;
+    size_t len = (size_t) task->datain.size;
+    if (len > (size_t) d[0] + 1)
+      len = (size_t) d[0] + 1;      /* the mode data length field */
+    li->readonly = (d[2] & 0x80) != 0;
+    li->dpofua = (d[2] & 0x10) != 0;
+    for (size_t o = 4 + (size_t) d[3]; o + 2 < len; o += 2 + d[o + 1])
+      if ((d[o] & 0x3f) == 0x08 && o + 2 < len) {
+        li->no_wce = (d[o + 2] & 0x04) == 0;
+        break;
+      }
+  }
   if (task)
     scsi_free_scsi_task (task);
 
@@ -573,9 +588,9 @@ submit (struct session *s, struct cmd *c, struct ticket *t)
                                    len, bs, 0, 0, c->fua, 0, 0, cmd_done, t,
                                    iov, 1);
   case OP_SYNC:
-    if (use_16)
-      return iscsi_synchronizecache16_task (iscsi, s->lun, 0, 0, 0, 0,
-                                            cmd_done, t);
+    /* LBA 0 and 0 blocks: the whole LUN, whatever its size; (10) is the
+     * one every target has (SYNCHRONIZE CACHE(16) is optional).
+     */
     return iscsi_synchronizecache10_task (iscsi, s->lun, 0, 0, 0, 0,
                                           cmd_done, t);
   case OP_UNMAP:
@@ -721,8 +736,14 @@ session_run (struct session *s, struct cmd *c)
     if (c->status == SCSI_STATUS_CHECK_CONDITION)
       sense = task->sense;
     err = scsi_errno (c->status, &sense);
-    if (err == 0)               /* recovered error: data is good */
-      return 0;
+    if (err == 0) {             /* recovered error: data is good ... */
+      if (transfer_ok (s, c, task))
+        return 0;               /* ... if it all came */
+      scsi_free_scsi_task (task);
+      c->task = NULL;
+      errno = EIO;
+      return -1;
+    }
 
     scsi_describe (c->status, &sense, msg, sizeof msg);
     if (scsi_is_transient (c->status, &sense) && attempt < s->cfg->retries) {

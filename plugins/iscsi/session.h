@@ -47,6 +47,8 @@ struct lun_info {
   uint32_t block_size;
   uint64_t num_blocks;
   bool readonly;                /* write-protected (MODE SENSE WP bit) */
+  bool dpofua;                  /* honours FUA on WRITE (MODE SENSE) */
+  bool no_wce;                  /* caching page: no volatile write cache */
   bool use_16;                  /* 16-byte CDBs (else 10-byte) */
   uint32_t max_xfer_blocks;     /* per READ/WRITE, always >= 1 */
   uint32_t opt_xfer_gran;       /* blocks, 0 = not reported */

@@ -40,6 +40,12 @@ DEFAULTS = dict(
     lba_status=None,            # list of (lba, nblocks, type), or None
     report_luns=None,           # (claimed list length, [lun numbers])
     vpd_b0_claimed_len=None,    # page length field of VPD B0
+    dpofua=False,               # MODE SENSE: FUA honoured
+    wce=True,                   # MODE SENSE caching page: write cache on
+    big=False,                  # capacity last_lba, sparse (zero) blocks
+    reject_fua=False,           # WRITE with FUA: INVALID FIELD IN CDB
+    recovered_read=False,       # READ: RECOVERED ERROR and no data
+    no_sync_cache=False,        # SYNCHRONIZE CACHE(10)/(16): invalid opcode
     r2t=None,                   # None: writes send all data unsolicited;
                                 # "exact", "beyond" or "huge": the target
                                 # asks for it with R2Ts of that kind
@@ -87,6 +93,15 @@ PROFILES = {
     # LUN 0 twice, 0x4001 = flat space LUN 1, 0x8001 (extended logical
     # unit addressing) and 0x0105 (bus 1) which the plugin cannot use.
     "report-luns-odd": dict(report_luns=(40, [0, 0x4001, 0, 0x8001, 0x0105])),
+    # 2^33 blocks.  One refuses FUA without saying it honours it (as Linux
+    # LIO on a LUN without write cache), one says it does and refuses it.
+    "big-lio": dict(big=True, last_lba=(1 << 33) - 1, reject_fua=True),
+    "big-fua-rejected": dict(big=True, last_lba=(1 << 33) - 1,
+                             reject_fua=True, dpofua=True),
+    "recovered-read": dict(recovered_read=True),
+    # No SYNCHRONIZE CACHE at all: with a write cache, and without one.
+    "no-sync-cache": dict(no_sync_cache=True),
+    "no-sync-cache-no-wce": dict(no_sync_cache=True, wce=False),
 }
 
 
@@ -104,6 +119,7 @@ class Lun:
     def __init__(self, profile):
         self.p = dict(DEFAULTS, **PROFILES[profile])
         self.data = bytearray(pattern(SIZE))
+        self.sparse = {}                # "big": block number -> bytes
         self.lock = threading.Lock()
 
     # Returns (status, data, sense).
@@ -124,7 +140,9 @@ class Lun:
         if op == 0x9e and cdb[1] & 0x1f == 0x12:        # GET LBA STATUS
             return 0, self.lba_status(cdb), None
         if op == 0x1a:                                  # MODE SENSE(6)
-            return 0, bytes([3, 0, 0, 0]), None
+            caching = bytes([0x08, 0x12, 0x04 if p["wce"] else 0]) + bytes(17)
+            return 0, (bytes([3 + len(caching), 0,
+                              0x10 if p["dpofua"] else 0, 0]) + caching), None
         if op == 0xa0:                                  # REPORT LUNS
             claimed, luns = p["report_luns"] or (8, [0])
             body = b"".join(be(l, 2) + bytes(6) for l in luns)
@@ -135,6 +153,23 @@ class Lun:
             else:
                 lba, n = int.from_bytes(cdb[2:10], "big"), int.from_bytes(cdb[10:14], "big")
             start, length = lba * BLOCK, n * BLOCK
+            if p["reject_fua"] and op in (0x2a, 0x8a) and cdb[1] & 0x08:
+                return 2, b"", (0x05, 0x24, 0x00)       # invalid field in CDB
+            if p["recovered_read"] and op in (0x28, 0x88):
+                return 2, b"", (0x01, 0x17, 0x00)       # recovered, no data
+            if p["big"]:
+                print("FAKE: %s(%d) lba=%d blocks=%d" %
+                      ("WRITE" if op in (0x2a, 0x8a) else "READ",
+                       10 if op in (0x28, 0x2a) else 16, lba, n),
+                      file=sys.stderr, flush=True)
+                with self.lock:
+                    if op in (0x2a, 0x8a):
+                        for i in range(n):
+                            self.sparse[lba + i] = bytes(
+                                data_out[i * BLOCK:(i + 1) * BLOCK]).ljust(BLOCK, b"\0")
+                        return 0, b"", None
+                    return 0, b"".join(self.sparse.get(lba + i, bytes(BLOCK))
+                                       for i in range(n)), None
             if start + length > SIZE:
                 return 2, b"", (0x05, 0x21, 0x00)       # LBA out of range
             if p["read_data"] == "drop" and op in (0x28, 0x88):
@@ -149,7 +184,7 @@ class Lun:
             elif p["read_data"] == "long":
                 out = out + b"\xee" * 4096
             return 0, out, None
-        if op in (0x35, 0x91):                          # SYNCHRONIZE CACHE
+        if op in (0x35, 0x91) and not p["no_sync_cache"]:  # SYNCHRONIZE CACHE
             return 0, b"", None
         return 2, b"", (0x05, 0x20, 0x00)               # invalid opcode
 

@@ -52,4 +52,11 @@ if nbdkit -U $d/s6 "$plugin" url=$url user=alice password=alicesecret12 \
   fail "mutual CHAP accepted a target with the wrong secret"
 fi
 grep -qi 'cannot log in' $d/out || fail "unclear error: $(cat $d/out)"
+# A URL that does not parse: the error does not quote its password.
+if nbdkit -U $d/s7 "$plugin" 'url=iscsi://alice%urlsecret1234@127.0.0.1:3260' \
+     --run true > $d/out 2>&1; then
+  fail "a URL without a target was accepted"
+fi
+grep -q 'cannot parse url=' $d/out || fail "unclear error: $(cat $d/out)"
+! grep -q urlsecret1234 $d/out || fail "the password is in the error: $(cat $d/out)"
 echo OK

@@ -17,7 +17,11 @@
 #   - GET LBA STATUS descriptors that skip, wrap, overflow or run past
 #     the end: a map that covers the disk exactly, data intact;
 #   - REPORT LUNS with a length beyond its data, duplicate and unusable
-#     LUN addresses.
+#     LUN addresses;
+#   - a LUN of 2^33 blocks that rejects FUA writes: no fall back to
+#     10-byte CDBs, writes land at their LBA;
+#   - a READ answered RECOVERED ERROR without data: EIO;
+#   - no SYNCHRONIZE CACHE: a flush fails unless the LUN has no cache.
 # The "good" profile first shows that the fake target itself works, so
 # the failures below are the plugin's reaction to the lies alone.
 source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
@@ -188,6 +192,40 @@ assert e['export-size'] == $size, e
   cmp $d/out $d/expected || fail "$profile: data differs"
   finish $profile
 done
+
+# --- FUA and 16-byte CDBs on a LUN of 2^33 blocks -----------------------------
+# A rejected FUA write is no sign that 16-byte CDBs are missing: the
+# write succeeds (FUA emulated by a flush, or retried without FUA), and a
+# later write past 2^32 blocks reaches its own LBA, not LBA 5.
+for profile in big-lio big-fua-rejected; do
+  serve $profile
+  PATH="/usr/bin:$PATH" nbdsh -u "$(uri_of $sock)" -c "
+h.pwrite(b'A' * 512, 0, nbd.CMD_FLAG_FUA)
+h.pwrite(b'B' * 512, ((1 << 32) + 5) * 512)
+assert h.pread(512, 5 * 512) == bytes(512), 'LBA 5 was written'
+assert h.pread(512, ((1 << 32) + 5) * 512) == b'B' * 512
+assert h.pread(512, 0) == b'A' * 512
+" || fail "$profile: FUA or high LBA writes went wrong (see $log, $d/target-$profile.log)"
+  ! grep -q "WRITE(10)" $d/target-$profile.log ||
+    fail "$profile: the plugin fell back to 10-byte CDBs"
+  finish $profile
+done
+
+# --- READ answered RECOVERED ERROR without data ------------------------------------
+eio_within_60s recovered-read "pread(4096, 0)" \
+  "READ at LBA 0, 8 blocks: the target"
+
+# --- no SYNCHRONIZE CACHE -------------------------------------------------------------
+# With a write cache (WCE) a flush cannot be done: it fails.  Without one
+# there is nothing to flush.
+eio_within_60s no-sync-cache "flush()" \
+  "rejects SYNCHRONIZE CACHE and does not report that it has no write cache"
+serve no-sync-cache-no-wce
+PATH="/usr/bin:$PATH" nbdsh -u "$(uri_of $sock)" -c "
+h.pwrite(b'F' * 512, 0)
+h.flush()
+" || fail "no-sync-cache-no-wce: flush failed"
+finish no-sync-cache-no-wce
 
 # --- GET LBA STATUS ----------------------------------------------------------------
 # Expected maps (start length type): the plugin believes a descriptor only
