@@ -193,8 +193,17 @@ rbdp_config (const char *k, const char *value)
   }
   else if (strcmp (k, "mon-host") == 0 || strcmp (k, "mon_host") == 0)
     return set_string (&mon_host, "mon-host", value);
-  else if (strcmp (k, "connect-timeout") == 0)
-    return parse_seconds (k, value, &connect_timeout);
+  else if (strcmp (k, "connect-timeout") == 0) {
+    if (parse_seconds (k, value, &connect_timeout) == -1)
+      return -1;
+    if (connect_timeout == 0) {
+      /* Ceph would take 0 as "wait forever": the point of the option is
+       * the opposite. */
+      nbdkit_error ("connect-timeout=0: must be at least 1 second");
+      return -1;
+    }
+    return 0;
+  }
   else if (strcmp (k, "op-timeout") == 0)
     return parse_seconds (k, value, &op_timeout);
   else if (strncmp (k, "ceph.", 5) == 0 && k[5] != '\0') {
@@ -507,7 +516,7 @@ bounded_checks (void)
     return -1;
   }
   clock_gettime (CLOCK_REALTIME, &deadline);
-  deadline.tv_sec += connect_timeout > 0 ? connect_timeout : 1;
+  deadline.tv_sec += connect_timeout;
 
   pthread_mutex_lock (&checks.lock);
   while (!checks.done && err != ETIMEDOUT)
@@ -659,6 +668,30 @@ make_description (rbd_image_t img, const char *name)
   return ret;
 }
 
+/* The open image NAME (read-only or not), with one more reference, or
+ * NULL.  Lock held.
+ */
+static struct image *
+find_image_locked (const char *name, int readonly)
+{
+  struct image *im;
+  for (im = images; im; im = im->next)
+    if (im->readonly == !!readonly && strcmp (im->name, name) == 0) {
+      im->refs++;
+      break;
+    }
+  return im;
+}
+
+static struct image *
+find_image (const char *name, int readonly)
+{
+  pthread_mutex_lock (&images_lock);
+  struct image *im = find_image_locked (name, readonly);
+  pthread_mutex_unlock (&images_lock);
+  return im;
+}
+
 static void *
 rbdp_open (int readonly)
 {
@@ -685,17 +718,13 @@ rbdp_open (int readonly)
     return NULL;
   }
 
-  pthread_mutex_lock (&images_lock);
-  for (im = images; im; im = im->next)
-    if (im->readonly == !!readonly && strcmp (im->name, name) == 0)
-      break;
-  if (im) {
-    im->refs++;
-    pthread_mutex_unlock (&images_lock);
-    h->im = im;
+  if ((h->im = find_image (name, readonly)) != NULL)
     return h;
-  }
 
+  /* Opened without the lock: an open can wait on the cluster for long
+   * (an inactive placement group), and must not hold up the opens and
+   * closes of other images meanwhile.
+   */
   im = calloc (1, sizeof *im);
   if (im == NULL || (im->name = strdup (name)) == NULL) {
     nbdkit_error ("calloc: %m");
@@ -722,14 +751,25 @@ rbdp_open (int readonly)
                 readonly ? "read-only" : "read-write");
   im->description = make_description (im->img, name);
   im->refs = 1;
-  im->next = images;
-  images = im;
+
+  /* Another connection may have opened it meanwhile: share theirs. */
+  pthread_mutex_lock (&images_lock);
+  if ((h->im = find_image_locked (name, readonly)) == NULL) {
+    im->next = images;
+    images = im;
+    h->im = im;
+    im = NULL;
+  }
   pthread_mutex_unlock (&images_lock);
-  h->im = im;
+  if (im) {
+    rbd_close (im->img);
+    free (im->description);
+    free (im->name);
+    free (im);
+  }
   return h;
 
  err:
-  pthread_mutex_unlock (&images_lock);
   if (im)
     free (im->name);
   free (im);
@@ -915,6 +955,23 @@ do_flush (struct handle *h)
   return 0;
 }
 
+/* librbd cuts a write at the end of an image that shrank under us and
+ * reports success: check that the range still lies inside it.
+ */
+static bool
+past_end (struct handle *h, const char *what, uint32_t count,
+          uint64_t offset)
+{
+  uint64_t size;
+  if (rbd_get_size (h->im->img, &size) < 0 || offset + count <= size)
+    return false;
+  nbdkit_error ("rbd: %s at %" PRIu64 " (%" PRIu32 " bytes) past the end "
+                "of the image (%" PRIu64 " bytes): image resized?", what,
+                offset, count, size);
+  errno = EIO;
+  return true;
+}
+
 static int
 rbdp_pread (void *handle, void *buf, uint32_t count, uint64_t offset,
             uint32_t flags UNUSED)
@@ -942,6 +999,8 @@ rbdp_pwrite (void *handle, const void *buf, uint32_t count, uint64_t offset,
 
   AIO ("rbd_aio_write",
        rbd_aio_write (h->im->img, offset, count, (const char *) buf, c));
+  if (past_end (h, "write", count, offset))
+    return -1;
   if ((flags & NBDKIT_FLAG_FUA) && do_flush (h) == -1)
     return -1;
   return 0;
@@ -992,8 +1051,13 @@ zero_fallback (struct handle *h, uint32_t count, uint64_t offset,
       errno = -r;
       return -1;
     }
+    /* With stripe-count > 1 an object holds slices of the range, which
+     * librbd may skip as smaller than its discard granularity. */
+    uint64_t stripes = 1;
+    if (rbd_get_stripe_count (h->im->img, &stripes) < 0)
+      stripes = 0;
     obj = info.obj_size;
-    if (obj > 0 && ck_round_up64 (offset, obj, &first) &&
+    if (stripes == 1 && obj > 0 && ck_round_up64 (offset, obj, &first) &&
         (obj & (obj - 1)) == 0) {
       last = end & ~(obj - 1);
       if (first < last)
@@ -1077,25 +1141,21 @@ rbdp_zero (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
 
 /* Extents from rbd_diff_iterate2 (against the beginning of time, so
  * every reported range is allocated; the gaps are holes that read as
- * zeroes). */
-struct extents_state {
-  struct nbdkit_extents *exts;
-  uint64_t next;                /* everything before has been added */
-  uint64_t end;
+ * zeroes).  The ranges are collected and sorted before anything is
+ * reported: librbd's object-by-object path (when the object map cannot
+ * be used) reports a striped image's ranges out of image order, and a
+ * range taken for a gap must never turn out to be data.
+ */
+struct diff_range {
+  uint64_t off, len;
+  bool exists;
 };
 
-static int
-add_extent (struct extents_state *st, uint64_t off, uint64_t len,
-            uint32_t type)
-{
-  if (rbd_debug_extents)
-    nbdkit_debug ("rbd: extent %" PRIu64 "+%" PRIu64 " %s", off, len,
-                  type ? "hole" : "data");
-  if (nbdkit_add_extent (st->exts, off, len, type) == -1)
-    return -1;
-  st->next = off + len;
-  return 0;
-}
+struct extents_state {
+  uint64_t start, end;
+  struct diff_range *v;
+  size_t n, cap;
+};
 
 static int
 diff_cb (uint64_t off, size_t len, int exists, void *arg)
@@ -1103,16 +1163,41 @@ diff_cb (uint64_t off, size_t len, int exists, void *arg)
   struct extents_state *st = arg;
   uint64_t end;
 
-  if (!ck_add64 (off, len, &end) || end <= st->next)
-    return 0;                   /* already covered */
-  if (off < st->next)
-    off = st->next;
-  if (off > st->next &&
-      add_extent (st, st->next, off - st->next,
-                  NBDKIT_EXTENT_HOLE | NBDKIT_EXTENT_ZERO) == -1)
-    return -1;
-  return add_extent (st, off, end - off,
-                     exists ? 0 : NBDKIT_EXTENT_HOLE | NBDKIT_EXTENT_ZERO);
+  if (!ck_add64 (off, len, &end))
+    end = UINT64_MAX;
+  if (off < st->start)
+    off = st->start;
+  if (end > st->end)
+    end = st->end;
+  if (off >= end)
+    return 0;
+  if (st->n == st->cap) {
+    size_t nc = st->cap ? st->cap * 2 : 64;
+    struct diff_range *nv = realloc (st->v, nc * sizeof *nv);
+    if (nv == NULL)
+      return -ENOMEM;
+    st->v = nv;
+    st->cap = nc;
+  }
+  st->v[st->n++] = (struct diff_range) { off, end - off, exists != 0 };
+  return 0;
+}
+
+static int
+cmp_range (const void *a, const void *b)
+{
+  const struct diff_range *x = a, *y = b;
+  return x->off < y->off ? -1 : x->off > y->off;
+}
+
+static int
+add_extent (struct nbdkit_extents *exts, uint64_t off, uint64_t len,
+            uint32_t type)
+{
+  if (rbd_debug_extents)
+    nbdkit_debug ("rbd: extent %" PRIu64 "+%" PRIu64 " %s", off, len,
+                  type ? "hole" : "data");
+  return nbdkit_add_extent (exts, off, len, type);
 }
 
 static int
@@ -1120,10 +1205,12 @@ rbdp_extents (void *handle, uint32_t count, uint64_t offset,
               uint32_t flags UNUSED,
              struct nbdkit_extents *exts)
 {
+  const uint32_t hole = NBDKIT_EXTENT_HOLE | NBDKIT_EXTENT_ZERO;
   struct handle *h = handle;
-  struct extents_state st = { .exts = exts, .next = offset };
+  struct extents_state st = { .start = offset };
   const char *why;
-  int r;
+  uint64_t next = offset;
+  int r = -1;
 
   if (!ck_add64 (offset, count, &st.end)) {
     errno = EINVAL;
@@ -1141,17 +1228,32 @@ rbdp_extents (void *handle, uint32_t count, uint64_t offset,
                          1 /* include parent */, 1 /* whole object */,
                          diff_cb, &st);
   if (r < 0) {
-    if (st.next > offset)
-      return 0;                 /* what we have is correct */
-    nbdkit_error ("rbd_diff_iterate2: %s", strerror (-r));
-    errno = -r;
-    return -1;
+    /* Data is always a correct answer. */
+    nbdkit_debug ("rbd_diff_iterate2: %s, reporting data", strerror (-r));
+    free (st.v);
+    return nbdkit_add_extent (exts, offset, count, 0);
   }
-  if (st.next < st.end &&
-      add_extent (&st, st.next, st.end - st.next,
-                  NBDKIT_EXTENT_HOLE | NBDKIT_EXTENT_ZERO) == -1)
-    return -1;
-  return 0;
+  qsort (st.v, st.n, sizeof *st.v, cmp_range);
+  r = 0;
+  /* A range that does not exist reads as zeroes like a gap: only the
+   * data ranges count, merged, and everything between them is a hole.
+   */
+  for (size_t i = 0; r == 0 && i < st.n; i++) {
+    uint64_t off = st.v[i].off, end = off + st.v[i].len;
+    if (!st.v[i].exists || end <= next)
+      continue;
+    if (off < next)
+      off = next;
+    if (off > next)
+      r = add_extent (exts, next, off - next, hole);
+    if (r == 0)
+      r = add_extent (exts, off, end - off, 0);
+    next = end;
+  }
+  if (r == 0 && next < st.end)
+    r = add_extent (exts, next, st.end - next, hole);
+  free (st.v);
+  return r;
 }
 
 static struct nbdkit_plugin plugin = {

@@ -238,6 +238,42 @@ cp "$tmpdir/w2" "$tmpdir/mirror"
 check_zero_trim fallback "$(uri_of "$sock2")"
 stop_nbdkit
 
+echo "== zero fallback on a striped image: zeroes, not skipped discards"
+# 64 KiB objects in stripes of 4 KiB over 4 objects: an object-aligned
+# 64 KiB range is 16 KiB in each of 4 objects, which librbd's discard
+# (64 KiB granularity) would skip while reporting success.
+rbd create --size 4M --object-size 64K --stripe-unit 4K --stripe-count 4 imgs
+random_file "$tmpdir/ws" 4M
+new_sock; sock2=$sock
+start_nbdkit "$sock2" -D rbd.zero_fallback=1 "$plugin" pool=rbd image=imgs conf="$conf"
+nbdcopy -- "$tmpdir/ws" "$(uri_of "$sock2")"
+nbdsh -u "$(uri_of "$sock2")" -c "
+h.zero(65536, 65536)
+h.flush()
+assert h.pread(65536, 65536) == bytes(65536), 'the zeroed range still holds data'
+" || fail "zero fallback on a striped image"
+stop_nbdkit
+
+echo "== a write past the end of an image shrunk while served fails"
+rbd create --size 8M imgshrink
+new_sock; sock2=$sock
+start_nbdkit "$sock2" "$plugin" pool=rbd image=imgshrink conf="$conf"
+nbdsh -u "$(uri_of "$sock2")" -c "
+import errno, subprocess
+h.pwrite(b'x' * 4096, 6 * 1048576)
+subprocess.run(['rbd', 'resize', '--no-progress', '--allow-shrink',
+                '--size', '4M', 'imgshrink'], check=True)
+# Across the new end: librbd stores the first half and reports success.
+try:
+    h.pwrite(b'y' * 4096, 4 * 1048576 - 2048)
+except nbd.Error as e:
+    assert e.errnum == errno.EIO, e
+else:
+    raise AssertionError('a write across the new end succeeded')
+h.pwrite(b'z' * 4096, 1048576)
+" || fail "write past the end of a shrunk image"
+stop_nbdkit
+
 echo "== librbd cache off: zero-copy writes land intact"
 # With rbd_cache=false the plugin lets librbd send write buffers without
 # copying them; several connections with many writes in flight must still
@@ -350,6 +386,8 @@ expect_failure "bad ceph option" "cannot set Ceph option" \
   pool=rbd image=img1 conf="$conf" ceph.no_such_option_xyz=1
 expect_failure "missing conf" "cannot read Ceph configuration" \
   pool=rbd image=img1 conf="$tmpdir/nonexistent.conf"
+expect_failure "connect-timeout=0" "connect-timeout=0: must be at least 1 second" \
+  pool=rbd image=img1 conf="$conf" connect-timeout=0
 dead_port=$(free_port)
 expect_failure "unreachable monitor" "timed out" \
   pool=rbd image=img1 conf="$conf" mon-host="[v2:127.0.0.1:$dead_port]" \
