@@ -54,6 +54,7 @@ struct lvm_vgset {
   size_t ndev;
   struct dev *devs;
   bool writable;
+  bool degraded;                /* opts->degraded */
   char *vg_name;                /* vg= or NULL */
   char vg_uuid[LVM_UUID_LEN + 1];  /* chosen at the first scan */
   unsigned recheck_ms;
@@ -550,6 +551,7 @@ lvm_vgset_open (const char *const *paths, const bool *optional, size_t n,
   atomic_init (&set->last_check, now_ms ());
   set->recheck_ms = opts->recheck_ms;
   set->writable = !opts->readonly;
+  set->degraded = opts->degraded;
   if (opts->vg_name && !(set->vg_name = strdup (opts->vg_name)))
     goto oom;
   if (n == 0) {
@@ -670,6 +672,14 @@ check_map_bounds (struct lvm_vgset *set, struct snap *s, const char *lv,
   return 0;
 }
 
+static void
+other_leg_message (const char *lv, char *err, size_t len)
+{
+  snprintf (err, len, "LV %s: the first leg of its mirror or raid1 lies on "
+            "a missing PV, and whether another leg is in sync is not in "
+            "the metadata; degraded=true serves one anyway", lv);
+}
+
 int
 lvm_vgset_list (struct lvm_vgset *set, lvm_list_fn fn, void *opaque)
 {
@@ -716,6 +726,10 @@ lvm_vgset_list (struct lvm_vgset *set, lvm_list_fn fn, void *opaque)
       pthread_mutex_lock (&set->lock);
       bad = check_map_bounds (set, s, lv->name, m, err, sizeof err);
       pthread_mutex_unlock (&set->lock);
+    }
+    if (m && bad != -1 && m->other_leg && !set->degraded) {
+      other_leg_message (lv->name, err, sizeof err);
+      bad = -1;
     }
     if (!m || bad == -1) {
       kvm_debug ("LV %s not listed: %s", lv->name, err);
@@ -968,6 +982,12 @@ lvm_lv_open (struct lvm_vgset *set, const char *name, bool readonly)
   if (!m) {
     kvm_error ("%s", err);
     errno = ENOTSUP;
+    goto fail;
+  }
+  if (m->other_leg && !set->degraded) {
+    other_leg_message (name, err, sizeof err);
+    kvm_error ("%s", err);
+    errno = ENXIO;
     goto fail;
   }
   pthread_mutex_lock (&set->lock);

@@ -28,6 +28,10 @@ struct lvm_vgset_opts {
    * milliseconds (0: only when an LV is opened).
    */
   unsigned recheck_ms;
+  /* Serve a mirror or raid1 LV from a leg other than the first when the
+   * first lies on a missing PV (its sync state cannot be checked here).
+   */
+  bool degraded;
 };
 
 /* Open the PVs PATHS[0..N-1].  OPTIONAL[i] (may be NULL) means "skip this

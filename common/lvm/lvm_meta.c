@@ -429,10 +429,20 @@ build_seg (struct builder *b, const struct lvm_meta_lv *lv,
        */
       const char *o = lvm_node_get_str (s, "origin");
       const char *c = lvm_node_get_str (s, "cow_store");
+      /* While lvm2 merges a snapshot back (lvconvert --merge), the
+       * segment names its store "merging_store", and the origin's
+       * content is what dm-snapshot-merge shows, not its own extents.
+       */
+      const char *m = lvm_node_get_str (s, "merging_store");
       ssize_t i;
-      if (o && (i = find_lv_name (b, o)) >= 0)
+      if (o && (i = find_lv_name (b, o)) >= 0) {
         b->vg->lvs[i].is_origin = true;
+        if (m)
+          b->vg->lvs[i].is_merging = true;
+      }
       if (c && (i = find_lv_name (b, c)) >= 0)
+        b->vg->lvs[i].is_cow = true;
+      if (m && (i = find_lv_name (b, m)) >= 0)
         b->vg->lvs[i].is_cow = true;
     }
   }
@@ -897,6 +907,12 @@ flatten (struct flat *f, size_t lvi, uint64_t le, uint64_t count,
             f->top, lv->name);
     return false;
   }
+  if (lv->is_merging) {
+    kvm_seterr (f->err, f->errlen, "LV %s: a snapshot is being merged into "
+            "LV %s (its content is the merge's, which needs device-mapper)",
+            f->top, lv->name);
+    return false;
+  }
   if (lv->is_origin)
     f->readonly = true;
 
@@ -974,8 +990,14 @@ flatten (struct flat *f, size_t lvi, uint64_t le, uint64_t count,
       }
       f->readonly = true;
       for (size_t a = 0; a < seg->area_count && !ok; a++) {
-        if (flatten_area (f, lv, &seg->areas[a], rel, n, off, depth))
+        if (flatten_area (f, lv, &seg->areas[a], rel, n, off, depth)) {
           ok = true;
+          /* Whether that leg is in sync lvm2 keeps outside the metadata
+           * (mirror log, raid metadata): the caller decides.
+           */
+          if (a > 0)
+            f->m->other_leg = true;
+        }
         else {
           if (!first_err[0])
             snprintf (first_err, sizeof first_err, "%s", f->err);

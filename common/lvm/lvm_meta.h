@@ -70,6 +70,7 @@ struct lvm_meta_lv {
   char uuid[LVM_UUID_LEN + 1];
   bool visible, writable;
   bool is_origin;               /* has snapshots: writes would bypass them */
+  bool is_merging;              /* a snapshot is being merged into it */
   bool is_cow;                  /* the exception store of a snapshot */
   uint64_t extent_count;
   size_t seg_count;
@@ -146,6 +147,7 @@ struct lvm_map {
   size_t count;
   struct lvm_piece *pieces;     /* sorted, contiguous from 0 */
   bool readonly;                /* mirror/raid1 legs, snapshot origins */
+  bool other_leg;               /* a mirror/raid1 leg other than the first */
 };
 
 /* Is PV index usable?  Used to choose mirror/raid legs. */

@@ -28,6 +28,7 @@ static size_t npvs;
 static char *vg_name;
 static char *default_lv;
 static bool readonly_opt;
+static bool degraded_opt;
 static unsigned recheck_ms = 1000;
 static struct lvm_vgset *vgset;
 
@@ -121,6 +122,12 @@ lvm_config (const char *key, const char *value)
     if (nbdkit_parse_unsigned ("recheck", value, &recheck_ms) == -1)
       return -1;
   }
+  else if (strcmp (key, "degraded") == 0) {
+    int r = nbdkit_parse_bool (value);
+    if (r == -1)
+      return -1;
+    degraded_opt = r;
+  }
   else {
     nbdkit_error ("unknown parameter '%s'", key);
     return -1;
@@ -145,7 +152,9 @@ lvm_config_complete (void)
   "lv=<NAME>         The LV served as the default export.\n" \
   "readonly=true     Open the PVs read-only.\n" \
   "recheck=<MS>      Re-check the metadata every MS ms while serving\n" \
-  "                  (default 1000, 0 = only on new connections)."
+  "                  (default 1000, 0 = only on new connections).\n" \
+  "degraded=true     Serve a mirror/raid1 LV from another leg when its\n" \
+  "                  first leg's PV is missing."
 
 static void
 lvm_dump_plugin (void)
@@ -161,6 +170,7 @@ lvm_get_ready (void)
     .readonly = readonly_opt,
     .vg_name = vg_name,
     .recheck_ms = recheck_ms,
+    .degraded = degraded_opt,
   };
   vgset = lvm_vgset_open ((const char *const *) pvs, pv_optional, npvs, &o);
   if (!vgset)

@@ -259,9 +259,17 @@ dd if=leg1.data of=a.img bs=1M seek=$(( pe_a / 1048576 + 21 )) conv=notrunc stat
 serve lv=r1 --run 'nbdcopy "$uri" r1.out; nbdinfo "$uri"' > info.txt
 assert_same r1.out leg0.data "raid1 read from the first leg"
 grep -q 'is_read_only: true' info.txt || fail "raid1 LV not read-only"
-# Leg 0's PV missing: the other leg is read.
-nbdkit -U "$(fresh_sock)" "$(plugin_so lvm)" pv=a.img lv=r1 --run 'nbdcopy "$uri" r1.out'
-assert_same r1.out leg1.data "raid1 read from the healthy leg"
+# Leg 0's PV missing: refused (the other leg may be out of sync, which
+# the metadata does not say), unless degraded=true, which reads it.
+if nbdkit -U "$(fresh_sock)" "$(plugin_so lvm)" pv=a.img lv=r1 \
+     --run 'nbdinfo "$uri"' > out.txt 2> err.txt; then
+  fail "raid1 served from another leg without degraded=true"
+fi
+grep -q "first leg of its mirror or raid1 lies on a missing PV" err.txt ||
+  fail "unclear error for a missing first leg: $(cat err.txt)"
+nbdkit -U "$(fresh_sock)" "$(plugin_so lvm)" pv=a.img degraded=true lv=r1 \
+  --run 'nbdcopy "$uri" r1.out'
+assert_same r1.out leg1.data "raid1 read from the healthy leg (degraded=true)"
 # The same for a (non-raid) mirror.
 random_file mleg0.data 2M; random_file mleg1.data 2M
 dd if=mleg0.data of=b.img bs=1M seek=$(( pe_b / 1048576 + 5 )) conv=notrunc status=none
@@ -269,12 +277,26 @@ dd if=mleg1.data of=a.img bs=1M seek=$(( pe_a / 1048576 + 25 )) conv=notrunc sta
 serve lv=mi --run 'nbdcopy "$uri" mi.out; nbdinfo "$uri"' > info.txt
 assert_same mi.out mleg0.data "mirror read from the first leg"
 grep -q 'is_read_only: true' info.txt || fail "mirror LV not read-only"
-nbdkit -U "$(fresh_sock)" "$(plugin_so lvm)" pv=a.img lv=mi --run 'nbdcopy "$uri" mi.out'
-assert_same mi.out mleg1.data "mirror read from the healthy leg"
+nbdkit -U "$(fresh_sock)" "$(plugin_so lvm)" pv=a.img lv=mi \
+  --run 'nbdinfo --list "$uri"' > list.txt
+! grep -q '^export="mi":' list.txt || fail "mirror without its first leg listed"
+nbdkit -U "$(fresh_sock)" "$(plugin_so lvm)" pv=a.img degraded=true lv=mi \
+  --run 'nbdcopy "$uri" mi.out'
+assert_same mi.out mleg1.data "mirror read from the healthy leg (degraded=true)"
 # Snapshot: the origin is served read-only, the exception store refused.
 serve lv=good --run 'nbdcopy "$uri" good.out; nbdinfo "$uri"' > info.txt
 assert_same good.out good.data "snapshot origin"
 grep -q 'is_read_only: true' info.txt || fail "snapshot origin not read-only"
 expect_fail "snapshot exception store" "exception store of a snapshot" lv=other
+# A snapshot being merged back into its origin (lvconvert --merge, as lvm2
+# writes it: merging_store): the origin is refused, not served raw.
+python3 -c '
+t = open("legal.vg").read()
+assert "cow_store = \"other\"" in t
+open("merging.vg", "w").write(t.replace("cow_store = \"other\"", "merging_store = \"other\""))'
+store merging.vg
+lvs -a --noheadings -o lv_name,lv_attr vgb > lvs.txt 2>lvs.err || { cat lvs.err; fail "lvs rejects merging metadata"; }
+expect_fail "origin of a merging snapshot" "a snapshot is being merged into LV good" lv=good
+expect_fail "store of a merging snapshot" "exception store of a snapshot" lv=other
 
 echo PASS
