@@ -100,8 +100,7 @@ struct record {                 /* one metadata area with text */
   uint64_t mda_off;
   char *text;
   size_t len;
-  struct lvm_text *tree;
-  const char *vgname;
+  char *vgname;
   char vguuid[LVM_UUID_LEN + 1];
   uint64_t seqno;
 };
@@ -111,7 +110,7 @@ free_records (struct record *r, size_t n)
 {
   for (size_t i = 0; i < n; i++) {
     free (r[i].text);
-    lvm_text_free (r[i].tree);
+    free (r[i].vgname);
   }
   free (r);
 }
@@ -226,22 +225,28 @@ scan_devices (struct lvm_vgset *set, bool want_text, struct fp **fpp,
       rc->text = mt.text;
       rc->len = mt.text_size;
       nr++;
-      rc->tree = lvm_text_parse (rc->text, rc->len, err, sizeof err);
+      /* Only one parsed text at a time (the parser's limits are per
+       * text): what is needed to choose is kept, the tree freed, and the
+       * chosen text parsed again.
+       */
+      struct lvm_text *tree = lvm_text_parse (rc->text, rc->len, err,
+                                              sizeof err);
       const struct lvm_node *vgsec = NULL;
       size_t nsec = 0;
-      if (rc->tree)
-        for (const struct lvm_node *c = lvm_text_root (rc->tree)->child; c;
+      if (tree)
+        for (const struct lvm_node *c = lvm_text_root (tree)->child; c;
              c = c->next)
           if (c->type == LVM_NODE_SECTION) {
             vgsec = c;
             nsec++;
           }
       int64_t seq;
-      if (!rc->tree || nsec != 1 ||
+      if (!tree || nsec != 1 ||
           !lvm_uuid_normalize (lvm_node_get_str (vgsec, "id"), rc->vguuid) ||
-          !lvm_node_get_int (vgsec, "seqno", &seq) || seq < 0) {
+          !lvm_node_get_int (vgsec, "seqno", &seq) || seq < 0 ||
+          !(rc->vgname = strdup (vgsec->key))) {
         char msg[ERRLEN + 200];
-        if (!rc->tree)
+        if (!tree)
           snprintf (msg, sizeof msg, "%s: metadata area at offset %" PRIu64
                     ": cannot parse the metadata text: %s", dv->path,
                     mt.mda_offset, err);
@@ -251,12 +256,12 @@ scan_devices (struct lvm_vgset *set, bool want_text, struct fp **fpp,
                     "a seqno", dv->path, mt.mda_offset);
         kvm_debug ("%s", msg);
         keep_err (first_err, msg);
-        lvm_text_free (rc->tree);
+        lvm_text_free (tree);
         free (rc->text);
         nr--;
         continue;
       }
-      rc->vgname = vgsec->key;
+      lvm_text_free (tree);
       rc->seqno = seq;
     }
   }
@@ -411,7 +416,11 @@ full_scan (struct lvm_vgset *set)
     goto out;
   }
   atomic_init (&s->refs, 1);
-  s->vg = lvm_meta_build (lvm_text_root (best->tree), err, sizeof err);
+  struct lvm_text *tree = lvm_text_parse (best->text, best->len, err,
+                                          sizeof err);
+  s->vg = tree ? lvm_meta_build (lvm_text_root (tree), err, sizeof err)
+    : NULL;
+  lvm_text_free (tree);
   if (!s->vg) {
     kvm_error ("volume group %s: invalid metadata (seqno %" PRIu64 ", read "
                "from %s): %s", best->vgname, best->seqno,

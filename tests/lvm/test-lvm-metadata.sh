@@ -299,4 +299,51 @@ lvs -a --noheadings -o lv_name,lv_attr vgb > lvs.txt 2>lvs.err || { cat lvs.err;
 expect_fail "origin of a merging snapshot" "a snapshot is being merged into LV good" lv=good
 expect_fail "store of a merging snapshot" "exception store of a snapshot" lv=other
 
+# One PV whose header lists the same metadata area 8 times, its text a
+# valid VG with an array of 2 million numbers: the areas are parsed one at
+# a time (each parsed copy used to be kept until the scan's end: over
+# 1 GB for this 5 MB file), so nbdkit's peak memory stays that of one.
+python3 - big-mda.img 8 2000000 "$lvm_srcdir/lvm-mda.py" <<'EOF'
+import importlib.machinery, struct, sys
+m = importlib.machinery.SourceFileLoader("mda", sys.argv[4]).load_module()
+out, nmda, nelem = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+text = (b'big {\nid = "' + b"A" * 32 + b'"\nseqno = 1\njunk = [' +
+        b"1," * nelem + b"1]\n}\n")
+MDA = 4096
+S = (512 + len(text) + 4096 + 511) // 512 * 512
+size = MDA + S + (1 << 20)
+img = bytearray(size)
+h = bytearray(512)
+h[4:20] = m.MAGIC
+struct.pack_into("<IQQ", h, 20, 1, MDA, S)
+struct.pack_into("<QQII", h, 40, 512, len(text), m.crc(text), 0)
+struct.pack_into("<I", h, 0, m.crc(bytes(h[4:])))
+img[MDA:MDA + 512] = h
+img[MDA + 512:MDA + 512 + len(text)] = text
+sec = bytearray(512)
+sec[0:8] = b"LABELONE"
+struct.pack_into("<Q", sec, 8, 1)
+struct.pack_into("<I", sec, 20, 32)
+sec[24:32] = b"LVM2 001"
+p = 32
+sec[p:p + 32] = b"B" * 32
+struct.pack_into("<Q", sec, p + 32, size)
+p += 40
+struct.pack_into("<QQ", sec, p, MDA + S, 0)
+p += 32
+for i in range(nmda):
+    struct.pack_into("<QQ", sec, p, MDA, S)
+    p += 16
+struct.pack_into("<I", sec, 16, m.crc(bytes(sec[20:])))
+img[512:1024] = sec
+open(out, "wb").write(img)
+EOF
+peak=$(python3 -c '
+import resource, subprocess, sys
+subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024)' \
+  nbdkit -U "$(fresh_sock)" "$(plugin_so lvm)" pv=big-mda.img --run 'nbdinfo --list "$uri"')
+[ "$peak" -lt 700 ] || fail "8 copies of a large metadata area: nbdkit peaked at $peak MiB"
+echo "ok: 8 copies of a large metadata area: peak $peak MiB"
+
 echo PASS
