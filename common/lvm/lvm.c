@@ -1051,6 +1051,10 @@ lvm_lv_open (struct lvm_vgset *set, const char *name, bool readonly)
   kvm_debug ("LV %s: %" PRIu64 " bytes in %zu pieces on %zu PVs%s", name,
              m->size, m->count, l->nused,
              m->readonly ? " (read-only layout)" : "");
+  if (s->vg->lvs[i].write_locked && !readonly)
+    kvm_error ("LV %s is served read-only: its volume group has a system "
+               "ID or a lock type (WRITE_LOCKED), and whether this host "
+               "owns it is not known here", name);
   return &l->bd;
  fail:
   lvm_map_free (m);

@@ -688,6 +688,9 @@ build_vg (struct builder *b, const struct lvm_node *vs)
       lv->name_problem = lvm_lv_name_problem (vg->name, lv->name);
       lv->visible = lvm_node_has_flag (c, "status", "VISIBLE");
       lv->writable = lvm_node_has_flag (c, "status", "WRITE");
+      lv->write_locked = !lv->writable &&
+        (lvm_node_has_flag (c, "flags", "WRITE_LOCKED") ||
+         lvm_node_has_flag (c, "status", "WRITE_LOCKED"));
       b->lv_names[i] = (struct name_idx) { lv->name, i };
       b->lv_names[vg->lv_count + i] = (struct name_idx) { lv->uuid, i };
       i++;

@@ -69,6 +69,10 @@ struct lvm_meta_lv {
   const char *name_problem;
   char uuid[LVM_UUID_LEN + 1];
   bool visible, writable;
+  /* No WRITE but WRITE_LOCKED: a VG with a system ID or a lock type,
+   * writable only on the host that owns it, which cannot be told here.
+   */
+  bool write_locked;
   bool is_origin;               /* has snapshots: writes would bypass them */
   bool is_merging;              /* a snapshot is being merged into it */
   bool is_cow;                  /* the exception store of a snapshot */

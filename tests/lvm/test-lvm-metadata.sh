@@ -299,6 +299,23 @@ lvs -a --noheadings -o lv_name,lv_attr vgb > lvs.txt 2>lvs.err || { cat lvs.err;
 expect_fail "origin of a merging snapshot" "a snapshot is being merged into LV good" lv=good
 expect_fail "store of a merging snapshot" "exception store of a snapshot" lv=other
 
+# An LV of a VG with a system ID (lvm2 writes WRITE_LOCKED instead of
+# WRITE): served read-only, and the log says why.
+python3 - <<'EOF' || fail "edit failed"
+import re
+t = open("orig.vg").read()
+t2 = re.sub(r'(good \{\n\s*id = "[^"]*"\n\s*status = \[)"READ", "WRITE", "VISIBLE"\](\n\s*flags = \[)\]',
+            r'\1"READ", "VISIBLE"]\2"WRITE_LOCKED"]', t, count=1)
+assert t2 != t
+open("locked.vg", "w").write(t2)
+EOF
+store locked.vg
+serve lv=good --run 'nbdinfo "$uri"' > info.txt 2> err.txt
+grep -q 'is_read_only: true' info.txt || fail "WRITE_LOCKED LV served writable"
+grep -q "served read-only: its volume group has a system ID" err.txt ||
+  fail "no reason given for a WRITE_LOCKED LV: $(cat err.txt)"
+echo "ok: WRITE_LOCKED LV: $(grep 'served read-only' err.txt)"
+
 # One PV whose header lists the same metadata area 8 times, its text a
 # valid VG with an array of 2 million numbers: the areas are parsed one at
 # a time (each parsed copy used to be kept until the scan's end: over
