@@ -669,6 +669,82 @@ transfer_ok (const struct session *s, const struct cmd *c,
   return true;
 }
 
+/* A task management function in flight. */
+struct tmf {
+  bool done;
+  int status;
+  uint32_t response;
+};
+
+static void
+tmf_done (struct iscsi_context *iscsi, int status, void *command_data,
+          void *opaque)
+{
+  struct tmf *t = opaque;
+  (void) iscsi;
+  t->status = status;
+  if (status == SCSI_STATUS_GOOD && command_data)
+    t->response = *(uint32_t *) command_data;
+  t->done = true;
+}
+
+/* Drive the context until T completes, for at most SECONDS. */
+static bool
+tmf_wait (struct session *s, struct tmf *t, int seconds)
+{
+  time_t end = time (NULL) + seconds;
+  while (!t->done && time (NULL) < end && iscsi_is_logged_in (s->iscsi)) {
+    struct pollfd pfd = {
+      .fd = iscsi_get_fd (s->iscsi), .events = iscsi_which_events (s->iscsi),
+    };
+    if (poll (&pfd, 1, 200) == -1 && errno != EINTR)
+      break;
+    if (iscsi_service (s->iscsi, pfd.revents) < 0)
+      break;
+  }
+  return t->done && t->status == SCSI_STATUS_GOOD &&
+    (t->response == ISCSI_TMR_FUNC_COMPLETE ||
+     t->response == ISCSI_TMR_TASK_DOES_NOT_EXIST);
+}
+
+/* A command that changes data timed out: the target may still hold it
+ * and run it after the client was told it failed, maybe after the client
+ * wrote the same blocks again.  Before reporting the failure, abort it
+ * (ABORT TASK), or if the target answers but does not confirm that,
+ * reset the LUN; if neither is confirmed, drop the session (the target
+ * then ends the session's tasks) and let later requests log in anew.
+ * A task management request still unanswered also drops the session:
+ * destroying the context is what keeps its callback from running later
+ * on this stack frame.
+ */
+static void
+abort_timed_out (struct session *s, struct scsi_task *task)
+{
+  int seconds = s->cfg->timeout > 0 ? s->cfg->timeout : 10;
+  struct tmf a = { 0 }, r = { 0 };
+
+  if (iscsi_task_mgmt_abort_task_async (s->iscsi, task, tmf_done, &a) == 0) {
+    if (tmf_wait (s, &a, seconds)) {
+      nbdkit_debug ("iscsi: LUN %d: timed-out command aborted", s->lun);
+      return;
+    }
+    if (!a.done)
+      goto drop;
+  }
+  if (iscsi_task_mgmt_lun_reset_async (s->iscsi, s->lun, tmf_done, &r) == 0 &&
+      tmf_wait (s, &r, seconds)) {
+    nbdkit_error ("iscsi: LUN %d: a timed-out command could not be aborted; "
+                  "the LUN was reset", s->lun);
+    return;
+  }
+
+ drop:
+  nbdkit_error ("iscsi: LUN %d: a timed-out command could be neither "
+                "aborted nor ended by a LUN reset: dropping the session",
+                s->lun);
+  s->dead = true;
+}
+
 int
 session_run (struct session *s, struct cmd *c)
 {
@@ -744,6 +820,10 @@ session_run (struct session *s, struct cmd *c)
       errno = EIO;
       return -1;
     }
+
+    if (c->status == SCSI_STATUS_TIMEOUT &&
+        (c->op == OP_WRITE || c->op == OP_WRITESAME || c->op == OP_UNMAP))
+      abort_timed_out (s, task);
 
     scsi_describe (c->status, &sense, msg, sizeof msg);
     if (scsi_is_transient (c->status, &sense) && attempt < s->cfg->retries) {

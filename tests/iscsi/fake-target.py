@@ -46,6 +46,7 @@ DEFAULTS = dict(
     reject_fua=False,           # WRITE with FUA: INVALID FIELD IN CDB
     recovered_read=False,       # READ: RECOVERED ERROR and no data
     no_sync_cache=False,        # SYNCHRONIZE CACHE(10)/(16): invalid opcode
+    write_hangs=False,          # WRITE: never answered
     r2t=None,                   # None: writes send all data unsolicited;
                                 # "exact", "beyond" or "huge": the target
                                 # asks for it with R2Ts of that kind
@@ -102,6 +103,8 @@ PROFILES = {
     # No SYNCHRONIZE CACHE at all: with a write cache, and without one.
     "no-sync-cache": dict(no_sync_cache=True),
     "no-sync-cache-no-wce": dict(no_sync_cache=True, wce=False),
+    # A WRITE that never completes (the plugin's timeout= must abort it).
+    "write-hangs": dict(write_hangs=True),
 }
 
 
@@ -337,11 +340,16 @@ class Conn(socketserver.BaseRequestHandler):
                   b"\xff\xff\xff\xff" + self.sn_fields() + bytes(12), data)
 
     def task_mgmt(self, bhs):
+        print("FAKE: TMF function=%d" % (bhs[1] & 0x7f), file=sys.stderr,
+              flush=True)
         self.send(bytes([0x22, 0x80, 0, 0]) + bytes(12) + bhs[16:20] + bytes(4) +
                   self.sn_fields() + bytes(12))
 
     def scsi(self, bhs, data):
         itt = bhs[16:20]
+        if self.server.lun.p["write_hangs"] and bhs[32] in (0x2a, 0x8a):
+            print("FAKE: WRITE left unanswered", file=sys.stderr, flush=True)
+            return
         xfer = int.from_bytes(bhs[20:24], "big")
         if bhs[1] & 0x20 and len(data) < xfer:          # W: more data coming
             self.pending[itt] = (bhs, bytearray(data), xfer)

@@ -21,7 +21,8 @@
 #   - a LUN of 2^33 blocks that rejects FUA writes: no fall back to
 #     10-byte CDBs, writes land at their LBA;
 #   - a READ answered RECOVERED ERROR without data: EIO;
-#   - no SYNCHRONIZE CACHE: a flush fails unless the LUN has no cache.
+#   - no SYNCHRONIZE CACHE: a flush fails unless the LUN has no cache;
+#   - a WRITE that never completes: ABORT TASK before the EIO.
 # The "good" profile first shows that the fake target itself works, so
 # the failures below are the plugin's reaction to the lies alone.
 source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
@@ -226,6 +227,23 @@ h.pwrite(b'F' * 512, 0)
 h.flush()
 " || fail "no-sync-cache-no-wce: flush failed"
 finish no-sync-cache-no-wce
+
+# --- a WRITE that times out is aborted before the error is reported ---------------
+serve write-hangs timeout=2
+start=$SECONDS
+PATH="/usr/bin:$PATH" timeout 60 nbdsh -u "$(uri_of $sock)" -c "
+import errno
+try:
+    h.pwrite(b'T' * 4096, 0)
+except nbd.Error as e:
+    assert e.errnum == errno.EIO, e
+else:
+    raise AssertionError('the write succeeded')
+" || fail "write-hangs: the write did not fail with EIO"
+grep -q "FAKE: TMF function=1" $d/target-write-hangs.log ||
+  fail "write-hangs: no ABORT TASK for the timed-out WRITE: $(cat $d/target-write-hangs.log)"
+echo "ok: timed-out WRITE aborted ($((SECONDS - start)) s)"
+finish write-hangs
 
 # --- GET LBA STATUS ----------------------------------------------------------------
 # Expected maps (start length type): the plugin believes a descriptor only
