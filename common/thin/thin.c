@@ -1014,6 +1014,10 @@ thin_open (struct bdev *pool, const struct thin_opts *o)
   free (entries);
   t->above = t->warn &&
     t->n_alloc * 100 >= (uint64_t) t->warn * t->pool_chunks;
+  if (t->above)                 /* no crossing to report it later */
+    kvm_error ("thin: %s: the pool is already at or above thin-warn=%u%% "
+               "(%" PRIu64 " of %" PRIu64 " chunks used)", pool->name,
+               t->warn, t->n_alloc, (uint64_t) t->pool_chunks);
   return &t->bd;
 
  fail:

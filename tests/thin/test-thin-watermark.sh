@@ -70,6 +70,15 @@ grep -q 'thin stats (flush.*used .*allocations [0-9]*, releases 300, commits' \
   "$tmpdir/nbdkit.log" || fail "no thin.stats lines: $(tail -5 "$tmpdir/nbdkit.log")"
 stop_nbdkit
 thin_check "$pool"
+# Opened again while above the mark: no crossing will come, so the
+# warning is given at open.
+rm -f "$sock"
+start_nbdkit "$sock" --filter="$(filter_so thin)" file "$pool" thin-warn=50% \
+  2> "$tmpdir/reopen.log"
+thin_desc "$uri" >/dev/null
+stop_nbdkit
+grep -q 'already at or above thin-warn=50%' "$tmpdir/reopen.log" ||
+  fail "no warning for a pool opened above the mark: $(cat "$tmpdir/reopen.log")"
 
 # A hook that grows the file below: the same connection keeps writing
 # past the old capacity without ENOSPC.
