@@ -283,6 +283,11 @@ parse_url (void)
     user = strdup (u->user);
     if (!password)
       password = strdup (u->passwd);
+    if (user == NULL || password == NULL) {
+      nbdkit_error ("strdup: %m");
+      iscsi_destroy_url (u);
+      goto out;
+    }
   }
   iscsi_destroy_url (u);
   r = 0;
