@@ -38,7 +38,7 @@ for attempt in 1 2 3 4 5 6; do
   dead_client
   grep -q "Assertion .sock >= 0' failed" "$tmpdir/log1" || break
   echo "nbdkit 1.32 hit its socket-close race (attempt $attempt), repeating"
-  stop_nbdkit
+  KVM_NBDKIT_ABORT_OK=1 stop_nbdkit
 done
 grep -Eq 'stats \(connection closed\).* [1-9][0-9]* waits abandoned' "$tmpdir/log1" ||
   fail "waits of the dead client were not abandoned: $(grep 'throttle: stats\|Assertion' "$tmpdir/log1")"
@@ -54,30 +54,42 @@ stop_nbdkit
 # clients take turns.  Client B (6 in flight) is killed; only one of its
 # requests at a time can notice (the one whose turn it is), and the rest
 # must leave with it, not one per turn (6 turns: over 20 s).
-serve -v -D nbdkit.backend.datapath=0 -D throttle.stats=1 \
-  pattern 1G bps-total=16K 2> "$tmpdir/log3"
-"$NBDPY" "$TOP_SRCDIR/tests/throttle/client.py" rate "$uri" read 65536 2 0-60 \
-  > /dev/null 2>&1 &
-apid=$!
-kill_at_exit $apid
-sleep 0.5
-"$NBDPY" "$TOP_SRCDIR/tests/throttle/client.py" rate "$uri" read 65536 6 0-60 \
-  > /dev/null 2>&1 &
-bpid=$!
-kill_at_exit $bpid
-sleep 2
-kill -9 $bpid
-wait $bpid 2>/dev/null || :
-for (( i = 0; i < 120; i++ )); do
-  grep -q 'stats (connection closed)' "$tmpdir/log3" && break
-  sleep 0.1
+# (The same nbdkit 1.32 race as above can abort the server: repeated.)
+dead_client_behind () {
+  serve -v -D nbdkit.backend.datapath=0 -D throttle.stats=1 \
+    pattern 1G bps-total=16K 2> "$tmpdir/log3"
+  "$NBDPY" "$TOP_SRCDIR/tests/throttle/client.py" rate "$uri" read 65536 2 0-60 \
+    > /dev/null 2>&1 &
+  apid=$!
+  kill_at_exit $apid
+  sleep 0.5
+  "$NBDPY" "$TOP_SRCDIR/tests/throttle/client.py" rate "$uri" read 65536 6 0-60 \
+    > /dev/null 2>&1 &
+  bpid=$!
+  kill_at_exit $bpid
+  sleep 2
+  kill -9 $bpid
+  wait $bpid 2>/dev/null || :
+  for (( i = 0; i < 120; i++ )); do
+    grep -q 'stats (connection closed)' "$tmpdir/log3" && break
+    grep -q "Assertion .sock >= 0' failed" "$tmpdir/log3" && break
+    sleep 0.1
+  done
+  kill -9 $apid 2>/dev/null || :
+  wait $apid 2>/dev/null || :
+}
+for attempt in 1 2 3 4 5 6; do
+  dead_client_behind
+  grep -q "Assertion .sock >= 0' failed" "$tmpdir/log3" || break
+  echo "nbdkit 1.32 hit its socket-close race (attempt $attempt), repeating"
+  KVM_NBDKIT_ABORT_OK=1 stop_nbdkit
 done
 grep -Eq 'stats \(connection closed\).* [1-9][0-9]* waits abandoned' "$tmpdir/log3" ||
-  fail "the dead client's waits did not end within 12 s: $(grep 'throttle: stats' "$tmpdir/log3")"
+  fail "the dead client's waits did not end within 12 s: $(grep 'throttle: stats\|Assertion' "$tmpdir/log3")"
 echo "ok: after $((i / 10)).$((i % 10)) s: $(grep 'stats (connection closed)' "$tmpdir/log3")"
-kill -9 $apid 2>/dev/null || :
-wait $apid 2>/dev/null || :
-stop_nbdkit
+# Client A still had requests in flight: the same race may abort nbdkit
+# as it stops.
+KVM_NBDKIT_ABORT_OK=1 stop_nbdkit
 
 # --- SIGTERM with requests waiting ---------------------------------------
 # 4 KiB per second and 64 KiB requests: 8 in flight would take 2 minutes.
