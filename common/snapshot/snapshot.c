@@ -228,7 +228,8 @@ layer_create (struct snap_chain *c, struct layer *l, struct bdev *target)
 }
 
 /* Close layer L and remove its file (it is no longer in the state),
- * unless a state may not be durable (keep_files). */
+ * unless a state may not be durable (keep_files).
+ */
 static void
 layer_drop (struct snap_chain *c, struct layer *l)
 {
