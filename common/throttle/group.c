@@ -21,11 +21,18 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "throttle/throttle.h"
 
 #define NR_CLASSES 4
 #define DEFAULT_MAX_SLEEP_NS 100000000ULL  /* 100 ms */
+/* The waits of a connection that went away end one at a time, this far
+ * apart: nbdkit 1.32 aborts (raw_send_socket: Assertion 'sock >= 0')
+ * when several error replies race with its closing of the socket; with
+ * them spaced, every one after the first finds the socket closed.
+ */
+#define ABORT_SPACING_NS 100000000L        /* 100 ms */
 
 struct waiter {
   pthread_cond_t cond;
@@ -275,6 +282,10 @@ thr_admit (struct thr_member *m, enum thr_op op, uint64_t bytes,
     while (!m->abort_errno && (g->cur[c] != m || q->head != &w))
       pthread_cond_wait (&w.cond, &g->lock);
     if (m->abort_errno) {               /* another request's sleep failed */
+      const struct timespec spacing = { 0, ABORT_SPACING_NS };
+      pthread_mutex_unlock (&g->lock);
+      nanosleep (&spacing, NULL);
+      pthread_mutex_lock (&g->lock);
       r = -1;
       saved_errno = m->abort_errno;
       break;
@@ -296,13 +307,11 @@ thr_admit (struct thr_member *m, enum thr_op op, uint64_t bytes,
       g->clock.poll (g->clock.opaque);
     pthread_mutex_lock (&g->lock);
     if (r == -1) {
-      /* The connection is going away (or the server): every request of
-       * it waiting behind this one leaves now, not when its turn comes.
+      /* The connection is going away (or the server): the requests of
+       * it waiting behind this one leave too, not when their turns come
+       * (each one, leaving, wakes the next: see ABORT_SPACING_NS).
        */
       m->abort_errno = saved_errno ? saved_errno : ESHUTDOWN;
-      for (int k = 0; k < NR_CLASSES; k++)
-        for (struct waiter *x = m->q[k].head; x; x = x->next)
-          pthread_cond_signal (&x->cond);
       break;
     }
   }
@@ -337,6 +346,12 @@ thr_admit (struct thr_member *m, enum thr_op op, uint64_t bytes,
     g->cur[c] = q->rr_next;
   if (g->cur[c])
     pthread_cond_signal (&g->cur[c]->q[c].head->cond);
+  if (m->abort_errno)
+    for (int k = 0; k < NR_CLASSES; k++)
+      if (m->q[k].head) {
+        pthread_cond_signal (&m->q[k].head->cond);
+        break;
+      }
   pthread_mutex_unlock (&g->lock);
   pthread_cond_destroy (&w.cond);
 

@@ -8,38 +8,57 @@
 source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 source "$TOP_SRCDIR/tests/throttle/throttle-functions.sh"
 
-# --- a client dies with requests waiting ---------------------------------
-# One I/O per second: of 5 requests in flight, the last would wait 5 s.
-#
 # When the aborted requests all reply at once, Debian's nbdkit 1.32 can
 # abort in its own code ("raw_send_socket: Assertion `sock >= 0' failed":
 # one thread closes the socket while another still sends an error reply;
 # later nbdkit releases no longer have that assertion).  That race is not
 # the filter's; when nbdkit hits it the attempt is repeated (6 at most), so
-# the checks below always run on a server that did not crash.
-dead_client () {
-  serve -v -D nbdkit.backend.datapath=0 -D throttle.stats=1 \
-    pattern 1G iops-total=1 2> "$tmpdir/log1"
-  "$NBDPY" "$TOP_SRCDIR/tests/throttle/client.py" rate "$uri" read 4096 5 0-60 \
-    > /dev/null 2>&1 &
-  cpid=$!
-  kill_at_exit $cpid
-  sleep 2
-  kill -9 $cpid
-  wait $cpid 2>/dev/null || :
-  # Its connection closes with abandoned waits ...
-  for (( i = 0; i < 100; i++ )); do
-    grep -q 'stats (connection closed)' "$tmpdir/log1" && break
-    grep -q "Assertion .sock >= 0' failed" "$tmpdir/log1" && break
+# the checks always run on a server that did not crash.
+race='Assertion .sock >= 0. failed'
+
+# start_client VAR DEPTH BS: a client keeping DEPTH reads of BS bytes in
+# flight on $uri; its pid in VAR.
+start_client () {
+  "$NBDPY" "$TOP_SRCDIR/tests/throttle/client.py" rate "$uri" read "$3" "$2" \
+    0-60 > /dev/null 2>&1 &
+  printf -v "$1" %s $!
+  kill_at_exit $!
+}
+
+# kill_client PID, then wait up to TENTHS tenths of a second for its
+# connection's closing stats in LOG (or the race); $waited: how long.
+kill_client () {
+  local pid=$1 log=$2 tenths=$3
+  kill -9 "$pid"
+  wait "$pid" 2>/dev/null || :
+  for (( waited = 0; waited < tenths; waited++ )); do
+    grep -q 'stats (connection closed)' "$log" && break
+    grep -q "$race" "$log" && break
     sleep 0.1
   done
 }
-for attempt in 1 2 3 4 5 6; do
-  dead_client
-  grep -q "Assertion .sock >= 0' failed" "$tmpdir/log1" || break
-  echo "nbdkit 1.32 hit its socket-close race (attempt $attempt), repeating"
-  KVM_NBDKIT_ABORT_OK=1 stop_nbdkit
-done
+
+# repeat_on_race PHASE LOG: run PHASE until nbdkit did not hit the race.
+repeat_on_race () {
+  for attempt in 1 2 3 4 5 6; do
+    "$1"
+    grep -q "$race" "$2" || return 0
+    echo "nbdkit 1.32 hit its socket-close race (attempt $attempt), repeating"
+    KVM_NBDKIT_ABORT_OK=1 stop_nbdkit
+  done
+}
+
+# --- a client dies with requests waiting ---------------------------------
+# One I/O per second: of 5 requests in flight, the last would wait 5 s.
+dead_client () {
+  serve -v -D nbdkit.backend.datapath=0 -D throttle.stats=1 \
+    pattern 1G iops-total=1 2> "$tmpdir/log1"
+  start_client cpid 5 4096
+  sleep 2
+  kill_client $cpid "$tmpdir/log1" 100
+}
+repeat_on_race dead_client "$tmpdir/log1"
+# Its connection closes with abandoned waits ...
 grep -Eq 'stats \(connection closed\).* [1-9][0-9]* waits abandoned' "$tmpdir/log1" ||
   fail "waits of the dead client were not abandoned: $(grep 'throttle: stats\|Assertion' "$tmpdir/log1")"
 echo "ok: $(grep 'stats (connection closed)' "$tmpdir/log1")"
@@ -54,39 +73,21 @@ stop_nbdkit
 # clients take turns.  Client B (6 in flight) is killed; only one of its
 # requests at a time can notice (the one whose turn it is), and the rest
 # must leave with it, not one per turn (6 turns: over 20 s).
-# (The same nbdkit 1.32 race as above can abort the server: repeated.)
 dead_client_behind () {
   serve -v -D nbdkit.backend.datapath=0 -D throttle.stats=1 \
     pattern 1G bps-total=16K 2> "$tmpdir/log3"
-  "$NBDPY" "$TOP_SRCDIR/tests/throttle/client.py" rate "$uri" read 65536 2 0-60 \
-    > /dev/null 2>&1 &
-  apid=$!
-  kill_at_exit $apid
+  start_client apid 2 65536
   sleep 0.5
-  "$NBDPY" "$TOP_SRCDIR/tests/throttle/client.py" rate "$uri" read 65536 6 0-60 \
-    > /dev/null 2>&1 &
-  bpid=$!
-  kill_at_exit $bpid
+  start_client bpid 6 65536
   sleep 2
-  kill -9 $bpid
-  wait $bpid 2>/dev/null || :
-  for (( i = 0; i < 120; i++ )); do
-    grep -q 'stats (connection closed)' "$tmpdir/log3" && break
-    grep -q "Assertion .sock >= 0' failed" "$tmpdir/log3" && break
-    sleep 0.1
-  done
+  kill_client $bpid "$tmpdir/log3" 120
   kill -9 $apid 2>/dev/null || :
   wait $apid 2>/dev/null || :
 }
-for attempt in 1 2 3 4 5 6; do
-  dead_client_behind
-  grep -q "Assertion .sock >= 0' failed" "$tmpdir/log3" || break
-  echo "nbdkit 1.32 hit its socket-close race (attempt $attempt), repeating"
-  KVM_NBDKIT_ABORT_OK=1 stop_nbdkit
-done
+repeat_on_race dead_client_behind "$tmpdir/log3"
 grep -Eq 'stats \(connection closed\).* [1-9][0-9]* waits abandoned' "$tmpdir/log3" ||
   fail "the dead client's waits did not end within 12 s: $(grep 'throttle: stats\|Assertion' "$tmpdir/log3")"
-echo "ok: after $((i / 10)).$((i % 10)) s: $(grep 'stats (connection closed)' "$tmpdir/log3")"
+echo "ok: after $((waited / 10)).$((waited % 10)) s: $(grep 'stats (connection closed)' "$tmpdir/log3")"
 # Client A still had requests in flight: the same race may abort nbdkit
 # as it stops.
 KVM_NBDKIT_ABORT_OK=1 stop_nbdkit
