@@ -1233,7 +1233,8 @@ rbdp_extents (void *handle, uint32_t count, uint64_t offset,
     free (st.v);
     return nbdkit_add_extent (exts, offset, count, 0);
   }
-  qsort (st.v, st.n, sizeof *st.v, cmp_range);
+  if (st.n > 1)
+    qsort (st.v, st.n, sizeof *st.v, cmp_range);
   r = 0;
   /* A range that does not exist reads as zeroes like a gap: only the
    * data ranges count, merged, and everything between them is a hole.
