@@ -19,6 +19,7 @@
 #include "bdev/bdev.h"
 #include "snapshot/snapshot.h"
 #include "check.h"
+#include "fault_bdev.h"
 
 #define SIZE (8u << 20)
 #define MAXSNAP 8
@@ -58,61 +59,16 @@ __wrap_fsync (int fd)
 }
 
 /* The device below, whose writes fail at and past FAIL_FROM. */
-struct failing {
-  struct bdev bd;
-  struct bdev *in;
-};
 static uint64_t fail_from = UINT64_MAX;
 
 static int
-failing_pread (struct bdev *bd, void *buf, size_t n, uint64_t off)
+fail_past (uint64_t off, size_t n)
 {
-  struct bdev *in = ((struct failing *) bd)->in;
-  return in->ops->pread (in, buf, n, off);
-}
-
-static int
-failing_pwrite (struct bdev *bd, const void *buf, size_t n, uint64_t off,
-                uint32_t flags)
-{
-  struct bdev *in = ((struct failing *) bd)->in;
   if (off + n > fail_from) {
     errno = EIO;
     return -1;
   }
-  return in->ops->pwrite (in, buf, n, off, flags);
-}
-
-static int
-failing_flush (struct bdev *bd)
-{
-  struct bdev *in = ((struct failing *) bd)->in;
-  return in->ops->flush (in);
-}
-
-static void
-failing_close (struct bdev *bd)
-{
-  bdev_close (((struct failing *) bd)->in);
-  bdev_free_common (bd);
-}
-
-static const struct bdev_ops failing_ops = {
-  .format = "failing", .close = failing_close, .pread = failing_pread,
-  .pwrite = failing_pwrite, .flush = failing_flush,
-};
-
-static struct bdev *open_below (uint64_t size);
-
-static struct bdev *
-open_failing_below (void)
-{
-  struct failing *f = bdev_alloc (sizeof *f, &failing_ops, "failing");
-  CHECK (f);
-  f->in = open_below (SIZE);
-  f->bd.size = SIZE;
-  f->bd.block_size = 512;
-  return &f->bd;
+  return 0;
 }
 
 static int
@@ -257,6 +213,21 @@ check_all (struct snap_chain *c, const char *when)
   }
 }
 
+/* commit: the chain goes into the device below, which must then hold the
+ * model, and empties (the model's snapshots dropped).  Closes C.
+ */
+static void
+commit_and_check (struct snap_chain *c, const char *when)
+{
+  CHECK (snap_commit (c) == 0);
+  while (nsnaps)
+    model_drop (0);
+  check_all (c, when);
+  snap_chain_close (c);
+  memcpy (below_orig, model, SIZE);
+  check_below_untouched ();
+}
+
 struct list_ctx { int n; };
 
 static int
@@ -362,13 +333,7 @@ main (void)
   /* commit writes the chain into the device below and empties it. */
   model_create (c, "s5");
   random_io (snap_chain_bdev (c), 20);
-  CHECK (snap_commit (c) == 0);
-  while (nsnaps)
-    model_drop (0);
-  check_all (c, "after commit");
-  snap_chain_close (c);
-  memcpy (below_orig, model, SIZE);
-  check_below_untouched ();
+  commit_and_check (c, "after commit");
   c = open_chain ();
   check_all (c, "reopened after commit");
   snap_chain_close (c);
@@ -378,7 +343,8 @@ main (void)
    * read as they were, so nothing but another commit may follow, and
    * the chain itself still reads as before.
    */
-  c = snap_chain_open (dir, open_failing_below (), NULL);
+  c = snap_chain_open (dir, fault_bdev_wrap (open_below (SIZE), fail_past,
+                                             NULL), NULL);
   CHECK (c);
   model_create (c, "f1");
   {
@@ -397,13 +363,7 @@ main (void)
   CHECK (snap_view_open (c, "f1") == NULL && errno == EBUSY);
   check_equal (snap_chain_bdev (c), model, "chain after a failed commit");
   fail_from = UINT64_MAX;
-  CHECK (snap_commit (c) == 0);
-  while (nsnaps)
-    model_drop (0);
-  check_all (c, "after the commit again");
-  snap_chain_close (c);
-  memcpy (below_orig, model, SIZE);
-  check_below_untouched ();
+  commit_and_check (c, "after the commit again");
 
   /* The directory sync after the state's rename fails (the first sync
    * is for the new layer's file): the snapshot exists all the same, and

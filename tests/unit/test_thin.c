@@ -18,6 +18,7 @@
 #include "bdev/bdev.h"
 #include "thin/thin.h"
 #include "check.h"
+#include "fault_bdev.h"
 
 #define C 65536u
 #define VSIZE (256ull << 20)
@@ -314,57 +315,33 @@ run (bool external)
     free (w[i].mirror);
 }
 
-/* A pool device over bdev_file that can hold its next write until
- * released, and fail its Nth flush from now.
+/* The pool device: its next write can be held until released, and its
+ * Nth flush from now made to fail.
  */
-struct gate {
-  struct bdev bd;
-  struct bdev *in;
-};
 static int gate_armed, gate_held, gate_open, gate_fail_flush;
 
 static int
-gate_pread (struct bdev *bd, void *buf, size_t n, uint64_t off)
+gate_on_pwrite (uint64_t off, size_t n)
 {
-  struct bdev *in = ((struct gate *) bd)->in;
-  return in->ops->pread (in, buf, n, off);
-}
-
-static int
-gate_pwrite (struct bdev *bd, const void *buf, size_t n, uint64_t off,
-             uint32_t flags)
-{
-  struct bdev *in = ((struct gate *) bd)->in;
+  (void) off;
+  (void) n;
   if (__atomic_exchange_n (&gate_armed, 0, __ATOMIC_SEQ_CST)) {
     __atomic_store_n (&gate_held, 1, __ATOMIC_SEQ_CST);
     while (!__atomic_load_n (&gate_open, __ATOMIC_SEQ_CST))
       usleep (1000);
   }
-  return in->ops->pwrite (in, buf, n, off, flags);
+  return 0;
 }
 
 static int
-gate_flush (struct bdev *bd)
+gate_on_flush (void)
 {
-  struct bdev *in = ((struct gate *) bd)->in;
   if (gate_fail_flush && --gate_fail_flush == 0) {
     errno = EIO;
     return -1;
   }
-  return in->ops->flush (in);
+  return 0;
 }
-
-static void
-gate_close (struct bdev *bd)
-{
-  bdev_close (((struct gate *) bd)->in);
-  bdev_free_common (bd);
-}
-
-static const struct bdev_ops gate_ops = {
-  .format = "gate", .close = gate_close, .pread = gate_pread,
-  .pwrite = gate_pwrite, .flush = gate_flush,
-};
 
 static struct bdev *
 open_gated_thin (uint64_t vsize)
@@ -372,15 +349,11 @@ open_gated_thin (uint64_t vsize)
   struct bdev_open_opts o = { 0 };
   struct bdev *in = bdev_file_open (pool_path, &o);
   CHECK (in);
-  struct gate *g = bdev_alloc (sizeof *g, &gate_ops, "gate");
-  CHECK (g);
-  g->in = in;
-  g->bd.size = in->size;
-  g->bd.block_size = 512;
   struct thin_opts t = {
     .virtual_size = vsize, .chunk_size = C, .format = true,
   };
-  struct bdev *bd = thin_open (&g->bd, &t);
+  struct bdev *bd = thin_open (fault_bdev_wrap (in, gate_on_pwrite,
+                                                gate_on_flush), &t);
   CHECK (bd);
   return bd;
 }
