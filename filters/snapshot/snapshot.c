@@ -120,10 +120,22 @@ ctl_stop (void)
     }
 }
 
+/* The control thread stops here, not in .unload: nbdkit 1.32 frees the
+ * plugin before it unloads the filters, and a commit the thread runs
+ * (with no client connected, through a context of its own) must finish
+ * while the plugin is still there.
+ */
+static void
+snapshot_cleanup (nbdkit_backend *backend)
+{
+  (void) backend;
+  ctl_stop ();
+}
+
 static void
 snapshot_unload (void)
 {
-  ctl_stop ();
+  ctl_stop ();                  /* if .cleanup did not run */
   /* Every connection is gone: nothing uses the chain. */
   snap_chain_close (chain);
   chain = NULL;
@@ -566,6 +578,7 @@ static struct nbdkit_filter filter = {
   .longname = "nbdkit snapshot filter",
   .load = snapshot_load,
   .unload = snapshot_unload,
+  .cleanup = snapshot_cleanup,
   .config = snapshot_config,
   .config_complete = snapshot_config_complete,
   .config_help = snapshot_config_help,

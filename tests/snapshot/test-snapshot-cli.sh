@@ -6,7 +6,8 @@
 # (qemu-io checks the file afterwards; its progress in nbdkit -v output), a second server on the same
 # overlay directory refused, a changed size below refused with a clear
 # error, other export names refused, a snapshot time out of range listed
-# as a number; the CLI and both man pages installed by cmake --install.
+# as a number, a commit still running at shutdown finished; the CLI and
+# both man pages installed by cmake --install.
 source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 source "$TOP_SRCDIR/tests/snapshot/snapshot-lib.sh"
 requires qemu-io nbdinfo
@@ -107,6 +108,30 @@ nbdinfo "$(uri_of "$tmpdir/nbd5.sock")" >/dev/null || fail "open (4)"
 grep -Eq '^old @9223372036854775807 [0-9]+$' "$tmpdir/list4" ||
   fail "a time out of range listed as: $(cat "$tmpdir/list4")"
 stop_nbdkit
+
+# A commit with no client connected still running when nbdkit is told to
+# stop (the delay filter makes its 40 writes of 1 MiB take 4 s): nbdkit
+# 1.32 frees the plugin before the filter's .unload, so the control
+# thread must stop in .cleanup, while the plugin is there.  nbdkit exits
+# normally (it crashed before); the commit either finished or failed
+# (shutdown cuts the delay filter's waits short), and then the next start
+# finishes it.
+truncate -s 64M "$tmpdir/b6.raw"
+args6=(--filter="$(filter_so snapshot)" --filter=delay file
+       "file=$tmpdir/b6.raw" "overlay-dir=$tmpdir/ovl6" delay-write=100ms)
+start_nbdkit "$tmpdir/nbd6.sock" "${args6[@]}" "control=$tmpdir/ctl6.sock"
+qemu-io -f raw -c 'write -P 0x44 0 40M' "$(uri_of "$tmpdir/nbd6.sock")" >/dev/null ||
+  fail "write (6)"
+"$ctl" "$tmpdir/ctl6.sock" commit > "$tmpdir/commit6.out" 2>&1 &
+cpid=$!
+sleep 1
+stop_nbdkit                             # fails on a crash
+wait $cpid || :
+start_nbdkit "$tmpdir/nbd7.sock" "${args6[@]}"
+nbdinfo "$(uri_of "$tmpdir/nbd7.sock")" >/dev/null || fail "open after the shutdown"
+stop_nbdkit
+qemu-io -f raw -c 'read -P 0x44 0 40M' -c 'read -P 0 40M 24M' "$tmpdir/b6.raw" >/dev/null ||
+  fail "the file does not hold the commit made during shutdown ($(cat "$tmpdir/commit6.out"))"
 
 # Installed with the project (in a DESTDIR).
 if command -v cmake >/dev/null; then
