@@ -428,7 +428,14 @@ qcow2_list_exports (int readonly, int is_tls, struct nbdkit_exports *exports)
 {
   (void) readonly; (void) is_tls;
   static const char *const fopts[] = { "qcow2.backing=none", NULL };
-  struct bdev_open_opts o = { .readonly = true, .format_opts = fopts };
+  /* The paths the image may name are those allowed when serving it (an
+   * external data file is opened even without the backing chain).
+   */
+  struct bdev_open_opts o = {
+    .readonly = true, .format_opts = fopts, .direct = direct,
+    .allowed_dirs = (const char *const *) allowed,
+    .allow_any_path = allow_any,
+  };
   struct bdev *bd;
   const struct qcow2_snapshot_info *s;
   char desc[256];

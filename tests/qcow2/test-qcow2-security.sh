@@ -83,6 +83,14 @@ allowed abs-backing-any abs.qcow2 allow-backing-path=any
 allowed symlink-backing link.qcow2 allow-backing-path="$tmpdir/allowed" \
   allow-backing-path="$tmpdir"
 allowed data-file df.qcow2 allow-backing-path="$tmpdir"
+# The export list (internal snapshots) opens the image too, with the same
+# allowed paths.
+new_sock
+serve_qcow2 "$sock" df.qcow2 -r allow-backing-path="$tmpdir"
+nbdinfo --list "$(uri_of "$sock")" > /dev/null ||
+  fail "nbdinfo --list of an image whose data file is allowed"
+stop_server
+echo "ok: export list with an allowed data file"
 allowed deep-backing top.qcow2 allow-backing-path="$tmpdir"
 # backing=none never opens the escaping backing file.
 new_sock
