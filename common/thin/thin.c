@@ -429,13 +429,6 @@ thin_pread (struct bdev *bd, void *buf, size_t count, uint64_t offset)
   return 0;
 }
 
-static bool
-is_zero (const void *buf, size_t n)
-{
-  const unsigned char *p = buf;
-  return n == 0 || (p[0] == 0 && memcmp (p, p + 1, n - 1) == 0);
-}
-
 /* One piece of a write within a virtual chunk. */
 struct piece {
   uint64_t v, in;
@@ -478,7 +471,7 @@ thin_pwrite (struct bdev *bd, const void *buf, size_t count, uint64_t offset,
       pc[i].in = o % C;
       pc[i].n = C - pc[i].in < c ? C - pc[i].in : c;
       pc[i].data = b;
-      pc[i].zero = is_zero (b, pc[i].n);
+      pc[i].zero = thin_is_zero (b, pc[i].n);
       pc[i].newp = -1;
       uint32_t e = atomic_load (&t->map[pc[i].v]);
       if ((e == 0 || e == THIN_BUSY) ? !pc[i].zero

@@ -10,6 +10,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <string.h>
 
 #include "thin/thin.h"
 #include "util/bitmap.h"
@@ -60,6 +61,14 @@ struct thin {
   int64_t (*pool_size_fn) (void *);
   _Atomic uint64_t allocs, releases, commits, enospc;
 };
+
+/* Does BUF hold N zero bytes? */
+static inline bool
+thin_is_zero (const void *buf, size_t n)
+{
+  const unsigned char *p = buf;
+  return n == 0 || (p[0] == 0 && memcmp (p, p + 1, n - 1) == 0);
+}
 
 #define TH(bd) ((struct thin *) (bd))
 

@@ -174,12 +174,7 @@ thin_headers_read (struct bdev *meta, struct geom *g, uint64_t *seq,
     *allzero = false;
     return -1;
   }
-  *allzero = true;
-  for (size_t i = 0; i < 2 * TBLK; i++)
-    if (b[i]) {
-      *allzero = false;
-      break;
-    }
+  *allzero = thin_is_zero (b, 2 * TBLK);
   for (unsigned s = 0; s < 2; s++) {
     struct geom gs;
     uint64_t q, u;
@@ -451,13 +446,10 @@ thin_area_is_zero (struct bdev *bd, uint64_t len, uint64_t *nonzero)
     }
     if (bdev_pread (bd, buf, n, off) == -1)
       r = -1;
-    else
-      for (size_t i = 0; i < n; i++)
-        if (buf[i]) {
-          *nonzero = off;
-          r = 0;
-          break;
-        }
+    else if (!thin_is_zero (buf, n)) {
+      *nonzero = off;
+      r = 0;
+    }
   }
   free (buf);
   return r;

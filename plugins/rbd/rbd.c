@@ -37,6 +37,7 @@
 
 #include "kvm_version.h"
 #include "util/checked.h"
+#include "util/sort.h"
 
 #define THREAD_MODEL NBDKIT_THREAD_MODEL_PARALLEL
 #define UNUSED __attribute__ ((unused))
@@ -1186,8 +1187,8 @@ diff_cb (uint64_t off, size_t len, int exists, void *arg)
 static int
 cmp_range (const void *a, const void *b)
 {
-  const struct diff_range *x = a, *y = b;
-  return x->off < y->off ? -1 : x->off > y->off;
+  return kvm_cmp_u64 (&((const struct diff_range *) a)->off,
+                      &((const struct diff_range *) b)->off);
 }
 
 static int
