@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: BSD-3-Clause */
-/* An image-format filter (qcow2, vmdk, vhdx): one engine per export name,
- * opened over the layer below by the export's first connection and
- * shared by all of them (bdev_registry.h), served with
+/* An image-format filter (qcow2, vmdk, vhdx): one engine, opened over the
+ * layer below by the first connection and shared by all of them
+ * (bdev_registry.h), served with
  * BDEV_NBDKIT_FILTER_CALLBACKS (bdev_nbdkit_filter.h, whose lifetime
  * rules this follows).
  *
@@ -17,6 +17,13 @@
  * (.open, .prepare, .finalize, .close) and calls
  * bdev_format_filter_close_all() from its .unload.
  *
+ * One export name at a time, unless the filter's parameter
+ * BDEV_FORMAT_FILTER_EXPORTS=per-name (the filter defines the macro
+ * before including this, e.g. "qcow2-exports") says that the plugin
+ * below stores each name apart (the lvm plugin without lv=): then each
+ * name is its own engine.  Its .config passes that key to
+ * bdev_format_filter_config_exports().
+ *
  * Header only, for filters (one registry per filter).  Include it after
  * <nbdkit-filter.h>.
  */
@@ -25,6 +32,9 @@
 
 #ifndef NBDKIT_FILTER_API_VERSION
 #error "include <nbdkit-filter.h> first"
+#endif
+#ifndef BDEV_FORMAT_FILTER_EXPORTS
+#error "define BDEV_FORMAT_FILTER_EXPORTS (the filter's KEY=one|per-name)"
 #endif
 
 #include <stdbool.h>
@@ -40,8 +50,17 @@ static struct bdev *bdev_format_filter_open_image (const char *export,
                                                    nbdkit_next *next,
                                                    bool readonly);
 
-/* The engines of this filter, one per export name. */
-static struct bdev_registry bdev_format_filter_images = BDEV_REGISTRY_INIT;
+/* The engines of this filter: one, or one per export name. */
+static struct bdev_registry bdev_format_filter_images =
+  BDEV_REGISTRY_INIT_ONE_NAME (BDEV_FORMAT_FILTER_EXPORTS);
+
+/* .config of BDEV_FORMAT_FILTER_EXPORTS=one|per-name. */
+static inline int
+bdev_format_filter_config_exports (const char *value)
+{
+  return bdev_registry_names_param (&bdev_format_filter_images,
+                                    BDEV_FORMAT_FILTER_EXPORTS, value);
+}
 
 /* A connection's handle. */
 struct bdev_format_filter_handle {

@@ -12,6 +12,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -28,16 +29,45 @@ struct bdev_registry_entry {
 struct bdev_registry {
   pthread_mutex_t lock;
   struct bdev_registry_entry *entries;
+  /* One export name at a time: set by filters, whose layer below may
+   * give every name the same storage (a plugin that ignores names), where
+   * two engines would allocate in one image without knowing of each
+   * other.  While a name is open, another is refused with EBUSY; the
+   * error names PER_NAME_PARAM, the parameter that lifts this.
+   */
+  bool one_name;
+  const char *per_name_param;
 };
 
-#define BDEV_REGISTRY_INIT { PTHREAD_MUTEX_INITIALIZER, NULL }
+#define BDEV_REGISTRY_INIT { PTHREAD_MUTEX_INITIALIZER, NULL, false, NULL }
+#define BDEV_REGISTRY_INIT_ONE_NAME(per_name_param) \
+  { PTHREAD_MUTEX_INITIALIZER, NULL, true, (per_name_param) }
+
+/* The filters' KEY=one|per-name parameter (qcow2-exports=, ...): whether
+ * R serves one export name at a time.  -1 (error reported) if VALUE is
+ * neither.
+ */
+static inline int
+bdev_registry_names_param (struct bdev_registry *r, const char *key,
+                           const char *value)
+{
+  if (strcmp (value, "one") == 0)
+    r->one_name = true;
+  else if (strcmp (value, "per-name") == 0)
+    r->one_name = false;
+  else {
+    kvm_error ("%s must be 'one' or 'per-name', not '%s'", key, value);
+    return -1;
+  }
+  return 0;
+}
 
 /* Opens the bdev of EXPORT; ARG is passed through. */
 typedef struct bdev *(*bdev_registry_open_fn) (const char *export,
                                                void *arg);
 
 /* The bdev of EXPORT, opened with OPEN if no connection has it open.
- * NULL (error reported by OPEN) on failure.  Release with
+ * NULL (error reported) on failure.  Release with
  * bdev_registry_put.
  */
 static inline struct bdev_registry_entry *
@@ -50,6 +80,16 @@ bdev_registry_get (struct bdev_registry *r, const char *export,
   for (e = r->entries; e; e = e->next)
     if (strcmp (e->export, export) == 0)
       break;
+  if (!e && r->one_name && r->entries) {
+    pthread_mutex_unlock (&r->lock);
+    kvm_error ("export '%s' refused: export '%s' is open, and one export "
+               "name is served at a time (the layer below may store every "
+               "name in the same place); %s=per-name serves each name as "
+               "its own image", export, r->entries->export,
+               r->per_name_param);
+    errno = EBUSY;
+    return NULL;
+  }
   if (!e) {
     e = calloc (1, sizeof *e);
     if (!e || !(e->export = strdup (export))) {

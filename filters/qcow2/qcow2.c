@@ -3,11 +3,11 @@
  * that is stored in the export of whatever plugin the filter sits on: a
  * qcow2 written onto an LV, an RBD image, an iSCSI LUN, a plain file.
  *
- * One engine per export name, shared by every connection to it; its
- * container is routed to the context of the connection being served
- * (bdev_nbdkit_filter.h explains why and the lifetime rules).  The
- * container cannot grow: an allocating write that needs more room than
- * the plugin's export has fails with ENOSPC.
+ * One engine, shared by every connection (or one per export name, with
+ * qcow2-exports=per-name); its container is routed to the context of the
+ * connection being served (bdev_nbdkit_filter.h explains why and the
+ * lifetime rules).  The container cannot grow: an allocating write that
+ * needs more room than the plugin's export has fails with ENOSPC.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -19,6 +19,7 @@
 #include <nbdkit-filter.h>
 
 #include "bdev/bdev.h"
+#define BDEV_FORMAT_FILTER_EXPORTS "qcow2-exports"
 #include "bdev/bdev_nbdkit_format_filter.h"
 #include "qcow2/qcow2.h"
 #include "util/log.h"
@@ -67,6 +68,8 @@ qcow2_filter_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
     cache_size = nbdkit_parse_size (value);
     return cache_size == -1 ? -1 : 0;
   }
+  if (strcmp (key, "qcow2-exports") == 0)
+    return bdev_format_filter_config_exports (value);
   return next (nxdata, key, value);
 }
 
@@ -77,7 +80,10 @@ qcow2_filter_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
   "qcow2-allow-backing-path=DIR|any\n" \
   "                            The backing file's own backing files may\n" \
   "                            also be in DIR.\n" \
-  "qcow2-cache=SIZE            L2 metadata cache size."
+  "qcow2-cache=SIZE            L2 metadata cache size.\n" \
+  "qcow2-exports=one|per-name  One export name at a time (default), or\n" \
+  "                            each name its own image (a plugin that\n" \
+  "                            stores each name apart)."
 
 static int
 qcow2_filter_thread_model (void)

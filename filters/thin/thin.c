@@ -2,9 +2,9 @@
 /* nbdkit thin filter: thin provisioning over the export of any plugin.
  * The engine (common/thin) maps virtual chunks on first write onto
  * chunks of the export below (the pool), keeping its metadata there or in
- * a separate file.  One engine per export name, shared by every
- * connection; the pool is routed to the context of the connection being
- * served (bdev_nbdkit_filter.h).
+ * a separate file.  One engine, shared by every connection (or one per
+ * export name, with thin-exports=per-name); the pool is routed to the
+ * context of the connection being served (bdev_nbdkit_filter.h).
  *
  * Growing pools: nbdkit caches the size of the export below per context,
  * and checks every request against it.  When the pool is full (at most
@@ -52,7 +52,9 @@ static unsigned warn_percent;           /* thin-warn */
 static char *hook;                      /* thin-hook */
 static char *metadata_path;             /* thin-metadata */
 
-static struct bdev_registry pools = BDEV_REGISTRY_INIT;
+/* One pool, or one per export name with thin-exports=per-name. */
+static struct bdev_registry pools =
+  BDEV_REGISTRY_INIT_ONE_NAME ("thin-exports");
 
 #define MAX_EXTRA_CONTEXTS 32
 
@@ -418,7 +420,21 @@ thin_filter_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
     close (fd);
     return 0;
   }
+  if (strcmp (key, "thin-exports") == 0)
+    return bdev_registry_names_param (&pools, key, value);
   return next (nxdata, key, value);
+}
+
+static int
+thin_filter_config_complete (nbdkit_next_config_complete *next,
+                             nbdkit_backend *nxdata)
+{
+  if (metadata_path && !pools.one_name) {
+    nbdkit_error ("thin-metadata= holds the metadata of one pool: it "
+                  "cannot go with thin-exports=per-name");
+    return -1;
+  }
+  return next (nxdata);
 }
 
 #define thin_filter_config_help \
@@ -426,7 +442,10 @@ thin_filter_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
   "thin-chunk=SIZE             Allocation unit (default 64K).\n" \
   "thin-metadata=FILE          Metadata in FILE instead of the pool.\n" \
   "thin-warn=PERCENT%          Warn when the pool is this full.\n" \
-  "thin-hook=COMMAND           Run COMMAND at the warning (THIN_* env)."
+  "thin-hook=COMMAND           Run COMMAND at the warning (THIN_* env).\n" \
+  "thin-exports=one|per-name   One export name at a time (default), or\n" \
+  "                            each name its own pool (a plugin that\n" \
+  "                            stores each name apart)."
 
 static int
 thin_filter_thread_model (void)
@@ -671,6 +690,7 @@ static struct nbdkit_filter filter = {
   .load = thin_filter_load,
   .unload = thin_filter_unload,
   .config = thin_filter_config,
+  .config_complete = thin_filter_config_complete,
   .config_help = thin_filter_config_help,
   .thread_model = thin_filter_thread_model,
   .open = thin_filter_open,

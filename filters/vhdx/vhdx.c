@@ -3,11 +3,12 @@
  * stored in the export of whatever plugin the filter sits on (a file, an
  * LV, an RBD image, memory...).
  *
- * One engine per export name, shared by every connection to it; its
- * container is routed to the context of the connection being served
- * (bdev_nbdkit_filter.h).  The container cannot grow: an allocating write
- * that needs more room than the plugin's export has fails with ENOSPC,
- * and so does a log replay that must grow the file.
+ * One engine, shared by every connection (or one per export name, with
+ * vhdx-exports=per-name); its container is routed to the context of the
+ * connection being served (bdev_nbdkit_filter.h).  The container cannot
+ * grow: an allocating write that needs more room than the plugin's export
+ * has fails with ENOSPC, and so does a log replay that must grow the
+ * file.
  */
 #include <errno.h>
 #include <stdbool.h>
@@ -18,6 +19,7 @@
 #include <nbdkit-filter.h>
 
 #include "bdev/bdev.h"
+#define BDEV_FORMAT_FILTER_EXPORTS "vhdx-exports"
 #include "bdev/bdev_nbdkit_format_filter.h"
 #include "util/log.h"
 #include "vhdx/vhdx.h"
@@ -66,6 +68,8 @@ vhdx_filter_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
     ignore_linkage = r;
     return 0;
   }
+  if (strcmp (key, "vhdx-exports") == 0)
+    return bdev_format_filter_config_exports (value);
   return next (nxdata, key, value);
 }
 
@@ -76,7 +80,10 @@ vhdx_filter_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
   "vhdx-allow-parent-path=DIR|any\n" \
   "                            The parent's own parents may also be in DIR.\n" \
   "vhdx-ignore-parent-linkage=true\n" \
-  "                            Accept a parent whose DataWriteGuid differs."
+  "                            Accept a parent whose DataWriteGuid differs.\n" \
+  "vhdx-exports=one|per-name   One export name at a time (default), or\n" \
+  "                            each name its own image (a plugin that\n" \
+  "                            stores each name apart)."
 
 static int
 vhdx_filter_thread_model (void)

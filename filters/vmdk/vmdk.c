@@ -5,10 +5,10 @@
  * name extent files cannot be served this way (their files are not in
  * the export); a delta disk's parent is named with vmdk-backing=.
  *
- * One engine per export name, shared by every connection to it, as in
- * the qcow2 filter (bdev_nbdkit_filter.h).  The container cannot grow: an
- * allocating write that needs more room than the export has fails with
- * ENOSPC.
+ * One engine, shared by every connection (or one per export name, with
+ * vmdk-exports=per-name), as in the qcow2 filter (bdev_nbdkit_filter.h).
+ * The container cannot grow: an allocating write that needs more room
+ * than the export has fails with ENOSPC.
  */
 #include <errno.h>
 #include <stdbool.h>
@@ -19,6 +19,7 @@
 #include <nbdkit-filter.h>
 
 #include "bdev/bdev.h"
+#define BDEV_FORMAT_FILTER_EXPORTS "vmdk-exports"
 #include "bdev/bdev_nbdkit_format_filter.h"
 #include "util/log.h"
 #include "vmdk/vmdk.h"
@@ -59,6 +60,8 @@ vmdk_filter_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
   }
   if (strcmp (key, "vmdk-allow-path") == 0)
     return bdev_nbdkit_allow_path (value, &allowed, &nallowed, &allow_any);
+  if (strcmp (key, "vmdk-exports") == 0)
+    return bdev_format_filter_config_exports (value);
   return next (nxdata, key, value);
 }
 
@@ -67,7 +70,10 @@ vmdk_filter_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
   "                            none (unallocated grains read as zeroes).\n" \
   "                            Required if the image names a parent.\n" \
   "vmdk-allow-path=DIR|any     The parent's own extent and parent files\n" \
-  "                            may also be in DIR."
+  "                            may also be in DIR.\n" \
+  "vmdk-exports=one|per-name   One export name at a time (default), or\n" \
+  "                            each name its own image (a plugin that\n" \
+  "                            stores each name apart)."
 
 static int
 vmdk_filter_thread_model (void)
