@@ -27,6 +27,7 @@
 
 #include "bdev.h"
 #include "bdev_nfs.h"
+#include "../util/clock.h"
 #include "../util/log.h"
 
 #define DEFAULT_TIMEOUT 60      /* seconds */
@@ -206,26 +207,6 @@ cfg_parse (const char *url, struct nfs_cfg *c)
 
 /* --- deadlines and the poll loop ----------------------------------------- */
 
-static struct timespec
-deadline_in (int seconds)
-{
-  struct timespec t;
-  clock_gettime (CLOCK_MONOTONIC, &t);
-  t.tv_sec += seconds;
-  return t;
-}
-
-/* Milliseconds left until D (0 if past). */
-static int
-ms_left (const struct timespec *d)
-{
-  struct timespec now;
-  clock_gettime (CLOCK_MONOTONIC, &now);
-  int64_t ms = (int64_t) (d->tv_sec - now.tv_sec) * 1000 +
-    (d->tv_nsec - now.tv_nsec) / 1000000;
-  return ms < 0 ? 0 : ms > 1000000 ? 1000000 : (int) ms;
-}
-
 /* One asynchronous call.  The callback stores the status and copies what
  * the caller asked for; it also runs (with an error) when the context is
  * destroyed with the call outstanding, while the struct is still alive.
@@ -274,7 +255,7 @@ wait_calls (struct nfs_context *nfs, struct call *calls, size_t n,
       ;
     if (i == n)
       return WAIT_OK;
-    int ms = ms_left (deadline);
+    int ms = kvm_ms_left (deadline);
     if (ms == 0)
       return WAIT_TIMEOUT;
     struct pollfd pfd = { .fd = nfs_get_fd (nfs),
@@ -762,7 +743,7 @@ static int
 run (struct nfs_bdev *nb, enum op op, char *buf, size_t count,
      uint64_t offset)
 {
-  struct timespec dl = deadline_in (nb->cfg.timeout);
+  struct timespec dl = kvm_deadline_in (nb->cfg.timeout);
   unsigned tries = 0;
   for (;;) {
     struct conn *cn = borrow (nb, &dl);
@@ -784,7 +765,7 @@ run (struct nfs_bdev *nb, enum op op, char *buf, size_t count,
       }
     }
     tries++;
-    if (ms_left (&dl) == 0) {
+    if (kvm_ms_left (&dl) == 0) {
       kvm_error ("%s: %s at %" PRIu64 ": no working connection to the NFS "
                  "server within %d s (timeout=)", nb->bd.name, op_name (op),
                  offset, nb->cfg.timeout);
@@ -793,7 +774,7 @@ run (struct nfs_bdev *nb, enum op op, char *buf, size_t count,
     }
     kvm_debug ("%s: %s: connection to the server lost, reconnecting",
                nb->bd.name, op_name (op));
-    int ms = ms_left (&dl);
+    int ms = kvm_ms_left (&dl);
     struct timespec ts = { 0, (ms < 200 ? ms : 200) * 1000000L };
     nanosleep (&ts, NULL);
   }
@@ -884,7 +865,7 @@ bdev_nfs_open (const char *url, const struct bdev_open_opts *opts)
   }
   nb->flags = readonly ? O_RDONLY : O_RDWR;
 
-  struct timespec dl = deadline_in (c->timeout);
+  struct timespec dl = kvm_deadline_in (c->timeout);
   struct nfs_context *nfs = mount_for (c, c->path, false, &nb->pl, &dl);
   struct conn *cn = NULL;
   if (!nfs)
@@ -933,7 +914,7 @@ tmp_mount (const char *url, struct nfs_cfg *c, struct place *pl, bool dir,
   memset (pl, 0, sizeof *pl);
   if (cfg_parse (url, c) == -1)
     return NULL;
-  *dl = deadline_in (c->timeout);
+  *dl = kvm_deadline_in (c->timeout);
   struct nfs_context *nfs = mount_for (c, c->path, dir, pl, dl);
   if (!nfs)
     cfg_free (c);

@@ -4,6 +4,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "clock.h"
 #include "log.h"
 #include "progress.h"
 
@@ -29,9 +30,7 @@ now_ms (void)
 {
   if (clock_fn)
     return clock_fn ();
-  struct timespec ts;
-  clock_gettime (CLOCK_MONOTONIC, &ts);
-  return (uint64_t) ts.tv_sec * 1000 + (uint64_t) ts.tv_nsec / 1000000;
+  return kvm_mono_ns () / 1000000;
 }
 
 unsigned

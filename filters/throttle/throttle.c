@@ -19,6 +19,7 @@
 #include <nbdkit-filter.h>
 
 #include "throttle/throttle.h"
+#include "util/clock.h"
 #include "util/log.h"
 
 /* -D throttle.stats=N: per-group statistics when connections close and
@@ -73,18 +74,10 @@ struct handle {
 };
 
 static uint64_t
-mono_ns (void)
-{
-  struct timespec ts;
-  clock_gettime (CLOCK_MONOTONIC, &ts);
-  return (uint64_t) ts.tv_sec * 1000000000ULL + ts.tv_nsec;
-}
-
-static uint64_t
 clock_now (void *opaque)
 {
   (void) opaque;
-  return mono_ns ();
+  return kvm_mono_ns ();
 }
 
 static int
@@ -403,7 +396,7 @@ maybe_reload (void *opaque)
   (void) opaque;
   if (throttle_file == NULL)
     return;
-  now = mono_ns ();
+  now = kvm_mono_ns ();
   if (now < __atomic_load_n (&next_check_ns, __ATOMIC_RELAXED))
     return;
   if (pthread_mutex_trylock (&reload_lock) != 0)
@@ -633,7 +626,7 @@ static uint64_t next_stats_ns;          /* atomic */
 static void
 periodic_stats (void)
 {
-  uint64_t now = mono_ns ();
+  uint64_t now = kvm_mono_ns ();
   uint64_t next = __atomic_load_n (&next_stats_ns, __ATOMIC_RELAXED);
   struct group_ref *r;
 

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: BSD-3-Clause */
-/* Checked arithmetic, endian helpers, CRC-32C, bitmap, LRU cache and the
- * error reporting of common/.
+/* Checked arithmetic, the monotonic clock, endian helpers, CRC-32C,
+ * bitmap, LRU cache and the error reporting of common/.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -12,6 +12,7 @@
 
 #include "util/bitmap.h"
 #include "util/checked.h"
+#include "util/clock.h"
 #include "util/crc32c.h"
 #include "util/endian.h"
 #include "util/log.h"
@@ -183,10 +184,24 @@ test_log (void)
   kvm_log_set (NULL, NULL);
 }
 
+static void
+test_clock (void)
+{
+  uint64_t a = kvm_mono_ns (), b = kvm_mono_ns ();
+  CHECK (a > 0 && b >= a);
+  struct timespec past = kvm_deadline_in (-1), soon = kvm_deadline_in (2),
+    far = kvm_deadline_in (1000000);
+  CHECK (kvm_ms_left (&past) == 0);
+  int left = kvm_ms_left (&soon);
+  CHECK (left > 1000 && left <= 2000);
+  CHECK (kvm_ms_left (&far) == 1000000);       /* clamped for poll(2) */
+}
+
 int
 main (void)
 {
   test_checked ();
+  test_clock ();
   test_endian ();
   test_crc32c ();
   test_bitmap ();
