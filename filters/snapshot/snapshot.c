@@ -39,6 +39,7 @@
 #include "bdev/bdev.h"
 #include "bdev/bdev_nbdkit_filter.h"
 #include "snapshot/snapshot.h"
+#include "util/clock.h"
 #include "util/log.h"
 
 static char *overlay_dir;       /* overlay-dir=DIR (absolute) */
@@ -63,6 +64,8 @@ static struct live *lives;
 
 /* Control socket. */
 static int ctl_fd = -1;
+static dev_t ctl_dev;           /* the socket file we bound */
+static ino_t ctl_ino;
 static int ctl_wake[2] = { -1, -1 };
 static pthread_t ctl_thread;
 static bool ctl_running;
@@ -109,9 +112,13 @@ ctl_stop (void)
     ctl_running = false;
   }
   if (ctl_fd >= 0) {
+    struct stat st;
     close (ctl_fd);
     ctl_fd = -1;
-    unlink (control_path);
+    /* Only our own socket: the path may now name another server's. */
+    if (lstat (control_path, &st) == 0 && st.st_dev == ctl_dev &&
+        st.st_ino == ctl_ino)
+      unlink (control_path);
   }
   for (int i = 0; i < 2; i++)
     if (ctl_wake[i] >= 0) {
@@ -203,21 +210,45 @@ snapshot_get_ready (int thread_model)
   struct sockaddr_un a = { .sun_family = AF_UNIX };
   struct stat st;
   strcpy (a.sun_path, control_path);
-  /* A socket left by a killed server (nbdkit cannot remove it then). */
-  if (lstat (control_path, &st) == 0 && S_ISSOCK (st.st_mode))
-    unlink (control_path);
   ctl_fd = socket (AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (ctl_fd == -1) {
     nbdkit_error ("socket: %m");
     return -1;
   }
+  /* A socket left by a killed server (nbdkit cannot remove it then) is
+   * replaced; one that answers belongs to a live server and is not.
+   */
+  if (lstat (control_path, &st) == 0 && S_ISSOCK (st.st_mode)) {
+    if (connect (ctl_fd, (struct sockaddr *) &a, sizeof a) == 0) {
+      nbdkit_error ("control socket %s is in use by another server",
+                    control_path);
+      close (ctl_fd);
+      ctl_fd = -1;
+      return -1;
+    }
+    if (errno == ECONNREFUSED)
+      unlink (control_path);
+    /* Otherwise bind reports what is wrong with the path. */
+    close (ctl_fd);
+    ctl_fd = socket (AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (ctl_fd == -1) {
+      nbdkit_error ("socket: %m");
+      return -1;
+    }
+  }
   mode_t old = umask (0177);
   int r = bind (ctl_fd, (struct sockaddr *) &a, sizeof a);
   umask (old);
+  if (r == 0 && lstat (control_path, &st) == 0) {
+    ctl_dev = st.st_dev;
+    ctl_ino = st.st_ino;
+  }
   if (r == -1 || chmod (control_path, 0600) == -1 || listen (ctl_fd, 8) == -1) {
     nbdkit_error ("control socket %s: %m", control_path);
     close (ctl_fd);
     ctl_fd = -1;
+    if (r == 0)
+      unlink (control_path);
     return -1;
   }
   if (pipe2 (ctl_wake, O_CLOEXEC) == -1) {
@@ -275,12 +306,13 @@ ctl_commit (void)
   nbdkit_next *ctx = nbdkit_next_context_open (backend, 0, "", 1);
   if (!ctx) {
     pthread_mutex_unlock (&ctx_lock);
-    nbdkit_error ("commit: cannot open a context into the plugin");
+    /* kvm_error, not nbdkit_error: the control client gets it too. */
+    kvm_error ("commit: cannot open a context into the plugin");
     return -1;
   }
   if (ctx->prepare (ctx) == -1 || bdev_next_prime (ctx) == -1) {
-    nbdkit_error ("commit: the plugin cannot be opened without a client "
-                  "(connect a client and retry)");
+    kvm_error ("commit: the plugin cannot be opened without a client "
+               "(connect a client and retry)");
     ctx->finalize (ctx);
     nbdkit_next_context_close (ctx);
     pthread_mutex_unlock (&ctx_lock);
@@ -303,10 +335,14 @@ ctl_serve (int fd)
   char req[256], err[CTL_ERRLEN] = "";
   size_t len = 0;
 
-  /* One line, within 10 s. */
+  /* One line, within 10 s in all (a client sending a byte at a time must
+   * not hold the channel longer).
+   */
+  struct timespec end = kvm_deadline_in (10);
   while (len < sizeof req - 1) {
+    int left = kvm_ms_left (&end);
     struct pollfd p = { .fd = fd, .events = POLLIN };
-    if (poll (&p, 1, 10000) <= 0)
+    if (left == 0 || poll (&p, 1, left) <= 0)
       return;
     ssize_t r = recv (fd, req + len, sizeof req - 1 - len, 0);
     if (r <= 0)

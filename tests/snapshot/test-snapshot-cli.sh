@@ -3,8 +3,11 @@
 # The snapshot filter's edges, over nbdkit's file plugin: the control
 # socket's mode, nbdkit-snapshot-ctl's exit statuses and messages, the
 # export listing (nbdinfo --list), a commit with no client connected
-# (qemu-io checks the file afterwards; its progress in nbdkit -v output), a second server on the same
-# overlay directory refused, a changed size below refused with a clear
+# (qemu-io checks the file afterwards; its progress in nbdkit -v output),
+# a second server on the same overlay directory refused, a live control
+# socket neither taken over nor removed by another server, a slow control
+# client holding the channel for 10 s at most, a failed commit's reason
+# given to the control client, a changed size below refused with a clear
 # error, other export names refused, a snapshot time out of range listed
 # as a number, a commit still running at shutdown finished; the CLI and
 # both man pages installed by cmake --install.
@@ -64,6 +67,42 @@ rc=0; nbdinfo "$(uri_of "$tmpdir/nbd2.sock")" >/dev/null 2>&1 || rc=$?
 stop_nbdkit "$pid2"
 grep -q "in use by another process" "$tmpdir/second.log" ||
   fail "no clear error for the locked directory: $(cat "$tmpdir/second.log")"
+
+# A second server given a live server's control socket is refused, and
+# the first one's socket still answers.
+truncate -s 1M "$tmpdir/b9.raw"
+rc=0
+out=$(nbdkit -U "$tmpdir/nbd9.sock" --filter="$(filter_so snapshot)" file \
+        "file=$tmpdir/b9.raw" "overlay-dir=$tmpdir/ovl9" \
+        "control=$tmpdir/ctl.sock" --run true 2>&1) || rc=$?
+[ $rc != 0 ] && grep -q "control socket .*ctl.sock is in use by another server" \
+  <<<"$out" || fail "a live control socket was taken over: $rc $out"
+"$ctl" "$tmpdir/ctl.sock" list >/dev/null || fail "the first server's control socket"
+
+# A client that sends its request a byte at a time holds the channel for
+# 10 s in all, not 10 s per byte.
+PATH="/usr/bin:$PATH" python3 -c '
+import socket, sys, time
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+for b in b"list":
+    s.send(bytes([b]))
+    time.sleep(6)
+' "$tmpdir/ctl.sock" &
+slow=$!
+kill_at_exit $slow
+sleep 1
+timeout 20 "$ctl" "$tmpdir/ctl.sock" list >/dev/null ||
+  fail "a slow control client held the channel for more than 20 s"
+wait $slow || :
+
+# A commit that cannot start says why to the control client: the plugin
+# cannot open its file while it is away.
+mv "$tmpdir/below.raw" "$tmpdir/below.away"
+rc=0; err=$("$ctl" "$tmpdir/ctl.sock" commit 2>&1) || rc=$?
+mv "$tmpdir/below.away" "$tmpdir/below.raw"
+[ $rc = 1 ] && grep -q "commit: cannot open a context into the plugin" <<<"$err" ||
+  fail "a failed commit's reason: $rc $err"
 
 # Commit with no client connected (every client above has gone).
 "$ctl" "$tmpdir/ctl.sock" commit || fail "commit without a client"
@@ -132,6 +171,24 @@ nbdinfo "$(uri_of "$tmpdir/nbd7.sock")" >/dev/null || fail "open after the shutd
 stop_nbdkit
 qemu-io -f raw -c 'read -P 0x44 0 40M' -c 'read -P 0 40M 24M' "$tmpdir/b6.raw" >/dev/null ||
   fail "the file does not hold the commit made during shutdown ($(cat "$tmpdir/commit6.out"))"
+
+# A server removes its control socket at exit only if it is still its
+# own: here the path was taken over by a second server after the first
+# one's socket was removed.
+truncate -s 1M "$tmpdir/b8.raw"
+start_nbdkit "$tmpdir/nbd8.sock" --filter="$(filter_so snapshot)" file \
+  "file=$tmpdir/b8.raw" "overlay-dir=$tmpdir/ovl8" "control=$tmpdir/ctl8.sock"
+pid8=$nbdkit_pid
+rm "$tmpdir/ctl8.sock"
+start_nbdkit "$tmpdir/nbd8b.sock" --filter="$(filter_so snapshot)" file \
+  "file=$tmpdir/b8.raw" "overlay-dir=$tmpdir/ovl8b" "control=$tmpdir/ctl8.sock"
+pid8b=$nbdkit_pid
+nbdinfo "$(uri_of "$tmpdir/nbd8b.sock")" >/dev/null || fail "open (8)"
+stop_nbdkit "$pid8"
+"$ctl" "$tmpdir/ctl8.sock" list >/dev/null ||
+  fail "a server removed the control socket of another at exit"
+stop_nbdkit "$pid8b"
+[ ! -e "$tmpdir/ctl8.sock" ] || fail "the control socket was left behind"
 
 # Installed with the project (in a DESTDIR).
 if command -v cmake >/dev/null; then
