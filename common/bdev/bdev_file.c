@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -11,6 +12,7 @@
 #include <linux/fs.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 
 #include "bdev.h"
 #include "../util/log.h"
@@ -27,6 +29,14 @@
  * changes to blocks of the same stripes.  Stripes are always taken in
  * ascending order.  Reads take no lock.  Without O_DIRECT there is no
  * RMW here and no lock either.
+ *
+ * An unaligned write whose last block passes the end (a block device
+ * whose size is not a multiple of the alignment, or the end of a file)
+ * cannot be rounded up: the device would refuse the part past its end
+ * and a file would grow.  It goes, exactly as asked, through a second
+ * descriptor of the same file without O_DIRECT (tail_fd), holding its
+ * blocks' stripes as an aligned write does; the kernel keeps the page
+ * cache coherent with O_DIRECT I/O of the other descriptor.
  */
 #define BLOCK_STRIPES 64
 
@@ -35,7 +45,10 @@ enum { STRIPE_NONE, STRIPE_SHARED, STRIPE_EXCL };
 struct file_bdev {
   struct bdev bd;
   int fd;
+  int tail_fd;                  /* if direct and writable, else -1 */
   bool is_block;
+  bool hw_zeroes;               /* block device with WRITE ZEROES: its
+                                 * BLKZEROOUT never writes zero pages */
   bool direct;
   uint32_t align;               /* O_DIRECT alignment */
   bool can_punch, can_zero_range; /* cleared after EOPNOTSUPP */
@@ -49,6 +62,8 @@ file_close (struct bdev *bd)
 {
   struct file_bdev *f = (struct file_bdev *) bd;
   close (f->fd);
+  if (f->tail_fd >= 0)
+    close (f->tail_fd);
   if (f->direct)
     for (int i = 0; i < BLOCK_STRIPES; i++)
       pthread_rwlock_destroy (&f->stripes[i]);
@@ -187,6 +202,13 @@ bounce (struct file_bdev *f, void *rbuf, const void *wbuf, size_t count,
   void *b;
   int r = -1;
 
+  if (wbuf && end > bdev_size (&f->bd)) {
+    uint8_t mode[BLOCK_STRIPES];
+    change_begin (f, offset, count, mode);
+    r = full_pwrite (f->tail_fd, wbuf, count, offset);
+    change_end (f, mode);
+    return r;
+  }
   if (posix_memalign (&b, f->align, len) != 0) {
     errno = ENOMEM;
     return -1;
@@ -318,6 +340,9 @@ zero_fast (struct file_bdev *f, uint64_t count, uint64_t offset,
            uint32_t flags)
 {
   if (f->is_block) {
+    /* Without WRITE ZEROES the kernel writes pages of zeroes: not fast. */
+    if ((flags & BDEV_FAST_ZERO) && !f->hw_zeroes)
+      return 1;
     uint64_t range[2] = { offset, count };
     if (ioctl (f->fd, BLKZEROOUT, range) == 0)
       return 0;
@@ -378,6 +403,7 @@ file_extents (struct bdev *bd, uint64_t count, uint64_t offset,
 {
   struct file_bdev *f = (struct file_bdev *) bd;
   uint64_t end = offset + count;
+  unsigned races = 0;
 
   while (offset < end) {
     off_t pos = lseek (f->fd, offset, SEEK_DATA);
@@ -404,6 +430,14 @@ file_extents (struct bdev *bd, uint64_t count, uint64_t offset,
       kvm_error ("%s: lseek SEEK_HOLE: %m", bd->name);
       return -1;
     }
+    /* A trim between the two calls made a hole at OFFSET: look again
+     * (data, the safe answer, after a few such races).
+     */
+    if ((uint64_t) pos <= offset) {
+      if (++races < 4)
+        continue;
+      pos = end;
+    }
     next = (uint64_t) pos < end ? (uint64_t) pos : end;
     if (fn (opaque, offset, next - offset, BDEV_EXTENT_DATA) == -1)
       return -1;
@@ -424,6 +458,28 @@ static const struct bdev_ops file_ops = {
   .zero = file_zero,
   .extents = file_extents,
 };
+
+/* queue/write_zeroes_max_bytes of block device DEV (0 if unknown). */
+static uint64_t
+write_zeroes_max (dev_t dev)
+{
+  char p[128];
+  unsigned long long v = 0;
+  /* A partition has no queue of its own: its disk's is one level up. */
+  for (int up = 0; up < 2; up++) {
+    snprintf (p, sizeof p, "/sys/dev/block/%u:%u/%squeue/"
+              "write_zeroes_max_bytes", major (dev), minor (dev),
+              up ? "../" : "");
+    FILE *fp = fopen (p, "re");
+    if (fp) {
+      if (fscanf (fp, "%llu", &v) != 1)
+        v = 0;
+      fclose (fp);
+      break;
+    }
+  }
+  return v;
+}
 
 struct bdev *
 bdev_file_open (const char *path, const struct bdev_open_opts *opts)
@@ -458,6 +514,7 @@ bdev_file_open (const char *path, const struct bdev_open_opts *opts)
     return NULL;
   }
   f->fd = fd;
+  f->tail_fd = -1;
   f->is_block = S_ISBLK (st.st_mode);
   f->direct = opts->direct;
   if (f->direct) {
@@ -473,6 +530,16 @@ bdev_file_open (const char *path, const struct bdev_open_opts *opts)
     pthread_rwlockattr_destroy (&ra);
   }
   f->align = DIRECT_ALIGN;
+  if (f->direct && !opts->readonly) {
+    char self[64];
+    snprintf (self, sizeof self, "/proc/self/fd/%d", fd);
+    f->tail_fd = open (self, (flags & ~O_DIRECT) | O_CLOEXEC);
+    if (f->tail_fd == -1) {
+      kvm_error ("%s: open without O_DIRECT (%s): %m", path, self);
+      file_close (&f->bd);
+      return NULL;
+    }
+  }
   f->can_punch = f->can_zero_range = true;
   f->bd.readonly = opts->readonly;
   f->bd.caps = BDEV_CAN_TRIM | BDEV_CAN_ZERO | BDEV_CAN_MULTI_CONN;
@@ -484,6 +551,7 @@ bdev_file_open (const char *path, const struct bdev_open_opts *opts)
       return NULL;
     }
     f->bd.size = size;
+    f->hw_zeroes = write_zeroes_max (st.st_rdev) > 0;
   }
   else {
     f->bd.size = st.st_size;

@@ -1,8 +1,14 @@
 /* SPDX-License-Identifier: BSD-3-Clause */
 /* The raw file backend: read/write/flush, trim and zero (holes), extents
- * through SEEK_DATA/SEEK_HOLE, bounds checks, O_DIRECT bounce buffers.
+ * through SEEK_DATA/SEEK_HOLE (also under a concurrent trim), bounds
+ * checks, O_DIRECT bounce buffers.
  */
 #include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <string.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -136,6 +142,61 @@ test_holes (const char *path)
   bdev_close (bd);
 }
 
+/* Extents while another thread writes and punches the first block: the
+ * data found by SEEK_DATA may be a hole by the time of SEEK_HOLE.  Every
+ * extent must still be non-empty, and the extents must cover the range.
+ */
+static struct bdev *race_bd;
+static atomic_bool race_stop;
+
+static void *
+race_writer (void *opaque)
+{
+  static char buf[65536];
+  (void) opaque;
+  memset (buf, 0x5c, sizeof buf);
+  while (!atomic_load (&race_stop)) {
+    CHECK (bdev_pwrite (race_bd, buf, sizeof buf, 0, 0) == 0);
+    CHECK (bdev_trim (race_bd, sizeof buf, 0, 0) == 0);
+  }
+  return NULL;
+}
+
+static uint64_t race_next;
+static unsigned race_empty;
+
+static int
+race_check (void *opaque, uint64_t off, uint64_t len, uint32_t type)
+{
+  (void) opaque; (void) type;
+  CHECK (off == race_next);
+  if (len == 0)
+    race_empty++;
+  race_next = off + len;
+  return 0;
+}
+
+static void
+test_extents_race (const char *path)
+{
+  struct bdev_open_opts o = { 0 };
+  pthread_t th;
+  race_bd = bdev_file_open (path, &o);
+  CHECK (race_bd != NULL);
+  CHECK (pthread_create (&th, NULL, race_writer, NULL) == 0);
+  for (int i = 0; i < 200000 && !race_empty; i++) {
+    race_next = 0;
+    CHECK (bdev_extents (race_bd, 1 << 20, 0, 0, race_check, NULL) == 0);
+    CHECK (race_next == 1 << 20);
+  }
+  atomic_store (&race_stop, true);
+  CHECK (pthread_join (th, NULL) == 0);
+  if (race_empty)
+    fprintf (stderr, "empty extent reported under a concurrent trim\n");
+  CHECK (race_empty == 0);
+  bdev_close (race_bd);
+}
+
 static void
 test_readonly_and_probe (const char *path)
 {
@@ -194,6 +255,8 @@ main (void)
   test_holes (path);
   test_readonly_and_probe (path);
   test_padded_and_growable (path);
+  CHECK (truncate (path, 0) == 0 && truncate (path, SIZE) == 0);
+  test_extents_race (path);
   unlink (path);
   printf ("bdev file backend: ok\n");
   return 0;

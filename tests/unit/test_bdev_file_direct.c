@@ -2,7 +2,9 @@
 /* The raw file backend under O_DIRECT: concurrent unaligned writes into
  * the same blocks go through read-modify-write of whole blocks and must
  * not lose each other's bytes; nor may an aligned write, trim or zero of
- * a block be undone by a concurrent read-modify-write of it.
+ * a block be undone by a concurrent read-modify-write of it.  A write
+ * into a last block that the end cuts short is done as asked (no
+ * rounding past the end of a file or a block device).
  *
  * Needs a file system with O_DIRECT (tmpfs has none): the file is made
  * in $TMPDIR or /var/tmp.  Without O_DIRECT the test is skipped (exit
@@ -17,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/stat.h>
 
 #include "bdev/bdev.h"
 #include "check.h"
@@ -184,6 +187,94 @@ test_mixed (void)
   CHECK (bad == 0);
 }
 
+/* An unaligned write into the last block, which the end cuts short (a
+ * file, or a block device whose size is not a multiple of 4096): done
+ * exactly as asked, the size unchanged.  PATH is SIZE bytes long and
+ * holds zeroes.
+ */
+static void
+check_tail (const char *path, uint64_t size, bool growable)
+{
+  struct bdev_open_opts o = { .direct = true, .growable = growable };
+  struct bdev *t = bdev_file_open (path, &o);
+  uint8_t a[100], b[700], got[1000];
+  CHECK (t != NULL);
+  memset (a, 0xa5, sizeof a);
+  memset (b, 0x5a, sizeof b);
+  CHECK (bdev_pwrite (t, a, sizeof a, size - sizeof a, 0) == 0);
+  CHECK (bdev_pwrite (t, b, sizeof b, size - 1000, BDEV_FUA) == 0);
+  CHECK (bdev_size (t) == size);
+  CHECK (bdev_pread (t, got, sizeof got, size - sizeof got) == 0);
+  CHECK (memcmp (got, b, sizeof b) == 0);
+  CHECK (got[700] == 0 && got[899] == 0);
+  CHECK (memcmp (got + 900, a, sizeof a) == 0);
+  bdev_close (t);
+
+  /* Through the page cache, and the size on disk. */
+  int fd = open (path, O_RDONLY);
+  struct stat st;
+  CHECK (fd >= 0);
+  CHECK (pread (fd, got, sizeof got, size - sizeof got) == sizeof got);
+  CHECK (memcmp (got, b, sizeof b) == 0 && memcmp (got + 900, a, sizeof a) == 0);
+  CHECK (fstat (fd, &st) == 0);
+  if (S_ISREG (st.st_mode))
+    CHECK ((uint64_t) st.st_size == size);
+  close (fd);
+}
+
+/* A regular file of 8 blocks and 3 sectors; a loop device over one (as
+ * root, where losetup works: always under CI=true).
+ */
+static void
+test_tail (const char *dir, bool ci)
+{
+  char path[4096], cmd[4200], dev[256] = "";
+  uint64_t size = SIZE + 1536;
+  snprintf (path, sizeof path, "%s/bdevtailXXXXXX", dir);
+  int fd = mkstemp (path);
+  CHECK (fd >= 0);
+  CHECK (ftruncate (fd, size) == 0);
+  close (fd);
+  check_tail (path, size, false);
+  CHECK (truncate (path, 0) == 0 && truncate (path, size) == 0);
+  check_tail (path, size, true);
+
+  CHECK (truncate (path, 0) == 0 && truncate (path, size) == 0);
+  snprintf (cmd, sizeof cmd, "losetup -f --show '%s' 2>/dev/null", path);
+  FILE *p = geteuid () == 0 ? popen (cmd, "r") : NULL;
+  if (p) {
+    if (!fgets (dev, sizeof dev, p))
+      dev[0] = '\0';
+    pclose (p);
+    dev[strcspn (dev, "\n")] = '\0';
+  }
+  if (!dev[0]) {
+    unlink (path);
+    if (ci) {
+      fprintf (stderr, "no loop device (losetup, as root), and CI=true\n");
+      exit (1);
+    }
+    printf ("no loop device: the block device tail case is skipped\n");
+    return;
+  }
+  check_tail (dev, size, false);
+  /* A loop device has WRITE ZEROES (here): a fast zero works. */
+  struct bdev_open_opts o = { 0 };
+  struct bdev *l = bdev_file_open (dev, &o);
+  uint8_t got[4096];
+  CHECK (l != NULL);
+  memset (got, 0x77, sizeof got);
+  CHECK (bdev_pwrite (l, got, sizeof got, SIZE - 4096, 0) == 0);
+  CHECK (bdev_zero (l, 4096, SIZE - 4096, BDEV_FAST_ZERO) == 0);
+  CHECK (bdev_pread (l, got, sizeof got, SIZE - 4096) == 0);
+  for (size_t i = 0; i < sizeof got; i++)
+    CHECK (got[i] == 0);
+  bdev_close (l);
+  snprintf (cmd, sizeof cmd, "losetup -d '%s'", dev);
+  CHECK (system (cmd) == 0);
+  unlink (path);
+}
+
 /* Can PATH be written with O_DIRECT? */
 static bool
 direct_works (const char *path)
@@ -210,12 +301,12 @@ main (void)
   snprintf (path, sizeof path, "%s/bdevdirectXXXXXX",
             dir && *dir ? dir : "/var/tmp");
   int fd = mkstemp (path);
+  const char *ci = getenv ("CI");
   CHECK (fd >= 0);
   CHECK (ftruncate (fd, SIZE) == 0);
   close (fd);
 
   if (!direct_works (path)) {
-    const char *ci = getenv ("CI");
     unlink (path);
     if (ci && strcmp (ci, "true") == 0) {
       fprintf (stderr, "%s: O_DIRECT does not work here, and CI=true\n",
@@ -233,6 +324,7 @@ main (void)
   test_unaligned_writes ();
   test_mixed ();
   bdev_close (bd);
+  test_tail (dir && *dir ? dir : "/var/tmp", ci && strcmp (ci, "true") == 0);
   printf ("bdev file backend, O_DIRECT concurrency: ok\n");
   return 0;
 }
