@@ -440,7 +440,10 @@ qcow2_list_exports (int readonly, int is_tls, struct nbdkit_exports *exports)
   const struct qcow2_snapshot_info *s;
   char desc[256];
 
-  if (nbdkit_add_export (exports, "", "active image") == -1)
+  /* With snapshot=, the default export is that snapshot. */
+  snprintf (desc, sizeof desc, "internal snapshot %s (snapshot=)",
+            snapshot ? snapshot : "");
+  if (nbdkit_add_export (exports, "", snapshot ? desc : "active image") == -1)
     return -1;
   bd = bdev_open (filename, "qcow2", &o, 0);
   if (!bd)
@@ -475,10 +478,10 @@ static const char *
 qcow2_export_description (void *handle)
 {
   struct bdev_nbdkit_shared_handle *h = handle;
-  if (!*h->img->export)
+  const char *snap = *h->img->export ? h->img->export : snapshot;
+  if (!snap)
     return NULL;
-  return nbdkit_printf_intern ("internal snapshot %s of %s", h->img->export,
-                               filename);
+  return nbdkit_printf_intern ("internal snapshot %s of %s", snap, filename);
 }
 
 static struct nbdkit_plugin plugin = {

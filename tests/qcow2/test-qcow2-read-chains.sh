@@ -163,6 +163,14 @@ EOF
     serve_qcow2 "$sock" "$img" "snapshot=$sel"
     ORACLE=(-l snapshot.name=first -f qcow2 "$img")
     check_export_read "$(uri_of "$sock")" "$d/snap-param"
+    # The list and the description name the snapshot, not the active image.
+    nbdinfo --list --json "$(uri_of "$sock")" > "$d/list-param.json"
+    python3 - "$d/list-param.json" "$sel" <<'EOF' || fail "export list with snapshot=$sel"
+import json, sys
+e = [e for e in json.load(open(sys.argv[1]))["exports"] if e["export-name"] == ""][0]
+if "snapshot " + sys.argv[2] not in e.get("description", ""):
+    sys.exit("default export described as %r" % e.get("description"))
+EOF
     stop_server
   done
   # A snapshot that does not exist: a clear error, the server survives.
