@@ -123,6 +123,11 @@ bdev_format_filter_prepare (nbdkit_next *next, void *handle, int readonly)
   bdev_next_enter (next);
   h->img = bdev_registry_get (&bdev_format_filter_images, h->export,
                               bdev_format_filter_open_entry, &a);
+  /* A failed open may have written through this context, which nbdkit
+   * frees without .finalize: flush it and drop it from the list now.
+   */
+  if (!h->img)
+    bdev_next_connection_done (next);
   bdev_next_leave ();
   if (!h->img)
     return -1;

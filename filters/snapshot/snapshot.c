@@ -555,7 +555,7 @@ snapshot_prepare (nbdkit_next *next, void *handle, int readonly)
     bdev_next_leave ();
     if (!chain) {
       pthread_mutex_unlock (&chain_lock);
-      return -1;
+      goto failed;
     }
   }
   pthread_mutex_unlock (&chain_lock);
@@ -563,7 +563,7 @@ snapshot_prepare (nbdkit_next *next, void *handle, int readonly)
   if (h->snap) {
     h->h.bd = snap_view_open (chain, h->snap);
     if (!h->h.bd)
-      return -1;
+      goto failed;
   }
   else
     h->h.bd = snap_chain_bdev (chain);
@@ -574,6 +574,13 @@ snapshot_prepare (nbdkit_next *next, void *handle, int readonly)
   h->in_list = true;
   pthread_mutex_unlock (&ctx_lock);
   return 0;
+
+ failed:
+  /* What the open wrote through this context (finishing a commit), which
+   * nbdkit frees without .finalize: flushed, and off the list now.
+   */
+  bdev_next_connection_done (next);
+  return -1;
 }
 
 static int

@@ -558,6 +558,11 @@ thin_filter_prepare (nbdkit_next *next, void *handle, int readonly)
     return -1;
   bdev_next_enter (next);
   h->img = bdev_registry_get (&pools, h->export, open_pool, &a);
+  /* A failed open may have written through this context, which nbdkit
+   * frees without .finalize: flush it and drop it from the list now.
+   */
+  if (!h->img)
+    bdev_next_connection_done (next);
   bdev_next_leave ();
   if (!h->img)
     return -1;

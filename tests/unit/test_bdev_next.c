@@ -3,9 +3,12 @@
  * layer kept in memory, without an nbdkit process: request splitting and
  * flag mapping, capabilities, extents stitched from short answers, and the
  * qcow2 engine keeping an image inside the fake layer (read back after a
- * reopen, ENOSPC when the layer is full with earlier data intact).
+ * reopen, ENOSPC when the layer is full with earlier data intact), and
+ * a format filter's .prepare whose engine fails to open after writing.
  */
 #include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -15,6 +18,8 @@
 
 #include "bdev/bdev.h"
 #include "bdev/bdev_nbdkit_filter.h"
+#define BDEV_FORMAT_FILTER_EXPORTS "test-exports"
+#include "bdev/bdev_nbdkit_format_filter.h"
 #include "qcow2/qcow2.h"
 #include "check.h"
 
@@ -227,6 +232,16 @@ nbdkit_next_context_close (nbdkit_next *next)
   FAKE (next)->closed++;
 }
 
+void
+nbdkit_error (const char *fs, ...)
+{
+  va_list a;
+  va_start (a, fs);
+  vfprintf (stderr, fs, a);
+  va_end (a);
+  fputc ('\n', stderr);
+}
+
 /* ---- tests ------------------------------------------------------------ */
 
 struct ext_sum { uint64_t next_off, data, hole; unsigned calls; };
@@ -435,12 +450,54 @@ test_no_paths (void)
   free (f.mem);
 }
 
+/* The format filter's engine: writes through the connection's context
+ * (as an open that repairs or replays a log does), then fails.
+ */
+static struct bdev *
+bdev_format_filter_open_image (const char *export, nbdkit_next *next,
+                               bool readonly)
+{
+  static const char b[512] = { 1 };
+  struct bdev *c = bdev_next_routed (next, export, readonly);
+  CHECK (c);
+  CHECK (bdev_pwrite (c, b, sizeof b, 0, 0) == 0);
+  bdev_close (c);
+  kvm_error ("the engine cannot open this image");
+  return NULL;
+}
+
+static int
+next_open_ok (nbdkit_context *context, int readonly, const char *export)
+{
+  (void) context; (void) readonly; (void) export;
+  return 0;
+}
+
+/* A failed .prepare leaves nothing on the list of contexts to flush:
+ * nbdkit then frees the context without .finalize.
+ */
+static void
+test_failed_prepare (void)
+{
+  struct fake f;
+  fake_init (&f, 1 << 20);
+  f.ops.can_multi_conn = fk_zero_v;     /* flushes tracked per context */
+  void *h = bdev_format_filter_open (next_open_ok, NULL, 0, "", 0);
+  CHECK (h);
+  CHECK (bdev_format_filter_prepare ((nbdkit_next *) &f, h, 0) == -1);
+  CHECK (bdev_next_dirty_list == NULL);
+  CHECK (f.flushes == 1);               /* what the open wrote */
+  bdev_format_filter_close (h);
+  free (f.mem);
+}
+
 int
 main (void)
 {
   test_bridge ();
   test_qcow2_over_next ();
   test_no_paths ();
+  test_failed_prepare ();
   printf ("test_bdev_next: ok\n");
   return 0;
 }
