@@ -638,8 +638,8 @@ thin_pwrite (struct bdev *bd, const void *buf, size_t count, uint64_t offset,
 }
 
 /* Trim and zero: whole chunks are released (trimmed below at the next
- * commit); for zero, the mapped parts of partial chunks are written with
- * zeroes.
+ * commit), the last one too when the range reaches the virtual size; for
+ * zero, the mapped parts of partial chunks are written with zeroes.
  */
 static int
 discard (struct thin *t, uint64_t count, uint64_t offset, bool zero)
@@ -653,7 +653,10 @@ discard (struct thin *t, uint64_t count, uint64_t offset, bool zero)
   while (count > 0) {
     uint64_t v = offset / C, in = offset % C;
     uint64_t n = C - in < count ? C - in : count;
-    if (n == C) {
+    /* A whole chunk, or the whole of the last one, which the virtual
+     * size may cut short.
+     */
+    if (n == C || (in == 0 && offset + n == t->g.vsize)) {
       pthread_mutex_lock (&t->lock);
       r = release_locked (t, v);
       pthread_cond_broadcast (&t->cond);

@@ -5,7 +5,8 @@
  * separate metadata); thin_check finds the result clean.  Through a
  * pool that can hold a write or fail a flush: a write racing a trim and
  * another write never deadlocks; a failed header commit stops writes.
- * A device that is not a pool is not formatted.
+ * A device that is not a pool is not formatted.  The short last chunk
+ * of a virtual size that is not a multiple of the chunk is released.
  */
 #include <fcntl.h>
 #include <pthread.h>
@@ -534,6 +535,47 @@ no_format_over_data (void)
   close (fd);
 }
 
+/* A virtual size that is not a multiple of the chunk size: a trim of the
+ * whole last (short) chunk releases it, as a zero does.
+ */
+static void
+short_last_chunk (void)
+{
+  const uint64_t vsize = 4 * C + 4096;
+  char buf[4096];
+  struct thin_stats st;
+  unlink (pool_path);
+  int fd = open (pool_path, O_CREAT | O_RDWR, 0644);
+  CHECK (fd >= 0 && ftruncate (fd, POOL) == 0);
+  close (fd);
+  struct bdev_open_opts o = { 0 };
+  struct bdev *pool = bdev_file_open (pool_path, &o);
+  CHECK (pool);
+  struct thin_opts t = {
+    .virtual_size = vsize, .chunk_size = C, .format = true,
+  };
+  struct bdev *bd = thin_open (pool, &t);
+  CHECK (bd);
+  memset (buf, 0x6b, sizeof buf);
+  for (int zero = 0; zero < 2; zero++) {
+    CHECK (bdev_pwrite (bd, buf, sizeof buf, 4 * C, 0) == 0);
+    thin_get_stats (bd, &st);
+    CHECK (st.mapped_chunks == 1);
+    if (zero)
+      CHECK (bdev_zero (bd, 4096, 4 * C, BDEV_MAY_TRIM) == 0);
+    else
+      CHECK (bdev_trim (bd, 4096, 4 * C, 0) == 0);
+    thin_get_stats (bd, &st);
+    CHECK (st.mapped_chunks == 0);
+    CHECK (bdev_pread (bd, buf, sizeof buf, 4 * C) == 0);
+    for (size_t i = 0; i < sizeof buf; i++)
+      CHECK (buf[i] == 0);
+    memset (buf, 0x6b, sizeof buf);
+  }
+  bdev_close (bd);
+  CHECK (check_pool (false) == 0);
+}
+
 int
 main (void)
 {
@@ -546,6 +588,7 @@ main (void)
   race_write_trim_write (true);
   header_flush_fails ();
   no_format_over_data ();
+  short_last_chunk ();
   unlink (pool_path);
   unlink (meta_path);
   rmdir (dir);
