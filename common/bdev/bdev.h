@@ -111,6 +111,11 @@ struct bdev_open_opts {
    */
   const char *const *allowed_dirs;  /* NULL-terminated, may be NULL */
   bool allow_any_path;          /* user explicitly allowed any path */
+  /* The path is confine_resolve()'s canonical result: local files are
+   * opened without following any symlink, so that a symlink put in its
+   * place after the check cannot lead elsewhere (the open fails).
+   */
+  bool resolved;
   unsigned max_chain_depth;     /* 0 means the default (BDEV_MAX_CHAIN) */
   /* A backing device chosen by the caller instead of the one the image
    * names (for an overlay whose backing is the layer below an nbdkit

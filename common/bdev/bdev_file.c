@@ -10,8 +10,10 @@
 #include <unistd.h>
 #include <linux/falloc.h>
 #include <linux/fs.h>
+#include <linux/openat2.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/sysmacros.h>
 
 #include "bdev.h"
@@ -459,6 +461,22 @@ static const struct bdev_ops file_ops = {
   .extents = file_extents,
 };
 
+/* Open PATH (canonical: it had no symlink when it was checked) without
+ * following any symlink anywhere in it: ELOOP if one was put there since.
+ */
+static int
+open_no_symlinks (const char *path, int flags)
+{
+  struct open_how how = {
+    .flags = (uint64_t) flags,
+    .resolve = RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
+  };
+  int fd = (int) syscall (SYS_openat2, AT_FDCWD, path, &how, sizeof how);
+  if (fd == -1 && errno == ENOSYS)      /* before Linux 5.6: the last one */
+    fd = open (path, flags | O_NOFOLLOW);
+  return fd;
+}
+
 /* queue/write_zeroes_max_bytes of block device DEV (0 if unknown). */
 static uint64_t
 write_zeroes_max (dev_t dev)
@@ -491,9 +509,13 @@ bdev_file_open (const char *path, const struct bdev_open_opts *opts)
 
   if (opts->direct)
     flags |= O_DIRECT;
-  fd = open (path, flags);
+  fd = opts->resolved ? open_no_symlinks (path, flags) : open (path, flags);
   if (fd == -1) {
-    kvm_error ("%s: open: %m", path);
+    if (opts->resolved && errno == ELOOP)
+      kvm_error ("%s: open: the path now leads through a symlink, which it "
+                 "did not when it was checked: refused", path);
+    else
+      kvm_error ("%s: open: %m", path);
     return NULL;
   }
   if (fstat (fd, &st) == -1) {

@@ -96,7 +96,8 @@ probe_file (const char *path, const struct bdev_open_opts *opts,
 {
   struct bdev_open_opts ro = { .readonly = true,
                                .allowed_dirs = opts->allowed_dirs,
-                               .allow_any_path = opts->allow_any_path };
+                               .allow_any_path = opts->allow_any_path,
+                               .resolved = opts->resolved };
   struct bdev *bd = bdev_storage_open (path, &ro);
   if (!bd)
     return NULL;

@@ -715,6 +715,7 @@ open_backing (struct qcow2 *q, struct open_ctx *c)
     return -1;
   }
   struct bdev_open_opts bo = *opts;
+  bo.resolved = true;
   bo.backing = NULL;
   bo.readonly = true;
   bo.growable = false;
@@ -761,6 +762,7 @@ open_data_file (struct qcow2 *q, struct open_ctx *c)
   if (!resolved)
     return -1;
   struct bdev_open_opts d = *opts;
+  d.resolved = true;
   d.backing = NULL;
   d.readonly = c->readonly;
   d.growable = c->writable;

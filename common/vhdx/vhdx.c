@@ -300,6 +300,7 @@ open_parent (struct vhdx *v, const char *path, struct vhdx_locator *l,
     const char *what[3] = { "relative_path", "volume_path",
                             "absolute_win32_path" };
     struct bdev_open_opts po = *opts;
+    po.resolved = true;
     po.readonly = true;
     po.backing = NULL;
     for (int i = 0; i < 3 && !p; i++) {

@@ -609,6 +609,7 @@ open_desc_extents (struct vmdk *v, const struct vmdk_desc *d,
     }
     bool flat = de->type == VMDK_EXT_FLAT || de->type == VMDK_EXT_VMFS;
     struct bdev_open_opts fo = *opts;
+    fo.resolved = true;
     fo.backing = NULL;
     fo.format_opts = NULL;
     bool se = de->type == VMDK_EXT_SESPARSE;      /* read-only */
@@ -694,6 +695,7 @@ open_parent (struct vmdk *v, const struct vmdk_desc *d,
     return -1;
   }
   struct bdev_open_opts po = *opts;
+  po.resolved = true;
   po.backing = NULL;
   po.readonly = true;
   po.growable = false;

@@ -1,8 +1,10 @@
 /* SPDX-License-Identifier: BSD-3-Clause */
 /* The raw file backend: read/write/flush, trim and zero (holes), extents
  * through SEEK_DATA/SEEK_HOLE (also under a concurrent trim), bounds
- * checks, O_DIRECT bounce buffers.
+ * checks, O_DIRECT bounce buffers, confined paths opened without
+ * following symlinks.
  */
+#include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -197,6 +199,36 @@ test_extents_race (const char *path)
   bdev_close (race_bd);
 }
 
+/* A path that came out of confine_resolve is opened without following
+ * symlinks: one put in the place of a checked file or directory since
+ * makes the open fail (ELOOP) instead of leading elsewhere.
+ */
+static void
+test_resolved_no_symlinks (const char *path)
+{
+  char dir[] = "/var/tmp/bdevlinkXXXXXX", link[128], dlink[128], via[160];
+  struct bdev_open_opts o = { .readonly = true, .resolved = true };
+  struct bdev *bd;
+  CHECK (mkdtemp (dir));
+  snprintf (link, sizeof link, "%s/file", dir);
+  snprintf (dlink, sizeof dlink, "%s/dir", dir);
+  CHECK (symlink (path, link) == 0);
+  CHECK (symlink ("/var/tmp", dlink) == 0);
+  snprintf (via, sizeof via, "%s/%s", dlink, strrchr (path, '/') + 1);
+  CHECK ((bd = bdev_file_open (path, &o)) != NULL);
+  bdev_close (bd);
+  errno = 0;
+  CHECK (bdev_file_open (link, &o) == NULL && errno == ELOOP);
+  errno = 0;
+  CHECK (bdev_file_open (via, &o) == NULL && errno == ELOOP);
+  o.resolved = false;                   /* a path the user gave: followed */
+  CHECK ((bd = bdev_file_open (link, &o)) != NULL);
+  bdev_close (bd);
+  unlink (link);
+  unlink (dlink);
+  rmdir (dir);
+}
+
 static void
 test_readonly_and_probe (const char *path)
 {
@@ -257,6 +289,7 @@ main (void)
   test_padded_and_growable (path);
   CHECK (truncate (path, 0) == 0 && truncate (path, SIZE) == 0);
   test_extents_race (path);
+  test_resolved_no_symlinks (path);
   unlink (path);
   printf ("bdev file backend: ok\n");
   return 0;
