@@ -21,7 +21,9 @@
  *
  * Returns a malloc'd canonical path, or NULL with errno set (EACCES for an
  * escape, ENOENT etc. from realpath) after reporting a message that names
- * the image and the reference.
+ * the image and the reference.  Open the result with
+ * bdev_open_opts.resolved set, so that no symlink put in its way after
+ * this check is followed.
  */
 char *confine_resolve (const char *image_path, const char *ref,
                        const char *const *allowed_dirs, bool allow_any);
