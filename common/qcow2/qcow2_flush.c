@@ -186,7 +186,15 @@ q2_flush_locked (struct qcow2 *q)
   if (q2_bitmap_commit (q) == -1)
     return -1;
 
-  /* Everything that dropped its last on-disk reference can go now. */
+  /* Everything that dropped its last on-disk reference can go now, once
+   * no write's late data can still be on its way into it.
+   */
+  if (q->npending || q->old_rt_offset) {
+    pthread_mutex_lock (&q->deferred_lock);
+    while (q->deferred_inflight)
+      pthread_cond_wait (&q->deferred_done, &q->deferred_lock);
+    pthread_mutex_unlock (&q->deferred_lock);
+  }
   if (q->old_rt_offset) {
     for (uint64_t i = 0; i < q->old_rt_clusters; i++)
       if (q2_defer_free (q, q->old_rt_offset + i * q->cluster_size) == -1)

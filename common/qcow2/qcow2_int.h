@@ -196,6 +196,15 @@ struct qcow2 {
 
   pthread_rwlock_t lock;
   pthread_mutex_t detect_lock;
+  /* Writes whose data goes out after the exclusive lock is dropped
+   * (qcow2_pwrite's deferred runs), counted while in flight: a flush
+   * waits for them before it frees clusters, or a cluster being written
+   * could be freed (by a concurrent trim) and given to another request
+   * before the late data lands in it.
+   */
+  pthread_mutex_t deferred_lock;
+  pthread_cond_t deferred_done;
+  unsigned deferred_inflight;
   int meta_prealloc;            /* -1 unknown, 0 no, 1 yes */
 };
 

@@ -40,7 +40,14 @@ qcow2_close (struct bdev *bd)
   struct qcow2 *q = (struct qcow2 *) bd;
   if (q->file && !bd->readonly) {
     pthread_rwlock_wrlock (&q->lock);
-    if (q2_flush_locked (q) == -1)
+    int r = q2_flush_locked (q);
+    /* Clusters freed by that flush changed refcount blocks once the
+     * tables no longer named them: write those too, or they would be
+     * leaked on disk.
+     */
+    if (r == 0 && q->drb.n)
+      r = q2_flush_locked (q);
+    if (r == -1)
       kvm_error ("%s: flushing metadata on close failed", q->path);
     pthread_rwlock_unlock (&q->lock);
   }
@@ -76,6 +83,8 @@ qcow2_close (struct bdev *bd)
     bdev_close (q->file);
   pthread_rwlock_destroy (&q->lock);
   pthread_mutex_destroy (&q->detect_lock);
+  pthread_mutex_destroy (&q->deferred_lock);
+  pthread_cond_destroy (&q->deferred_done);
   free (q->path);
   bdev_free_common (bd);
 }
@@ -309,6 +318,8 @@ engine_new (struct bdev *container, const char *name,
                                  PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
   pthread_rwlock_init (&q->lock, &ra);
   pthread_mutex_init (&q->detect_lock, NULL);
+  pthread_mutex_init (&q->deferred_lock, NULL);
+  pthread_cond_init (&q->deferred_done, NULL);
   q->meta_prealloc = -1;
   pthread_rwlockattr_destroy (&ra);
   /* Read-only until the open succeeds: a failed open flushes nothing. */

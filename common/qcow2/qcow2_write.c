@@ -490,13 +490,30 @@ qcow2_pwrite (struct bdev *bd, const void *buf, size_t count,
     src += b - a;
     offset += b - a;
   }
+  /* The pending and deferred data go out even after an error: clusters
+   * already mapped by this request must not show the container's old
+   * bytes (a fixed container that ran out of room part-way).
+   */
+  int rf = wrun_flush (q, &w);
   if (r == 0)
-    r = wrun_flush (q, &w);
+    r = rf;
   if (r == 0)
     r = q2_maybe_flush (q);
+  bool deferred = w.nd > 0;
+  if (deferred) {
+    pthread_mutex_lock (&q->deferred_lock);
+    q->deferred_inflight++;
+    pthread_mutex_unlock (&q->deferred_lock);
+  }
   pthread_rwlock_unlock (&q->lock);
-  if (wrun_write_deferred (q, &w, r == 0) == -1)
+  if (wrun_write_deferred (q, &w, true) == -1)
     r = -1;
+  if (deferred) {
+    pthread_mutex_lock (&q->deferred_lock);
+    if (--q->deferred_inflight == 0)
+      pthread_cond_broadcast (&q->deferred_done);
+    pthread_mutex_unlock (&q->deferred_lock);
+  }
   q2_cbatch_free (&cb);
   return r;
 }
@@ -639,8 +656,9 @@ zero_or_trim (struct qcow2 *q, uint64_t count, uint64_t offset,
         for (uint64_t o = 0; r == 0 && o < cs; o += sizeof zeroes) {
           uint64_t n = cs - o < sizeof zeroes ? cs - o : sizeof zeroes;
           r = write_cluster (q, cl, o, o + n, zeroes, &w);
+          int rf = wrun_flush (q, &w);  /* even after an error (above) */
           if (r == 0)
-            r = wrun_flush (q, &w);
+            r = rf;
         }
       }
       else
@@ -658,8 +676,9 @@ zero_or_trim (struct qcow2 *q, uint64_t count, uint64_t offset,
         }
         else {
           r = write_cluster (q, cl, a, b, z, &w);
+          int rf = wrun_flush (q, &w);  /* even after an error (above) */
           if (r == 0)
-            r = wrun_flush (q, &w);
+            r = rf;
           free (z);
         }
       }

@@ -166,4 +166,24 @@ qemu-img convert -f qcow2 -O raw ro.qcow2 ro.expect
 assert_same ro.expect ro.raw "read through a read-only plugin"
 echo "ok: read-only plugin, read-only export"
 
+# One write larger than the room left, into a container whose free space
+# holds old bytes (0xee): it fails with ENOSPC part-way, and the clusters
+# it had already mapped hold its data, never the container's old bytes.
+qemu-img create -q -f qcow2 stale.qcow2 64M
+head -c $((4*M)) /dev/zero | tr '\0' '\356' > stale.img
+dd if=stale.qcow2 of=stale.img conv=notrunc status=none
+new_sock
+serve_filter "$sock" file file=stale.img
+out=$(qemu-io -f raw -c 'write -P 0x11 0 8M' "$(uri_of "$sock")" 2>&1) || :
+grep -q 'No space left on device' <<<"$out" ||
+  fail "an 8 MiB write into a 4 MiB container: $out"
+PATH="/usr/bin:$PATH" nbdsh -u "$(uri_of "$sock")" -c '
+d = h.pread(8 << 20, 0)
+bad = set(d) - {0, 0x11}
+assert not bad, "after the failed write the disk shows bytes %r" % sorted(bad)
+h.flush()' || fail "old container bytes shown after a failed write"
+stop_server
+qemu_img_check -f qcow2 stale.img
+echo "ok: a write cut short by ENOSPC shows no old container bytes"
+
 echo "qcow2 filter: OK"

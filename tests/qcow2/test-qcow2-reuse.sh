@@ -12,8 +12,9 @@
 #  - the image file is no larger than after the first region was written
 #    (plus 1 MiB of slack for metadata): without reuse it would hold every
 #    region ever written.
-# Cases: 64K clusters, 4K clusters, 64K clusters with extended L2; and a
-# freed L2 table's cluster reused for a new L2 table (see the end).
+# Cases: 64K clusters, 4K clusters, 64K clusters with extended L2; a
+# freed L2 table's cluster reused for a new L2 table; a trim with no
+# flush after it before a clean shutdown (see the end).
 source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 source "$TOP_SRCDIR/tests/qcow2/qcow2-functions.sh"
 requires nbdsh
@@ -109,4 +110,18 @@ check_image stale.qcow2
 out=$(qemu-img compare -f qcow2 -F raw stale.qcow2 stale.raw 2>&1) ||
   fail "stale: image differs from the mirror: $out"
 echo "ok: stale"
+
+# A trim that no flush followed, then a clean shutdown: the clusters it
+# freed are freed on disk too (qemu-img check finds no leak).
+qemu-img create -q -f qcow2 unflushed.qcow2 16M
+new_sock
+serve_qcow2 "$sock" unflushed.qcow2
+PATH="/usr/bin:$PATH" nbdsh -u "$(uri_of "$sock")" -c '
+h.pwrite(b"\x11" * (1 << 20), 0)
+h.flush()
+h.trim(512 * 1024, 0)
+h.shutdown()' || fail "unflushed: workload"
+stop_server
+check_image unflushed.qcow2
+echo "ok: unflushed trim"
 echo OK
