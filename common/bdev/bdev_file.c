@@ -37,8 +37,9 @@
  * cannot be rounded up: the device would refuse the part past its end
  * and a file would grow.  It goes, exactly as asked, through a second
  * descriptor of the same file without O_DIRECT (tail_fd), holding its
- * blocks' stripes as an aligned write does; the kernel keeps the page
- * cache coherent with O_DIRECT I/O of the other descriptor.
+ * partial blocks' stripes exclusively as an RMW does (the kernel
+ * read-modify-writes those pages); the kernel keeps the page cache
+ * coherent with O_DIRECT I/O of the other descriptor.
  */
 #define BLOCK_STRIPES 64
 
@@ -205,8 +206,12 @@ bounce (struct file_bdev *f, void *rbuf, const void *wbuf, size_t count,
   int r = -1;
 
   if (wbuf && end > bdev_size (&f->bd)) {
+    /* The kernel read-modify-writes the partial pages: exclusive, as
+     * the RMW below.
+     */
     uint8_t mode[BLOCK_STRIPES];
-    change_begin (f, offset, count, mode);
+    stripes_for (f, offset, count, offset != start, true, mode);
+    stripes_lock (f, mode);
     r = full_pwrite (f->tail_fd, wbuf, count, offset);
     change_end (f, mode);
     return r;
@@ -556,6 +561,9 @@ bdev_file_open (const char *path, const struct bdev_open_opts *opts)
     char self[64];
     snprintf (self, sizeof self, "/proc/self/fd/%d", fd);
     f->tail_fd = open (self, (flags & ~O_DIRECT) | O_CLOEXEC);
+    if (f->tail_fd == -1 && errno == ENOENT)      /* no /proc */
+      f->tail_fd = opts->resolved ? open_no_symlinks (path, flags & ~O_DIRECT)
+        : open (path, flags & ~O_DIRECT);
     if (f->tail_fd == -1) {
       kvm_error ("%s: open without O_DIRECT (%s): %m", path, self);
       file_close (&f->bd);

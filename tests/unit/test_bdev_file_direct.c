@@ -222,6 +222,64 @@ check_tail (const char *path, uint64_t size, bool growable)
   close (fd);
 }
 
+/* On the loop device: an aligned write of block 7 against a write that
+ * starts inside block 7 and runs to the end (through the page cache):
+ * the kernel rewrites block 7's page for the second one, which must not
+ * undo the first one's bytes.
+ */
+#define TAIL_ROUNDS 20000
+static struct bdev *tail_bd;
+static uint64_t tail_size;
+
+static void *
+tail_writer (void *opaque)
+{
+  uint8_t buf[4096];
+  (void) opaque;
+  for (unsigned r = 0; r < TAIL_ROUNDS; r++) {
+    pthread_barrier_wait (&barrier);
+    memset (buf, 0xc3, sizeof buf);
+    CHECK (bdev_pwrite (tail_bd, buf, tail_size - 32000, 32000, 0) == 0);
+    pthread_barrier_wait (&barrier);
+  }
+  return NULL;
+}
+
+static void
+check_tail_race (const char *dev, uint64_t size)
+{
+  struct bdev_open_opts o = { .direct = true };
+  uint8_t *blk, got[4096];
+  pthread_t th;
+  unsigned bad = 0;
+  tail_size = size;
+  CHECK ((tail_bd = bdev_file_open (dev, &o)) != NULL);
+  CHECK (posix_memalign ((void **) &blk, BLOCK, BLOCK) == 0);
+  CHECK (pthread_barrier_init (&barrier, NULL, 2) == 0);
+  CHECK (pthread_create (&th, NULL, tail_writer, NULL) == 0);
+  for (unsigned r = 0; r < TAIL_ROUNDS; r++) {
+    uint8_t v = (uint8_t) (r % 250 + 1);
+    memset (blk, v, BLOCK);
+    pthread_barrier_wait (&barrier);
+    CHECK (bdev_pwrite (tail_bd, blk, BLOCK, 7 * BLOCK, 0) == 0);
+    pthread_barrier_wait (&barrier);
+    CHECK (bdev_pread (tail_bd, got, sizeof got, 7 * BLOCK) == 0);
+    for (unsigned i = 0; i < 32000 - 7 * BLOCK; i++)
+      if (got[i] != v) {
+        bad++;
+        break;
+      }
+  }
+  CHECK (pthread_join (th, NULL) == 0);
+  pthread_barrier_destroy (&barrier);
+  free (blk);
+  bdev_close (tail_bd);
+  if (bad)
+    fprintf (stderr, "aligned write undone by a write to the end in %u of "
+             "%d rounds\n", bad, TAIL_ROUNDS);
+  CHECK (bad == 0);
+}
+
 /* A regular file of 8 blocks and 3 sectors; a loop device over one (as
  * root, where losetup works: always under CI=true).
  */
@@ -258,6 +316,7 @@ test_tail (const char *dir, bool ci)
     return;
   }
   check_tail (dev, size, false);
+  check_tail_race (dev, size);
   /* A loop device has WRITE ZEROES (here): a fast zero works. */
   struct bdev_open_opts o = { 0 };
   struct bdev *l = bdev_file_open (dev, &o);
