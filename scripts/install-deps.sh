@@ -22,6 +22,7 @@ test_pkgs=(
   clang libclang-rt-14-dev
   gnuplot-nox
   gdb
+  man-db file
 )
 
 pkgs=("${build_pkgs[@]}")

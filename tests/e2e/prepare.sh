@@ -32,7 +32,7 @@ unavailable () {
   exit 77
 }
 
-for c in busybox dpkg-deb modinfo sha256sum flock od xz; do
+for c in busybox dpkg-deb modinfo sha256sum flock od xz file; do
   command -v "$c" >/dev/null 2>&1 || unavailable "$c not installed"
 done
 busybox_bin=$(command -v busybox)

@@ -3,7 +3,7 @@
 # `cmake --install` puts plugins and filters in nbdkit's own directories and
 # man pages in section 1 (checked in a DESTDIR, so this needs no root).
 source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
-requires cmake pkg-config
+requires cmake pkg-config man
 : "${KVM_VERSION:=$(sed -n 's/^#define KVM_VERSION "\(.*\)"$/\1/p' "$TOP_BUILDDIR/include/kvm_version.h")}"
 
 plugindir=$(pkg-config --variable=plugindir nbdkit)

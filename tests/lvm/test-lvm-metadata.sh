@@ -256,7 +256,7 @@ pe_b=$(pvs --noheadings --units b --nosuffix -o pe_start "$LB" | tr -d ' ')
 random_file leg0.data 4M; random_file leg1.data 4M
 dd if=leg0.data of=b.img bs=1M seek=$(( pe_b / 1048576 + 1 )) conv=notrunc status=none
 dd if=leg1.data of=a.img bs=1M seek=$(( pe_a / 1048576 + 21 )) conv=notrunc status=none
-serve lv=r1 --run 'nbdcopy "$uri" r1.out; nbdinfo "$uri"' > info.txt
+rm -f r1.out; serve lv=r1 --run 'nbdcopy "$uri" r1.out && nbdinfo "$uri"' > info.txt
 assert_same r1.out leg0.data "raid1 read from the first leg"
 grep -q 'is_read_only: true' info.txt || fail "raid1 LV not read-only"
 # Leg 0's PV missing: refused (the other leg may be out of sync, which
@@ -274,7 +274,7 @@ assert_same r1.out leg1.data "raid1 read from the healthy leg (degraded=true)"
 random_file mleg0.data 2M; random_file mleg1.data 2M
 dd if=mleg0.data of=b.img bs=1M seek=$(( pe_b / 1048576 + 5 )) conv=notrunc status=none
 dd if=mleg1.data of=a.img bs=1M seek=$(( pe_a / 1048576 + 25 )) conv=notrunc status=none
-serve lv=mi --run 'nbdcopy "$uri" mi.out; nbdinfo "$uri"' > info.txt
+rm -f mi.out; serve lv=mi --run 'nbdcopy "$uri" mi.out && nbdinfo "$uri"' > info.txt
 assert_same mi.out mleg0.data "mirror read from the first leg"
 grep -q 'is_read_only: true' info.txt || fail "mirror LV not read-only"
 nbdkit -U "$(fresh_sock)" "$(plugin_so lvm)" pv=a.img lv=mi \
@@ -284,7 +284,7 @@ nbdkit -U "$(fresh_sock)" "$(plugin_so lvm)" pv=a.img degraded=true lv=mi \
   --run 'nbdcopy "$uri" mi.out'
 assert_same mi.out mleg1.data "mirror read from the healthy leg (degraded=true)"
 # Snapshot: the origin is served read-only, the exception store refused.
-serve lv=good --run 'nbdcopy "$uri" good.out; nbdinfo "$uri"' > info.txt
+rm -f good.out; serve lv=good --run 'nbdcopy "$uri" good.out && nbdinfo "$uri"' > info.txt
 assert_same good.out good.data "snapshot origin"
 grep -q 'is_read_only: true' info.txt || fail "snapshot origin not read-only"
 expect_fail "snapshot exception store" "exception store of a snapshot" lv=other

@@ -17,8 +17,8 @@ requires nbdkit
 requires python3 nm
 
 pp="$TOP_SRCDIR/tests/project/pod-params.py"
-work=$(mktemp -d /tmp/kvm-params.XXXXXX)
-cleanup_add rm -rf "$work"
+work=$tmpdir/work
+mkdir "$work" || fail "mkdir $work"
 # Modules start for real when a junk value happens to be accepted (the
 # filters over null): run them in a scratch directory, exiting at once.
 cd "$work" || fail "cd $work"
@@ -29,7 +29,7 @@ cd "$work" || fail "cd $work"
 try_key () {
   timeout -s KILL 20 \
     env ${KVM_SANITIZER_PRELOAD:+LD_PRELOAD="$KVM_SANITIZER_PRELOAD"} \
-    nbdkit -U - --run true "${modcmd[@]}" "$1=$2" </dev/null 2>&1 || :
+    nbdkit -U "$work/p.sock" --run true "${modcmd[@]}" "$1=$2" </dev/null 2>&1 || :
 }
 
 n=0

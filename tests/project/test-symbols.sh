@@ -26,7 +26,10 @@ only_exports () {
 
 # lacks SO SYMBOL WHY: SYMBOL is not in SO at all (full symbol table).
 lacks () {
-  if nm "$1" 2>/dev/null | awk '{ print $NF }' | grep -qx "$2"; then
+  # Into a file first: grep -q stopping early made the pipeline fail
+  # (SIGPIPE under pipefail), which read as "absent".
+  nm "$1" > "$tmpdir/syms" 2>/dev/null || fail "nm $1 failed"
+  if awk '{ print $NF }' "$tmpdir/syms" | grep -x "$2" >/dev/null; then
     fail "$1 contains $2 ($3)"
   fi
 }

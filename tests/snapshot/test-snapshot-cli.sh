@@ -13,7 +13,7 @@
 # both man pages installed by cmake --install.
 source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 source "$TOP_SRCDIR/tests/snapshot/snapshot-lib.sh"
-requires qemu-io nbdinfo
+requires qemu-io nbdinfo man
 ctl=$snapshot_ctl
 
 truncate -s 8M "$tmpdir/below.raw"
