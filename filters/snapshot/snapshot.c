@@ -210,32 +210,36 @@ snapshot_get_ready (int thread_model)
   struct sockaddr_un a = { .sun_family = AF_UNIX };
   struct stat st;
   strcpy (a.sun_path, control_path);
+  /* A socket left by a killed server (nbdkit cannot remove it then) is
+   * replaced; one that answers, or whose backlog is full, belongs to a
+   * live server and is not.  (The probe does not block.)
+   */
+  if (lstat (control_path, &st) == 0 && S_ISSOCK (st.st_mode)) {
+    int p = socket (AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (p == -1) {
+      nbdkit_error ("socket: %m");
+      return -1;
+    }
+    int c = connect (p, (struct sockaddr *) &a, sizeof a);
+    int e = errno;
+    close (p);
+    if (c == 0 || e == EAGAIN) {
+      nbdkit_error ("control socket %s is in use by another server",
+                    control_path);
+      return -1;
+    }
+    if (e == ECONNREFUSED)
+      unlink (control_path);
+    /* Otherwise bind reports what is wrong with the path. */
+  }
   ctl_fd = socket (AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (ctl_fd == -1) {
     nbdkit_error ("socket: %m");
     return -1;
   }
-  /* A socket left by a killed server (nbdkit cannot remove it then) is
-   * replaced; one that answers belongs to a live server and is not.
+  /* Created mode 0600 (umask), and listening at once: another server
+   * probing it meanwhile must not take it for a stale one.
    */
-  if (lstat (control_path, &st) == 0 && S_ISSOCK (st.st_mode)) {
-    if (connect (ctl_fd, (struct sockaddr *) &a, sizeof a) == 0) {
-      nbdkit_error ("control socket %s is in use by another server",
-                    control_path);
-      close (ctl_fd);
-      ctl_fd = -1;
-      return -1;
-    }
-    if (errno == ECONNREFUSED)
-      unlink (control_path);
-    /* Otherwise bind reports what is wrong with the path. */
-    close (ctl_fd);
-    ctl_fd = socket (AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (ctl_fd == -1) {
-      nbdkit_error ("socket: %m");
-      return -1;
-    }
-  }
   mode_t old = umask (0177);
   int r = bind (ctl_fd, (struct sockaddr *) &a, sizeof a);
   umask (old);
@@ -243,7 +247,7 @@ snapshot_get_ready (int thread_model)
     ctl_dev = st.st_dev;
     ctl_ino = st.st_ino;
   }
-  if (r == -1 || chmod (control_path, 0600) == -1 || listen (ctl_fd, 8) == -1) {
+  if (r == -1 || listen (ctl_fd, 8) == -1 || chmod (control_path, 0600) == -1) {
     nbdkit_error ("control socket %s: %m", control_path);
     close (ctl_fd);
     ctl_fd = -1;
