@@ -20,7 +20,7 @@
  * One export name at a time, unless the filter's parameter
  * BDEV_FORMAT_FILTER_EXPORTS=per-name (the filter defines the macro
  * before including this, e.g. "qcow2-exports") says that the plugin
- * below stores each name apart (the lvm plugin without lv=): then each
+ * below stores each name apart (the lvm plugin, file dir=): then each
  * name is its own engine.  Its .config passes that key to
  * bdev_format_filter_config_exports().
  *
