@@ -482,6 +482,15 @@ check_features (struct qcow2 *q, struct open_ctx *c)
       kvm_debug ("%s: image is marked corrupt; opening read-only", path);
     c->readonly = true;
   }
+  /* Without the backing file it names, a write would fill the rest of a
+   * new cluster with zeroes instead of the backing file's data, for good.
+   */
+  if (c->backing_off && !q->backing && c->backing_opt &&
+      strcmp (c->backing_opt, "none") == 0) {
+    if (!c->readonly)
+      kvm_debug ("%s: backing=none: opening read-only", path);
+    c->readonly = true;
+  }
   /* Dirty (lazy refcounts not written back): repaired once the rest of
    * the open has succeeded (qcow2_repair.c); read-only opens just read.
    */

@@ -288,8 +288,15 @@ open_parent (struct vhdx *v, const char *path, struct vhdx_locator *l,
     p = opts->backing;
     ((struct bdev_open_opts *) opts)->backing = NULL;
   }
-  else if (pn && strcmp (pn, "none") == 0)
+  else if (pn && strcmp (pn, "none") == 0) {
+    /* A write would fill the rest of a new block with zeroes instead of
+     * the parent's data, for good: read-only.
+     */
+    if (!v->bd.readonly)
+      kvm_debug ("%s: parent=none: serving the image read-only", v->path);
+    v->bd.readonly = true;
     return 0;
+  }
   else if (opts->no_paths || !path)
     return kvm_fail (EINVAL, "%s: differencing disk: its parent must be given "
                      "explicitly (the image has no directory to find it in)",

@@ -844,6 +844,13 @@ vmdk_open_container (struct bdev *container, const char *name,
     v->cid = d.cid;
     if (open_parent (v, &d, opts, depth) == -1)
       goto fail;
+    /* A delta disk without its parent: a write would fill the rest of a
+     * new grain with zeroes instead of the parent's data, for good.
+     */
+    if (!v->parent && d.parent_hint && *d.parent_hint && !ro) {
+      kvm_debug ("%s: served without its parent: read-only", name);
+      ro = true;
+    }
   }
   v->bd.size = size;
   v->bd.readonly = ro;

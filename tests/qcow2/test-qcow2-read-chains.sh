@@ -61,6 +61,15 @@ serve_qcow2 "$sock" "$d/c1-top.qcow2" -r backing=none
 ORACLE=("json:{\"driver\":\"qcow2\",\"backing\":null,\"file\":{\"driver\":\"file\",\"filename\":\"$d/c1-top.qcow2\"}}")
 check_export_read "$(uri_of "$sock")" "$d/c1-none"
 stop_server
+# Even without -r, backing=none is read-only: a write would fill the rest
+# of a new cluster with zeroes where the backing file has data.
+if [ -z "${QCOW2_TEST_PEER:-}" ]; then
+  new_sock
+  serve_qcow2 "$sock" "$d/c1-top.qcow2" backing=none
+  nbdinfo "$(uri_of "$sock")" | grep -q 'is_read_only: true' ||
+    fail "backing=none served the image writable"
+  stop_server
+fi
 echo "ok: backing=none"
 
 # --- chain 2: depth 4, qcow2 all the way, compressed (zstd) base, a mid

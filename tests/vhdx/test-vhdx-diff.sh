@@ -11,7 +11,8 @@
 # zeroed or trimmed.  A parent whose DataWriteGuid no longer matches
 # the child's parent_linkage is refused with a clear message unless
 # ignore-parent-linkage=true; a parent outside the child's directory is
-# refused unless allow-parent-path= names its directory.
+# refused unless allow-parent-path= names its directory.  parent=none
+# serves the child read-only.
 source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 source "$TOP_SRCDIR/tests/vhdx/vhdx-functions.sh"
 requires_nbdsh
@@ -43,6 +44,20 @@ nbdcopy "$(uri_of "$sock")" child.got
 stop_nbdkit
 assert_same mirror.raw child.got "child = parent + writes"
 echo "ok child written"
+
+# parent=none: read-only (a write would fill the rest of a new block with
+# zeroes where the parent has data), and the child is left as it was.
+csum=$(md5 child.vhdx)
+new_sock
+serve "$sock" child.vhdx parent=none
+nbdinfo "$(uri_of "$sock")" | grep -q 'is_read_only: true' ||
+  fail "parent=none served the child writable"
+if qemu-io -f raw -c 'write 0 512' "$(uri_of "$sock")" >/dev/null 2>&1; then
+  fail "a write with parent=none succeeded"
+fi
+stop_nbdkit
+[ "$(md5 child.vhdx)" = "$csum" ] || fail "parent=none changed the child"
+echo "ok parent=none is read-only"
 
 # Sector bitmaps: a fresh child with one partially present block.
 new_sock

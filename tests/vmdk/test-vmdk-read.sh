@@ -80,6 +80,12 @@ qemu-img convert -U -O raw "json:{\"driver\":\"vmdk\",\"backing\":null,\"file\":
 nbdcopy -- "$(uri_of "$sock")" "$tmpdir/none.out" || fail "nbdcopy"
 assert_same "$tmpdir/none.raw" "$tmpdir/none.out" "backing=none"
 stop_server
+# Even without -r, backing=none is read-only: a write would fill the rest
+# of a new grain with zeroes where the parent has data.
+serve_vmdk "$top" backing=none
+nbdinfo "$(uri_of "$sock")" | grep -q 'is_read_only: true' ||
+  fail "backing=none served the delta disk writable"
+stop_server
 echo "ok: vmdk delta chain"
 
 # qemu-img only creates vmdk children of vmdk parents, and QEMU reads a
