@@ -27,12 +27,15 @@
 
 static char dirpath[256];
 static char imgpath[512];
+static char zeropath[512];
 static uint8_t fuzz_buf[65536];
 
 static void
 fuzz_remove_dir (void)
 {
   unlink (imgpath);
+  if (zeropath[0])
+    unlink (zeropath);
   rmdir (dirpath);
 }
 
@@ -73,6 +76,29 @@ fuzz_init (const char *tag, const char *file)
     abort ();
   snprintf (imgpath, sizeof imgpath, "%s/%s", dirpath, file);
   atexit (fuzz_remove_dir);
+}
+
+/* A backing device that reads as zeroes (a sparse file of 1 TiB), for
+ * bdev_open_opts.backing of a read-write open: an image that names a
+ * backing file or parent is read-only without one (X.backing=none), and
+ * its write paths would not run.  The engine owns it (closes it, also
+ * when it has no use for it or the open fails).
+ */
+static inline struct bdev *
+fuzz_zero_backing (void)
+{
+  if (!zeropath[0]) {
+    snprintf (zeropath, sizeof zeropath, "%s/zero.raw", dirpath);
+    int fd = open (zeropath, O_CREAT | O_RDWR | O_CLOEXEC, 0600);
+    if (fd == -1 || ftruncate (fd, (off_t) 1 << 40) == -1)
+      abort ();
+    close (fd);
+  }
+  struct bdev_open_opts o = { .readonly = true };
+  struct bdev *bd = bdev_open (zeropath, "raw", &o, 0);
+  if (!bd)
+    abort ();
+  return bd;
 }
 
 /* imgpath := the input, byte for byte. */

@@ -69,8 +69,15 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
     }
   }
 
-  opts.readonly = false;
-  bd = bdev_open (imgpath, "qcow2", &opts, 0);
+  /* Read-write over a backing file of zeroes, so that images naming one
+   * are written too (with backing=none they are read-only).
+   */
+  static const char *const nobacking[] = { "qcow2.backing=none", NULL };
+  struct bdev_open_opts wo = opts;
+  wo.readonly = false;
+  wo.format_opts = NULL;
+  wo.backing = fuzz_zero_backing ();
+  bd = bdev_open (imgpath, "qcow2", &wo, 0);
   if (bd) {
     bool wrote = !bd->readonly;
     if (wrote)
@@ -79,7 +86,9 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
     bdev_close (bd);
     if (wrote) {
       fuzz_keep_image ("written");
-      fuzz_reopen ("qcow2", &opts);
+      struct bdev_open_opts ro = opts;
+      ro.format_opts = nobacking;
+      fuzz_reopen ("qcow2", &ro);
     }
   }
   unlink (imgpath);

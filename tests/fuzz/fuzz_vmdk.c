@@ -44,8 +44,14 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
     fuzz_exercise_read (bd, &limits);
     bdev_close (bd);
   }
-  opts.readonly = false;
-  bd = bdev_open (imgpath, "vmdk", &opts, 0);
+  /* Read-write over a parent of zeroes, so that delta disks are written
+   * too (with backing=none they are read-only).
+   */
+  struct bdev_open_opts wo = opts;
+  wo.readonly = false;
+  wo.format_opts = NULL;
+  wo.backing = fuzz_zero_backing ();
+  bd = bdev_open (imgpath, "vmdk", &wo, 0);
   if (bd) {
     bool wrote = !bd->readonly;
     if (wrote)
