@@ -187,19 +187,25 @@ _kill_server () {
 # set KVM_NBDKIT_ABORT_OK=1: there nbdkit 1.32.5 may abort in its own
 # socket code while it shuts down (README "Known limits"), so SIGABRT is
 # reported but not failed; they check the server's deaths themselves.
+# wait_gone PID: wait up to 10 s for PID to exit; 1 if it is still there.
+wait_gone () {
+  local i
+  for (( i=0; i<200; i++ )); do
+    kill -0 "$1" 2>/dev/null || return 0
+    sleep 0.05
+  done
+  ! kill -0 "$1" 2>/dev/null
+}
+
 stop_nbdkit () {
-  local pid=${1:-$nbdkit_pid} i job st=0
+  local pid=${1:-$nbdkit_pid} job st=0
   [ -n "$pid" ] || return 0
   job=${_nbdkit_job[$pid]:-}
   unset "_nbdkit_job[$pid]"
   # Already gone: its exit status is checked all the same (a crash after
   # the last client left must fail the test too).
   if kill "$pid" 2>/dev/null; then
-    for (( i=0; i<200; i++ )); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.05
-    done
-    if kill -0 "$pid" 2>/dev/null; then
+    if ! wait_gone "$pid"; then
       kill -9 "$pid" 2>/dev/null || :
       # Only the sanitizer preload has a known hang at exit (above).
       [ -n "${KVM_SANITIZER_PRELOAD:-}" ] ||

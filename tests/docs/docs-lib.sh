@@ -118,16 +118,12 @@ docs_fixture_guest () {
 # process that has exited (within 10 s): a recipe or an example stops
 # what it starts.  Kills leftovers and fails.
 docs_check_servers_gone () {
-  local dir=$1 what=$2 f pid i left=""
+  local dir=$1 what=$2 f pid left=""
   for f in "$dir"/*.pid; do
     [ -e "$f" ] || continue
     pid=$(cat "$f" 2>/dev/null) || continue
     [ -n "$pid" ] || continue
-    for (( i=0; i<200; i++ )); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.05
-    done
-    if kill -0 "$pid" 2>/dev/null; then
+    if ! wait_gone "$pid"; then
       kill -9 "$pid" 2>/dev/null || :
       left="$left $f"
     fi
