@@ -45,6 +45,7 @@
 #endif
 
 #include <errno.h>
+#include <inttypes.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -62,6 +63,7 @@ struct bdev_next {
   bool can_flush, can_trim, can_zero, can_fast_zero, can_extents;
   bool multi_conn;
   int can_fua;
+  uint32_t minimum;             /* the layer below's minimum block size */
 };
 
 /* The context of the connection this thread is serving. */
@@ -157,9 +159,29 @@ bdev_next_close (struct bdev *bd)
   bdev_free_common (bd);
 }
 
+/* A layer below with a minimum block size (nbdkit's blocksize-policy
+ * filter, a strict NBD server) refuses smaller or unaligned requests,
+ * and the engines' metadata I/O is byte-granular: say what to do.
+ */
+static inline int
+bdev_next_aligned (struct bdev_next *n, uint64_t count, uint64_t offset)
+{
+  if (n->minimum <= 1 || (count % n->minimum == 0 &&
+                          offset % n->minimum == 0))
+    return 0;
+  kvm_error ("%s: the layer below takes only requests aligned to %" PRIu32
+             " bytes (this one: %" PRIu64 " bytes at %" PRIu64 "): put "
+             "nbdkit's blocksize filter under this one (--filter=blocksize)",
+             n->bd.name, n->minimum, count, offset);
+  errno = EINVAL;
+  return -1;
+}
+
 static inline int
 bdev_next_pread (struct bdev *bd, void *buf, size_t count, uint64_t offset)
 {
+  if (bdev_next_aligned (BDEV_NEXT_ (bd), count, offset) == -1)
+    return -1;
   nbdkit_next *x = bdev_next_ctx (BDEV_NEXT_ (bd));
   if (!x)
     return -1;
@@ -193,6 +215,8 @@ bdev_next_pwrite (struct bdev *bd, const void *buf, size_t count,
 {
   struct bdev_next *n = BDEV_NEXT_ (bd);
   uint32_t f = bdev_next_write_flags (n, flags);
+  if (bdev_next_aligned (n, count, offset) == -1)
+    return -1;
   nbdkit_next *x = bdev_next_ctx (n);
   if (!x)
     return -1;
@@ -266,7 +290,8 @@ bdev_next_trim (struct bdev *bd, uint64_t count, uint64_t offset,
   struct bdev_next *n = BDEV_NEXT_ (bd);
   uint32_t f = bdev_next_write_flags (n, flags);
   nbdkit_next *x;
-  if (!n->can_trim)
+  if (!n->can_trim || (n->minimum > 1 && (count % n->minimum ||
+                                          offset % n->minimum)))
     return 0;                   /* trim is advisory */
   if (!(x = bdev_next_ctx (n)))
     return -1;
@@ -287,6 +312,8 @@ bdev_next_zero (struct bdev *bd, uint64_t count, uint64_t offset,
 {
   struct bdev_next *n = BDEV_NEXT_ (bd);
   uint32_t f = bdev_next_write_flags (n, flags);
+  if (bdev_next_aligned (n, count, offset) == -1)
+    return -1;
   if (flags & BDEV_FAST_ZERO) {
     if (!n->can_fast_zero) {
       errno = ENOTSUP;
@@ -431,9 +458,11 @@ bdev_next_new (nbdkit_next *next, bool fixed, const char *name,
   if (n->multi_conn)
     n->bd.caps |= BDEV_CAN_MULTI_CONN;
   uint32_t minimum, preferred, maximum;
-  if (next->block_size (next, &minimum, &preferred, &maximum) == 0 &&
-      preferred > 1)
-    n->bd.block_size = preferred;
+  if (next->block_size (next, &minimum, &preferred, &maximum) == 0) {
+    if (preferred > 1)
+      n->bd.block_size = preferred;
+    n->minimum = minimum;
+  }
   n->bd.growable = false;
   return &n->bd;
 }

@@ -23,6 +23,7 @@
 #include "bdev/bdev_nbdkit_format_filter.h"
 #include "qcow2/qcow2.h"
 #include "util/log.h"
+#include "util/single.h"
 
 /* -D qcow2.verbose=1: dump the header, snapshots and cache statistics. */
 NBDKIT_DLL_PUBLIC int qcow2_debug_verbose = 0;
@@ -34,15 +35,21 @@ static size_t nallowed;
 static bool allow_any;
 static int64_t cache_size = -1;
 
+/* .load calls: more than one means --filter=qcow2 twice (util/single.h). */
+static unsigned loads;
+
 static void
 qcow2_filter_load (void)
 {
+  loads++;
   kvm_log_set (nbdkit_verror, nbdkit_vdebug);
 }
 
 static void
 qcow2_filter_unload (void)
 {
+  if (--loads > 0)             /* another instance: its state too */
+    return;
   bdev_format_filter_close_all ();
   for (size_t i = 0; i < nallowed; i++)
     free (allowed[i]);
@@ -149,11 +156,19 @@ bdev_format_filter_open_image (const char *export, nbdkit_next *next,
   return bd;
 }
 
+static int
+qcow2_filter_get_ready (int thread_model)
+{
+  (void) thread_model;
+  return kvm_filter_single (loads, "qcow2");
+}
+
 static struct nbdkit_filter filter = {
   .name = "qcow2",
   .longname = "nbdkit qcow2 filter",
   .load = qcow2_filter_load,
   .unload = qcow2_filter_unload,
+  .get_ready = qcow2_filter_get_ready,
   .config = qcow2_filter_config,
   .config_help = qcow2_filter_config_help,
   .thread_model = qcow2_filter_thread_model,

@@ -41,6 +41,7 @@
 #include "snapshot/snapshot.h"
 #include "util/clock.h"
 #include "util/log.h"
+#include "util/single.h"
 
 static char *overlay_dir;       /* overlay-dir=DIR (absolute) */
 static char *control_path;      /* control=SOCKET */
@@ -95,9 +96,13 @@ struct handle {
   bool in_list;
 };
 
+/* .load calls: more than one means --filter=snapshot twice (util/single.h). */
+static unsigned loads;
+
 static void
 snapshot_load (void)
 {
+  loads++;
   kvm_log_set (snapshot_verror, nbdkit_vdebug);
 }
 
@@ -142,6 +147,8 @@ snapshot_cleanup (nbdkit_backend *backend)
 static void
 snapshot_unload (void)
 {
+  if (--loads > 0)             /* another instance: its state too */
+    return;
   ctl_stop ();                  /* if .cleanup did not run */
   /* Every connection is gone: nothing uses the chain. */
   snap_chain_close (chain);
@@ -205,6 +212,8 @@ static int
 snapshot_get_ready (int thread_model)
 {
   (void) thread_model;
+  if (kvm_filter_single (loads, "snapshot") == -1)
+    return -1;
   if (!control_path)
     return 0;
   struct sockaddr_un a = { .sun_family = AF_UNIX };
@@ -405,16 +414,20 @@ ctl_serve (int fd)
     r = ctl_commit ();
   else
     r = snap_list (chain, ctl_list_line, &fd);
+  int e = errno;
   ctl_errbuf = NULL;
   if (r == 0)
     ctl_send (fd, "OK\n");
   else {
     char line[CTL_ERRLEN + 16];
+    /* No message of ours: the layer below failed, and logged why. */
+    if (!*err)
+      snprintf (err, CTL_ERRLEN, "%s (the server's log says more)",
+                strerror (e ? e : EIO));
     for (char *p = err; *p; p++)
       if (*p == '\n')
         *p = ' ';
-    snprintf (line, sizeof line, "ERROR %s\n",
-              *err ? err : "operation failed");
+    snprintf (line, sizeof line, "ERROR %s\n", err);
     ctl_send (fd, line);
   }
 }

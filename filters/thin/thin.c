@@ -40,6 +40,7 @@
 #include "bdev/bdev_registry.h"
 #include "thin/thin.h"
 #include "util/log.h"
+#include "util/single.h"
 
 extern char **environ;
 
@@ -348,15 +349,21 @@ on_pool_full (void *opaque)
 
 /* ---- configuration --------------------------------------------------- */
 
+/* .load calls: more than one means --filter=thin twice (util/single.h). */
+static unsigned loads;
+
 static void
 thin_filter_load (void)
 {
+  loads++;
   kvm_log_set (nbdkit_verror, nbdkit_vdebug);
 }
 
 static void
 thin_filter_unload (void)
 {
+  if (--loads > 0)             /* another instance: its state too */
+    return;
   bdev_registry_close_all (&pools);
   free (hook);
   free (metadata_path);
@@ -689,11 +696,19 @@ thin_filter_extents (nbdkit_next *next, void *handle, uint32_t count,
                               bdev_nbdkit_filter_add_extent, extents), err);
 }
 
+static int
+thin_filter_get_ready (int thread_model)
+{
+  (void) thread_model;
+  return kvm_filter_single (loads, "thin");
+}
+
 static struct nbdkit_filter filter = {
   .name = "thin",
   .longname = "nbdkit thin provisioning filter",
   .load = thin_filter_load,
   .unload = thin_filter_unload,
+  .get_ready = thin_filter_get_ready,
   .config = thin_filter_config,
   .config_complete = thin_filter_config_complete,
   .config_help = thin_filter_config_help,

@@ -21,6 +21,7 @@
 #include "throttle/throttle.h"
 #include "util/clock.h"
 #include "util/log.h"
+#include "util/single.h"
 
 /* -D throttle.stats=N: per-group statistics when connections close and
  * every N seconds while requests flow.
@@ -96,9 +97,13 @@ static const struct thr_clock nbdkit_clock = {
   .poll = maybe_reload,
 };
 
+/* .load calls: more than one means --filter=throttle twice (util/single.h). */
+static unsigned loads;
+
 static void
 throttle_load (void)
 {
+  loads++;
   kvm_log_set (nbdkit_verror, nbdkit_vdebug);
 }
 
@@ -107,6 +112,8 @@ throttle_unload (void)
 {
   size_t i;
 
+  if (--loads > 0)             /* another instance: its state too */
+    return;
   for (i = 0; i < nmappings; ++i) {
     free (mappings[i].export);
     free (mappings[i].group);
@@ -713,11 +720,19 @@ throttle_cache (nbdkit_next *next, void *handle, uint32_t count,
   return next->cache (next, count, offset, flags, err);
 }
 
+static int
+throttle_get_ready (int thread_model)
+{
+  (void) thread_model;
+  return kvm_filter_single (loads, "throttle");
+}
+
 static struct nbdkit_filter filter = {
   .name              = "throttle",
   .longname          = "nbdkit throttle filter",
   .load              = throttle_load,
   .unload            = throttle_unload,
+  .get_ready         = throttle_get_ready,
   .config            = throttle_config,
   .config_complete   = throttle_config_complete,
   .config_help       = throttle_config_help,

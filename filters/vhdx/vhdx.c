@@ -22,6 +22,7 @@
 #define BDEV_FORMAT_FILTER_EXPORTS "vhdx-exports"
 #include "bdev/bdev_nbdkit_format_filter.h"
 #include "util/log.h"
+#include "util/single.h"
 #include "vhdx/vhdx.h"
 
 static char *parent_path;       /* vhdx-parent=PATH */
@@ -31,15 +32,21 @@ static size_t nallowed;
 static bool allow_any;
 static bool ignore_linkage;
 
+/* .load calls: more than one means --filter=vhdx twice (util/single.h). */
+static unsigned loads;
+
 static void
 vhdx_filter_load (void)
 {
+  loads++;
   kvm_log_set (nbdkit_verror, nbdkit_vdebug);
 }
 
 static void
 vhdx_filter_unload (void)
 {
+  if (--loads > 0)             /* another instance: its state too */
+    return;
   bdev_format_filter_close_all ();
   for (size_t i = 0; i < nallowed; i++)
     free (allowed[i]);
@@ -149,11 +156,19 @@ vhdx_filter_block_size (nbdkit_next *next, void *handle, uint32_t *minimum,
   return 0;
 }
 
+static int
+vhdx_filter_get_ready (int thread_model)
+{
+  (void) thread_model;
+  return kvm_filter_single (loads, "vhdx");
+}
+
 static struct nbdkit_filter filter = {
   .name = "vhdx",
   .longname = "nbdkit vhdx filter",
   .load = vhdx_filter_load,
   .unload = vhdx_filter_unload,
+  .get_ready = vhdx_filter_get_ready,
   .config = vhdx_filter_config,
   .config_help = vhdx_filter_config_help,
   .thread_model = vhdx_filter_thread_model,

@@ -22,6 +22,7 @@
 #define BDEV_FORMAT_FILTER_EXPORTS "vmdk-exports"
 #include "bdev/bdev_nbdkit_format_filter.h"
 #include "util/log.h"
+#include "util/single.h"
 #include "vmdk/vmdk.h"
 
 static char *backing_path;      /* vmdk-backing=PATH */
@@ -30,15 +31,21 @@ static char **allowed;          /* vmdk-allow-path=DIR, NULL-ended */
 static size_t nallowed;
 static bool allow_any;
 
+/* .load calls: more than one means --filter=vmdk twice (util/single.h). */
+static unsigned loads;
+
 static void
 vmdk_filter_load (void)
 {
+  loads++;
   kvm_log_set (nbdkit_verror, nbdkit_vdebug);
 }
 
 static void
 vmdk_filter_unload (void)
 {
+  if (--loads > 0)             /* another instance: its state too */
+    return;
   bdev_format_filter_close_all ();
   for (size_t i = 0; i < nallowed; i++)
     free (allowed[i]);
@@ -121,11 +128,19 @@ bdev_format_filter_open_image (const char *export, nbdkit_next *next,
   return bd;
 }
 
+static int
+vmdk_filter_get_ready (int thread_model)
+{
+  (void) thread_model;
+  return kvm_filter_single (loads, "vmdk");
+}
+
 static struct nbdkit_filter filter = {
   .name = "vmdk",
   .longname = "nbdkit vmdk filter",
   .load = vmdk_filter_load,
   .unload = vmdk_filter_unload,
+  .get_ready = vmdk_filter_get_ready,
   .config = vmdk_filter_config,
   .config_help = vmdk_filter_config_help,
   .thread_model = vmdk_filter_thread_model,

@@ -7,10 +7,11 @@
 # a second server on the same overlay directory refused, a live control
 # socket neither taken over nor removed by another server, a slow control
 # client holding the channel for 10 s at most, a failed commit's reason
-# given to the control client, a changed size below refused with a clear
-# error, other export names refused, a snapshot time out of range listed
-# as a number, a commit still running at shutdown finished; the CLI and
-# both man pages installed by cmake --install.
+# given to the control client (its own, or the error from below), a
+# changed size below refused with a clear error, other export names
+# refused, a snapshot time out of range listed as a number, a commit
+# still running at shutdown finished; the CLI and both man pages
+# installed by cmake --install.
 source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 source "$TOP_SRCDIR/tests/snapshot/snapshot-lib.sh"
 requires qemu-io nbdinfo man
@@ -171,6 +172,19 @@ nbdinfo "$(uri_of "$tmpdir/nbd7.sock")" >/dev/null || fail "open after the shutd
 stop_nbdkit
 qemu-io -f raw -c 'read -P 0x44 0 40M' -c 'read -P 0 40M 24M' "$tmpdir/b6.raw" >/dev/null ||
   fail "the file does not hold the commit made during shutdown ($(cat "$tmpdir/commit6.out"))"
+
+# A commit that fails in the layer below (nbdkit's error filter: EIO on
+# every write) tells the control client why, not just that it failed.
+truncate -s 1M "$tmpdir/b10.raw"
+start_nbdkit "$tmpdir/nbd10.sock" --filter="$(filter_so snapshot)" --filter=error \
+  file "file=$tmpdir/b10.raw" "overlay-dir=$tmpdir/ovl10" \
+  "control=$tmpdir/ctl10.sock" error-pwrite-rate=100% error-pwrite=EIO
+qemu-io -f raw -c 'write -P 0x55 0 64k' "$(uri_of "$tmpdir/nbd10.sock")" >/dev/null ||
+  fail "write (10)"
+rc=0; err=$("$ctl" "$tmpdir/ctl10.sock" commit 2>&1) || rc=$?
+[ $rc = 1 ] && grep -q "Input/output error" <<<"$err" ||
+  fail "a commit failing below: $rc $err"
+stop_nbdkit
 
 # A server removes its control socket at exit only if it is still its
 # own: here the path was taken over by a second server after the first
