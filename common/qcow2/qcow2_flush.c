@@ -131,7 +131,7 @@ q2_flush_locked (struct qcow2 *q)
 
   if (q->external_data && q2_sync_file (q, q->data) == -1)
     return -1;
-  if (!meta)
+  if (!meta && !q->npending && !q->old_rt_offset)
     return q2_sync_file (q, q->file) == -1 ? -1 : q2_bitmap_commit (q);
 
   /* Make sure the file covers every allocated cluster.  A container
