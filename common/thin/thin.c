@@ -780,10 +780,8 @@ format_meta (struct thin *t)
   }
   for (unsigned s = 0; s < 2; s++)
     for (uint64_t i = 0; i < (uint64_t) g->tblocks + g->bblocks; i++) {
-      uint32_t seed = i < g->tblocks ? (uint32_t) i
-        : 0x80000000u | (uint32_t) (i - g->tblocks);
       memset (b, 0, TBLK);
-      store_le32 (b + TBLK - 4, thin_block_crc (seed, b));
+      store_le32 (b + TBLK - 4, thin_block_crc (thin_body_seed (g, i), b));
       if (bdev_pwrite (t->meta, b, TBLK, thin_body_off (g, s) + i * TBLK,
                        0) == -1)
         goto out;
@@ -864,10 +862,11 @@ thin_open (struct bdev *pool, const struct thin_opts *o)
       goto fail;
     }
     /* The headers were zero: so must be everything the format writes
-     * (a filesystem or volume whose first 8 KiB are zero is no pool).
+     * (a filesystem or volume whose first 8 KiB are zero is no pool),
+     * or what this format writes before its headers (one cut short).
      */
     uint64_t at = 0, area = thin_meta_bytes (&t->g);
-    int z = thin_area_is_zero (meta, area, &at);
+    int z = thin_area_is_blank (meta, &t->g, &at);
     if (z != 1) {
       int err = z == -1 ? errno : EINVAL;
       if (z == -1)

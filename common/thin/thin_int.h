@@ -86,6 +86,10 @@ uint64_t thin_body_off (const struct geom *g, unsigned slot);
 /* Bytes of metadata (at the start of the pool, or the separate file). */
 uint64_t thin_meta_bytes (const struct geom *g);
 uint32_t thin_block_crc (uint32_t seed, const uint8_t *blk);
+/* The CRC seed of body block I: table block I, then bitmap block
+ * I - tblocks (thin.h).
+ */
+uint32_t thin_body_seed (const struct geom *g, uint64_t i);
 void thin_header_encode (uint8_t *b, const struct geom *g, uint64_t seq,
                          uint64_t used, uint64_t pool_chunks);
 int thin_headers_read (struct bdev *meta, struct geom *g, uint64_t *seq,
@@ -95,7 +99,13 @@ uint64_t thin_pool_chunks_of (const struct geom *g, uint64_t pool_size);
 /* 1 if the first LEN bytes of BD read as zeroes (past its end they do),
  * 0 if not (*NONZERO: where the first non-zero MiB starts), -1 on error.
  */
-int thin_area_is_zero (struct bdev *bd, uint64_t len, uint64_t *nonzero);
+/* 1 if the metadata area of geometry G on BD reads as zeroes, except for
+ * body blocks that hold what a format of G writes there (a format cut
+ * short before its headers: it is redone); 0 if not (*NONZERO: the MiB
+ * where), -1 on error.
+ */
+int thin_area_is_blank (struct bdev *bd, const struct geom *g,
+                        uint64_t *nonzero);
 long thin_body_read (struct bdev *meta, const struct geom *g, unsigned slot,
                      uint32_t *entries, struct bitmap *bits, FILE *report,
                      struct kvm_progress *pr);

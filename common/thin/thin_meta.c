@@ -74,6 +74,13 @@ thin_block_crc (uint32_t seed, const uint8_t *blk)
   return crc32c (crc32c (0, s, 4), blk, TBLK - 4);
 }
 
+uint32_t
+thin_body_seed (const struct geom *g, uint64_t i)
+{
+  return i < g->tblocks ? (uint32_t) i
+    : 0x80000000u | (uint32_t) (i - g->tblocks);
+}
+
 void
 thin_header_encode (uint8_t *b, const struct geom *g, uint64_t seq,
                     uint64_t used, uint64_t pool_chunks)
@@ -423,9 +430,29 @@ note_data (void *opaque, uint64_t offset, uint64_t len, uint32_t type)
   return 0;
 }
 
-int
-thin_area_is_zero (struct bdev *bd, uint64_t len, uint64_t *nonzero)
+/* Does the 4 KiB block at OFF of the metadata area of G hold what the
+ * format writes there: zeroes and the CRC of its body position?
+ */
+static bool
+formatted_blank (const struct geom *g, uint64_t off, const uint8_t *b)
 {
+  if (!thin_is_zero (b, TBLK - 4))
+    return false;
+  for (unsigned s = 0; s < 2; s++) {
+    uint64_t start = thin_body_off (g, s), i;
+    if (off < start || (i = (off - start) / TBLK) >= g->tblocks + g->bblocks)
+      continue;
+    return load_le32 (b + TBLK - 4) ==
+      thin_block_crc (thin_body_seed (g, i), b);
+  }
+  return false;
+}
+
+int
+thin_area_is_blank (struct bdev *bd, const struct geom *g,
+                    uint64_t *nonzero)
+{
+  uint64_t len = thin_meta_bytes (g);
   const size_t W = 1u << 20;
   uint64_t end = len < bd->size ? len : bd->size;
   uint8_t *buf = NULL;
@@ -447,10 +474,17 @@ thin_area_is_zero (struct bdev *bd, uint64_t len, uint64_t *nonzero)
     if (bdev_pread (bd, buf, n, off) == -1)
       r = -1;
     else if (!thin_is_zero (buf, n)) {
-      *nonzero = off;
-      r = 0;
+      /* W and the body offsets are multiples of TBLK. */
+      for (size_t k = 0; k < n; k += TBLK)
+        if (n - k < TBLK || (!thin_is_zero (buf + k, TBLK) &&
+                             !formatted_blank (g, off + k, buf + k))) {
+          *nonzero = off;
+          r = 0;
+          break;
+        }
     }
   }
   free (buf);
   return r;
 }
+

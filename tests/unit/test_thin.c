@@ -5,8 +5,9 @@
  * separate metadata); thin_check finds the result clean.  Through a
  * pool that can hold a write or fail a flush: a write racing a trim and
  * another write never deadlocks; a failed header commit stops writes.
- * A device that is not a pool is not formatted.  The short last chunk
- * of a virtual size that is not a multiple of the chunk is released.
+ * A device that is not a pool is not formatted, but a format cut short
+ * is redone.  The short last chunk of a virtual size that is not a
+ * multiple of the chunk is released.
  */
 #include <fcntl.h>
 #include <pthread.h>
@@ -22,6 +23,7 @@
 #include "fault_bdev.h"
 
 #define C 65536u
+#define TBLK_TEST 4096                  /* the metadata block (thin.h) */
 #define VSIZE (256ull << 20)
 #define POOL (8u << 20)
 #define NTHREADS 4
@@ -576,6 +578,50 @@ short_last_chunk (void)
   CHECK (check_pool (false) == 0);
 }
 
+/* A format cut short by a crash after the bodies and before the headers
+ * (here: headers zeroed again, and the second half of the area too): the
+ * next open formats the pool again.  A body block that is neither zero
+ * nor what the format writes is still refused.
+ */
+static void
+interrupted_format (void)
+{
+  char buf[8192] = { 0 };
+  unlink (pool_path);
+  int fd = open (pool_path, O_CREAT | O_RDWR, 0644);
+  CHECK (fd >= 0 && ftruncate (fd, POOL) == 0);
+  struct bdev_open_opts o = { 0 };
+  struct thin_opts t = {
+    .virtual_size = VSIZE, .chunk_size = C, .format = true,
+  };
+  struct bdev *pool = bdev_file_open (pool_path, &o);
+  CHECK (pool);
+  struct bdev *bd = thin_open (pool, &t);
+  CHECK (bd);
+  bdev_close (bd);
+  CHECK (pwrite (fd, buf, sizeof buf, 0) == sizeof buf);  /* headers */
+  CHECK (pwrite (fd, buf, sizeof buf, 3 * TBLK_TEST) == sizeof buf);
+  CHECK ((pool = bdev_file_open (pool_path, &o)) != NULL);
+  CHECK ((bd = thin_open (pool, &t)) != NULL);
+  memset (buf, 0x3c, 4096);
+  CHECK (bdev_pwrite (bd, buf, 4096, 0, 0) == 0);
+  bdev_close (bd);
+  CHECK (check_pool (false) == 0);
+
+  /* Headers zero, a body block changed: no pool of ours, refused. */
+  memset (buf, 0, sizeof buf);
+  CHECK (ftruncate (fd, 0) == 0 && ftruncate (fd, POOL) == 0);
+  CHECK ((pool = bdev_file_open (pool_path, &o)) != NULL);
+  CHECK ((bd = thin_open (pool, &t)) != NULL);
+  bdev_close (bd);
+  CHECK (pwrite (fd, buf, sizeof buf, 0) == sizeof buf);
+  CHECK (pwrite (fd, "x", 1, 2 * TBLK_TEST + 100) == 1);
+  CHECK ((pool = bdev_file_open (pool_path, &o)) != NULL);
+  errno = 0;
+  CHECK (thin_open (pool, &t) == NULL && errno == EINVAL);
+  close (fd);
+}
+
 int
 main (void)
 {
@@ -589,6 +635,7 @@ main (void)
   header_flush_fails ();
   no_format_over_data ();
   short_last_chunk ();
+  interrupted_format ();
   unlink (pool_path);
   unlink (meta_path);
   rmdir (dir);
