@@ -137,7 +137,7 @@ done
 
 # 3. Refused at start-up.
 for fmt in qcow2 vmdk vhdx thin; do
-  if out=$(nbdkit -U "$tmpdir/bad.sock" --filter="$(filter_so $fmt)" \
+  if out=$(nbdkit_fails 10 -U "$tmpdir/bad.sock" --filter="$(filter_so $fmt)" \
              file "file=$tmpdir/one.$fmt" $fmt-exports=two --run true 2>&1)
   then
     fail "$fmt: $fmt-exports=two accepted"
@@ -146,7 +146,7 @@ for fmt in qcow2 vmdk vhdx thin; do
     fail "$fmt: unclear error for a bad $fmt-exports: $out"
 done
 truncate -s 1M meta.img
-if out=$(nbdkit -U "$tmpdir/bad.sock" --filter="$(filter_so thin)" \
+if out=$(nbdkit_fails 10 -U "$tmpdir/bad.sock" --filter="$(filter_so thin)" \
            file "dir=$tmpdir/d" thin-size=16M thin-exports=per-name \
            "thin-metadata=$tmpdir/meta.img" --run true 2>&1); then
   fail "thin-metadata= with thin-exports=per-name accepted"

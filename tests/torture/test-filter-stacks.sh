@@ -23,7 +23,7 @@ for f in qcow2 vmdk vhdx thin snapshot throttle; do
     *) extra=() ;;
   esac
   rc=0
-  out=$(nbdkit -U "$tmpdir/twice.sock" --filter="$(filter_so $f)" \
+  out=$(nbdkit_fails 10 -U "$tmpdir/twice.sock" --filter="$(filter_so $f)" \
           --filter="$(filter_so $f)" file img.qcow2 "${extra[@]}" \
           --run 'nbdinfo "$uri"' 2>&1) || rc=$?
   [ $rc != 0 ] || fail "$f given twice was served"
@@ -37,15 +37,16 @@ policy=(--filter=blocksize-policy)
 params=(blocksize-minimum=4096 blocksize-error-policy=error)
 truncate -s 16M img.qcow2
 rc=0
-out=$(nbdkit -U "$tmpdir/bs.sock" --filter="$(filter_so qcow2)" "${policy[@]}" \
+out=$(nbdkit_fails 20 -U "$tmpdir/bs.sock" --filter="$(filter_so qcow2)" "${policy[@]}" \
         file img.qcow2 "${params[@]}" --run 'nbdinfo "$uri"' 2>&1) || rc=$?
 [ $rc != 0 ] || fail "the qcow2 filter opened over a 4 KiB minimum block size"
 grep -q "takes only requests aligned to 4096 bytes.*--filter=blocksize" <<<"$out" ||
   fail "unclear error over a 4 KiB minimum block size: $out"
-nbdkit -U "$tmpdir/bs2.sock" --filter="$(filter_so qcow2)" --filter=blocksize \
-  "${policy[@]}" file img.qcow2 "${params[@]}" \
-  --run 'qemu-io -f raw -c "write -q -P 0x33 1000 5000" -c "read -q -P 0x33 1000 5000" "$uri"' ||
-  fail "the qcow2 filter over the blocksize filter"
+start_nbdkit "$tmpdir/bs2.sock" --filter="$(filter_so qcow2)" --filter=blocksize \
+  "${policy[@]}" file img.qcow2 "${params[@]}"
+qemu-io -f raw -c "write -q -P 0x33 1000 5000" -c "read -q -P 0x33 1000 5000" \
+  "$(uri_of "$tmpdir/bs2.sock")" || fail "the qcow2 filter over the blocksize filter"
+stop_nbdkit
 qemu_img_check -f qcow2 img.qcow2
 qemu-io -f qcow2 -r -c 'read -q -P 0x33 1000 5000' img.qcow2 ||
   fail "the write through the blocksize filter is not in the image"
