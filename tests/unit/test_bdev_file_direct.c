@@ -280,34 +280,53 @@ check_tail_race (const char *dev, uint64_t size)
   CHECK (bad == 0);
 }
 
+/* The loop device and its file, removed at exit even when a check
+ * fails (CHECK exits).
+ */
+static char loop_dev[256], loop_file[4096];
+
+static void
+loop_cleanup (void)
+{
+  char cmd[300];
+  if (loop_dev[0]) {
+    snprintf (cmd, sizeof cmd, "losetup -d '%s'", loop_dev);
+    if (system (cmd) != 0)
+      fprintf (stderr, "%s: could not detach\n", loop_dev);
+    loop_dev[0] = '\0';
+  }
+  if (loop_file[0])
+    unlink (loop_file);
+}
+
 /* A regular file of 8 blocks and 3 sectors; a loop device over one (as
  * root, where losetup works: always under CI=true).
  */
 static void
 test_tail (const char *dir, bool ci)
 {
-  char path[4096], cmd[4200], dev[256] = "";
+  char cmd[4200];
   uint64_t size = SIZE + 1536;
-  snprintf (path, sizeof path, "%s/bdevtailXXXXXX", dir);
-  int fd = mkstemp (path);
+  snprintf (loop_file, sizeof loop_file, "%s/bdevtailXXXXXX", dir);
+  int fd = mkstemp (loop_file);
   CHECK (fd >= 0);
+  atexit (loop_cleanup);
   CHECK (ftruncate (fd, size) == 0);
   close (fd);
-  check_tail (path, size, false);
-  CHECK (truncate (path, 0) == 0 && truncate (path, size) == 0);
-  check_tail (path, size, true);
+  check_tail (loop_file, size, false);
+  CHECK (truncate (loop_file, 0) == 0 && truncate (loop_file, size) == 0);
+  check_tail (loop_file, size, true);
 
-  CHECK (truncate (path, 0) == 0 && truncate (path, size) == 0);
-  snprintf (cmd, sizeof cmd, "losetup -f --show '%s' 2>/dev/null", path);
+  CHECK (truncate (loop_file, 0) == 0 && truncate (loop_file, size) == 0);
+  snprintf (cmd, sizeof cmd, "losetup -f --show '%s' 2>/dev/null", loop_file);
   FILE *p = geteuid () == 0 ? popen (cmd, "r") : NULL;
   if (p) {
-    if (!fgets (dev, sizeof dev, p))
-      dev[0] = '\0';
+    if (!fgets (loop_dev, sizeof loop_dev, p))
+      loop_dev[0] = '\0';
     pclose (p);
-    dev[strcspn (dev, "\n")] = '\0';
+    loop_dev[strcspn (loop_dev, "\n")] = '\0';
   }
-  if (!dev[0]) {
-    unlink (path);
+  if (!loop_dev[0]) {
     if (ci) {
       fprintf (stderr, "no loop device (losetup, as root), and CI=true\n");
       exit (1);
@@ -315,11 +334,11 @@ test_tail (const char *dir, bool ci)
     printf ("no loop device: the block device tail case is skipped\n");
     return;
   }
-  check_tail (dev, size, false);
-  check_tail_race (dev, size);
+  check_tail (loop_dev, size, false);
+  check_tail_race (loop_dev, size);
   /* A loop device has WRITE ZEROES (here): a fast zero works. */
   struct bdev_open_opts o = { 0 };
-  struct bdev *l = bdev_file_open (dev, &o);
+  struct bdev *l = bdev_file_open (loop_dev, &o);
   uint8_t got[4096];
   CHECK (l != NULL);
   memset (got, 0x77, sizeof got);
@@ -329,9 +348,6 @@ test_tail (const char *dir, bool ci)
   for (size_t i = 0; i < sizeof got; i++)
     CHECK (got[i] == 0);
   bdev_close (l);
-  snprintf (cmd, sizeof cmd, "losetup -d '%s'", dev);
-  CHECK (system (cmd) == 0);
-  unlink (path);
 }
 
 /* Can PATH be written with O_DIRECT? */
