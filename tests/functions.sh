@@ -51,6 +51,11 @@ tmpdir=$(mktemp -d /tmp/kvmt.XXXXXX)
 chmod 0755 "$tmpdir"
 cleanup_add "rm -rf '$tmpdir'"
 
+# new_sock: sets $sock to a fresh unix socket path in $tmpdir (nbdkit
+# 1.32 leaves its socket behind, and start_nbdkit waits for it to appear).
+_sockn=0
+new_sock () { _sockn=$((_sockn + 1)); sock="$tmpdir/sock$_sockn"; }
+
 # python3 is the system's (/usr/bin/python3, the one with python3-libnbd)
 # even when a version manager's shim comes first on PATH: a pyenv shim is
 # a shell script that costs about a second per call on a loaded 2-core

@@ -28,8 +28,6 @@ head -c $((5*M)) /dev/urandom | dd of=disk.raw bs=1M seek=1 conv=notrunc status=
 head -c $((3*M + 777)) /dev/urandom | dd of=disk.raw bs=1 seek=$((15*M + 5)) conv=notrunc status=none
 
 # 1. Read.
-new_sock () { sock="$tmpdir/s$((++nsock))"; }
-nsock=0
 new_sock
 start_nbdkit "$sock" "$plugin" "url=$NFS_URL/disk.raw" -r
 nbdcopy -- "$(uri_of "$sock")" "$tmpdir/read.raw"

@@ -302,7 +302,3 @@ check_image () {
   grep -q 'No errors were found' <<<"$out" || fail "qemu-img check $*: $out"
 }
 
-# new_sock: set $sock to a fresh socket path (nbdkit leaves old ones
-# behind, and start_nbdkit waits for the socket to appear).
-_sockn=0
-new_sock () { _sockn=$((_sockn+1)); sock="$tmpdir/s$_sockn"; }

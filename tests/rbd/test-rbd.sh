@@ -29,10 +29,6 @@ export CEPH_CONF            # for the rbd CLI
 conf=$CEPH_CONF
 MiB=1048576
 
-# nbdkit 1.32 leaves its socket behind: a fresh name for every server.
-nsock=0
-new_sock () { nsock=$((nsock + 1)); sock=$tmpdir/s$nsock.sock; }
-
 # rbd_export IMAGE FILE: "rbd export" refuses to overwrite a file.
 rbd_export () { rm -f "$2"; rbd export --no-progress "$1" "$2"; }
 

@@ -57,7 +57,6 @@ size=$((16 * M))
 # cluster, one cluster + a sector (crossing boundaries), 3 sectors,
 # several clusters.
 slots=(4096 $((64 * 1024 + 512)) 1536 $((192 * 1024)))
-sockn=0
 
 # ---- targets: setup DIR, serve DIR, check DIR (server down), dump DIR RAW
 # (the filters' dump restarts the server, which the next round then uses)
@@ -123,7 +122,8 @@ dump_snapshot-thin () {
 
 # ---- helpers ----------------------------------------------------------------
 
-new_sock () { sockn=$((sockn + 1)); sock=$tmpdir/s$sockn; uri=$(uri_of "$sock"); }
+# new_server_sock: a fresh $sock and its $uri.
+new_server_sock () { new_sock; uri=$(uri_of "$sock"); }
 
 # qemu-img check after a crash: leaked clusters (exit 3) are allowed.
 qcow2_check () {
@@ -157,7 +157,7 @@ layers_check () {
   (( n >= 2 )) || fail "$target round $round: $n snapshot layers in $1/ovl"
 }
 snapshot_take () {
-  new_sock
+  new_server_sock
   "serve_$target" "$1"
   nbdinfo --size "$uri" > /dev/null        # the chain opens here
   "$snapshot_ctl" "$1/ctl.sock" create before-torture > /dev/null ||
@@ -182,7 +182,7 @@ run_target () {
   [ -e "$dir/initial" ] && init=(--initial "$dir/initial")
   for (( round = 1; round <= rounds; round++ )); do
     if [ -z "$nbdkit_pid" ]; then
-      new_sock
+      new_server_sock
       "serve_$target" "$dir"
     fi
     local pids=() i
@@ -219,7 +219,7 @@ run_target () {
         fail "$target round $round: writer $w failed: $(cat "$dir/err$w.$round")"
     done
     "check_$target" "$dir"
-    new_sock
+    new_server_sock
     "dump_$target" "$dir" "$dir/raw"
     local out n=0
     for w in 0 1 2 3; do

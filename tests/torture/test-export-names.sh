@@ -23,8 +23,6 @@ requires qemu-img qemu-io
 requires_nbdsh
 cd "$tmpdir"
 M=$((1024*1024))
-n_sock=0
-new_sock () { n_sock=$((n_sock+1)); sock="$tmpdir/s$n_sock.sock"; }
 
 # make_image FMT FILE: an empty 16 MiB image with room to grow inside the
 # file (a filter's container cannot grow).

@@ -16,8 +16,6 @@ qemu_io_cmds () {
     fail "qemu-io $*: $(grep -i -m3 -E 'fail|error' <<<"$out")"
   fi
 }
-_sockn=0
-new_sock () { _sockn=$((_sockn+1)); sock="$tmpdir/s$_sockn.sock"; }
 # serve SOCK IMG ARGS...: the plugin on IMG.
 serve () {
   local s=$1 img=$2; shift 2

@@ -23,10 +23,6 @@ qemu_io_cmds () {
   fi
 }
 
-# new_sock: a fresh socket path in $sock.
-_sockn=0
-new_sock () { _sockn=$((_sockn+1)); sock="$tmpdir/s$_sockn"; }
-
 # serve_vmdk IMAGE [PARAMS...]: serve IMAGE with the plugin on a new $sock.
 serve_vmdk () {
   local img=$1; shift
