@@ -160,23 +160,16 @@ grow_reftable (struct qcow2 *q, uint64_t need)
     free (nrt);
     return -1;
   }
-  /* Only one relocation per flush cycle keeps the bookkeeping simple:
-   * the table allocated earlier in this cycle was never on disk.
+  /* The table the header on disk names (old_rt_offset) is freed after
+   * the next successful flush.  A table allocated since then is freed at
+   * the same point, not at once: a flush that failed after writing the
+   * header may have left the header naming it.
    */
+  uint64_t prev_off = q->rt_offset, prev_clusters = q->rt_clusters;
+  bool prev_intermediate = q->old_rt_offset != 0;
   if (q->old_rt_offset == 0) {
     q->old_rt_offset = q->rt_offset;
     q->old_rt_clusters = q->rt_clusters;
-  }
-  else if (q->rt_offset != q->old_rt_offset) {
-    /* The intermediate table: give its clusters back right away (it is
-     * referenced by nothing on disk).
-     */
-    for (uint64_t i = 0; i < q->rt_clusters; i++)
-      if (q2_refcount_update (q, q->rt_offset + i * q->cluster_size, -1,
-                              NULL) == -1) {
-        free (nrt);
-        return -1;
-      }
   }
   free (q->rt);
   q->rt = nrt;
@@ -187,6 +180,10 @@ grow_reftable (struct qcow2 *q, uint64_t need)
   for (uint64_t i = 0; i < nclusters; i++)
     if (q2_refcount_update (q, off + i * q->cluster_size, 1, NULL) == -1)
       return -1;
+  if (prev_intermediate)
+    for (uint64_t i = 0; i < prev_clusters; i++)
+      if (q2_defer_free (q, prev_off + i * q->cluster_size) == -1)
+        return -1;
   return 0;
 }
 
