@@ -16,6 +16,7 @@
 
 #include "bdev/formats.h"
 #include "util/checked.h"
+#include "util/confine.h"
 #include "util/crc32c.h"
 #include "util/endian.h"
 #include "util/log.h"
@@ -56,24 +57,75 @@ put_utf16 (uint8_t *dst, const char *s)
   return n;
 }
 
+/* relative_path of the parent locator: the way from the child's
+ * directory to the parent, both canonical, with Windows separators
+ * ("..\\images\\base.vhdx"), so that the pair can move together and
+ * Hyper-V can follow it.  No absolute_win32_path is written: a Linux path
+ * is not one.  Returns a malloc'd string, or NULL with errno set.
+ */
+static char *
+parent_relative_path (const char *child, const char *parent)
+{
+  char *dir = strdup (child), *cdir = NULL, *cpar = NULL, *r = NULL;
+  if (!dir)
+    return NULL;
+  char *slash = strrchr (dir, '/');
+  if (slash == dir)
+    dir[1] = '\0';
+  else if (slash)
+    *slash = '\0';
+  else
+    strcpy (dir, ".");
+  cdir = realpath (dir, NULL);
+  cpar = realpath (parent, NULL);
+  if (!cdir || !cpar)
+    goto out;
+  /* The components the two have in common ("/" counts as none). */
+  size_t i = 0, common = 0;
+  for (;;) {
+    char a = cdir[i], b = cpar[i];
+    if ((a == '/' || a == '\0') && b == '/')
+      common = i;
+    if (a != b || a == '\0')
+      break;
+    i++;
+  }
+  size_t ups = 0;
+  for (const char *c = cdir + common; *c; c++)
+    ups += *c == '/' && c[1] != '\0';
+  const char *rest = cpar + common + 1;
+  size_t len = 3 * ups + strlen (rest) + 1;
+  r = malloc (len);
+  if (!r)
+    goto out;
+  char *o = r;
+  for (size_t k = 0; k < ups; k++, o += 3)
+    memcpy (o, "..\\", 3);
+  for (const char *c = rest; *c; c++)
+    *o++ = *c == '/' ? '\\' : *c;
+  *o = '\0';
+ out:;
+  int err = errno;
+  free (dir);
+  free (cdir);
+  free (cpar);
+  errno = err;
+  return r;
+}
+
 /* The parent locator item: returns its length. */
 static size_t
 make_locator (uint8_t *p, size_t cap, const char *linkage,
-              const char *relative, const char *absolute)
+              const char *relative)
 {
-  const char *keys[3] = { "parent_linkage", "relative_path",
-                          "absolute_win32_path" };
-  const char *vals[3] = { linkage, relative, absolute };
-  unsigned n = 0;
-  for (int i = 0; i < 3; i++)
-    n += vals[i] != NULL;
+  const char *keys[2] = { "parent_linkage", "relative_path" };
+  const char *vals[2] = { linkage, relative };
+  unsigned n = 2;
   size_t pos = 20 + 12 * n;
   memcpy (p, vhdx_guid_locator_type, 16);
   store_le16 (p + 18, n);
   unsigned k = 0;
-  for (int i = 0; i < 3; i++) {
-    if (!vals[i])
-      continue;
+  for (int i = 0; i < 2; i++) {
     if (pos + 2 * (strlen (keys[i]) + strlen (vals[i])) > cap)
       return 0;
     uint8_t *e = p + 20 + 12 * k++;
@@ -113,7 +165,7 @@ vhdx_create (const char *path, const struct vhdx_create_opts *o)
   uint64_t size = o->size;
   uint8_t pguid[16];
   char linkage[39];
-  char *relative = NULL, *absolute = NULL;
+  char *relative = NULL;
   uint8_t *buf = NULL, *bat = NULL;
   int fd = -1, r = -1;
 
@@ -149,22 +201,16 @@ vhdx_create (const char *path, const struct vhdx_create_opts *o)
     }
     bdev_close (p);
     vhdx_guid_str (pguid, linkage);
-    /* relative_path: relative to the child's directory when the parent
-     * is in it (or named relatively); absolute_win32_path otherwise.
-     */
-    const char *slash = strrchr (path, '/');
-    size_t dl = slash ? (size_t) (slash - path) : 0;
-    if (o->parent[0] != '/')
-      relative = strdup (o->parent);
-    else if (slash && strncmp (o->parent, path, dl) == 0 &&
-             o->parent[dl] == '/' && !strchr (o->parent + dl + 1, '/'))
-      relative = strdup (o->parent + dl + 1);
-    if (o->parent[0] == '/')
-      absolute = strdup (o->parent);
-    if ((o->parent[0] != '/' || relative) && !relative) {
-      errno = ENOMEM;
-      kvm_error ("out of memory");
-      goto out;
+    if (confine_is_url (o->parent)) {
+      kvm_error ("%s: the parent of a new differencing disk must be a local "
+                 "file", o->parent);
+      errno = EINVAL;
+      return -1;
+    }
+    relative = parent_relative_path (path, o->parent);
+    if (!relative) {
+      kvm_error ("%s: finding the way to the parent %s: %m", path, o->parent);
+      return -1;
     }
   }
   if (!is_power_of_2 (bs) || bs < VHDX_MiB || bs > 256 * VHDX_MiB) {
@@ -273,8 +319,7 @@ vhdx_create (const char *path, const struct vhdx_create_opts *o)
   store_le32 (buf + ioff, pss);
   ioff += 4096;
   if (o->parent) {
-    size_t ll = make_locator (buf + ioff, META_LEN - ioff, linkage, relative,
-                              absolute);
+    size_t ll = make_locator (buf + ioff, META_LEN - ioff, linkage, relative);
     if (ll == 0) {
       kvm_error ("%s: parent path too long", path);
       errno = ENAMETOOLONG;
@@ -320,7 +365,6 @@ vhdx_create (const char *path, const struct vhdx_create_opts *o)
   if (fd != -1)
     close (fd);
   free (relative);
-  free (absolute);
   free (buf);
   free (bat);
   return r;

@@ -149,3 +149,22 @@ nbdkit -U "$sock" "$VHDX_PLUGIN" file=kid/c.vhdx -r allow-parent-path="$tmpdir/o
   --run 'nbdcopy "$uri" kid.got' || fail "allow-parent-path= did not allow the parent"
 assert_same parent.raw kid.got "child in another directory"
 echo "ok confinement"
+
+# The locator holds the way from the child's directory to the parent, in
+# Windows form, and no Linux path as absolute_win32_path: the pair still
+# opens after both directories moved together.
+python3 - kid/c.vhdx <<'PY' || fail "parent locator of kid/c.vhdx"
+import sys
+data = open(sys.argv[1], 'rb').read()
+u = lambda s: s.encode('utf-16-le')
+assert u('relative_path') in data and u('..\\other\\p.vhdx') in data, 'relative_path'
+assert u('absolute_win32_path') not in data, 'absolute_win32_path written'
+PY
+mkdir moved
+mv kid other moved/
+new_sock
+nbdkit -U "$sock" "$VHDX_PLUGIN" file=moved/kid/c.vhdx -r \
+  allow-parent-path="$tmpdir/moved/other" --run 'nbdcopy "$uri" moved.got' ||
+  fail "the child did not find its parent after the pair moved"
+assert_same parent.raw moved.got "child and parent moved together"
+echo "ok relative parent locator"
