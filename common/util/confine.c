@@ -31,18 +31,29 @@ confine_is_within (const char *path, const char *dir)
   return strncmp (path, dir, n) == 0 && (path[n] == '\0' || path[n] == '/');
 }
 
-/* Canonical directory containing IMAGE_PATH. */
+/* Canonical directory containing IMAGE_PATH: its directory part made
+ * canonical, not IMAGE_PATH itself.  The image is open already; whoever
+ * can write its directory could since have put a symlink in its place
+ * (to /etc/x, say), and the directory of that symlink's target must not
+ * become the confinement.
+ */
 static char *
 image_dir (const char *image_path)
 {
-  char *real = realpath (image_path, NULL);
-  if (!real)
+  char *d = strdup (image_path);
+  if (!d)
     return NULL;
-  char *slash = strrchr (real, '/');
-  if (slash == real)
+  char *slash = strrchr (d, '/');
+  if (!slash)
+    strcpy (d, ".");
+  else if (slash == d)
     slash[1] = '\0';            /* image in "/" */
   else
     *slash = '\0';
+  char *real = realpath (d, NULL);
+  int e = errno;
+  free (d);
+  errno = e;
   return real;
 }
 
@@ -137,19 +148,17 @@ url_split (const char *url, struct url_parts *u)
   return 0;
 }
 
-/* Is local canonical path REAL inside one of the local ALLOWED_DIRS? */
+/* Is local canonical path REAL inside one of the local ALLOWED_DIRS?
+ * They were made canonical when given, and are not resolved again: a
+ * symlink put in place of one since (to "/") must not widen it.
+ */
 static bool
 local_allowed (const char *real, const char *const *allowed_dirs)
 {
-  for (const char *const *a = allowed_dirs; a && *a; a++) {
-    if (confine_is_url (*a))
-      continue;
-    char *ad = realpath (*a, NULL);
-    bool in = ad && confine_is_within (real, ad);
-    free (ad);
-    if (in)
+  for (const char *const *a = allowed_dirs; a && *a; a++)
+    if (!confine_is_url (*a) && (*a)[0] == '/' &&
+        confine_is_within (real, *a))
       return true;
-  }
   return false;
 }
 
@@ -350,4 +359,31 @@ confine_resolve (const char *image_path, const char *ref,
   free (dir);
   free (joined);
   return NULL;
+}
+
+bool
+confine_in_image_dir (const char *image_path, const char *resolved)
+{
+  if (confine_is_url (image_path) != confine_is_url (resolved))
+    return false;
+  if (confine_is_url (image_path)) {
+    struct url_parts img, r;
+    if (url_split (image_path, &img) == -1)
+      return false;
+    if (url_split (resolved, &r) == -1) {
+      url_parts_free (&img);
+      return false;
+    }
+    char *slash = strrchr (img.path, '/');
+    slash[slash == img.path ? 1 : 0] = '\0';
+    bool in = strcmp (img.origin, r.origin) == 0 &&
+      confine_is_within (r.path, img.path);
+    url_parts_free (&img);
+    url_parts_free (&r);
+    return in;
+  }
+  char *dir = image_dir (image_path);
+  bool in = dir && confine_is_within (resolved, dir);
+  free (dir);
+  return in;
 }

@@ -16,8 +16,11 @@
  * - A relative REF is taken relative to IMAGE_PATH's directory; an absolute
  *   one as it is.
  * - The result is canonical (realpath): no "..", no symlinks.
- * - It must be inside the canonical image directory or one of ALLOWED_DIRS
- *   (NULL-terminated, may be NULL), unless ALLOW_ANY is true.
+ * - It must be inside the canonical image directory (the canonical form
+ *   of IMAGE_PATH's directory part; IMAGE_PATH itself is not followed) or
+ *   one of ALLOWED_DIRS (NULL-terminated, may be NULL; local entries
+ *   canonical absolute paths, as nbdkit_realpath makes them, compared as
+ *   they are), unless ALLOW_ANY is true.
  *
  * Returns a malloc'd canonical path, or NULL with errno set (EACCES for an
  * escape, ENOENT etc. from realpath) after reporting a message that names
@@ -39,6 +42,14 @@ char *confine_resolve (const char *image_path, const char *ref,
  * lexically on whole path components; local entries never match a URL
  * and URL entries never match a local path.
  */
+
+/* Is RESOLVED (a result of confine_resolve for IMAGE_PATH) inside the
+ * image's own directory, rather than reached only through ALLOWED_DIRS or
+ * ALLOW_ANY?  A directory allowed for reading (templates, golden images)
+ * is not one an image may write into: unless ALLOW_ANY, the engines open
+ * a file found only there read-only, and serve the image read-only.
+ */
+bool confine_in_image_dir (const char *image_path, const char *resolved);
 
 /* Is P a URL ("scheme://...", scheme of letters, digits, "+-.")? */
 bool confine_is_url (const char *p);

@@ -51,7 +51,9 @@ main (void)
   CHECK (symlink ("../other/secret", path ("img/link-out")) == 0);
   CHECK (symlink ("base.raw", path ("img/link-in")) == 0);
 
-  const char *img = path ("img/top.qcow2");
+  /* A copy: path () hands out one of four rotating buffers. */
+  char img[PATH_MAX];
+  strcpy (img, path ("img/top.qcow2"));
   char *r;
 
   /* Relative inside: allowed, canonical. */
@@ -93,6 +95,35 @@ main (void)
   r = confine_resolve (img, "../outside.raw", NULL, true);
   CHECK (r != NULL);
   free (r);
+
+  /* The image's directory is its directory part's, not that of whatever
+   * IMAGE_PATH leads to now: an image file swapped for a symlink to
+   * /etc/hostname after it was opened must not make /etc the confinement.
+   */
+  touch ("img/swapped.qcow2");
+  CHECK (unlink (path ("img/swapped.qcow2")) == 0);
+  CHECK (symlink ("/etc/hostname", path ("img/swapped.qcow2")) == 0);
+  errno = 0;
+  CHECK (confine_resolve (path ("img/swapped.qcow2"), "passwd", NULL,
+                          false) == NULL);
+  CHECK (errno == ENOENT);
+  CHECK (confine_resolve (path ("img/swapped.qcow2"), "/etc/passwd", NULL,
+                          false) == NULL);
+  CHECK (errno == EACCES);
+
+  /* An allowed directory is the one given (canonical then): a symlink to
+   * "/" put in its place since must not allow everything.
+   */
+  CHECK (mkdir (path ("shared"), 0755) == 0);
+  const char *allowed2[] = { path ("shared"), NULL };
+  CHECK (confine_resolve (img, "/etc/passwd", allowed2, false) == NULL);
+  CHECK (rmdir (path ("shared")) == 0);
+  CHECK (symlink ("/", path ("shared")) == 0);
+  errno = 0;
+  CHECK (confine_resolve (img, "/etc/passwd", allowed2, false) == NULL);
+  CHECK (errno == EACCES);
+  CHECK (confine_resolve (img, path ("shared/etc/passwd"), allowed2,
+                          false) == NULL);
 
   /* Prefix confusion: /x/img must not admit /x/img2. */
   CHECK (confine_is_within ("/x/img/a", "/x/img"));
