@@ -156,29 +156,40 @@ gt_budget_check (struct vmdk *v, struct extent *e, const uint32_t *gd,
   return true;
 }
 
-/* For writing: a redundant table that lies past the end of the file is
- * dropped (its updates would land in grains allocated later), and the
- * tables of both directories are indexed, so that no grain is written
- * over one (vmdk_write.c).  Tables allocated later lie past open_end,
- * where no entry read from the file can point (GTE_PAST_END).
+/* For writing: a redundant grain table that lies past the end of the
+ * file (a file cut short) would have its updates, ours or another tool's
+ * later, land in grains allocated there: such an extent is only read.
+ */
+static bool
+redundant_tables_inside (struct vmdk *v, struct extent *e)
+{
+  uint64_t gtbytes = (uint64_t) e->gt_entries * 4;
+  for (uint64_t i = 0; i < e->ngd; i++)
+    if (e->rgd[i] &&
+        !ck_range_within ((uint64_t) e->rgd[i] * SECTOR, gtbytes,
+                          e->open_end)) {
+      kvm_error ("%s: %s: redundant grain table %" PRIu64 " lies past the "
+                 "end of the file: serving it read-only", v->path,
+                 e->file->name, i);
+      return false;
+    }
+  return true;
+}
+
+/* For writing: the tables of both directories are indexed, so that no
+ * grain is written over one (vmdk_write.c).  Tables allocated later lie
+ * past open_end, where no entry read from the file can point
+ * (GTE_PAST_END).
  */
 static int
 index_grain_tables (struct vmdk *v, struct extent *e)
 {
-  uint64_t gtbytes = (uint64_t) e->gt_entries * 4;
   e->gt_at = malloc ((e->ngd ? e->ngd : 1) * 2 * sizeof *e->gt_at);
   if (!e->gt_at) {
     kvm_fail (ENOMEM, "%s: out of memory", v->path);
     return -1;
   }
   for (uint64_t i = 0; i < e->ngd; i++) {
-    if (e->rgd && e->rgd[i] &&
-        !ck_range_within ((uint64_t) e->rgd[i] * SECTOR, gtbytes,
-                          e->open_end)) {
-      kvm_debug ("%s: %s: redundant grain table %" PRIu64 " lies past the "
-                 "end of the file: not updated", v->path, e->file->name, i);
-      e->rgd[i] = 0;
-    }
     if (e->gd[i])
       e->gt_at[e->ngt_at++] = (uint64_t) e->gd[i] * SECTOR;
     if (e->rgd && e->rgd[i])
@@ -210,11 +221,34 @@ setup_gd (struct vmdk *v, struct extent *e, uint64_t cap, bool writable)
     return -1;
   if (!gt_budget_check (v, e, e->gd, NULL, (uint64_t) e->gt_entries * 4))
     return -1;
+  /* New grain tables are entered in both directories: a directory in the
+   * header, the embedded descriptor or the other directory would be
+   * written over.  Such an extent is only read.
+   */
+  uint64_t gdb = e->ngd * 4, gd_end = e->gd_off + gdb;
+  uint64_t rgd_end = e->rgd_off + (e->has_rgd ? gdb : 0);
+  if (writable &&
+      (vmdk_hits_head (e, e->gd_off, gd_end) ||
+       (e->has_rgd &&
+        (vmdk_hits_head (e, e->rgd_off, rgd_end) ||
+         vmdk_overlaps (e->rgd_off, rgd_end, e->gd_off, gdb))))) {
+    kvm_error ("%s: %s: its grain directories overlap the header, the "
+               "descriptor or each other: serving it read-only", v->path,
+               e->file->name);
+    e->readonly = true;
+    writable = false;
+  }
   if (writable && e->has_rgd &&
       !(e->rgd = read_u32_table (v, e, e->rgd_off, e->ngd,
                                  "redundant grain directory")))
     return -1;
   e->open_end = e->file->size;
+  if (writable && e->rgd && !redundant_tables_inside (v, e)) {
+    e->readonly = true;
+    writable = false;
+    free (e->rgd);
+    e->rgd = NULL;
+  }
   if (writable && index_grain_tables (v, e) == -1)
     return -1;
   e->gt = calloc (e->ngd ? e->ngd : 1, sizeof *e->gt);
@@ -370,21 +404,6 @@ parse_sparse (struct vmdk *v, struct extent *e, const uint8_t *hdr,
     e->readonly = true;
   if (setup_gd (v, e, *cap, writable && !e->readonly) == -1)
     return -1;
-  /* New grain tables are entered in both directories: a directory in the
-   * header, the embedded descriptor or the other directory would be
-   * written over.  Such an extent is only read.
-   */
-  uint64_t gdb = e->ngd * 4, gd_end = e->gd_off + gdb;
-  uint64_t rgd_end = e->rgd_off + (e->has_rgd ? gdb : 0);
-  if (writable && !e->readonly &&
-      (vmdk_hits_head (e, e->gd_off, gd_end) ||
-       (e->has_rgd &&
-        (vmdk_hits_head (e, e->rgd_off, rgd_end) ||
-         vmdk_overlaps (e->rgd_off, rgd_end, e->gd_off, gdb))))) {
-    kvm_error ("%s: %s: its grain directories overlap the header, the "
-               "descriptor or each other: serving it read-only", v->path, fn);
-    e->readonly = true;
-  }
   if (writable && !e->readonly && !e->file->growable) {
     uint64_t ov = load_le64 (h + H_OVERHEAD);
     if (ov > UINT32_MAX) {
@@ -608,18 +627,26 @@ open_desc_extents (struct vmdk *v, const struct vmdk_desc *d,
       return -1;
     }
     bool flat = de->type == VMDK_EXT_FLAT || de->type == VMDK_EXT_VMFS;
+    /* An extent found only in a directory allowed for reading is read. */
+    bool shared = writable && !opts->allow_any_path &&
+      !confine_in_image_dir (v->path, resolved);
+    if (shared)
+      kvm_error ("%s: extent %s lies outside the image's directory, in a "
+                 "directory allowed for reading: serving the image "
+                 "read-only", v->path, resolved);
     struct bdev_open_opts fo = *opts;
     fo.resolved = true;
     fo.backing = NULL;
     fo.format_opts = NULL;
     bool se = de->type == VMDK_EXT_SESPARSE;      /* read-only */
-    fo.readonly = !writable || se;
-    fo.growable = writable && !flat && !se;
+    fo.readonly = !writable || se || shared;
+    fo.growable = !fo.readonly && !flat;
     e->file = bdev_storage_open (resolved, &fo);
     free (resolved);
     if (!e->file)
       return -1;
     e->own_file = true;
+    e->readonly = shared;
     if (flat) {
       e->kind = EK_FLAT;
       e->flat_off = de->offset * SECTOR;
@@ -639,7 +666,8 @@ open_desc_extents (struct vmdk *v, const struct vmdk_desc *d,
     }
     uint64_t cap, doff, dsize;
     if (de->type == VMDK_EXT_SPARSE && load_le32 (h) == SPARSE_MAGIC) {
-      if (parse_sparse (v, e, h, writable, &cap, &doff, &dsize) == -1)
+      if (parse_sparse (v, e, h, writable && !shared, &cap, &doff,
+                        &dsize) == -1)
         return -1;
     }
     else if (de->type == VMDK_EXT_VMFSSPARSE && load_le32 (h) == COWD_MAGIC) {

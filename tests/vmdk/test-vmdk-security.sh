@@ -76,6 +76,31 @@ try "$tmpdir/img/ok.vmdk"
   fail "an extent inside the directory was refused: $out"
 echo "ok: symlink inside the directory allowed"
 
+# Extents found only in an allowed directory are read, never written
+# (a shared golden image named as a FLAT or SPARSE extent would take the
+# guest's writes): the image is served read-only, with a message; with
+# allow-path=any it stays writable.
+for img in abs sparse; do
+  cp "$tmpdir/outside/p.vmdk" "$tmpdir/p.before"
+  sum=$(md5sum < "$secret")
+  new_sock
+  out=$(nbdkit -U "$sock" "$(plugin_so vmdk)" "file=$tmpdir/img/$img.vmdk" \
+        "allow-path=$tmpdir/outside" --run 'nbdinfo "$uri";
+          qemu-io -f raw -c "write -P 0x58 0 4096" "$uri" && echo WRITTEN; true' 2>&1) ||
+    fail "$img.vmdk with allow-path: $out"
+  grep -q 'is_read_only: true' <<<"$out" && ! grep -q WRITTEN <<<"$out" ||
+    fail "$img.vmdk: an extent in an allowed directory was served writable: $out"
+  grep -q "extent .* lies outside the image's directory, in a directory allowed for reading: serving the image read-only" <<<"$out" ||
+    fail "$img.vmdk: no message: $out"
+  [ "$(md5sum < "$secret")" = "$sum" ] && cmp -s "$tmpdir/outside/p.vmdk" "$tmpdir/p.before" ||
+    fail "$img.vmdk: the shared extent changed"
+done
+new_sock
+out=$(nbdkit -U "$sock" "$(plugin_so vmdk)" "file=$tmpdir/img/sparse.vmdk" \
+      allow-path=any --run 'nbdinfo "$uri"' 2>&1) || fail "allow-path=any: $out"
+grep -q 'is_read_only: false' <<<"$out" || fail "allow-path=any: served read-only: $out"
+echo "ok: extents in an allowed directory are read-only (writable with allow-path=any)"
+
 # Malformed images: an error (no crash, no hang).
 hostile () {
   local what=$1 img=$2
@@ -211,11 +236,16 @@ grep -q "points past the end of the file (as it was opened)" "$tmpdir/g.log" ||
 qemu-io -f vmdk -r -c "read -P 0x11 512k 64k" "$tmpdir/g.vmdk" >/dev/null ||
   fail "a gte past the end: the write through it landed in a new grain"
 echo "ok: a gte naming the end of the file never names a new grain"
+# A redundant table past the end (a file cut short): whatever updated it
+# later, we or QEMU, would write into a grain allocated there.  Served
+# read-only, the image unchanged.
 gt_case rgd-past-end -c "write -P 0x11 512k 64k"
-qemu-io -f vmdk -r -c "read -P 0x11 512k 64k" -c "read -P 0x44 0 64k" \
+grep -q "redundant grain table 0 lies past the end of the file: serving it read-only" \
+  "$tmpdir/g.log" || fail "a redundant table past the end: no message: $(cat "$tmpdir/g.log")"
+qemu-io -f vmdk -r -c "read -P 0 512k 64k" -c "read -P 0x44 0 64k" \
   "$tmpdir/g.vmdk" >/dev/null ||
-  fail "a redundant table past the end: its update landed in a new grain"
-echo "ok: a redundant grain table past the end of the file is not updated"
+  fail "a redundant table past the end: the image was written"
+echo "ok: a redundant grain table past the end of the file: read-only"
 
 # The file cut in the middle of its last grain (grain 0's data): new
 # grains go at the end of the file rounded up to a whole grain (as in
