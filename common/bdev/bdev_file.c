@@ -514,7 +514,12 @@ bdev_file_open (const char *path, const struct bdev_open_opts *opts)
 
   if (opts->direct)
     flags |= O_DIRECT;
-  fd = opts->resolved ? open_no_symlinks (path, flags) : open (path, flags);
+  /* O_NONBLOCK: a FIFO (named by a hostile image) would block the open
+   * until a writer came; it is refused below instead.  The flag means
+   * nothing to regular files and block devices, and is cleared.
+   */
+  fd = opts->resolved ? open_no_symlinks (path, flags | O_NONBLOCK)
+    : open (path, flags | O_NONBLOCK);
   if (fd == -1) {
     if (opts->resolved && errno == ELOOP)
       kvm_error ("%s: open: the path now leads through a symlink, which it "
@@ -532,6 +537,11 @@ bdev_file_open (const char *path, const struct bdev_open_opts *opts)
     kvm_error ("%s: not a regular file or block device", path);
     close (fd);
     errno = EINVAL;
+    return NULL;
+  }
+  if (fcntl (fd, F_SETFL, fcntl (fd, F_GETFL) & ~O_NONBLOCK) == -1) {
+    kvm_error ("%s: fcntl: %m", path);
+    close (fd);
     return NULL;
   }
 

@@ -781,11 +781,19 @@ open_data_file (struct qcow2 *q, struct open_ctx *c)
                                     opts->allow_any_path);
   if (!resolved)
     return -1;
+  if (!c->readonly && !opts->allow_any_path &&
+      !confine_in_image_dir (path, resolved)) {
+    kvm_error ("%s: the external data file %s lies outside the image's "
+               "directory, in a directory allowed for reading: serving the "
+               "image read-only", path, resolved);
+    c->readonly = true;
+    c->repair = false;
+  }
   struct bdev_open_opts d = *opts;
   d.resolved = true;
   d.backing = NULL;
   d.readonly = c->readonly;
-  d.growable = c->writable;
+  d.growable = !c->readonly && c->writable;
   d.format_opts = NULL;
   q->data = bdev_storage_open (resolved, &d);
   free (resolved);

@@ -92,6 +92,27 @@ nbdinfo --list "$(uri_of "$sock")" > /dev/null ||
 stop_server
 echo "ok: export list with an allowed data file"
 allowed deep-backing top.qcow2 allow-backing-path="$tmpdir"
+# A data file found only in an allowed directory is not written: a shared
+# golden image named as an image's data file would take the guest's
+# writes.  The image is served read-only, with a message.
+dsum=$(md5sum < "$tmpdir/outside.data")
+new_sock
+serve_qcow2 "$sock" df.qcow2 allow-backing-path="$tmpdir" 2>"$tmpdir/df-rw.log"
+nbdinfo "$(uri_of "$sock")" | grep -q 'is_read_only: true' ||
+  fail "a data file in an allowed directory: the image was served writable"
+qemu-io -f raw -c 'write -P 0x58 0 4096' "$(uri_of "$sock")" >/dev/null 2>&1 &&
+  fail "a data file in an allowed directory: a write succeeded"
+stop_server
+[ "$(md5sum < "$tmpdir/outside.data")" = "$dsum" ] ||
+  fail "a data file in an allowed directory was written"
+grep -q "external data file .* lies outside the image's directory, in a directory allowed for reading: serving the image read-only" \
+  "$tmpdir/df-rw.log" || fail "no message for the shared data file: $(cat "$tmpdir/df-rw.log")"
+echo "ok: a data file found only in an allowed directory is read-only"
+# A FIFO named as a backing file is refused at once (its open would wait
+# for a writer for ever, and the server with it).
+mkfifo fifo
+qemu-img create -q -f qcow2 -u -b fifo -F raw fifo.qcow2 $M
+refused fifo-backing fifo.qcow2 "fifo: not a regular file or block device"
 # backing=none never opens the escaping backing file.
 new_sock
 serve_qcow2 "$sock" rel.qcow2 -r backing=none
