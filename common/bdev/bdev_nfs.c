@@ -287,6 +287,7 @@ struct conn {
 struct place {
   char *mount;
   char *rel;
+  bool nofollow;                /* a file named by an image: no symlinks */
 };
 
 static struct nfs_context *
@@ -467,6 +468,114 @@ mount_for (const struct nfs_cfg *c, const char *path, bool dir,
   return NULL;
 }
 
+/* For a file named by an image (confined lexically): mount the shortest
+ * prefix of PATH's directory that the server lets us mount (the export,
+ * or the NFSv4 pseudo root), so that every component below it can be
+ * checked by conn_open; a mount of a deeper path would follow symbolic
+ * links in it (NFSv4) before anything could be checked.  Fills *PL.
+ */
+static struct nfs_context *
+mount_top_down (const struct nfs_cfg *c, const char *path, struct place *pl,
+                const struct timespec *dl)
+{
+  const char *end = strrchr (path, '/');
+  size_t len = 1;                       /* "/" first */
+  for (;;) {
+    bool broken = false, last = (size_t) (end - path) <= len;
+    char *m = strndup (path, len);
+    struct nfs_context *nfs = m ? context_new (c) : NULL;
+    if (!nfs) {
+      free (m);
+      errno = m ? errno : ENOMEM;
+      return NULL;
+    }
+    if (do_mount (c, &nfs, m, dl, &broken, !last) == 0) {
+      pl->mount = m;
+      pl->rel = strdup (len == 1 ? path : path + len);
+      if (!pl->rel) {
+        nfs_destroy_context (nfs);
+        free (m);
+        pl->mount = NULL;
+        errno = ENOMEM;
+        return NULL;
+      }
+      return nfs;
+    }
+    int e = errno;
+    if (nfs)
+      nfs_destroy_context (nfs);
+    free (m);
+    if (broken && !last) {
+      kvm_error ("%s: cannot mount %s: no answer from the server", c->url,
+                 c->server);
+      errno = EIO;
+      return NULL;
+    }
+    if (last) {
+      errno = e;
+      return NULL;
+    }
+    /* The next component. */
+    const char *n = strchr (path + len + 1, '/');
+    len = n ? (size_t) (n - path) : (size_t) (end - path);
+  }
+}
+
+/* lstat PATH (below the mount of NFS) into *ST. */
+static int
+conn_lstat (const struct nfs_cfg *c, struct nfs_context **nfsp,
+            const char *path, struct nfs_stat_64 *st,
+            const struct timespec *dl, bool *broken, bool quiet)
+{
+  struct call cl = { .out = st };
+  if (nfs_lstat64_async (*nfsp, path, call_cb, &cl) != 0) {
+    if (!quiet)
+      kvm_error ("%s: lstat %s: %s", c->url, path, nfs_get_error (*nfsp));
+    errno = EIO;
+    return -1;
+  }
+  return finish (c, nfsp, &cl, dl, "lstat", broken, quiet);
+}
+
+/* Refuse a symbolic link in any component of REL (below the mount);
+ * the file's inode number in *INO.
+ */
+static int
+check_no_symlinks (const struct nfs_cfg *c, struct nfs_context **nfsp,
+                   const char *rel, uint64_t *ino,
+                   const struct timespec *dl, bool *broken, bool quiet)
+{
+  char *p = strdup (rel);
+  if (!p) {
+    errno = ENOMEM;
+    return -1;
+  }
+  size_t n = strlen (p);
+  for (size_t i = 1; i <= n; i++) {
+    if (p[i] != '/' && p[i] != '\0')
+      continue;
+    char save = p[i];
+    p[i] = '\0';
+    struct nfs_stat_64 st;
+    if (conn_lstat (c, nfsp, p, &st, dl, broken, quiet) == -1) {
+      free (p);
+      return -1;
+    }
+    if (S_ISLNK (st.nfs_mode)) {
+      kvm_error ("%s: %s on the server is a symbolic link: refused (a file "
+                 "named by an image is opened without following links)",
+                 c->url, p);
+      free (p);
+      errno = EACCES;
+      return -1;
+    }
+    *ino = st.nfs_ino;
+    p[i] = save;
+  }
+  free (p);
+  return 0;
+}
+
 /* Connect, mount PL->mount (known) and open the file; or only open it
  * on MOUNTED, a context that has mounted it already (taken over).
  */
@@ -475,6 +584,7 @@ conn_open (const struct nfs_cfg *c, const struct place *pl, int flags,
            const struct timespec *dl, bool quiet, struct nfs_context *mounted)
 {
   bool broken = false;
+  struct call closing = { 0 };  /* alive until the context is destroyed */
   struct conn *cn = calloc (1, sizeof *cn);
   if (!cn) {
     if (mounted)
@@ -488,8 +598,17 @@ conn_open (const struct nfs_cfg *c, const struct place *pl, int flags,
     goto fail;
   else if (do_mount (c, &cn->nfs, pl->mount, dl, &broken, quiet) == -1)
     goto fail;
+  /* A file named by an image: no symbolic link anywhere below the mount
+   * (checked first), and the file opened is the one checked (a component
+   * swapped for a link in between gives another inode).
+   */
+  uint64_t ino = 0;
+  if (pl->nofollow &&
+      check_no_symlinks (c, &cn->nfs, pl->rel, &ino, dl, &broken, quiet) == -1)
+    goto fail;
   struct call cl = { .out = (void *) 1 };
-  if (nfs_open_async (cn->nfs, pl->rel, flags, call_cb, &cl) != 0) {
+  if (nfs_open_async (cn->nfs, pl->rel, flags | (pl->nofollow ? O_NOFOLLOW : 0),
+                      call_cb, &cl) != 0) {
     if (!quiet)
       kvm_error ("%s: open: %s", c->url, nfs_get_error (cn->nfs));
     errno = EIO;
@@ -498,6 +617,22 @@ conn_open (const struct nfs_cfg *c, const struct place *pl, int flags,
   if (finish (c, &cn->nfs, &cl, dl, "open", &broken, quiet) == -1)
     goto fail;
   cn->fh = cl.out;
+  if (pl->nofollow) {
+    struct nfs_stat_64 st;
+    struct call fc = { .out = &st };
+    if (nfs_fstat64_async (cn->nfs, cn->fh, call_cb, &fc) != 0 ||
+        finish (c, &cn->nfs, &fc, dl, "fstat", &broken, quiet) == -1) {
+      errno = EIO;
+      goto fail;
+    }
+    if (st.nfs_ino != ino) {
+      kvm_error ("%s: the file changed while it was opened (a symbolic link "
+                 "put in its path?): refused", c->url);
+      nfs_close_async (cn->nfs, cn->fh, call_cb, &closing);
+      errno = EACCES;
+      goto fail;
+    }
+  }
   return cn;
  fail:;
   int e = errno;
@@ -866,7 +1001,10 @@ bdev_nfs_open (const char *url, const struct bdev_open_opts *opts)
   nb->flags = readonly ? O_RDONLY : O_RDWR;
 
   struct timespec dl = kvm_deadline_in (c->timeout);
-  struct nfs_context *nfs = mount_for (c, c->path, false, &nb->pl, &dl);
+  nb->pl.nofollow = opts->resolved;
+  struct nfs_context *nfs = opts->resolved
+    ? mount_top_down (c, c->path, &nb->pl, &dl)
+    : mount_for (c, c->path, false, &nb->pl, &dl);
   struct conn *cn = NULL;
   if (!nfs)
     goto fail;

@@ -34,14 +34,23 @@ mk url-above-root.qcow2 nfs://127.0.0.1/../etc/passwd
 mk other-server.qcow2 nfs://127.0.0.2/export/secret.raw
 mk options.qcow2 "nfs://127.0.0.1/export/vm/x.raw?uid=0"
 mk sideways.qcow2 ../shared/base.raw
+# Symbolic links on the server, inside the image's directory, leading out
+# of it: a directory link (followed by an NFSv4 mount of the path) and a
+# file link.
+ln -s .. vm/updir
+ln -s ../secret.raw vm/filelink.raw
+mk dirlink.qcow2 updir/secret.raw
+mk filelink.qcow2 filelink.raw
 
-# refused NAME IMAGE REGEX [params]: the client cannot read the image,
-# nbdkit logs an error matching REGEX and survives, no secret leaks.
+# refused NAME IMAGE REGEX [?QUERY] [params]: the client cannot read the
+# image (its URL with QUERY), nbdkit logs an error matching REGEX and
+# survives, no secret leaks.
 refused () {
-  local name=$1 img=$2 re=$3; shift 3
+  local name=$1 img=$2 re=$3 q=""; shift 3
+  if [[ ${1-} == \?* ]]; then q=$1; shift; fi
   local log="$tmpdir/$name.log" rc=0
   new_sock
-  start_nbdkit "$sock" "$(plugin_so qcow2)" "file=$NFS_URL/vm/$img" -r "$@" 2>"$log"
+  start_nbdkit "$sock" "$(plugin_so qcow2)" "file=$NFS_URL/vm/$img$q" -r "$@" 2>"$log"
   timeout 60 nbdcopy -- "$(uri_of "$sock")" "$tmpdir/$name.out" \
     >/dev/null 2>&1 || rc=$?
   [ $rc = 124 ] && fail "$name: client hung"
@@ -77,6 +86,10 @@ refused other-export other-export.qcow2 "refusing file 'nfs://127.0.0.1/other/se
 refused other-server other-server.qcow2 "refusing file 'nfs://127.0.0.2/export/secret.raw'"
 refused image-options options.qcow2 "may not set connection options"
 refused sideways sideways.qcow2 "refusing file '../shared/base.raw'"
+for v in 4 3; do
+  refused "dirlink-v$v" dirlink.qcow2 "updir.*symbolic link" "?version=$v"
+  refused "filelink-v$v" filelink.qcow2 "filelink.raw.*symbolic link" "?version=$v"
+done
 # An allowed prefix admits only what is below it, on whole components.
 refused prefix sideways.qcow2 "refusing file '../shared/base.raw'" \
   "allow-backing-path=$NFS_URL/shar"
