@@ -103,6 +103,17 @@ requires_nbdsh () {
 }
 
 # --- our modules -----------------------------------------------------------
+# check_fast_zero NAME URI: tests/fast-zero.py (a fast zero sent whether
+# advertised or not: nbdkit 1.32 aborts on one a layer did not advertise)
+# must find it advertised and answered (done or ENOTSUP), the server alive.
+check_fast_zero () {
+  local out
+  out=$(/usr/bin/python3 "$TOP_SRCDIR/tests/fast-zero.py" "$2" 2>&1) ||
+    fail "$1: fast zero: $out"
+  grep -q "advertised True" <<<"$out" || fail "$1: fast zero not advertised: $out"
+  echo "ok: $1: fast zero $(sed -n 's/^result //p' <<<"$out")"
+}
+
 plugin_so () { echo "$TOP_BUILDDIR/plugins/$1/nbdkit-$1-plugin.so"; }
 filter_so () { echo "$TOP_BUILDDIR/filters/$1/nbdkit-$1-filter.so"; }
 

@@ -164,6 +164,10 @@ for hd in crc32c prefer-crc32c none; do
     fail "copy with header-digest=$hd failed"
   assert_same $d/hd.img $d/lun1.img "LUN 1 read with header-digest=$hd"
 done
+# A fast zero: advertised, answered (done or ENOTSUP), the server lives.
+start_nbdkit $d/fz.sock "$(plugin_so iscsi)" url=$(tgtd_url $IQN 1)
+check_fast_zero "iscsi plugin" "$(uri_of $d/fz.sock)"
+stop_nbdkit
 rc=0
 timeout 20 env ${KVM_SANITIZER_PRELOAD:+LD_PRELOAD=$KVM_SANITIZER_PRELOAD} \
   nbdkit -U $d/fail2.sock "$(plugin_so iscsi)" url=$(tgtd_url $IQN 1) \

@@ -187,4 +187,10 @@ stop_nbdkit
 grep -q "missing PV $uuid3_fmt" nbdkit5.log ||
   { cat nbdkit5.log; fail "refusal does not name the missing PV $uuid3_fmt ($uuid3)"; }
 
+# A fast zero on a linear LV (punched in the PV files): advertised,
+# answered, the server lives.
+start_nbdkit "$tmpdir/s6" "$(plugin_so lvm)" pv=p1.img pv=p2.img pv=p3.img vg=vg1
+check_fast_zero "lvm plugin" "$(uri_of "$tmpdir/s6" lin)"
+stop_nbdkit
+
 echo "PASS"

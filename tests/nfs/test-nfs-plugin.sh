@@ -119,4 +119,10 @@ for args in "url=$NFS_URL/missing.raw|no such file.*create=SIZE" \
   echo "ok: refused $a $extra"
 done
 
+# 7. A fast zero (NFSv3 cannot zero fast): ENOTSUP, and the server lives.
+new_sock
+start_nbdkit "$sock" "$plugin" "url=$NFS_URL/disk.raw"
+check_fast_zero "nfs plugin" "$(uri_of "$sock")"
+stop_nbdkit
+
 echo "nfs plugin: OK"

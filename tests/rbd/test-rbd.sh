@@ -389,6 +389,12 @@ expect_failure "unreachable monitor" "timed out" \
   pool=rbd image=img1 conf="$conf" mon-host="[v2:127.0.0.1:$dead_port]" \
   connect-timeout=2
 
+echo "== fast zero: advertised, answered with ENOTSUP, the server lives"
+new_sock
+start_nbdkit "$sock" "$plugin" pool=rbd image=img2 conf="$conf"
+check_fast_zero "rbd plugin" "$(uri_of "$sock")"
+stop_nbdkit
+
 echo "== OSD down: start-up fails within connect-timeout instead of hanging"
 kill -9 "$(cat "$cluster/run/osd.pid")"
 expect_failure "OSD down (image)" "did not answer within 2 s" \
