@@ -234,6 +234,8 @@ create_image (void)
   return r;
 }
 
+static struct bdev *open_engine (const char *snap, bool readonly);
+
 static int
 qcow2_config_complete (void)
 {
@@ -287,6 +289,17 @@ qcow2_config_complete (void)
       return -1;
     nbdkit_debug ("%s: created new qcow2 image of %" PRIi64 " bytes",
                   filename, create_size);
+    /* A new image that could not be served (its backing file missing,
+     * outside the allowed paths, of an unknown format) is not left
+     * behind: qemu-img create refuses such an image too.
+     */
+    struct bdev *bd = open_engine (NULL, true);
+    if (!bd) {
+      unlink (filename);
+      nbdkit_error ("%s: the new image cannot be opened: removed", filename);
+      return -1;
+    }
+    bdev_close (bd);
   }
   return 0;
 }

@@ -113,6 +113,23 @@ stop_server
 cmp default.qcow2 default.orig || fail "create= modified an existing image"
 echo "ok: existing image kept"
 
+# Sizes in whole sectors, rounded up as qemu-img create rounds them (QEMU
+# reads the virtual size in sectors and would drop a partial last one),
+# and an empty disk whose L1 table takes no cluster (none leaked).
+for sz in 0 1 65537; do
+  want=$(( (sz + 511) / 512 * 512 ))
+  new_sock
+  serve_qcow2 "$sock" "odd$sz.qcow2" create=$sz
+  got=$(nbdinfo --size "$(uri_of "$sock")")
+  stop_server
+  [ "$got" = $want ] || fail "create=$sz: export of $got bytes, want $want"
+  check_image "odd$sz.qcow2"
+  got=$(qemu-img info --output=json "odd$sz.qcow2" |
+        python3 -c 'import json, sys; print(json.load(sys.stdin)["virtual-size"])')
+  [ "$got" = $want ] || fail "create=$sz: qemu-img sees $got bytes, want $want"
+done
+echo "ok: sizes rounded to whole sectors, an empty disk checks clean"
+
 # Bad creation options are refused with a clear message.
 bad () {
   local re=$1; shift
@@ -143,5 +160,13 @@ bad "compression.type" create=1M create-compression-type=lzo
 bad "extended L2|16K" create=1M create-extended-l2=true create-cluster-size=4096
 bad "compat" create=1M create-compat=0.10 create-refcount-bits=64
 bad "file=|No such file|create=" 
+# A new image that could not be served is not left behind (qemu-img
+# create refuses these too).
+bad "unknown or unsupported format 'bogus'.*|the new image cannot be opened: removed" \
+  create=1M create-backing=base2.qcow2 create-backing-format=bogus
+bad "missing.qcow2.*No such file" create=1M create-backing=missing.qcow2 \
+  create-backing-format=qcow2
+bad "refusing file '/etc/passwd'" create=1M create-backing=/etc/passwd \
+  create-backing-format=raw
 
 echo "create: OK"
