@@ -390,6 +390,24 @@ vmdk_create_options (const char *path, uint64_t size,
     errno = EINVAL;
     return -1;
   }
+  /* Sparse extents get every grain table made now, and the engine keeps
+   * at most VMDK_MAX_GT_MEM of them in memory: a larger image could not
+   * be opened.
+   */
+  if (strstr (o.subformat, "Sparse")) {
+    uint64_t tables = div_round_up64 (sz, (uint64_t) GRAIN_SECTORS * SECTOR
+                                      * GTES);
+    if (tables * GTES * 4 > VMDK_MAX_GT_MEM) {
+      kvm_error ("%s: a %s image of %" PRIu64 " bytes would have %" PRIu64
+                 " MiB of grain tables, more than the %u MiB this plugin "
+                 "keeps (at most %" PRIu64 " bytes)", path, o.subformat, sz,
+                 (tables * GTES * 4) >> 20, VMDK_MAX_GT_MEM >> 20,
+                 (uint64_t) VMDK_MAX_GT_MEM / (GTES * 4) * GTES
+                 * GRAIN_SECTORS * SECTOR);
+      errno = EFBIG;
+      return -1;
+    }
+  }
   if (strcmp (o.subformat, "monolithicSparse") == 0 ||
       strcmp (o.subformat, "streamOptimized") == 0) {
     bool comp = o.subformat[0] == 's';

@@ -58,4 +58,19 @@ for bad in subformat=vmfs adapter-type=scsi zeroed-grain=maybe; do
     fail "create with $bad: unclear message: $out"
   [ ! -e "$tmpdir/bad.vmdk" ] || fail "create with $bad left a file"
 done
+# A sparse image larger than the plugin can open (its grain tables, all
+# made at creation, would exceed the engine's memory limit) is refused
+# before any file is made; the largest one it can open is made.
+new_sock
+out=$(nbdkit_fails 30 -U "$sock" "$(plugin_so vmdk)" "file=$tmpdir/huge.vmdk" \
+      create=5T --run true) && fail "create=5T succeeded: $out"
+grep -q "would have 320 MiB of grain tables, more than the 256 MiB" <<<"$out" ||
+  fail "create=5T: unclear message: $out"
+[ ! -e "$tmpdir/huge.vmdk" ] || fail "create=5T left a file"
+new_sock
+start_nbdkit "$sock" "$(plugin_so vmdk)" "file=$tmpdir/max.vmdk" create=4T
+[ "$(nbdinfo --size "$(uri_of "$sock")")" = $((4 << 40)) ] || fail "create=4T"
+stop_nbdkit
+rm -f "$tmpdir/max.vmdk"
+echo "ok: sparse sizes bounded by the grain table limit"
 echo "all ok"
