@@ -649,7 +649,10 @@ zero_or_trim (struct qcow2 *q, uint64_t count, uint64_t offset,
     uint64_t b = end - (cl << q->cluster_bits);
     if (b > cs)
       b = cs;
-    if (a == 0 && b == cs) {
+    /* The last cluster counts as whole when the range reaches the end of
+     * the disk (as in QEMU): nothing past the end can be read.
+     */
+    if (a == 0 && (b == cs || (cl << q->cluster_bits) + b == q->bd.size)) {
       if (zero && q->version < 3 && q->backing) {
         static const uint8_t zeroes[65536];
         struct wrun w = { 0 };

@@ -124,4 +124,26 @@ h.shutdown()' || fail "unflushed: workload"
 stop_server
 check_image unflushed.qcow2
 echo "ok: unflushed trim"
+
+# The last cluster of a disk whose size is not a multiple of the cluster
+# size is whole for a trim or zero that reaches the end (as in QEMU):
+# freed, or marked zero, not kept as data.
+for op in trim zero; do
+  qemu-img create -q -f qcow2 "tail-$op.qcow2" $((64 * 1024 + 512))
+  qemu-io -f qcow2 -c "write -P 0x11 0 $((64 * 1024 + 512))" "tail-$op.qcow2" >/dev/null
+  new_sock
+  serve_qcow2 "$sock" "tail-$op.qcow2"
+  PATH="/usr/bin:$PATH" nbdsh -u "$(uri_of "$sock")" \
+    -c "h.$op(512, 65536)" -c 'h.flush()' || fail "tail $op"
+  stop_server
+  check_image "tail-$op.qcow2"
+  qemu-img map --output=json "tail-$op.qcow2" | python3 -c '
+import json, sys
+m = [e for e in json.load(sys.stdin) if e["start"] + e["length"] > 65536]
+sys.exit(0 if m and all(not e["data"] and e["zero"] for e in m) else repr(m))' ||
+    fail "tail $op: the last cluster is still data"
+  qemu-io -f qcow2 -r -c "read -P 0x11 0 65536" -c "read -P 0 65536 512" \
+    "tail-$op.qcow2" >/dev/null || fail "tail $op: wrong data"
+done
+echo "ok: the last, partial cluster trimmed and zeroed whole"
 echo OK
