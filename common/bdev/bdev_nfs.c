@@ -395,6 +395,41 @@ do_mount (const struct nfs_cfg *c, struct nfs_context **nfsp, const char *mnt,
   return finish (c, nfsp, &cl, dl, "mount", broken, quiet);
 }
 
+/* Mount M (taken over) on a new context: the context, with *PL filled in
+ * (M, and REL: the file's path below M, "/" if empty); or NULL with errno,
+ * and *BROKEN when the server did not answer.
+ */
+static struct nfs_context *
+mount_place (const struct nfs_cfg *c, char *m, const char *rel,
+             struct place *pl, const struct timespec *dl, bool *broken,
+             bool quiet)
+{
+  struct nfs_context *nfs = context_new (c);
+  if (!nfs) {
+    free (m);
+    return NULL;
+  }
+  if (do_mount (c, &nfs, m, dl, broken, quiet) == -1) {
+    int e = errno;
+    /* A failed MNT may leave the context half set up. */
+    if (nfs)
+      nfs_destroy_context (nfs);
+    free (m);
+    errno = e;
+    return NULL;
+  }
+  pl->mount = m;
+  pl->rel = strdup (*rel ? rel : "/");
+  if (!pl->rel) {
+    nfs_destroy_context (nfs);
+    free (m);
+    pl->mount = NULL;
+    errno = ENOMEM;
+    return NULL;
+  }
+  return nfs;
+}
+
 /* Mount what holds PATH (a file or directory) on a new context: first its
  * directory (or itself if DIR), then each parent, as servers differ in
  * which directories of an export they let a client mount; if PATH may be
@@ -405,7 +440,6 @@ static struct nfs_context *
 mount_for (const struct nfs_cfg *c, const char *path, bool dir,
            struct place *pl, const struct timespec *dl)
 {
-  struct nfs_context *nfs = NULL;
   char *m = strdup (path);
   bool self_left = !dir && strcmp (path, "/") != 0, self_now = false;
   if (!m) {
@@ -418,28 +452,21 @@ mount_for (const struct nfs_cfg *c, const char *path, bool dir,
   }
   for (;;) {
     bool broken = false;
-    if (!nfs && !(nfs = context_new (c)))
-      break;
     bool last = self_now || (!self_left && strcmp (m, "/") == 0);
-    if (do_mount (c, &nfs, m, dl, &broken, !last) == 0) {
-      size_t ml = strcmp (m, "/") == 0 ? 0 : strlen (m);
-      const char *rel = path + ml;
-      pl->mount = m;
-      pl->rel = strdup (*rel ? rel : "/");
-      if (!pl->rel) {
-        nfs_destroy_context (nfs);
-        free (m);
-        pl->mount = NULL;
-        errno = ENOMEM;
-        return NULL;
-      }
+    size_t ml = strcmp (m, "/") == 0 ? 0 : strlen (m);
+    char *mc = strdup (m);
+    if (!mc) {
+      free (m);
+      errno = ENOMEM;
+      return NULL;
+    }
+    struct nfs_context *nfs = mount_place (c, mc, path + ml, pl, dl, &broken,
+                                           !last);
+    if (nfs) {
+      free (m);
       return nfs;
     }
     int e = errno;
-    /* A failed MNT may leave the context half set up: start afresh. */
-    if (nfs)
-      nfs_destroy_context (nfs);
-    nfs = NULL;
     if (broken && !last) {
       /* The server itself is not answering: no use trying parents. */
       kvm_error ("%s: cannot mount %s:%s: no answer from the server",
@@ -483,28 +510,15 @@ mount_top_down (const struct nfs_cfg *c, const char *path, struct place *pl,
   for (;;) {
     bool broken = false, last = (size_t) (end - path) <= len;
     char *m = strndup (path, len);
-    struct nfs_context *nfs = m ? context_new (c) : NULL;
-    if (!nfs) {
-      free (m);
-      errno = m ? errno : ENOMEM;
+    if (!m) {
+      errno = ENOMEM;
       return NULL;
     }
-    if (do_mount (c, &nfs, m, dl, &broken, !last) == 0) {
-      pl->mount = m;
-      pl->rel = strdup (len == 1 ? path : path + len);
-      if (!pl->rel) {
-        nfs_destroy_context (nfs);
-        free (m);
-        pl->mount = NULL;
-        errno = ENOMEM;
-        return NULL;
-      }
-      return nfs;
-    }
-    int e = errno;
+    struct nfs_context *nfs = mount_place (c, m, len == 1 ? path : path + len,
+                                           pl, dl, &broken, !last);
     if (nfs)
-      nfs_destroy_context (nfs);
-    free (m);
+      return nfs;
+    int e = errno;
     if (broken && !last) {
       kvm_error ("%s: cannot mount %s: no answer from the server", c->url,
                  c->server);
