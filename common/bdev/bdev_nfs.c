@@ -495,46 +495,6 @@ mount_for (const struct nfs_cfg *c, const char *path, bool dir,
   return NULL;
 }
 
-/* For a file named by an image (confined lexically): mount the shortest
- * prefix of PATH's directory that the server lets us mount (the export,
- * or the NFSv4 pseudo root), so that every component below it can be
- * checked by conn_open; a mount of a deeper path would follow symbolic
- * links in it (NFSv4) before anything could be checked.  Fills *PL.
- */
-static struct nfs_context *
-mount_top_down (const struct nfs_cfg *c, const char *path, struct place *pl,
-                const struct timespec *dl)
-{
-  const char *end = strrchr (path, '/');
-  size_t len = 1;                       /* "/" first */
-  for (;;) {
-    bool broken = false, last = (size_t) (end - path) <= len;
-    char *m = strndup (path, len);
-    if (!m) {
-      errno = ENOMEM;
-      return NULL;
-    }
-    struct nfs_context *nfs = mount_place (c, m, len == 1 ? path : path + len,
-                                           pl, dl, &broken, !last);
-    if (nfs)
-      return nfs;
-    int e = errno;
-    if (broken && !last) {
-      kvm_error ("%s: cannot mount %s: no answer from the server", c->url,
-                 c->server);
-      errno = EIO;
-      return NULL;
-    }
-    if (last) {
-      errno = e;
-      return NULL;
-    }
-    /* The next component. */
-    const char *n = strchr (path + len + 1, '/');
-    len = n ? (size_t) (n - path) : (size_t) (end - path);
-  }
-}
-
 /* lstat PATH (below the mount of NFS) into *ST. */
 static int
 conn_lstat (const struct nfs_cfg *c, struct nfs_context **nfsp,
@@ -551,8 +511,8 @@ conn_lstat (const struct nfs_cfg *c, struct nfs_context **nfsp,
   return finish (c, nfsp, &cl, dl, "lstat", broken, quiet);
 }
 
-/* Refuse a symbolic link in any component of REL (below the mount);
- * the file's inode number in *INO.
+/* Refuse a symbolic link in any component of REL (below the mount):
+ * ELOOP.  The file's inode number in *INO.
  */
 static int
 check_no_symlinks (const struct nfs_cfg *c, struct nfs_context **nfsp,
@@ -580,7 +540,7 @@ check_no_symlinks (const struct nfs_cfg *c, struct nfs_context **nfsp,
                  "named by an image is opened without following links)",
                  c->url, p);
       free (p);
-      errno = EACCES;
+      errno = ELOOP;
       return -1;
     }
     *ino = st.nfs_ino;
@@ -588,6 +548,60 @@ check_no_symlinks (const struct nfs_cfg *c, struct nfs_context **nfsp,
   }
   free (p);
   return 0;
+}
+
+/* For a file named by an image (confined lexically): mount a prefix of
+ * PATH's directory and check every component below it (check_no_symlinks),
+ * trying the shortest prefix first (the export, or the NFSv4 pseudo
+ * root).  A mount of a deeper path would follow symbolic links in it
+ * (NFSv4) before anything could be checked; a deeper one is tried only
+ * when a shorter one cannot be mounted, or its check fails without
+ * meeting a link (a nested export that the shorter mount does not show).
+ * A link refuses the file (ELOOP).  Fills *PL.
+ */
+static struct nfs_context *
+mount_top_down (const struct nfs_cfg *c, const char *path, struct place *pl,
+                const struct timespec *dl)
+{
+  const char *end = strrchr (path, '/');
+  size_t len = 1;                       /* "/" first */
+  for (;;) {
+    bool broken = false, last = (size_t) (end - path) <= len;
+    char *m = strndup (path, len);
+    if (!m) {
+      errno = ENOMEM;
+      return NULL;
+    }
+    struct nfs_context *nfs = mount_place (c, m, len == 1 ? path : path + len,
+                                           pl, dl, &broken, !last);
+    if (nfs) {
+      uint64_t ino;
+      if (check_no_symlinks (c, &nfs, pl->rel, &ino, dl, &broken,
+                             !last) == 0)
+        return nfs;
+      if (nfs)
+        nfs_destroy_context (nfs);
+      free (pl->mount);
+      free (pl->rel);
+      pl->mount = pl->rel = NULL;
+      if (errno == ELOOP)
+        return NULL;
+    }
+    int e = errno;
+    if (broken && !last) {
+      kvm_error ("%s: cannot mount %s: no answer from the server", c->url,
+                 c->server);
+      errno = EIO;
+      return NULL;
+    }
+    if (last) {
+      errno = e;
+      return NULL;
+    }
+    /* The next component. */
+    const char *n = strchr (path + len + 1, '/');
+    len = n ? (size_t) (n - path) : (size_t) (end - path);
+  }
 }
 
 /* Connect, mount PL->mount (known) and open the file; or only open it
