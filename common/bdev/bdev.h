@@ -116,6 +116,10 @@ struct bdev_open_opts {
    * place after the check cannot lead elsewhere (the open fails).
    */
   bool resolved;
+  /* The caller opens again read-only if a local file refuses writing
+   * (bdev_nbdkit_open_rw_else_ro): that refusal is not logged as an error.
+   */
+  bool quiet_write_refusal;
   unsigned max_chain_depth;     /* 0 means the default (BDEV_MAX_CHAIN) */
   /* A backing device chosen by the caller instead of the one the image
    * names (for an overlay whose backing is the layer below an nbdkit

@@ -524,6 +524,9 @@ bdev_file_open (const char *path, const struct bdev_open_opts *opts)
     if (opts->resolved && errno == ELOOP)
       kvm_error ("%s: open: the path now leads through a symlink, which it "
                  "did not when it was checked: refused", path);
+    else if (opts->quiet_write_refusal && !opts->readonly &&
+             (errno == EACCES || errno == EROFS || errno == EPERM))
+      kvm_debug ("%s: open for writing: %m", path);
     else
       kvm_error ("%s: open: %m", path);
     return NULL;

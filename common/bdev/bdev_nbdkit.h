@@ -205,9 +205,24 @@ bdev_nbdkit_retry_readonly (const struct bdev *bd, struct bdev_open_opts *o,
   if (bd || o->readonly ||
       !(errno == EACCES || errno == EROFS || errno == EPERM))
     return false;
-  nbdkit_debug ("%s: cannot open read-write, trying read-only", name);
+  nbdkit_debug ("%s: not writable: serving it read-only (-r says so)", name);
   o->readonly = true;
+  o->quiet_write_refusal = false;
   return true;
+}
+
+/* Open image NAME as FORMAT with O, read-only if the storage refuses
+ * writing; that refusal is not logged as an error.
+ */
+static inline struct bdev *
+bdev_nbdkit_open_rw_else_ro (const char *name, const char *format,
+                             struct bdev_open_opts *o)
+{
+  o->quiet_write_refusal = !o->readonly;
+  struct bdev *bd = bdev_open (name, format, o, 0);
+  if (bdev_nbdkit_retry_readonly (bd, o, name))
+    bd = bdev_open (name, format, o, 0);
+  return bd;
 }
 
 /* A plugin handle on a bdev shared by every connection to its export

@@ -405,9 +405,7 @@ open_engine (const char *snap, bool readonly)
       : "qcow2.compress=zlib";
   fopts[n] = NULL;
   o.format_opts = fopts;
-  struct bdev *bd = bdev_open (filename, "qcow2", &o, 0);
-  if (bdev_nbdkit_retry_readonly (bd, &o, filename))
-    bd = bdev_open (filename, "qcow2", &o, 0);
+  struct bdev *bd = bdev_nbdkit_open_rw_else_ro (filename, "qcow2", &o);
   free (snapopt);
   return bd;
 }

@@ -257,9 +257,7 @@ open_engine (const char *export, void *arg)
     fopts[n++] = "vhdx.parent=none";
   fopts[n] = NULL;
   o.format_opts = fopts;
-  struct bdev *bd = bdev_open (filename, "vhdx", &o, 0);
-  if (bdev_nbdkit_retry_readonly (bd, &o, filename))
-    bd = bdev_open (filename, "vhdx", &o, 0);
+  struct bdev *bd = bdev_nbdkit_open_rw_else_ro (filename, "vhdx", &o);
   return bd;
 }
 

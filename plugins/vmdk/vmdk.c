@@ -198,9 +198,7 @@ open_export (const char *export, void *arg)
     .allow_any_path = allow_any,
     .format_opts = fopts,
   };
-  struct bdev *bd = bdev_open (filename, "vmdk", &o, 0);
-  if (bdev_nbdkit_retry_readonly (bd, &o, filename))
-    bd = bdev_open (filename, "vmdk", &o, 0);
+  struct bdev *bd = bdev_nbdkit_open_rw_else_ro (filename, "vmdk", &o);
   return bd;
 }
 
