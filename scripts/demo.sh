@@ -18,7 +18,7 @@ run () { say "$*"; "$@"; }
 bash scripts/install-deps.sh --build-only
 bash scripts/build.sh "$top/build" >/dev/null
 cmake --install "$top/build" >/dev/null
-echo "installed: $(ls "$(pkg-config --variable=plugindir nbdkit)" | grep -c -- '-plugin.so') plugins in nbdkit's plugin directory"
+echo "installed: $(grep -c -- '-plugin.so$' "$top/build/install_manifest.txt") plugins and $(grep -c -- '-filter.so$' "$top/build/install_manifest.txt") filters into nbdkit's directories"
 
 work=$(mktemp -d /tmp/kvm-demo.XXXXXX)
 chmod 0755 "$work"
@@ -43,7 +43,8 @@ run qemu-img compare -f qcow2 -F raw "$img" "$uri"
 
 cat <<EOT
 
-Attach the same export to a guest:
+Attach such an export to a guest (this one stops with the demo; run
+scripts/demo.sh --serve to keep one on 127.0.0.1:10809):
   qemu-system-x86_64 ... -drive file=$uri,format=raw,if=virtio
 or, served over TCP (nbdkit -p 10809 qcow2 file=$img), with libvirt:
   <disk type='network' device='disk'>

@@ -5,6 +5,7 @@
  * message on stderr), 2 on a usage or connection problem.
  */
 #include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,6 +39,19 @@ main (int argc, char *argv[])
     return 2;
   }
   const char *sock = argv[1], *cmd = argv[2], *name = argc == 4 ? argv[3] : NULL;
+  /* The commands, and whether each takes a NAME. */
+  bool named = strcmp (cmd, "create") == 0 || strcmp (cmd, "revert") == 0 ||
+    strcmp (cmd, "delete") == 0;
+  if (!named && strcmp (cmd, "commit") != 0 && strcmp (cmd, "list") != 0) {
+    fprintf (stderr, "nbdkit-snapshot-ctl: unknown command '%s'\n", cmd);
+    usage (stderr);
+    return 2;
+  }
+  if (named != (name != NULL)) {
+    fprintf (stderr, "nbdkit-snapshot-ctl: %s %s\n", cmd,
+             named ? "needs a NAME" : "takes no NAME");
+    return 2;
+  }
   if (strchr (cmd, '\n') || strchr (cmd, ' ') ||
       (name && (strchr (name, '\n') || strchr (name, ' ')))) {
     fprintf (stderr, "nbdkit-snapshot-ctl: spaces and newlines are not "

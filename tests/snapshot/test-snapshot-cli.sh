@@ -41,8 +41,16 @@ rc=0; err=$("$ctl" "$tmpdir/ctl.sock" create one 2>&1) || rc=$?
 [ $rc = 1 ] && grep -q "exists already" <<<"$err" || fail "duplicate create: $rc $err"
 rc=0; err=$("$ctl" "$tmpdir/ctl.sock" revert nope 2>&1) || rc=$?
 [ $rc = 1 ] && grep -q "no snapshot named 'nope'" <<<"$err" || fail "revert nope: $rc $err"
+# Usage errors the tool sees itself: exit 2, the server not asked.
 rc=0; err=$("$ctl" "$tmpdir/ctl.sock" delete 2>&1) || rc=$?
-[ $rc = 1 ] && grep -q "needs a snapshot name" <<<"$err" || fail "delete without name: $rc $err"
+[ $rc = 2 ] && grep -q "delete needs a NAME" <<<"$err" || fail "delete without name: $rc $err"
+rc=0; err=$("$ctl" "$tmpdir/ctl.sock" list extra 2>&1) || rc=$?
+[ $rc = 2 ] && grep -q "list takes no NAME" <<<"$err" || fail "list with a name: $rc $err"
+rc=0; err=$("$ctl" "$tmpdir/ctl.sock" frob 2>&1) || rc=$?
+[ $rc = 2 ] && grep -q "unknown command 'frob'" <<<"$err" || fail "unknown command: $rc $err"
+# A name the server does not accept: refused by it, exit 1.
+rc=0; err=$("$ctl" "$tmpdir/ctl.sock" create .x 2>&1) || rc=$?
+[ $rc = 1 ] || fail "create .x: $rc $err"
 "$ctl" "$tmpdir/ctl.sock" list > "$tmpdir/list" || fail "list"
 awk '{print $1}' "$tmpdir/list" | tr '\n' ' ' | grep -qx "one two " ||
   fail "list: $(cat "$tmpdir/list")"
