@@ -448,5 +448,11 @@ vhdx_create_options (const char *path, uint64_t size,
     errno = EINVAL;
     return -1;
   }
+  /* A size in whole logical sectors, rounded up as qemu-img and the
+   * other format plugins round it (0: the parent's size).
+   */
+  uint64_t lss = o.logical_sector_size ? o.logical_sector_size : 512;
+  if (o.size % lss && o.size <= UINT64_MAX - lss)
+    o.size += lss - o.size % lss;
   return vhdx_create (path, &o);
 }

@@ -99,7 +99,8 @@ vhdx_config (const char *key, const char *value)
       filename = nbdkit_realpath (value);
     return filename ? 0 : -1;
   }
-  if (strcmp (key, "allow-parent-path") == 0)
+  if (strcmp (key, "allow-parent-path") == 0 ||
+      strcmp (key, "allow-backing-path") == 0)      /* as in vmdk, qcow2 */
     return bdev_nbdkit_allow_path (value, &allowed, &nallowed, &allow_any);
   if (strcmp (key, "direct") == 0 || strcmp (key, "ignore-parent-linkage") == 0) {
     if ((b = nbdkit_parse_bool (value)) == -1)
@@ -206,6 +207,12 @@ vhdx_config_complete (void)
   if (!filename) {
     nbdkit_error ("you must supply the file=PATH parameter (an existing "
                   "file, or a new one with create=SIZE)");
+    return -1;
+  }
+  if ((create_type || create_bs || create_lss || create_parent) &&
+      create_size < 0) {
+    nbdkit_error ("type=, block-size=, logical-sector-size= and parent=PATH "
+                  "are options of create=SIZE");
     return -1;
   }
   if (bdev_storage_is_url (filename)) {

@@ -94,6 +94,23 @@ new_sock
 serve "$sock" c-dynamic-512.vhdx create=1M -r
 stop_nbdkit
 [ "$(md5 c-dynamic-512.vhdx)" = "$sum" ] || fail "create= changed an existing image"
+# ... and its options without create= are refused, not ignored.
+out=$(nbdkit_fails 30 -U "$tmpdir/opts.sock" "$VHDX_PLUGIN" file=c-dynamic-512.vhdx \
+      type=fixed --run true) && fail "type= without create= accepted"
+grep -q "options of create=SIZE" <<<"$out" || fail "type= without create=: $out"
+
+# A size in whole logical sectors: rounded up, as qemu-img rounds it.
+for lss in 512 4096; do
+  rm -f "odd-$lss.vhdx"
+  new_sock
+  serve "$sock" "odd-$lss.vhdx" create=1000 logical-sector-size=$lss
+  [ "$(nbdinfo --size "$(uri_of "$sock")")" = $(( (1000 + lss - 1) / lss * lss )) ] ||
+    fail "create=1000 with $lss-byte sectors: size $(nbdinfo --size "$(uri_of "$sock")")"
+  stop_nbdkit
+done
+[ "$(qemu-img info --output=json odd-512.vhdx | python3 -c 'import json,sys; print(json.load(sys.stdin)["virtual-size"])')" = 1024 ] ||
+  fail "create=1000: qemu-img does not see 1024 bytes"
+echo "ok create= options and sizes"
 
 # Parallel allocating writes: nbdcopy writes random data over several
 # connections with many requests in flight (multi-conn, PARALLEL thread
