@@ -424,13 +424,14 @@ def phase_ops():
             op = "restart"
         verify(what="chain after %s (round %d)" % (op, r))
         log("round %d: %s ok (%d snapshots)" % (r, op, len(order)))
-    # Errors are reported with exit status 1.
+    # Errors of the server are reported with exit status 1, usage errors
+    # the tool sees itself (an unknown command) with 2.
     ctl("revert", "no-such-snapshot", expect=1)
     ctl("delete", "no-such-snapshot", expect=1)
     if order:
         ctl("create", order[0], expect=1)
     ctl("create", "../bad", expect=1)
-    ctl("frobnicate", expect=1)
+    ctl("frobnicate", expect=2)
     stop_server()
     check_layers()
     if a.below_check and \
