@@ -99,7 +99,12 @@ watermark_check_locked (struct thin *t)
     t->above = true;
     return t->watermark != NULL;
   }
-  if (!over)
+  /* Re-armed only once usage is 2% of the pool (at least a chunk) below
+   * the mark: a client that trims and writes one chunk at the mark must
+   * not run the hook at every turn.
+   */
+  uint64_t margin = t->pool_chunks / 50 ? t->pool_chunks / 50 : 1;
+  if ((t->n_alloc + margin) * 100 < (uint64_t) t->warn * t->pool_chunks)
     t->above = false;
   return false;
 }

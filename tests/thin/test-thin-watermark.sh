@@ -52,6 +52,18 @@ write_chunks $((mark - 1)) 1
 read -r pct used poolb _ < "$hooklog"
 (( pct >= 50 && used == mark * 65536 && poolb == nphys * 65536 )) ||
   fail "hook environment: $(cat "$hooklog")"
+# Hovering at the mark (one chunk trimmed and written again, on one
+# connection) does not run the hook again: it re-arms only 2% of the pool
+# below the mark.
+nbdsh -u "$uri" -c "
+C = 65536
+for i in range(5):
+    h.trim(C, ($mark - 1) * C)
+    h.flush()
+    h.pwrite(bytes([i + 7]) * C, ($mark - 1) * C)
+    h.flush()
+"
+[ "$(hooks)" = 1 ] || fail "hook ran $(hooks) times while usage hovered at the mark"
 write_chunks $mark 100
 [ "$(hooks)" = 1 ] || fail "hook ran again without a new crossing"
 [ "$(warnings)" = 1 ] || fail "warning count $(warnings), expected 1"
