@@ -133,14 +133,37 @@ same_pool (nbdkit_next *c, nbdkit_next *n)
   return same;
 }
 
+/* The name the plugin below gives its default export (recorded by
+ * thin_filter_default_export): a connection to it may be refreshed.
+ */
+static char *plugin_default;
+static pthread_mutex_t plugin_default_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static bool
+is_plugin_default (const char *export)
+{
+  pthread_mutex_lock (&plugin_default_lock);
+  bool r = plugin_default && strcmp (plugin_default, export) == 0;
+  pthread_mutex_unlock (&plugin_default_lock);
+  return r;
+}
+
 /* Open a fresh context into the plugin for handle H (a connection
  * thread), make it H's I/O context; its size, or -1.  FORCE: even if the
  * last refresh was less than a second ago.
+ *
+ * Only for the plugin's default export with thin-exports=one.  nbdkit
+ * 1.32 can open a second context into the plugin only as a shared one,
+ * which has no export name: the plugin opens its default storage, not
+ * another name's, and one that reads the name in .open may not expect
+ * none (nbdkit's file plugin with dir= crashes).
  */
 static int64_t
 refresh (struct handle *h, bool force)
 {
   int64_t size = -1;
+  if (!pools.one_name || !is_plugin_default (h->export))
+    return -1;
   pthread_mutex_lock (&h->lock);
   time_t now = time (NULL);
   if ((!force && now == h->last_refresh) || h->nextra == MAX_EXTRA_CONTEXTS)
@@ -367,6 +390,22 @@ thin_filter_unload (void)
   bdev_registry_close_all (&pools);
   free (hook);
   free (metadata_path);
+  free (plugin_default);
+}
+
+static const char *
+thin_filter_default_export (nbdkit_next_default_export *next,
+                            nbdkit_backend *nxdata, int readonly, int is_tls)
+{
+  (void) is_tls;
+  const char *d = next (nxdata, readonly);
+  pthread_mutex_lock (&plugin_default_lock);
+  if (d && (!plugin_default || strcmp (plugin_default, d) != 0)) {
+    free (plugin_default);
+    plugin_default = strdup (d);        /* NULL: no refresh */
+  }
+  pthread_mutex_unlock (&plugin_default_lock);
+  return d;
 }
 
 static int
@@ -713,6 +752,7 @@ static struct nbdkit_filter filter = {
   .config_complete = thin_filter_config_complete,
   .config_help = thin_filter_config_help,
   .thread_model = thin_filter_thread_model,
+  .default_export = thin_filter_default_export,
   .open = thin_filter_open,
   .prepare = thin_filter_prepare,
   .finalize = thin_filter_finalize,

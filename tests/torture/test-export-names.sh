@@ -133,6 +133,33 @@ for h in hs.values():
   done
 done
 
+# 2b. A thin pool filled to ENOSPC over dir=, with either mode: the
+# filter does not reopen a plugin that picks its storage by export name
+# (nbdkit 1.32's only second context has none, and the file plugin with
+# dir= crashed on it), so the client gets ENOSPC and the server stays.
+for mode in per-name one; do
+  rm -rf td; mkdir td; truncate -s 4M td/vm1; truncate -s 16M td/vm2
+  new_sock
+  start_nbdkit "$sock" --filter="$(filter_so thin)" file "dir=$tmpdir/td" \
+    thin-size=16M thin-exports=$mode
+  PATH="/usr/bin:$PATH" nbdsh -u "$(uri_of "$sock" vm1)" -c "
+import errno
+try:
+    for i in range(64):
+        h.pwrite(b'x' * 65536, i * 65536)
+    raise SystemExit('the 4M pool never filled')
+except nbd.Error as e:
+    assert e.errnum == errno.ENOSPC, e
+" || fail "thin over dir= ($mode): filling vm1"
+  kill -0 "$nbdkit_pid" 2>/dev/null || fail "thin over dir= ($mode): the server died"
+  if [ $mode = per-name ]; then
+    PATH="/usr/bin:$PATH" nbdsh -u "$(uri_of "$sock" vm2)" -c 'h.pwrite(b"y" * 512, 0)' ||
+      fail "thin over dir= ($mode): vm2 after vm1 filled"
+  fi
+  stop_nbdkit
+  echo "ok: thin over dir= ($mode): ENOSPC, the server serves on"
+done
+
 # 3. Refused at start-up.
 for fmt in qcow2 vmdk vhdx thin; do
   if out=$(nbdkit_fails 10 -U "$tmpdir/bad.sock" --filter="$(filter_so $fmt)" \
