@@ -688,10 +688,25 @@ throttle_pwrite (nbdkit_next *next, void *handle, const void *buf,
   return next->pwrite (next, buf, count, offset, flags, err);
 }
 
+/* Advertised always: nbdkit 1.32 aborts when a client's fast zero
+ * reaches a layer that did not advertise it (a plugin of its own, say);
+ * throttle_zero answers ENOTSUP for the layer below then.
+ */
+static int
+throttle_can_fast_zero (nbdkit_next *next, void *handle)
+{
+  (void) next; (void) handle;
+  return 1;
+}
+
 static int
 throttle_zero (nbdkit_next *next, void *handle, uint32_t count,
                uint64_t offset, uint32_t flags, int *err)
 {
+  if ((flags & NBDKIT_FLAG_FAST_ZERO) && next->can_fast_zero (next) != 1) {
+    *err = ENOTSUP;
+    return -1;
+  }
   if (zero_mode != ZERO_NONE &&
       admit (handle, THR_OP_WRITE, count, zero_mode == ZERO_BYTES, err) == -1)
     return -1;
@@ -740,6 +755,7 @@ static struct nbdkit_filter filter = {
   .close             = throttle_close,
   .pread             = throttle_pread,
   .pwrite            = throttle_pwrite,
+  .can_fast_zero     = throttle_can_fast_zero,
   .zero              = throttle_zero,
   .trim              = throttle_trim,
   .cache             = throttle_cache,
