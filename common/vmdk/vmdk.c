@@ -77,6 +77,8 @@ free_extent (struct extent *e)
   free (e->gd);
   free (e->rgd);
   free (e->gt_at);
+  free (e->dirty);
+  free (e->dirty_at);
   if (e->kind == EK_SPARSE)
     pthread_mutex_destroy (&e->lock);
   if (e->own_file && e->file)

@@ -90,6 +90,15 @@
 
 enum ext_kind { EK_FLAT, EK_ZERO, EK_SPARSE };
 
+/* One grain table's entries [lo, hi) changed since the last flush, and
+ * whether its directory entries (both directories) changed.
+ */
+struct vmdk_dirty {
+  uint64_t gdi;
+  uint32_t lo, hi;
+  bool gd;
+};
+
 struct extent {
   enum ext_kind kind;
   uint64_t start, size;         /* virtual range, bytes */
@@ -122,6 +131,13 @@ struct extent {
                                  * directories), never changed after */
   size_t ngt_at;
   uint32_t **gt;                /* ngd lazily loaded tables (atomic) */
+  /* Grain table and directory entries changed in memory since the last
+   * flush: written by the flush once the data they name is durable
+   * (vmdk_write.c).  Under lock.
+   */
+  struct vmdk_dirty *dirty;
+  size_t ndirty, capdirty;
+  uint32_t *dirty_at;           /* ngd entries: index in dirty + 1, or 0 */
   pthread_mutex_t lock;         /* allocation */
   uint64_t alloc_end;           /* next free byte in the file */
   uint64_t claimed_end;         /* where allocations past the end of the

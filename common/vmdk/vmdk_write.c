@@ -213,8 +213,98 @@ check_grain_run (struct vmdk *v, struct extent *e, uint64_t grain0,
   return 0;
 }
 
+/* Note that entries [LO, HI) of grain table GDI, and its directory
+ * entries if GD, changed in memory.  Under e->lock.
+ */
+static int
+mark_dirty (struct vmdk *v, struct extent *e, uint64_t gdi, uint32_t lo,
+            uint32_t hi, bool gd)
+{
+  if (!e->dirty_at &&
+      !(e->dirty_at = calloc (e->ngd ? e->ngd : 1, sizeof *e->dirty_at))) {
+    kvm_fail (ENOMEM, "%s: out of memory", v->path);
+    return -1;
+  }
+  struct vmdk_dirty *d;
+  if (e->dirty_at[gdi])
+    d = &e->dirty[e->dirty_at[gdi] - 1];
+  else {
+    if (e->ndirty == e->capdirty) {
+      size_t nc = e->capdirty ? e->capdirty * 2 : 16;
+      struct vmdk_dirty *nd = realloc (e->dirty, nc * sizeof *nd);
+      if (!nd) {
+        kvm_fail (ENOMEM, "%s: out of memory", v->path);
+        return -1;
+      }
+      e->dirty = nd;
+      e->capdirty = nc;
+    }
+    d = &e->dirty[e->ndirty++];
+    *d = (struct vmdk_dirty) { .gdi = gdi, .lo = lo, .hi = lo };
+    e->dirty_at[gdi] = e->ndirty;
+  }
+  if (hi > lo) {
+    if (d->hi == d->lo)
+      d->lo = lo, d->hi = hi;
+    else {
+      if (lo < d->lo)
+        d->lo = lo;
+      if (hi > d->hi)
+        d->hi = hi;
+    }
+  }
+  d->gd |= gd;
+  return 0;
+}
+
+/* Write what mark_dirty noted, after a flush of the file has made the
+ * data (and the new tables) those entries name durable: a disk that
+ * loses unflushed writes in any order then never keeps an entry without
+ * its data.  Under e->lock.
+ */
+static int
+write_dirty (struct vmdk *v, struct extent *e)
+{
+  (void) v;
+  if (!e->ndirty)
+    return 0;
+  if (bdev_flush (e->file) == -1)
+    return -1;
+  for (size_t i = 0; i < e->ndirty; i++) {
+    struct vmdk_dirty *d = &e->dirty[i];
+    if (d->hi > d->lo) {
+      const uint32_t *gt = e->gt[d->gdi];
+      uint32_t n = d->hi - d->lo;
+      uint64_t p = (uint64_t) e->gd[d->gdi] * SECTOR + d->lo * 4;
+      if (write_le32 (e, p, gt + d->lo, n) == -1)
+        return -1;
+      if (e->has_rgd && e->rgd && e->rgd[d->gdi]) {
+        uint64_t rp = (uint64_t) e->rgd[d->gdi] * SECTOR + d->lo * 4;
+        if (ck_range_within (rp, n * 4, vmdk_file_end (e)) &&
+            write_le32 (e, rp, gt + d->lo, n) == -1)
+          return -1;
+      }
+    }
+    if (d->gd) {
+      uint32_t sec = e->gd[d->gdi];
+      if (write_le32 (e, e->gd_off + d->gdi * 4, &sec, 1) == -1)
+        return -1;
+      if (e->has_rgd && e->rgd) {
+        uint32_t rsec = e->rgd[d->gdi];
+        if (write_le32 (e, e->rgd_off + d->gdi * 4, &rsec, 1) == -1)
+          return -1;
+      }
+    }
+  }
+  for (size_t i = 0; i < e->ndirty; i++)
+    e->dirty_at[e->dirty[i].gdi] = 0;
+  e->ndirty = 0;
+  return 0;
+}
+
 /* Allocate grain table GDI (and its redundant copy): zeroed tables at the
- * end of the file, then the directory entries.  Under e->lock.
+ * end of the file now; the directory entries at the next flush
+ * (write_dirty).  Under e->lock.
  */
 static int
 alloc_gt (struct vmdk *v, struct extent *e, uint64_t gdi, uint32_t **gtp)
@@ -245,8 +335,7 @@ alloc_gt (struct vmdk *v, struct extent *e, uint64_t gdi, uint32_t **gtp)
   }
   __atomic_store_n (&e->alloc_end, end, __ATOMIC_RELEASE);
   uint32_t sec = p / SECTOR, rsec = r / SECTOR;
-  if (write_le32 (e, e->gd_off + gdi * 4, &sec, 1) == -1 ||
-      (e->has_rgd && write_le32 (e, e->rgd_off + gdi * 4, &rsec, 1) == -1))
+  if (mark_dirty (v, e, gdi, 0, 0, true) == -1)
     goto fail;
   if (e->rgd)
     e->rgd[gdi] = rsec;
@@ -260,8 +349,9 @@ alloc_gt (struct vmdk *v, struct extent *e, uint64_t gdi, uint32_t **gtp)
   return -1;
 }
 
-/* Set N consecutive entries of grain table GDI from IDX to VALS: on disk
- * (primary, then redundant), then in memory.  Under e->lock.
+/* Set N consecutive entries of grain table GDI from IDX to VALS, in
+ * memory; on disk (primary, then redundant) at the next flush
+ * (write_dirty).  Under e->lock.
  */
 static int
 set_gtes (struct vmdk *v, struct extent *e, uint64_t gdi, uint32_t *gt,
@@ -278,8 +368,7 @@ set_gtes (struct vmdk *v, struct extent *e, uint64_t gdi, uint32_t *gt,
       (redundant &&
        check_no_overlap (v, e, rp, n * 4, "redundant grain table") == -1))
     return -1;
-  if (write_le32 (e, p, vals, n) == -1 ||
-      (redundant && write_le32 (e, rp, vals, n) == -1))
+  if (mark_dirty (v, e, gdi, idx, idx + n, false) == -1)
     return -1;
   for (size_t i = 0; i < n; i++)
     __atomic_store_n (&gt[idx + i], vals[i], __ATOMIC_RELEASE);
@@ -603,6 +692,17 @@ vmdk_flush (struct bdev *bd)
 {
   struct vmdk *v = (struct vmdk *) bd;
   struct bdev *last = NULL;
+  /* The table entries first (each after its data), then every file. */
+  for (size_t i = 0; i < v->next; i++) {
+    struct extent *e = &v->ext[i];
+    if (e->kind == EK_SPARSE && e->file && !e->file->readonly) {
+      pthread_mutex_lock (&e->lock);
+      int r = write_dirty (v, e);
+      pthread_mutex_unlock (&e->lock);
+      if (r == -1)
+        return -1;
+    }
+  }
   for (size_t i = 0; i < v->next; i++) {
     struct extent *e = &v->ext[i];
     if (!e->file || e->file == last || e->file->readonly)
