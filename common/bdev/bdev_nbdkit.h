@@ -205,7 +205,8 @@ bdev_nbdkit_retry_readonly (const struct bdev *bd, struct bdev_open_opts *o,
   if (bd || o->readonly ||
       !(errno == EACCES || errno == EROFS || errno == EPERM))
     return false;
-  nbdkit_debug ("%s: not writable: serving it read-only (-r says so)", name);
+  nbdkit_debug ("%s: not writable: serving it read-only (-r skips the "
+                "read-write attempt)", name);
   o->readonly = true;
   o->quiet_write_refusal = false;
   return true;
