@@ -163,11 +163,17 @@ bdev_next_close (struct bdev *bd)
  * filter, a strict NBD server) refuses smaller or unaligned requests,
  * and the engines' metadata I/O is byte-granular: say what to do.
  */
+static inline bool
+bdev_next_fits (const struct bdev_next *n, uint64_t count, uint64_t offset)
+{
+  return n->minimum <= 1 || (count % n->minimum == 0 &&
+                             offset % n->minimum == 0);
+}
+
 static inline int
 bdev_next_aligned (struct bdev_next *n, uint64_t count, uint64_t offset)
 {
-  if (n->minimum <= 1 || (count % n->minimum == 0 &&
-                          offset % n->minimum == 0))
+  if (bdev_next_fits (n, count, offset))
     return 0;
   kvm_error ("%s: the layer below takes only requests aligned to %" PRIu32
              " bytes (this one: %" PRIu64 " bytes at %" PRIu64 "): put "
@@ -290,8 +296,7 @@ bdev_next_trim (struct bdev *bd, uint64_t count, uint64_t offset,
   struct bdev_next *n = BDEV_NEXT_ (bd);
   uint32_t f = bdev_next_write_flags (n, flags);
   nbdkit_next *x;
-  if (!n->can_trim || (n->minimum > 1 && (count % n->minimum ||
-                                          offset % n->minimum)))
+  if (!n->can_trim || !bdev_next_fits (n, count, offset))
     return 0;                   /* trim is advisory */
   if (!(x = bdev_next_ctx (n)))
     return -1;

@@ -35,7 +35,6 @@ write_all (int fd, const void *buf, size_t len, uint64_t off)
 
 /* The geometry of a new image, worked out by qcow2_create's steps. */
 struct layout {
-  uint64_t size;                /* virtual size, whole 512-byte sectors */
   uint64_t cs;                  /* cluster size */
   int version;
   unsigned rbits, cbits, rorder;
@@ -84,7 +83,6 @@ check_create_opts (const char *path, const struct qcow2_create_opts *o,
   if (o->compression_type < 0 || o->compression_type > 1 || l->blen > 1023 ||
       l->flen > 255 || o->size > (1ull << 61))
     return create_fail (path, "invalid creation options");
-  l->size = o->size;
   return 0;
 }
 
@@ -96,7 +94,7 @@ plan_layout (const char *path, const struct qcow2_create_opts *o,
   uint64_t cs = l->cs;
   uint64_t l2_entries = cs / (o->extended_l2 ? 16 : 8);
   uint64_t span = cs * l2_entries;
-  l->l1_size = div_round_up64 (l->size, span);
+  l->l1_size = div_round_up64 (o->size, span);
   if (l->l1_size * 8 > (32u << 20))
     return create_fail (path, "virtual size too large for this cluster size");
   /* An empty disk has an empty L1 table: no cluster (qemu-img check would
@@ -133,7 +131,7 @@ build_header (const char *path, const struct qcow2_create_opts *o,
   store_be32 (img + H_MAGIC, QCOW2_MAGIC);
   store_be32 (img + H_VERSION, l->version);
   store_be32 (img + H_CLUSTER_BITS, l->cbits);
-  store_be64 (img + H_SIZE, l->size);
+  store_be64 (img + H_SIZE, o->size);
   store_be32 (img + H_L1_SIZE, l->l1_size);
   store_be64 (img + H_L1_OFFSET, l->l1_off);
   store_be64 (img + H_RT_OFFSET, l->rt_off);
@@ -271,8 +269,7 @@ qcow2_create_options (const char *path, uint64_t size,
    * one: round up, as qemu-img create does.  (The snapshot filter's
    * layers keep their plugin's exact size: only this engine reads them.)
    */
-  if (size <= UINT64_MAX - 511)
-    size = (size + 511) & ~UINT64_C (511);
+  (void) ck_round_up64 (size, 512, &size);   /* overflow: refused below */
   struct qcow2_create_opts o = { .size = size, .version = 3 };
   for (size_t i = 0; options && options[i]; i++) {
     const char *kv = options[i], *eq = strchr (kv, '=');

@@ -96,9 +96,6 @@ int thin_headers_read (struct bdev *meta, struct geom *g, uint64_t *seq,
                        uint64_t *used, bool *allzero, char *err,
                        size_t errlen, FILE *report);
 uint64_t thin_pool_chunks_of (const struct geom *g, uint64_t pool_size);
-/* 1 if the first LEN bytes of BD read as zeroes (past its end they do),
- * 0 if not (*NONZERO: where the first non-zero MiB starts), -1 on error.
- */
 /* 1 if the metadata area of geometry G on BD reads as zeroes, except for
  * body blocks that hold what a format of G writes there (a format cut
  * short before its headers: it is redone); 0 if not (*NONZERO: the MiB

@@ -487,4 +487,3 @@ thin_area_is_blank (struct bdev *bd, const struct geom *g,
   free (buf);
   return r;
 }
-

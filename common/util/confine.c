@@ -37,8 +37,8 @@ confine_is_within (const char *path, const char *dir)
  * (to /etc/x, say), and the directory of that symlink's target must not
  * become the confinement.
  */
-static char *
-image_dir (const char *image_path)
+char *
+confine_image_dir (const char *image_path)
 {
   char *d = strdup (image_path);
   if (!d)
@@ -322,7 +322,7 @@ confine_resolve (const char *image_path, const char *ref,
   }
   if (confine_is_url (image_path) || confine_is_url (ref))
     return resolve_url (image_path, ref, allowed_dirs, allow_any);
-  dir = image_dir (image_path);
+  dir = confine_image_dir (image_path);
   if (!dir) {
     kvm_error ("%s: %m", image_path);
     return NULL;
@@ -382,7 +382,7 @@ confine_in_image_dir (const char *image_path, const char *resolved)
     url_parts_free (&r);
     return in;
   }
-  char *dir = image_dir (image_path);
+  char *dir = confine_image_dir (image_path);
   bool in = dir && confine_is_within (resolved, dir);
   free (dir);
   return in;

@@ -43,6 +43,12 @@ char *confine_resolve (const char *image_path, const char *ref,
  * and URL entries never match a local path.
  */
 
+/* The canonical directory of IMAGE_PATH, the one paths inside it are
+ * relative to: its directory part made canonical (IMAGE_PATH itself is
+ * not followed).  Malloc'd, or NULL with errno set.
+ */
+char *confine_image_dir (const char *image_path);
+
 /* Is RESOLVED (a result of confine_resolve for IMAGE_PATH) inside the
  * image's own directory, rather than reached only through ALLOWED_DIRS or
  * ALLOW_ANY?  A directory allowed for reading (templates, golden images)

@@ -66,17 +66,7 @@ put_utf16 (uint8_t *dst, const char *s)
 static char *
 parent_relative_path (const char *child, const char *parent)
 {
-  char *dir = strdup (child), *cdir = NULL, *cpar = NULL, *r = NULL;
-  if (!dir)
-    return NULL;
-  char *slash = strrchr (dir, '/');
-  if (slash == dir)
-    dir[1] = '\0';
-  else if (slash)
-    *slash = '\0';
-  else
-    strcpy (dir, ".");
-  cdir = realpath (dir, NULL);
+  char *cdir = confine_image_dir (child), *cpar = NULL, *r = NULL;
   cpar = realpath (parent, NULL);
   if (!cdir || !cpar)
     goto out;
@@ -106,7 +96,6 @@ parent_relative_path (const char *child, const char *parent)
   *o = '\0';
  out:;
   int err = errno;
-  free (dir);
   free (cdir);
   free (cpar);
   errno = err;
@@ -452,7 +441,7 @@ vhdx_create_options (const char *path, uint64_t size,
    * other format plugins round it (0: the parent's size).
    */
   uint64_t lss = o.logical_sector_size ? o.logical_sector_size : 512;
-  if (o.size % lss && o.size <= UINT64_MAX - lss)
-    o.size += lss - o.size % lss;
+  if (is_power_of_2 (lss))      /* else refused by vhdx_create */
+    (void) ck_round_up64 (o.size, lss, &o.size);  /* overflow: refused too */
   return vhdx_create (path, &o);
 }

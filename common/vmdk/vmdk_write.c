@@ -263,9 +263,8 @@ mark_dirty (struct vmdk *v, struct extent *e, uint64_t gdi, uint32_t lo,
  * its data.  Under e->lock.
  */
 static int
-write_dirty (struct vmdk *v, struct extent *e)
+write_dirty (struct extent *e)
 {
-  (void) v;
   if (!e->ndirty)
     return 0;
   if (bdev_flush (e->file) == -1)
@@ -697,7 +696,7 @@ vmdk_flush (struct bdev *bd)
     struct extent *e = &v->ext[i];
     if (e->kind == EK_SPARSE && e->file && !e->file->readonly) {
       pthread_mutex_lock (&e->lock);
-      int r = write_dirty (v, e);
+      int r = write_dirty (e);
       pthread_mutex_unlock (&e->lock);
       if (r == -1)
         return -1;
