@@ -185,8 +185,8 @@ refuse (const char *image_path, const char *ref, const char *what,
         const char *where)
 {
   kvm_error ("%s: refusing file '%s' named by the image: it resolves to %s, "
-             "outside the image's directory%s%s (allow it explicitly with an "
-             "allow-path style parameter)", image_path, ref, what,
+             "outside the image's directory%s%s (allow it explicitly with "
+             "allow-backing-path=DIR)", image_path, ref, what,
              where ? " " : "", where ? where : "");
   errno = EACCES;
   return NULL;
@@ -344,8 +344,8 @@ confine_resolve (const char *image_path, const char *ref,
       local_allowed (real, allowed_dirs))
     goto ok;
   kvm_error ("%s: refusing file '%s' named by the image: it resolves to %s, "
-             "outside the image's directory %s (allow it explicitly with an "
-             "allow-path style parameter)", image_path, ref, real, dir);
+             "outside the image's directory %s (allow it explicitly with "
+             "allow-backing-path=DIR)", image_path, ref, real, dir);
   free (real);
   real = NULL;
   errno = EACCES;

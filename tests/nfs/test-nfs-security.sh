@@ -77,7 +77,7 @@ allowed () {
 }
 
 refused local-path abs.qcow2 "refusing file '$tmpdir/local/secret.raw'.*a local file"
-refused up-in-export up.qcow2 "refusing file '../secret.raw'.*outside the image's directory $NFS_URL/vm"
+refused up-in-export up.qcow2 "refusing file '../secret.raw'.*outside the image's directory $NFS_URL/vm.*allow-backing-path=DIR"
 refused above-export root.qcow2 "refusing file '../../outside.raw'"
 refused above-root deep.qcow2 "refusing file '.*etc/passwd'.*above the server's root"
 # (This one once freed the parsed URL twice: nbdkit died.)
