@@ -402,7 +402,8 @@ q2_cbatch_free (struct q2_cbatch *cb)
 }
 
 /* Compress the whole aligned clusters of a write of COUNT bytes of BUF at
- * guest OFFSET into CB.  No lock needed.
+ * guest OFFSET into CB (and the last, partial cluster of the disk when
+ * the write covers it).  No lock needed.
  */
 int
 q2_compress_batch (struct qcow2 *q, struct q2_cbatch *cb, const uint8_t *buf,
@@ -410,16 +411,29 @@ q2_compress_batch (struct qcow2 *q, struct q2_cbatch *cb, const uint8_t *buf,
 {
   uint64_t cs = q->cluster_size;
   uint64_t first = div_round_up64 (offset, cs), end = (offset + count) / cs;
+  /* A write reaching the end of a disk whose size is not a multiple of
+   * the cluster size covers the whole last cluster: it is compressed
+   * padded with zeroes, as QEMU does.
+   */
+  uint64_t tail_len = 0;
+  if (offset + count == q->bd.size && q->bd.size % cs) {
+    tail_len = q->bd.size % cs;
+    end++;
+  }
   memset (cb, 0, sizeof *cb);
   if (end <= first)
     return 0;
   struct cctx *x = thread_cctx ();
   uint64_t n = end - first;
+  uint8_t *tail = NULL;
   cb->len = malloc (n * sizeof *cb->len);
   cb->pos = malloc (n * sizeof *cb->pos);
   cb->out = malloc (n * (cs - 1));
-  if (!x || !cb->len || !cb->pos || !cb->out) {
+  if (tail_len)
+    tail = calloc (1, cs);
+  if (!x || !cb->len || !cb->pos || !cb->out || (tail_len && !tail)) {
     q2_cbatch_free (cb);
+    free (tail);
     kvm_fail (ENOMEM, "%s: out of memory", q->path);
     return -1;
   }
@@ -428,6 +442,10 @@ q2_compress_batch (struct qcow2 *q, struct q2_cbatch *cb, const uint8_t *buf,
   uint64_t at = 0;
   for (uint64_t i = 0; i < n; i++) {
     const uint8_t *in = buf + (first + i) * cs - offset;
+    if (tail && i == n - 1) {
+      memcpy (tail, in, tail_len);
+      in = tail;
+    }
     cb->pos[i] = at;
     if (all_zero (in, cs)) {
       cb->len[i] = CB_ZERO;
@@ -436,12 +454,14 @@ q2_compress_batch (struct qcow2 *q, struct q2_cbatch *cb, const uint8_t *buf,
     int64_t r = compress_cluster (q, x, in, cb->out + at);
     if (r == -1) {
       q2_cbatch_free (cb);
+      free (tail);
       return -1;
     }
     cb->len[i] = r;
     if (r != CB_RAW)
       at += r;
   }
+  free (tail);
   return 0;
 }
 

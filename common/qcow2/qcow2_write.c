@@ -338,7 +338,10 @@ static int
 write_compressed (struct qcow2 *q, struct cwrite *c)
 {
   const struct q2_cbatch *cb = c->w->cb;
-  if (!cb || c->a != 0 || c->b != q->cluster_size ||
+  uint64_t start = c->cl << q->cluster_bits;
+  uint64_t whole = q->bd.size - start < q->cluster_size ?
+    q->bd.size - start : q->cluster_size;    /* the last may be partial */
+  if (!cb || c->a != 0 || c->b != whole ||
       (c->e & OFLAG_COMPRESSED) || c->host != 0 ||
       c->cl < cb->first || c->cl - cb->first >= cb->n)
     return 1;

@@ -9,8 +9,9 @@
 # of qemu-img convert -c -o compression_type=...'s.  Then partial and
 # whole-cluster overwrites and zeroes through the plugin (the normal
 # write path over compressed clusters) against the same qemu-io commands
-# on a raw mirror.  A compress= that contradicts the image's compression
-# type is refused.
+# on a raw mirror.  The last, partial cluster of an odd-sized disk is
+# compressed as qemu-img convert -c does.  A compress= that contradicts
+# the image's compression type is refused.
 source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 source "$TOP_SRCDIR/tests/qcow2/qcow2-functions.sh"
 
@@ -110,6 +111,32 @@ EOF
     rm -f "ref-$name.qcow2"
   done
 done
+
+# A disk whose size is not a multiple of the cluster size: the last,
+# partial cluster is compressed too (padded with zeroes), as QEMU's
+# driver does for a compressed write there (qemu-io write -c; qemu-img
+# convert -c 7.2 writes that cluster uncompressed).  1 MiB + 40 KiB of
+# text: 17 clusters of 64 KiB, all compressed.
+{ head -c $M src.raw
+  dd if=src.raw bs=4096 skip=$((3*M/4096)) count=10 status=none; } > odd.raw
+for ct in "${types[@]}"; do
+  name=odd-$ct
+  img=$tmpdir/$name.qcow2
+  new_sock
+  serve_qcow2 "$sock" "$img" create=$((M + 40960)) "compress=$ct"
+  nbdcopy -- odd.raw "$(uri_of "$sock")" || fail "$name: nbdcopy"
+  stop_server
+  check_image "$img"
+  out=$(qemu-img compare -f raw odd.raw -F qcow2 "$img" 2>&1) ||
+    fail "$name: qemu-img compare: $out"
+  ours=$(check_field "$img" compressed-clusters)
+  [ "$ours" = 17 ] || fail "$name: $ours compressed clusters of 17"
+done
+# The oracle's own behaviour, so that the claim above stays true.
+qemu-img create -q -f qcow2 ref-odd.qcow2 $((M + 40960))
+qemu_io_cmds -f qcow2 ref-odd.qcow2 <<<"write -c -P 0x41 $M 40960"
+[ "$(check_field ref-odd.qcow2 compressed-clusters)" = 1 ] ||
+  fail "qemu-io write -c did not compress the last, partial cluster"
 
 # (Sockets in $tmpdir, not "-U -": nbdkit 1.32 failing at start-up leaves
 # its /tmp/nbdkitXXXXXX directory behind.)
