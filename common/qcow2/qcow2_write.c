@@ -632,6 +632,102 @@ reads_zero (struct qcow2 *q, uint64_t off, uint64_t len, bool *yes)
   return 0;
 }
 
+/* Zero [a,b) of cluster CL by writing zeroes, unless it reads as zeroes
+ * already.
+ */
+static int
+write_zeroes (struct qcow2 *q, uint64_t cl, uint64_t a, uint64_t b)
+{
+  bool yes;
+  int r = reads_zero (q, (cl << q->cluster_bits) + a, b - a, &yes);
+  if (r == -1 || yes)
+    return r;
+  uint8_t *z = calloc (1, b - a);
+  struct wrun w = { 0 };
+  if (!z) {
+    kvm_fail (ENOMEM, "%s: out of memory", q->path);
+    return -1;
+  }
+  r = write_cluster (q, cl, a, b, z, &w);
+  int rf = wrun_flush (q, &w);  /* even after an error (above) */
+  if (r == 0)
+    r = rf;
+  free (z);
+  return r;
+}
+
+/* B, an offset in cluster CL, or the end of the disk if that is before. */
+static uint64_t
+zero_end (struct qcow2 *q, uint64_t cl, uint64_t b)
+{
+  uint64_t start = cl << q->cluster_bits;
+  return q->bd.size - start < b ? q->bd.size - start : b;
+}
+
+/* Extended L2: make whole subclusters [sa,sb) of cluster CL read as
+ * zeroes by their zero bits (alloc bits cleared, the host cluster kept),
+ * as QEMU does.  Returns 1 when they must be written instead (a
+ * compressed cluster has no subcluster bits).
+ */
+static int
+zero_subclusters (struct qcow2 *q, uint64_t cl, uint64_t sa, uint64_t sb)
+{
+  bool yes;
+  if (reads_zero (q, (cl << q->cluster_bits) + sa, sb - sa, &yes) == -1)
+    return -1;
+  if (yes)
+    return 0;
+  uint64_t i2 = cl & ((1ull << q->l2_bits) - 1);
+  uint8_t *t = l2_get_write (q, cl >> q->l2_bits);
+  if (!t)
+    return -1;
+  uint64_t e = l2_entry (q, t, i2), bm = l2_bitmap (q, t, i2);
+  int r = 0;
+  if (e & OFLAG_COMPRESSED)
+    r = 1;
+  else if (q->external_data &&
+           bdev_zero (q->data, zero_end (q, cl, sb) - sa,
+                      (cl << q->cluster_bits) + sa, 0) == -1)
+    r = -1;                     /* a raw data file holds the guest's bytes */
+  else {
+    unsigned s0 = sa >> q->sc_bits, s1 = sb >> q->sc_bits;
+    uint64_t mask = (((uint64_t) 1 << s1) - 1) & ~(((uint64_t) 1 << s0) - 1);
+    uint64_t nbm = (bm & ~mask) | (mask << 32);
+    if (nbm != bm) {
+      store_be64 (t + (i2 << q->l2_entry_shift) + 8, nbm);
+      r = q2_mark_dirty (q, q->l2c, &q->dl2, t);
+    }
+  }
+  lru_put (q->l2c, t);
+  return r;
+}
+
+/* Zero [a,b), part of cluster CL: whole subclusters by metadata (extended
+ * L2; the last one counts as whole when the range reaches the end of the
+ * disk), the rest by writing zeroes.
+ */
+static int
+zero_part (struct qcow2 *q, uint64_t cl, uint64_t a, uint64_t b)
+{
+  if (q->ext_l2) {
+    uint64_t sc = 1ull << q->sc_bits;
+    uint64_t sa = (a + sc - 1) & ~(sc - 1), sb = b & ~(sc - 1);
+    if ((cl << q->cluster_bits) + b == q->bd.size)
+      sb = (b + sc - 1) & ~(sc - 1);
+    if (sa < sb) {
+      int r = zero_subclusters (q, cl, sa, sb);
+      if (r != 1) {
+        if (r == 0 && a < sa)
+          r = write_zeroes (q, cl, a, sa);
+        if (r == 0 && sb < b)
+          r = write_zeroes (q, cl, sb, b);
+        return r;
+      }
+    }
+  }
+  return write_zeroes (q, cl, a, b);
+}
+
 static int
 zero_or_trim (struct qcow2 *q, uint64_t count, uint64_t offset,
               uint32_t flags, bool zero)
@@ -670,25 +766,8 @@ zero_or_trim (struct qcow2 *q, uint64_t count, uint64_t offset,
       else
         r = unmap_cluster (q, cl, zero, !zero || (flags & BDEV_MAY_TRIM));
     }
-    else if (zero) {
-      bool yes;
-      r = reads_zero (q, offset, b - a, &yes);
-      if (r == 0 && !yes) {
-        uint8_t *z = calloc (1, b - a);
-        struct wrun w = { 0 };
-        if (!z) {
-          kvm_fail (ENOMEM, "%s: out of memory", q->path);
-          r = -1;
-        }
-        else {
-          r = write_cluster (q, cl, a, b, z, &w);
-          int rf = wrun_flush (q, &w);  /* even after an error (above) */
-          if (r == 0)
-            r = rf;
-          free (z);
-        }
-      }
-    }
+    else if (zero)
+      r = zero_part (q, cl, a, b);
     offset += b - a;
   }
   if (r == 0)
