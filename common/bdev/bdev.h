@@ -120,6 +120,13 @@ struct bdev_open_opts {
    * (bdev_nbdkit_open_rw_else_ro): that refusal is not logged as an error.
    */
   bool quiet_write_refusal;
+  /* Take QEMU's image locks on a local file (bdev_file.c): set by
+   * bdev_open for every image and every file an image names, so that
+   * QEMU and this process refuse to write one image at once.  Raw
+   * storage opened directly (lvm's physical volumes, thin metadata) is
+   * not locked: several servers may share it, each on its own part.
+   */
+  bool qemu_locks;
   unsigned max_chain_depth;     /* 0 means the default (BDEV_MAX_CHAIN) */
   /* A backing device chosen by the caller instead of the one the image
    * names (for an overlay whose backing is the layer below an nbdkit

@@ -56,15 +56,56 @@ struct file_bdev {
   uint32_t align;               /* O_DIRECT alignment */
   bool can_punch, can_zero_range; /* cleared after EOPNOTSUPP */
   pthread_rwlock_t stripes[BLOCK_STRIPES];  /* if direct */
+  bool write_locked;            /* holds QEMU's write locks (qemu_lock_image) */
+  dev_t dev;
+  ino_t ino;
 };
 
 #define DIRECT_ALIGN 4096
+
+/* The files this process holds QEMU's write locks on (qemu_lock_image),
+ * with the number of its descriptors holding them.  One image may be
+ * opened for writing more than once here (a VMDK descriptor naming one
+ * file for two extents): the later opens take the same locks but do not
+ * check them, since the conflicting locks are this process's own and the
+ * first open checked for others (who cannot have taken the locks since:
+ * they are held without a gap, all under write_locks_mu).
+ */
+struct write_lock_ref {
+  dev_t dev;
+  ino_t ino;
+  unsigned n;
+  struct write_lock_ref *next;
+};
+static pthread_mutex_t write_locks_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct write_lock_ref *write_locks;
+
+static struct write_lock_ref **
+write_lock_find (dev_t dev, ino_t ino)
+{
+  struct write_lock_ref **r = &write_locks;
+  while (*r && ((*r)->dev != dev || (*r)->ino != ino))
+    r = &(*r)->next;
+  return r;
+}
 
 static void
 file_close (struct bdev *bd)
 {
   struct file_bdev *f = (struct file_bdev *) bd;
-  close (f->fd);
+  if (f->write_locked) {
+    pthread_mutex_lock (&write_locks_mu);
+    close (f->fd);
+    struct write_lock_ref **r = write_lock_find (f->dev, f->ino);
+    if (*r && --(*r)->n == 0) {
+      struct write_lock_ref *d = *r;
+      *r = d->next;
+      free (d);
+    }
+    pthread_mutex_unlock (&write_locks_mu);
+  }
+  else
+    close (f->fd);
   if (f->tail_fd >= 0)
     close (f->tail_fd);
   if (f->direct)
@@ -504,6 +545,76 @@ write_zeroes_max (dev_t dev)
   return v;
 }
 
+/* QEMU's image locking (block/file-posix.c, locking=auto): every process
+ * that has an image open holds a shared OFD lock on byte 100+i for each
+ * permission i it uses and on byte 200+i for each permission it does not
+ * let others have (0 consistent read, 1 write, 2 write-unchanged,
+ * 3 resize).  Taking the same locks makes QEMU (a running VM, qemu-img,
+ * qemu-nbd) refuse an image this process is writing, and makes this
+ * process refuse one that QEMU is writing: two writers, each with its own
+ * cached metadata, corrupt a qcow2/vmdk/vhdx image.  Read-only opens only
+ * declare their reads (byte 100): this process opens one image several
+ * times (an internal snapshot export beside the read-write active image),
+ * and those opens must not refuse each other.
+ */
+#define QEMU_LOCK_PERM_BASE 100
+#define QEMU_LOCK_SHARED_BASE 200
+enum { QPERM_READ = 1, QPERM_WRITE = 2, QPERM_RESIZE = 8 };
+
+static int
+ofd_lock (int fd, int cmd, short type, off_t byte)
+{
+  struct flock fl = {
+    .l_type = type, .l_whence = SEEK_SET, .l_start = byte, .l_len = 1,
+  };
+  if (fcntl (fd, cmd, &fl) == -1)
+    return -1;
+  return cmd == F_OFD_GETLK ? fl.l_type != F_UNLCK : 0;
+}
+
+static int
+qemu_lock_image (int fd, const char *path, bool readonly, bool check)
+{
+  static const char *const names[] = {
+    "consistent read", "write", "write unchanged", "resize",
+  };
+  unsigned perm = QPERM_READ | (readonly ? 0 : QPERM_WRITE | QPERM_RESIZE);
+  unsigned unshared = readonly ? 0 : QPERM_WRITE | QPERM_RESIZE;
+
+  for (int i = 0; i < 4; i++) {
+    if (((perm >> i) & 1 &&
+         ofd_lock (fd, F_OFD_SETLK, F_RDLCK, QEMU_LOCK_PERM_BASE + i) == -1) ||
+        ((unshared >> i) & 1 &&
+         ofd_lock (fd, F_OFD_SETLK, F_RDLCK, QEMU_LOCK_SHARED_BASE + i) == -1)) {
+      if (errno == EINVAL || errno == ENOLCK || errno == ENOTSUP ||
+          errno == EOPNOTSUPP)
+        return 0;               /* no locks on this file system: as QEMU */
+      kvm_error ("%s: cannot lock the image: %m", path);
+      return -1;
+    }
+  }
+  for (int i = 0; check && i < 4; i++) {
+    int r = 0;
+    bool mine = (perm >> i) & 1;
+    if (mine)
+      r = ofd_lock (fd, F_OFD_GETLK, F_WRLCK, QEMU_LOCK_SHARED_BASE + i);
+    if (r == 0 && (unshared >> i) & 1) {
+      r = ofd_lock (fd, F_OFD_GETLK, F_WRLCK, QEMU_LOCK_PERM_BASE + i);
+      mine = false;
+    }
+    if (r == -1)
+      return 0;
+    if (r == 1) {
+      kvm_error ("%s: failed to get %s\"%s\" lock: is another process "
+                 "(a QEMU guest, qemu-img, qemu-nbd, another nbdkit) using "
+                 "the image?", path, mine ? "" : "shared ", names[i]);
+      errno = EAGAIN;
+      return -1;
+    }
+  }
+  return 0;
+}
+
 struct bdev *
 bdev_file_open (const char *path, const struct bdev_open_opts *opts)
 {
@@ -547,13 +658,56 @@ bdev_file_open (const char *path, const struct bdev_open_opts *opts)
     close (fd);
     return NULL;
   }
+  struct write_lock_ref *wl = NULL;
+  if (!opts->qemu_locks)
+    ;
+  else if (!opts->readonly) {
+    pthread_mutex_lock (&write_locks_mu);
+    wl = *write_lock_find (st.st_dev, st.st_ino);
+    if (qemu_lock_image (fd, path, false, !wl) == -1 ||
+        (!wl && !(wl = calloc (1, sizeof *wl)))) {
+      int e = errno;
+      pthread_mutex_unlock (&write_locks_mu);
+      close (fd);
+      errno = e;
+      return NULL;
+    }
+    if (wl->n++ == 0) {
+      wl->dev = st.st_dev;
+      wl->ino = st.st_ino;
+      wl->next = write_locks;
+      write_locks = wl;
+    }
+    pthread_mutex_unlock (&write_locks_mu);
+  }
+  else if (qemu_lock_image (fd, path, true, true) == -1) {
+    int e = errno;
+    close (fd);
+    errno = e;
+    return NULL;
+  }
 
   f = bdev_alloc (sizeof *f, &file_ops, path);
   if (!f) {
-    close (fd);
+    if (wl) {                   /* undo the registration above */
+      pthread_mutex_lock (&write_locks_mu);
+      close (fd);
+      struct write_lock_ref **r = write_lock_find (st.st_dev, st.st_ino);
+      if (*r && --(*r)->n == 0) {
+        struct write_lock_ref *d = *r;
+        *r = d->next;
+        free (d);
+      }
+      pthread_mutex_unlock (&write_locks_mu);
+    }
+    else
+      close (fd);
     return NULL;
   }
   f->fd = fd;
+  f->write_locked = wl != NULL;
+  f->dev = st.st_dev;
+  f->ino = st.st_ino;
   f->tail_fd = -1;
   f->is_block = S_ISBLK (st.st_mode);
   f->direct = opts->direct;

@@ -137,7 +137,9 @@ bdev_open (const char *path, const char *format,
     errno = ENOTSUP;
     goto fail;
   }
-  return f->open (path, opts, depth);
+  struct bdev_open_opts lo = *opts;
+  lo.qemu_locks = true;         /* inherited by the files the image names */
+  return f->open (path, &lo, depth);
 
  fail:
   /* opts->backing is ours also on failure (bdev.h). */

@@ -1,0 +1,87 @@
+#!/bin/bash
+# SPDX-License-Identifier: BSD-3-Clause
+# QEMU's image locks (bdev_file.c, qemu_lock_image): an image that a QEMU
+# process (here qemu-nbd, as a running guest would) has open for writing
+# is refused by the plugin, and an image the plugin is writing is refused
+# by qemu-img and qemu-io, as between two QEMU processes.  Without them
+# "qemu-img snapshot -c" on a served image went through, and the plugin's
+# next writes (with its cached L1 table) landed in the new snapshot's L2
+# table: the snapshot changed and the active image lost the write.
+# Read-only opens of the plugin (an internal snapshot's export beside the
+# read-write active image) do not refuse each other.
+source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
+source "$TOP_SRCDIR/tests/qcow2/qcow2-functions.sh"
+requires qemu-nbd
+requires_nbdsh
+
+cd "$tmpdir"
+qemu-img create -q -f qcow2 img.qcow2 64M
+qemu-io -c 'write -P 1 0 8M' img.qcow2 >/dev/null
+qemu-img snapshot -c s img.qcow2
+
+# 1. qemu-nbd has the image open read-write: the plugin refuses it.
+qsock="$tmpdir/qemu.sock"
+qemu-nbd -k "$qsock" -f qcow2 -t --pid-file="$qsock.pid" img.qcow2 &
+qbg=$!
+kill_at_exit $qbg
+for (( i=0; i<200; i++ )); do [ -S "$qsock" ] && [ -s "$qsock.pid" ] && break; sleep 0.05; done
+[ -S "$qsock" ] || fail "qemu-nbd did not start"
+new_sock
+start_nbdkit "$sock" "$(plugin_so qcow2)" file=img.qcow2
+if PATH="/usr/bin:$PATH" nbdsh -u "$(uri_of "$sock")" -c 'h.pwrite(b"x" * 512, 0)' 2>/dev/null; then
+  fail "the plugin wrote into an image that qemu-nbd has open for writing"
+fi
+stop_nbdkit
+kill $qbg; wait $qbg 2>/dev/null || :
+
+# 2. The plugin has it open read-write (a client connected): QEMU's tools
+#    refuse it, --force-share (-U) reads still work, and the plugin's own
+#    snapshot export opens beside the active image.
+new_sock
+start_nbdkit "$sock" "$(plugin_so qcow2)" file=img.qcow2
+PATH="/usr/bin:$PATH" nbdsh -u "$(uri_of "$sock")" -c "
+import subprocess
+h.pwrite(b'\x02' * 65536, 0)
+h.flush()
+def refused(*cmd):
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode != 0 and 'lock' in r.stderr, (cmd, r.returncode, r.stderr)
+refused('qemu-img', 'snapshot', '-c', 'x', 'img.qcow2')
+refused('qemu-io', '-c', 'write 0 4k', 'img.qcow2')
+refused('qemu-img', 'info', 'img.qcow2')
+subprocess.run(['qemu-img', 'info', '-U', 'img.qcow2'], check=True, capture_output=True)
+subprocess.run(['nbdcopy', '$(uri_of "$sock" s)', 's.raw'], check=True)
+h.pwrite(b'\x03' * 65536, 4 << 20)
+h.flush()
+"
+stop_nbdkit
+
+# 3. Nothing holds it any more: QEMU opens it, nothing was lost.
+qemu_img_check img.qcow2
+qemu-img snapshot -l img.qcow2 | grep -q ' s ' || fail "snapshot s lost"
+[ "$(qemu-img snapshot -l img.qcow2 | grep -c ' x ')" = 0 ] || fail "snapshot x was taken"
+qemu-io -c 'read -P 2 0 64k' -c 'read -P 3 4M 64k' -c 'read -P 1 64k 4032k' img.qcow2 |
+  grep -q 'verification failed' && fail "data lost"
+qemu-io -f raw -c 'read -P 1 0 8M' s.raw | grep -q 'verification failed' && fail "snapshot export"
+
+# 4. One file opened for writing twice by the plugin itself (a VMDK
+#    descriptor naming one flat file for two extents): not a conflict.
+truncate -s 64M two-flat.img
+cat > two.vmdk <<'EOD'
+# Disk DescriptorFile
+version=1
+CID=12345678
+parentCID=ffffffff
+createType="monolithicFlat"
+
+RW 65536 FLAT "two-flat.img" 0
+RW 65536 FLAT "two-flat.img" 65536
+EOD
+new_sock
+start_nbdkit "$sock" "$(plugin_so vmdk)" file=two.vmdk
+PATH="/usr/bin:$PATH" nbdsh -u "$(uri_of "$sock")" -c 'h.pwrite(b"\x04" * 4096, 40 << 20); h.flush()' ||
+  fail "a VMDK with two extents in one file is refused"
+stop_nbdkit
+cmp -s <(head -c 4096 /dev/zero | tr '\0' '\4') <(tail -c +$((40 * 1048576 + 1)) two-flat.img | head -c 4096) ||
+  fail "VMDK write lost"
+echo PASS
