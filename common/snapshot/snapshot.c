@@ -16,6 +16,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <libgen.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -570,6 +571,28 @@ snap_chain_close (struct snap_chain *c)
     chain_free (c);
 }
 
+/* fsync the directory that holds DIR: DIR's own entry (a new overlay
+ * directory) is durable only then, and with it everything inside.
+ */
+static int
+fsync_parent (const char *dir)
+{
+  char *copy = strdup (dir);
+  if (!copy) {
+    kvm_error ("%s: out of memory", dir);
+    return -1;
+  }
+  const char *parent = dirname (copy);
+  int fd = open (parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  int r = fd == -1 ? -1 : fsync (fd);
+  if (r == -1)
+    kvm_error ("%s: fsync: %m", parent);
+  if (fd >= 0)
+    close (fd);
+  free (copy);
+  return r;
+}
+
 struct snap_chain *
 snap_chain_open (const char *dir, struct bdev *below,
                  const char *const *format_opts)
@@ -641,7 +664,12 @@ snap_chain_open (const char *dir, struct bdev *below,
     if (layer_create (c, &c->layers[0], below) == -1)
       goto fail;
     c->n = 1;
-    if (snap_write_layers (c, c->layers, 1, false) == -1)
+    /* The directory may be new (now or before a crash): its entry in
+     * its parent must be durable with the state, or a power loss can
+     * take the whole chain away after writes to it were flushed.
+     */
+    if (snap_write_layers (c, c->layers, 1, false) == -1 ||
+        fsync_parent (dir) == -1)
       goto fail;
     kvm_debug ("%s: new snapshot chain over %" PRIu64 " bytes", dir,
                c->size);
@@ -669,6 +697,15 @@ snap_chain_open (const char *dir, struct bdev *below,
         goto fail;
       }
     }
+    /* The state just read may be a rename that a crash kept from being
+     * synced (killed between the rename and the fsync of the directory):
+     * make it durable before removing what the previous state names, and
+     * before writes to its top layer are flushed, or a power loss could
+     * bring back the previous state without its layers, or without
+     * flushed writes.
+     */
+    if (snap_fsync_dir (c) == -1)
+      goto fail;
     collect_garbage (c);
     if (c->committing) {
       kvm_debug ("%s: finishing an interrupted commit", dir);

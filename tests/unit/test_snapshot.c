@@ -45,11 +45,16 @@ rnd (void)
 int __real_fsync (int fd);
 int __wrap_fsync (int fd);
 static int fail_dir_fsync;
+static struct stat watch_dir;   /* count the fsyncs of this directory */
+static int watch_dir_fsyncs;
 
 int
 __wrap_fsync (int fd)
 {
   struct stat st;
+  if (watch_dir.st_ino && fstat (fd, &st) == 0 &&
+      st.st_ino == watch_dir.st_ino && st.st_dev == watch_dir.st_dev)
+    watch_dir_fsyncs++;
   if (fail_dir_fsync && fstat (fd, &st) == 0 && S_ISDIR (st.st_mode) &&
       --fail_dir_fsync == 0) {
     errno = EIO;
@@ -258,15 +263,26 @@ main (void)
   CHECK (fd >= 0 && write (fd, below_orig, SIZE) == SIZE);
   close (fd);
 
-  /* First use creates the directory; writes survive a reopen. */
+  /* First use creates the directory; writes survive a reopen.  The new
+   * directory's entry is made durable (its parent fsynced), or a power
+   * loss could take the whole chain away.
+   */
+  CHECK (stat (tmpl, &watch_dir) == 0);
   struct snap_chain *c = open_chain ();
+  CHECK (watch_dir_fsyncs > 0);
+  watch_dir.st_ino = 0;
   check_all (c, "new");
   random_io (snap_chain_bdev (c), 60);
   trim_whole_clusters (snap_chain_bdev (c));
   check_all (c, "after writes");
   snap_chain_close (c);
   check_below_untouched ();
+  /* Every open makes the state it read durable (the directory fsynced). */
+  CHECK (stat (dir, &watch_dir) == 0);
+  watch_dir_fsyncs = 0;
   c = open_chain ();
+  CHECK (watch_dir_fsyncs > 0);
+  watch_dir.st_ino = 0;
   check_all (c, "reopened");
 
   /* Snapshots, writes between them, a write to a view refused. */
