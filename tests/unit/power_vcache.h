@@ -87,11 +87,19 @@ vc_pread (struct bdev *bd, void *buf, size_t n, uint64_t off)
   return 0;
 }
 
+/* >= 0: a write at offset 0 (an image header) moves the cut to this
+ * many events after it, if that is sooner (cuts around a header switch).
+ */
+static long vc_header_cut = -1;
+
 static void
 vc_record (struct vcache *v, const void *buf, size_t n, uint64_t off,
            int forced)
 {
   vc_event (v);
+  if (off == 0 && vc_header_cut >= 0 && !*v->crashed &&
+      (*v->cut_at < 0 || *v->cut_at > *v->events + 1 + vc_header_cut))
+    *v->cut_at = *v->events + 1 + vc_header_cut;
   if (getenv ("POWER_TRACE"))
     fprintf (stderr, "    ev %ld: %s 0x%llx+0x%zx%s%s\n", *v->events,
              buf ? "write" : "zero", (unsigned long long) off, n,

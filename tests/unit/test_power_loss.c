@@ -14,6 +14,16 @@
  *                  "qemu-backing:OPTS" (with a raw backing file)
  *           vmdk:  "qemu:OPTS"  vhdx: "qemu:OPTS"
  *           thin:  "int" (metadata in the pool) | "ext" (separate device)
+ *           "qemu:OPTS/FLAG,FLAG...": variant flags (listed below: initial
+ *           content, compressed writes, internal snapshot, bitmap, external
+ *           data file, VHDX parent, recovery at open); with flags, QEMU
+ *           also reads every crash image (qemu-img convert) and each sector
+ *           must hold a value the model allows (POWER_QEMU_READ=1: that
+ *           for every variant).
+ * Environment: POWER_VSIZE (virtual size when the granule is below 4
+ *   KiB), POWER_GRAN (the workload's granule), POWER_HEADER_CUT (cut
+ *   just after the first write at offset 0), POWER_KEEP, POWER_TRACE,
+ *   POWER_NOCHECK.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -34,6 +44,7 @@
 
 #define MAGIC 0x504f5752u
 #define TOK_BACKING 0xffffffffu
+#define TOK_INIT 0xfffffffeu    /* initial content written by qemu */
 
 static const char *engine, *variant;
 static char dir[64] = "/tmp/power.XXXXXX";
@@ -42,6 +53,45 @@ static uint64_t vsize, gran;
 static int have_backing, verbose;
 static int thin_ext;
 static uint64_t thin_chunk = 65536, thin_pool_max;
+
+/* Variant flags (after a '/' in VARIANT, comma separated):
+ *   compress  qcow2: open with qcow2.compress=zlib (zstd if the image's
+ *             compression_type is zstd): new whole clusters compressed
+ *   init      initial content (about half the granules) written by
+ *             qemu-img convert from init.raw
+ *   initc     the same, converted with -c (compressed clusters)
+ *   snap      qcow2: an internal snapshot s1 of the initial content
+ *             (qemu-img snapshot -c); after every cut the snapshot must
+ *             still read as init.raw (qemu-img convert -l)
+ *   bitmap    qcow2: a persistent dirty bitmap b0 (qemu-img bitmap --add);
+ *             after every cut, if it is not in use, every 4 KiB piece
+ *             whose content (read by qemu-img) differs from what it was
+ *             when the bitmap was added must be dirty in it (qemu-nbd -B
+ *             + nbdinfo --map); a bitmap left in use is replaced by a new
+ *             one (qemu-img bitmap --remove, --add)
+ *   parent    vhdx: a differencing disk (made by the engine) over a
+ *             parent holding the initial content (qemu-img convert)
+ *   datafile  qcow2: an external data file img.data (qemu-img create -o
+ *             data_file=img.data,OPTS), under the power cut too (a second
+ *             vcache, through --wrap=bdev_storage_open)
+ *   lazydirty qcow2: lazy_refcounts=on; after the initial content, QEMU
+ *             writes more (qemu-io, flush, abort: the dirty bit stays set)
+ *             with the refcount blocks as before those writes (rolled
+ *             back if QEMU wrote them; 7.2 does not): the engine repairs
+ *             the refcounts at the first open (which the cuts may
+ *             interrupt)
+ *   dirtylog  vhdx: the initial content is written by qemu-io, which
+ *             then aborts, and the BAT is rolled back to before the
+ *             writes: a log that must be replayed at the first open
+ *             (which the cuts may interrupt)
+ */
+static int f_qemu_read;          /* any flag: also qemu_checks */
+static int f_datafile, f_lazydirty;
+static int f_compress, f_init, f_initc, f_snap, f_bitmap, f_parent, f_dirtylog;
+static uint32_t *init_tok;      /* per sector: initial token (0: zero) */
+static int trim_init;           /* a trimmed sector may read init_tok */
+static const char *fopts[4];
+static long n_snap_checks, n_bitmap_checks, n_bitmap_inuse;
 
 /* ---- model ---------------------------------------------------------- */
 struct sset { uint32_t *v; uint32_t n, cap; };
@@ -149,6 +199,7 @@ static struct bdev *
 open_engine (void)
 {
   struct bdev_open_opts o = { 0 };
+  o.format_opts = fopts;
   if (!strcmp (engine, "qcow2"))
     return qcow2_open_container (&vc_main->bd, imgpath, &o, 0);
   if (!strcmp (engine, "vmdk"))
@@ -169,8 +220,226 @@ make_vcs (const unsigned char *m, uint64_t ml, const unsigned char *x,
   int thin = !strcmp (engine, "thin");
   vc_main = vc_new (m, ml, !thin, &events, &cut_at, &crashed, on_cut, NULL);
   vc_meta = NULL;
-  if (thin && thin_ext)
+  if ((thin && thin_ext) || f_datafile)
     vc_meta = vc_new (x, xl, 1, &events, &cut_at, &crashed, on_cut, NULL);
+}
+
+/* The qcow2 engine opens its external data file img.data through
+ * bdev_storage_open: it gets vc_meta, in the same power domain.
+ */
+struct bdev *__real_bdev_storage_open (const char *path,
+                                       const struct bdev_open_opts *opts);
+struct bdev *__wrap_bdev_storage_open (const char *path,
+                                       const struct bdev_open_opts *opts);
+struct bdev *
+__wrap_bdev_storage_open (const char *path, const struct bdev_open_opts *opts)
+{
+  size_t n = strlen (path);
+  if (f_datafile && vc_meta && n >= 9 && !strcmp (path + n - 9, "/img.data"))
+    return &vc_meta->bd;
+  return __real_bdev_storage_open (path, opts);
+}
+
+static uint32_t
+crc32c_sw (const unsigned char *p, size_t n)
+{
+  uint32_t c = 0xffffffffu;
+  while (n--) {
+    c ^= *p++;
+    for (int k = 0; k < 8; k++)
+      c = c & 1 ? (c >> 1) ^ 0x82f63b78u : c >> 1;
+  }
+  return ~c;
+}
+
+/* VHDX: the log GUID of the current header of IMG (nonzero: QEMU must
+ * replay the log), and the log's place.
+ */
+static int
+vhdx_log_pending (const unsigned char *img, uint64_t len, uint64_t *log_off,
+                  uint64_t *log_len)
+{
+  const unsigned char *best = NULL;
+  uint64_t bseq = 0;
+  for (int i = 1; i <= 2; i++) {
+    const unsigned char *h = img + i * 65536;
+    if ((uint64_t) i * 65536 + 4096 > len || memcmp (h, "head", 4))
+      continue;
+    unsigned char t[4096];      /* a torn header fails its checksum */
+    uint32_t want;
+    memcpy (t, h, 4096);
+    memcpy (&want, t + 4, 4);
+    memset (t + 4, 0, 4);
+    if (crc32c_sw (t, 4096) != want)
+      continue;
+    uint64_t seq;
+    memcpy (&seq, h + 8, 8);
+    if (!best || seq > bseq) { best = h; bseq = seq; }
+  }
+  if (!best) return 0;
+  uint32_t ll; uint64_t lo;
+  memcpy (&ll, best + 68, 4);
+  memcpy (&lo, best + 72, 8);
+  if (log_off) *log_off = lo;
+  if (log_len) *log_len = ll;
+  for (int i = 0; i < 16; i++) if (best[48 + i]) return 1;
+  return 0;
+}
+
+/* Every sector of raw file PATH (qemu's reading of the crash image) holds
+ * a value the crash model allows.
+ */
+static int
+verify_raw_file (const char *path, const char *what)
+{
+  uint64_t l;
+  unsigned char *b = read_file (path, &l);
+  int bad = 0;
+  if (l != vsize) {
+    fprintf (stderr, "%s: %s has %" PRIu64 " bytes\n", what, path, l);
+    bad = 1;
+  }
+  for (uint64_t s = 0; !bad && s < nsect; s++) {
+    uint64_t other = 0;
+    int64_t t = decode (b + s * 512, s, &other);
+    if (t >= 0 && ss_has (&crash[s], (uint32_t) t))
+      continue;
+    fprintf (stderr, "%s: sector %" PRIu64 " (0x%" PRIx64 ") reads %" PRId64
+             " (other %" PRIu64 "); allowed:", what, s, s * 512, t, other);
+    for (uint32_t i = 0; i < crash[s].n; i++)
+      fprintf (stderr, " %" PRId32, (int32_t) crash[s].v[i]);
+    fprintf (stderr, "\n");
+    bad = 1;
+  }
+  free (b);
+  return bad;
+}
+
+/* Checks with QEMU of the crash image at imgpath beyond qemu-img check:
+ * QEMU reads what the model allows, the internal snapshot is intact, a
+ * consistent bitmap covers every change.  0 ok.
+ */
+/* The crash image needs a recovery by QEMU before it can be read or
+ * checked: a VHDX log to replay, a dirty qcow2 (lazy refcounts).
+ */
+static int
+needs_recovery (void)
+{
+  if (!strcmp (engine, "vhdx"))
+    return vhdx_log_pending (img_main, len_main, NULL, NULL);
+  if (!strcmp (engine, "qcow2") && len_main >= 80 &&
+      img_main[4] == 0 && img_main[7] >= 3)
+    return img_main[79] & 1;    /* incompatible bit 0: dirty */
+  return 0;
+}
+
+static int
+qemu_checks (void)
+{
+  char cmd[1024], p[160], srcbuf[160];
+  const char *src = imgpath;
+  if (needs_recovery ()) {
+    /* QEMU's recovery (log replay, refcount repair): on a copy. */
+    snprintf (cmd, sizeof cmd, "cp %s %s/replay.%s && qemu-img check -q "
+              "-r all -f %s %s/replay.%s > %s/check.out 2>&1 && qemu-img "
+              "check -q -f %s %s/replay.%s >> %s/check.out 2>&1",
+              imgpath, dir, fmt, fmt, dir, fmt, dir, fmt, dir, fmt, dir);
+    if (sh (cmd) != 0) {
+      fprintf (stderr, "qemu-img check -r all (recovery by QEMU) fails:\n");
+      snprintf (cmd, sizeof cmd, "cat %s/check.out >&2", dir);
+      sh (cmd);
+      return 1;
+    }
+    snprintf (srcbuf, sizeof srcbuf, "%s/replay.%s", dir, fmt);
+    src = srcbuf;
+  }
+  snprintf (cmd, sizeof cmd, "qemu-img convert -f %s -O raw %s %s/qemu.raw",
+            fmt, src, dir);
+  if (sh (cmd) != 0) {
+    fprintf (stderr, "qemu-img convert of the crash image fails\n");
+    return 1;
+  }
+  snprintf (p, sizeof p, "%s/qemu.raw", dir);
+  if (verify_raw_file (p, "read by qemu-img"))
+    return 1;
+  if (f_snap) {
+    n_snap_checks++;
+    snprintf (cmd, sizeof cmd, "qemu-img convert -f qcow2 -l snapshot.name=s1"
+              " -O raw %s %s/snap.raw && cmp %s/snap.raw %s/%s >&2",
+              src, dir, dir, dir, f_lazydirty ? "init0.raw" : "init.raw");
+    if (sh (cmd) != 0) {
+      fprintf (stderr, "internal snapshot s1 no longer reads as init.raw\n");
+      return 1;
+    }
+  }
+  /* A dirty image (the engine's repair was cut): QEMU would repair it at
+   * the bitmap's replacement below, instead of the engine.  Its bitmap is
+   * checked at a later cut.
+   */
+  if (f_bitmap && !needs_recovery ()) {
+    snprintf (cmd, sizeof cmd, "qemu-img info --output=json %s > %s/info.json"
+              " && grep -q '\"b0\"' %s/info.json", imgpath, dir, dir);
+    if (sh (cmd) != 0) {
+      fprintf (stderr, "bitmap b0 is gone\n");
+      return 1;
+    }
+    snprintf (cmd, sizeof cmd, "grep -q '\"in-use\"' %s/info.json", dir);
+    if (sh (cmd) == 0) {
+      /* Inconsistent: QEMU's way back is a new bitmap, tracking changes
+       * from the content now.  So the next cuts are checked again.
+       */
+      n_bitmap_inuse++;
+      if (verbose) fprintf (stderr, "  bitmap in use after the cut\n");
+      snprintf (cmd, sizeof cmd, "qemu-img bitmap --remove %s b0 && "
+                "qemu-img bitmap --add %s b0 && cp %s/qemu.raw %s/bm_base.raw",
+                imgpath, imgpath, dir, dir);
+      CHECK (sh (cmd) == 0);
+      free (img_main);
+      img_main = read_file (imgpath, &len_main);
+      return 0;
+    }
+    n_bitmap_checks++;
+    snprintf (cmd, sizeof cmd, "qemu-nbd --fork -r -f qcow2 -B b0 "
+              "--socket=%s/nbd.sock %s && nbdinfo "
+              "--map=qemu:dirty-bitmap:b0 'nbd+unix:///?socket=%s/nbd.sock' "
+              "> %s/map.txt", dir, imgpath, dir, dir);
+    if (sh (cmd) != 0) {
+      fprintf (stderr, "reading bitmap b0 with qemu-nbd fails\n");
+      return 1;
+    }
+    uint64_t l1, l2;
+    snprintf (p, sizeof p, "%s/bm_base.raw", dir);
+    unsigned char *a = read_file (p, &l1);
+    snprintf (p, sizeof p, "%s/qemu.raw", dir);
+    unsigned char *b = read_file (p, &l2);
+    CHECK (l1 == vsize && l2 == vsize);
+    /* 4 KiB units: no bitmap granularity is finer (QEMU's default is
+     * the cluster size, at least 4 KiB, at most 64 KiB).
+     */
+    const uint64_t U = 4096;
+    uint64_t ng = vsize / U;
+    unsigned char *dirty = calloc (1, ng);
+    snprintf (p, sizeof p, "%s/map.txt", dir);
+    FILE *f = fopen (p, "r");
+    CHECK (f && dirty);
+    unsigned long long o, n; unsigned ty;
+    while (fscanf (f, "%llu %llu %u %*s", &o, &n, &ty) == 3)
+      if (ty & 1)
+        for (uint64_t g = o / U; g < (o + n + U - 1) / U && g < ng; g++)
+          dirty[g] = 1;
+    fclose (f);
+    int bad = 0;
+    for (uint64_t g = 0; g < ng; g++)
+      if (!dirty[g] && memcmp (a + g * U, b + g * U, U)) {
+        fprintf (stderr, "bitmap b0 is consistent but 0x%" PRIx64 "+0x%"
+                 PRIx64 " changed and is clean\n", g * U, U);
+        bad = 1;
+        break;
+      }
+    free (a); free (b); free (dirty);
+    return bad;
+  }
+  return 0;
 }
 
 /* Check the crash image with the format's checker: 0 ok, else problem. */
@@ -180,11 +449,20 @@ check_image (void)
   char cmd[512];
   if (strcmp (engine, "thin")) {
     write_file (imgpath, img_main, len_main);
-    snprintf (cmd, sizeof cmd, "qemu-img check -f %s %s > %s/check.out 2>&1",
-              fmt, imgpath, dir);
-    int r = sh (cmd);
-    if (r == 0 || r == 3)
+    if (f_datafile) {
+      snprintf (cmd, sizeof cmd, "%s/img.data", dir);
+      write_file (cmd, img_meta, len_meta);
+    }
+    if (f_parent)               /* QEMU has no VHDX differencing disks */
       return 0;
+    int r = 0;
+    if (!needs_recovery ()) {
+      snprintf (cmd, sizeof cmd, "qemu-img check -f %s %s > %s/check.out "
+                "2>&1", fmt, imgpath, dir);
+      r = sh (cmd);
+    }
+    if (r == 0 || r == 3)
+      return (f_qemu_read || getenv ("POWER_QEMU_READ")) ? qemu_checks () : 0;
     snprintf (cmd, sizeof cmd, "cat %s/check.out >&2", dir);
     sh (cmd);
     return 1;
@@ -298,8 +576,8 @@ run_seed (uint64_t seed, int cycles, int nops)
   uint64_t rng = seed * 0x9E3779B97F4A7C15ull + 1;
   for (uint64_t s = 0; s < nsect; s++) {
     ss_clear (&cur[s]); ss_clear (&crash[s]);
-    ss_add (&cur[s], have_backing ? TOK_BACKING : 0);
-    ss_add (&crash[s], have_backing ? TOK_BACKING : 0);
+    ss_add (&cur[s], init_tok[s]);
+    ss_add (&crash[s], init_tok[s]);
   }
   next_tok = 1;
   uint64_t l0;
@@ -316,13 +594,40 @@ run_seed (uint64_t seed, int cycles, int nops)
   } else {
     snprintf (p, sizeof p, "%s/init.%s", dir, fmt);
     mi = read_file (p, &ml);
+    if (f_datafile) {
+      snprintf (p, sizeof p, "%s/init.data", dir);
+      xi = read_file (p, &xl);
+    }
   }
   make_vcs (mi, ml, xi, xl);
   free (mi); free (xi);
+  if (f_bitmap) {
+    snprintf (p, sizeof p, "cp %s/%s %s/bm_base.raw", dir,
+              f_lazydirty ? "init0.raw" : "init.raw", dir);
+    CHECK (sh (p) == 0);
+  }
   int fail = 0;
   for (int cyc = 0; cyc < cycles && !fail; cyc++) {
     events = 0; crashed = 0; img_main = img_meta = NULL;
     cut_at = 1 + prng (&rng) % (nops * 4 + 8);
+    if (f_dirtylog && cyc == 0 && prng (&rng) % 2)
+      cut_at = 1 + prng (&rng) % 8;     /* in the log replay at open */
+    if (f_lazydirty && cyc == 0 && prng (&rng) % 2)
+      cut_at = 1 + prng (&rng) % 12;    /* in the repair at open */
+    /* POWER_HEADER_CUT=1: cut 0-5 events after the first header write
+     * (a qcow2 refcount table moving, a repair or log replay finishing).
+     */
+    vc_header_cut = -1;
+    if (getenv ("POWER_HEADER_CUT")) {
+      vc_header_cut = prng (&rng) % 6;
+      cut_at = -1;
+    }
+    /* bitmap: often cut just after the Nth flush, where the bitmap is
+     * stored and consistent, so that the bitmap check has work.
+     */
+    int cut_flush = f_bitmap && prng (&rng) % 2 ? 1 + prng (&rng) % 3 : 0;
+    if (cut_flush)
+      cut_at = -1;
     cut_mode = prng (&rng) % 4;
     cut_rng = prng (&rng);
     if (verbose)
@@ -371,14 +676,18 @@ run_seed (uint64_t seed, int cycles, int nops)
         ok = bdev_flush (bd) == 0;
         if (ok && !crashed)
           for (uint64_t s = 0; s < nsect; s++) ss_copy (&crash[s], &cur[s]);
+        if (ok && !crashed && cut_flush && --cut_flush == 0) {
+          crashed = 1;
+          on_cut (NULL);
+        }
       } else if (r < 67) {      /* trim */
         if (verbose > 1)
           fprintf (stderr, "  op %d: trim off 0x%" PRIx64 " len 0x%" PRIx64
                    "\n", op, off, len);
         for (uint64_t s = off / 512; s < (off + len) / 512; s++) {
           ss_add (&crash[s], 0); ss_add (&cur[s], 0);
-          if (have_backing) {
-            ss_add (&crash[s], TOK_BACKING); ss_add (&cur[s], TOK_BACKING);
+          if (trim_init) {
+            ss_add (&crash[s], init_tok[s]); ss_add (&cur[s], init_tok[s]);
           }
         }
         ok = bdev_trim (bd, len, off, 0) == 0;
@@ -430,7 +739,7 @@ run_seed (uint64_t seed, int cycles, int nops)
     img_main = img_meta = NULL;
   }
   if (!fail) {                  /* final open and check */
-    events = 0; crashed = 0; cut_at = -1;
+    events = 0; crashed = 0; cut_at = -1; vc_header_cut = -1;
     struct bdev *bd = open_engine ();
     if (!bd) {
       fprintf (stderr, "seed %" PRIu64 " final: engine does not open\n", seed);
@@ -449,6 +758,245 @@ run_seed (uint64_t seed, int cycles, int nops)
   return fail;
 }
 
+/* The initial image init.FMT for the variant flags (dir, vsize, gran,
+ * nsect, init_tok set): its content in init.raw and init_tok.
+ */
+static void
+make_init (const char *opts0)
+{
+  char cmd[2048], p[160], ob[300];
+  snprintf (ob, sizeof ob, "%s%s%s%s", f_datafile ? "data_file=img.data" : "",
+            f_lazydirty ? "lazy_refcounts=on" : "",
+            (f_datafile || f_lazydirty) && *opts0 ? "," : "", opts0);
+  const char *opts = ob;
+  const char *o = *opts ? "-o " : "";
+  unsigned char *raw = calloc (1, vsize);
+  CHECK (raw);
+  uint64_t rng = 0x1234567;
+  /* Extents of initial data: granules, whole or in part. */
+  struct { uint64_t off, len; } ext[64];
+  int next = 0;
+  uint64_t bsz = 0;             /* dirtylog: VHDX block size */
+  if (f_dirtylog) {
+    const char *bs = strstr (opts, "block_size=");
+    CHECK (bs);                 /* dirtylog needs block_size=, <= vsize/2 */
+    bsz = strtoull (bs + 11, NULL, 0);
+    CHECK (bsz && bsz <= vsize / 2 && bsz % gran == 0);
+  }
+  if (f_init || f_initc || f_dirtylog || f_parent || f_lazydirty) {
+    for (uint64_t g = 0; g < vsize / gran && next < 63; g++) {
+      uint64_t r = prng (&rng) % 8, a = 0, b = gran;
+      if (f_dirtylog && g * gran >= vsize - bsz) {
+        if (g * gran > vsize - bsz) continue;
+        r = 6;                  /* the last block: one new block, last */
+      }
+      if (f_dirtylog && r < 6) continue;  /* a few writes only */
+      if (!f_dirtylog && r < 3) continue;
+      if (r == 7) {
+        a = (prng (&rng) % (gran / 512)) * 512;
+        b = a + 512 * (1 + prng (&rng) % ((gran - a) / 512));
+      }
+      ext[next].off = g * gran + a; ext[next].len = b - a; next++;
+      for (uint64_t s = (g * gran + a) / 512; s < (g * gran + b) / 512; s++) {
+        fill (raw + s * 512, s, TOK_INIT);
+        init_tok[s] = TOK_INIT;
+      }
+    }
+  }
+  snprintf (p, sizeof p, "%s/init.raw", dir);
+  write_file (p, raw, vsize);
+  if (f_parent) {
+    /* Parent by QEMU, child by the engine (QEMU cannot make one). */
+    snprintf (cmd, sizeof cmd, "cd %s && qemu-img convert -q -f raw -O vhdx "
+              "%s%s init.raw parent.vhdx", dir, o, opts);
+    CHECK (sh (cmd) == 0);
+    char pp[160];
+    snprintf (p, sizeof p, "%s/init.vhdx", dir);
+    snprintf (pp, sizeof pp, "%s/parent.vhdx", dir);
+    struct vhdx_create_opts vo = { .parent = pp };
+    const char *bs = strstr (opts, "block_size=");
+    if (bs) vo.block_size = strtoull (bs + 11, NULL, 0);
+    CHECK (vhdx_create (p, &vo) == 0);
+  }
+  else if (f_dirtylog) {
+    /* QEMU writes the extents but the last (BAT updates go through its
+     * log), the last one (one new block: one log entry) after a copy
+     * pre.vhdx, then aborts.
+     */
+    CHECK (next >= 2);
+    snprintf (cmd, sizeof cmd, "cd %s && qemu-img create -q -f vhdx %s%s "
+              "init.vhdx %" PRIu64, dir, o, opts, vsize);
+    CHECK (sh (cmd) == 0);
+    int n = 0;
+    for (int i = 0; i < next; i++) {
+      snprintf (p, sizeof p, "%s/src%d", dir, i);
+      write_file (p, raw + ext[i].off, ext[i].len);
+      if (i == next - 1) {
+        CHECK (ext[i].off / 1048576 == (ext[i].off + ext[i].len - 1) / 1048576);
+        snprintf (cmd + n, sizeof cmd - n, " init.vhdx && cp init.vhdx "
+                  "pre.vhdx && qemu-io -f vhdx");
+        n += strlen (cmd + n);
+      }
+      else if (i == 0)
+        n = snprintf (cmd, sizeof cmd, "cd %s && ulimit -c 0 && qemu-io -f "
+                      "vhdx", dir);
+      n += snprintf (cmd + n, sizeof cmd - n, " -c 'write -q -s src%d %"
+                     PRIu64 " %" PRIu64 "'", i, ext[i].off, ext[i].len);
+      CHECK (n < (int) sizeof cmd - 100);
+    }
+    snprintf (cmd + n, sizeof cmd - n, " -c abort init.vhdx 2>/dev/null");
+    sh (cmd);
+    /* Roll the BAT (everything outside the headers and the log) back to
+     * before the last write: a crash after the log was flushed and before
+     * QEMU wrote the BAT in place.
+     */
+    uint64_t pl, il, lo, ll;
+    snprintf (p, sizeof p, "%s/pre.vhdx", dir);
+    unsigned char *pre = read_file (p, &pl);
+    snprintf (p, sizeof p, "%s/init.vhdx", dir);
+    unsigned char *img = read_file (p, &il);
+    /* QEMU has applied its log and cleared the log GUID: put back the
+     * header naming the log (the next sequence number, the GUID of the
+     * log entries), as QEMU wrote it before the first entry.
+     */
+    CHECK (!vhdx_log_pending (img, il, &lo, &ll));
+    CHECK (lo + 64 <= il && !memcmp (img + lo, "loge", 4));
+    /* QEMU starts the log over at each open: the entry of the second
+     * qemu-io is the first one.
+     */
+    uint64_t last = lo;
+    {
+      unsigned char *h1 = img + 65536, *h2 = img + 131072, *cur_h, *oth;
+      uint64_t s1, s2;
+      memcpy (&s1, h1 + 8, 8); memcpy (&s2, h2 + 8, 8);
+      cur_h = s1 > s2 ? h1 : h2; oth = s1 > s2 ? h2 : h1;
+      uint64_t sq = (s1 > s2 ? s1 : s2) + 1;
+      memcpy (oth, cur_h, 4096);
+      memcpy (oth + 8, &sq, 8);
+      memcpy (oth + 48, img + last + 32, 16);
+      memset (oth + 4, 0, 4);
+      uint32_t c = crc32c_sw (oth, 4096);
+      memcpy (oth + 4, &c, 4);
+    }
+    CHECK (vhdx_log_pending (img, il, &lo, &ll));
+    /* The BAT region (region table at 192 KiB). */
+    static const unsigned char bat_guid[16] = {
+      0x66, 0x77, 0xc2, 0x2d, 0x23, 0xf6, 0x00, 0x42,
+      0x9d, 0x64, 0x11, 0x5e, 0x9b, 0xfd, 0x4a, 0x08 };
+    uint64_t bo = 0; uint32_t bl = 0, rn;
+    CHECK (!memcmp (img + 196608, "regi", 4));
+    memcpy (&rn, img + 196608 + 8, 4);
+    for (uint32_t i = 0; i < rn && i < 64; i++) {
+      const unsigned char *e = img + 196608 + 16 + 32 * i;
+      if (!memcmp (e, bat_guid, 16)) { memcpy (&bo, e + 16, 8); memcpy (&bl, e + 24, 4); }
+    }
+    CHECK (bo && bl);
+    uint64_t changed = 0;
+    for (uint64_t x = bo; x < bo + bl && x < pl && x < il; x++)
+      if (img[x] != pre[x]) {
+        img[x] = pre[x];
+        changed++;
+      }
+    CHECK (changed > 0 && changed <= 8);
+    write_file (p, img, il);
+    free (pre); free (img);
+    /* QEMU's replay of it reads as init.raw. */
+    snprintf (cmd, sizeof cmd, "cd %s && cp init.vhdx q.vhdx && qemu-img "
+              "check -q -r all q.vhdx && qemu-img convert -O raw q.vhdx q.raw "
+              "&& cmp q.raw init.raw && qemu-img check -q q.vhdx && rm q.*",
+              dir);
+    CHECK (sh (cmd) == 0);
+  }
+  else if (f_lazydirty) {
+    /* Extents from the middle on are QEMU's later writes. */
+    int k = next / 2;
+    CHECK (k >= 1 && next - k >= 1);
+    unsigned char *r0 = malloc (vsize);
+    CHECK (r0);
+    memcpy (r0, raw, vsize);
+    for (int i = k; i < next; i++)
+      memset (r0 + ext[i].off, 0, ext[i].len);
+    snprintf (p, sizeof p, "%s/init0.raw", dir);
+    write_file (p, r0, vsize);
+    free (r0);
+    /* Snapshot and bitmap before QEMU's dirtying writes (a read-write
+     * open of a dirty image by QEMU repairs it).
+     */
+    snprintf (cmd, sizeof cmd, "cd %s && qemu-img convert -q -f raw -O qcow2 "
+              "-o %s init0.raw init.qcow2%s%s && cp init.qcow2 pre.qcow2", dir,
+              opts, f_snap ? " && qemu-img snapshot -c s1 init.qcow2" : "",
+              f_bitmap ? " && qemu-img bitmap --add init.qcow2 b0" : "");
+    CHECK (sh (cmd) == 0);
+    int n = snprintf (cmd, sizeof cmd, "cd %s && ulimit -c 0 && qemu-io -f "
+                      "qcow2", dir);
+    for (int i = k; i < next; i++) {
+      snprintf (p, sizeof p, "%s/src%d", dir, i);
+      write_file (p, raw + ext[i].off, ext[i].len);
+      n += snprintf (cmd + n, sizeof cmd - n, " -c 'write -q -s src%d %"
+                     PRIu64 " %" PRIu64 "'", i, ext[i].off, ext[i].len);
+      CHECK (n < (int) sizeof cmd - 100);
+    }
+    snprintf (cmd + n, sizeof cmd - n, " -c flush -c abort init.qcow2 "
+              "2>/dev/null");
+    sh (cmd);
+    /* Roll back every refcount block of pre.qcow2. */
+    uint64_t pl, il;
+    snprintf (p, sizeof p, "%s/pre.qcow2", dir);
+    unsigned char *pre = read_file (p, &pl);
+    snprintf (p, sizeof p, "%s/init.qcow2", dir);
+    unsigned char *img = read_file (p, &il);
+    CHECK (il >= 80 && (img[79] & 1));  /* dirty */
+    uint64_t cs = 1ull << (pre[23]), rto = 0, changed = 0;
+    uint32_t rtc = 0;
+    for (int i = 0; i < 8; i++) rto = rto << 8 | pre[48 + i];
+    for (int i = 0; i < 4; i++) rtc = rtc << 8 | pre[56 + i];
+    for (uint64_t e = 0; e < rtc * cs / 8; e++) {
+      uint64_t rb = 0;
+      for (int i = 0; i < 8; i++) rb = rb << 8 | pre[rto + 8 * e + i];
+      rb &= ~511ull;
+      if (!rb || rb + cs > pl) continue;
+      for (uint64_t x = rb; x < rb + cs; x++)
+        if (img[x] != pre[x]) { img[x] = pre[x]; changed++; }
+    }
+    /* (QEMU 7.2 does not write them at a flush either: changed is 0.) */
+    if (changed)
+      write_file (p, img, il);
+    free (pre); free (img);
+    /* Read-only, QEMU sees the damage; repaired, the content. */
+    snprintf (cmd, sizeof cmd, "cd %s && ! qemu-img check -q init.qcow2 "
+              ">/dev/null 2>&1 && cp init.qcow2 q.qcow2 && qemu-img check -q "
+              "-r all q.qcow2 >/dev/null 2>&1 && qemu-img convert -O raw q.qcow2 "
+              "q.raw && cmp q.raw init.raw && rm q.*", dir);
+    CHECK (sh (cmd) == 0);
+  }
+  else if (f_init || f_initc) {
+    snprintf (cmd, sizeof cmd, "cd %s && qemu-img convert -q -f raw -O %s %s "
+              "%s%s init.raw init.%s", dir, fmt, f_initc ? "-c" : "", o, opts,
+              fmt);
+    CHECK (sh (cmd) == 0);
+  }
+  else {
+    snprintf (cmd, sizeof cmd, "cd %s && qemu-img create -q -f %s %s%s "
+              "init.%s %" PRIu64, dir, fmt, o, opts, fmt, vsize);
+    CHECK (sh (cmd) == 0);
+  }
+  if (f_snap && !f_lazydirty) {
+    snprintf (cmd, sizeof cmd, "cd %s && qemu-img snapshot -c s1 init.qcow2",
+              dir);
+    CHECK (sh (cmd) == 0);
+  }
+  if (f_bitmap && !f_lazydirty) {
+    snprintf (cmd, sizeof cmd, "cd %s && qemu-img bitmap --add init.qcow2 b0",
+              dir);
+    CHECK (sh (cmd) == 0);
+  }
+  if (f_datafile) {
+    snprintf (cmd, sizeof cmd, "cd %s && cp img.data init.data", dir);
+    CHECK (sh (cmd) == 0);
+  }
+  free (raw);
+}
+
 /* Run NSEEDS seeds from SEED of ENGINE/VARIANT (globals set): returns
  * the number that failed.
  */
@@ -461,7 +1009,41 @@ run_config (uint64_t seed, long nseeds, int cycles, int nops)
   vsize = 4 << 20;
   gran = 65536;
   have_backing = thin_ext = 0;
-  const char *opts = strchr (variant, ':') ? strchr (variant, ':') + 1 : "";
+  char optbuf[256];
+  snprintf (optbuf, sizeof optbuf, "%s",
+            strchr (variant, ':') ? strchr (variant, ':') + 1 : "");
+  char *flags = strchr (optbuf, '/');
+  const char *opts = optbuf;
+  f_compress = f_init = f_initc = f_snap = f_bitmap = f_parent = 0;
+  f_dirtylog = f_qemu_read = trim_init = f_datafile = f_lazydirty = 0;
+  n_snap_checks = n_bitmap_checks = n_bitmap_inuse = 0;
+  static char copt[32];
+  fopts[0] = NULL;
+  if (flags) {
+    *flags++ = 0;
+    f_qemu_read = 1;
+    for (char *f = strtok (flags, ","); f; f = strtok (NULL, ",")) {
+      if (!strcmp (f, "compress")) f_compress = 1;
+      else if (!strcmp (f, "init")) f_init = 1;
+      else if (!strcmp (f, "initc")) f_initc = 1;
+      else if (!strcmp (f, "snap")) f_snap = 1;
+      else if (!strcmp (f, "bitmap")) f_bitmap = 1;
+      else if (!strcmp (f, "parent")) f_parent = 1;
+      else if (!strcmp (f, "dirtylog")) f_dirtylog = 1;
+      else if (!strcmp (f, "datafile")) f_datafile = 1;
+      else if (!strcmp (f, "lazydirty")) f_lazydirty = 1;
+      else {
+        fprintf (stderr, "unknown variant flag %s\n", f);
+        exit (2);
+      }
+    }
+  }
+  if (f_compress) {
+    snprintf (copt, sizeof copt, "qcow2.compress=%s",
+              strstr (opts, "compression_type=zstd") ? "zstd" : "zlib");
+    fopts[0] = copt;
+    fopts[1] = NULL;
+  }
   if (!strcmp (engine, "thin")) {
     thin_ext = !strcmp (variant, "ext");
     vsize = 8 << 20;
@@ -480,7 +1062,17 @@ run_config (uint64_t seed, long nseeds, int cycles, int nops)
       vsize = getenv ("POWER_VSIZE")
         ? strtoull (getenv ("POWER_VSIZE"), NULL, 0) : 1 << 20;
     have_backing = !strncmp (variant, "qemu-backing", 12);
-    if (have_backing) {
+    nsect = vsize / 512;
+    init_tok = calloc (nsect, sizeof *init_tok);
+    CHECK (init_tok);
+    if (have_backing)
+      for (uint64_t s = 0; s < nsect; s++) init_tok[s] = TOK_BACKING;
+    trim_init = have_backing || f_parent;
+    cmd[0] = 0;
+    if (f_init || f_initc || f_snap || f_bitmap || f_parent || f_dirtylog ||
+        f_datafile || f_lazydirty)
+      make_init (opts);
+    else if (have_backing) {
       unsigned char *b = malloc (vsize);
       CHECK (b);
       for (uint64_t s = 0; s < vsize / 512; s++)
@@ -495,15 +1087,25 @@ run_config (uint64_t seed, long nseeds, int cycles, int nops)
       snprintf (cmd, sizeof cmd, "cd %s && qemu-img create -q -f %s %s%s "
                 "init.%s %" PRIu64, dir, fmt, *opts ? "-o " : "", opts, fmt,
                 vsize);
-    CHECK (sh (cmd) == 0);
+    if (cmd[0])
+      CHECK (sh (cmd) == 0);
     snprintf (imgpath, sizeof imgpath, "%s/img.%s", dir, fmt);
   }
+  if (getenv ("POWER_GRAN"))    /* the workload's granule, not the format's */
+    gran = strtoull (getenv ("POWER_GRAN"), NULL, 0);
   nsect = vsize / 512;
+  if (!init_tok) CHECK ((init_tok = calloc (nsect, sizeof *init_tok)));
   cur = calloc (nsect, sizeof *cur);
   crash = calloc (nsect, sizeof *crash);
   buf = malloc (vsize);
   CHECK (cur && crash && buf);
   long fails = 0;
+  /* QEMU 7.2 resolves a relative data file name from its working
+   * directory, not from the image's.
+   */
+  char owd[4096];
+  CHECK (getcwd (owd, sizeof owd));
+  CHECK (chdir (dir) == 0);
   for (long i = 0; i < nseeds; i++) {
     if (run_seed (seed + i, cycles, nops)) {
       fails++;
@@ -522,6 +1124,12 @@ run_config (uint64_t seed, long nseeds, int cycles, int nops)
   free (cur);
   free (crash);
   free (buf);
+  free (init_tok);
+  init_tok = NULL;
+  if (f_snap || f_bitmap)
+    printf ("  (snapshot checks %ld, bitmap checks %ld, bitmap in use after "
+            "%ld cuts)\n", n_snap_checks, n_bitmap_checks, n_bitmap_inuse);
+  CHECK (chdir (owd) == 0);
   snprintf (cmd, sizeof cmd, "rm -rf %s", dir);
   if (getenv ("POWER_KEEP")) fprintf (stderr, "kept %s\n", dir);
   else sh (cmd);
@@ -543,6 +1151,13 @@ static const struct {
   { "vhdx", "qemu:block_size=1048576", 20 },
   { "thin", "int", 15 },
   { "thin", "ext", 15 },
+  /* With the variant flags: also read back by qemu-img after every cut. */
+  { "qcow2", "qemu:/initc,snap,compress", 4 },
+  { "qcow2", "qemu:cluster_size=4096/init,bitmap", 4 },
+  { "qcow2", "qemu:/datafile,init", 3 },
+  { "qcow2", "qemu:/lazydirty", 4 },
+  { "vhdx", "qemu:block_size=1048576/dirtylog", 4 },
+  { "vhdx", "qemu:block_size=1048576/parent", 4 },
 };
 
 int
