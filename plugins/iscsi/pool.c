@@ -141,8 +141,12 @@ borrow (struct pool *p)
   for (;;) {
     if (__atomic_load_n (&p->gave_up, __ATOMIC_RELAXED)) {
       pthread_mutex_unlock (&p->lock);
-      nbdkit_error ("iscsi: LUN %d: the target is unreachable "
-                    "(gave up reconnecting)", p->lun);
+      /* Said once at error level when the pool gave up (abandon() in
+       * session.c); a guest retrying would otherwise flood the log with
+       * one error per request for as long as the connection stays.
+       */
+      nbdkit_debug ("iscsi: LUN %d: the target is unreachable "
+                    "(gave up reconnecting): EIO", p->lun);
       return NULL;
     }
     if (p->idle) {

@@ -764,8 +764,15 @@ session_run (struct session *s, struct cmd *c)
     c->task = NULL;
 
     if (s->dead || __atomic_load_n (s->gave_up, __ATOMIC_RELAXED)) {
-      nbdkit_error ("iscsi: %s: the target of LUN %d is unreachable "
-                    "(gave up reconnecting)", op_name (c->op), s->lun);
+      /* Once given up, every later request fails: logged at error level
+       * once (abandon()), not once per request.
+       */
+      if (__atomic_load_n (s->gave_up, __ATOMIC_RELAXED))
+        nbdkit_debug ("iscsi: %s: the target of LUN %d is unreachable "
+                      "(gave up reconnecting): EIO", op_name (c->op), s->lun);
+      else
+        nbdkit_error ("iscsi: %s: the target of LUN %d is unreachable "
+                      "(gave up reconnecting)", op_name (c->op), s->lun);
       errno = EIO;
       return -1;
     }

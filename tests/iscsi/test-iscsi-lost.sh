@@ -55,6 +55,13 @@ else:
     raise AssertionError('later read succeeded with the target gone')
 t = time.monotonic() - t0
 assert t < 1, 'a read after giving up took %.1f s to fail' % t
+# A guest retrying against a dead target: every request fails at once,
+# and the log must not get one error line per request.
+for i in range(200):
+    try:
+        h.pread(4096, 0)
+    except nbd.Error:
+        pass
 " || fail "reads with the target gone did not fail cleanly (or hung)"
 
 tgtd_kill                       # reap it (already dead)
@@ -62,6 +69,9 @@ tgtd_kill                       # reap it (already dead)
 grep -q 'giving up' $d/nbdkit.log ||
   fail "no clear error in the nbdkit log: $(tail -5 $d/nbdkit.log)"
 kill -0 $nbdkit_pid 2>/dev/null || fail "nbdkit died"
+n=$(grep -c 'error:.*gave up reconnecting' $d/nbdkit.log || :)
+[ "$n" -le 10 ] ||
+  fail "$n error lines for requests after giving up (one per request floods the log)"
 
 # The target comes back: a new connection logs in again and reads.
 tgtd_revive
