@@ -126,6 +126,20 @@ thr_group_set_limits (struct thr_group *g, const struct thr_limits *lim)
   return changed;
 }
 
+bool
+thr_group_drained (struct thr_group *g)
+{
+  bool drained = true;
+
+  pthread_mutex_lock (&g->lock);
+  thr_buckets_leak (&g->b, &g->lim, g->clock.now (g->clock.opaque));
+  for (int k = 0; k < THR_NR_KINDS; ++k)
+    if (g->b.level[k] > 0 || g->b.burst_level[k] > 0)
+      drained = false;
+  pthread_mutex_unlock (&g->lock);
+  return drained;
+}
+
 void
 thr_group_get_limits (struct thr_group *g, struct thr_limits *lim)
 {

@@ -178,6 +178,12 @@ const char *thr_group_name (const struct thr_group *g);
 bool thr_group_set_limits (struct thr_group *g, const struct thr_limits *lim);
 void thr_group_get_limits (struct thr_group *g, struct thr_limits *lim);
 void thr_group_get_stats (struct thr_group *g, struct thr_stats *st);
+/* Whether every bucket has leaked empty by now: a group with no member
+ * left is then no different from a new one (the filter keeps a group
+ * whose last connection closed until then, so that reconnecting does not
+ * refill its burst allowance).
+ */
+bool thr_group_drained (struct thr_group *g);
 /* Whether requests admitted while the group has no limit at all are
  * counted in the statistics (an atomic add per request; default off).
  */

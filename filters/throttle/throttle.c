@@ -61,6 +61,7 @@ static struct thr_limits current_limits;  /* defaults, for debug */
 static char *file_text;                 /* last valid throttle file */
 static struct group_ref *groups;
 static unsigned long long conn_counter;
+static void free_group_locked (struct group_ref **p);
 
 /* Throttle file state; reload_lock serializes readers of the file. */
 static pthread_mutex_t reload_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -122,6 +123,8 @@ throttle_unload (void)
   free (group_name);
   free (throttle_file);
   free (file_text);
+  while (groups)                /* parked ones: no connection is left */
+    free_group_locked (&groups);
 }
 
 static int
@@ -522,6 +525,41 @@ print_stats (struct group_ref *r, const char *when)
                 st.aborted_ops);
 }
 
+/* Shared groups whose last connection closed stay listed (refs 0) until
+ * their buckets have leaked empty: a client that reconnects must not get
+ * a full burst allowance again.  Export names chosen by clients
+ * (group-by=export) could make many of them, so at most this many are
+ * kept; beyond it the oldest go first.
+ */
+#define MAX_PARKED_GROUPS 1024
+
+static void
+free_group_locked (struct group_ref **p)
+{
+  struct group_ref *r = *p;
+  *p = r->next;
+  thr_group_free (r->g);
+  free (r);
+}
+
+/* Free parked groups that have drained, and the oldest beyond the limit
+ * (new groups are put first in the list, so the oldest are last).
+ */
+static void
+sweep_parked_locked (void)
+{
+  struct group_ref **p;
+  unsigned parked = 0;
+
+  for (p = &groups; *p; ) {
+    if ((*p)->refs == 0 &&
+        (++parked > MAX_PARKED_GROUPS || thr_group_drained ((*p)->g)))
+      free_group_locked (p);
+    else
+      p = &(*p)->next;
+  }
+}
+
 /* Find or create the group; takes a reference. */
 static struct group_ref *
 get_group (const char *exportname)
@@ -531,6 +569,7 @@ get_group (const char *exportname)
   struct thr_limits lim;
 
   pthread_mutex_lock (&groups_lock);
+  sweep_parked_locked ();
   if (!scope_connection) {
     name = group_for_export (exportname);
     for (r = groups; r; r = r->next)
@@ -576,14 +615,12 @@ put_group (struct group_ref *ref)
 
   pthread_mutex_lock (&groups_lock);
   print_stats (ref, "connection closed");
-  if (--ref->refs == 0) {
+  if (--ref->refs == 0 && (!ref->shared || thr_group_drained (ref->g))) {
     for (p = &groups; *p; p = &(*p)->next)
       if (*p == ref) {
-        *p = ref->next;
+        free_group_locked (p);
         break;
       }
-    thr_group_free (ref->g);
-    free (ref);
   }
   pthread_mutex_unlock (&groups_lock);
 }

@@ -3,7 +3,8 @@
 # Throttle filter: achieved rates against the configured limits, measured
 # with real clients (nbdcopy, fio's nbd engine, libnbd) over a few seconds,
 # with generous bounds (±15%): bps-total, bps-read, bps-write, iops-total,
-# iops-size, bursts, and zero requests counted as I/Os only.  Limits are
+# iops-size, bursts, zero requests counted as I/Os only, and a client
+# that reconnects gets no new allowance.  Limits are
 # low so that the CPU never limits, even under the sanitizers.
 source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 source "$TOP_SRCDIR/tests/throttle/throttle-functions.sh"
@@ -85,5 +86,27 @@ serve memory 1G bps-write=1M iops-write=20 \
 read z_bps z_iops < <(client rate "$uri" zero 1048576 4 0-2)
 between "1M zeroes, zero-trim=none (IOPS)" "$z_iops" 100 1e15
 stop_nbdkit
+
+# --- reconnecting does not refill the allowance ----------------------------
+# iops-total=10: 40 reads over 20 connections (2 each, one after another)
+# take about 4 s, as over one connection.  When a group was freed with its
+# last connection, every new one started with empty buckets, and 2 reads
+# fit in them: the whole loop took a fraction of a second.
+serve memory 64M iops-total=10
+t0=$(date +%s.%N)
+"$NBDPY" -c '
+import nbd, sys
+for i in range(20):
+    h = nbd.NBD()
+    h.connect_uri(sys.argv[1])
+    h.pread(4096, 0)
+    h.pread(4096, 4096)
+    h.shutdown()
+    del h
+' "$uri" || fail "reconnecting client failed"
+t1=$(date +%s.%N)
+stop_nbdkit
+el=$(awk -v a="$t0" -v z="$t1" 'BEGIN { printf "%.2f", z - a }')
+between "40 reads over 20 connections, iops-total=10 (seconds)" "$el" 3.0 1e9
 
 echo "PASS"

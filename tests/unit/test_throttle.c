@@ -584,6 +584,33 @@ test_change_and_abort (void)
   thr_group_free (g);
 }
 
+/* thr_group_drained: true only once every bucket (burst ones too) has
+ * leaked empty.
+ */
+static void
+test_drained (void)
+{
+  struct thr_limits lim = limits ("iops-total=10\niops-total-max=100\n"
+                                  "iops-total-max-length=2");
+  struct thr_group *g;
+  struct thr_member *m;
+
+  vnow = 0;
+  g = thr_group_new ("drain", &lim, &vclock);
+  m = thr_member_new (g);
+  CHECK (g && m);
+  CHECK (thr_group_drained (g));                /* new: empty */
+  for (int i = 0; i < 5; ++i)
+    CHECK (thr_admit (m, THR_OP_READ, 4096, true) == 0);
+  CHECK (!thr_group_drained (g));
+  __atomic_fetch_add (&vnow, 400000000ULL, __ATOMIC_SEQ_CST);  /* 0.4 s */
+  CHECK (!thr_group_drained (g));               /* 5 I/Os at 10/s: 0.5 s */
+  __atomic_fetch_add (&vnow, 200000000ULL, __ATOMIC_SEQ_CST);
+  CHECK (thr_group_drained (g));
+  thr_member_free (m);
+  thr_group_free (g);
+}
+
 int
 main (void)
 {
@@ -594,6 +621,7 @@ main (void)
   test_interplay ();
   test_fairness ();
   test_change_and_abort ();
+  test_drained ();
   printf ("test_throttle: OK\n");
   return 0;
 }
