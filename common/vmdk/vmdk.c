@@ -739,6 +739,31 @@ open_parent (struct vmdk *v, const struct vmdk_desc *d,
   return 0;
 }
 
+/* A delta disk records its parent's CID (parentCID), and a VMDK changes
+ * its CID on its first write: a parent whose CID differs was written
+ * since, and the child's grains may no longer fit it.  QEMU refuses to
+ * read through such a child; so do we, unless told otherwise.  Parents
+ * of other formats (or without a CID) have nothing to compare.
+ */
+static int
+check_parent_cid (struct vmdk *v, const struct vmdk_desc *d,
+                  const struct bdev_open_opts *opts)
+{
+  const char *ig = bdev_open_opt (opts, "vmdk.ignore-parent-cid");
+  if (!v->parent || v->parent->ops != &vmdk_ops ||
+      d->parent_cid == 0xffffffff || (ig && strcmp (ig, "0") != 0))
+    return 0;
+  const struct vmdk *p = (const struct vmdk *) v->parent;
+  if (!p->has_cid || p->cid == d->parent_cid)
+    return 0;
+  kvm_fail (EINVAL, "%s: its parent %s has changed since this delta disk "
+            "was made (the parent's CID is %08" PRIx32 ", the child's "
+            "parentCID %08" PRIx32 "); QEMU refuses to read it too "
+            "(override with ignore-parent-cid=true)", v->path, p->path,
+            p->cid, d->parent_cid);
+  return -1;
+}
+
 struct bdev *
 vmdk_open_container (struct bdev *container, const char *name,
                      const struct bdev_open_opts *opts, unsigned depth)
@@ -872,7 +897,9 @@ vmdk_open_container (struct bdev *container, const char *name,
   }
   if (have_desc) {
     v->cid = d.cid;
-    if (open_parent (v, &d, opts, depth) == -1)
+    v->has_cid = d.has_cid;
+    if (open_parent (v, &d, opts, depth) == -1 ||
+        check_parent_cid (v, &d, opts) == -1)
       goto fail;
     /* A delta disk without its parent: a write would fill the rest of a
      * new grain with zeroes instead of the parent's data, for good.

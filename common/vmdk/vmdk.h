@@ -15,6 +15,8 @@
  * Engine options (opts->format_opts):
  *   vmdk.backing=none        ignore the parent (unallocated grains read
  *                            as zeroes)
+ *   vmdk.ignore-parent-cid=1 open a delta disk whose VMDK parent's CID is
+ *                            not its parentCID (the parent changed since)
  */
 #ifndef KVM_VMDK_H
 #define KVM_VMDK_H

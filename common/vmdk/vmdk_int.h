@@ -159,6 +159,7 @@ struct vmdk {
   char *desc_text;
   size_t desc_len;
   uint32_t cid;
+  bool has_cid;                 /* the descriptor gives a CID */
   bool cid_done;                /* atomic */
   uint64_t gt_mem;              /* bytes of grain tables loaded (atomic) */
   uint64_t gt_open_bytes;       /* bytes of tables the directories name */

@@ -27,6 +27,7 @@
 
 static char *backing_path;      /* vmdk-backing=PATH */
 static bool backing_none;       /* vmdk-backing=none */
+static bool ignore_parent_cid;  /* vmdk-ignore-parent-cid=true */
 static char **allowed;          /* vmdk-allow-path=DIR, NULL-ended */
 static size_t nallowed;
 static bool allow_any;
@@ -65,6 +66,13 @@ vmdk_filter_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
       return -1;
     return 0;
   }
+  if (strcmp (key, "vmdk-ignore-parent-cid") == 0) {
+    int r = nbdkit_parse_bool (value);
+    if (r == -1)
+      return -1;
+    ignore_parent_cid = r;
+    return 0;
+  }
   if (strcmp (key, "vmdk-allow-path") == 0)
     return bdev_nbdkit_allow_path (value, &allowed, &nallowed, &allow_any);
   if (strcmp (key, "vmdk-exports") == 0)
@@ -76,6 +84,7 @@ vmdk_filter_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
   "vmdk-backing=PATH|none      Parent of a delta disk (a local path), or\n" \
   "                            none (unallocated grains read as zeroes).\n" \
   "                            Required if the image names a parent.\n" \
+  "vmdk-ignore-parent-cid=true Open a delta disk whose parent changed.\n" \
   "vmdk-allow-path=DIR|any     The parent's own extent and parent files\n" \
   "                            may also be in DIR.\n" \
   "vmdk-exports=one|per-name   One export name at a time (default), or\n" \
@@ -94,7 +103,11 @@ bdev_format_filter_open_image (const char *export, nbdkit_next *next,
 {
   struct bdev *container, *backing = NULL, *bd = NULL;
   char *name;
-  const char *fopts[2] = { backing_none ? "vmdk.backing=none" : NULL, NULL };
+  const char *fopts[3] = { NULL }, **f = fopts;
+  if (backing_none)
+    *f++ = "vmdk.backing=none";
+  if (ignore_parent_cid)
+    *f++ = "vmdk.ignore-parent-cid=1";
 
   if (asprintf (&name, "vmdk filter (export '%s')", export) == -1) {
     nbdkit_error ("asprintf: %m");

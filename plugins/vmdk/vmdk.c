@@ -30,6 +30,7 @@ static char **allowed;          /* NULL-terminated */
 static size_t nallowed;
 static bool allow_any;
 static bool direct;
+static bool ignore_parent_cid;  /* open a delta disk whose parent changed */
 static int64_t create_size = -1;
 static const char *subformat, *adapter_type, *zeroed_grain;
 
@@ -101,11 +102,14 @@ vmdk_config (const char *key, const char *value)
   if (strcmp (key, "allow-path") == 0 ||
       strcmp (key, "allow-backing-path") == 0)
     return bdev_nbdkit_allow_path (value, &allowed, &nallowed, &allow_any);
-  if (strcmp (key, "direct") == 0) {
+  if (strcmp (key, "direct") == 0 || strcmp (key, "ignore-parent-cid") == 0) {
     int r = nbdkit_parse_bool (value);
     if (r == -1)
       return -1;
-    direct = r;
+    if (strcmp (key, "direct") == 0)
+      direct = r;
+    else
+      ignore_parent_cid = r;
     return 0;
   }
   if (strcmp (key, "create") == 0) {
@@ -183,6 +187,7 @@ vmdk_config_complete (void)
   "backing=none                Ignore the parent disk of a delta disk.\n" \
   "allow-path=DIR|any          Extent and parent files may also be in DIR.\n" \
   "direct=true                 Use O_DIRECT.\n" \
+  "ignore-parent-cid=true      Open a delta disk whose parent changed.\n" \
   "create=SIZE                 Create the image if it does not exist\n" \
   "                            (subformat=, adapter-type=, zeroed-grain=)."
 
@@ -190,7 +195,11 @@ static struct bdev *
 open_export (const char *export, void *arg)
 {
   (void) export;
-  const char *fopts[2] = { backing_none ? "vmdk.backing=none" : NULL, NULL };
+  const char *fopts[3] = { NULL }, **f = fopts;
+  if (backing_none)
+    *f++ = "vmdk.backing=none";
+  if (ignore_parent_cid)
+    *f++ = "vmdk.ignore-parent-cid=1";
   struct bdev_open_opts o = {
     .readonly = *(bool *) arg,
     .direct = direct,

@@ -88,6 +88,27 @@ nbdinfo "$(uri_of "$sock")" | grep -q 'is_read_only: true' ||
 stop_server
 echo "ok: vmdk delta chain"
 
+# A parent written since the child was made (its CID changed, no longer
+# the child's parentCID): QEMU refuses to read the child, and so does the
+# plugin, unless ignore-parent-cid=true.  On copies of the chain.
+mkdir "$tmpdir/cid"
+cp "$base" "$tmpdir/cid/"
+cp "$mid" "$top" "$tmpdir/cid/"
+qemu-io -c 'write -P 7 0 4k' "$tmpdir/cid/mid.vmdk" >/dev/null ||
+  fail "qemu-io write into the parent"
+if qemu-io -c 'read 0 4k' "$tmpdir/cid/top.vmdk" 2>&1 | grep -q '^read '; then
+  fail "QEMU read a child whose parent changed (the oracle changed?)"
+fi
+out=$(nbdkit -U - "$(plugin_so vmdk)" "file=$tmpdir/cid/top.vmdk" -r \
+        --run 'nbdinfo --size "$uri"' 2>&1) &&
+  fail "a child whose parent changed was served: $out"
+grep -q "has changed since this delta disk was made" <<<"$out" ||
+  fail "no clear message for a changed parent: $out"
+nbdkit -U - "$(plugin_so vmdk)" "file=$tmpdir/cid/top.vmdk" -r \
+  ignore-parent-cid=true --run 'nbdinfo --size "$uri"' >/dev/null ||
+  fail "ignore-parent-cid=true did not serve the child"
+echo "ok: a changed parent refused"
+
 # qemu-img only creates vmdk children of vmdk parents, and QEMU reads a
 # vmdk's parent only if it is a vmdk with the CID the child expects: make
 # a child, point its parentFileNameHint at a qcow2 file (same name
