@@ -56,56 +56,51 @@ struct file_bdev {
   uint32_t align;               /* O_DIRECT alignment */
   bool can_punch, can_zero_range; /* cleared after EOPNOTSUPP */
   pthread_rwlock_t stripes[BLOCK_STRIPES];  /* if direct */
-  bool write_locked;            /* holds QEMU's write locks (qemu_lock_image) */
+  int lock_kind;                /* 0: no QEMU locks, 1: read, 2: write */
   dev_t dev;
   ino_t ino;
 };
 
 #define DIRECT_ALIGN 4096
 
-/* The files this process holds QEMU's write locks on (qemu_lock_image),
- * with the number of its descriptors holding them.  One image may be
- * opened for writing more than once here (a VMDK descriptor naming one
- * file for two extents): the later opens take the same locks but do not
- * check them, since the conflicting locks are this process's own and the
- * first open checked for others (who cannot have taken the locks since:
- * they are held without a gap, all under write_locks_mu).
+/* The files this process holds QEMU's image locks on (qemu_lock_image).
+ * The locks are held by one open file description per file, LOCK_FD (a
+ * dup of the first descriptor opened on it), with the union of what this
+ * process's opens need: an OFD's own locks never conflict with each
+ * other, so a second open of one file by this process (an internal
+ * snapshot's export beside the read-write image, a backing file shared
+ * by two exports, a VMDK naming one flat file twice) does not refuse
+ * itself, while QEMU is refused as by another QEMU.  All under
+ * image_locks_mu.
  */
-struct write_lock_ref {
+struct image_lock_ref {
   dev_t dev;
   ino_t ino;
-  unsigned n;
-  struct write_lock_ref *next;
+  int lock_fd;
+  unsigned n_ro, n_rw;
+  struct image_lock_ref *next;
 };
-static pthread_mutex_t write_locks_mu = PTHREAD_MUTEX_INITIALIZER;
-static struct write_lock_ref *write_locks;
+static pthread_mutex_t image_locks_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct image_lock_ref *image_locks;
 
-static struct write_lock_ref **
-write_lock_find (dev_t dev, ino_t ino)
+static struct image_lock_ref **
+image_lock_find (dev_t dev, ino_t ino)
 {
-  struct write_lock_ref **r = &write_locks;
+  struct image_lock_ref **r = &image_locks;
   while (*r && ((*r)->dev != dev || (*r)->ino != ino))
     r = &(*r)->next;
   return r;
 }
 
+static void image_unlock (dev_t dev, ino_t ino, bool rw);
+
 static void
 file_close (struct bdev *bd)
 {
   struct file_bdev *f = (struct file_bdev *) bd;
-  if (f->write_locked) {
-    pthread_mutex_lock (&write_locks_mu);
-    close (f->fd);
-    struct write_lock_ref **r = write_lock_find (f->dev, f->ino);
-    if (*r && --(*r)->n == 0) {
-      struct write_lock_ref *d = *r;
-      *r = d->next;
-      free (d);
-    }
-    pthread_mutex_unlock (&write_locks_mu);
-  }
-  else
-    close (f->fd);
+  close (f->fd);
+  if (f->lock_kind)
+    image_unlock (f->dev, f->ino, f->lock_kind == 2);
   if (f->tail_fd >= 0)
     close (f->tail_fd);
   if (f->direct)
@@ -572,28 +567,36 @@ ofd_lock (int fd, int cmd, short type, off_t byte)
   return cmd == F_OFD_GETLK ? fl.l_type != F_UNLCK : 0;
 }
 
+/* Take (F_RDLCK) or release (F_UNLCK) the locks of PERM and UNSHARED on
+ * FD.  Returns 1 if the file system has no locks, -1 on error.
+ */
 static int
-qemu_lock_image (int fd, const char *path, bool readonly, bool check)
+qemu_set_locks (int fd, short type, unsigned perm, unsigned unshared)
+{
+  for (int i = 0; i < 4; i++) {
+    if (((perm >> i) & 1 &&
+         ofd_lock (fd, F_OFD_SETLK, type, QEMU_LOCK_PERM_BASE + i) == -1) ||
+        ((unshared >> i) & 1 &&
+         ofd_lock (fd, F_OFD_SETLK, type, QEMU_LOCK_SHARED_BASE + i) == -1)) {
+      if (errno == EINVAL || errno == ENOLCK || errno == ENOTSUP ||
+          errno == EOPNOTSUPP)
+        return 1;               /* no locks on this file system: as QEMU */
+      return -1;
+    }
+  }
+  return 0;
+}
+
+/* raw_check_lock_bytes: does another open file description forbid PERM
+ * (byte 200+i) or use what we forbid (UNSHARED, byte 100+i)?
+ */
+static int
+qemu_check_locks (int fd, const char *path, unsigned perm, unsigned unshared)
 {
   static const char *const names[] = {
     "consistent read", "write", "write unchanged", "resize",
   };
-  unsigned perm = QPERM_READ | (readonly ? 0 : QPERM_WRITE | QPERM_RESIZE);
-  unsigned unshared = readonly ? 0 : QPERM_WRITE | QPERM_RESIZE;
-
   for (int i = 0; i < 4; i++) {
-    if (((perm >> i) & 1 &&
-         ofd_lock (fd, F_OFD_SETLK, F_RDLCK, QEMU_LOCK_PERM_BASE + i) == -1) ||
-        ((unshared >> i) & 1 &&
-         ofd_lock (fd, F_OFD_SETLK, F_RDLCK, QEMU_LOCK_SHARED_BASE + i) == -1)) {
-      if (errno == EINVAL || errno == ENOLCK || errno == ENOTSUP ||
-          errno == EOPNOTSUPP)
-        return 0;               /* no locks on this file system: as QEMU */
-      kvm_error ("%s: cannot lock the image: %m", path);
-      return -1;
-    }
-  }
-  for (int i = 0; check && i < 4; i++) {
     int r = 0;
     bool mine = (perm >> i) & 1;
     if (mine)
@@ -613,6 +616,94 @@ qemu_lock_image (int fd, const char *path, bool readonly, bool check)
     }
   }
   return 0;
+}
+
+/* Register an open (FD, read-only or not) of the file DEV/INO with this
+ * process's locks on it, taking and checking what it adds, as QEMU does:
+ * read-only opens use reads and forbid others to write or resize (as a
+ * read-only qcow2 node or a backing file in QEMU), read-write ones use
+ * writes and resizes too.
+ */
+static int
+image_lock (int fd, const char *path, dev_t dev, ino_t ino, bool rw)
+{
+  const unsigned ro_perm = QPERM_READ, ro_unshared = QPERM_WRITE | QPERM_RESIZE;
+  const unsigned rw_extra = QPERM_WRITE | QPERM_RESIZE;
+  int r = 0;
+
+  pthread_mutex_lock (&image_locks_mu);
+  struct image_lock_ref *l = *image_lock_find (dev, ino);
+  if (!l) {
+    l = calloc (1, sizeof *l);
+    if (!l || (l->lock_fd = fcntl (fd, F_DUPFD_CLOEXEC, 0)) == -1) {
+      kvm_error ("%s: locking the image: %m", path);
+      free (l);
+      pthread_mutex_unlock (&image_locks_mu);
+      return -1;
+    }
+    l->dev = dev;
+    l->ino = ino;
+    r = qemu_set_locks (l->lock_fd, F_RDLCK,
+                        ro_perm | (rw ? rw_extra : 0), ro_unshared);
+    if (r == 0)
+      r = qemu_check_locks (l->lock_fd, path,
+                            ro_perm | (rw ? rw_extra : 0), ro_unshared);
+    else if (r == -1)
+      kvm_error ("%s: cannot lock the image: %m", path);
+    if (r == -1) {
+      int e = errno;
+      close (l->lock_fd);       /* releases what was taken */
+      free (l);
+      pthread_mutex_unlock (&image_locks_mu);
+      errno = e;
+      return -1;
+    }
+    l->next = image_locks;
+    image_locks = l;
+  }
+  else if (rw && l->n_rw == 0) {
+    /* Only read-only opens so far: add write and resize. */
+    r = qemu_set_locks (l->lock_fd, F_RDLCK, rw_extra, 0);
+    if (r == 0)
+      r = qemu_check_locks (l->lock_fd, path, rw_extra, 0);
+    else if (r == -1)
+      kvm_error ("%s: cannot lock the image: %m", path);
+    if (r == -1) {
+      int e = errno;
+      (void) qemu_set_locks (l->lock_fd, F_UNLCK, rw_extra, 0);
+      pthread_mutex_unlock (&image_locks_mu);
+      errno = e;
+      return -1;
+    }
+  }
+  if (rw)
+    l->n_rw++;
+  else
+    l->n_ro++;
+  pthread_mutex_unlock (&image_locks_mu);
+  return 0;
+}
+
+static void
+image_unlock (dev_t dev, ino_t ino, bool rw)
+{
+  pthread_mutex_lock (&image_locks_mu);
+  struct image_lock_ref **p = image_lock_find (dev, ino), *l = *p;
+  if (l) {
+    if (rw)
+      l->n_rw--;
+    else
+      l->n_ro--;
+    if (l->n_rw + l->n_ro == 0) {
+      close (l->lock_fd);
+      *p = l->next;
+      free (l);
+    }
+    else if (rw && l->n_rw == 0)
+      (void) qemu_set_locks (l->lock_fd, F_UNLCK,
+                             QPERM_WRITE | QPERM_RESIZE, 0);
+  }
+  pthread_mutex_unlock (&image_locks_mu);
 }
 
 struct bdev *
@@ -658,29 +749,8 @@ bdev_file_open (const char *path, const struct bdev_open_opts *opts)
     close (fd);
     return NULL;
   }
-  struct write_lock_ref *wl = NULL;
-  if (!opts->qemu_locks)
-    ;
-  else if (!opts->readonly) {
-    pthread_mutex_lock (&write_locks_mu);
-    wl = *write_lock_find (st.st_dev, st.st_ino);
-    if (qemu_lock_image (fd, path, false, !wl) == -1 ||
-        (!wl && !(wl = calloc (1, sizeof *wl)))) {
-      int e = errno;
-      pthread_mutex_unlock (&write_locks_mu);
-      close (fd);
-      errno = e;
-      return NULL;
-    }
-    if (wl->n++ == 0) {
-      wl->dev = st.st_dev;
-      wl->ino = st.st_ino;
-      wl->next = write_locks;
-      write_locks = wl;
-    }
-    pthread_mutex_unlock (&write_locks_mu);
-  }
-  else if (qemu_lock_image (fd, path, true, true) == -1) {
+  if (opts->qemu_locks &&
+      image_lock (fd, path, st.st_dev, st.st_ino, !opts->readonly) == -1) {
     int e = errno;
     close (fd);
     errno = e;
@@ -689,23 +759,13 @@ bdev_file_open (const char *path, const struct bdev_open_opts *opts)
 
   f = bdev_alloc (sizeof *f, &file_ops, path);
   if (!f) {
-    if (wl) {                   /* undo the registration above */
-      pthread_mutex_lock (&write_locks_mu);
-      close (fd);
-      struct write_lock_ref **r = write_lock_find (st.st_dev, st.st_ino);
-      if (*r && --(*r)->n == 0) {
-        struct write_lock_ref *d = *r;
-        *r = d->next;
-        free (d);
-      }
-      pthread_mutex_unlock (&write_locks_mu);
-    }
-    else
-      close (fd);
+    close (fd);
+    if (opts->qemu_locks)
+      image_unlock (st.st_dev, st.st_ino, !opts->readonly);
     return NULL;
   }
   f->fd = fd;
-  f->write_locked = wl != NULL;
+  f->lock_kind = !opts->qemu_locks ? 0 : opts->readonly ? 1 : 2;
   f->dev = st.st_dev;
   f->ino = st.st_ino;
   f->tail_fd = -1;

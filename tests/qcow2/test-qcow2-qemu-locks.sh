@@ -64,6 +64,39 @@ qemu-io -c 'read -P 2 0 64k' -c 'read -P 3 4M 64k' -c 'read -P 1 64k 4032k' img.
   grep -q 'verification failed' && fail "data lost"
 qemu-io -f raw -c 'read -P 1 0 8M' s.raw | grep -q 'verification failed' && fail "snapshot export"
 
+# 3b. Read-only opens are QEMU's read-only opens: the plugin serving an
+#     image read-only, or using it as a backing file, refuses QEMU writers
+#     (qemu-img commit into the base, qemu-io write) but not QEMU readers;
+#     and it refuses to read an image qemu-nbd is writing.
+qemu-img create -q -f qcow2 -b img.qcow2 -F qcow2 top.qcow2
+qemu-img create -q -f qcow2 -b img.qcow2 -F qcow2 other.qcow2
+qemu-io -c 'write -P 9 0 64k' other.qcow2 >/dev/null
+new_sock
+start_nbdkit "$sock" "$(plugin_so qcow2)" file=top.qcow2
+PATH="/usr/bin:$PATH" nbdsh -u "$(uri_of "$sock")" -c "
+import subprocess
+def refused(*cmd):
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode != 0 and 'lock' in r.stderr, (cmd, r.returncode, r.stderr)
+before = h.pread(65536, 0)
+refused('qemu-img', 'commit', 'other.qcow2')
+refused('qemu-io', '-c', 'write 0 4k', 'img.qcow2')
+subprocess.run(['qemu-img', 'info', 'img.qcow2'], check=True, capture_output=True)
+assert h.pread(65536, 0) == before, 'the backing file changed under the export'
+"
+stop_nbdkit
+qemu-nbd -k "$qsock" -f qcow2 -t --pid-file="$qsock.pid" img.qcow2 &
+qbg=$!
+kill_at_exit $qbg
+for (( i=0; i<200; i++ )); do [ -S "$qsock" ] && [ -s "$qsock.pid" ] && break; sleep 0.05; done
+new_sock
+start_nbdkit "$sock" "$(plugin_so qcow2)" file=img.qcow2 -r
+if PATH="/usr/bin:$PATH" nbdsh -u "$(uri_of "$sock")" -c 'h.pread(512, 0)' 2>/dev/null; then
+  fail "the plugin read an image that qemu-nbd has open for writing"
+fi
+stop_nbdkit
+kill $qbg; wait $qbg 2>/dev/null || :
+
 # 4. One file opened for writing twice by the plugin itself (a VMDK
 #    descriptor naming one flat file for two extents): not a conflict.
 truncate -s 64M two-flat.img
