@@ -729,7 +729,12 @@ open_parent (struct vmdk *v, const struct vmdk_desc *d,
   po.backing = NULL;
   po.readonly = true;
   po.growable = false;
-  po.format_opts = NULL;
+  /* ignore-parent-cid applies to the whole chain: the parent checks its
+   * own parent's CID when it opens.
+   */
+  static const char *const ig_opts[] = { "vmdk.ignore-parent-cid=1", NULL };
+  const char *ig = bdev_open_opt (opts, "vmdk.ignore-parent-cid");
+  po.format_opts = ig && strcmp (ig, "0") != 0 ? ig_opts : NULL;
   v->parent = bdev_open (resolved, NULL, &po, depth + 1);
   free (resolved);
   if (!v->parent) {
@@ -759,7 +764,8 @@ check_parent_cid (struct vmdk *v, const struct vmdk_desc *d,
   kvm_fail (EINVAL, "%s: its parent %s has changed since this delta disk "
             "was made (the parent's CID is %08" PRIx32 ", the child's "
             "parentCID %08" PRIx32 "); QEMU refuses to read it too "
-            "(override with ignore-parent-cid=true)", v->path, p->path,
+            "(override with ignore-parent-cid=true, or "
+            "vmdk-ignore-parent-cid=true with the vmdk filter)", v->path, p->path,
             p->cid, d->parent_cid);
   return -1;
 }

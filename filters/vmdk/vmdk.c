@@ -122,6 +122,10 @@ bdev_format_filter_open_image (const char *export, nbdkit_next *next,
       .allowed_dirs = (const char *const *) allowed,
       .allow_any_path = allow_any,
     };
+    /* The parent checks its own parent's CID: the option reaches it. */
+    static const char *const ig_opts[] = { "vmdk.ignore-parent-cid=1", NULL };
+    if (ignore_parent_cid)
+      bo.format_opts = ig_opts;
     backing = bdev_open (backing_path, NULL, &bo, 1);
     if (!backing) {
       bdev_close (container);

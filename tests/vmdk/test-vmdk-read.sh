@@ -107,6 +107,15 @@ grep -q "has changed since this delta disk was made" <<<"$out" ||
 nbdkit -U - "$(plugin_so vmdk)" "file=$tmpdir/cid/top.vmdk" -r \
   ignore-parent-cid=true --run 'nbdinfo --size "$uri"' >/dev/null ||
   fail "ignore-parent-cid=true did not serve the child"
+# ignore-parent-cid=true covers the whole chain: here the grandparent
+# changed (mid's parentCID no longer matches), top's own parent did not.
+mkdir "$tmpdir/cid2"
+cp "$base" "$mid" "$top" "$tmpdir/cid2/"
+qemu-io -c 'write -P 7 0 4k' "$tmpdir/cid2/$(basename "$base")" >/dev/null ||
+  fail "qemu-io write into the grandparent"
+nbdkit -U - "$(plugin_so vmdk)" "file=$tmpdir/cid2/top.vmdk" -r \
+  ignore-parent-cid=true --run 'nbdinfo --size "$uri"' >/dev/null ||
+  fail "ignore-parent-cid=true did not reach the parent's own parent"
 echo "ok: a changed parent refused"
 
 # qemu-img only creates vmdk children of vmdk parents, and QEMU reads a
