@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "vmdk.h"
 #include "vmdk_int.h"
@@ -597,6 +598,29 @@ ext_type_name (enum vmdk_ext_type t)
 }
 
 /* Open the extents a standalone (or descriptor-only) descriptor lists. */
+/* Does the file of extent E (opened, FLAT or not) serve an earlier
+ * extent too, with at least one of the two sparse?  Two flat ranges of
+ * one file are independent; a sparse extent appends grains at the end of
+ * its file, over whatever else lives there.  (QEMU opens each extent on
+ * its own descriptor, and its image locks refuse any such image for
+ * writing.)
+ */
+static bool
+shares_file (struct vmdk *v, struct extent *e, bool flat)
+{
+  struct stat st, o;
+  int fd = bdev_file_fd (e->file);
+  if (fd == -1 || fstat (fd, &st) == -1)
+    return false;               /* not a local file: by name only */
+  for (struct extent *x = v->ext; x < e; x++) {
+    int xfd = x->file ? bdev_file_fd (x->file) : -1;
+    if (xfd != -1 && !(flat && x->kind == EK_FLAT) && fstat (xfd, &o) == 0 &&
+        o.st_dev == st.st_dev && o.st_ino == st.st_ino)
+      return true;
+  }
+  return false;
+}
+
 static int
 open_desc_extents (struct vmdk *v, const struct vmdk_desc *d,
                    const struct bdev_open_opts *opts, bool writable)
@@ -649,6 +673,12 @@ open_desc_extents (struct vmdk *v, const struct vmdk_desc *d,
       return -1;
     e->own_file = true;
     e->readonly = shared;
+    if (writable && !e->readonly && shares_file (v, e, flat)) {
+      kvm_error ("%s: extent '%s' is a file another extent also uses, and "
+                 "one of them is sparse (both would allocate grains at its "
+                 "end): serving the image read-only", v->path, de->file);
+      e->readonly = true;
+    }
     if (flat) {
       e->kind = EK_FLAT;
       e->flat_off = de->offset * SECTOR;

@@ -76,4 +76,28 @@ run delta "$tmpdir/child.vmdk"
 qemu-img create -q -f vmdk -o zeroed_grain=on -b parent.vmdk -F vmdk \
   "$tmpdir/child-zg.vmdk"
 run delta-zeroed-grain "$tmpdir/child-zg.vmdk"
+
+# A descriptor naming one sparse extent file twice: both extents would
+# append grains at the end of the one file, over each other.  QEMU will
+# not write it (its image locks refuse the second open); the plugin
+# serves it read-only, with a message.  Two flat ranges of one file stay
+# writable (qcow2-qemu-locks).
+mkdir "$tmpdir/dup"
+qemu-img create -q -f vmdk -o subformat=twoGbMaxExtentSparse \
+  "$tmpdir/dup/d.vmdk" 64M
+line=$(grep -a '^RW .* SPARSE "d-s001.vmdk"' "$tmpdir/dup/d.vmdk") ||
+  fail "no extent line in the descriptor"
+sed -i "/^RW .* SPARSE \"d-s001.vmdk\"/a $line" "$tmpdir/dup/d.vmdk"
+[ "$(grep -ac 'SPARSE "d-s001.vmdk"' "$tmpdir/dup/d.vmdk")" = 2 ] ||
+  fail "could not duplicate the extent line"
+if qemu-io -c 'write 0 4k' "$tmpdir/dup/d.vmdk" >/dev/null 2>&1; then
+  fail "QEMU wrote an image naming one sparse file twice (the oracle changed?)"
+fi
+serve_vmdk "$tmpdir/dup/d.vmdk" 2>"$tmpdir/dup.log"
+nbdinfo "$(uri_of "$sock")" | grep -q 'is_read_only: true' ||
+  fail "one sparse extent file named twice was served writable"
+stop_server
+grep -q "another extent also uses" "$tmpdir/dup.log" ||
+  fail "no message for one sparse file named twice: $(tail -3 "$tmpdir/dup.log")"
+echo "ok: one sparse extent file named twice: read-only"
 echo "all ok"
