@@ -303,6 +303,31 @@ release_old_cluster (struct qcow2 *q, uint64_t e)
   return 0;
 }
 
+/* Extended L2: the bitmap of a cluster copied (from a compressed or
+ * shared one) for a write of [a,b), as QEMU makes it (calculate_l2_meta,
+ * qcow2_alloc_cluster_link_l2): allocated from the first allocated or
+ * written subcluster to the last one, and outside that range the old
+ * zero and unallocated subclusters kept as they were.
+ */
+static uint64_t
+copied_bitmap (struct qcow2 *q, const struct cwrite *c)
+{
+  if (c->e & OFLAG_COMPRESSED)
+    return 0xffffffffull;
+  uint32_t alloc = (uint32_t) c->bm;
+  unsigned s0 = c->a >> q->sc_bits, s1 = (c->b - 1) >> q->sc_bits;
+  if (alloc) {
+    unsigned first = __builtin_ctz (alloc), last = 31 - __builtin_clz (alloc);
+    if (first < s0)
+      s0 = first;
+    if (last > s1)
+      s1 = last;
+  }
+  uint64_t range = (((uint64_t) 1 << (s1 + 1)) - 1) &
+    ~(((uint64_t) 1 << s0) - 1);
+  return (c->bm | range) & ~(range << 32);
+}
+
 /* Allocate (or materialise a zero cluster), write, release, remap. */
 static int
 write_new_cluster (struct qcow2 *q, struct cwrite *c)
@@ -326,7 +351,7 @@ write_new_cluster (struct qcow2 *q, struct cwrite *c)
   uint8_t *p = c->t + (c->i2 << q->l2_entry_shift);
   store_be64 (p, nhost | OFLAG_COPIED);
   if (q->ext_l2)
-    store_be64 (p + 8, 0xffffffffull);
+    store_be64 (p + 8, copied_bitmap (q, c));
   return q2_mark_dirty (q, q->l2c, &q->dl2, c->t);
 }
 
@@ -715,14 +740,18 @@ zero_part (struct qcow2 *q, uint64_t cl, uint64_t a, uint64_t b)
     if ((cl << q->cluster_bits) + b == q->bd.size)
       sb = (b + sc - 1) & ~(sc - 1);
     if (sa < sb) {
-      int r = zero_subclusters (q, cl, sa, sb);
-      if (r != 1) {
-        if (r == 0 && a < sa)
-          r = write_zeroes (q, cl, a, sa);
-        if (r == 0 && sb < b)
-          r = write_zeroes (q, cl, sb, b);
-        return r;
-      }
+      /* In QEMU's order (its block layer splits the request): the head,
+       * the whole subclusters, the tail.  Writing a piece may copy a
+       * cluster shared with a snapshot (copied_bitmap).
+       */
+      int r = 0;
+      if (a < sa)
+        r = write_zeroes (q, cl, a, sa);
+      if (r == 0 && (r = zero_subclusters (q, cl, sa, sb)) == 1)
+        r = write_zeroes (q, cl, sa, sb);       /* compressed */
+      if (r == 0 && sb < b)
+        r = write_zeroes (q, cl, sb, b);
+      return r;
     }
   }
   return write_zeroes (q, cl, a, b);
