@@ -702,9 +702,10 @@ snap_chain_open (const char *dir, struct bdev *below,
      * make it durable before removing what the previous state names, and
      * before writes to its top layer are flushed, or a power loss could
      * bring back the previous state without its layers, or without
-     * flushed writes.
+     * flushed writes.  The directory's own entry too: a server killed
+     * right after writing the first state never synced it.
      */
-    if (snap_fsync_dir (c) == -1)
+    if (snap_fsync_dir (c) == -1 || fsync_parent (dir) == -1)
       goto fail;
     collect_garbage (c);
     if (c->committing) {

@@ -283,6 +283,15 @@ main (void)
   c = open_chain ();
   CHECK (watch_dir_fsyncs > 0);
   watch_dir.st_ino = 0;
+  /* ... and the directory's entry in its parent (a server killed right
+   * after the first state was written never synced it).
+   */
+  snap_chain_close (c);
+  CHECK (stat (tmpl, &watch_dir) == 0);
+  watch_dir_fsyncs = 0;
+  c = open_chain ();
+  CHECK (watch_dir_fsyncs > 0);
+  watch_dir.st_ino = 0;
   check_all (c, "reopened");
 
   /* Snapshots, writes between them, a write to a view refused. */
