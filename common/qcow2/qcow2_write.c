@@ -112,6 +112,18 @@ struct drun {
   uint64_t host, len;
   const uint8_t *src;
 };
+/* An L2 change that exposes data of the pending run (a new or reused
+ * cluster, newly allocated subclusters): made only once that data is
+ * written, so that a failed write leaves the old content, not whatever
+ * bytes the container held there (another tenant's, on a reused LV).
+ */
+struct pmap {
+  uint64_t cl, ne, nbm;                 /* new entry, extended L2 bitmap */
+  uint64_t old_e;                       /* released when mapped, if ... */
+  bool release_old;
+  uint64_t free_host;                   /* given back if not written, or 0 */
+  bool free_ne;                         /* compressed: its references too */
+};
 struct wrun {
   uint64_t host, len;
   const uint8_t *src;
@@ -119,7 +131,49 @@ struct wrun {
   const struct q2_cbatch *cb;   /* compressed whole clusters, or NULL */
   struct drun *d;
   size_t nd, capd;
+  struct pmap *pm;
+  size_t npm, cappm;
 };
+
+static uint8_t *l2_get_write (struct qcow2 *q, uint64_t i);
+static int release_old_cluster (struct qcow2 *q, uint64_t e);
+
+/* The pending run was written (OK) or not: map its new clusters, or give
+ * them back.
+ */
+static int
+wrun_map (struct qcow2 *q, struct wrun *w, bool ok)
+{
+  int r = 0;
+  for (size_t i = 0; i < w->npm; i++) {
+    struct pmap *m = &w->pm[i];
+    uint8_t *t = NULL;
+    if (ok && r == 0 && (t = l2_get_write (q, m->cl >> q->l2_bits)) &&
+        (!m->release_old || release_old_cluster (q, m->old_e) == 0)) {
+      uint64_t i2 = m->cl & ((1ull << q->l2_bits) - 1);
+      uint8_t *p = t + (i2 << q->l2_entry_shift);
+      store_be64 (p, m->ne);
+      if (q->ext_l2)
+        store_be64 (p + 8, m->nbm);
+      if (q2_mark_dirty (q, q->l2c, &q->dl2, t) == -1)
+        r = -1;
+    }
+    else {
+      if (ok)
+        r = -1;
+      if (m->free_host)
+        q2_defer_free (q, m->free_host);
+      if (m->free_ne)
+        (void) q2_free_compressed (q, m->ne);
+    }
+    if (t)
+      lru_put (q->l2c, t);
+  }
+  free (w->pm);
+  w->pm = NULL;
+  w->npm = w->cappm = 0;
+  return r;
+}
 
 static int
 wrun_flush (struct qcow2 *q, struct wrun *w)
@@ -131,7 +185,27 @@ wrun_flush (struct qcow2 *q, struct wrun *w)
   else if (w->len)
     r = bdev_pwrite (q->data, w->src, w->len, w->host, 0);
   w->len = 0;
+  if (w->npm && wrun_map (q, w, r == 0) == -1)
+    r = -1;
   return r;
+}
+
+/* Make the L2 change M once the pending run is written. */
+static int
+wrun_map_later (struct qcow2 *q, struct wrun *w, struct pmap m)
+{
+  if (w->npm == w->cappm) {
+    size_t nc = w->cappm ? w->cappm * 2 : 16;
+    struct pmap *np = realloc (w->pm, nc * sizeof *np);
+    if (!np) {
+      kvm_fail (ENOMEM, "%s: out of memory", q->path);
+      return -1;
+    }
+    w->pm = np;
+    w->cappm = nc;
+  }
+  w->pm[w->npm++] = m;
+  return 0;
 }
 
 static int
@@ -255,15 +329,31 @@ write_subclusters (struct qcow2 *q, struct cwrite *c)
       return -1;
     fresh = true;
   }
-  if (sa == a && sb == b) {
-    if (wrun_add (q, c->w, host + a, c->src, b - a) == -1)
-      return -1;
-  }
-  else if (merge_write (q, c->w, (c->cl << q->cluster_bits) + sa, sb - sa,
-                        host + sa, a - sa, c->src, b - a) == -1)
-    return -1;                  /* partial subclusters: merged */
   uint64_t nbm = (c->bm | mask) & ~((uint64_t) mask << 32);
   uint64_t ne = host | OFLAG_COPIED;
+  uint64_t give_back = fresh && !q->external_data ? host : 0;
+  if (sa == a && sb == b) {
+    /* Into the pending run: the subclusters are marked allocated once
+     * their data is written (wrun_map).
+     */
+    if (wrun_add (q, c->w, host + a, c->src, b - a) == -1 ||
+        ((ne != c->e || nbm != c->bm || fresh) &&
+         wrun_map_later (q, c->w, (struct pmap) {
+             .cl = c->cl, .ne = ne, .nbm = nbm, .free_host = give_back,
+           }) == -1)) {
+      if (give_back)
+        q2_defer_free (q, give_back);
+      return -1;
+    }
+    return 0;
+  }
+  /* Partial subclusters: merged and written at once. */
+  if (merge_write (q, c->w, (c->cl << q->cluster_bits) + sa, sb - sa,
+                   host + sa, a - sa, c->src, b - a) == -1) {
+    if (give_back)              /* not mapped: give it back */
+      q2_defer_free (q, give_back);
+    return -1;
+  }
   if (ne != c->e || nbm != c->bm || fresh) {
     uint8_t *p = c->t + (c->i2 << q->l2_entry_shift);
     store_be64 (p, ne);
@@ -344,8 +434,31 @@ write_new_cluster (struct qcow2 *q, struct cwrite *c)
   bool zero_before = !reuse && !q->external_data && nhost >= q->zero_from &&
     !(e & OFLAG_COMPRESSED) && c->host == 0 &&
     (!q->backing || (q->version >= 3 && (e & OFLAG_ZERO)));
-  if (write_new_data (q, c, nhost, zero_before) == -1)
+  /* A whole cluster whose old content is not zeroes goes into the
+   * pending run, and is mapped once that run is written (wrun_map).
+   */
+  uint64_t give_back = !reuse && !q->external_data ? nhost : 0;
+  if (!zero_before && c->a == 0 && c->b == q->cluster_size) {
+    if (wrun_add (q, c->w, nhost, c->src, q->cluster_size) == -1 ||
+        wrun_map_later (q, c->w, (struct pmap) {
+            .cl = c->cl, .ne = nhost | OFLAG_COPIED,
+            .nbm = q->ext_l2 ? copied_bitmap (q, c) : 0,
+            .old_e = e, .release_old = !reuse, .free_host = give_back,
+          }) == -1) {
+      if (give_back)
+        q2_defer_free (q, give_back);
+      return -1;
+    }
+    return 0;
+  }
+  if (write_new_data (q, c, nhost, zero_before) == -1) {
+    /* Not mapped: give the new cluster back (after the next flush, as
+     * any release), or every failed write below leaks one.
+     */
+    if (give_back)
+      q2_defer_free (q, give_back);
     return -1;
+  }
   if (!reuse && release_old_cluster (q, e) == -1)
     return -1;
   uint8_t *p = c->t + (c->i2 << q->l2_entry_shift);
@@ -385,10 +498,18 @@ write_compressed (struct qcow2 *q, struct cwrite *c)
       ne = OFLAG_ZERO;
   }
   else {
-    if (q2_compress_alloc (q, len, &host) == -1 ||
-        wrun_add (q, c->w, host, cb->out + cb->pos[i], len) == -1)
+    if (q2_compress_alloc (q, len, &host) == -1)
       return -1;
     ne = q2_compressed_entry (q, host, len);
+    /* Mapped once written (wrun_map), as other new data. */
+    if (wrun_add (q, c->w, host, cb->out + cb->pos[i], len) == -1 ||
+        wrun_map_later (q, c->w, (struct pmap) {
+            .cl = c->cl, .ne = ne, .nbm = 0, .free_ne = true,
+          }) == -1) {
+      (void) q2_free_compressed (q, ne);
+      return -1;
+    }
+    return 0;
   }
   if (ne == c->e && nbm == c->bm)
     return 0;

@@ -8,7 +8,8 @@
 #   nbdkit's file plugin and over an LV of the lvm plugin;
 # - several connections writing at once (nbdcopy) into one image;
 # - backing files: refused unless named, qcow2-backing=PATH and =none;
-# - a read-only plugin gives a read-only export.
+# - a read-only plugin gives a read-only export;
+# - a write the layer below fails leaves the old content and no leak.
 source "${TOP_SRCDIR:?run the tests through ctest, which sets TOP_SRCDIR}/tests/functions.sh"
 source "$TOP_SRCDIR/tests/qcow2/qcow2-functions.sh"
 source "$TOP_SRCDIR/tests/lvm/lvm-lib.sh"
@@ -185,5 +186,51 @@ h.flush()' || fail "old container bytes shown after a failed write"
 stop_server
 qemu_img_check -f qcow2 stale.img
 echo "ok: a write cut short by ENOSPC shows no old container bytes"
+
+# A data write that the layer below fails (nbdkit's error filter, EIO):
+# the disk keeps its old content (zeroes, or the backing file's bytes),
+# never the container's old bytes, and no cluster leaks.  Whole clusters,
+# a partial one, several at once, whole subclusters (extended L2), and a
+# compressed one.  Before: whole clusters read the container's 0xee, or
+# zeroes where the backing file has data, and every failed partial write
+# leaked a cluster.
+head -c $((64*M)) /dev/zero | tr '\0' '\252' > eio-base.raw
+eio_case () {
+  local name=$1 opts=$2; shift 2
+  qemu-img create -q -f qcow2 -o "$opts" "$name.qcow2" 64M
+  head -c $((16*M)) /dev/zero | tr '\0' '\356' > "$name.img"
+  dd if="$name.qcow2" of="$name.img" conv=notrunc status=none
+  rm -f "$tmpdir/E"
+  new_sock
+  start_nbdkit "$sock" --filter="$(filter_so qcow2)" --filter=error \
+    file "file=$name.img" error-pwrite=EIO error-pwrite-rate=100% \
+    "error-pwrite-file=$tmpdir/E" "$@"
+  PATH="/usr/bin:$PATH" nbdsh -u "$(uri_of "$sock")" -c "
+import os
+old = h.pread(8 << 20, 0)
+h.pwrite(b'\x33' * 512, 12 << 20)           # the image's first write
+h.flush()
+open('$tmpdir/E', 'w').close()
+for off, n in ((0, 65536), (1 << 20, 4096), (2 << 20, 3 * 65536),
+               (4 << 20, 8192)):
+    try:
+        h.pwrite(b'\x11' * n, off)
+        raise AssertionError('write at %d succeeded' % off)
+    except nbd.Error:
+        pass
+os.unlink('$tmpdir/E')
+d = h.pread(8 << 20, 0)
+assert d == old, 'after failed writes: bytes %r' % sorted(set(d) - set(old))
+h.pwrite(b'\x22' * 65536, 5 << 20)
+h.flush()
+" || fail "$name: a failed write changed what the disk reads"
+  stop_server
+  qemu_img_check -f qcow2 "$name.img"
+  echo "ok: $name: failed writes leave the old content, no leak"
+}
+eio_case eio-plain cluster_size=65536
+eio_case eio-backing cluster_size=65536 "qcow2-backing=$tmpdir/eio-base.raw"
+eio_case eio-xl2 extended_l2=on,cluster_size=65536 \
+  "qcow2-backing=$tmpdir/eio-base.raw"
 
 echo "qcow2 filter: OK"
