@@ -840,6 +840,12 @@ thin_open (struct bdev *pool, const struct thin_opts *o)
 
   int slot = thin_headers_read (meta, &t->g, &t->seq, &used, &allzero, err,
                                 sizeof err, NULL);
+  if (slot == -2) {               /* the layer below failed the read */
+    int e = errno;
+    kvm_error ("thin: %s: %s", meta->name, err);
+    errno = e ? e : EIO;
+    goto fail;
+  }
   if (slot == -1) {
     if (!allzero || !o->format) {
       kvm_error ("thin: %s: no valid thin metadata (%s)%s", meta->name, err,

@@ -161,7 +161,7 @@ header_decode (const uint8_t *b, unsigned slot, struct geom *g,
 
 /* Read both headers; pick the valid one with the higher seq.  Returns
  * the slot, -1 if neither is valid (*allzero tells whether both read as
- * zeroes), errors in ERR.
+ * zeroes), -2 (errno set) if they cannot be read; errors in ERR.
  */
 int
 thin_headers_read (struct bdev *meta, struct geom *g, uint64_t *seq,
@@ -176,10 +176,12 @@ thin_headers_read (struct bdev *meta, struct geom *g, uint64_t *seq,
     return -1;
   }
   if (bdev_pread_padded (meta, b, 2 * TBLK, 0) == -1) {
+    int e = errno;
     kvm_seterr (err, errlen, "cannot read the metadata headers: %m");
     free (b);
     *allzero = false;
-    return -1;
+    errno = e;
+    return -2;                  /* not known: an I/O error */
   }
   *allzero = thin_is_zero (b, 2 * TBLK);
   for (unsigned s = 0; s < 2; s++) {
@@ -349,8 +351,9 @@ thin_check (struct bdev *pool, struct bdev *meta, FILE *out, bool verbose)
 
   int slot = thin_headers_read (m, &g, &seq, &used, &allzero, err, sizeof err,
                                 rep);
-  if (slot == -1) {
-    fprintf (out, "%s: no valid thin metadata: %s\n", m->name, err);
+  if (slot < 0) {
+    fprintf (out, "%s: %s: %s\n", m->name,
+             slot == -2 ? "I/O error" : "no valid thin metadata", err);
     return -1;
   }
   if ((g.flags & 1) != (meta != NULL)) {

@@ -258,7 +258,7 @@ alloc_block (struct vhdx *v, uint64_t blk, const uint8_t *buf, size_t n,
   /* Room inside the container may hold stale data: zero it first. */
   if (!need_old && at < v->file->size) {
     uint64_t zl = v->file->size - at < blen ? v->file->size - at : blen;
-    if (bdev_zero (v->file, zl, at, 0) == -1)
+    if (bdev_zero (v->file, zl, at, BDEV_MAY_TRIM) == -1)
       return -1;
   }
   if (need_old) {

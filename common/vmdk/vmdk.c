@@ -106,8 +106,9 @@ static void
 vmdk_close (struct bdev *bd)
 {
   struct vmdk *v = (struct vmdk *) bd;
-  if (!bd->readonly)
-    vmdk_flush (bd);
+  if (!bd->readonly && vmdk_flush (bd) == -1)
+    kvm_error ("%s: flushing on close failed: writes since the last "
+               "successful flush may be lost", v->path);
   vmdk_free (v);
 }
 

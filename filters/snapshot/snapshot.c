@@ -324,8 +324,10 @@ ctl_commit (void)
     return -1;
   }
   if (ctx->prepare (ctx) == -1 || bdev_next_prime (ctx) == -1) {
-    kvm_error ("commit: the plugin cannot be opened without a client "
-               "(connect a client and retry)");
+    kvm_error ("commit: no client is connected, and opening the plugin "
+               "failed (the server's log says why; a plugin that needs the "
+               "client's export name cannot be opened without one: connect "
+               "a client and retry)");
     ctx->finalize (ctx);
     nbdkit_next_context_close (ctx);
     pthread_mutex_unlock (&ctx_lock);
