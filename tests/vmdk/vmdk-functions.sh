@@ -30,6 +30,19 @@ serve_vmdk () {
   start_nbdkit "$sock" "$(plugin_so vmdk)" "file=$img" "$@"
 }
 
+# served_read_only IMAGE REGEX WHAT [ARGS...]: the plugin serves IMAGE
+# read-only (without -r) and logs a message matching REGEX.
+served_read_only () {
+  local img=$1 re=$2 what=$3; shift 3
+  local log="$tmpdir/ro.$RANDOM.log"
+  serve_vmdk "$img" "$@" 2>"$log"
+  nbdinfo "$(uri_of "$sock")" | grep -q 'is_read_only: true' ||
+    fail "$what: served writable"
+  stop_server
+  grep -q "$re" "$log" || fail "$what: no message: $(tail -3 "$log")"
+  echo "ok: $what: served read-only"
+}
+
 stop_server () {
   kill -0 "$nbdkit_pid" 2>/dev/null || fail "nbdkit $nbdkit_pid died"
   stop_nbdkit "$nbdkit_pid"
