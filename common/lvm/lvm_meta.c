@@ -10,6 +10,7 @@
 #include "lvm_meta.h"
 #include "util/checked.h"
 #include "util/log.h"
+#include "util/grow.h"
 
 bool
 lvm_uuid_normalize (const char *in, char out[LVM_UUID_LEN + 1])
@@ -554,15 +555,9 @@ check_areas (struct builder *b)
         }
         if (ar->kind != LVM_AREA_PV)
           continue;
-        if (nuse == cap) {
-          size_t ncap = cap ? cap * 2 : 64;
-          struct use *u = realloc (uses, ncap * sizeof *u);
-          if (!u) {
-            kvm_seterr (b->err, b->errlen, "out of memory");
-            goto out;
-          }
-          uses = u;
-          cap = ncap;
+        if (GROW_FOR (uses, nuse, cap, 64) == -1) {
+          kvm_seterr (b->err, b->errlen, "out of memory");
+          goto out;
         }
         uses[nuse++] = (struct use) { ar->index, ar->start, len, l };
       }
@@ -807,14 +802,8 @@ add_piece (struct flat *f, uint64_t lv_off, uint64_t len,
 {
   struct lvm_map *m = f->m;
   struct lvm_piece *p;
-  if (m->count == f->cap) {
-    size_t ncap = f->cap ? f->cap * 2 : 8;
-    p = realloc (m->pieces, ncap * sizeof *p);
-    if (!p)
-      goto oom;
-    m->pieces = p;
-    f->cap = ncap;
-  }
+  if (GROW_FOR (m->pieces, m->count, f->cap, 8) == -1)
+    goto oom;
   p = &m->pieces[m->count];
   memset (p, 0, sizeof *p);
   p->lv_off = lv_off;

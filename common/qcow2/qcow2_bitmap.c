@@ -68,6 +68,7 @@
 #include "util/endian.h"
 #include "util/log.h"
 #include "util/sort.h"
+#include "util/grow.h"
 
 /* Directory entry flags and fields. */
 #define BMF_IN_USE      (1u << 0)
@@ -184,14 +185,8 @@ struct clist {
 static int
 clist_add (struct clist *c, uint64_t off)
 {
-  if (c->n == c->cap) {
-    size_t nc = c->cap ? c->cap * 2 : 64;
-    uint64_t *nv = realloc (c->v, nc * sizeof *nv);
-    if (!nv)
-      return -1;
-    c->v = nv;
-    c->cap = nc;
-  }
+  if (GROW_FOR (c->v, c->n, c->cap, 64) == -1)
+    return -1;
   c->v[c->n++] = off;
   return 0;
 }

@@ -16,6 +16,7 @@
 #include "util/endian.h"
 #include "util/log.h"
 #include "util/lru.h"
+#include "util/grow.h"
 
 int
 q2_table_load (void *opaque, uint64_t key, void *buf)
@@ -74,14 +75,8 @@ q2_table_get (struct qcow2 *q, struct lru *c, uint64_t off, const char *what,
 static int
 dirty_add (struct dirty_list *d, void *buf)
 {
-  if (d->n == d->cap) {
-    size_t nc = d->cap ? d->cap * 2 : 64;
-    void **nv = realloc (d->v, nc * sizeof *nv);
-    if (!nv)
-      return -1;
-    d->v = nv;
-    d->cap = nc;
-  }
+  if (GROW_FOR (d->v, d->n, d->cap, 64) == -1)
+    return -1;
   d->v[d->n++] = buf;
   return 0;
 }

@@ -20,6 +20,7 @@
 #include "util/checked.h"
 #include "util/log.h"
 #include "util/sort.h"
+#include "util/grow.h"
 
 static const char *
 kind_name (enum q2_meta kind)
@@ -69,15 +70,9 @@ q2_meta_add (struct qcow2 *q, uint64_t off, enum q2_meta kind)
 {
   struct q2_metaset *s = &q->meta;
   uint32_t len = q->cluster_size;
-  if (s->n == s->cap) {
-    size_t nc = s->cap ? s->cap * 2 : 64;
-    struct q2_mentry *nv = realloc (s->v, nc * sizeof *nv);
-    if (!nv) {
-      kvm_fail (ENOMEM, "%s: out of memory", q->path);
-      return -1;
-    }
-    s->v = nv;
-    s->cap = nc;
+  if (GROW_FOR (s->v, s->n, s->cap, 64) == -1) {
+    kvm_fail (ENOMEM, "%s: out of memory", q->path);
+    return -1;
   }
   size_t i = lower_bound (s, off);
   memmove (&s->v[i + 1], &s->v[i], (s->n - i) * sizeof *s->v);

@@ -17,6 +17,7 @@
 #include "util/endian.h"
 #include "util/log.h"
 #include "util/lru.h"
+#include "util/grow.h"
 
 static void
 rc_set (const struct qcow2 *q, uint8_t *b, uint64_t i, uint64_t v)
@@ -282,15 +283,9 @@ q2_defer_free (struct qcow2 *q, uint64_t off)
   if (q2_check_no_overlap (q, off, q->cluster_size, "cluster to release")
       == -1)
     return -1;
-  if (q->npending == q->cappending) {
-    size_t nc = q->cappending ? q->cappending * 2 : 256;
-    uint64_t *nv = realloc (q->pending_free, nc * sizeof *nv);
-    if (!nv) {
-      kvm_fail (ENOMEM, "%s: out of memory", q->path);
-      return -1;
-    }
-    q->pending_free = nv;
-    q->cappending = nc;
+  if (GROW_FOR (q->pending_free, q->npending, q->cappending, 256) == -1) {
+    kvm_fail (ENOMEM, "%s: out of memory", q->path);
+    return -1;
   }
   q->pending_free[q->npending++] = off;
   return 0;

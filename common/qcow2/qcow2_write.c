@@ -16,6 +16,7 @@
 #include "util/endian.h"
 #include "util/log.h"
 #include "util/lru.h"
+#include "util/grow.h"
 
 /* Before guest content [OFFSET, OFFSET+COUNT) changes (exclusive lock):
  * the first change of the image clears the autoclear bits of features not
@@ -194,15 +195,9 @@ wrun_flush (struct qcow2 *q, struct wrun *w)
 static int
 wrun_map_later (struct qcow2 *q, struct wrun *w, struct pmap m)
 {
-  if (w->npm == w->cappm) {
-    size_t nc = w->cappm ? w->cappm * 2 : 16;
-    struct pmap *np = realloc (w->pm, nc * sizeof *np);
-    if (!np) {
-      kvm_fail (ENOMEM, "%s: out of memory", q->path);
-      return -1;
-    }
-    w->pm = np;
-    w->cappm = nc;
+  if (GROW_FOR (w->pm, w->npm, w->cappm, 16) == -1) {
+    kvm_fail (ENOMEM, "%s: out of memory", q->path);
+    return -1;
   }
   w->pm[w->npm++] = m;
   return 0;
@@ -238,14 +233,8 @@ wrun_defer (struct qcow2 *q, struct wrun *w, uint64_t host,
       return 0;
     }
   }
-  if (w->nd == w->capd) {
-    size_t nc = w->capd ? w->capd * 2 : 16;
-    struct drun *nd = realloc (w->d, nc * sizeof *nd);
-    if (!nd)
-      return wrun_add (q, w, host, src, len);
-    w->d = nd;
-    w->capd = nc;
-  }
+  if (GROW_FOR (w->d, w->nd, w->capd, 16) == -1)
+    return wrun_add (q, w, host, src, len);
   w->d[w->nd++] = (struct drun) { host, len, src };
   return 0;
 }

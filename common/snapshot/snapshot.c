@@ -31,6 +31,7 @@
 #include "util/checked.h"
 #include "util/log.h"
 #include "util/progress.h"
+#include "util/grow.h"
 
 /* Extent type a link in probe mode reports (not an NBD type). */
 #define SNAP_EXT_BELOW (1u << 7)
@@ -303,16 +304,9 @@ runs_add (void *opaque, uint64_t off, uint64_t len, uint32_t type)
     r->v[r->n - 1].len += len;
     return 0;
   }
-  if (r->n == r->cap) {
-    size_t cap = r->cap ? r->cap * 2 : 64;
-    struct run *v = realloc (r->v, cap * sizeof *v);
-    if (!v) {
-      kvm_error ("snapshot: out of memory");
-      errno = ENOMEM;
-      return -1;
-    }
-    r->v = v;
-    r->cap = cap;
+  if (GROW_FOR (r->v, r->n, r->cap, 64) == -1) {
+    kvm_error ("snapshot: out of memory");
+    return -1;
   }
   r->v[r->n++] = (struct run) { off, len, type };
   return 0;

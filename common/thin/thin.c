@@ -26,6 +26,7 @@
 #include "util/checked.h"
 #include "util/endian.h"
 #include "util/log.h"
+#include "util/grow.h"
 
 /* ---- usage --------------------------------------------------------- */
 
@@ -243,16 +244,9 @@ release_mapped_locked (struct thin *t, uint64_t v)
   uint32_t e = atomic_load (&t->map[v]);
   if (e == 0 || e == THIN_BUSY)
     return 0;
-  if (t->npend == t->cappend) {
-    size_t nc = t->cappend ? t->cappend * 2 : 64;
-    uint64_t *np = realloc (t->pend, nc * sizeof *np);
-    if (!np) {
-      kvm_error ("thin: out of memory");
-      errno = ENOMEM;
-      return -1;
-    }
-    t->pend = np;
-    t->cappend = nc;
+  if (GROW_FOR (t->pend, t->npend, t->cappend, 64) == -1) {
+    kvm_error ("thin: out of memory");
+    return -1;
   }
   uint64_t p = (uint64_t) e - 1;
   atomic_store (&t->map[v], 0);

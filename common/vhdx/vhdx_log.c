@@ -30,6 +30,7 @@
 #include "util/endian.h"
 #include "util/log.h"
 #include "util/progress.h"
+#include "util/grow.h"
 #include "vhdx_int.h"
 
 /* The largest log we replay. */
@@ -191,16 +192,9 @@ check_entry (struct ctx *c, const uint8_t *h, uint64_t off, struct entry *e,
 static int
 ovl_add (struct vhdx_overlay *o, uint64_t off, uint64_t len, uint8_t *data)
 {
-  if (o->n == o->cap) {
-    size_t nc = o->cap ? o->cap * 2 : 16;
-    struct vhdx_ovl_op *n = realloc (o->ops, nc * sizeof *n);
-    if (!n) {
-      free (data);
-      errno = ENOMEM;
-      return -1;
-    }
-    o->ops = n;
-    o->cap = nc;
+  if (GROW_FOR (o->ops, o->n, o->cap, 16) == -1) {
+    free (data);
+    return -1;
   }
   o->ops[o->n++] = (struct vhdx_ovl_op) { off, len, data };
   if (o->n == 1 || off < o->lo)

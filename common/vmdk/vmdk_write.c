@@ -15,6 +15,7 @@
 #include "util/checked.h"
 #include "util/endian.h"
 #include "util/log.h"
+#include "util/grow.h"
 
 /* --- Writing ----------------------------------------------------------- */
 
@@ -229,15 +230,9 @@ mark_dirty (struct vmdk *v, struct extent *e, uint64_t gdi, uint32_t lo,
   if (e->dirty_at[gdi])
     d = &e->dirty[e->dirty_at[gdi] - 1];
   else {
-    if (e->ndirty == e->capdirty) {
-      size_t nc = e->capdirty ? e->capdirty * 2 : 16;
-      struct vmdk_dirty *nd = realloc (e->dirty, nc * sizeof *nd);
-      if (!nd) {
-        kvm_fail (ENOMEM, "%s: out of memory", v->path);
-        return -1;
-      }
-      e->dirty = nd;
-      e->capdirty = nc;
+    if (GROW_FOR (e->dirty, e->ndirty, e->capdirty, 16) == -1) {
+      kvm_fail (ENOMEM, "%s: out of memory", v->path);
+      return -1;
     }
     d = &e->dirty[e->ndirty++];
     *d = (struct vmdk_dirty) { .gdi = gdi, .lo = lo, .hi = lo };

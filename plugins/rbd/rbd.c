@@ -38,6 +38,7 @@
 #include "kvm_version.h"
 #include "util/checked.h"
 #include "util/sort.h"
+#include "util/grow.h"
 
 #define THREAD_MODEL NBDKIT_THREAD_MODEL_PARALLEL
 #define UNUSED __attribute__ ((unused))
@@ -1181,14 +1182,8 @@ diff_cb (uint64_t off, size_t len, int exists, void *arg)
     end = st->end;
   if (off >= end)
     return 0;
-  if (st->n == st->cap) {
-    size_t nc = st->cap ? st->cap * 2 : 64;
-    struct diff_range *nv = realloc (st->v, nc * sizeof *nv);
-    if (nv == NULL)
-      return -ENOMEM;
-    st->v = nv;
-    st->cap = nc;
-  }
+  if (GROW_FOR (st->v, st->n, st->cap, 64) == -1)
+    return -ENOMEM;
   st->v[st->n++] = (struct diff_range) { off, end - off, exists != 0 };
   return 0;
 }

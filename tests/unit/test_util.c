@@ -15,6 +15,7 @@
 #include "util/clock.h"
 #include "util/crc32c.h"
 #include "util/endian.h"
+#include "util/grow.h"
 #include "util/log.h"
 #include "util/lru.h"
 #include "util/sort.h"
@@ -197,10 +198,38 @@ test_clock (void)
   CHECK (kvm_ms_left (&far) == 1000000);       /* clamped for poll(2) */
 }
 
+static void
+test_grow (void)
+{
+  struct pair { uint64_t a, b; } *v = NULL;
+  size_t n = 0, cap = 0;
+  for (size_t i = 0; i < 1000; i++) {
+    CHECK (GROW_FOR (v, n, cap, 4) == 0);
+    CHECK (cap > n && (cap == 4 || cap % 8 == 0));
+    v[n++] = (struct pair) { i, ~i };
+  }
+  CHECK (cap == 1024);
+  for (size_t i = 0; i < n; i++)
+    CHECK (v[i].a == i && v[i].b == ~i);
+  /* Room already there: nothing moves. */
+  struct pair *before = v;
+  size_t cap_before = cap;
+  CHECK (GROW_FOR (v, 10, cap, 4) == 0 && v == before && cap == cap_before);
+  free (v);
+  /* The byte count would overflow: ENOMEM, the array unchanged. */
+  size_t big = SIZE_MAX / 2 + 1, nc = 0;
+  void *x = malloc (1);
+  errno = 0;
+  CHECK (grow_array (x, big, 1, 4, &nc) == NULL && errno == ENOMEM && nc == 0);
+  CHECK (grow_array (x, 4, SIZE_MAX / 4, 4, &nc) == NULL && errno == ENOMEM);
+  free (x);
+}
+
 int
 main (void)
 {
   test_checked ();
+  test_grow ();
   test_clock ();
   test_endian ();
   test_crc32c ();
