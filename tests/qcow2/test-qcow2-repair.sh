@@ -127,15 +127,10 @@ repair_and_check "$img" lazy s1
 
 # A writer killed with SIGKILL: qemu-io reads its commands from a FIFO;
 # after two writes have completed (the image is dirty then), a long write
-# starts and qemu-io is killed in the middle of it.
+# starts and qemu-io is killed in the middle of it, once the file has
+# grown.  The kill is timing: if qemu-io was too fast or too slow for it
+# to leave damage that qemu-img check sees, the setup is tried again.
 img=$tmpdir/killed.qcow2
-qemu-img create -q -f qcow2 -o lazy_refcounts=on,cluster_size=4096 "$img" 64M
-qemu_io_cmds -f qcow2 -c "write -P 0x11 0 4M" "$img"
-mkfifo "$tmpdir/qio.in"
-qemu-io -f qcow2 "$img" < "$tmpdir/qio.in" > "$tmpdir/qio.out" 2>&1 &
-qpid=$!
-kill_at_exit $qpid
-exec 7>"$tmpdir/qio.in"
 # wrote_n N: wait until qemu-io has reported N completed writes (it
 # reads one command per arrival of data on the FIFO).
 wrote_n () {
@@ -146,16 +141,38 @@ wrote_n () {
   done
   fail "qemu-io did not complete its writes: $(cat "$tmpdir/qio.out")"
 }
-echo "write -P 0x66 4M 8M" >&7
-wrote_n 1
-echo "write -P 0x67 16M 4M" >&7
-wrote_n 2
-echo "write -P 0x68 0 48M" >&7
-sleep 0.05
-kill -9 "$qpid"
-wait "$qpid" 2>/dev/null || :
-exec 7>&-
-expect_damage "$img"
+damaged=
+for attempt in 1 2 3 4 5; do
+  rm -f "$img" "$tmpdir/qio.in"
+  qemu-img create -q -f qcow2 -o lazy_refcounts=on,cluster_size=4096 "$img" 64M
+  qemu_io_cmds -f qcow2 -c "write -P 0x11 0 4M" "$img"
+  mkfifo "$tmpdir/qio.in"
+  qemu-io -f qcow2 "$img" < "$tmpdir/qio.in" > "$tmpdir/qio.out" 2>&1 &
+  qpid=$!
+  kill_at_exit $qpid
+  exec 7>"$tmpdir/qio.in"
+  echo "write -P 0x66 4M 8M" >&7
+  wrote_n 1
+  echo "write -P 0x67 16M 4M" >&7
+  wrote_n 2
+  size0=$(stat -c %s "$img")
+  echo "write -P 0x68 0 48M" >&7
+  for (( i=0; i<2000; i++ )); do
+    (( $(stat -c %s "$img") > size0 + 1048576 )) && break
+    sleep 0.005
+  done
+  kill -9 "$qpid"
+  wait "$qpid" 2>/dev/null || :
+  exec 7>&-
+  rc=0
+  out=$(qemu-img check -U "$img" 2>&1) || rc=$?
+  if [ $rc != 0 ] || grep -qE 'ERROR|Leaked' <<<"$out"; then
+    damaged=1
+    break
+  fi
+  echo "killed writer, attempt $attempt: no damage left, again"
+done
+[ -n "$damaged" ] || expect_damage "$img"       # fails, with the output
 repair_and_check "$img" killed
 
 # --- 2. hand-made damage --------------------------------------------------
