@@ -618,6 +618,23 @@ qemu_check_locks (int fd, const char *path, unsigned perm, unsigned unshared)
   return 0;
 }
 
+/* Take the locks of PERM and UNSHARED on FD and check that no other
+ * process conflicts with them (nothing to do on a file system without
+ * locks).  0, or -1 with errno set after a message.
+ */
+static int
+add_locks (int fd, const char *path, unsigned perm, unsigned unshared)
+{
+  int r = qemu_set_locks (fd, F_RDLCK, perm, unshared);
+  if (r == 1)
+    return 0;
+  if (r == -1) {
+    kvm_error ("%s: cannot lock the image: %m", path);
+    return -1;
+  }
+  return qemu_check_locks (fd, path, perm, unshared);
+}
+
 /* Register an open (FD, read-only or not) of the file DEV/INO with this
  * process's locks on it, taking and checking what it adds, as QEMU does:
  * read-only opens use reads and forbid others to write or resize (as a
@@ -629,7 +646,6 @@ image_lock (int fd, const char *path, dev_t dev, ino_t ino, bool rw)
 {
   const unsigned ro_perm = QPERM_READ, ro_unshared = QPERM_WRITE | QPERM_RESIZE;
   const unsigned rw_extra = QPERM_WRITE | QPERM_RESIZE;
-  int r = 0;
 
   pthread_mutex_lock (&image_locks_mu);
   struct image_lock_ref *l = *image_lock_find (dev, ino);
@@ -643,14 +659,8 @@ image_lock (int fd, const char *path, dev_t dev, ino_t ino, bool rw)
     }
     l->dev = dev;
     l->ino = ino;
-    r = qemu_set_locks (l->lock_fd, F_RDLCK,
-                        ro_perm | (rw ? rw_extra : 0), ro_unshared);
-    if (r == 0)
-      r = qemu_check_locks (l->lock_fd, path,
-                            ro_perm | (rw ? rw_extra : 0), ro_unshared);
-    else if (r == -1)
-      kvm_error ("%s: cannot lock the image: %m", path);
-    if (r == -1) {
+    if (add_locks (l->lock_fd, path, ro_perm | (rw ? rw_extra : 0),
+                   ro_unshared) == -1) {
       int e = errno;
       close (l->lock_fd);       /* releases what was taken */
       free (l);
@@ -663,12 +673,7 @@ image_lock (int fd, const char *path, dev_t dev, ino_t ino, bool rw)
   }
   else if (rw && l->n_rw == 0) {
     /* Only read-only opens so far: add write and resize. */
-    r = qemu_set_locks (l->lock_fd, F_RDLCK, rw_extra, 0);
-    if (r == 0)
-      r = qemu_check_locks (l->lock_fd, path, rw_extra, 0);
-    else if (r == -1)
-      kvm_error ("%s: cannot lock the image: %m", path);
-    if (r == -1) {
+    if (add_locks (l->lock_fd, path, rw_extra, 0) == -1) {
       int e = errno;
       (void) qemu_set_locks (l->lock_fd, F_UNLCK, rw_extra, 0);
       pthread_mutex_unlock (&image_locks_mu);

@@ -358,14 +358,11 @@ static int
 write_new_data (struct qcow2 *q, struct cwrite *c, uint64_t nhost,
                 bool zero_before)
 {
-  uint64_t cs = q->cluster_size, a = c->a, b = c->b;
-  if (a == 0 && b == cs)
-    return zero_before ? wrun_defer (q, c->w, nhost, c->src, cs)
-      : wrun_add (q, c->w, nhost, c->src, cs);
+  uint64_t a = c->a, b = c->b;
   if (zero_before)              /* no COW needed */
     return wrun_defer (q, c->w, nhost + a, c->src, b - a);
-  return merge_write (q, c->w, c->cl << q->cluster_bits, cs, nhost, a,
-                      c->src, b - a);
+  return merge_write (q, c->w, c->cl << q->cluster_bits, q->cluster_size,
+                      nhost, a, c->src, b - a);
 }
 
 /* Release the cluster of old entry E after the next flush. */

@@ -609,16 +609,16 @@ ext_type_name (enum vmdk_ext_type t)
 static bool
 shares_file (struct vmdk *v, struct extent *e, bool flat)
 {
-  struct stat st, o;
+  struct stat st;
   int fd = bdev_file_fd (e->file);
   if (fd == -1 || fstat (fd, &st) == -1)
     return false;               /* not a local file: by name only */
-  for (struct extent *x = v->ext; x < e; x++) {
-    int xfd = x->file ? bdev_file_fd (x->file) : -1;
-    if (xfd != -1 && !(flat && x->kind == EK_FLAT) && fstat (xfd, &o) == 0 &&
-        o.st_dev == st.st_dev && o.st_ino == st.st_ino)
+  e->file_dev = st.st_dev;
+  e->file_ino = st.st_ino;
+  for (struct extent *x = v->ext; x < e; x++)
+    if (x->file_ino && !(flat && x->kind == EK_FLAT) &&
+        x->file_dev == st.st_dev && x->file_ino == st.st_ino)
       return true;
-  }
   return false;
 }
 

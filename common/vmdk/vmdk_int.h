@@ -6,6 +6,7 @@
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "vmdk.h"
 
@@ -105,6 +106,8 @@ struct extent {
   struct bdev *file;            /* NULL for ZERO */
   bool own_file;                /* closed with the engine */
   bool readonly;
+  dev_t file_dev;               /* of a local file (shares_file), else 0 */
+  ino_t file_ino;
   uint64_t flat_off;            /* FLAT: bytes into the file */
 
   /* Sparse extents. */
