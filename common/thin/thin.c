@@ -273,18 +273,84 @@ release_locked (struct thin *t, uint64_t v)
 
 /* ---- commit -------------------------------------------------------- */
 
+/* Write (again) the header of transaction seq + 1, as recorded when its
+ * body was written, and flush it.  Lock held.
+ */
+static int
+write_header_locked (struct thin *t)
+{
+  uint64_t T = t->seq + 1;
+  uint8_t blk[TBLK];
+  thin_header_encode (blk, &t->g, T, t->hdr_used, t->hdr_pool_chunks);
+  if (bdev_pwrite (t->meta, blk, TBLK, (uint64_t) (T & 1) * TBLK, 0) == -1)
+    return -1;
+  return bdev_flush (t->meta);
+}
+
+/* Transaction seq + 1 is on disk.  The chunks freed before it may be
+ * reused now, once no I/O still uses their old mapping; they are trimmed
+ * below first.  Chunks freed since (while its header was pending) wait
+ * for the next commit.  Lock held.
+ */
+static void
+committed_locked (struct thin *t)
+{
+  t->seq++;
+  t->commits++;
+  size_t n = t->hdr_npend;
+  if (n == 0)
+    return;
+  epoch_sync (t);
+  for (size_t i = 0; i < n; i++) {
+    uint64_t p = t->pend[i];
+    if (t->pool->caps & BDEV_CAN_TRIM)
+      bdev_trim (t->pool, t->g.chunk, t->g.data_off + p * t->g.chunk, 0);
+    unalloc_locked (t, p);
+  }
+  memmove (t->pend, t->pend + n, (t->npend - n) * sizeof *t->pend);
+  t->npend -= n;
+  watermark_check_locked (t);           /* only re-arms here */
+}
+
+/* If a commit's header is pending, write it again; -1 (errno set) if
+ * that fails again.  Lock held.
+ */
+static int
+finish_header_locked (struct thin *t)
+{
+  if (!atomic_load (&t->hdr_pending))
+    return 0;
+  if (write_header_locked (t) == -1)
+    return -1;
+  atomic_store (&t->hdr_pending, false);
+  kvm_error ("thin: %s: the metadata header is written; writes resume",
+             t->meta->name);
+  committed_locked (t);
+  return 0;
+}
+
+/* The same, for callers that do not hold the lock. */
+static int
+finish_header (struct thin *t)
+{
+  if (!atomic_load (&t->hdr_pending))
+    return 0;
+  pthread_mutex_lock (&t->lock);
+  int r = finish_header_locked (t);
+  pthread_mutex_unlock (&t->lock);
+  return r;
+}
+
 static int
 commit_locked (struct thin *t)
 {
   const struct geom *g = &t->g;
-  uint64_t T = t->seq + 1;
-  unsigned s = T & 1;
   uint8_t blk[TBLK];
 
-  if (atomic_load (&t->stopped)) {
-    errno = EIO;
+  if (finish_header_locked (t) == -1)
     return -1;
-  }
+  const uint64_t T = t->seq + 1;
+  const unsigned s = T & 1;
   if (!t->dirty) {
     if (bdev_flush (t->pool) == -1)
       return -1;
@@ -335,39 +401,24 @@ commit_locked (struct thin *t)
     return -1;
   /* 3. The header makes the slot current.  Once it has been sent, this
    * slot may be the current one on disk even if the write or the flush
-   * failed, and a retry of transaction T would rewrite its body under
-   * it (and T+1 the other slot's, current if it was not): a crash then
-   * would leave a torn state.  So the pool stops taking writes; it is
-   * consistent again when reopened, whichever header won.
+   * failed.  Rewriting either slot's body now could tear the state a
+   * crash would find, so instead the same header is written again
+   * before anything else changes the metadata.
    */
-  thin_header_encode (blk, g, T, t->n_mapped, t->pool_chunks);
-  if (bdev_pwrite (t->meta, blk, TBLK, (uint64_t) s * TBLK, 0) == -1 ||
-      bdev_flush (t->meta) == -1) {
+  t->hdr_used = t->n_mapped;
+  t->hdr_pool_chunks = t->pool_chunks;
+  t->hdr_npend = t->npend;
+  t->dirty = false;             /* later changes belong to T + 1 */
+  if (write_header_locked (t) == -1) {
     int err = errno;
-    atomic_store (&t->stopped, true);
+    atomic_store (&t->hdr_pending, true);
     kvm_error ("thin: %s: writing the metadata header failed: %s; writes "
-               "are refused until the pool is opened again",
-               t->meta->name, strerror (err));
+               "are refused until it is written again (tried at each "
+               "write, trim and flush)", t->meta->name, strerror (err));
     errno = err;
     return -1;
   }
-  t->seq = T;
-  t->dirty = false;
-  t->commits++;
-  /* 4. Chunks freed before this commit may be reused now, once no I/O
-   * still uses their old mapping; trim them below first.
-   */
-  if (t->npend) {
-    epoch_sync (t);
-    for (size_t i = 0; i < t->npend; i++) {
-      uint64_t p = t->pend[i];
-      if (t->pool->caps & BDEV_CAN_TRIM)
-        bdev_trim (t->pool, g->chunk, g->data_off + p * g->chunk, 0);
-      unalloc_locked (t, p);
-    }
-    t->npend = 0;
-    watermark_check_locked (t);         /* only re-arms here */
-  }
+  committed_locked (t);
   return 0;
 }
 
@@ -442,10 +493,8 @@ thin_pwrite (struct bdev *bd, const void *buf, size_t count, uint64_t offset,
              uint32_t flags)
 {
   struct thin *t = TH (bd);
-  if (atomic_load (&t->stopped)) {
-    errno = EIO;
+  if (finish_header (t) == -1)
     return -1;
-  }
   const uint32_t C = t->g.chunk;
   size_t np = div_round_up64 ((offset % C) + count, C);
   struct piece stackp[8], *pc = np <= 8 ? stackp : calloc (np, sizeof *pc);
@@ -645,10 +694,8 @@ discard (struct thin *t, uint64_t count, uint64_t offset, bool zero)
 {
   const uint32_t C = t->g.chunk;
   int r = 0;
-  if (atomic_load (&t->stopped)) {
-    errno = EIO;
+  if (finish_header (t) == -1)
     return -1;
-  }
   while (count > 0) {
     uint64_t v = offset / C, in = offset % C;
     uint64_t n = C - in < count ? C - in : count;

@@ -47,7 +47,13 @@ struct thin {
   uint64_t seq;                         /* last committed transaction */
   uint64_t *tgen, *bgen;                /* txn that last changed each block */
   bool dirty;
-  _Atomic bool stopped;                 /* a commit failed after its header */
+  /* A commit's header write or flush failed: that header may or may not
+   * be on disk, so it is written again before anything else changes the
+   * metadata (thin.c, finish_header_locked).
+   */
+  _Atomic bool hdr_pending;
+  uint64_t hdr_used, hdr_pool_chunks;   /* what that header records */
+  size_t hdr_npend;                     /* pend[] entries it releases */
   uint64_t *pend;                       /* freed since the last commit */
   size_t npend, cappend;
   _Atomic uint64_t epoch;

@@ -471,8 +471,10 @@ race_write_trim_write (bool zero_first)
 }
 
 /* The flush after a commit's header write fails: that header may or may
- * not be on disk, so no later commit may write either slot; writes fail
- * until the pool is reopened, which finds it consistent.
+ * not be on disk, so no body may be written until it is.  Every write,
+ * trim and flush writes it again first and fails while that fails; once
+ * it is written the pool takes writes again, and the data of the failed
+ * commit is durable.
  */
 static void
 header_flush_fails (void)
@@ -489,22 +491,102 @@ header_flush_fails (void)
   /* A commit flushes the pool, then the body, then the header. */
   gate_fail_flush = 3;
   CHECK (bdev_flush (bd) == -1 && errno == EIO);
-  gate_fail_flush = 0;
+  /* The header's second try fails too: nothing changes. */
+  gate_fail_flush = 1;
   CHECK (bdev_pwrite (bd, x, C, 5 * C, 0) == -1 && errno == EIO);
+  gate_fail_flush = 1;
   CHECK (bdev_pwrite (bd, x, 100, 3 * C, 0) == -1 && errno == EIO);
+  gate_fail_flush = 1;
   CHECK (bdev_trim (bd, C, 3 * C, 0) == -1 && errno == EIO);
+  gate_fail_flush = 1;
   CHECK (bdev_flush (bd) == -1 && errno == EIO);
   chunk_is (bd, 3, 'x');                /* reads go on */
-  bdev_close (bd);
-  CHECK_EQ_U64 (check_pool (false), 0);
-  bd = open_gated_thin (16 * C);
-  chunk_is (bd, 3, 'x');
   chunk_is (bd, 5, 0);
+  /* It succeeds now: the write that found it pending goes on. */
+  gate_fail_flush = 0;
   CHECK (bdev_pwrite (bd, x, C, 5 * C, 0) == 0);
   CHECK (bdev_flush (bd) == 0);
   bdev_close (bd);
   CHECK_EQ_U64 (check_pool (false), 0);
+  bd = open_gated_thin (16 * C);
+  chunk_is (bd, 3, 'x');
+  chunk_is (bd, 4, 'y');
+  chunk_is (bd, 5, 'y');
+  bdev_close (bd);
+  CHECK_EQ_U64 (check_pool (false), 0);
+
+  /* The pool is closed while the header is pending and its last try
+   * fails: it opens in one of the two states, here the later one.
+   */
+  new_pool ();
+  bd = open_gated_thin (16 * C);
+  memset (x, 'x', C);
+  CHECK (bdev_pwrite (bd, x, C, 3 * C, 0) == 0);
+  gate_fail_flush = 3;
+  CHECK (bdev_flush (bd) == -1 && errno == EIO);
+  gate_fail_flush = 1;
+  bdev_close (bd);
+  gate_fail_flush = 0;
+  CHECK_EQ_U64 (check_pool (false), 0);
+  bd = open_gated_thin (16 * C);
+  chunk_is (bd, 3, 'x');
+  bdev_close (bd);
   free (x);
+}
+
+/* A chunk released by a write that was in flight when a commit's header
+ * failed is not in that commit: the commit, once its header is written,
+ * must not make it reusable.  Before, the next allocation took it, and
+ * the pool reopened at that commit read the new data in the old place.
+ */
+static void
+header_pending_release (void)
+{
+  new_pool ();
+  struct bdev *bd = open_gated_thin (16 * C);
+  unsigned char *x = malloc (2 * C), *z = malloc (C);
+  CHECK (x && z);
+  memset (x, 'x', C);
+  CHECK (bdev_pwrite (bd, x, C, 3 * C, 0) == 0);     /* physical chunk 0 */
+  CHECK (bdev_flush (bd) == 0);
+  /* Write A: zeroes over chunk 3 (released at A's end), data into the
+   * new chunk 4, held while writing it.
+   */
+  memset (x, 0, C);
+  memset (x + C, 'a', C);
+  struct req ra = { .bd = bd, .buf = x, .n = 2 * C, .off = 3 * C };
+  __atomic_store_n (&gate_held, 0, __ATOMIC_SEQ_CST);
+  __atomic_store_n (&gate_open, 0, __ATOMIC_SEQ_CST);
+  __atomic_store_n (&gate_armed, 1, __ATOMIC_SEQ_CST);
+  CHECK (pthread_create (&ra.th, NULL, req_run, &ra) == 0);
+  while (!__atomic_load_n (&gate_held, __ATOMIC_SEQ_CST))
+    usleep (1000);
+  memset (z, 'q', C);                   /* something for the commit */
+  CHECK (bdev_pwrite (bd, z, C, 5 * C, 0) == 0);
+  gate_fail_flush = 3;
+  CHECK (bdev_flush (bd) == -1 && errno == EIO);
+  __atomic_store_n (&gate_open, 1, __ATOMIC_SEQ_CST);
+  pthread_join (ra.th, NULL);
+  CHECK (ra.r == 0);
+  /* The header is written by this write, which then allocates. */
+  memset (z, 'z', C);
+  CHECK (bdev_pwrite (bd, z, C, 7 * C, 0) == 0);
+  /* The commit that would record A fails; the pool reopens at the
+   * commit whose header was pending, where chunk 3 still holds 'x'.
+   */
+  gate_fail_flush = 1;
+  bdev_close (bd);
+  gate_fail_flush = 0;
+  CHECK_EQ_U64 (check_pool (false), 0);
+  bd = open_gated_thin (16 * C);
+  chunk_is (bd, 3, 'x');
+  chunk_is (bd, 4, 0);
+  chunk_is (bd, 5, 'q');
+  chunk_is (bd, 7, 0);
+  bdev_close (bd);
+  __atomic_store_n (&gate_open, 0, __ATOMIC_SEQ_CST);
+  free (x);
+  free (z);
 }
 
 /* A device whose first 8 KiB are zero but whose metadata area is not
@@ -633,6 +715,7 @@ main (void)
   race_write_trim_write (false);
   race_write_trim_write (true);
   header_flush_fails ();
+  header_pending_release ();
   no_format_over_data ();
   short_last_chunk ();
   interrupted_format ();
