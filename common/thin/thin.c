@@ -96,8 +96,8 @@ watermark_check_locked (struct thin *t)
   if (!t->warn)
     return false;
   bool over = t->n_alloc * 100 >= (uint64_t) t->warn * t->pool_chunks;
-  if (over && !t->above) {
-    t->above = true;
+  if (over && !t->al->above) {
+    t->al->above = true;
     return t->watermark != NULL;
   }
   /* Re-armed only once usage is 2% of the pool (at least a chunk) below
@@ -106,7 +106,7 @@ watermark_check_locked (struct thin *t)
    */
   uint64_t margin = t->pool_chunks / 50 ? t->pool_chunks / 50 : 1;
   if ((t->n_alloc + margin) * 100 < (uint64_t) t->warn * t->pool_chunks)
-    t->above = false;
+    t->al->above = false;
   return false;
 }
 
@@ -195,7 +195,7 @@ take_free_locked (struct thin *t)
   bitmap_set (&t->alloc, p, true);
   t->n_alloc++;
   t->allocs++;
-  t->full_logged = false;
+  t->al->full_logged = false;
   return p;
 }
 
@@ -545,11 +545,11 @@ thin_pwrite (struct bdev *bd, const void *buf, size_t count, uint64_t offset,
       int64_t p = alloc_locked (t);
       if (p < 0) {
         int err = p == -1 ? ENOSPC : errno;
-        bool log = err == ENOSPC && !t->full_logged;
+        bool log = err == ENOSPC && !t->al->full_logged;
         uint64_t used = t->n_alloc;
         if (p == -1) {
           t->enospc++;
-          t->full_logged = true;
+          t->al->full_logged = true;
         }
         for (size_t k = 0; k < i; k++)
           if (pc[k].newp >= 0) {
@@ -877,6 +877,7 @@ thin_open (struct bdev *pool, const struct thin_opts *o)
   t->warn = o->warn_percent;
   t->opaque = o->opaque;
   t->watermark = o->watermark;
+  t->al = o->alerts ? o->alerts : &t->own_al;
   t->pool_size_fn = o->pool_size;
 
   int slot = thin_headers_read (meta, &t->g, &t->seq, &used, &allzero, err,
@@ -1059,12 +1060,20 @@ thin_open (struct bdev *pool, const struct thin_opts *o)
       goto fail;
   }
   free (entries);
-  t->above = t->warn &&
-    t->n_alloc * 100 >= (uint64_t) t->warn * t->pool_chunks;
-  if (t->above)                 /* no crossing to report it later */
-    kvm_error ("thin: %s: the pool is already at or above thin-warn=%u%% "
-               "(%" PRIu64 " of %" PRIu64 " chunks used)", pool->name,
-               t->warn, t->n_alloc, (uint64_t) t->pool_chunks);
+  /* Above the mark with no crossing to report it later: said now,
+   * unless an earlier open of this pool said it.  Below it, the usual
+   * re-arming applies to what the earlier open left.
+   */
+  if (t->warn && t->n_alloc * 100 >= (uint64_t) t->warn * t->pool_chunks) {
+    bool said = t->al->above;
+    t->al->above = true;
+    if (!said)
+      kvm_error ("thin: %s: the pool is already at or above thin-warn=%u%% "
+                 "(%" PRIu64 " of %" PRIu64 " chunks used)", pool->name,
+                 t->warn, t->n_alloc, (uint64_t) t->pool_chunks);
+  }
+  else
+    watermark_check_locked (t);
   return &t->bd;
 
  fail:

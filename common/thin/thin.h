@@ -79,6 +79,15 @@ struct thin_stats {
   uint64_t seq;
 };
 
+/* What the engine has told the user about a pool: kept by the caller
+ * across opens of the same pool, so that clients reconnecting near the
+ * watermark or to a full pool do not run the hook or log again.
+ */
+struct thin_alerts {
+  bool above;                   /* at or over the watermark, reported */
+  bool full_logged;             /* "pool full" reported, no allocation since */
+};
+
 struct thin_opts {
   uint64_t virtual_size;        /* 0: take it from the metadata */
   uint32_t chunk_size;          /* 0: from the metadata, or the default */
@@ -96,6 +105,10 @@ struct thin_opts {
    * call into the engine.
    */
   int64_t (*pool_size) (void *opaque);
+  /* Kept across opens (used under the engine's lock while open), or
+   * NULL: forgotten at close.
+   */
+  struct thin_alerts *alerts;
 };
 
 /* Open (or format, if opts->format and the metadata area reads as zeroes)

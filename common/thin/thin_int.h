@@ -58,8 +58,8 @@ struct thin {
   size_t npend, cappend;
   _Atomic uint64_t epoch;
   _Atomic long inflight[2];
-  bool above;                           /* usage at/over the watermark */
-  bool full_logged;                     /* ENOSPC reported since last alloc */
+  struct thin_alerts *al;               /* the caller's, or own_al */
+  struct thin_alerts own_al;
   uint64_t free_hint;                   /* no free chunk below this */
   unsigned warn;
   void *opaque;

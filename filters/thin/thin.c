@@ -57,6 +57,21 @@ static char *metadata_path;             /* thin-metadata */
 static struct bdev_registry pools =
   BDEV_REGISTRY_INIT_ONE_NAME ("thin-exports");
 
+/* What each export's pool has reported (the watermark crossed, the pool
+ * full), kept while no client is connected so that reconnecting clients
+ * do not run thin-hook or log again.  Used under the registry's lock
+ * (open_pool) and by the one engine open for that name.  Past
+ * MAX_ALERTS names, further names are forgotten at close.
+ */
+struct alerts_entry {
+  struct alerts_entry *next;
+  char *export;
+  struct thin_alerts a;
+};
+static struct alerts_entry *alerts;
+static size_t n_alerts;
+#define MAX_ALERTS 1024
+
 #define MAX_EXTRA_CONTEXTS 32
 
 struct handle {
@@ -388,6 +403,13 @@ thin_filter_unload (void)
   if (--loads > 0)             /* another instance: its state too */
     return;
   bdev_registry_close_all (&pools);
+  for (struct alerts_entry *e = alerts, *n; e; e = n) {
+    n = e->next;
+    free (e->export);
+    free (e);
+  }
+  alerts = NULL;
+  n_alerts = 0;
   free (hook);
   free (metadata_path);
   free (plugin_default);
@@ -501,6 +523,27 @@ thin_filter_thread_model (void)
 
 /* ---- open ------------------------------------------------------------ */
 
+/* The alerts kept for EXPORT (added if new), or NULL. */
+static struct thin_alerts *
+alerts_of (const char *export)
+{
+  struct alerts_entry *e;
+  for (e = alerts; e; e = e->next)
+    if (strcmp (e->export, export) == 0)
+      return &e->a;
+  if (n_alerts >= MAX_ALERTS)
+    return NULL;
+  e = calloc (1, sizeof *e);
+  if (!e || !(e->export = strdup (export))) {
+    free (e);
+    return NULL;                /* only the memory of the alerts is lost */
+  }
+  e->next = alerts;
+  alerts = e;
+  n_alerts++;
+  return &e->a;
+}
+
 struct open_args {
   nbdkit_next *next;
   bool readonly;
@@ -554,6 +597,7 @@ open_pool (const char *export, void *arg)
     .meta = meta,
     .watermark = on_watermark,
     .pool_size = on_pool_full,
+    .alerts = alerts_of (export),
   };
   return thin_open (&p->bd, &o);
 }

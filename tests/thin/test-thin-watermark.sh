@@ -64,6 +64,14 @@ for i in range(5):
     h.flush()
 "
 [ "$(hooks)" = 1 ] || fail "hook ran $(hooks) times while usage hovered at the mark"
+# The same across connections: every nbdsh here is a new client, and the
+# pool is closed and opened again in between.  What was reported is kept.
+for i in 1 2 3; do
+  nbdsh -u "$uri" -c "h.trim(65536, ($mark - 1) * 65536); h.flush()"
+  write_chunks $((mark - 1)) 1
+done
+[ "$(hooks)" = 1 ] ||
+  fail "hook ran $(hooks) times while clients reconnected at the mark"
 write_chunks $mark 100
 [ "$(hooks)" = 1 ] || fail "hook ran again without a new crossing"
 [ "$(warnings)" = 1 ] || fail "warning count $(warnings), expected 1"
@@ -77,6 +85,10 @@ h.flush()
 write_chunks 5000 300
 [ "$(hooks)" = 2 ] || fail "hook count $(hooks) after the second crossing, expected 2"
 [ "$(warnings)" = 2 ] || fail "warning count $(warnings), expected 2"
+# Each crossing was reported once; clients connecting above the mark
+# after it are not told again.
+! grep 'already at or above' "$tmpdir/nbdkit.log" ||
+  fail "a reconnection repeated the warning"
 # -D thin.stats=1: a usage line with counters at every flush.
 grep -q 'thin stats (flush.*used .*allocations [0-9]*, releases 300, commits' \
   "$tmpdir/nbdkit.log" || fail "no thin.stats lines: $(tail -5 "$tmpdir/nbdkit.log")"
@@ -114,11 +126,30 @@ stop_nbdkit
 thin_check "$pool2"
 
 # Grown by hand after ENOSPC (no hook): the same connection, after the
-# next allocating write, and new connections use the new space.
+# next allocating write, and new connections use the new space.  Before
+# that, clients reconnecting to the full pool are not told again.
 pool3=$tmpdir/pool3.img
 truncate -s 16M "$pool3"
 rm -f "$sock"
-start_nbdkit "$sock" --filter="$(filter_so thin)" file "$pool3" thin-size=1G
+start_nbdkit "$sock" --filter="$(filter_so thin)" file "$pool3" thin-size=1G \
+  2> "$tmpdir/full.log"
+# Filled by one client, then found full by others (the pool is closed
+# and opened again between clients): "pool full" is logged once.
+fill_pool3 () {
+  nbdsh -u "$uri" -c "
+C = 65536
+v = 0
+while True:
+    try:
+        h.pwrite(b'a' * C, v * C)
+    except nbd.Error as e:
+        assert e.errno in ('ENOSPC', 28), e
+        break
+    v += 1
+"
+}
+fill_pool3
+fill_pool3
 nbdsh -u "$uri" -c "
 import os, time, subprocess
 C = 65536
@@ -142,4 +173,6 @@ print('full at', full, 'chunks; 200 more after growing')
 "
 stop_nbdkit
 thin_check "$pool3"
+[ "$(grep -c 'pool full' "$tmpdir/full.log")" = 1 ] ||
+  fail "'pool full' not logged once: $(grep 'pool full' "$tmpdir/full.log")"
 echo PASS
