@@ -127,6 +127,10 @@ struct bdev_open_opts {
    * not locked: several servers may share it, each on its own part.
    */
   bool qemu_locks;
+  /* The user's locking=off (QEMU's file.locking=off): bdev_open sets no
+   * qemu_locks, here or on any file the image names.
+   */
+  bool no_locks;
   unsigned max_chain_depth;     /* 0 means the default (BDEV_MAX_CHAIN) */
   /* A backing device chosen by the caller instead of the one the image
    * names (for an overlay whose backing is the layer below an nbdkit

@@ -88,6 +88,20 @@ bdev_nbdkit_allow_path (const char *value, char ***dirs, size_t *n,
   return 0;
 }
 
+/* The locking=on|off parameter of format plugins (and the filters'
+ * FORMAT-locking=): off takes none of QEMU's image locks (bdev.h,
+ * no_locks), as QEMU's locking=off.
+ */
+static inline int
+bdev_nbdkit_locking_param (const char *value, bool *no_locks)
+{
+  int r = nbdkit_parse_bool (value);
+  if (r == -1)
+    return -1;
+  *no_locks = !r;
+  return 0;
+}
+
 /* Every plugin or filter handle that serves a bdev starts with this, so
  * the shared callbacks below can find the bdev.
  */

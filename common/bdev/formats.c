@@ -138,7 +138,7 @@ bdev_open (const char *path, const char *format,
     goto fail;
   }
   struct bdev_open_opts lo = *opts;
-  lo.qemu_locks = true;         /* inherited by the files the image names */
+  lo.qemu_locks = !opts->no_locks; /* and so on every file it names */
   return f->open (path, &lo, depth);
 
  fail:

@@ -33,6 +33,7 @@ static bool backing_none;       /* qcow2-backing=none */
 static char **allowed;          /* qcow2-allow-backing-path=DIR, NULL-ended */
 static size_t nallowed;
 static bool allow_any;
+static bool no_locks;                   /* qcow2-locking=off */
 static int64_t cache_size = -1;
 
 /* .load calls: more than one means --filter=qcow2 twice (util/single.h). */
@@ -71,6 +72,8 @@ qcow2_filter_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
   }
   if (strcmp (key, "qcow2-allow-backing-path") == 0)
     return bdev_nbdkit_allow_path (value, &allowed, &nallowed, &allow_any);
+  if (strcmp (key, "qcow2-locking") == 0)
+    return bdev_nbdkit_locking_param (value, &no_locks);
   if (strcmp (key, "qcow2-cache") == 0) {
     cache_size = nbdkit_parse_size (value);
     return cache_size == -1 ? -1 : 0;
@@ -88,6 +91,7 @@ qcow2_filter_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
   "                            The backing file's own backing files may\n" \
   "                            also be in DIR.\n" \
   "qcow2-cache=SIZE            L2 metadata cache size.\n" \
+  "qcow2-locking=off           Take no image locks on the backing files.\n" \
   "qcow2-exports=one|per-name  One export name at a time (default), or\n" \
   "                            each name its own image (a plugin that\n" \
   "                            stores each name apart)."
@@ -109,6 +113,7 @@ open_backing (void)
     .readonly = true,
     .allowed_dirs = (const char *const *) allowed,
     .allow_any_path = allow_any,
+    .no_locks = no_locks,
   };
   return bdev_open (backing_path, NULL, &o, 1);
 }

@@ -30,6 +30,7 @@ static bool parent_none;        /* vhdx-parent=none */
 static char **allowed;          /* vhdx-allow-parent-path=DIR */
 static size_t nallowed;
 static bool allow_any;
+static bool no_locks;                   /* vhdx-locking=off */
 static bool ignore_linkage;
 
 /* .load calls: more than one means --filter=vhdx twice (util/single.h). */
@@ -68,6 +69,8 @@ vhdx_filter_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
   }
   if (strcmp (key, "vhdx-allow-parent-path") == 0)
     return bdev_nbdkit_allow_path (value, &allowed, &nallowed, &allow_any);
+  if (strcmp (key, "vhdx-locking") == 0)
+    return bdev_nbdkit_locking_param (value, &no_locks);
   if (strcmp (key, "vhdx-ignore-parent-linkage") == 0) {
     int r = nbdkit_parse_bool (value);
     if (r == -1)
@@ -88,6 +91,7 @@ vhdx_filter_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
   "                            The parent's own parents may also be in DIR.\n" \
   "vhdx-ignore-parent-linkage=true\n" \
   "                            Accept a parent whose DataWriteGuid differs.\n" \
+  "vhdx-locking=off            Take no image locks on the parent files.\n" \
   "vhdx-exports=one|per-name   One export name at a time (default), or\n" \
   "                            each name its own image (a plugin that\n" \
   "                            stores each name apart)."
@@ -119,6 +123,7 @@ bdev_format_filter_open_image (const char *export, nbdkit_next *next,
       .readonly = true,
       .allowed_dirs = (const char *const *) allowed,
       .allow_any_path = allow_any,
+      .no_locks = no_locks,
     };
     parent = bdev_open (parent_path, "vhdx", &po, 1);
     if (!parent) {

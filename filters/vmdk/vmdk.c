@@ -31,6 +31,7 @@ static bool ignore_parent_cid;  /* vmdk-ignore-parent-cid=true */
 static char **allowed;          /* vmdk-allow-path=DIR, NULL-ended */
 static size_t nallowed;
 static bool allow_any;
+static bool no_locks;                   /* vmdk-locking=off */
 
 /* .load calls: more than one means --filter=vmdk twice (util/single.h). */
 static unsigned loads;
@@ -75,6 +76,8 @@ vmdk_filter_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
   }
   if (strcmp (key, "vmdk-allow-path") == 0)
     return bdev_nbdkit_allow_path (value, &allowed, &nallowed, &allow_any);
+  if (strcmp (key, "vmdk-locking") == 0)
+    return bdev_nbdkit_locking_param (value, &no_locks);
   if (strcmp (key, "vmdk-exports") == 0)
     return bdev_format_filter_config_exports (value);
   return next (nxdata, key, value);
@@ -87,6 +90,7 @@ vmdk_filter_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
   "vmdk-ignore-parent-cid=true Open a delta disk whose parent changed.\n" \
   "vmdk-allow-path=DIR|any     The parent's own extent and parent files\n" \
   "                            may also be in DIR.\n" \
+  "vmdk-locking=off            Take no image locks on the parent's files.\n" \
   "vmdk-exports=one|per-name   One export name at a time (default), or\n" \
   "                            each name its own image (a plugin that\n" \
   "                            stores each name apart)."
@@ -121,6 +125,7 @@ bdev_format_filter_open_image (const char *export, nbdkit_next *next,
       .readonly = true,
       .allowed_dirs = (const char *const *) allowed,
       .allow_any_path = allow_any,
+      .no_locks = no_locks,
     };
     /* The parent checks its own parent's CID: the option reaches it. */
     static const char *const ig_opts[] = { "vmdk.ignore-parent-cid=1", NULL };

@@ -34,6 +34,7 @@ static bool backing_none;
 static char **allowed;          /* NULL-terminated */
 static size_t nallowed;
 static bool allow_any;
+static bool no_locks;                   /* locking=off */
 static char *snapshot;
 static int64_t cache_size = -1;
 static bool direct;
@@ -94,6 +95,8 @@ qcow2_config (const char *key, const char *value)
   }
   else if (strcmp (key, "allow-backing-path") == 0)
     return bdev_nbdkit_allow_path (value, &allowed, &nallowed, &allow_any);
+  else if (strcmp (key, "locking") == 0)
+    return bdev_nbdkit_locking_param (value, &no_locks);
   else if (strcmp (key, "snapshot") == 0) {
     free (snapshot);
     snapshot = strdup (value);
@@ -352,6 +355,7 @@ qcow2_config_file (const char *key, const char *value)
   "snapshot=NAME|ID            Serve an internal snapshot (read-only).\n" \
   "cache=SIZE                  L2 metadata cache size.\n" \
   "direct=true                 Use O_DIRECT.\n" \
+  "locking=off                 Take no image locks (QEMU's locking=off).\n" \
   "compress=zlib|zstd          Write whole new clusters compressed.\n" \
   "create=SIZE                 Create the image if it does not exist\n" \
   "                            (create-cluster-size, create-compat,\n" \
@@ -383,6 +387,7 @@ open_engine (const char *snap, bool readonly)
     .direct = direct,
     .allowed_dirs = (const char *const *) allowed,
     .allow_any_path = allow_any,
+    .no_locks = no_locks,
   };
   if (backing_none)
     fopts[n++] = "qcow2.backing=none";
@@ -446,6 +451,7 @@ qcow2_list_exports (int readonly, int is_tls, struct nbdkit_exports *exports)
     .readonly = true, .format_opts = fopts, .direct = direct,
     .allowed_dirs = (const char *const *) allowed,
     .allow_any_path = allow_any,
+    .no_locks = no_locks,
   };
   struct bdev *bd;
   const struct qcow2_snapshot_info *s;

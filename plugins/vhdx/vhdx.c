@@ -27,6 +27,7 @@ static char *filename;
 static char **allowed;          /* NULL-terminated */
 static size_t nallowed;
 static bool allow_any;
+static bool no_locks;                   /* locking=off */
 static bool direct;
 static bool ignore_linkage;
 static bool parent_none;
@@ -102,6 +103,8 @@ vhdx_config (const char *key, const char *value)
   if (strcmp (key, "allow-parent-path") == 0 ||
       strcmp (key, "allow-backing-path") == 0)      /* as in vmdk, qcow2 */
     return bdev_nbdkit_allow_path (value, &allowed, &nallowed, &allow_any);
+  if (strcmp (key, "locking") == 0)
+    return bdev_nbdkit_locking_param (value, &no_locks);
   if (strcmp (key, "direct") == 0 || strcmp (key, "ignore-parent-linkage") == 0) {
     if ((b = nbdkit_parse_bool (value)) == -1)
       return -1;
@@ -241,6 +244,7 @@ vhdx_config_complete (void)
   "ignore-parent-linkage=true  Open despite a parent DataWriteGuid mismatch.\n" \
   "parent=none                 Ignore the parent of a differencing disk.\n" \
   "direct=true                 Use O_DIRECT.\n" \
+  "locking=off                 Take no image locks (QEMU's locking=off).\n" \
   "create=SIZE                 Create the image if it does not exist\n" \
   "                            (type=dynamic|fixed|differencing,\n" \
   "                            block-size=, logical-sector-size=,\n" \
@@ -257,6 +261,7 @@ open_engine (const char *export, void *arg)
     .direct = direct,
     .allowed_dirs = (const char *const *) allowed,
     .allow_any_path = allow_any,
+    .no_locks = no_locks,
   };
   if (ignore_linkage)
     fopts[n++] = "vhdx.ignore-parent-linkage=1";

@@ -29,6 +29,7 @@ static bool backing_none;
 static char **allowed;          /* NULL-terminated */
 static size_t nallowed;
 static bool allow_any;
+static bool no_locks;                   /* locking=off */
 static bool direct;
 static bool ignore_parent_cid;  /* open a delta disk whose parent changed */
 static int64_t create_size = -1;
@@ -102,6 +103,8 @@ vmdk_config (const char *key, const char *value)
   if (strcmp (key, "allow-path") == 0 ||
       strcmp (key, "allow-backing-path") == 0)
     return bdev_nbdkit_allow_path (value, &allowed, &nallowed, &allow_any);
+  if (strcmp (key, "locking") == 0)
+    return bdev_nbdkit_locking_param (value, &no_locks);
   if (strcmp (key, "direct") == 0 || strcmp (key, "ignore-parent-cid") == 0) {
     int r = nbdkit_parse_bool (value);
     if (r == -1)
@@ -187,6 +190,7 @@ vmdk_config_complete (void)
   "backing=none                Ignore the parent disk of a delta disk.\n" \
   "allow-path=DIR|any          Extent and parent files may also be in DIR.\n" \
   "direct=true                 Use O_DIRECT.\n" \
+  "locking=off                 Take no image locks (QEMU's locking=off).\n" \
   "ignore-parent-cid=true      Open a delta disk whose parent changed.\n" \
   "create=SIZE                 Create the image if it does not exist\n" \
   "                            (subformat=, adapter-type=, zeroed-grain=)."
@@ -205,6 +209,7 @@ open_export (const char *export, void *arg)
     .direct = direct,
     .allowed_dirs = (const char *const *) allowed,
     .allow_any_path = allow_any,
+    .no_locks = no_locks,
     .format_opts = fopts,
   };
   struct bdev *bd = bdev_nbdkit_open_rw_else_ro (filename, "vmdk", &o);

@@ -95,7 +95,47 @@ if PATH="/usr/bin:$PATH" nbdsh -u "$(uri_of "$sock")" -c 'h.pread(512, 0)' 2>/de
   fail "the plugin read an image that qemu-nbd has open for writing"
 fi
 stop_nbdkit
+
+# 3c. locking=off (QEMU's locking=off) takes no locks: the same read-only
+#     export of the image qemu-nbd is writing is served, QEMU's tools open
+#     it without -U meanwhile, and the format filters' backing files too.
+#     The vmdk and vhdx plugins take the same parameter.
+new_sock
+start_nbdkit "$sock" "$(plugin_so qcow2)" file=img.qcow2 -r locking=off
+PATH="/usr/bin:$PATH" nbdsh -u "$(uri_of "$sock")" -c "
+import subprocess
+assert len(h.pread(512, 0)) == 512
+subprocess.run(['qemu-img', 'info', '--force-share', 'img.qcow2'], check=True, capture_output=True)
+" || fail "locking=off: not served while qemu-nbd writes the image"
+stop_nbdkit
+cp top.qcow2 top-raw-container.qcow2
+for locking in on off; do
+  new_sock
+  start_nbdkit "$sock" --filter="$(filter_so qcow2)" file top-raw-container.qcow2 \
+    qcow2-backing="$tmpdir/img.qcow2" qcow2-locking=$locking -r
+  if PATH="/usr/bin:$PATH" nbdsh -u "$(uri_of "$sock")" -c 'h.pread(512, 0)' 2>/dev/null; then
+    [ $locking = off ] || fail "qcow2 filter: read a backing file qemu-nbd is writing"
+  else
+    [ $locking = on ] || fail "qcow2 filter: qcow2-locking=off did not serve it"
+  fi
+  stop_nbdkit
+done
 kill $qbg; wait $qbg 2>/dev/null || :
+qemu-img create -q -f vmdk lk.vmdk 1M
+qemu-img create -q -f vhdx lk.vhdx 1M
+for f in vmdk vhdx; do
+  new_sock
+  start_nbdkit "$sock" "$(plugin_so $f)" file=lk.$f locking=off
+  PATH="/usr/bin:$PATH" nbdsh -u "$(uri_of "$sock")" -c "
+import subprocess
+h.pwrite(b'\\x05' * 4096, 0)
+h.flush()
+# Nothing locked: qemu-img opens it for writing meanwhile.
+r = subprocess.run(['qemu-io', '-c', 'read -P 5 0 4k', 'lk.$f'], capture_output=True, text=True)
+assert r.returncode == 0 and 'lock' not in r.stderr, r.stderr
+" || fail "$f locking=off: the image was locked"
+  stop_nbdkit
+done
 
 # 4. One file opened for writing twice by the plugin itself (a VMDK
 #    descriptor naming one flat file for two extents): not a conflict.
