@@ -180,14 +180,22 @@ url_allowed (const char *origin, const char *path,
   return false;
 }
 
+static const char *allow_hint = "allow-backing-path=DIR";
+
+void
+confine_set_allow_hint (const char *hint)
+{
+  allow_hint = hint;
+}
+
 static char *
 refuse (const char *image_path, const char *ref, const char *what,
         const char *where)
 {
   kvm_error ("%s: refusing file '%s' named by the image: it resolves to %s, "
              "outside the image's directory%s%s (allow it explicitly with "
-             "allow-backing-path=DIR)", image_path, ref, what,
-             where ? " " : "", where ? where : "");
+             "%s)", image_path, ref, what,
+             where ? " " : "", where ? where : "", allow_hint);
   errno = EACCES;
   return NULL;
 }
@@ -345,7 +353,7 @@ confine_resolve (const char *image_path, const char *ref,
     goto ok;
   kvm_error ("%s: refusing file '%s' named by the image: it resolves to %s, "
              "outside the image's directory %s (allow it explicitly with "
-             "allow-backing-path=DIR)", image_path, ref, real, dir);
+             "%s)", image_path, ref, real, dir, allow_hint);
   free (real);
   real = NULL;
   errno = EACCES;

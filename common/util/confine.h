@@ -31,6 +31,13 @@
 char *confine_resolve (const char *image_path, const char *ref,
                        const char *const *allowed_dirs, bool allow_any);
 
+/* The parameter that the refusal message of confine_resolve suggests
+ * ("allow-backing-path=DIR" unless set): each plugin and filter sets the
+ * name it accepts (a filter's are prefixed, e.g. "qcow2-allow-backing-path=DIR").
+ * HINT must stay valid (a string literal).
+ */
+void confine_set_allow_hint (const char *hint);
+
 /* URLs (nfs://server/export/dir/image.qcow2?options): an image whose
  * path is a URL has a directory on its server.  A relative REF resolves
  * lexically beside it, on the same server, and must stay in that

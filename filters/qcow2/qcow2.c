@@ -22,6 +22,7 @@
 #define BDEV_FORMAT_FILTER_EXPORTS "qcow2-exports"
 #include "bdev/bdev_nbdkit_format_filter.h"
 #include "qcow2/qcow2.h"
+#include "util/confine.h"
 #include "util/log.h"
 #include "util/single.h"
 
@@ -44,6 +45,7 @@ qcow2_filter_load (void)
 {
   loads++;
   kvm_log_set (nbdkit_verror, nbdkit_vdebug);
+  confine_set_allow_hint ("qcow2-allow-backing-path=DIR");
 }
 
 static void

@@ -21,6 +21,7 @@
 #include "bdev/bdev.h"
 #define BDEV_FORMAT_FILTER_EXPORTS "vhdx-exports"
 #include "bdev/bdev_nbdkit_format_filter.h"
+#include "util/confine.h"
 #include "util/log.h"
 #include "util/single.h"
 #include "vhdx/vhdx.h"
@@ -41,6 +42,7 @@ vhdx_filter_load (void)
 {
   loads++;
   kvm_log_set (nbdkit_verror, nbdkit_vdebug);
+  confine_set_allow_hint ("vhdx-allow-parent-path=DIR");
 }
 
 static void

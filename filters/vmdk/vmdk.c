@@ -21,6 +21,7 @@
 #include "bdev/bdev.h"
 #define BDEV_FORMAT_FILTER_EXPORTS "vmdk-exports"
 #include "bdev/bdev_nbdkit_format_filter.h"
+#include "util/confine.h"
 #include "util/log.h"
 #include "util/single.h"
 #include "vmdk/vmdk.h"
@@ -41,6 +42,7 @@ vmdk_filter_load (void)
 {
   loads++;
   kvm_log_set (nbdkit_verror, nbdkit_vdebug);
+  confine_set_allow_hint ("vmdk-allow-path=DIR");
 }
 
 static void

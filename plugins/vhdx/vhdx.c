@@ -18,6 +18,7 @@
 #include "bdev/bdev_registry.h"
 #include "bdev/formats.h"
 #include "kvm_version.h"
+#include "util/confine.h"
 #include "util/log.h"
 #include "vhdx/vhdx.h"
 
@@ -43,6 +44,7 @@ static void
 vhdx_load (void)
 {
   kvm_log_set (nbdkit_verror, nbdkit_vdebug);
+  confine_set_allow_hint ("allow-parent-path=DIR");
 }
 
 static void

@@ -19,6 +19,7 @@
 #include "bdev/bdev_registry.h"
 #include "bdev/formats.h"
 #include "kvm_version.h"
+#include "util/confine.h"
 #include "util/log.h"
 #include "vmdk/vmdk.h"
 
@@ -41,6 +42,7 @@ static void
 vmdk_load (void)
 {
   kvm_log_set (nbdkit_verror, nbdkit_vdebug);
+  confine_set_allow_hint ("allow-path=DIR");
 }
 
 static void

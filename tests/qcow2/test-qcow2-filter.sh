@@ -147,6 +147,27 @@ qemu-io -f raw -c 'write -q -P 0x43 1M 1M' expect.raw
 assert_same expect.raw none.raw "qcow2-backing=none"
 echo "ok: qcow2-backing=none"
 
+# The backing file's own backing file outside its directory: refused,
+# and the message names the parameter this filter takes.
+mkdir -p sub
+qemu-img create -q -f qcow2 -b ../base.raw -F raw sub/mid.qcow2 8M
+new_sock
+out=$(nbdkit -U "$sock" --filter="$(filter_so qcow2)" file file=top.qcow2 \
+        qcow2-backing="$tmpdir/sub/mid.qcow2" --run 'nbdinfo "$uri"' 2>&1) &&
+  fail "a backing file's escaping backing file was followed"
+grep -q "refusing file '\.\./base\.raw'.*qcow2-allow-backing-path=DIR" <<<"$out" ||
+  fail "the refusal does not name qcow2-allow-backing-path: $out"
+new_sock
+serve_filter "$sock" file file=top.qcow2 qcow2-backing="$tmpdir/sub/mid.qcow2" \
+  qcow2-allow-backing-path="$tmpdir" -r
+nbdcopy -- "$(uri_of "$sock")" allowed.raw
+stop_server
+qemu-img create -q -f qcow2 -b sub/mid.qcow2 -F qcow2 oracle.qcow2 8M
+qemu-io -f qcow2 -c 'write -q -P 0x43 1M 1M' oracle.qcow2
+out=$(qemu-img compare -f raw -F qcow2 allowed.raw oracle.qcow2 2>&1) ||
+  fail "qcow2-allow-backing-path: $out"
+echo "ok: a backing file's backing confined; qcow2-allow-backing-path= allows it"
+
 # A plugin that cannot write (eval with get_size and pread only): a
 # read-only export, the image untouched; the same with nbdkit -r.
 cp full.qcow2 ro.qcow2
