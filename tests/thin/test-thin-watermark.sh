@@ -134,9 +134,9 @@ rm -f "$sock"
 start_nbdkit "$sock" --filter="$(filter_so thin)" file "$pool3" thin-size=1G \
   2> "$tmpdir/full.log"
 # Filled by one client, then found full by others (the pool is closed
-# and opened again between clients): "pool full" is logged once.
-fill_pool3 () {
-  nbdsh -u "$uri" -c "
+# and opened again between clients): "pool full" is logged once.  FILL:
+# write chunks from 0 until ENOSPC; v is the first that failed.
+FILL="
 C = 65536
 v = 0
 while True:
@@ -147,20 +147,11 @@ while True:
         break
     v += 1
 "
-}
-fill_pool3
-fill_pool3
+nbdsh -u "$uri" -c "$FILL"
+nbdsh -u "$uri" -c "$FILL"
 nbdsh -u "$uri" -c "
 import os, time, subprocess
-C = 65536
-v = 0
-while True:
-    try:
-        h.pwrite(b'a' * C, v * C)
-    except nbd.Error as e:
-        assert e.errno in ('ENOSPC', 28), e
-        break
-    v += 1
+$FILL
 full = v
 subprocess.run(['truncate', '-s', '32M', '$pool3'], check=True)
 time.sleep(1.1)   # the filter asks the layer below at most once a second

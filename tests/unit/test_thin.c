@@ -470,6 +470,19 @@ race_write_trim_write (bool zero_first)
   free (x);
 }
 
+/* Close BD with its final commit failing at its first flush, check the
+ * pool and open it again.
+ */
+static struct bdev *
+close_failing_reopen (struct bdev *bd)
+{
+  gate_fail_flush = 1;
+  bdev_close (bd);
+  gate_fail_flush = 0;
+  CHECK_EQ_U64 (check_pool (false), 0);
+  return open_gated_thin (16 * C);
+}
+
 /* The flush after a commit's header write fails: that header may or may
  * not be on disk, so no body may be written until it is.  Every write,
  * trim and flush writes it again first and fails while that fails; once
@@ -524,11 +537,7 @@ header_flush_fails (void)
   CHECK (bdev_pwrite (bd, x, C, 3 * C, 0) == 0);
   gate_fail_flush = 3;
   CHECK (bdev_flush (bd) == -1 && errno == EIO);
-  gate_fail_flush = 1;
-  bdev_close (bd);
-  gate_fail_flush = 0;
-  CHECK_EQ_U64 (check_pool (false), 0);
-  bd = open_gated_thin (16 * C);
+  bd = close_failing_reopen (bd);
   chunk_is (bd, 3, 'x');
   bdev_close (bd);
   free (x);
@@ -574,11 +583,7 @@ header_pending_release (void)
   /* The commit that would record A fails; the pool reopens at the
    * commit whose header was pending, where chunk 3 still holds 'x'.
    */
-  gate_fail_flush = 1;
-  bdev_close (bd);
-  gate_fail_flush = 0;
-  CHECK_EQ_U64 (check_pool (false), 0);
-  bd = open_gated_thin (16 * C);
+  bd = close_failing_reopen (bd);
   chunk_is (bd, 3, 'x');
   chunk_is (bd, 4, 0);
   chunk_is (bd, 5, 'q');
