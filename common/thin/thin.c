@@ -141,17 +141,27 @@ epoch_sync (struct thin *t)
 
 /* ---- allocation ---------------------------------------------------- */
 
+/* The transaction a change made now belongs to: seq + 1, or seq + 2
+ * while the header of seq + 1 is pending (its body is already written:
+ * a change now must reach that slot again at seq + 3).  Lock held.
+ */
+static uint64_t
+change_txn (const struct thin *t)
+{
+  return t->seq + (atomic_load (&t->hdr_pending) ? 2 : 1);
+}
+
 static void
 mark_table (struct thin *t, uint64_t v)
 {
-  t->tgen[v / TPB] = t->seq + 1;
+  t->tgen[v / TPB] = change_txn (t);
   t->dirty = true;
 }
 
 static void
 mark_bitmap (struct thin *t, uint64_t p)
 {
-  t->bgen[p / BPB] = t->seq + 1;
+  t->bgen[p / BPB] = change_txn (t);
   t->dirty = true;
 }
 
@@ -414,7 +424,7 @@ commit_locked (struct thin *t)
     atomic_store (&t->hdr_pending, true);
     kvm_error ("thin: %s: writing the metadata header failed: %s; writes "
                "are refused until it is written again (tried at each "
-               "write, trim and flush)", t->meta->name, strerror (err));
+               "write, trim, zero and flush)", t->meta->name, strerror (err));
     errno = err;
     return -1;
   }

@@ -12,7 +12,9 @@
 #ifndef POWER_VCACHE_H
 #define POWER_VCACHE_H
 
+#include <errno.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -126,11 +128,44 @@ vc_record (struct vcache *v, const void *buf, size_t n, uint64_t off,
   }
 }
 
+/* Failure injection (POWER_FAIL_PCT): while vc_fail_on, each write and
+ * flush fails with EIO with this probability.  A failed write may or
+ * may not have reached the cache; a failed flush makes nothing durable
+ * (the cache keeps it: a later flush does).
+ */
+static unsigned vc_fail_pct;
+static int vc_fail_on;
+static uint64_t vc_fail_rng = 0x5eed;
+static long vc_failed;
+
+static int
+vc_should_fail (struct vcache *v)
+{
+  if (!vc_fail_on || !vc_fail_pct || *v->crashed)
+    return 0;
+  if (prng (&vc_fail_rng) % 100 >= vc_fail_pct)
+    return 0;
+  vc_failed++;
+  return 1;
+}
+
 static int
 vc_pwrite (struct bdev *bd, const void *buf, size_t n, uint64_t off,
            uint32_t flags)
 {
-  vc_record ((struct vcache *) bd, buf, n, off, !!(flags & BDEV_FUA));
+  struct vcache *v = (struct vcache *) bd;
+  if (vc_should_fail (v)) {
+    if (prng (&vc_fail_rng) % 2)
+      vc_record (v, buf, n, off, 0);
+    else
+      vc_event (v);
+    if (getenv ("POWER_TRACE"))
+      fprintf (stderr, "    write 0x%llx+0x%zx FAILS\n",
+               (unsigned long long) off, n);
+    errno = EIO;
+    return -1;
+  }
+  vc_record (v, buf, n, off, !!(flags & BDEV_FUA));
   return 0;
 }
 
@@ -163,11 +198,16 @@ vc_flush (struct bdev *bd)
 {
   struct vcache *v = (struct vcache *) bd;
   vc_event (v);
+  int fail = vc_should_fail (v);
   if (getenv ("POWER_TRACE"))
-    fprintf (stderr, "    ev %ld: flush%s\n", *v->events,
-             *v->crashed ? " (after cut)" : "");
+    fprintf (stderr, "    ev %ld: flush%s%s\n", *v->events,
+             *v->crashed ? " (after cut)" : "", fail ? " FAILS" : "");
   if (*v->crashed)
     return 0;
+  if (fail) {
+    errno = EIO;
+    return -1;
+  }
   memcpy (v->dur, v->cur, v->cur_size);
   v->dur_size = v->cur_size;
   vc_drop_log (v);

@@ -4,7 +4,8 @@
  * chunks; ENOSPC; watermark once per crossing; reopen (internal and
  * separate metadata); thin_check finds the result clean.  Through a
  * pool that can hold a write or fail a flush: a write racing a trim and
- * another write never deadlocks; a failed header commit stops writes.
+ * another write never deadlocks; a failed header commit is written again
+ * before anything else, also with writes in flight.
  * A device that is not a pool is not formatted, but a format cut short
  * is redone.  The short last chunk of a virtual size that is not a
  * multiple of the chunk is released.
@@ -594,6 +595,112 @@ header_pending_release (void)
   free (z);
 }
 
+/* A write in flight when a commit's header fails publishes its mapping
+ * while that header is pending: the change belongs to the commit after
+ * the pending one, and the slot of the pending one (written before the
+ * change) must get it at its next commit.  Before the fix the change was
+ * marked as part of the pending transaction, so the second commit after
+ * the header was written skipped the block in that slot, and the pool
+ * reopened without the mapping: a flushed write read as zeroes.  The
+ * written chunk is in the second table block (so the later commits
+ * change only the first one).
+ */
+static void
+header_pending_inflight_write (void)
+{
+  const uint64_t far = 1500;            /* table block 1 */
+  new_pool ();
+  struct bdev *bd = open_gated_thin (2048ull * C);
+  unsigned char *x = malloc (C);
+  CHECK (x);
+  memset (x, 'x', C);
+  CHECK (bdev_pwrite (bd, x, C, 0, 0) == 0);
+  CHECK (bdev_flush (bd) == 0);
+  /* Write A into a new chunk in table block 1, held writing the data. */
+  unsigned char *a = malloc (C);
+  CHECK (a);
+  memset (a, 'a', C);
+  struct req ra = { .bd = bd, .buf = a, .n = C, .off = far * C };
+  __atomic_store_n (&gate_held, 0, __ATOMIC_SEQ_CST);
+  __atomic_store_n (&gate_open, 0, __ATOMIC_SEQ_CST);
+  __atomic_store_n (&gate_armed, 1, __ATOMIC_SEQ_CST);
+  CHECK (pthread_create (&ra.th, NULL, req_run, &ra) == 0);
+  while (!__atomic_load_n (&gate_held, __ATOMIC_SEQ_CST))
+    usleep (1000);
+  CHECK (bdev_pwrite (bd, x, C, 1 * C, 0) == 0);     /* table block 0 */
+  gate_fail_flush = 3;                  /* the header's flush */
+  CHECK (bdev_flush (bd) == -1 && errno == EIO);
+  __atomic_store_n (&gate_open, 1, __ATOMIC_SEQ_CST);
+  pthread_join (ra.th, NULL);
+  CHECK (ra.r == 0);                    /* published while pending */
+  CHECK (bdev_flush (bd) == 0);         /* the header, then A's commit */
+  chunk_is (bd, far, 'a');
+  /* One more commit, into the slot of the pending one. */
+  CHECK (bdev_pwrite (bd, x, C, 2 * C, 0) == 0);
+  CHECK (bdev_flush (bd) == 0);
+  bdev_close (bd);
+  bd = open_gated_thin (2048ull * C);
+  chunk_is (bd, far, 'a');              /* flushed: must be there */
+  chunk_is (bd, 0, 'x');
+  bdev_close (bd);
+  CHECK_EQ_U64 (check_pool (false), 0);
+  __atomic_store_n (&gate_open, 0, __ATOMIC_SEQ_CST);
+  free (a);
+  free (x);
+}
+
+/* The same with a release: write A zeroes a mapped chunk of table block
+ * 1 (released at A's end, while the header is pending) and allocates the
+ * next one.  After the header and A's commit, the released chunk is
+ * reused for chunk 2.  Before the fix, the commit after that (into the
+ * pending one's slot) skipped table block 1 there: the pool reopened
+ * with the old chunk mapped twice and refused to open.
+ */
+static void
+header_pending_inflight_release (void)
+{
+  const uint64_t far = 1500;            /* table block 1 */
+  new_pool ();
+  struct bdev *bd = open_gated_thin (2048ull * C);
+  unsigned char *x = malloc (C), *a = malloc (2 * C);
+  CHECK (x && a);
+  memset (x, 'x', C);
+  CHECK (bdev_pwrite (bd, x, C, 0, 0) == 0);          /* physical 0 */
+  memset (x, 'f', C);
+  CHECK (bdev_pwrite (bd, x, C, far * C, 0) == 0);    /* physical 1 */
+  CHECK (bdev_flush (bd) == 0);
+  memset (a, 0, C);
+  memset (a + C, 'a', C);
+  struct req ra = { .bd = bd, .buf = a, .n = 2 * C, .off = far * C };
+  __atomic_store_n (&gate_held, 0, __ATOMIC_SEQ_CST);
+  __atomic_store_n (&gate_open, 0, __ATOMIC_SEQ_CST);
+  __atomic_store_n (&gate_armed, 1, __ATOMIC_SEQ_CST);
+  CHECK (pthread_create (&ra.th, NULL, req_run, &ra) == 0);
+  while (!__atomic_load_n (&gate_held, __ATOMIC_SEQ_CST))
+    usleep (1000);
+  memset (x, 'q', C);
+  CHECK (bdev_pwrite (bd, x, C, 1 * C, 0) == 0);
+  gate_fail_flush = 3;                  /* the header's flush */
+  CHECK (bdev_flush (bd) == -1 && errno == EIO);
+  __atomic_store_n (&gate_open, 1, __ATOMIC_SEQ_CST);
+  pthread_join (ra.th, NULL);
+  CHECK (ra.r == 0);
+  CHECK (bdev_flush (bd) == 0);         /* the header, then A's commit */
+  memset (x, 'y', C);
+  CHECK (bdev_pwrite (bd, x, C, 2 * C, 0) == 0);      /* reuses physical 1 */
+  CHECK (bdev_flush (bd) == 0);
+  bdev_close (bd);
+  CHECK_EQ_U64 (check_pool (false), 0);
+  bd = open_gated_thin (2048ull * C);
+  chunk_is (bd, far, 0);
+  chunk_is (bd, far + 1, 'a');
+  chunk_is (bd, 2, 'y');
+  bdev_close (bd);
+  __atomic_store_n (&gate_open, 0, __ATOMIC_SEQ_CST);
+  free (a);
+  free (x);
+}
+
 /* A device whose first 8 KiB are zero but whose metadata area is not
  * (here: a btrfs superblock at 64 KiB) is refused, and left as it was.
  */
@@ -721,6 +828,8 @@ main (void)
   race_write_trim_write (true);
   header_flush_fails ();
   header_pending_release ();
+  header_pending_inflight_write ();
+  header_pending_inflight_release ();
   no_format_over_data ();
   short_last_chunk ();
   interrupted_format ();
