@@ -114,6 +114,42 @@ q2_release_cluster (struct qcow2 *q, uint64_t off)
     q->zero_from = off + q->cluster_size;
 }
 
+/* Make the file cover every allocated cluster before tables that map
+ * them are written: a new cluster whose data write failed (it stays
+ * mapped, reading as zeroes) must not lie past the end of the file,
+ * which qemu-img check counts as corruption.  A local file is extended
+ * with ftruncate.  Another growable container (an image on NFS) gets
+ * zeroes written past its end, once no deferred write can still be on
+ * its way there (they run without the lock, and would be overwritten).
+ * A container of fixed size (qcow2_open_container) has nothing
+ * allocated past its end.  Exclusive lock held.
+ */
+static int
+cover_allocated (struct qcow2 *q)
+{
+  static const uint8_t zeroes[65536];
+  if (q->fd >= 0) {
+    if (ftruncate (q->fd, q->alloc_end) == -1)
+      return kvm_fail (errno, "%s: extending the file: %m", q->path);
+    bdev_size_grow (q->file, q->alloc_end);
+    return 0;
+  }
+  if (!q->file->growable)
+    return 0;
+  pthread_mutex_lock (&q->deferred_lock);
+  while (q->deferred_inflight)
+    pthread_cond_wait (&q->deferred_done, &q->deferred_lock);
+  pthread_mutex_unlock (&q->deferred_lock);
+  for (uint64_t off = bdev_size (q->file); off < q->alloc_end; ) {
+    size_t n = q->alloc_end - off < sizeof zeroes ? q->alloc_end - off
+      : sizeof zeroes;
+    if (bdev_pwrite (q->file, zeroes, n, off, 0) == -1)
+      return -1;
+    off += n;
+  }
+  return 0;
+}
+
 /* Write back everything, in dependency order.  Exclusive lock held. */
 int
 q2_flush_locked (struct qcow2 *q)
@@ -134,17 +170,8 @@ q2_flush_locked (struct qcow2 *q)
   if (!meta && !q->npending && !q->old_rt_offset)
     return q2_sync_file (q, q->file) == -1 ? -1 : q2_bitmap_commit (q);
 
-  /* Make sure the file covers every allocated cluster.  A container
-   * without a descriptor is not extended here: it grows through the
-   * writes themselves, or has a fixed size (qcow2_open_container).
-   */
-  if (q->fd >= 0 && bdev_size (q->file) < q->alloc_end) {
-    if (ftruncate (q->fd, q->alloc_end) == -1) {
-      kvm_fail (errno, "%s: extending the file: %m", q->path);
-      return -1;
-    }
-    bdev_size_grow (q->file, q->alloc_end);
-  }
+  if (bdev_size (q->file) < q->alloc_end && cover_allocated (q) == -1)
+    return -1;
   if (write_dirty (q, q->rbc, &q->drb) == -1 || q2_sync_file (q, q->file) == -1)
     return -1;
   if (q->rt_dirty) {

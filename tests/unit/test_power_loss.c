@@ -1159,6 +1159,15 @@ static const struct {
   /* Writes and flushes below failing (a header left pending, retried). */
   { "thin", "int", 150, 20 },
   { "thin", "ext", 150, 20 },
+  /* ... and under qcow2: a new cluster whose deferred data write failed
+   * stays mapped; the file must still cover it (a container without a
+   * descriptor, as on NFS).
+   */
+  { "qcow2", "qemu:", 60, 10 },
+  { "qcow2", "qemu-backing:", 30, 10 },
+  { "qcow2", "qemu:extended_l2=on", 30, 10 },
+  { "vhdx", "qemu:block_size=1048576", 30, 10 },
+  { "vmdk", "qemu:", 30, 10 },
   /* With the variant flags: also read back by qemu-img after every cut. */
   { "qcow2", "qemu:/initc,snap,compress", 4, 0 },
   { "qcow2", "qemu:cluster_size=4096/init,bitmap", 4, 0 },
