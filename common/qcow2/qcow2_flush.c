@@ -127,7 +127,7 @@ q2_release_cluster (struct qcow2 *q, uint64_t off)
 static int
 cover_allocated (struct qcow2 *q)
 {
-  static const uint8_t zeroes[65536];
+  static const uint8_t zeroes[4096];
   if (q->fd >= 0) {
     if (ftruncate (q->fd, q->alloc_end) == -1)
       return kvm_fail (errno, "%s: extending the file: %m", q->path);
@@ -140,14 +140,13 @@ cover_allocated (struct qcow2 *q)
   while (q->deferred_inflight)
     pthread_cond_wait (&q->deferred_done, &q->deferred_lock);
   pthread_mutex_unlock (&q->deferred_lock);
-  for (uint64_t off = bdev_size (q->file); off < q->alloc_end; ) {
-    size_t n = q->alloc_end - off < sizeof zeroes ? q->alloc_end - off
-      : sizeof zeroes;
-    if (bdev_pwrite (q->file, zeroes, n, off, 0) == -1)
-      return -1;
-    off += n;
-  }
-  return 0;
+  /* The last bytes are enough: what lies between reads as zeroes. */
+  uint64_t size = bdev_size (q->file);
+  if (size >= q->alloc_end)
+    return 0;
+  size_t n = q->alloc_end - size < sizeof zeroes ? q->alloc_end - size
+    : sizeof zeroes;
+  return bdev_pwrite (q->file, zeroes, n, q->alloc_end - n, 0);
 }
 
 /* Write back everything, in dependency order.  Exclusive lock held. */
