@@ -116,6 +116,11 @@ struct q2_bitmaps {
   bool clear;                   /* clear the autoclear bit at first write */
   char why[256];                /* ... because */
   bool marked;                  /* IN_USE of the tracked ones is durable */
+  /* A store cleared IN_USE and failed: the directory on disk may say
+   * "consistent" or not.  The next change marks it in use again first
+   * (marked is false), and the next flush stores what is changed.
+   */
+  bool store_failed;
 };
 
 static void
@@ -530,7 +535,7 @@ q2_bitmap_prepare (struct qcow2 *q)
 {
   struct q2_bitmaps *b = q->bitmaps;
   uint64_t cs = q->cluster_size;
-  if (!b || !b->marked)
+  if (!b || (!b->marked && !b->store_failed))
     return 0;
   for (size_t i = 0; i < b->nt; i++) {
     struct q2_bm *t = &b->t[i];
@@ -558,7 +563,7 @@ q2_bitmap_commit (struct qcow2 *q)
 {
   struct q2_bitmaps *b = q->bitmaps;
   bool tables = false;
-  if (!b || !b->marked)
+  if (!b || (!b->marked && !b->store_failed))
     return 0;
   for (size_t i = 0; i < b->nt; i++) {
     struct q2_bm *t = &b->t[i];
@@ -584,11 +589,17 @@ q2_bitmap_commit (struct qcow2 *q)
     return -1;
   for (size_t i = 0; i < b->nt; i++)
     b->t[i].table_dirty = false;
-  if (write_directory (q, b, false) == -1)
+  if (write_directory (q, b, false) == -1) {
+    /* The cleared flags may reach the disk with a later sync: no data
+     * may change before IN_USE is durable again.
+     */
+    b->marked = false;
+    b->store_failed = true;
     return -1;
+  }
   for (size_t i = 0; i < b->nt; i++)
     if (b->t[i].changed)
       memset (b->t[i].changed, 0, div_round_up64 (b->t[i].table_size, 8));
-  b->marked = false;
+  b->marked = b->store_failed = false;
   return 0;
 }

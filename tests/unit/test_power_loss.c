@@ -1147,34 +1147,39 @@ static const struct {
   const char *engine, *variant;
   long nseeds;
   unsigned fail_pct;            /* POWER_FAIL_PCT for this entry */
+  int nops;                     /* operations per cycle; 0: 40 */
 } matrix[] = {
-  { "qcow2", "qemu:", 30, 0 },
-  { "qcow2", "qemu:cluster_size=512,refcount_bits=1", 15, 0 },
-  { "qcow2", "qemu:extended_l2=on", 15, 0 },
-  { "qcow2", "qemu-backing:", 15, 0 },
-  { "vmdk", "qemu:", 40, 0 },
-  { "vhdx", "qemu:block_size=1048576", 20, 0 },
-  { "thin", "int", 15, 0 },
-  { "thin", "ext", 15, 0 },
+  { "qcow2", "qemu:", 30, 0, 0 },
+  { "qcow2", "qemu:cluster_size=512,refcount_bits=1", 15, 0, 0 },
+  { "qcow2", "qemu:extended_l2=on", 15, 0, 0 },
+  { "qcow2", "qemu-backing:", 15, 0, 0 },
+  { "vmdk", "qemu:", 40, 0, 0 },
+  { "vhdx", "qemu:block_size=1048576", 20, 0, 0 },
+  { "thin", "int", 15, 0, 0 },
+  { "thin", "ext", 15, 0, 0 },
   /* Writes and flushes below failing (a header left pending, retried). */
-  { "thin", "int", 150, 20 },
-  { "thin", "ext", 150, 20 },
+  { "thin", "int", 150, 20, 0 },
+  { "thin", "ext", 150, 20, 0 },
   /* ... and under qcow2: a new cluster whose deferred data write failed
    * stays mapped; the file must still cover it (a container without a
    * descriptor, as on NFS).
    */
-  { "qcow2", "qemu:", 60, 10 },
-  { "qcow2", "qemu-backing:", 30, 10 },
-  { "qcow2", "qemu:extended_l2=on", 30, 10 },
-  { "vhdx", "qemu:block_size=1048576", 30, 10 },
-  { "vmdk", "qemu:", 30, 10 },
+  { "qcow2", "qemu:", 60, 10, 0 },
+  { "qcow2", "qemu-backing:", 30, 10, 0 },
+  { "qcow2", "qemu:extended_l2=on", 30, 10, 0 },
+  { "vhdx", "qemu:block_size=1048576", 30, 10, 0 },
+  { "vmdk", "qemu:", 30, 10, 0 },
   /* With the variant flags: also read back by qemu-img after every cut. */
-  { "qcow2", "qemu:/initc,snap,compress", 4, 0 },
-  { "qcow2", "qemu:cluster_size=4096/init,bitmap", 4, 0 },
-  { "qcow2", "qemu:/datafile,init", 3, 0 },
-  { "qcow2", "qemu:/lazydirty", 4, 0 },
-  { "vhdx", "qemu:block_size=1048576/dirtylog", 4, 0 },
-  { "vhdx", "qemu:block_size=1048576/parent", 4, 0 },
+  { "qcow2", "qemu:/initc,snap,compress", 4, 0, 0 },
+  { "qcow2", "qemu:cluster_size=4096/init,bitmap", 4, 0, 0 },
+  /* A bitmap store that failed after clearing IN_USE: the next change
+   * must mark it in use again (3 of these 30 seeds failed before).
+   */
+  { "qcow2", "qemu:cluster_size=4096/init,bitmap", 30, 20, 80 },
+  { "qcow2", "qemu:/datafile,init", 3, 0, 0 },
+  { "qcow2", "qemu:/lazydirty", 4, 0, 0 },
+  { "vhdx", "qemu:block_size=1048576/dirtylog", 4, 0, 0 },
+  { "vhdx", "qemu:block_size=1048576/parent", 4, 0, 0 },
 };
 
 int
@@ -1186,7 +1191,8 @@ main (int argc, char **argv)
       engine = matrix[i].engine;
       variant = matrix[i].variant;
       vc_fail_pct = matrix[i].fail_pct;
-      fails += run_config (1, matrix[i].nseeds, 2, 40);
+      fails += run_config (1, matrix[i].nseeds, 2,
+                           matrix[i].nops ? matrix[i].nops : 40);
     }
     return fails ? 1 : 0;
   }
