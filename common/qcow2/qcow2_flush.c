@@ -121,21 +121,26 @@ q2_release_cluster (struct qcow2 *q, uint64_t off)
  * with ftruncate.  Another growable container (an image on NFS) gets
  * zeroes written past its end, once no deferred write can still be on
  * its way there (they run without the lock, and would be overwritten).
- * A container of fixed size (qcow2_open_container) has nothing
- * allocated past its end.  Exclusive lock held.
+ * A container of fixed size (qcow2_open_container, or a block device,
+ * which has a descriptor) has nothing allocated past its end, though
+ * alloc_end may be rounded up beyond it.  Exclusive lock held.
  */
 static int
 cover_allocated (struct qcow2 *q)
 {
   static const uint8_t zeroes[4096];
+  /* First: a block device has a descriptor too, and its size need not
+   * be a whole number of clusters (alloc_end starts rounded up), but it
+   * cannot be extended (ftruncate fails with EINVAL).
+   */
+  if (!q->file->growable)
+    return 0;
   if (q->fd >= 0) {
     if (ftruncate (q->fd, q->alloc_end) == -1)
       return kvm_fail (errno, "%s: extending the file: %m", q->path);
     bdev_size_grow (q->file, q->alloc_end);
     return 0;
   }
-  if (!q->file->growable)
-    return 0;
   pthread_mutex_lock (&q->deferred_lock);
   while (q->deferred_inflight)
     pthread_cond_wait (&q->deferred_done, &q->deferred_lock);

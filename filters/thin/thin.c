@@ -59,9 +59,10 @@ static struct bdev_registry pools =
 
 /* What each export's pool has reported (the watermark crossed, the pool
  * full), kept while no client is connected so that reconnecting clients
- * do not run thin-hook or log again.  Used under the registry's lock
- * (open_pool) and by the one engine open for that name.  Past
- * MAX_ALERTS names, further names are forgotten at close.
+ * do not run thin-hook or log again.  With thin-exports=one there is one
+ * pool whatever the name, so one record (under "").  Used under the
+ * registry's lock (open_pool) and by the one engine open for that name.
+ * Past MAX_ALERTS names, further names are forgotten at close.
  */
 struct alerts_entry {
   struct alerts_entry *next;
@@ -597,7 +598,10 @@ open_pool (const char *export, void *arg)
     .meta = meta,
     .watermark = on_watermark,
     .pool_size = on_pool_full,
-    .alerts = alerts_of (export),
+    /* With thin-exports=one every name may reach the same pool (the
+     * layer below may ignore the name): one record, whatever the name.
+     */
+    .alerts = alerts_of (pools.one_name ? "" : export),
   };
   return thin_open (&p->bd, &o);
 }

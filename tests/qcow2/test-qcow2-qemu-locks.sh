@@ -103,9 +103,7 @@ stop_nbdkit
 new_sock
 start_nbdkit "$sock" "$(plugin_so qcow2)" file=img.qcow2 -r locking=off
 PATH="/usr/bin:$PATH" nbdsh -u "$(uri_of "$sock")" -c "
-import subprocess
 assert len(h.pread(512, 0)) == 512
-subprocess.run(['qemu-img', 'info', '--force-share', 'img.qcow2'], check=True, capture_output=True)
 " || fail "locking=off: not served while qemu-nbd writes the image"
 stop_nbdkit
 cp top.qcow2 top-raw-container.qcow2
@@ -121,6 +119,17 @@ for locking in on off; do
   stop_nbdkit
 done
 kill $qbg; wait $qbg 2>/dev/null || :
+# Served read-only with locking=off and nothing else holding it: QEMU's
+# tools open it for writing without -U (locking=on refuses them, 3b).
+new_sock
+start_nbdkit "$sock" "$(plugin_so qcow2)" file=img.qcow2 -r locking=off
+PATH="/usr/bin:$PATH" nbdsh -u "$(uri_of "$sock")" -c "
+import subprocess
+assert len(h.pread(512, 0)) == 512
+r = subprocess.run(['qemu-io', '-c', 'write -P 7 32M 4k', 'img.qcow2'], capture_output=True, text=True)
+assert r.returncode == 0 and 'lock' not in r.stderr, r.stderr
+" || fail "qcow2 locking=off: the image was locked"
+stop_nbdkit
 qemu-img create -q -f vmdk lk.vmdk 1M
 qemu-img create -q -f vhdx lk.vhdx 1M
 for f in vmdk vhdx; do
