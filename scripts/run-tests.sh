@@ -88,7 +88,8 @@ build_asan_t0=$SECONDS
 # tests), at nice 19 beside ctest too; its ctest runs at the end.
 tsan_targets=(qcow2-unit-threads vmdk-unit-threads vhdx-unit-threads
               snapshot-unit-threads throttle-unit-threads lvm-unit-threads
-              thin-unit nbdkit-vhdx-plugin nbdkit-throttle-filter
+              thin-unit cfail-unit-threads nbdkit-vhdx-plugin
+              nbdkit-throttle-filter
               nbdkit-thin-filter nbdkit-thin-check nbdkit-snapshot-filter
               nbdkit-snapshot-ctl nbdkit-lvm-plugin)
 ( cmake -S "$top" -B "$top/build-tsan" -DREQUIRE_ALL=ON -DSANITIZE=thread &&
