@@ -60,6 +60,7 @@
 #include "vhdx/vhdx.h"
 #include "vmdk/vmdk.h"
 #include "util/log.h"
+#include "sector_token.h"
 #include "check.h"
 
 #define MAGIC 0x43464c54u
@@ -314,11 +315,7 @@ static uint64_t tick (void) { return atomic_fetch_add (&clk, 1); }
 static void
 fill (unsigned char *buf, uint64_t sect, uint32_t tok)
 {
-  uint64_t *w = (uint64_t *) buf;
-  for (int i = 0; i < 64; i += 2) {
-    w[i] = ((uint64_t) MAGIC << 32) | tok;
-    w[i + 1] = sect ^ 0x5a5a000000000000ull;
-  }
+  sector_fill (buf, MAGIC, sect, tok);
 }
 
 static uint32_t
@@ -326,7 +323,7 @@ decode_unit (const uint64_t *w, uint64_t sect)
 {
   if (!w[0] && !w[1]) return V_ZERO;
   if ((w[0] >> 32) != MAGIC) return V_GARBAGE;
-  if ((w[1] ^ 0x5a5a000000000000ull) != sect) return V_OTHER;
+  if ((w[1] ^ SECTOR_SALT) != sect) return V_OTHER;
   return (uint32_t) w[0];
 }
 
@@ -664,6 +661,26 @@ sh (const char *cmd)
   CHECK (system (cmd) == 0);
 }
 
+/* The raw backing file base.raw (every sector holding TOK_BACKING) of a
+ * qcow2 variant CO is created over.
+ */
+static void
+make_backing (struct qcow2_create_opts *co)
+{
+  char bp[160];
+  snprintf (bp, sizeof bp, "%s/base.raw", dir);
+  unsigned char *b = malloc (vsize);
+  CHECK (b);
+  for (uint64_t s = 0; s < vsize / 512; s++)
+    fill (b + s * 512, s, TOK_BACKING);
+  FILE *fp = fopen (bp, "w");
+  CHECK (fp && fwrite (b, 1, vsize, fp) == vsize && fclose (fp) == 0);
+  free (b);
+  co->backing = "base.raw";
+  co->backing_format = "raw";
+  have_backing = trim_init = 1;
+}
+
 static void
 setup (uint64_t seed)
 {
@@ -686,32 +703,12 @@ setup (uint64_t seed)
     snprintf (img, sizeof img, "%s/img.qcow2", dir);
     struct qcow2_create_opts co = { .size = vsize };
     if (!strcmp (variant, "backing")) {
-      char bp[160];
-      snprintf (bp, sizeof bp, "%s/base.raw", dir);
-      unsigned char *b = malloc (vsize);
-      CHECK (b);
-      for (uint64_t s = 0; s < vsize / 512; s++)
-        fill (b + s * 512, s, TOK_BACKING);
-      FILE *fp = fopen (bp, "w");
-      CHECK (fp && fwrite (b, 1, vsize, fp) == vsize && fclose (fp) == 0);
-      free (b);
-      co.backing = "base.raw"; co.backing_format = "raw";
-      have_backing = trim_init = 1;
+      make_backing (&co);
     } else if (!strcmp (variant, "extl2")) {
       co.extended_l2 = true;
     } else if (!strcmp (variant, "extl2-backing")) {
       co.extended_l2 = true;
-      char bp[160];
-      snprintf (bp, sizeof bp, "%s/base.raw", dir);
-      unsigned char *b = malloc (vsize);
-      CHECK (b);
-      for (uint64_t s = 0; s < vsize / 512; s++)
-        fill (b + s * 512, s, TOK_BACKING);
-      FILE *fp = fopen (bp, "w");
-      CHECK (fp && fwrite (b, 1, vsize, fp) == vsize && fclose (fp) == 0);
-      free (b);
-      co.backing = "base.raw"; co.backing_format = "raw";
-      have_backing = trim_init = 1;
+      make_backing (&co);
     } else if (!strcmp (variant, "small")) {
       co.cluster_size = 4096;
       gran = 4096;

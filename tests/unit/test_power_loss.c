@@ -40,6 +40,7 @@
 #include "vmdk/vmdk.h"
 #include "vhdx/vhdx.h"
 #include "thin/thin.h"
+#include "sector_token.h"
 #include "check.h"
 #include "power_vcache.h"
 
@@ -119,11 +120,7 @@ static void ss_copy (struct sset *d, struct sset *s)
 static void
 fill (unsigned char *buf, uint64_t sect, uint32_t tok)
 {
-  uint64_t *w = (uint64_t *) buf;
-  for (int i = 0; i < 64; i += 2) {
-    w[i] = ((uint64_t) MAGIC << 32) | tok;
-    w[i + 1] = sect ^ 0x5a5a000000000000ull;
-  }
+  sector_fill (buf, MAGIC, sect, tok);
 }
 
 /* Token of a sector read at virtual sector SECT: 0 zero; -1 garbage;
@@ -138,7 +135,7 @@ decode (const unsigned char *buf, uint64_t sect, uint64_t *other)
   if (zero) return 0;
   for (int i = 2; i < 64; i++) if (w[i] != w[i & 1]) return -1;
   if ((w[0] >> 32) != MAGIC) return -1;
-  uint64_t s = w[1] ^ 0x5a5a000000000000ull;
+  uint64_t s = w[1] ^ SECTOR_SALT;
   if (s != sect) { *other = s; return -2; }
   return (uint32_t) w[0];
 }

@@ -389,6 +389,20 @@ req_run (void *arg)
   return NULL;
 }
 
+/* Start write Q on its own thread, held by the gate in its first write
+ * of the pool (data into a new chunk) until gate_open is set.
+ */
+static void
+start_held_write (struct req *q)
+{
+  __atomic_store_n (&gate_held, 0, __ATOMIC_SEQ_CST);
+  __atomic_store_n (&gate_open, 0, __ATOMIC_SEQ_CST);
+  __atomic_store_n (&gate_armed, 1, __ATOMIC_SEQ_CST);
+  CHECK (pthread_create (&q->th, NULL, req_run, q) == 0);
+  while (!__atomic_load_n (&gate_held, __ATOMIC_SEQ_CST))
+    usleep (1000);
+}
+
 static void
 chunk_is (struct bdev *bd, uint64_t v, unsigned char want)
 {
@@ -425,11 +439,7 @@ race_write_trim_write (bool zero_first)
   struct req ra = { .bd = bd, .buf = a, .n = zero_first ? 2 * C : 3 * C };
   struct req rb = { .bd = bd, .buf = b, .n = 2 * C,
                     .off = zero_first ? 0 : C };
-  gate_open = gate_held = 0;
-  gate_armed = 1;
-  CHECK (pthread_create (&ra.th, NULL, req_run, &ra) == 0);
-  while (!__atomic_load_n (&gate_held, __ATOMIC_SEQ_CST))
-    usleep (1000);
+  start_held_write (&ra);
   CHECK (bdev_trim (bd, C, mapped * C, 0) == 0);
   CHECK (pthread_create (&rb.th, NULL, req_run, &rb) == 0);
   usleep (200000);                      /* B is waiting for A's chunk */
@@ -565,12 +575,7 @@ header_pending_release (void)
   memset (x, 0, C);
   memset (x + C, 'a', C);
   struct req ra = { .bd = bd, .buf = x, .n = 2 * C, .off = 3 * C };
-  __atomic_store_n (&gate_held, 0, __ATOMIC_SEQ_CST);
-  __atomic_store_n (&gate_open, 0, __ATOMIC_SEQ_CST);
-  __atomic_store_n (&gate_armed, 1, __ATOMIC_SEQ_CST);
-  CHECK (pthread_create (&ra.th, NULL, req_run, &ra) == 0);
-  while (!__atomic_load_n (&gate_held, __ATOMIC_SEQ_CST))
-    usleep (1000);
+  start_held_write (&ra);
   memset (z, 'q', C);                   /* something for the commit */
   CHECK (bdev_pwrite (bd, z, C, 5 * C, 0) == 0);
   gate_fail_flush = 3;
@@ -621,12 +626,7 @@ header_pending_inflight_write (void)
   CHECK (a);
   memset (a, 'a', C);
   struct req ra = { .bd = bd, .buf = a, .n = C, .off = far * C };
-  __atomic_store_n (&gate_held, 0, __ATOMIC_SEQ_CST);
-  __atomic_store_n (&gate_open, 0, __ATOMIC_SEQ_CST);
-  __atomic_store_n (&gate_armed, 1, __ATOMIC_SEQ_CST);
-  CHECK (pthread_create (&ra.th, NULL, req_run, &ra) == 0);
-  while (!__atomic_load_n (&gate_held, __ATOMIC_SEQ_CST))
-    usleep (1000);
+  start_held_write (&ra);
   CHECK (bdev_pwrite (bd, x, C, 1 * C, 0) == 0);     /* table block 0 */
   gate_fail_flush = 3;                  /* the header's flush */
   CHECK (bdev_flush (bd) == -1 && errno == EIO);
@@ -672,12 +672,7 @@ header_pending_inflight_release (void)
   memset (a, 0, C);
   memset (a + C, 'a', C);
   struct req ra = { .bd = bd, .buf = a, .n = 2 * C, .off = far * C };
-  __atomic_store_n (&gate_held, 0, __ATOMIC_SEQ_CST);
-  __atomic_store_n (&gate_open, 0, __ATOMIC_SEQ_CST);
-  __atomic_store_n (&gate_armed, 1, __ATOMIC_SEQ_CST);
-  CHECK (pthread_create (&ra.th, NULL, req_run, &ra) == 0);
-  while (!__atomic_load_n (&gate_held, __ATOMIC_SEQ_CST))
-    usleep (1000);
+  start_held_write (&ra);
   memset (x, 'q', C);
   CHECK (bdev_pwrite (bd, x, C, 1 * C, 0) == 0);
   gate_fail_flush = 3;                  /* the header's flush */
