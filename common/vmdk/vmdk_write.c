@@ -267,7 +267,8 @@ write_dirty (struct extent *e)
   for (size_t i = 0; i < e->ndirty; i++) {
     struct vmdk_dirty *d = &e->dirty[i];
     if (d->hi > d->lo) {
-      const uint32_t *gt = e->gt[d->gdi];
+      /* Published (readers publish tables with a CAS): load it so. */
+      const uint32_t *gt = __atomic_load_n (&e->gt[d->gdi], __ATOMIC_ACQUIRE);
       uint32_t n = d->hi - d->lo;
       uint64_t p = (uint64_t) e->gd[d->gdi] * SECTOR + d->lo * 4;
       if (write_le32 (e, p, gt + d->lo, n) == -1)
