@@ -483,6 +483,9 @@ chain_flush (struct bdev *bd)
   struct snap_chain *c = CHAIN (bd);
   pthread_rwlock_rdlock (&c->lock);
   int r = bdev_flush (TOP (c).bd);
+  /* The state naming the top layer must be durable too. */
+  if (r == 0 && atomic_load (&c->state_unsynced))
+    r = snap_fsync_dir (c);
   pthread_rwlock_unlock (&c->lock);
   return r;
 }
@@ -561,8 +564,12 @@ chain_free (struct snap_chain *c)
 void
 snap_chain_close (struct snap_chain *c)
 {
-  if (c)
-    chain_free (c);
+  if (!c)
+    return;
+  if (atomic_load (&c->state_unsynced) && snap_fsync_dir (c) == -1)
+    kvm_error ("%s: closing with a state that may not survive a crash",
+               c->dir);
+  chain_free (c);
 }
 
 /* fsync the directory that holds DIR: DIR's own entry (a new overlay
@@ -924,6 +931,18 @@ snap_commit (struct snap_chain *c)
     goto out;
   crashpoint ("commit-marked");
   c->committing = true;
+  /* The mark must be durable before the device below is written: if the
+   * directory sync after its rename failed, a crash could bring back the
+   * state without it, whose layers would then read through to a device
+   * below that the commit has partly overwritten.  Until the sync
+   * succeeds, nothing is written below; the state on disk may say
+   * "committing", so the chain behaves as after a failed commit.
+   */
+  if (atomic_load (&c->state_unsynced) && snap_fsync_dir (c) == -1) {
+    kvm_error ("%s: the commit cannot start: its state is not durable",
+               c->dir);
+    goto out;
+  }
   r = commit_finish (c);
  out:
   pthread_rwlock_unlock (&c->lock);

@@ -6,6 +6,7 @@
 #define KVM_SNAPSHOT_INT_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -39,6 +40,13 @@ struct snap_chain {
   uint64_t size;
   bool committing;
   bool keep_files;              /* a state's rename may not be durable */
+  /* The last state's rename may not be durable yet (the directory sync
+   * after it failed): a flush of the chain must sync the directory
+   * before it succeeds, or a crash could bring back the previous state
+   * without the writes it acknowledged to the top layer.  Set under the
+   * exclusive lock; cleared by any successful sync of the directory.
+   */
+  atomic_bool state_unsynced;
 };
 
 /* The state file's content (snapshot_state.c). */

@@ -175,6 +175,7 @@ snap_fsync_dir (struct snap_chain *c)
     kvm_error ("%s: fsync: %m", c->dir);
     return -1;
   }
+  atomic_store (&c->state_unsynced, false);
   return 0;
 }
 
@@ -239,11 +240,15 @@ state_write (struct snap_chain *c, const struct state *s)
    * would remove the layer it names.  If the directory cannot be synced,
    * a crash may bring back the old state, whose layers must then still
    * exist: no layer file is removed until the chain is opened again.
+   * Nor may a flush of the chain succeed before the directory is synced:
+   * writes it acknowledges go to layers that only the new state names.
    */
   if (snap_fsync_dir (c) == -1) {
     kvm_error ("%s: the new state may not survive a crash; layer files "
-               "are kept until the next open", c->dir);
+               "are kept until the next open, and flushes fail until the "
+               "directory can be synced", c->dir);
     c->keep_files = true;
+    atomic_store (&c->state_unsynced, true);
   }
   return 0;
  fail:
