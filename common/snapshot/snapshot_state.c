@@ -150,6 +150,14 @@ snap_state_read (int dirfd, const char *dir, struct state *s)
     else
       goto bad;
   }
+  if (ferror (f)) {             /* an I/O error, not a corrupt file */
+    int e = errno;
+    fclose (f);
+    state_free (s);
+    errno = e ? e : EIO;
+    kvm_error ("%s/%s: reading: %m", dir, SNAP_STATE_FILE);
+    return -1;
+  }
   fclose (f);
   if (!have_end || !have_top || !have_size || s->size == 0)
     goto bad_closed;

@@ -437,6 +437,23 @@ main (void)
   check_all (c, "with no layer ids left");
   snap_chain_close (c);
 
+  /* A state file that cannot be read (here a directory: read fails with
+   * EISDIR) is an I/O error, not "corrupt" (EINVAL), and changes nothing.
+   */
+  {
+    char sp[300], aside[310];
+    snprintf (sp, sizeof sp, "%s/%s", dir, SNAP_STATE_FILE);
+    snprintf (aside, sizeof aside, "%s.aside", sp);
+    CHECK (rename (sp, aside) == 0 && mkdir (sp, 0700) == 0);
+    errno = 0;
+    CHECK (snap_chain_open (dir, open_below (SIZE), NULL) == NULL);
+    CHECK (errno == EISDIR);
+    CHECK (rmdir (sp) == 0 && rename (aside, sp) == 0);
+    c = open_chain ();
+    check_all (c, "after an unreadable state file");
+    snap_chain_close (c);
+  }
+
   /* A changed size below is refused. */
   CHECK (truncate (below_path, SIZE + 65536) == 0);
   struct bdev_open_opts o = { 0 };
