@@ -19,6 +19,7 @@
 #include "bdev/bdev.h"
 #include "snapshot/snapshot.h"
 #include "check.h"
+#include "snapshot_layers.h"
 #include "fault_bdev.h"
 
 #define SIZE (8u << 20)
@@ -79,14 +80,7 @@ fail_past (uint64_t off, size_t n)
 static int
 count_layer_files (void)
 {
-  DIR *d = opendir (dir);
-  struct dirent *e;
-  int n = 0;
-  CHECK (d);
-  while ((e = readdir (d)))
-    n += strncmp (e->d_name, "layer-", 6) == 0;
-  closedir (d);
-  return n;
+  return count_layer_files_in (dir);
 }
 
 static struct bdev *

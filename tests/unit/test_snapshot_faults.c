@@ -42,6 +42,7 @@
 #include "bdev/bdev.h"
 #include "snapshot/snapshot.h"
 #include "check.h"
+#include "snapshot_layers.h"
 
 #define SIZE (4u << 20)
 #define MAXS 10
@@ -424,14 +425,7 @@ random_writes (struct bdev *bd, struct model *m, int n)
 static int
 count_layer_files (void)
 {
-  DIR *d = opendir (dir);
-  struct dirent *e;
-  int n = 0;
-  CHECK (d);
-  while ((e = readdir (d)))
-    n += strncmp (e->d_name, "layer-", 6) == 0;
-  closedir (d);
-  return n;
+  return count_layer_files_in (dir);
 }
 
 static void
@@ -488,16 +482,23 @@ reopen_after_crash (struct snap_chain *c)
   return c;
 }
 
+/* M's current content: what the device below holds now. */
+static void
+model_from_below (struct model *m)
+{
+  CHECK ((m->cur = malloc (SIZE)));
+  struct bdev *b = open_below ();
+  CHECK (bdev_pread (b, m->cur, SIZE, 0) == 0);
+  bdev_close (b);
+}
+
 /* ---- part 1 ----------------------------------------------------------- */
 
 static void
 part1 (void)
 {
   struct model m = { 0 };
-  CHECK ((m.cur = malloc (SIZE)));
-  struct bdev *b = open_below ();
-  CHECK (bdev_pread (b, m.cur, SIZE, 0) == 0);
-  bdev_close (b);
+  model_from_below (&m);
 
   struct snap_chain *c = snap_chain_open (dir, open_below (), NULL);
   CHECK (c);
@@ -537,10 +538,7 @@ static void
 part3 (void)
 {
   struct model old = { 0 }, nw;
-  CHECK ((old.cur = malloc (SIZE)));
-  struct bdev *b = open_below ();
-  CHECK (bdev_pread (b, old.cur, SIZE, 0) == 0);
-  bdev_close (b);
+  model_from_below (&old);
   struct snap_chain *c = snap_chain_open (dir, open_below (), NULL);
   CHECK (c);
   CHECK (shows (c, &old));
@@ -590,10 +588,7 @@ static void
 part2 (int steps)
 {
   struct model m = { 0 }, nw;
-  CHECK ((m.cur = malloc (SIZE)));
-  struct bdev *b = open_below ();
-  CHECK (bdev_pread (b, m.cur, SIZE, 0) == 0);
-  bdev_close (b);
+  model_from_below (&m);
   struct snap_chain *c = snap_chain_open (dir, open_below (), NULL);
   CHECK (c);
   unsigned serial = 0;
