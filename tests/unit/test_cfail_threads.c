@@ -61,6 +61,7 @@
 #include "vmdk/vmdk.h"
 #include "util/log.h"
 #include "sector_token.h"
+#include "random_fail_bdev.h"
 #include "check.h"
 
 #define MAGIC 0x43464c54u
@@ -115,150 +116,20 @@ inject (unsigned pct, atomic_ulong *ctr)
   return 0;
 }
 
-struct cf_bdev {
-  struct bdev bd;
-  struct bdev *in;
-};
-
-static void
-cf_sync_size (struct cf_bdev *f)
+static enum rfail_verdict
+cf_hook (struct rfail_bdev *f, enum rfail_op op, uint64_t count)
 {
-  bdev_size_grow (&f->bd, bdev_size (f->in));
-}
-
-static int
-cf_pread (struct bdev *bd, void *buf, size_t n, uint64_t off)
-{
-  struct cf_bdev *f = (struct cf_bdev *) bd;
-  if (inject (pct_read, &n_inj_r)) {
-    if (xr () % 2)
-      memset (buf, 0xa5, n);    /* a failed read may have scribbled */
-    errno = EIO;
-    return -1;
+  (void) f; (void) count;
+  int fail = 0;
+  switch (op) {
+  case RFAIL_READ: case RFAIL_EXTENTS:
+    fail = inject (pct_read, &n_inj_r); break;
+  case RFAIL_WRITE: fail = inject (pct_write, &n_inj_w); break;
+  case RFAIL_FLUSH: fail = inject (pct_flush, &n_inj_f); break;
+  case RFAIL_TRIM: case RFAIL_ZERO:
+    fail = inject (pct_zero, &n_inj_z); break;
   }
-  /* The engines read what they wrote past the end of a growable file. */
-  return bdev_pread_padded (f->in, buf, n, off);
-}
-
-static int
-cf_pwrite (struct bdev *bd, const void *buf, size_t n, uint64_t off,
-           uint32_t flags)
-{
-  struct cf_bdev *f = (struct cf_bdev *) bd;
-  if (inject (pct_write, &n_inj_w)) {
-    /* Nothing, a part (whole sectors) or all of it written, then EIO. */
-    unsigned mode = xr () % 3;
-    size_t part = mode == 0 ? 0 : mode == 2 ? n
-      : (n / 512 > 1 ? (xr () % (n / 512)) * 512 : 0);
-    if (part)
-      (void) f->in->ops->pwrite (f->in, buf, part, off, flags);
-    cf_sync_size (f);
-    errno = EIO;
-    return -1;
-  }
-  int r = f->in->ops->pwrite (f->in, buf, n, off, flags);
-  cf_sync_size (f);
-  return r;
-}
-
-static int
-cf_flush (struct bdev *bd)
-{
-  struct cf_bdev *f = (struct cf_bdev *) bd;
-  if (inject (pct_flush, &n_inj_f)) {
-    errno = EIO;
-    return -1;
-  }
-  return f->in->ops->flush (f->in);
-}
-
-static int
-cf_trim (struct bdev *bd, uint64_t n, uint64_t off, uint32_t flags)
-{
-  struct cf_bdev *f = (struct cf_bdev *) bd;
-  if (inject (pct_zero, &n_inj_z)) {
-    errno = EIO;
-    return -1;
-  }
-  int r = f->in->ops->trim (f->in, n, off, flags);
-  cf_sync_size (f);
-  return r;
-}
-
-static int
-cf_zero (struct bdev *bd, uint64_t n, uint64_t off, uint32_t flags)
-{
-  struct cf_bdev *f = (struct cf_bdev *) bd;
-  if (inject (pct_zero, &n_inj_z)) {
-    if (xr () % 2 && !(flags & BDEV_FAST_ZERO))
-      (void) bdev_zero_by_writing (f->in, n / 2 & ~511ull, off, 0);
-    errno = EIO;
-    return -1;
-  }
-  int r = f->in->ops->zero
-    ? f->in->ops->zero (f->in, n, off, flags)
-    : bdev_zero_by_writing (f->in, n, off, flags);
-  cf_sync_size (f);
-  return r;
-}
-
-static int
-cf_extents (struct bdev *bd, uint64_t n, uint64_t off, uint32_t flags,
-            bdev_extent_fn fn, void *opq)
-{
-  struct cf_bdev *f = (struct cf_bdev *) bd;
-  if (inject (pct_read, &n_inj_r)) {
-    errno = EIO;
-    return -1;
-  }
-  return f->in->ops->extents (f->in, n, off, flags, fn, opq);
-}
-
-static void
-cf_close (struct bdev *bd)
-{
-  bdev_close (((struct cf_bdev *) bd)->in);
-  bdev_free_common (bd);
-}
-
-static const struct bdev_ops cf_ops_full = {
-  .format = "raw", .close = cf_close, .pread = cf_pread,
-  .pwrite = cf_pwrite, .flush = cf_flush, .trim = cf_trim,
-  .zero = cf_zero, .extents = cf_extents,
-};
-static const struct bdev_ops cf_ops_notrim = {
-  .format = "raw", .close = cf_close, .pread = cf_pread,
-  .pwrite = cf_pwrite, .flush = cf_flush, .zero = cf_zero,
-  .extents = cf_extents,
-};
-static const struct bdev_ops cf_ops_noext = {
-  .format = "raw", .close = cf_close, .pread = cf_pread,
-  .pwrite = cf_pwrite, .flush = cf_flush, .trim = cf_trim,
-  .zero = cf_zero,
-};
-
-static int
-cf_is (struct bdev *bd)
-{
-  return bd->ops == &cf_ops_full || bd->ops == &cf_ops_notrim ||
-    bd->ops == &cf_ops_noext;
-}
-
-static struct bdev *
-cf_wrap (struct bdev *in)
-{
-  const struct bdev_ops *ops = &cf_ops_full;
-  if (!in->ops->trim) ops = &cf_ops_notrim;
-  else if (!in->ops->extents) ops = &cf_ops_noext;
-  struct cf_bdev *f = bdev_alloc (sizeof *f, ops, in->name);
-  CHECK (f);
-  f->in = in;
-  f->bd.size = bdev_size (in);
-  f->bd.readonly = in->readonly;
-  f->bd.caps = in->caps;
-  f->bd.block_size = in->block_size;
-  f->bd.growable = in->growable;
-  return &f->bd;
+  return fail ? RFAIL_FAIL : RFAIL_PASS;
 }
 
 /* Every file an engine opens goes through here (-Wl,--wrap). */
@@ -275,14 +146,15 @@ struct bdev *
 __wrap_bdev_storage_open (const char *path, const struct bdev_open_opts *opts)
 {
   struct bdev *in = __real_bdev_storage_open (path, opts);
-  return in ? cf_wrap (in) : NULL;
+  return in ? rfail_wrap (in, cf_hook, xr) : NULL;
 }
 
 int
 __wrap_bdev_file_fd (struct bdev *bd)
 {
-  if (cf_is (bd))
-    return give_fd ? __real_bdev_file_fd (((struct cf_bdev *) bd)->in) : -1;
+  if (rfail_is (bd))
+    return give_fd ? __real_bdev_file_fd (((struct rfail_bdev *) bd)->in)
+      : -1;
   return __real_bdev_file_fd (bd);
 }
 
@@ -646,7 +518,7 @@ open_img (void)
   struct bdev_open_opts fo = { .growable = false };
   struct bdev *in = __real_bdev_storage_open (img, &fo);
   CHECK (in);
-  struct bdev *c = cf_wrap (in);
+  struct bdev *c = rfail_wrap (in, cf_hook, xr);
   if (!strcmp (engine, "qcow2"))
     return qcow2_open_container (c, img, &o, 0);
   if (!strcmp (engine, "vmdk"))

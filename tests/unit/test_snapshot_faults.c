@@ -43,6 +43,7 @@
 #include "snapshot/snapshot.h"
 #include "check.h"
 #include "snapshot_layers.h"
+#include "random_fail_bdev.h"
 
 #define SIZE (4u << 20)
 #define MAXS 10
@@ -143,152 +144,20 @@ crash (void)
 }
 
 /* ---- a device failing at random ------------------------------------- */
-struct fb {
-  struct bdev bd;
-  struct bdev *in;
-  int is_below;
-};
-
 /* Part 3: the device below takes this many more bytes, then fails. */
 static long long below_budget = -1;
+#define TAG_BELOW 1
 
-static int
-below_refuses (struct fb *f, uint64_t n)
+static enum rfail_verdict
+fb_hook (struct rfail_bdev *f, enum rfail_op op, uint64_t count)
 {
-  if (!f->is_below || below_budget < 0)
-    return 0;
-  if ((long long) n > below_budget) {
-    errno = EIO;
-    return 1;
+  if (f->tag == TAG_BELOW && below_budget >= 0 &&
+      (op == RFAIL_WRITE || op == RFAIL_ZERO)) {
+    if ((long long) count > below_budget)
+      return RFAIL_REFUSE;
+    below_budget -= count;
   }
-  below_budget -= n;
-  return 0;
-}
-
-static void
-fb_sync_size (struct fb *f)
-{
-  bdev_size_grow (&f->bd, bdev_size (f->in));
-}
-
-static int
-fb_pread (struct bdev *bd, void *buf, size_t n, uint64_t off)
-{
-  struct fb *f = (struct fb *) bd;
-  if (inject ()) {
-    errno = EIO;
-    return -1;
-  }
-  return bdev_pread_padded (f->in, buf, n, off);
-}
-
-static int
-fb_pwrite (struct bdev *bd, const void *buf, size_t n, uint64_t off,
-           uint32_t flags)
-{
-  struct fb *f = (struct fb *) bd;
-  if (below_refuses (f, n))
-    return -1;
-  if (inject ()) {
-    unsigned mode = rnd () % 3;   /* nothing, part, all, then EIO */
-    size_t part = mode == 0 ? 0 : mode == 2 ? n
-      : (n / 512 > 1 ? (rnd () % (n / 512)) * 512 : 0);
-    if (part)
-      (void) f->in->ops->pwrite (f->in, buf, part, off, flags);
-    fb_sync_size (f);
-    errno = EIO;
-    return -1;
-  }
-  int r = f->in->ops->pwrite (f->in, buf, n, off, flags);
-  fb_sync_size (f);
-  return r;
-}
-
-static int
-fb_flush (struct bdev *bd)
-{
-  struct fb *f = (struct fb *) bd;
-  if (inject ()) {
-    errno = EIO;
-    return -1;
-  }
-  return f->in->ops->flush (f->in);
-}
-
-static int
-fb_trim (struct bdev *bd, uint64_t n, uint64_t off, uint32_t flags)
-{
-  struct fb *f = (struct fb *) bd;
-  if (inject ()) {
-    errno = EIO;
-    return -1;
-  }
-  int r = f->in->ops->trim (f->in, n, off, flags);
-  fb_sync_size (f);
-  return r;
-}
-
-static int
-fb_zero (struct bdev *bd, uint64_t n, uint64_t off, uint32_t flags)
-{
-  struct fb *f = (struct fb *) bd;
-  if (below_refuses (f, n))
-    return -1;
-  if (inject ()) {
-    errno = EIO;
-    return -1;
-  }
-  int r = f->in->ops->zero ? f->in->ops->zero (f->in, n, off, flags)
-    : bdev_zero_by_writing (f->in, n, off, flags);
-  fb_sync_size (f);
-  return r;
-}
-
-static int
-fb_extents (struct bdev *bd, uint64_t n, uint64_t off, uint32_t flags,
-            bdev_extent_fn fn, void *opq)
-{
-  struct fb *f = (struct fb *) bd;
-  if (inject ()) {
-    errno = EIO;
-    return -1;
-  }
-  if (!f->in->ops->extents)
-    return fn (opq, off, n, BDEV_EXTENT_DATA);
-  return f->in->ops->extents (f->in, n, off, flags, fn, opq);
-}
-
-static void
-fb_close (struct bdev *bd)
-{
-  bdev_close (((struct fb *) bd)->in);
-  bdev_free_common (bd);
-}
-
-static const struct bdev_ops fb_ops = {
-  .format = "raw", .close = fb_close, .pread = fb_pread,
-  .pwrite = fb_pwrite, .flush = fb_flush, .zero = fb_zero,
-  .extents = fb_extents,
-};
-static const struct bdev_ops fb_ops_trim = {
-  .format = "raw", .close = fb_close, .pread = fb_pread,
-  .pwrite = fb_pwrite, .flush = fb_flush, .trim = fb_trim,
-  .zero = fb_zero, .extents = fb_extents,
-};
-
-static struct bdev *
-fb_wrap (struct bdev *in)
-{
-  struct fb *f = bdev_alloc (sizeof *f, in->ops->trim ? &fb_ops_trim
-                             : &fb_ops, in->name);
-  CHECK (f);
-  f->in = in;
-  f->bd.size = bdev_size (in);
-  f->bd.readonly = in->readonly;
-  f->bd.caps = in->caps;
-  f->bd.block_size = in->block_size;
-  f->bd.growable = in->growable;
-  return &f->bd;
+  return inject () ? RFAIL_FAIL : RFAIL_PASS;
 }
 
 struct bdev *__real_bdev_storage_open (const char *path,
@@ -302,13 +171,13 @@ struct bdev *
 __wrap_bdev_storage_open (const char *path, const struct bdev_open_opts *opts)
 {
   struct bdev *in = __real_bdev_storage_open (path, opts);
-  return in ? fb_wrap (in) : NULL;
+  return in ? rfail_wrap (in, fb_hook, rnd) : NULL;
 }
 
 int
 __wrap_bdev_file_fd (struct bdev *bd)
 {
-  if (bd->ops == &fb_ops || bd->ops == &fb_ops_trim)
+  if (rfail_is (bd))
     return -1;
   return __real_bdev_file_fd (bd);
 }
@@ -352,8 +221,8 @@ open_below (void)
   struct bdev_open_opts o = { 0 };
   struct bdev *b = bdev_file_open (below_path, &o);
   CHECK (b);
-  b = fb_wrap (b);
-  ((struct fb *) b)->is_below = 1;
+  b = rfail_wrap (b, fb_hook, rnd);
+  ((struct rfail_bdev *) b)->tag = TAG_BELOW;
   return b;
 }
 
