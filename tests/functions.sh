@@ -170,6 +170,22 @@ nbdkit_fails () {
     nbdkit "$@" </dev/null 2>&1
 }
 
+# nbdkit_stops SECONDS ARGS...: nbdkit_fails for a start-up that must
+# fail: the test fails if nbdkit served (status 0) or died of a signal
+# (other than the KILL that ends the exit deadlock under the sanitizer
+# preload).  Prints what nbdkit said.
+nbdkit_stops () {
+  local out rc=0
+  out=$(nbdkit_fails "$@") || rc=$?
+  printf '%s\n' "$out"
+  [ $rc != 0 ] || fail "nbdkit started: ${*:2}"
+  if (( rc >= 128 )) &&
+     ! { [ $rc = 137 ] && [ -n "${KVM_SANITIZER_PRELOAD:-}" ]; }; then
+    fail "nbdkit died of signal $((rc - 128)) at start-up: ${*:2}: $out"
+  fi
+  return 0
+}
+
 # start_nbdkit SOCKET ARGS...: run nbdkit in the background on a unix
 # socket, wait until it serves, stop it (by PID) at exit.  Sets $nbdkit_pid.
 declare -A _nbdkit_job=()       # server PID -> its background job's PID

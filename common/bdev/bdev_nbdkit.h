@@ -226,6 +226,25 @@ bdev_nbdkit_open_rw_else_ro (const char *name, const char *format,
   return bd;
 }
 
+/* .config_complete: open the image of EXPORT with OPEN read-only, and
+ * close it.  A file that is not an image of the format, a backing file
+ * missing or outside the allowed paths, a lock held by a guest: nbdkit
+ * stops at start-up with the engine's message, as qemu-nbd does, rather
+ * than serving an export that every client is refused.  Read-only: the
+ * check writes nothing, and a read-only open refuses nothing that a
+ * read-write one accepts.
+ */
+static inline int
+bdev_nbdkit_check_opens (bdev_registry_open_fn open, const char *export)
+{
+  bool ro = true;
+  struct bdev *bd = open (export, &ro);
+  if (!bd)
+    return -1;
+  bdev_close (bd);
+  return 0;
+}
+
 /* A plugin handle on a bdev shared by every connection to its export
  * (bdev_registry.h).
  */

@@ -238,6 +238,7 @@ create_image (void)
 }
 
 static struct bdev *open_engine (const char *snap, bool readonly);
+static struct bdev *open_export (const char *export, void *arg);
 
 static int
 qcow2_config_complete (void)
@@ -251,19 +252,11 @@ qcow2_config_complete (void)
    * before it initialises TLS.
    */
   if (bdev_storage_is_url (filename)) {
-    /* Storage on a server: check now that it opens (a clear error at
-     * start-up rather than at the first connection).
-     */
     if (create_size >= 0) {
       nbdkit_error ("%s: create= works only for local files", filename);
       return -1;
     }
-    struct bdev_open_opts ro = { .readonly = true };
-    struct bdev *bd = bdev_storage_open (filename, &ro);
-    if (!bd)
-      return -1;
-    bdev_close (bd);
-    return 0;
+    return bdev_nbdkit_check_opens (open_export, "");
   }
   if (access (filename, F_OK) == -1) {
     if (create_size < 0) {
@@ -304,7 +297,7 @@ qcow2_config_complete (void)
     }
     bdev_close (bd);
   }
-  return 0;
+  return bdev_nbdkit_check_opens (open_export, "");
 }
 
 /* file= for a file that does not exist: nbdkit_realpath fails, so keep the

@@ -206,6 +206,8 @@ create_image (void)
   return r;
 }
 
+static struct bdev *open_engine (const char *export, void *arg);
+
 static int
 vhdx_config_complete (void)
 {
@@ -225,7 +227,7 @@ vhdx_config_complete (void)
       nbdkit_error ("%s: create= works only for local files", filename);
       return -1;
     }
-    return 0;                   /* opened (and checked) at the first client */
+    return bdev_nbdkit_check_opens (open_engine, "");
   }
   if (access (filename, F_OK) == -1) {
     if (create_size < 0) {
@@ -236,8 +238,17 @@ vhdx_config_complete (void)
     if (create_image () == -1)
       return -1;
     nbdkit_debug ("%s: created new VHDX image", filename);
+    /* A new child whose parent cannot be opened (outside the allowed
+     * paths) is not left behind, as in the qcow2 plugin.
+     */
+    if (bdev_nbdkit_check_opens (open_engine, "") == -1) {
+      unlink (filename);
+      nbdkit_error ("%s: the new image cannot be opened: removed", filename);
+      return -1;
+    }
+    return 0;
   }
-  return 0;
+  return bdev_nbdkit_check_opens (open_engine, "");
 }
 
 #define vhdx_config_help \

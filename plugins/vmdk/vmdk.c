@@ -135,6 +135,8 @@ vmdk_config (const char *key, const char *value)
   return 0;
 }
 
+static struct bdev *open_export (const char *export, void *arg);
+
 static int
 vmdk_config_complete (void)
 {
@@ -153,12 +155,12 @@ vmdk_config_complete (void)
       nbdkit_error ("%s: create= works only for local files", filename);
       return -1;
     }
-    return 0;                   /* opened (and checked) at the first client */
+    return bdev_nbdkit_check_opens (open_export, "");
   }
   if (access (filename, F_OK) == 0 || errno != ENOENT) {
     if (create_size >= 0)
       nbdkit_debug ("%s exists: create= ignored", filename);
-    return 0;
+    return bdev_nbdkit_check_opens (open_export, "");
   }
   if (create_size < 0) {
     nbdkit_error ("%s: No such file or directory (use create=SIZE to "
@@ -178,9 +180,11 @@ vmdk_config_complete (void)
     goto out;
   }
   r = vmdk_create_options (filename, create_size, (const char *const *) o);
-  if (r == 0)
+  if (r == 0) {
     nbdkit_debug ("%s: created a vmdk image of %" PRIi64 " bytes", filename,
                   create_size);
+    r = bdev_nbdkit_check_opens (open_export, "");
+  }
  out:
   for (size_t i = 0; i < n; i++)
     free (o[i]);

@@ -42,24 +42,16 @@ ln -s ../secret.raw vm/filelink.raw
 mk dirlink.qcow2 updir/secret.raw
 mk filelink.qcow2 filelink.raw
 
-# refused NAME IMAGE REGEX [?QUERY] [params]: the client cannot read the
-# image (its URL with QUERY), nbdkit logs an error matching REGEX and
-# survives, no secret leaks.
+# refused NAME IMAGE REGEX [?QUERY] [params]: nbdkit stops at start-up
+# (the plugin opens the image, its URL with QUERY, to check it) with an
+# error matching REGEX; nothing is served.
 refused () {
   local name=$1 img=$2 re=$3 q=""; shift 3
   if [[ ${1-} == \?* ]]; then q=$1; shift; fi
-  local log="$tmpdir/$name.log" rc=0
+  local log="$tmpdir/$name.log"
   new_sock
-  start_nbdkit "$sock" "$(plugin_so qcow2)" "file=$NFS_URL/vm/$img$q" -r "$@" 2>"$log"
-  timeout 60 nbdcopy -- "$(uri_of "$sock")" "$tmpdir/$name.out" \
-    >/dev/null 2>&1 || rc=$?
-  [ $rc = 124 ] && fail "$name: client hung"
-  [ $rc != 0 ] || fail "$name: the image was served (expected refusal: $re)"
-  if [ -f "$tmpdir/$name.out" ] && grep -q SECRET "$tmpdir/$name.out"; then
-    fail "$name: secret data reached the client"
-  fi
-  kill -0 "$nbdkit_pid" 2>/dev/null || fail "$name: nbdkit died: $(tail -5 "$log")"
-  stop_nbdkit
+  nbdkit_stops 10 -U "$sock" "$(plugin_so qcow2)" "file=$NFS_URL/vm/$img$q" -r \
+    "$@" --run true >"$log"
   grep -qE -- "$re" "$log" ||
     fail "$name: expected an error matching '$re', log: $(grep -i error "$log" | head -5)"
   echo "ok: $name refused: $(grep -m1 -E -- "$re" "$log" | sed 's/.*error: //')"

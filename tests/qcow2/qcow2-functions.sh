@@ -153,6 +153,35 @@ _filter_params () {
 served_image=
 
 # serve_qcow2 SOCK IMAGE [PARAM=VALUE | -r ...]: serve IMAGE on SOCK.
+# _plugin_file IMAGE: the plugin's file= for IMAGE (its nfs:// URL in the
+# nfs mode).
+_plugin_file () {
+  [ "$serve_mode" = nfs ] || { echo "$1"; return; }
+  local abs
+  abs=$(realpath -m "$1")
+  case $abs in
+    "$NFS_DIR"/*) echo "$NFS_URL/${abs#"$NFS_DIR"/}" ;;
+    *) fail "$1 is not inside the NFS export $NFS_DIR" ;;
+  esac
+}
+
+# qcow2_checked_at_start: true when the server opens the image at
+# start-up, so that an image it cannot serve stops it there.  The plugin
+# does; the filter cannot (its image is in the plugin below, opened with
+# each first connection).
+qcow2_checked_at_start () {
+  [ "$serve_mode" = plugin ] || [ "$serve_mode" = nfs ]
+}
+
+# serve_qcow2_stops SOCK IMAGE [params]: the plugin must stop at start-up
+# (nbdkit_stops); prints what it said.
+serve_qcow2_stops () {
+  local sock=$1 img=$2; shift 2
+  qcow2_checked_at_start || fail "serve_qcow2_stops: not in mode $serve_mode"
+  nbdkit_stops 10 -U "$sock" "$(plugin_so qcow2)" "file=$(_plugin_file "$img")" \
+    "$@" --run true
+}
+
 serve_qcow2 () {
   local sock=$1 img=$2; shift 2
   if [ "${QCOW2_TEST_PEER:-}" = qemu-nbd ]; then
@@ -175,16 +204,8 @@ serve_qcow2 () {
     fail "qemu-nbd did not start"
   fi
   case $serve_mode in
-    plugin)
-      start_nbdkit "$sock" "$(plugin_so qcow2)" "file=$img" "$@" ;;
-    nfs)
-      local abs
-      abs=$(realpath -m "$img")
-      case $abs in
-        "$NFS_DIR"/*) ;;
-        *) fail "$img is not inside the NFS export $NFS_DIR" ;;
-      esac
-      start_nbdkit "$sock" "$(plugin_so qcow2)" "file=$NFS_URL/${abs#"$NFS_DIR"/}" \
+    plugin|nfs)
+      start_nbdkit "$sock" "$(plugin_so qcow2)" "file=$(_plugin_file "$img")" \
         "$@" ;;
     filter-file)
       _image_facts "$img"

@@ -19,19 +19,37 @@ qemu-img create -q -f qcow2 img.qcow2 64M
 qemu-io -c 'write -P 1 0 8M' img.qcow2 >/dev/null
 qemu-img snapshot -c s img.qcow2
 
-# 1. qemu-nbd has the image open read-write: the plugin refuses it.
+# start_qemu_nbd IMAGE: qemu-nbd serves IMAGE read-write (as a running
+# guest has it open); sets $qbg.
 qsock="$tmpdir/qemu.sock"
-qemu-nbd -k "$qsock" -f qcow2 -t --pid-file="$qsock.pid" img.qcow2 &
-qbg=$!
-kill_at_exit $qbg
-for (( i=0; i<200; i++ )); do [ -S "$qsock" ] && [ -s "$qsock.pid" ] && break; sleep 0.05; done
-[ -S "$qsock" ] || fail "qemu-nbd did not start"
+start_qemu_nbd () {
+  rm -f "$qsock" "$qsock.pid"
+  qemu-nbd -k "$qsock" -f qcow2 -t --pid-file="$qsock.pid" "$1" &
+  qbg=$!
+  kill_at_exit $qbg
+  for (( i=0; i<200; i++ )); do [ -S "$qsock" ] && [ -s "$qsock.pid" ] && break; sleep 0.05; done
+  [ -S "$qsock" ] || fail "qemu-nbd did not start"
+}
+# refused_at_start WHAT ARGS...: nbdkit with ARGS stops at start-up on
+# the lock (its start-up check opens the image).
+refused_at_start () {
+  local what=$1 out; shift
+  out=$(nbdkit_stops 10 -U "$tmpdir/start.sock" "$@" --run true)
+  grep -q 'failed to get shared "write" lock' <<<"$out" ||
+    fail "$what: no lock error at start-up: $out"
+}
+
+# 1. qemu-nbd has the image open read-write: the plugin refuses it, at
+#    start-up, and to a client when qemu-nbd opened it after nbdkit
+#    started.
 new_sock
 start_nbdkit "$sock" "$(plugin_so qcow2)" file=img.qcow2
+start_qemu_nbd img.qcow2
 if PATH="/usr/bin:$PATH" nbdsh -u "$(uri_of "$sock")" -c 'h.pwrite(b"x" * 512, 0)' 2>/dev/null; then
   fail "the plugin wrote into an image that qemu-nbd has open for writing"
 fi
 stop_nbdkit
+refused_at_start "read-write" "$(plugin_so qcow2)" file=img.qcow2
 kill $qbg; wait $qbg 2>/dev/null || :
 
 # 2. The plugin has it open read-write (a client connected): QEMU's tools
@@ -85,16 +103,14 @@ subprocess.run(['qemu-img', 'info', 'img.qcow2'], check=True, capture_output=Tru
 assert h.pread(65536, 0) == before, 'the backing file changed under the export'
 "
 stop_nbdkit
-qemu-nbd -k "$qsock" -f qcow2 -t --pid-file="$qsock.pid" img.qcow2 &
-qbg=$!
-kill_at_exit $qbg
-for (( i=0; i<200; i++ )); do [ -S "$qsock" ] && [ -s "$qsock.pid" ] && break; sleep 0.05; done
 new_sock
 start_nbdkit "$sock" "$(plugin_so qcow2)" file=img.qcow2 -r
+start_qemu_nbd img.qcow2
 if PATH="/usr/bin:$PATH" nbdsh -u "$(uri_of "$sock")" -c 'h.pread(512, 0)' 2>/dev/null; then
   fail "the plugin read an image that qemu-nbd has open for writing"
 fi
 stop_nbdkit
+refused_at_start "read-only" "$(plugin_so qcow2)" file=img.qcow2 -r
 
 # 3c. locking=off (QEMU's locking=off) takes no locks: the same read-only
 #     export of the image qemu-nbd is writing is served, QEMU's tools open

@@ -21,13 +21,21 @@ truncate -s 1M "$tmpdir/elsewhere/passwd"
 { printf 'SECRET-OUTSIDE'; head -c $((M - 14)) /dev/urandom; } > "$tmpdir/outside.raw"
 cp "$tmpdir/outside.raw" "$tmpdir/outside.data"
 
-# refused NAME IMAGE REGEX [params]: opening IMAGE through the plugin
-# fails for the client, the server log matches REGEX, the server survives,
-# and no secret leaks to the client.
+# refused NAME IMAGE REGEX [params]: the plugin stops at start-up (it
+# opens the image to check it), or, for the filter, opening IMAGE fails
+# for the client and the server survives; the log matches REGEX, and no
+# secret leaks to the client.
 refused () {
   local name=$1 img=$2 re=$3; shift 3
   local log="$tmpdir/$name.log" rc=0
   new_sock
+  if qcow2_checked_at_start; then
+    serve_qcow2_stops "$sock" "$img" "$@" >"$log"
+    grep -qE -- "$re" "$log" ||
+      fail "$name: expected an error matching '$re', log: $(grep -i error "$log" | head -5)"
+    echo "ok: $name refused at start-up: $(grep -m1 -E -- "$re" "$log" | sed 's/.*error: //')"
+    return
+  fi
   serve_qcow2 "$sock" "$img" "$@" 2>"$log"
   timeout 60 nbdcopy -- "$(uri_of "$sock")" "$tmpdir/$name.out" \
     >/dev/null 2>&1 || rc=$?
