@@ -49,6 +49,7 @@
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "bdev/bdev.h"
 #include "bdev/bdev_nbdkit_common.h"
@@ -90,6 +91,12 @@ struct bdev_next_dirty {
 };
 static pthread_mutex_t bdev_next_dirty_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct bdev_next_dirty *bdev_next_dirty_list;
+/* A context's last flush failed as its connection ended: what was written
+ * through it may not be durable, and the next flush (which a client may
+ * count on to cover those writes: the filters advertise multi-conn) must
+ * fail instead of succeeding.  Under bdev_next_dirty_lock.
+ */
+static bool bdev_next_flush_lost;
 
 /* nbdkit's request counts are 32-bit: larger bdev requests are split. */
 #define BDEV_NEXT_MAX_REQUEST (1u << 30)
@@ -263,12 +270,22 @@ bdev_next_flush (struct bdev *bd)
     *pp = d->next_dirty;
     free (d);
   }
+  if (bdev_next_flush_lost) {
+    bdev_next_flush_lost = false;
+    pthread_mutex_unlock (&bdev_next_dirty_lock);
+    return bdev_next_fail (EIO);
+  }
   pthread_mutex_unlock (&bdev_next_dirty_lock);
   return 0;
 }
 
 /* The connection of NEXT is ending: flush what was written through it (if
- * another connection's flush may rely on it) and forget it.
+ * another connection's flush may rely on it) and forget it.  If that
+ * flush fails, the error is logged and the next bdev_next_flush fails.
+ * Callers in .finalize return 0 all the same: nbdkit 1.32 does not
+ * finalize the layers below a filter whose .finalize fails (nbdkit's
+ * multi-conn filter then aborts in its .close), and the client, which
+ * has gone, would not see the error anyway.
  */
 static inline int
 bdev_next_connection_done (nbdkit_next *next)
@@ -281,8 +298,13 @@ bdev_next_connection_done (nbdkit_next *next)
       struct bdev_next_dirty *d = *pp;
       *pp = d->next_dirty;
       free (d);
-      if (next->can_flush (next) == 1 && next->flush (next, 0, &err) == -1)
+      if (next->can_flush (next) == 1 && next->flush (next, 0, &err) == -1) {
+        kvm_error ("flushing the layer below as a connection ends: %s; "
+                   "writes made through it may not be durable (the next "
+                   "flush fails)", strerror (err ? err : EIO));
+        bdev_next_flush_lost = true;
         r = bdev_next_fail (err);
+      }
       break;
     }
   pthread_mutex_unlock (&bdev_next_dirty_lock);

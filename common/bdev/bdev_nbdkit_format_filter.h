@@ -140,16 +140,18 @@ static inline int
 bdev_format_filter_finalize (nbdkit_next *next, void *handle)
 {
   struct bdev_format_filter_handle *h = handle;
-  int r;
 
   if (!h->img)
     return 0;
   bdev_next_enter (next);
   bdev_registry_put (&bdev_format_filter_images, h->img);
-  r = bdev_next_connection_done (next);
+  /* A failure is logged; returning it would stop nbdkit from finalizing
+   * the layers below (bdev_next_connection_done).
+   */
+  bdev_next_connection_done (next);
   bdev_next_leave ();
   h->img = NULL;
-  return r;
+  return 0;
 }
 
 static inline void

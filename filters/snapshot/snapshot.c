@@ -606,7 +606,6 @@ static int
 snapshot_finalize (nbdkit_next *next, void *handle)
 {
   struct handle *h = handle;
-  int r;
 
   if (h->in_list) {
     pthread_mutex_lock (&ctx_lock);   /* waits for a commit using it */
@@ -621,10 +620,13 @@ snapshot_finalize (nbdkit_next *next, void *handle)
   if (h->snap && h->h.bd)
     bdev_close (h->h.bd);
   h->h.bd = NULL;
+  /* A failure is logged; returning it would stop nbdkit from finalizing
+   * the layers below (bdev_next_connection_done).
+   */
   bdev_next_enter (next);
-  r = bdev_next_connection_done (next);
+  bdev_next_connection_done (next);
   bdev_next_leave ();
-  return r;
+  return 0;
 }
 
 static void

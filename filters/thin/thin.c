@@ -674,7 +674,6 @@ static int
 thin_filter_finalize (nbdkit_next *next, void *handle)
 {
   struct handle *h = handle;
-  int r;
 
   if (!h->img)
     return 0;
@@ -682,10 +681,12 @@ thin_filter_finalize (nbdkit_next *next, void *handle)
     log_stats (h, "disconnect");
   enter (next, h);
   bdev_registry_put (&pools, h->img);
-  r = bdev_next_connection_done (next);
+  /* Failures are logged; returning them would stop nbdkit from
+   * finalizing the layers below (bdev_next_connection_done).
+   */
+  bdev_next_connection_done (next);
   for (size_t i = 0; i < h->nextra; i++) {
-    if (bdev_next_connection_done (h->extra[i]) == -1)
-      r = -1;
+    bdev_next_connection_done (h->extra[i]);
     h->extra[i]->finalize (h->extra[i]);
     nbdkit_next_context_close (h->extra[i]);
   }
@@ -694,7 +695,7 @@ thin_filter_finalize (nbdkit_next *next, void *handle)
   bdev_next_leave ();
   cur_handle = NULL;
   h->img = NULL;
-  return r;
+  return 0;
 }
 
 static void
