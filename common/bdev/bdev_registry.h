@@ -117,12 +117,34 @@ bdev_registry_get (struct bdev_registry *r, const char *export,
   return e;
 }
 
-/* Drop one reference; the last one closes the bdev (which flushes it). */
+/* Drop one reference; the last one flushes the bdev and closes it.  If
+ * that flush fails, the bdev stays open with no reference, and the next
+ * bdev_registry_get of its export takes it again: closing it would drop
+ * what its engine holds in memory (mappings of writes that it has
+ * acknowledged) and reopen the image as it is on disk.  nbdkit's retry
+ * filter above a filter reopens the filter (.finalize, then .prepare)
+ * within one client connection whenever a request fails: a write
+ * acknowledged before it would then be lost, the client's next flush
+ * succeeding all the same.  A bdev left open is closed (and flushed
+ * again) once a later last reference goes, or at unload; with one_name,
+ * other export names are refused (EBUSY) meanwhile.
+ */
 static inline void
 bdev_registry_put (struct bdev_registry *r, struct bdev_registry_entry *e)
 {
   pthread_mutex_lock (&r->lock);
   if (--e->refs == 0) {
+    /* Twice: a flush may leave work for the next one (the qcow2 engine
+     * writes the refcounts of clusters its flush freed then), which the
+     * close would otherwise do with no way back if it failed.
+     */
+    if (bdev_flush (e->bd) == -1 || bdev_flush (e->bd) == -1) {
+      kvm_error ("export '%s': the flush as its last connection ended "
+                 "failed: the image stays open, and the next connection "
+                 "to it goes on from there", e->export);
+      pthread_mutex_unlock (&r->lock);
+      return;
+    }
     for (struct bdev_registry_entry **pp = &r->entries; *pp;
          pp = &(*pp)->next)
       if (*pp == e) {
