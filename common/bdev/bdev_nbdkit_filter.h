@@ -65,6 +65,15 @@ struct bdev_next {
   bool multi_conn;
   int can_fua;
   uint32_t minimum;             /* the layer below's minimum block size */
+  /* A context that wrote for this bdev failed its last flush as its
+   * connection ended: what was written through it may not be durable,
+   * and the next flush of this bdev (which a client of the same export
+   * may count on to cover those writes: the filters advertise
+   * multi-conn) must fail instead of succeeding.  Per bdev, not per
+   * filter: another export's flush has nothing to do with it.  Under
+   * bdev_next_dirty_lock.
+   */
+  bool flush_lost;
 };
 
 /* The context of the connection this thread is serving. */
@@ -88,15 +97,10 @@ bdev_next_leave (void)
 struct bdev_next_dirty {
   struct bdev_next_dirty *next_dirty;
   nbdkit_next *ctx;
+  struct bdev_next *n;          /* the bdev that wrote; NULL once closed */
 };
 static pthread_mutex_t bdev_next_dirty_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct bdev_next_dirty *bdev_next_dirty_list;
-/* A context's last flush failed as its connection ended: what was written
- * through it may not be durable, and the next flush (which a client may
- * count on to cover those writes: the filters advertise multi-conn) must
- * fail instead of succeeding.  Under bdev_next_dirty_lock.
- */
-static bool bdev_next_flush_lost;
 
 /* nbdkit's request counts are 32-bit: larger bdev requests are split. */
 #define BDEV_NEXT_MAX_REQUEST (1u << 30)
@@ -128,7 +132,7 @@ bdev_next_mark_dirty (struct bdev_next *n, nbdkit_next *c)
   pthread_mutex_lock (&bdev_next_dirty_lock);
   struct bdev_next_dirty *d;
   for (d = bdev_next_dirty_list; d; d = d->next_dirty)
-    if (d->ctx == c)
+    if (d->ctx == c && d->n == n)
       break;
   if (!d) {
     d = malloc (sizeof *d);
@@ -138,6 +142,7 @@ bdev_next_mark_dirty (struct bdev_next *n, nbdkit_next *c)
       return -1;
     }
     d->ctx = c;
+    d->n = n;
     d->next_dirty = bdev_next_dirty_list;
     bdev_next_dirty_list = d;
   }
@@ -159,6 +164,14 @@ static inline void
 bdev_next_close (struct bdev *bd)
 {
   struct bdev_next *n = BDEV_NEXT_ (bd);
+  /* Contexts it wrote through stay listed (flushed as their connection
+   * ends), without the bdev.
+   */
+  pthread_mutex_lock (&bdev_next_dirty_lock);
+  for (struct bdev_next_dirty *d = bdev_next_dirty_list; d; d = d->next_dirty)
+    if (d->n == n)
+      d->n = NULL;
+  pthread_mutex_unlock (&bdev_next_dirty_lock);
   if (n->fixed) {
     n->fixed->finalize (n->fixed);
     nbdkit_next_context_close (n->fixed);
@@ -270,8 +283,8 @@ bdev_next_flush (struct bdev *bd)
     *pp = d->next_dirty;
     free (d);
   }
-  if (bdev_next_flush_lost) {
-    bdev_next_flush_lost = false;
+  if (n->flush_lost) {
+    n->flush_lost = false;
     pthread_mutex_unlock (&bdev_next_dirty_lock);
     return bdev_next_fail (EIO);
   }
@@ -281,7 +294,8 @@ bdev_next_flush (struct bdev *bd)
 
 /* The connection of NEXT is ending: flush what was written through it (if
  * another connection's flush may rely on it) and forget it.  If that
- * flush fails, the error is logged and the next bdev_next_flush fails.
+ * flush fails, the error is logged and the next bdev_next_flush of the
+ * bdevs that wrote through it (the export's engine) fails.
  * Callers in .finalize return 0 all the same: nbdkit 1.32 does not
  * finalize the layers below a filter whose .finalize fails (nbdkit's
  * multi-conn filter then aborts in its .close), and the client, which
@@ -291,22 +305,28 @@ static inline int
 bdev_next_connection_done (nbdkit_next *next)
 {
   int err = 0, r = 0;
+  bool flushed = false;
   pthread_mutex_lock (&bdev_next_dirty_lock);
-  for (struct bdev_next_dirty **pp = &bdev_next_dirty_list; *pp;
-       pp = &(*pp)->next_dirty)
-    if ((*pp)->ctx == next) {
-      struct bdev_next_dirty *d = *pp;
-      *pp = d->next_dirty;
-      free (d);
+  for (struct bdev_next_dirty **pp = &bdev_next_dirty_list; *pp; ) {
+    struct bdev_next_dirty *d = *pp;
+    if (d->ctx != next) {
+      pp = &d->next_dirty;
+      continue;
+    }
+    if (!flushed) {
+      flushed = true;
       if (next->can_flush (next) == 1 && next->flush (next, 0, &err) == -1) {
         kvm_error ("flushing the layer below as a connection ends: %s; "
                    "writes made through it may not be durable (the next "
-                   "flush fails)", strerror (err ? err : EIO));
-        bdev_next_flush_lost = true;
+                   "flush of the export fails)", strerror (err ? err : EIO));
         r = bdev_next_fail (err);
       }
-      break;
     }
+    if (r == -1 && d->n)
+      d->n->flush_lost = true;
+    *pp = d->next_dirty;
+    free (d);
+  }
   pthread_mutex_unlock (&bdev_next_dirty_lock);
   return r;
 }
