@@ -224,9 +224,22 @@ static void
 call_cb (int err, struct nfs_context *nfs, void *data, void *priv)
 {
   struct call *c = priv;
-  (void) nfs;
   c->status = err;
-  if (err < 0) {
+  if (err == -EFAULT && nfs) {
+    /* libnfs (4.0) reports an NFS error status of a READ or WRITE split
+     * into several calls, and an RPC failure, as EFAULT, passing the
+     * reply rather than a message: the context has the message, which
+     * ends with the error as a negative errno ("NFS: Write failed with
+     * NFS3ERR_NOSPC(-28)").  Anything else: EIO.
+     */
+    const char *e = nfs_get_error (nfs);
+    const char *p = e ? strrchr (e, '(') : NULL;
+    int n;
+    c->status = p && sscanf (p, "(%d)", &n) == 1 && n < 0 && n > -4096
+      ? n : -EIO;
+    snprintf (c->msg, sizeof c->msg, "%s", e ? e : strerror (EIO));
+  }
+  else if (err < 0) {
     snprintf (c->msg, sizeof c->msg, "%s", data ? (const char *) data
               : strerror (-err));
   }
