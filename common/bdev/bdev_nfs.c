@@ -719,6 +719,22 @@ conn_close (struct conn *cn)
 
 /* --- the bdev ------------------------------------------------------------- */
 
+/* A connection whose WRITEs timed out: the server may still have them
+ * queued (a server that stalls, a network that pauses) and would apply
+ * them later, over any write sent since on another connection.  So the
+ * connection is not closed but kept here, with its calls, until the
+ * server has answered every one of them (or the connection breaks: a
+ * server that restarts loses its queue), and no write or flush starts
+ * before that.
+ */
+struct late {
+  struct nfs_context *nfs;
+  struct nfsfh *fh;
+  struct call *calls;           /* what the callbacks still write to */
+  size_t n;
+  struct late *next;
+};
+
 struct nfs_bdev {
   struct bdev bd;
   struct nfs_cfg cfg;
@@ -729,7 +745,21 @@ struct nfs_bdev {
   pthread_cond_t returned;
   struct conn *idle;
   unsigned nconns;
+  pthread_mutex_t late_lock;    /* the late list (held briefly) */
+  pthread_mutex_t drain_lock;   /* held by the one thread serving it */
+  struct late *late;
+  unsigned nlate;               /* atomic: entries in late */
 };
+
+static void
+late_free (struct late *l)
+{
+  if (l->fh)
+    nfs_close_async (l->nfs, l->fh, noop_cb, NULL);
+  nfs_destroy_context (l->nfs);   /* completes what is left: calls alive */
+  free (l->calls);
+  free (l);
+}
 
 static void
 nfsb_close (struct bdev *bd)
@@ -740,6 +770,13 @@ nfsb_close (struct bdev *bd)
     nb->idle = cn->next;
     conn_close (cn);
   }
+  while (nb->late) {
+    struct late *l = nb->late;
+    nb->late = l->next;
+    late_free (l);
+  }
+  pthread_mutex_destroy (&nb->late_lock);
+  pthread_mutex_destroy (&nb->drain_lock);
   pthread_cond_destroy (&nb->returned);
   pthread_mutex_destroy (&nb->lock);
   free (nb->pl.mount);
@@ -808,6 +845,69 @@ give_back (struct nfs_bdev *nb, struct conn *cn, bool broken)
     conn_close (cn);
 }
 
+/* Keep CN's context and CALLS (N, heap) on the late list: taken over
+ * (CN is left without a context).  -1 if out of memory.
+ */
+static int
+late_add (struct nfs_bdev *nb, struct conn *cn, struct call *calls, size_t n)
+{
+  struct late *l = malloc (sizeof *l);
+  if (!l)
+    return -1;
+  *l = (struct late) { .nfs = cn->nfs, .fh = cn->fh, .calls = calls, .n = n };
+  cn->nfs = NULL;
+  cn->fh = NULL;
+  pthread_mutex_lock (&nb->late_lock);
+  l->next = nb->late;
+  nb->late = l;
+  __atomic_add_fetch (&nb->nlate, 1, __ATOMIC_RELEASE);
+  pthread_mutex_unlock (&nb->late_lock);
+  return 0;
+}
+
+/* Before a write or flush: wait (until DL) for the server to answer every
+ * write that timed out earlier.  0, or -1 with errno EIO.
+ */
+static int
+drain_late (struct nfs_bdev *nb, const struct timespec *dl)
+{
+  if (__atomic_load_n (&nb->nlate, __ATOMIC_ACQUIRE) == 0)
+    return 0;
+  /* One thread serves the late contexts (libnfs contexts are not
+   * thread-safe), with the list unlocked meanwhile: a write timing out
+   * elsewhere adds to it without waiting (late_add).
+   */
+  if (pthread_mutex_clocklock (&nb->drain_lock, CLOCK_MONOTONIC, dl) != 0)
+    goto timeout;
+  for (;;) {
+    pthread_mutex_lock (&nb->late_lock);
+    struct late *l = nb->late;
+    if (l)
+      nb->late = l->next;
+    pthread_mutex_unlock (&nb->late_lock);
+    if (!l)
+      break;
+    if (wait_calls (l->nfs, l->calls, l->n, dl) == WAIT_TIMEOUT) {
+      pthread_mutex_lock (&nb->late_lock);
+      l->next = nb->late;
+      nb->late = l;
+      pthread_mutex_unlock (&nb->late_lock);
+      pthread_mutex_unlock (&nb->drain_lock);
+      goto timeout;
+    }
+    late_free (l);
+    __atomic_sub_fetch (&nb->nlate, 1, __ATOMIC_RELEASE);
+  }
+  pthread_mutex_unlock (&nb->drain_lock);
+  return 0;
+ timeout:
+  kvm_error ("%s: writes that timed out earlier are still unanswered by the "
+             "NFS server after %d s (timeout=): nothing more is written "
+             "before they are", nb->bd.name, nb->cfg.timeout);
+  errno = EIO;
+  return -1;
+}
+
 enum op { OP_READ, OP_WRITE, OP_FLUSH };
 
 static const char *
@@ -823,7 +923,8 @@ static int
 attempt (struct nfs_bdev *nb, struct conn *cn, enum op op, char *buf,
          size_t count, uint64_t offset, const struct timespec *dl)
 {
-  struct call calls[MAX_INFLIGHT];
+  struct call stack_calls[MAX_INFLIGHT];
+  struct call *calls = stack_calls;
   struct nfs_context *nfs = cn->nfs;
 
   if (op == OP_FLUSH) {
@@ -844,6 +945,12 @@ attempt (struct nfs_bdev *nb, struct conn *cn, enum op op, char *buf,
     return 0;
   }
 
+  /* A write's calls outlive it if it times out (late_add). */
+  if (op == OP_WRITE && !(calls = malloc (sizeof stack_calls))) {
+    errno = ENOMEM;
+    return -1;
+  }
+  int ret = 0;
   uint64_t maxio = op == OP_READ ? nb->readmax : nb->writemax;
   while (count > 0) {
     size_t n = 0;
@@ -861,8 +968,10 @@ attempt (struct nfs_bdev *nb, struct conn *cn, enum op op, char *buf,
       else
         r = nfs_pwrite_async (nfs, cn->fh, off, len, p, call_cb, &calls[n]);
       if (r != 0) {
-        if (n == 0)
-          return -2;
+        if (n == 0) {
+          ret = -2;
+          goto out;
+        }
         break;                  /* wait for those started */
       }
       n++;
@@ -873,10 +982,17 @@ attempt (struct nfs_bdev *nb, struct conn *cn, enum op op, char *buf,
      * to report the socket writable first costs a system call per
      * request.  What does not fit is sent by wait_calls.
      */
-    if (nfs_service (nfs, POLLOUT) < 0 ||
-        wait_calls (nfs, calls, n, dl) != WAIT_OK) {
-      conn_kill (cn);
-      return -2;
+    int w = nfs_service (nfs, POLLOUT) < 0 ? WAIT_BROKEN
+      : wait_calls (nfs, calls, n, dl);
+    if (w != WAIT_OK) {
+      /* Timed-out writes may still be applied by the server. */
+      if (w == WAIT_TIMEOUT && op == OP_WRITE &&
+          late_add (nb, cn, calls, n) == 0)
+        calls = stack_calls;
+      else
+        conn_kill (cn);
+      ret = -2;
+      goto out;
     }
     /* Done in order up to the first short transfer; the rest again. */
     size_t done = 0;
@@ -885,7 +1001,8 @@ attempt (struct nfs_bdev *nb, struct conn *cn, enum op op, char *buf,
         kvm_error ("%s: %s at %" PRIu64 ": %s", nb->bd.name, op_name (op),
                    offset + done, calls[i].msg);
         errno = -calls[i].status;
-        return -1;
+        ret = -1;
+        goto out;
       }
       size_t got = calls[i].status;
       if (got > calls[i].cap)
@@ -899,7 +1016,8 @@ attempt (struct nfs_bdev *nb, struct conn *cn, enum op op, char *buf,
         kvm_error ("%s: write at %" PRIu64 ": the server wrote nothing",
                    nb->bd.name, offset + done);
         errno = EIO;
-        return -1;
+        ret = -1;
+        goto out;
       }
       done += got;
       if (got < calls[i].cap)
@@ -909,7 +1027,13 @@ attempt (struct nfs_bdev *nb, struct conn *cn, enum op op, char *buf,
     offset += done;
     count -= done;
   }
-  return 0;
+ out:
+  if (calls != stack_calls) {
+    int e = errno;
+    free (calls);
+    errno = e;
+  }
+  return ret;
 }
 
 /* A request: borrow a connection, try, and on a broken connection drop it
@@ -921,6 +1045,8 @@ run (struct nfs_bdev *nb, enum op op, char *buf, size_t count,
 {
   struct timespec dl = kvm_deadline_in (nb->cfg.timeout);
   unsigned tries = 0;
+  if (op != OP_READ && drain_late (nb, &dl) == -1)
+    return -1;
   for (;;) {
     struct conn *cn = borrow (nb, &dl);
     if (!cn && errno == ETIMEDOUT) {
@@ -1019,6 +1145,8 @@ bdev_nfs_open (const char *url, const struct bdev_open_opts *opts)
   if (!nb)
     return NULL;
   pthread_mutex_init (&nb->lock, NULL);
+  pthread_mutex_init (&nb->late_lock, NULL);
+  pthread_mutex_init (&nb->drain_lock, NULL);
   pthread_condattr_t ca;                /* deadlines are CLOCK_MONOTONIC */
   pthread_condattr_init (&ca);
   pthread_condattr_setclock (&ca, CLOCK_MONOTONIC);
@@ -1027,6 +1155,8 @@ bdev_nfs_open (const char *url, const struct bdev_open_opts *opts)
   if (cfg_parse (url, &nb->cfg) == -1) {
     int e = errno;
     pthread_cond_destroy (&nb->returned);
+    pthread_mutex_destroy (&nb->late_lock);
+    pthread_mutex_destroy (&nb->drain_lock);
     pthread_mutex_destroy (&nb->lock);
     bdev_free_common (&nb->bd);
     errno = e;
