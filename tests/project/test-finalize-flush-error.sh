@@ -63,6 +63,20 @@ wait_lost () {
   fail "$1: no failed flush reported as the connection ended"
 }
 
+# lost_flush_fails URI [PYTHON]: on URI the next flush fails with EIO
+# (the one after it works), then PYTHON runs in the same nbdsh.
+lost_flush_fails () {
+  nbdsh -u "$1" -c "
+try:
+    h.flush()
+    raise AssertionError('the flush after a lost flush succeeded')
+except nbd.Error as e:
+    assert e.errno == 'EIO', e.errno
+h.flush()
+${2-}
+"
+}
+
 for f in qcow2 vmdk vhdx thin; do
   rm -f E
   case $f in
@@ -81,15 +95,8 @@ open('$tmpdir/E', 'w').close()
   kill -0 "$nbdkit_pid" 2>/dev/null ||
     fail "$f: nbdkit died when a connection's last flush failed"
   rm -f E
-  nbdsh -u "$uri" -c "
-try:
-    h.flush()
-    raise AssertionError('the flush after a lost flush succeeded')
-except nbd.Error as e:
-    assert e.errno == 'EIO', e.errno
-h.flush()
-assert h.pread(65536, 1 << 20) == b'\x5a' * 65536
-" || fail "$f: after the failed flush at the end of a connection"
+  lost_flush_fails "$uri" "assert h.pread(65536, 1 << 20) == b'\x5a' * 65536" ||
+    fail "$f: after the failed flush at the end of a connection"
   unhold $f
   stop_nbdkit
   echo "ok: $f: a connection's failed last flush: server alive, next flush EIO"
@@ -166,14 +173,8 @@ open('$tmpdir/E.bad', 'w').close()
 h.pwrite(b'\x11' * 65536, 0)
 h.flush()
 " || fail "$f per-name: a lost flush of export 'bad' failed a flush of 'good'"
-  nbdsh -u "$bad" -c "
-try:
-    h.flush()
-    raise AssertionError('the flush after a lost flush succeeded')
-except nbd.Error as e:
-    assert e.errno == 'EIO', e.errno
-h.flush()
-" || fail "$f per-name: export 'bad', after its failed flush"
+  lost_flush_fails "$bad" ||
+    fail "$f per-name: export 'bad', after its failed flush"
   unhold "$f per-name"
   stop_nbdkit
   echo "ok: $f per-name: a lost flush fails the next flush of its export only"
