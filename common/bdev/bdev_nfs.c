@@ -291,6 +291,10 @@ wait_calls (struct nfs_context *nfs, struct call *calls, size_t n,
 struct conn {
   struct nfs_context *nfs;
   struct nfsfh *fh;
+  /* A write's RPC slots (MAX_INFLIGHT, allocated at its first write):
+   * they outlive the write if it times out (late_add takes them over).
+   */
+  struct call *wcalls;
   struct conn *next;
 };
 
@@ -714,6 +718,7 @@ conn_close (struct conn *cn)
   if (!cn)
     return;
   conn_kill (cn);
+  free (cn->wcalls);
   free (cn);
 }
 
@@ -845,8 +850,8 @@ give_back (struct nfs_bdev *nb, struct conn *cn, bool broken)
     conn_close (cn);
 }
 
-/* Keep CN's context and CALLS (N, heap) on the late list: taken over
- * (CN is left without a context).  -1 if out of memory.
+/* Keep CN's context and CALLS (N, its wcalls) on the late list: taken
+ * over (CN is left without a context or slots).  -1 if out of memory.
  */
 static int
 late_add (struct nfs_bdev *nb, struct conn *cn, struct call *calls, size_t n)
@@ -857,6 +862,7 @@ late_add (struct nfs_bdev *nb, struct conn *cn, struct call *calls, size_t n)
   *l = (struct late) { .nfs = cn->nfs, .fh = cn->fh, .calls = calls, .n = n };
   cn->nfs = NULL;
   cn->fh = NULL;
+  cn->wcalls = NULL;
   pthread_mutex_lock (&nb->late_lock);
   l->next = nb->late;
   nb->late = l;
@@ -945,12 +951,13 @@ attempt (struct nfs_bdev *nb, struct conn *cn, enum op op, char *buf,
     return 0;
   }
 
-  /* A write's calls outlive it if it times out (late_add). */
-  if (op == OP_WRITE && !(calls = malloc (sizeof stack_calls))) {
-    errno = ENOMEM;
-    return -1;
+  if (op == OP_WRITE) {
+    if (!cn->wcalls && !(cn->wcalls = malloc (sizeof stack_calls))) {
+      errno = ENOMEM;
+      return -1;
+    }
+    calls = cn->wcalls;
   }
-  int ret = 0;
   uint64_t maxio = op == OP_READ ? nb->readmax : nb->writemax;
   while (count > 0) {
     size_t n = 0;
@@ -968,10 +975,8 @@ attempt (struct nfs_bdev *nb, struct conn *cn, enum op op, char *buf,
       else
         r = nfs_pwrite_async (nfs, cn->fh, off, len, p, call_cb, &calls[n]);
       if (r != 0) {
-        if (n == 0) {
-          ret = -2;
-          goto out;
-        }
+        if (n == 0)
+          return -2;
         break;                  /* wait for those started */
       }
       n++;
@@ -986,13 +991,10 @@ attempt (struct nfs_bdev *nb, struct conn *cn, enum op op, char *buf,
       : wait_calls (nfs, calls, n, dl);
     if (w != WAIT_OK) {
       /* Timed-out writes may still be applied by the server. */
-      if (w == WAIT_TIMEOUT && op == OP_WRITE &&
-          late_add (nb, cn, calls, n) == 0)
-        calls = stack_calls;
-      else
+      if (!(w == WAIT_TIMEOUT && op == OP_WRITE &&
+            late_add (nb, cn, calls, n) == 0))
         conn_kill (cn);
-      ret = -2;
-      goto out;
+      return -2;
     }
     /* Done in order up to the first short transfer; the rest again. */
     size_t done = 0;
@@ -1001,8 +1003,7 @@ attempt (struct nfs_bdev *nb, struct conn *cn, enum op op, char *buf,
         kvm_error ("%s: %s at %" PRIu64 ": %s", nb->bd.name, op_name (op),
                    offset + done, calls[i].msg);
         errno = -calls[i].status;
-        ret = -1;
-        goto out;
+        return -1;
       }
       size_t got = calls[i].status;
       if (got > calls[i].cap)
@@ -1016,8 +1017,7 @@ attempt (struct nfs_bdev *nb, struct conn *cn, enum op op, char *buf,
         kvm_error ("%s: write at %" PRIu64 ": the server wrote nothing",
                    nb->bd.name, offset + done);
         errno = EIO;
-        ret = -1;
-        goto out;
+        return -1;
       }
       done += got;
       if (got < calls[i].cap)
@@ -1027,13 +1027,7 @@ attempt (struct nfs_bdev *nb, struct conn *cn, enum op op, char *buf,
     offset += done;
     count -= done;
   }
- out:
-  if (calls != stack_calls) {
-    int e = errno;
-    free (calls);
-    errno = e;
-  }
-  return ret;
+  return 0;
 }
 
 /* A request: borrow a connection, try, and on a broken connection drop it
