@@ -182,4 +182,32 @@ rfail_wrap (struct bdev *in, rfail_hook_fn hook, rfail_rnd_fn rnd)
   return &f->bd;
 }
 
+/* For a test linked with -Wl,--wrap=bdev_storage_open,--wrap=bdev_file_fd:
+ * every file an engine opens is wrapped with HOOK and RND, and its
+ * descriptor is hidden (so that the engines go through the device)
+ * unless GIVE_FD is true when they ask.
+ */
+#define RFAIL_WRAP_STORAGE(hook, rnd, give_fd)                          \
+  struct bdev *__real_bdev_storage_open (const char *,                  \
+                                         const struct bdev_open_opts *); \
+  struct bdev *__wrap_bdev_storage_open (const char *,                  \
+                                         const struct bdev_open_opts *); \
+  int __real_bdev_file_fd (struct bdev *);                              \
+  int __wrap_bdev_file_fd (struct bdev *);                              \
+  struct bdev *                                                         \
+  __wrap_bdev_storage_open (const char *path,                           \
+                            const struct bdev_open_opts *opts)          \
+  {                                                                     \
+    struct bdev *in = __real_bdev_storage_open (path, opts);            \
+    return in ? rfail_wrap (in, (hook), (rnd)) : NULL;                  \
+  }                                                                     \
+  int                                                                   \
+  __wrap_bdev_file_fd (struct bdev *bd)                                 \
+  {                                                                     \
+    if (!rfail_is (bd))                                                 \
+      return __real_bdev_file_fd (bd);                                  \
+    return (give_fd) ? __real_bdev_file_fd (((struct rfail_bdev *) bd)->in) \
+      : -1;                                                             \
+  }
+
 #endif

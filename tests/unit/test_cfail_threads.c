@@ -132,31 +132,9 @@ cf_hook (struct rfail_bdev *f, enum rfail_op op, uint64_t count)
   return fail ? RFAIL_FAIL : RFAIL_PASS;
 }
 
-/* Every file an engine opens goes through here (-Wl,--wrap). */
-struct bdev *__real_bdev_storage_open (const char *path,
-                                       const struct bdev_open_opts *opts);
-struct bdev *__wrap_bdev_storage_open (const char *path,
-                                       const struct bdev_open_opts *opts);
-int __real_bdev_file_fd (struct bdev *bd);
-int __wrap_bdev_file_fd (struct bdev *bd);
-
+/* Every file an engine opens goes through the failing device. */
 static int give_fd;
-
-struct bdev *
-__wrap_bdev_storage_open (const char *path, const struct bdev_open_opts *opts)
-{
-  struct bdev *in = __real_bdev_storage_open (path, opts);
-  return in ? rfail_wrap (in, cf_hook, xr) : NULL;
-}
-
-int
-__wrap_bdev_file_fd (struct bdev *bd)
-{
-  if (rfail_is (bd))
-    return give_fd ? __real_bdev_file_fd (((struct rfail_bdev *) bd)->in)
-      : -1;
-  return __real_bdev_file_fd (bd);
-}
+RFAIL_WRAP_STORAGE (cf_hook, xr, give_fd)
 
 /* ---- the model ------------------------------------------------------ */
 enum { OP_WRITE, OP_ZERO, OP_TRIM, OP_FLUSH };

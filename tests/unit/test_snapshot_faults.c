@@ -160,27 +160,7 @@ fb_hook (struct rfail_bdev *f, enum rfail_op op, uint64_t count)
   return inject () ? RFAIL_FAIL : RFAIL_PASS;
 }
 
-struct bdev *__real_bdev_storage_open (const char *path,
-                                       const struct bdev_open_opts *opts);
-struct bdev *__wrap_bdev_storage_open (const char *path,
-                                       const struct bdev_open_opts *opts);
-int __real_bdev_file_fd (struct bdev *bd);
-int __wrap_bdev_file_fd (struct bdev *bd);
-
-struct bdev *
-__wrap_bdev_storage_open (const char *path, const struct bdev_open_opts *opts)
-{
-  struct bdev *in = __real_bdev_storage_open (path, opts);
-  return in ? rfail_wrap (in, fb_hook, rnd) : NULL;
-}
-
-int
-__wrap_bdev_file_fd (struct bdev *bd)
-{
-  if (rfail_is (bd))
-    return -1;
-  return __real_bdev_file_fd (bd);
-}
+RFAIL_WRAP_STORAGE (fb_hook, rnd, 0)
 
 /* ---- the model ------------------------------------------------------- */
 struct model {
