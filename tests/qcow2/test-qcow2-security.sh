@@ -311,14 +311,16 @@ echo "ok: meta-l2-is-refblock refused"
 
 # Encrypted with LUKS (made by qemu-img).  qemu-img calibrates its PBKDF
 # by timing its own CPU use and gives up ("Unable to get accurate CPU
-# usage") when a sample measures 0 ms, which happens on a loaded machine:
-# try a few times.
-for try in 1 2 3 4 5; do
+# usage") when a sample measures 0 ms, which happens on a loaded machine
+# (five tries in a row failed once, with the sanitizer build running
+# beside): try up to 20 times, a moment apart.
+for (( try = 1; try <= 20; try++ )); do
+  [ $try = 1 ] || sleep 0.2
   rm -f luks.qcow2
   qemu-img create -q -f qcow2 --object secret,id=sec0,data=x \
     -o encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10 \
     luks.qcow2 $M 2>luks.err && break
-  grep -q "accurate CPU usage" luks.err && [ $try -lt 5 ] ||
+  grep -q "accurate CPU usage" luks.err && [ $try -lt 20 ] ||
     { cat luks.err >&2; fail "qemu-img could not create a LUKS image"; }
 done
 refused luks luks.qcow2 "encrypted"
